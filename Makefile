@@ -1,0 +1,36 @@
+# Quick start: `make run` (the service) and `make test` (every test).
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: run test services build migrate verify fmt clippy rabbitmq-definitions
+
+## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
+run: services
+	$(CARGO) run --release --bin coordinator -- serve
+
+## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ
+test: services
+	COORDINATOR_ENV=test $(CARGO) test --all-targets
+
+## services: start PostgreSQL and RabbitMQ if installed but stopped
+services:
+	@scripts/ensure-services.sh
+
+build:
+	$(CARGO) build --release
+
+migrate: services
+	$(CARGO) run --release --bin coordinator -- migrate
+
+## verify: formatting, lints and tests
+verify: fmt clippy test
+
+fmt:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## rabbitmq-definitions: load rabbitmq/definitions.json into the local broker
+rabbitmq-definitions: services
+	rabbitmqctl import_definitions rabbitmq/definitions.json

@@ -1,0 +1,186 @@
+//! A small agent-side client: publishes envelopes the way PROTOCOL.md section 3 says and
+//! reads the agent's queues. Used by the integration tests and the demo; a reference for
+//! agent authors (see `docs/agents.md`).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use serde_json::Value;
+
+use crate::amqp::topology::{commands_queue, events_queue, tasks_queue};
+use crate::amqp::{connect, properties};
+use crate::domain::envelope::{DeliveryMeta, Envelope, Header, Payload, Priority, Source};
+use crate::processor::exchanges;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("AMQP error")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker did not confirm the publish: {0}")]
+    NotConfirmed(String),
+}
+
+/// Which of its queues an agent reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Queue {
+    Tasks,
+    Commands,
+    Events,
+}
+
+pub struct AgentClient {
+    pub agent_id: String,
+    pub agent_type: String,
+    conn: Connection,
+    channel: Channel,
+    consumers: Vec<(String, Consumer)>,
+}
+
+impl AgentClient {
+    pub async fn connect(
+        url: &str,
+        agent_id: &str,
+        agent_type: &str,
+    ) -> Result<AgentClient, AgentError> {
+        let conn = connect(url, agent_id).await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(AgentClient {
+            agent_id: agent_id.to_string(),
+            agent_type: agent_type.to_string(),
+            conn,
+            channel,
+            consumers: Vec::new(),
+        })
+    }
+
+    /// A new envelope from this agent (fresh message id, timestamp now).
+    pub fn envelope(&self, message_type: &str, correlation_id: &str, data: Value) -> Envelope {
+        Envelope {
+            header: Header {
+                message_id: uuid::Uuid::new_v4().to_string(),
+                correlation_id: correlation_id.to_string(),
+                causation_id: None,
+                timestamp: Utc::now(),
+                version: "1.0".into(),
+                source: Source {
+                    agent_id: self.agent_id.clone(),
+                    agent_type: self.agent_type.clone(),
+                    instance_id: None,
+                },
+                destination: None,
+                message_type: message_type.to_string(),
+                priority: Priority::Normal,
+                ttl: Some(3600),
+                delivery_guarantee: None,
+                tracing: None,
+                security: None,
+            },
+            payload: Payload {
+                data,
+                metadata: Value::Object(Default::default()),
+            },
+        }
+    }
+
+    /// Builds and publishes a message; returns what was sent.
+    pub async fn send(
+        &self,
+        message_type: &str,
+        correlation_id: &str,
+        data: Value,
+    ) -> Result<Envelope, AgentError> {
+        let env = self.envelope(message_type, correlation_id, data);
+        self.publish(&env).await?;
+        Ok(env)
+    }
+
+    /// Publishes an envelope to `agent.topic` with matching AMQP properties.
+    pub async fn publish(&self, env: &Envelope) -> Result<(), AgentError> {
+        let body = serde_json::to_vec(env).map_err(|e| AgentError::NotConfirmed(e.to_string()))?;
+        let key = env.agent_routing_key();
+        self.publish_raw(exchanges::TOPIC, &key, &body, &env.meta(&key))
+            .await
+    }
+
+    /// Publishes any bytes with any properties (for testing bad input).
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        meta: &DeliveryMeta,
+    ) -> Result<(), AgentError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                body,
+                properties(meta),
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => {
+                Err(AgentError::NotConfirmed(format!("nack for {routing_key}")))
+            }
+        }
+    }
+
+    /// The next message on one of this agent's queues, or `None` after `timeout`.
+    pub async fn next(
+        &mut self,
+        queue: Queue,
+        timeout: Duration,
+    ) -> Result<Option<Envelope>, AgentError> {
+        let name = match queue {
+            Queue::Tasks => tasks_queue(&self.agent_id),
+            Queue::Commands => commands_queue(&self.agent_id),
+            Queue::Events => events_queue(&self.agent_id),
+        };
+        if !self.consumers.iter().any(|(n, _)| *n == name) {
+            let consumer = self
+                .channel
+                .basic_consume(
+                    &name,
+                    &format!("{}-{name}", self.agent_id),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            self.consumers.push((name.clone(), consumer));
+        }
+        let Some((_, consumer)) = self.consumers.iter_mut().find(|(n, _)| *n == name) else {
+            return Ok(None);
+        };
+        loop {
+            let delivery = match tokio::time::timeout(timeout, consumer.next()).await {
+                Err(_) | Ok(None) => return Ok(None),
+                Ok(Some(d)) => d?,
+            };
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            match serde_json::from_slice::<Envelope>(&delivery.data) {
+                Ok(env) => return Ok(Some(env)),
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = %name, "skipping a message that is not an envelope")
+                }
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "agent done").await;
+    }
+}

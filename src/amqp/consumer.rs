@@ -1,0 +1,232 @@
+//! Consumes the inbox: takes what is ready (up to `amqp.batch_size`) into one
+//! transaction, commits, then acks. Deliveries are applied in the order received.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::amqp::delivery_meta;
+use crate::amqp::topology::Declarer;
+use crate::db;
+use crate::domain::reject::{Reason, Rejected};
+use crate::processor::{self, Inbound, Outcome, Processed};
+use crate::runtime::{Shared, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("the inbox consumer failed")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker closed the inbox consumer")]
+    Closed,
+    #[error("could not declare queues for a new agent")]
+    Topology(#[from] crate::amqp::topology::TopologyError),
+}
+
+/// Runs until `stop` is cancelled (then finishes the batch in hand and returns `Ok`) or
+/// the channel fails.
+pub async fn run(
+    conn: &Connection,
+    shared: &Shared,
+    stop: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let cfg = &shared.settings.amqp;
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("coordinator-{}", uuid::Uuid::new_v4());
+    let mut consumer = channel
+        .basic_consume(
+            &cfg.inbox_queue,
+            &tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Status::set(&shared.status.consuming, true);
+    tracing::info!(queue = %cfg.inbox_queue, prefetch = cfg.prefetch, "consuming the inbox");
+
+    let result = loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => break Ok(()),
+            next = consumer.next() => next,
+        };
+        let mut batch = match first {
+            Some(Ok(d)) => vec![d],
+            Some(Err(e)) => break Err(e.into()),
+            None => break Err(ConsumerError::Closed),
+        };
+        let mut failed = None;
+        while batch.len() < cfg.batch_size {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push(d),
+                Some(Some(Err(e))) => {
+                    failed = Some(e);
+                    break;
+                }
+                _ => break,
+            }
+        }
+        if !handle_batch(conn, shared, &batch, &stop).await? {
+            break Ok(());
+        }
+        if let Some(e) = failed {
+            break Err(e.into());
+        }
+    };
+    Status::set(&shared.status.consuming, false);
+    // Unacked prefetched deliveries go back to the queue when the channel closes.
+    let _ = channel.close(200, "consumer stopping").await;
+    result
+}
+
+/// Applies a batch until it commits (retrying while the database is down), then acks
+/// it. Returns false if shutdown came first (the batch is then requeued, uncommitted).
+async fn handle_batch(
+    conn: &Connection,
+    shared: &Shared,
+    batch: &[Delivery],
+    stop: &CancellationToken,
+) -> Result<bool, ConsumerError> {
+    let Some(last) = batch.last() else {
+        return Ok(true);
+    };
+    let mut backoff = std::time::Duration::from_millis(100);
+    let results = loop {
+        let started = Instant::now();
+        match apply_batch(shared, batch).await {
+            Ok(results) => {
+                shared
+                    .metrics
+                    .batch_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                shared.metrics.batch_size.observe(batch.len() as f64);
+                break results;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, size = batch.len(), retry_in = ?backoff, "batch not committed; will retry");
+                tokio::select! {
+                    _ = stop.cancelled() => {
+                        last.acker
+                            .nack(BasicNackOptions { multiple: true, requeue: true })
+                            .await?;
+                        return Ok(false);
+                    }
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    };
+    // Acked only after the commit: a crash before this line redelivers, and the
+    // redelivery is a duplicate that changes nothing.
+    last.acker.ack(BasicAckOptions { multiple: true }).await?;
+
+    let mut queued = false;
+    let mut registered = Vec::new();
+    for p in &results {
+        shared
+            .metrics
+            .messages
+            .with_label_values(&[p.outcome.label()])
+            .inc();
+        if let Outcome::Rejected(reason) = &p.outcome {
+            shared
+                .metrics
+                .rejections
+                .with_label_values(&[reason.as_str()])
+                .inc();
+        }
+        if let Some((from, to)) = &p.transition {
+            shared
+                .metrics
+                .transitions
+                .with_label_values(&[from.as_str(), to.as_str()])
+                .inc();
+        }
+        queued |= p.queued;
+        registered.extend(p.registered.clone());
+    }
+    if !registered.is_empty() {
+        let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type).await?;
+        for (agent_id, agent_type) in &registered {
+            declarer
+                .agent(agent_id, agent_type, &shared.catalog)
+                .await?;
+            tracing::info!(%agent_id, %agent_type, "agent registered by heartbeat; queues declared");
+        }
+        declarer.close().await;
+        // Messages for the new agent's role may have been returned before its queue existed.
+        if let Ok(mut c) = shared.pool.acquire().await {
+            let _ = db::store::retry_now(&mut c).await;
+        }
+        queued = true;
+    }
+    if queued {
+        shared.wake_relay.notify_one();
+    }
+    Ok(true)
+}
+
+/// One transaction for the batch, a savepoint per message.
+async fn apply_batch(shared: &Shared, batch: &[Delivery]) -> sqlx::Result<Vec<Processed>> {
+    let mut tx = shared.pool.begin().await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for d in batch {
+        let meta = delivery_meta(d.routing_key.as_str(), &d.properties);
+        let span = tracing::info_span!(
+            "message",
+            message_id = meta.message_id.as_deref().unwrap_or(""),
+            workflow_id = meta.correlation_id.as_deref().unwrap_or(""),
+            message_type = meta.kind.as_deref().unwrap_or(""),
+            routing_key = %meta.routing_key,
+        );
+        let inbound = Inbound {
+            body: &d.data,
+            meta: &meta,
+        };
+        let now = Utc::now();
+        let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+        let res = shared
+            .processor
+            .process(&mut sp, inbound, now)
+            .instrument(span.clone())
+            .await;
+        match res {
+            Ok(p) => {
+                sp.commit().await?;
+                span.in_scope(|| tracing::info!(outcome = p.outcome.label(), "processed"));
+                results.push(p);
+            }
+            Err(e) if db::is_data_error(&e) => {
+                // PostgreSQL refused a value of this message: it is the message's fault,
+                // so dead-letter it rather than retry forever.
+                sp.rollback().await?;
+                let rej = Rejected::new(
+                    Reason::InvalidField,
+                    format!("the database refused a value: {e}"),
+                );
+                span.in_scope(|| tracing::warn!(detail = %rej.detail, "message rejected"));
+                let mut sp = sqlx::Connection::begin(&mut *tx).await?;
+                processor::dead_letter(&mut sp, inbound, None, None, &rej, now).await?;
+                sp.commit().await?;
+                results.push(Processed {
+                    outcome: Outcome::Rejected(rej.reason),
+                    registered: None,
+                    queued: false,
+                    transition: None,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
+}

@@ -1,0 +1,114 @@
+//! `App::build(Settings)` and `App::run(shutdown)`: the one way the service is
+//! assembled, used by `main`, the tests and the demo.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::supervisor;
+use crate::db;
+use crate::runtime::{Shared, Status};
+use crate::settings::Settings;
+
+pub struct App {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl App {
+    /// Binds the HTTP listener and prepares the (lazy) database pool. Connecting to the
+    /// database and the broker happens in [`App::run`], with retries.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let pool = db::pool(&settings.database)?;
+        let listener = TcpListener::bind(&settings.http.addr)
+            .await
+            .with_context(|| format!("could not listen on http.addr {}", settings.http.addr))?;
+        Ok(App {
+            shared: Arc::new(Shared::new(settings, pool)),
+            listener,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled: migrations, registration of configured agents,
+    /// then the broker session (topology, consumer, relay) under the supervisor.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let shared = self.shared;
+        tracing::info!(addr = %self.listener.local_addr()?, "HTTP listening");
+        let http = tokio::spawn(crate::http::serve(
+            self.listener,
+            shared.clone(),
+            shutdown.clone(),
+        ));
+
+        if !retry_until_ok("apply migrations", &shutdown, || db::migrate(&shared.pool)).await {
+            return finish(http).await;
+        }
+        Status::set(&shared.status.migrated, true);
+        tracing::info!("migrations applied");
+        let register = || register_configured_agents(&shared);
+        if !retry_until_ok("register configured agents", &shutdown, register).await {
+            return finish(http).await;
+        }
+
+        supervisor::run(&shared, shutdown.clone()).await;
+        tracing::info!("stopped consuming; outbox flushed");
+        finish(http).await
+    }
+}
+
+async fn finish(http: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
+    http.await
+        .context("HTTP task panicked")?
+        .context("HTTP server failed")
+}
+
+async fn register_configured_agents(shared: &Shared) -> anyhow::Result<()> {
+    let mut conn = shared.pool.acquire().await?;
+    for a in &shared.settings.agents {
+        db::store::register_agent(&mut conn, &a.agent_id, &a.agent_type, "config").await?;
+    }
+    Ok(())
+}
+
+/// Retries `f` with a growing delay until it succeeds (true) or shutdown (false).
+async fn retry_until_ok<F, Fut, E>(what: &str, shutdown: &CancellationToken, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: Into<anyhow::Error>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(()) => return true,
+            Err(e) => {
+                let e: anyhow::Error = e.into();
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "could not {what}");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

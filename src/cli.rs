@@ -1,0 +1,527 @@
+//! The command line: `serve`, `migrate`, and the commands managers and operators use.
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::builder::PossibleValuesParser;
+use clap::{Parser, Subcommand};
+use sqlx::PgPool;
+
+use crate::amqp::topology::Declarer;
+use crate::amqp::{connect, properties};
+use crate::db::{self, read, store};
+use crate::domain::envelope::DeliveryMeta;
+use crate::domain::reject::Reason;
+use crate::domain::workflow::{self, Snapshot, State};
+use crate::processor::exchanges;
+use crate::settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "Coordinates software-delivery workflows between agents over RabbitMQ, with state in PostgreSQL",
+    long_about = "Coordinates software-delivery workflows between agents over RabbitMQ, with state in PostgreSQL.\n\n\
+        Configuration: config/default.toml, then config/$COORDINATOR_ENV.toml, then environment variables \
+        COORDINATOR__SECTION__KEY (e.g. COORDINATOR__DATABASE__URL, COORDINATOR__AMQP__URL)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: apply migrations, declare the topology, consume, relay the outbox, serve HTTP
+    Serve,
+    /// Apply pending database migrations and exit
+    Migrate,
+    /// Register and list agents
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Inspect and close workflows
+    Workflow {
+        #[command(subcommand)]
+        command: WorkflowCommand,
+    },
+    /// Inspect and replay rejected messages
+    #[command(name = "dead-letter")]
+    DeadLetter {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Record an agent and declare its queues and bindings (idempotent)
+    Add {
+        /// The agent's id, e.g. qa-dir-001 (letters, digits, '.', '_', '-')
+        agent_id: String,
+        /// Its role, one of the configured roles, e.g. qa-director
+        agent_type: String,
+    },
+    /// List registered agents
+    List,
+}
+
+fn state_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(State::ALL.map(State::as_str))
+}
+
+fn reason_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(Reason::ALL.map(Reason::as_str))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// List workflows, most recently changed first
+    List {
+        /// Only workflows in this state
+        #[arg(long, value_parser = state_parser())]
+        state: Option<String>,
+        /// At most this many rows
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Show a workflow: its state, its SLA clocks with deadlines, escalations and history
+    Show {
+        /// The workflow id (the correlation_id of its requirements_ready)
+        id: String,
+    },
+    /// Cancel a workflow: it becomes `cancelled` and its armed clocks are cancelled
+    Cancel {
+        id: String,
+        /// Why (recorded in the workflow's history)
+        #[arg(long)]
+        reason: String,
+    },
+    /// Mark a workflow failed: it becomes `failed` and its armed clocks are cancelled
+    Fail {
+        id: String,
+        /// Why (recorded in the workflow's history)
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List dead letters, newest first
+    List {
+        /// Only this reason
+        #[arg(long, value_parser = reason_parser())]
+        reason: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Publish a dead letter again, exactly as received, so the coordinator processes it anew
+    Replay {
+        /// The dead letter's id (dead_letters.id)
+        id: i64,
+    },
+}
+
+/// Runs one of the non-serve commands, returning what to print.
+pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String> {
+    let pool = db::pool(&settings.database)?;
+    match command {
+        Command::Serve => bail!("serve is run by main"),
+        Command::Migrate => {
+            db::migrate(&pool).await.context("migration failed")?;
+            Ok("migrations applied\n".into())
+        }
+        Command::Agent { command } => match command {
+            AgentCommand::Add {
+                agent_id,
+                agent_type,
+            } => add_agent(settings, &pool, &agent_id, &agent_type).await,
+            AgentCommand::List => list_agents(&pool).await,
+        },
+        Command::Workflow { command } => match command {
+            WorkflowCommand::List { state, limit } => {
+                list_workflows(&pool, state.as_deref(), limit).await
+            }
+            WorkflowCommand::Show { id } => show_workflow(&pool, &id, Utc::now()).await,
+            WorkflowCommand::Cancel { id, reason } => {
+                close_workflow(&pool, &id, State::Cancelled, &reason).await
+            }
+            WorkflowCommand::Fail { id, reason } => {
+                close_workflow(&pool, &id, State::Failed, &reason).await
+            }
+        },
+        Command::DeadLetter { command } => match command {
+            DeadLetterCommand::List { reason, limit } => {
+                list_dead_letters(&pool, reason.as_deref(), limit).await
+            }
+            DeadLetterCommand::Replay { id } => replay(settings, &pool, id).await,
+        },
+    }
+}
+
+fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+pub async fn add_agent(
+    settings: &Settings,
+    pool: &PgPool,
+    agent_id: &str,
+    agent_type: &str,
+) -> anyhow::Result<String> {
+    if !valid_agent_id(agent_id) {
+        bail!("agent id {agent_id:?} is invalid: use 1-200 letters, digits, '.', '_' or '-'");
+    }
+    let catalog = settings.catalog();
+    if !catalog.is_role(agent_type) {
+        let roles: Vec<&str> = catalog.roles().map(|(r, _)| r).collect();
+        bail!(
+            "agent type {agent_type:?} is not a configured role; roles: {}",
+            roles.join(", ")
+        );
+    }
+    db::migrate(pool)
+        .await
+        .context("could not prepare the database")?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("could not connect to the database")?;
+    let created = store::register_agent(&mut conn, agent_id, agent_type, "cli").await?;
+    if !created {
+        let existing = store::agent_type(&mut conn, agent_id).await?;
+        if existing.as_deref() != Some(agent_type) {
+            bail!(
+                "agent {agent_id} is already registered as {}",
+                existing.unwrap_or_else(|| "?".into())
+            );
+        }
+    }
+    let amqp = connect(&settings.amqp.url, "coordinator-cli")
+        .await
+        .context("could not connect to RabbitMQ (amqp.url)")?;
+    let mut declarer = Declarer::new(&amqp, settings.amqp.queue_type).await?;
+    declarer.fixed(&settings.amqp.inbox_queue).await?;
+    declarer.agent(agent_id, agent_type, &catalog).await?;
+    declarer.close().await;
+    store::retry_now(&mut conn).await?;
+    let _ = amqp.close(200, "done").await;
+    Ok(format!(
+        "{} agent {agent_id} ({agent_type}); queues agent.{agent_id}.tasks, .commands, .events declared\n",
+        if created { "registered" } else { "already registered:" }
+    ))
+}
+
+async fn list_agents(pool: &PgPool) -> anyhow::Result<String> {
+    let rows = read::agents(pool).await?;
+    let mut out = format!(
+        "{:<28} {:<22} {:<10} {:<20} {}\n",
+        "AGENT", "TYPE", "VIA", "REGISTERED", "LAST HEARTBEAT"
+    );
+    for a in rows {
+        let _ = writeln!(
+            out,
+            "{:<28} {:<22} {:<10} {:<20} {}",
+            a.agent_id,
+            a.agent_type,
+            a.registered_via,
+            ts(a.registered_at),
+            a.last_heartbeat_at.map_or_else(|| "-".into(), ts)
+        );
+    }
+    Ok(out)
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// "in 3h 2m" or "overdue by 5m 10s".
+fn relative(due: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (due - now).num_seconds();
+    let d =
+        humantime::format_duration(std::time::Duration::from_secs(secs.unsigned_abs())).to_string();
+    if secs >= 0 {
+        format!("in {d}")
+    } else {
+        format!("overdue by {d}")
+    }
+}
+
+async fn list_workflows(pool: &PgPool, state: Option<&str>, limit: i64) -> anyhow::Result<String> {
+    let rows = read::workflows(pool, state, limit).await?;
+    let now = Utc::now();
+    let mut out = format!(
+        "{:<36} {:<22} {:>5} {:<18} {:<20} {}\n",
+        "WORKFLOW", "STATE", "ROUND", "EPIC", "UPDATED", "NEXT DEADLINE"
+    );
+    for w in &rows {
+        let _ = writeln!(
+            out,
+            "{:<36} {:<22} {:>5} {:<18} {:<20} {}",
+            w.id,
+            w.state,
+            w.round,
+            w.epic_id.as_deref().unwrap_or("-"),
+            ts(w.updated_at),
+            w.next_due_at.map_or_else(
+                || "-".into(),
+                |d| format!("{} ({})", ts(d), relative(d, now))
+            )
+        );
+    }
+    if rows.is_empty() {
+        out.push_str("(no workflows)\n");
+    }
+    Ok(out)
+}
+
+pub async fn show_workflow(pool: &PgPool, id: &str, now: DateTime<Utc>) -> anyhow::Result<String> {
+    let Some(w) = read::workflow(pool, id).await? else {
+        bail!("no workflow {id:?} (list them with `coordinator workflow list`)");
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "Workflow {} ({})", w.id, w.kind);
+    let _ = writeln!(out, "  state:     {} (round {})", w.state, w.round);
+    let _ = writeln!(
+        out,
+        "  epic:      {}{}",
+        w.epic_id.as_deref().unwrap_or("-"),
+        w.title
+            .as_deref()
+            .map(|t| format!(" \"{t}\""))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  created:   {}   updated: {}   completed: {}",
+        ts(w.created_at),
+        ts(w.updated_at),
+        w.completed_at.map_or_else(|| "-".into(), ts)
+    );
+
+    out.push_str("\nSLA clocks\n");
+    let _ = writeln!(
+        out,
+        "  {:<34} {:>5} {:<22} {:<10} {:<20} NOTE",
+        "CLOCK", "ROUND", "OWNER", "STATUS", "DUE"
+    );
+    for c in read::clocks(pool, id).await? {
+        let note = match (c.status.as_str(), c.closed_at) {
+            ("armed", _) => relative(c.due_at, now),
+            (_, Some(at)) => format!("{} {}", c.status, ts(at)),
+            _ => String::new(),
+        };
+        let owner = match &c.owner_agent_id {
+            Some(a) => format!("{} ({a})", c.owner_role),
+            None => c.owner_role.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<34} {:>5} {:<22} {:<10} {:<20} {}",
+            c.clock,
+            c.round,
+            owner,
+            c.status,
+            ts(c.due_at),
+            note
+        );
+    }
+
+    let escalations = read::escalations(pool, id).await?;
+    if !escalations.is_empty() {
+        out.push_str("\nEscalations\n");
+        for e in escalations {
+            let ack = match (e.acknowledged_at, e.acknowledged_by) {
+                (Some(at), by) => format!(
+                    "acknowledged {} by {}",
+                    ts(at),
+                    by.unwrap_or_else(|| "?".into())
+                ),
+                (None, _) => "not acknowledged".into(),
+            };
+            let _ = writeln!(
+                out,
+                "  #{:<5} {:<30} {:<20} level {} {:<8} raised {}  {}",
+                e.id,
+                e.clock,
+                e.owner_role,
+                e.level,
+                e.severity,
+                ts(e.raised_at),
+                ack
+            );
+        }
+    }
+
+    out.push_str("\nHistory\n");
+    let _ = writeln!(
+        out,
+        "  {:>4} {:<20} {:<24} {:<20} STATE",
+        "SEQ", "AT", "MESSAGE", "FROM"
+    );
+    for e in read::events(pool, id).await? {
+        let change = match e.from_state.as_deref() {
+            None => format!("→ {}", e.to_state),
+            Some(f) if f == e.to_state => format!("  {}", e.to_state),
+            Some(f) => format!("{f} → {}", e.to_state),
+        };
+        let _ = writeln!(
+            out,
+            "  {:>4} {:<20} {:<24} {:<20} {}",
+            e.seq,
+            ts(e.occurred_at),
+            e.message_type,
+            e.source_agent_id.as_deref().unwrap_or("-"),
+            change
+        );
+    }
+    Ok(out)
+}
+
+/// An operator closes a workflow as cancelled or failed.
+pub async fn close_workflow(
+    pool: &PgPool,
+    id: &str,
+    to: State,
+    reason: &str,
+) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let Some(locked) = store::lock_workflow(&mut tx, id).await? else {
+        bail!("no workflow {id:?}");
+    };
+    let state = State::parse(&locked.state)
+        .with_context(|| format!("workflow {id} has unknown state {}", locked.state))?;
+    if state.is_terminal() {
+        bail!("workflow {id} is already {state}");
+    }
+    let snap = Snapshot {
+        state,
+        round: locked.round,
+        armed: store::armed_clocks(&mut tx, id).await?,
+    };
+    let decision = workflow::close_all(&snap, to);
+    let now = Utc::now();
+    let mut cancelled = Vec::new();
+    for e in &decision.effects {
+        if let workflow::Effect::CancelClock { clock, round } = e {
+            store::close_clock(
+                &mut tx,
+                id,
+                clock,
+                *round,
+                "cancelled",
+                Some("operator"),
+                now,
+            )
+            .await?;
+            cancelled.push(serde_json::json!({"clock": clock, "round": round}));
+        }
+    }
+    store::update_workflow(&mut tx, id, to, locked.round, now).await?;
+    let message_type = format!("operator_{}", to.as_str());
+    store::append_event(
+        &mut tx,
+        &store::NewEvent {
+            workflow_id: id,
+            message_id: None,
+            message_type: &message_type,
+            source_agent_id: Some("operator"),
+            from_state: Some(state.as_str()),
+            to_state: to.as_str(),
+            at: now,
+            detail: serde_json::json!({"reason": reason, "clocks_cancelled": cancelled}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(format!("workflow {id}: {state} → {to}\n"))
+}
+
+async fn list_dead_letters(
+    pool: &PgPool,
+    reason: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<String> {
+    let rows = read::dead_letters(pool, reason, limit).await?;
+    let mut out = format!(
+        "{:>6} {:<20} {:<22} {:<36} {:<20} {}\n",
+        "ID", "RECEIVED", "REASON", "MESSAGE ID", "FROM", "DETAIL"
+    );
+    for d in &rows {
+        let _ = writeln!(
+            out,
+            "{:>6} {:<20} {:<22} {:<36} {:<20} {}{}",
+            d.id,
+            ts(d.received_at),
+            d.reason,
+            d.message_id.as_deref().unwrap_or("-"),
+            d.source_agent_id.as_deref().unwrap_or("-"),
+            d.detail,
+            d.replayed_at
+                .map(|t| format!(" (replayed {})", ts(t)))
+                .unwrap_or_default()
+        );
+    }
+    if rows.is_empty() {
+        out.push_str("(no dead letters)\n");
+    }
+    Ok(out)
+}
+
+/// Forgets the message id (so it is not a duplicate), marks the dead letter replayed,
+/// commits, then publishes the body with its original properties to `agent.topic`.
+pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
+        bail!("no dead letter {id} (list them with `coordinator dead-letter list`)");
+    };
+    let meta: DeliveryMeta =
+        serde_json::from_value(dl.properties.clone()).unwrap_or_else(|_| DeliveryMeta {
+            routing_key: dl.routing_key.clone(),
+            ..Default::default()
+        });
+    if let Some(mid) = &dl.message_id {
+        store::forget_message(&mut tx, mid).await?;
+    }
+    store::mark_replayed(&mut tx, dl.id).await?;
+    tx.commit().await?;
+
+    let amqp = connect(&settings.amqp.url, "coordinator-cli")
+        .await
+        .context("could not connect to RabbitMQ (amqp.url)")?;
+    let channel = amqp.create_channel().await?;
+    channel.confirm_select(Default::default()).await?;
+    let confirm = channel
+        .basic_publish(
+            exchanges::TOPIC,
+            &dl.routing_key,
+            Default::default(),
+            &dl.body,
+            properties(&meta),
+        )
+        .await?
+        .await?;
+    let _ = amqp.close(200, "done").await;
+    if !confirm.is_ack() {
+        bail!("the broker did not accept the replayed message; run the command again");
+    }
+    Ok(format!(
+        "dead letter {id}{} published again to {} with routing key {}{}\n",
+        dl.message_id
+            .map(|m| format!(" (message {m})"))
+            .unwrap_or_default(),
+        exchanges::TOPIC,
+        dl.routing_key,
+        dl.replayed_at
+            .map(|t| format!("; it had been replayed before, at {}", ts(t)))
+            .unwrap_or_default()
+    ))
+}

@@ -1,0 +1,159 @@
+//! Read queries behind the manager- and operator-facing CLI.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{FromRow, PgPool};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct WorkflowRow {
+    pub id: String,
+    pub kind: String,
+    pub state: String,
+    pub epic_id: Option<String>,
+    pub title: Option<String>,
+    pub round: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The earliest deadline among the workflow's armed clocks.
+    pub next_due_at: Option<DateTime<Utc>>,
+}
+
+const WORKFLOW_COLUMNS: &str = "w.id, w.kind, w.state, w.epic_id, w.title, w.round, w.created_at, w.updated_at, w.completed_at,
+     (SELECT min(due_at) FROM sla_clocks c WHERE c.workflow_id = w.id AND c.status = 'armed') AS next_due_at";
+
+pub async fn workflows(
+    pool: &PgPool,
+    state: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<WorkflowRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {WORKFLOW_COLUMNS} FROM workflows w
+         WHERE ($1::text IS NULL OR w.state = $1)
+         ORDER BY w.updated_at DESC, w.id LIMIT $2"
+    ))
+    .bind(state)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn workflow(pool: &PgPool, id: &str) -> sqlx::Result<Option<WorkflowRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE w.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ClockRow {
+    pub clock: String,
+    pub round: i32,
+    pub owner_role: String,
+    pub owner_agent_id: Option<String>,
+    pub armed_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub status: String,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn clocks(pool: &PgPool, workflow_id: &str) -> sqlx::Result<Vec<ClockRow>> {
+    sqlx::query_as(
+        "SELECT clock, round, owner_role, owner_agent_id, armed_at, due_at, status, closed_at
+         FROM sla_clocks WHERE workflow_id = $1 ORDER BY round, armed_at, id",
+    )
+    .bind(workflow_id)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub seq: i32,
+    pub message_id: Option<String>,
+    pub message_type: String,
+    pub source_agent_id: Option<String>,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub occurred_at: DateTime<Utc>,
+    pub detail: Value,
+}
+
+pub async fn events(pool: &PgPool, workflow_id: &str) -> sqlx::Result<Vec<EventRow>> {
+    sqlx::query_as(
+        "SELECT seq, message_id, message_type, source_agent_id, from_state, to_state, occurred_at, detail
+         FROM workflow_events WHERE workflow_id = $1 ORDER BY seq",
+    )
+    .bind(workflow_id)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EscalationRow {
+    pub id: i64,
+    pub clock: String,
+    pub owner_role: String,
+    pub level: i32,
+    pub severity: String,
+    pub raised_at: DateTime<Utc>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+}
+
+pub async fn escalations(pool: &PgPool, workflow_id: &str) -> sqlx::Result<Vec<EscalationRow>> {
+    sqlx::query_as(
+        "SELECT id, clock, owner_role, level, severity, raised_at, acknowledged_at, acknowledged_by
+         FROM escalations WHERE workflow_id = $1 ORDER BY id",
+    )
+    .bind(workflow_id)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct AgentRow {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub registered_at: DateTime<Utc>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub registered_via: String,
+}
+
+pub async fn agents(pool: &PgPool) -> sqlx::Result<Vec<AgentRow>> {
+    sqlx::query_as(
+        "SELECT agent_id, agent_type, registered_at, last_heartbeat_at, registered_via FROM agents ORDER BY agent_type, agent_id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct DeadLetterRow {
+    pub id: i64,
+    pub message_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub routing_key: String,
+    pub source_agent_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn dead_letters(
+    pool: &PgPool,
+    reason: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeadLetterRow>> {
+    sqlx::query_as(
+        "SELECT id, message_id, reason, detail, routing_key, source_agent_id, received_at, replayed_at
+         FROM dead_letters WHERE ($1::text IS NULL OR reason = $1)
+         ORDER BY id DESC LIMIT $2",
+    )
+    .bind(reason)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,536 @@
+//! The writes of message processing and of the outbox relay. Every function takes a
+//! connection so it joins the caller's transaction.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, Row};
+
+use crate::domain::workflow::{ArmedClock, State};
+
+pub const OUTCOME_ACCEPTED: &str = "accepted";
+pub const OUTCOME_REJECTED: &str = "rejected";
+pub const OUTCOME_OBSERVED: &str = "observed";
+
+/// Records a message id as processed. False if it was processed before (a duplicate);
+/// the primary key does the deduplication, so concurrent transactions serialise here.
+pub async fn claim_message(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<bool> {
+    let res = sqlx::query(
+        "INSERT INTO processed_messages (message_id, outcome) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(message_id)
+    .bind(OUTCOME_ACCEPTED)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+pub async fn set_outcome(
+    conn: &mut PgConnection,
+    message_id: &str,
+    outcome: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE processed_messages SET outcome = $2 WHERE message_id = $1")
+        .bind(message_id)
+        .bind(outcome)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Forgets a processed message id, so a replayed copy is acted on again.
+pub async fn forget_message(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM processed_messages WHERE message_id = $1")
+        .bind(message_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The registered type of an agent, if it is registered.
+pub async fn agent_type(conn: &mut PgConnection, agent_id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT agent_type FROM agents WHERE agent_id = $1")
+        .bind(agent_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Registers an agent; true if it was not registered before.
+pub async fn register_agent(
+    conn: &mut PgConnection,
+    agent_id: &str,
+    agent_type: &str,
+    via: &str,
+) -> sqlx::Result<bool> {
+    let res = sqlx::query(
+        "INSERT INTO agents (agent_id, agent_type, registered_via) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(agent_id)
+    .bind(agent_type)
+    .bind(via)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+pub async fn touch_heartbeat(
+    conn: &mut PgConnection,
+    agent_id: &str,
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE agents SET last_heartbeat_at = greatest(last_heartbeat_at, $2) WHERE agent_id = $1",
+    )
+    .bind(agent_id)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Every registered agent, for declaring queues at start.
+pub async fn all_agents(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, String)>> {
+    let rows = sqlx::query("SELECT agent_id, agent_type FROM agents ORDER BY agent_id")
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("agent_id")?, r.try_get("agent_type")?)))
+        .collect()
+}
+
+/// The one registered agent of a role, if there is exactly one (the clock's owner).
+pub async fn sole_agent_of(conn: &mut PgConnection, role: &str) -> sqlx::Result<Option<String>> {
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT agent_id FROM agents WHERE agent_type = $1 LIMIT 2")
+            .bind(role)
+            .fetch_all(conn)
+            .await?;
+    Ok(if ids.len() == 1 {
+        ids.into_iter().next()
+    } else {
+        None
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct LockedWorkflow {
+    pub kind: String,
+    pub state: String,
+    pub round: i32,
+}
+
+/// Locks a workflow row for the rest of the transaction.
+pub async fn lock_workflow(
+    conn: &mut PgConnection,
+    id: &str,
+) -> sqlx::Result<Option<LockedWorkflow>> {
+    let row = sqlx::query("SELECT kind, state, round FROM workflows WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(LockedWorkflow {
+            kind: r.try_get("kind")?,
+            state: r.try_get("state")?,
+            round: r.try_get("round")?,
+        })
+    })
+    .transpose()
+}
+
+pub struct NewWorkflow<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub state: State,
+    pub epic_id: Option<&'a str>,
+    pub title: Option<&'a str>,
+    pub data: &'a Value,
+    pub at: DateTime<Utc>,
+}
+
+/// Creates a workflow; false if the id is taken.
+pub async fn insert_workflow(conn: &mut PgConnection, w: &NewWorkflow<'_>) -> sqlx::Result<bool> {
+    let res = sqlx::query(
+        "INSERT INTO workflows (id, kind, state, epic_id, title, data, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(w.id)
+    .bind(w.kind)
+    .bind(w.state.as_str())
+    .bind(w.epic_id)
+    .bind(w.title)
+    .bind(w.data)
+    .bind(w.at)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+pub async fn update_workflow(
+    conn: &mut PgConnection,
+    id: &str,
+    state: State,
+    round: i32,
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE workflows SET state = $2, round = $3, updated_at = $4,
+                completed_at = CASE WHEN $5 THEN coalesce(completed_at, $4) ELSE completed_at END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state.as_str())
+    .bind(round)
+    .bind(at)
+    .bind(state.is_terminal())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub struct NewEvent<'a> {
+    pub workflow_id: &'a str,
+    pub message_id: Option<&'a str>,
+    pub message_type: &'a str,
+    pub source_agent_id: Option<&'a str>,
+    pub from_state: Option<&'a str>,
+    pub to_state: &'a str,
+    pub at: DateTime<Utc>,
+    pub detail: Value,
+}
+
+/// Appends to a workflow's history; the caller holds the workflow row lock, so the
+/// next sequence number cannot race.
+pub async fn append_event(conn: &mut PgConnection, e: &NewEvent<'_>) -> sqlx::Result<i32> {
+    sqlx::query_scalar(
+        "INSERT INTO workflow_events
+             (workflow_id, seq, message_id, message_type, source_agent_id, from_state, to_state, occurred_at, detail)
+         SELECT $1, coalesce(max(seq), 0) + 1, $2, $3, $4, $5, $6, $7, $8
+         FROM workflow_events WHERE workflow_id = $1
+         RETURNING seq",
+    )
+    .bind(e.workflow_id)
+    .bind(e.message_id)
+    .bind(e.message_type)
+    .bind(e.source_agent_id)
+    .bind(e.from_state)
+    .bind(e.to_state)
+    .bind(e.at)
+    .bind(&e.detail)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn armed_clocks(
+    conn: &mut PgConnection,
+    workflow_id: &str,
+) -> sqlx::Result<Vec<ArmedClock>> {
+    let rows = sqlx::query(
+        "SELECT clock, round, owner_role FROM sla_clocks
+         WHERE workflow_id = $1 AND status = 'armed' ORDER BY id",
+    )
+    .bind(workflow_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ArmedClock {
+                clock: r.try_get("clock")?,
+                round: r.try_get("round")?,
+                owner_role: r.try_get("owner_role")?,
+            })
+        })
+        .collect()
+}
+
+pub struct NewClock<'a> {
+    pub workflow_id: &'a str,
+    pub clock: &'a str,
+    pub round: i32,
+    pub owner_role: &'a str,
+    pub owner_agent_id: Option<&'a str>,
+    pub armed_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
+
+pub async fn arm_clock(conn: &mut PgConnection, c: &NewClock<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO sla_clocks (workflow_id, clock, round, owner_role, owner_agent_id, armed_at, due_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(c.workflow_id)
+    .bind(c.clock)
+    .bind(c.round)
+    .bind(c.owner_role)
+    .bind(c.owner_agent_id)
+    .bind(c.armed_at)
+    .bind(c.due_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Closes an armed clock as `met` or `cancelled`.
+pub async fn close_clock(
+    conn: &mut PgConnection,
+    workflow_id: &str,
+    clock: &str,
+    round: i32,
+    status: &str,
+    closed_by: Option<&str>,
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sla_clocks SET status = $4, closed_at = $5, closed_by = $6
+         WHERE workflow_id = $1 AND clock = $2 AND round = $3 AND status = 'armed'",
+    )
+    .bind(workflow_id)
+    .bind(clock)
+    .bind(round)
+    .bind(status)
+    .bind(at)
+    .bind(closed_by)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The agent that acknowledged a handoff owns the role's armed clocks from then on.
+pub async fn assign_clock_owner(
+    conn: &mut PgConnection,
+    workflow_id: &str,
+    role: &str,
+    agent_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sla_clocks SET owner_agent_id = $3
+         WHERE workflow_id = $1 AND owner_role = $2 AND status = 'armed'",
+    )
+    .bind(workflow_id)
+    .bind(role)
+    .bind(agent_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub struct NewEscalation<'a> {
+    pub workflow_id: &'a str,
+    pub clock: &'a str,
+    pub owner_role: &'a str,
+    pub level: i32,
+    pub severity: &'a str,
+    pub raised_at: DateTime<Utc>,
+    pub message_id: &'a str,
+}
+
+pub async fn insert_escalation(
+    conn: &mut PgConnection,
+    e: &NewEscalation<'_>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO escalations (workflow_id, clock, owner_role, level, severity, raised_at, message_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(e.workflow_id)
+    .bind(e.clock)
+    .bind(e.owner_role)
+    .bind(e.level)
+    .bind(e.severity)
+    .bind(e.raised_at)
+    .bind(e.message_id)
+    .fetch_one(conn)
+    .await
+}
+
+/// A message the coordinator has committed to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub message_id: String,
+    pub exchange: String,
+    pub routing_key: String,
+    pub message_type: String,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub app_id: String,
+    pub body: Vec<u8>,
+}
+
+/// Queues a message; a second insert of the same id (a re-run) changes nothing.
+pub async fn enqueue(conn: &mut PgConnection, m: &OutboxMessage) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id, causation_id, app_id, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(&m.message_id)
+    .bind(&m.exchange)
+    .bind(&m.routing_key)
+    .bind(&m.message_type)
+    .bind(&m.correlation_id)
+    .bind(&m.causation_id)
+    .bind(&m.app_id)
+    .bind(&m.body)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct PendingMessage {
+    pub id: i64,
+    pub attempts: i32,
+    pub message: OutboxMessage,
+}
+
+/// Claims due unsent rows for this transaction; rows another relay holds are skipped.
+pub async fn claim_pending(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> sqlx::Result<Vec<PendingMessage>> {
+    let rows = sqlx::query(
+        "SELECT id, attempts, message_id, exchange, routing_key, message_type, correlation_id, causation_id, app_id, body
+         FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(PendingMessage {
+                id: r.try_get("id")?,
+                attempts: r.try_get("attempts")?,
+                message: OutboxMessage {
+                    message_id: r.try_get("message_id")?,
+                    exchange: r.try_get("exchange")?,
+                    routing_key: r.try_get("routing_key")?,
+                    message_type: r.try_get("message_type")?,
+                    correlation_id: r.try_get("correlation_id")?,
+                    causation_id: r.try_get("causation_id")?,
+                    app_id: r.try_get("app_id")?,
+                    body: r.try_get("body")?,
+                },
+            })
+        })
+        .collect()
+}
+
+pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Leaves a row unsent and schedules the next attempt.
+pub async fn mark_failed(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+    retry_in: std::time::Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                next_attempt_at = now() + make_interval(secs => $3)
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(retry_in.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Rows not yet sent (due or waiting for a retry).
+pub async fn pending_count(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(conn)
+        .await
+}
+
+/// Makes every unsent row due now (after a reconnect, or when an agent's queues appear).
+pub async fn retry_now(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE sent_at IS NULL AND next_attempt_at > now()")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub struct NewDeadLetter<'a> {
+    pub message_id: Option<&'a str>,
+    pub reason: &'a str,
+    pub detail: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub body_json: Option<&'a Value>,
+    pub properties: &'a Value,
+    pub source_agent_id: Option<&'a str>,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn insert_dead_letter(
+    conn: &mut PgConnection,
+    d: &NewDeadLetter<'_>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO dead_letters
+             (message_id, reason, detail, routing_key, body, body_json, properties, source_agent_id, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+    )
+    .bind(d.message_id)
+    .bind(d.reason)
+    .bind(d.detail)
+    .bind(d.routing_key)
+    .bind(d.body)
+    .bind(d.body_json)
+    .bind(d.properties)
+    .bind(d.source_agent_id)
+    .bind(d.at)
+    .fetch_one(conn)
+    .await
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub message_id: Option<String>,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: Value,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn lock_dead_letter(
+    conn: &mut PgConnection,
+    id: i64,
+) -> sqlx::Result<Option<DeadLetter>> {
+    let row = sqlx::query(
+        "SELECT id, message_id, routing_key, body, properties, replayed_at FROM dead_letters WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok(DeadLetter {
+            id: r.try_get("id")?,
+            message_id: r.try_get("message_id")?,
+            routing_key: r.try_get("routing_key")?,
+            body: r.try_get("body")?,
+            properties: r.try_get("properties")?,
+            replayed_at: r.try_get("replayed_at")?,
+        })
+    })
+    .transpose()
+}
+
+pub async fn mark_replayed(conn: &mut PgConnection, id: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! The fixed list of reasons a message is rejected (PROTOCOL.md section 6). The strings
+//! are stored in `dead_letters.reason` and sent in `message_rejected` notices; they are
+//! part of the contract and documented in `docs/agents.md`.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The body is not JSON (or not UTF-8).
+    MalformedJson,
+    /// A required field is absent or empty.
+    MissingField,
+    /// A field has the wrong type or an invalid value (e.g. a bad timestamp).
+    InvalidField,
+    /// The AMQP properties or the routing key disagree with the header.
+    PropertyMismatch,
+    /// `source.agent_type` is not a configured role.
+    UnknownRole,
+    /// `message_type` is not one any role publishes.
+    UnknownMessageType,
+    /// The sender's role may not publish this message type.
+    SenderNotAllowed,
+    /// The sender is not a registered agent (automatic registration is off).
+    UnknownAgent,
+    /// The sender is registered with another agent type than it claims.
+    AgentTypeMismatch,
+    /// `timestamp + ttl` is in the past.
+    Expired,
+    /// The correlation id names no workflow and the message does not start one.
+    UnknownWorkflow,
+    /// `requirements_ready` for a correlation id that is already a workflow.
+    WorkflowExists,
+    /// The workflow's state does not accept this message from this role.
+    NotAcceptedInState,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 13] = [
+        Reason::MalformedJson,
+        Reason::MissingField,
+        Reason::InvalidField,
+        Reason::PropertyMismatch,
+        Reason::UnknownRole,
+        Reason::UnknownMessageType,
+        Reason::SenderNotAllowed,
+        Reason::UnknownAgent,
+        Reason::AgentTypeMismatch,
+        Reason::Expired,
+        Reason::UnknownWorkflow,
+        Reason::WorkflowExists,
+        Reason::NotAcceptedInState,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MalformedJson => "malformed_json",
+            Reason::MissingField => "missing_field",
+            Reason::InvalidField => "invalid_field",
+            Reason::PropertyMismatch => "property_mismatch",
+            Reason::UnknownRole => "unknown_role",
+            Reason::UnknownMessageType => "unknown_message_type",
+            Reason::SenderNotAllowed => "sender_not_allowed",
+            Reason::UnknownAgent => "unknown_agent",
+            Reason::AgentTypeMismatch => "agent_type_mismatch",
+            Reason::Expired => "expired",
+            Reason::UnknownWorkflow => "unknown_workflow",
+            Reason::WorkflowExists => "workflow_exists",
+            Reason::NotAcceptedInState => "not_accepted_in_state",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejection: the reason and a human-readable detail that says what and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Rejected {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejected {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Rejected {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_and_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            assert!(seen.insert(r.as_str()), "duplicate reason string {r}");
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! `/healthz`, `/readyz` and `/metrics` (PROTOCOL.md section 1).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{Shared, Status};
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 once migrations are applied, the topology is declared and the inbox is consumed,
+/// and only while the broker connection is up and the database answers.
+async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let s = &shared.status;
+    let database = tokio::time::timeout(
+        Duration::from_secs(1),
+        sqlx::query("SELECT 1").execute(&shared.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let checks = json!({
+        "migrated": Status::get(&s.migrated),
+        "broker_connected": Status::get(&s.broker_connected),
+        "topology_declared": Status::get(&s.topology_declared),
+        "consuming": Status::get(&s.consuming),
+        "database_reachable": database,
+    });
+    let ready = checks
+        .as_object()
+        .is_some_and(|o| o.values().all(|v| v.as_bool() == Some(true)));
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"ready": ready, "checks": checks})))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+}

@@ -1,0 +1,28 @@
+//! # coordinator
+//!
+//! Coordinates software-delivery workflows between agents over RabbitMQ, with its state
+//! in PostgreSQL. See `docs/architecture.md` for the map; in short:
+//!
+//! - [`domain`]: the pure core: envelope and validation, role catalog, the workflow
+//!   state machine, rejection reasons, id derivation. No I/O.
+//! - [`settings`]: layered configuration into typed [`settings::Settings`].
+//! - [`db`]: the pool, embedded migrations and every SQL statement.
+//! - [`processor`]: one inbound message in a transaction (dedupe, validate, decide,
+//!   persist).
+//! - [`amqp`]: the connection supervisor, topology, inbox consumer and outbox relay.
+//! - [`http`]: health, readiness and metrics.
+//! - [`app`]: `App::build(settings)` + `run(shutdown)`, used by `main` and the tests.
+//! - [`cli`]: the command tree and the operator/manager commands.
+//! - [`agent`]: a small client that speaks the protocol as an agent (tests, demo).
+
+pub mod agent;
+pub mod amqp;
+pub mod app;
+pub mod cli;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod processor;
+pub mod runtime;
+pub mod settings;
+pub mod telemetry;

@@ -1,0 +1,185 @@
+//! State shared by the running service's tasks: readiness flags, metrics, the relay's
+//! wake-up signal and the processor.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::domain::catalog::Catalog;
+use crate::processor::Processor;
+use crate::settings::Settings;
+
+pub struct Shared {
+    pub settings: Settings,
+    pub catalog: Catalog,
+    pub pool: PgPool,
+    pub processor: Processor,
+    pub status: Status,
+    pub metrics: Metrics,
+    /// Signalled after every commit that queued outgoing messages.
+    pub wake_relay: Notify,
+}
+
+impl Shared {
+    pub fn new(settings: Settings, pool: PgPool) -> Shared {
+        let catalog = settings.catalog();
+        let processor = Processor {
+            catalog: catalog.clone(),
+            durations: settings.clock_durations(),
+            auto_register: settings.registration.auto_register,
+        };
+        Shared {
+            settings,
+            catalog,
+            pool,
+            processor,
+            status: Status::default(),
+            metrics: Metrics::new(),
+            wake_relay: Notify::new(),
+        }
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub migrated: AtomicBool,
+    pub broker_connected: AtomicBool,
+    pub topology_declared: AtomicBool,
+    pub consuming: AtomicBool,
+}
+
+impl Status {
+    pub fn set(flag: &AtomicBool, v: bool) {
+        flag.store(v, Ordering::Relaxed);
+    }
+    pub fn get(flag: &AtomicBool) -> bool {
+        flag.load(Ordering::Relaxed)
+    }
+    pub fn broker_lost(&self) {
+        Status::set(&self.broker_connected, false);
+        Status::set(&self.consuming, false);
+    }
+}
+
+/// The service's Prometheus metrics (served at `/metrics`).
+pub struct Metrics {
+    pub registry: Registry,
+    pub messages: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub transitions: IntCounterVec,
+    pub batch_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub published: IntCounter,
+    pub returned: IntCounter,
+    pub outbox_pending: IntGauge,
+    pub broker_connects: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let messages = IntCounterVec::new(
+            Opts::new("coordinator_messages_total", "Inbound messages by outcome"),
+            &["outcome"],
+        );
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "coordinator_rejections_total",
+                "Rejected inbound messages by reason",
+            ),
+            &["reason"],
+        );
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "coordinator_workflow_transitions_total",
+                "Workflow state transitions",
+            ),
+            &["from", "to"],
+        );
+        let batch_seconds = Histogram::with_opts(HistogramOpts::new(
+            "coordinator_batch_seconds",
+            "Time to apply and commit one batch of inbound messages",
+        ));
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("coordinator_batch_size", "Inbound messages per transaction")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        );
+        let published = IntCounter::new(
+            "coordinator_outbox_published_total",
+            "Outbox messages confirmed by the broker",
+        );
+        let returned = IntCounter::new(
+            "coordinator_outbox_returned_total",
+            "Outbox messages returned as unroutable (kept and retried)",
+        );
+        let outbox_pending = IntGauge::new(
+            "coordinator_outbox_pending",
+            "Outbox messages not yet confirmed",
+        );
+        let broker_connects = IntCounter::new(
+            "coordinator_broker_connects_total",
+            "Connections opened to RabbitMQ",
+        );
+        // The names and label sets above are fixed and valid, so construction and
+        // registration cannot fail; a failure here is a programming error caught by tests.
+        let m = Metrics {
+            messages: messages.expect("valid metric"),
+            rejections: rejections.expect("valid metric"),
+            transitions: transitions.expect("valid metric"),
+            batch_seconds: batch_seconds.expect("valid metric"),
+            batch_size: batch_size.expect("valid metric"),
+            published: published.expect("valid metric"),
+            returned: returned.expect("valid metric"),
+            outbox_pending: outbox_pending.expect("valid metric"),
+            broker_connects: broker_connects.expect("valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.messages.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.rejections.clone()),
+            Box::new(m.transitions.clone()),
+            Box::new(m.batch_seconds.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.published.clone()),
+            Box::new(m.returned.clone()),
+            Box::new(m.outbox_pending.clone()),
+            Box::new(m.broker_connects.clone()),
+        ] {
+            m.registry.register(c).expect("metric registered once");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_register_and_render() {
+        let m = super::Metrics::new();
+        m.messages.with_label_values(&["accepted"]).inc();
+        let text = m.render();
+        assert!(
+            text.contains("coordinator_messages_total{outcome=\"accepted\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! Typed configuration: `config/default.toml` → `config/{COORDINATOR_ENV}.toml` →
+//! environment variables `COORDINATOR__SECTION__KEY`. Loaded once by `main` (or by a
+//! test) and handed to [`crate::app::App::build`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::catalog::{Catalog, RoleSpec};
+use crate::domain::workflow::{self, ClockDurations};
+
+/// Environment variable naming the environment file to layer on the defaults.
+pub const ENV_VAR: &str = "COORDINATOR_ENV";
+/// Environment variable naming the configuration folder (default `config`).
+pub const DIR_VAR: &str = "COORDINATOR_CONFIG_DIR";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(
+        "configuration folder {0} has no default.toml (set {DIR_VAR} to the folder holding it)"
+    )]
+    NoDefaults(PathBuf),
+    #[error("configuration could not be read")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration value {key} is invalid: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub http: HttpSettings,
+    pub registration: RegistrationSettings,
+    pub sla: SlaSettings,
+    pub outbox: OutboxSettings,
+    pub log: LogSettings,
+    pub messages: MessageSettings,
+    #[serde(default)]
+    pub agents: Vec<StaticAgent>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub prefetch: u16,
+    pub batch_size: usize,
+    pub queue_type: QueueType,
+    pub inbox_queue: String,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_delay: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegistrationSettings {
+    pub auto_register: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SlaSettings {
+    pub time_scale: f64,
+    #[serde(default)]
+    pub durations: HashMap<String, humantime_serde::Serde<Duration>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSettings {
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub batch_size: i64,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessageSettings {
+    pub common: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StaticAgent {
+    pub agent_id: String,
+    pub agent_type: String,
+}
+
+impl Settings {
+    /// Loads the layered configuration from `$COORDINATOR_CONFIG_DIR` (default `config`)
+    /// for `$COORDINATOR_ENV` (default none: defaults and environment variables only).
+    pub fn load() -> Result<Settings, SettingsError> {
+        let dir = std::env::var_os(DIR_VAR).map_or_else(|| PathBuf::from("config"), PathBuf::from);
+        let env = std::env::var(ENV_VAR).ok().filter(|e| !e.is_empty());
+        Settings::load_from(&dir, env.as_deref())
+    }
+
+    pub fn load_from(dir: &Path, env: Option<&str>) -> Result<Settings, SettingsError> {
+        let defaults = dir.join("default.toml");
+        if !defaults.is_file() {
+            return Err(SettingsError::NoDefaults(dir.to_path_buf()));
+        }
+        let mut builder = config::Config::builder().add_source(config::File::from(defaults));
+        if let Some(env) = env {
+            builder = builder
+                .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(true));
+        }
+        let built = builder
+            .add_source(
+                config::Environment::with_prefix("COORDINATOR")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?;
+        let settings: Settings = built.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot: ranges and names.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |key: &str, problem: String| SettingsError::Invalid {
+            key: key.to_string(),
+            problem,
+        };
+        if !(self.sla.time_scale.is_finite() && self.sla.time_scale > 0.0) {
+            return Err(invalid(
+                "sla.time_scale",
+                format!("must be a number above 0, got {}", self.sla.time_scale),
+            ));
+        }
+        for name in self.sla.durations.keys() {
+            if workflow::clock_def(name).is_none() {
+                let known: Vec<&str> = workflow::CLOCKS.iter().map(|c| c.name).collect();
+                return Err(invalid(
+                    &format!("sla.durations.{name}"),
+                    format!("no such clock; known clocks: {}", known.join(", ")),
+                ));
+            }
+        }
+        if self.amqp.prefetch == 0 {
+            return Err(invalid("amqp.prefetch", "must be at least 1".into()));
+        }
+        if self.amqp.batch_size == 0 {
+            return Err(invalid("amqp.batch_size", "must be at least 1".into()));
+        }
+        if self.outbox.batch_size <= 0 {
+            return Err(invalid("outbox.batch_size", "must be at least 1".into()));
+        }
+        if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
+            return Err(invalid(
+                "amqp.url",
+                format!(
+                    "must start with amqp:// or amqps://, got {:?}",
+                    self.amqp.url
+                ),
+            ));
+        }
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with postgres://".into(),
+            ));
+        }
+        if self.roles.is_empty() {
+            return Err(invalid("roles", "no roles are configured".into()));
+        }
+        for agent in &self.agents {
+            if !self.roles.contains_key(&agent.agent_type) {
+                return Err(invalid(
+                    "agents",
+                    format!(
+                        "agent {} has type {:?}, which is not a configured role",
+                        agent.agent_id, agent.agent_type
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn catalog(&self) -> Catalog {
+        Catalog::new(self.roles.clone(), self.messages.common.iter().cloned())
+    }
+
+    pub fn clock_durations(&self) -> ClockDurations {
+        let overrides = self
+            .sla
+            .durations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.into_inner()))
+            .collect();
+        ClockDurations::new(self.sla.time_scale, &overrides)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    #[test]
+    fn every_shipped_environment_loads() {
+        for env in [None, Some("test"), Some("production")] {
+            let s = Settings::load_from(&dir(), env).unwrap_or_else(|e| panic!("{env:?}: {e:#}"));
+            assert_eq!(s.roles.len(), 6, "{env:?}");
+        }
+        let prod = Settings::load_from(&dir(), Some("production")).expect("production");
+        assert_eq!(prod.amqp.queue_type, QueueType::Quorum);
+        assert!(!prod.registration.auto_register);
+        let test = Settings::load_from(&dir(), Some("test")).expect("test");
+        assert_eq!(test.amqp.queue_type, QueueType::Classic);
+        assert!(test.registration.auto_register);
+    }
+
+    #[test]
+    fn a_missing_environment_file_is_an_error() {
+        assert!(Settings::load_from(&dir(), Some("no-such-env")).is_err());
+        assert!(matches!(
+            Settings::load_from(Path::new("/nonexistent"), None),
+            Err(SettingsError::NoDefaults(_))
+        ));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let good = Settings::load_from(&dir(), None).expect("defaults");
+        let mut s = good.clone();
+        s.sla.time_scale = 0.0;
+        assert!(s
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("sla.time_scale"));
+        let mut s = good.clone();
+        s.sla
+            .durations
+            .insert("coffee_break".into(), Duration::from_secs(1).into());
+        assert!(s
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("sla.durations.coffee_break"));
+        let mut s = good;
+        s.agents.push(StaticAgent {
+            agent_id: "x".into(),
+            agent_type: "intern".into(),
+        });
+        assert!(s
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("intern"));
+    }
+
+    #[test]
+    fn clock_durations_apply_overrides_and_time_scale() {
+        let mut s = Settings::load_from(&dir(), None).expect("defaults");
+        s.sla.time_scale = 0.5;
+        s.sla
+            .durations
+            .insert("testing_start".into(), Duration::from_secs(10).into());
+        let d = s.clock_durations();
+        assert_eq!(d.get("testing_start"), Duration::from_secs(5));
+        assert_eq!(
+            d.get("post_deployment_validation"),
+            Duration::from_secs(1800)
+        );
+    }
+}
