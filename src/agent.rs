@@ -150,6 +150,17 @@ impl AgentClient {
             Queue::Commands => commands_queue(&self.agent_id),
             Queue::Events => events_queue(&self.agent_id),
         };
+        self.next_on(&name, timeout).await
+    }
+
+    /// The next message on any queue by name (e.g. `oncall.escalations`), or `None`
+    /// after `timeout`. Each message is acked once read.
+    pub async fn next_on(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<Envelope>, AgentError> {
+        let name = name.to_string();
         if !self.consumers.iter().any(|(n, _)| *n == name) {
             let consumer = self
                 .channel

@@ -1,0 +1,330 @@
+//! Shared integration-test helper: every test gets its own PostgreSQL database (cloned
+//! from a migrated template, so migrations run once per migration set) and its own
+//! RabbitMQ vhost, both dropped when the [`TestEnv`] is dropped. Waits poll with a
+//! deadline; nothing sleeps and hopes.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coordinator::agent::{AgentClient, Queue};
+use coordinator::app::App;
+use coordinator::domain::envelope::Envelope;
+use coordinator::runtime::Shared;
+use coordinator::settings::Settings;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const AMQP_BASE: &str = "amqp://guest:guest@127.0.0.1:5672";
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestEnv {
+    pub db_name: String,
+    pub vhost: String,
+    pub db_url: String,
+    pub amqp_url: String,
+    pub pool: PgPool,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The template's name changes with the migrations, so a stale template is never used.
+fn template_name() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for m in coordinator::db::MIGRATOR.iter() {
+        for b in m.checksum.iter() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("coordinator_test_template_{h:016x}")
+}
+
+async fn create_database(name: &str) {
+    let mut admin = PgConnection::connect(PG_ADMIN_URL)
+        .await
+        .expect("connect as postgres");
+    // One creator at a time (across test processes): CREATE DATABASE … TEMPLATE fails if
+    // another session is using the template.
+    sqlx::query("SELECT pg_advisory_lock(727274)")
+        .execute(&mut admin)
+        .await
+        .expect("lock");
+    let template = template_name();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut admin)
+            .await
+            .expect("query templates");
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE \"{template}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create template");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{template}");
+        let mut conn = PgConnection::connect(&url)
+            .await
+            .expect("connect to template");
+        coordinator::db::MIGRATOR
+            .run(&mut conn)
+            .await
+            .expect("migrate template");
+        conn.close().await.expect("close template connection");
+    }
+    sqlx::query(&format!(
+        "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+    ))
+    .execute(&mut admin)
+    .await
+    .expect("create test database");
+    sqlx::query("SELECT pg_advisory_unlock(727274)")
+        .execute(&mut admin)
+        .await
+        .expect("unlock");
+    let _ = admin.close().await;
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("coord_test_{id}");
+        let vhost = format!("coord_test_{id}");
+        create_database(&db_name).await;
+        let vh = vhost.clone();
+        tokio::task::spawn_blocking(move || {
+            rabbitmqctl(&["add_vhost", &vh]);
+            rabbitmqctl(&["set_permissions", "-p", &vh, "guest", ".*", ".*", ".*"]);
+        })
+        .await
+        .expect("vhost created");
+        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&db_url)
+            .await
+            .expect("connect to test database");
+        TestEnv {
+            amqp_url: format!("{AMQP_BASE}/{vhost}"),
+            db_name,
+            vhost,
+            db_url,
+            pool,
+        }
+    }
+
+    /// `config/default.toml` + `config/test.toml`, pointed at this test's database and vhost.
+    pub fn settings(&self) -> Settings {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut s = Settings::load_from(&dir, Some("test")).expect("test settings load");
+        s.database.url = self.db_url.clone();
+        s.amqp.url = self.amqp_url.clone();
+        s.http.addr = "127.0.0.1:0".into();
+        s
+    }
+
+    pub async fn start(&self) -> Running {
+        self.start_with(self.settings()).await
+    }
+
+    pub async fn start_with(&self, settings: Settings) -> Running {
+        init_logs();
+        let app = App::build(settings).await.expect("app builds");
+        let http = app.http_addr();
+        let shared = app.shared();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(app.run(token.clone()));
+        let running = Running {
+            token,
+            handle,
+            http,
+            shared,
+        };
+        running.wait_ready().await;
+        running
+    }
+
+    /// Registers an agent with the CLI code path and connects as it.
+    pub async fn agent(&self, agent_id: &str, agent_type: &str) -> AgentClient {
+        coordinator::cli::add_agent(&self.settings(), &self.pool, agent_id, agent_type)
+            .await
+            .expect("agent add");
+        self.connect_as(agent_id, agent_type).await
+    }
+
+    /// Connects as an agent without registering it.
+    pub async fn connect_as(&self, agent_id: &str, agent_type: &str) -> AgentClient {
+        AgentClient::connect(&self.amqp_url, agent_id, agent_type)
+            .await
+            .expect("agent connects")
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub async fn workflow_state(&self, id: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT state FROM workflows WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .expect("query state")
+    }
+
+    /// Waits until the workflow is in `state`.
+    pub async fn wait_state(&self, id: &str, state: &str) {
+        eventually(&format!("workflow {id} to reach {state}"), || async {
+            (self.workflow_state(id).await.as_deref() == Some(state)).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until `sql` (a count) returns `n`.
+    pub async fn wait_count(&self, sql: &str, n: i64) {
+        eventually(&format!("{sql} = {n}"), || async {
+            (self.scalar_i64(sql).await == n).then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let pool = self.pool.clone();
+        let db = self.db_name.clone();
+        let vhost = self.vhost.clone();
+        // Drop may run inside the runtime; do the blocking clean-up on a plain thread.
+        let _ = std::thread::spawn(move || {
+            drop(pool);
+            let _ = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+                .arg(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .output();
+            let _ = Command::new("rabbitmqctl")
+                .args(["delete_vhost", &vhost])
+                .output();
+        })
+        .join();
+    }
+}
+
+pub struct Running {
+    pub token: CancellationToken,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub http: SocketAddr,
+    pub shared: Arc<Shared>,
+}
+
+impl Running {
+    pub async fn wait_ready(&self) {
+        eventually("the coordinator to be ready", || async {
+            (http_get(self.http, "/readyz").await.map(|(s, _)| s) == Some(200)).then_some(())
+        })
+        .await
+    }
+
+    /// Graceful shutdown, as on SIGTERM; fails the test if it errs or hangs.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let res = tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("coordinator stops within the deadline")
+            .expect("coordinator task did not panic");
+        res.expect("coordinator run returned Ok");
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `f` until it returns `Some`, failing the test after [`WAIT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The next message on an agent's queue, failing the test if none arrives in time.
+pub async fn expect_next(agent: &mut AgentClient, queue: Queue) -> Envelope {
+    agent
+        .next(queue, WAIT)
+        .await
+        .expect("agent reads its queue")
+        .unwrap_or_else(|| {
+            panic!(
+                "{} got nothing on {queue:?} within {WAIT:?}",
+                agent.agent_id
+            )
+        })
+}
+
+/// Asserts nothing more arrives on a queue within `quiet` (used after everything that
+/// should arrive has arrived and been processed).
+pub async fn expect_quiet(agent: &mut AgentClient, queue: Queue, quiet: Duration) {
+    if let Some(env) = agent
+        .next(queue, quiet)
+        .await
+        .expect("agent reads its queue")
+    {
+        panic!(
+            "{} got an unexpected {} on {queue:?}: {:?}",
+            agent.agent_id, env.header.message_type, env
+        );
+    }
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
