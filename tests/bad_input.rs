@@ -1,0 +1,252 @@
+//! PROTOCOL.md section 6: every kind of bad input is acked off the inbox, kept whole in
+//! `dead_letters` with its reason, answered with a `message_rejected` notice where the
+//! sender is known, and changes nothing else; the service keeps running.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{expect_next, expect_quiet, TestEnv};
+use coordinator::agent::{AgentClient, Queue};
+use coordinator::domain::envelope::{DeliveryMeta, Envelope};
+use coordinator::processor::exchanges;
+use serde_json::json;
+
+struct Bad {
+    reason: &'static str,
+    routing_key: String,
+    body: Vec<u8>,
+    meta: DeliveryMeta,
+    /// The id the notice names (None: the message has none).
+    message_id: Option<String>,
+}
+
+fn bad_envelope(
+    reason: &'static str,
+    env: &Envelope,
+    tweak: impl FnOnce(&mut serde_json::Value, &mut DeliveryMeta),
+) -> Bad {
+    let mut value = serde_json::to_value(env).expect("envelope to json");
+    let mut meta = env.meta(&env.agent_routing_key());
+    tweak(&mut value, &mut meta);
+    Bad {
+        reason,
+        routing_key: meta.routing_key.clone(),
+        body: serde_json::to_vec(&value).expect("json"),
+        message_id: Some(env.header.message_id.clone()),
+        meta,
+    }
+}
+
+async fn publish(agent: &AgentClient, bad: &Bad) {
+    agent
+        .publish_raw(exchanges::TOPIC, &bad.routing_key, &bad.body, &bad.meta)
+        .await
+        .expect("publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_input_is_dead_lettered_with_its_reason_and_the_sender_told() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    let mut eng = env.agent("eng-1", "engineering-director").await;
+    let mut qa = env.agent("qa-1", "qa-director").await;
+    let wf = format!("wf-{}", uuid::Uuid::new_v4());
+    product
+        .send("requirements_ready", &wf, json!({"epic_id": "EPIC-BAD"}))
+        .await
+        .expect("publish");
+    expect_next(&mut eng, Queue::Tasks).await;
+
+    let ok = |m: &str| qa.envelope(m, &wf, json!({}));
+    let mut cases = vec![
+        Bad {
+            reason: "malformed_json",
+            routing_key: "qa-director.testing_started".into(),
+            body: b"this is { not json".to_vec(),
+            meta: DeliveryMeta {
+                message_id: Some("not-json-1".into()),
+                app_id: Some("qa-1".into()),
+                ..Default::default()
+            },
+            message_id: Some("not-json-1".into()),
+        },
+        bad_envelope("missing_field", &ok("testing_started"), |v, _| {
+            v["header"]
+                .as_object_mut()
+                .expect("header")
+                .remove("timestamp");
+        }),
+        bad_envelope("invalid_field", &ok("testing_started"), |v, _| {
+            v["payload"]["data"]["note"] = json!("nul \u{0} inside");
+        }),
+        bad_envelope("property_mismatch", &ok("testing_started"), |_, m| {
+            m.correlation_id = Some("wf-someone-else".into());
+        }),
+        bad_envelope("unknown_role", &ok("testing_started"), |v, m| {
+            v["header"]["source"]["agent_type"] = json!("intern");
+            m.routing_key = "intern.testing_started".into();
+        }),
+        bad_envelope("unknown_message_type", &ok("launch_rockets"), |_, _| {}),
+        bad_envelope("sender_not_allowed", &ok("requirements_ready"), |_, _| {}),
+        bad_envelope("expired", &ok("testing_started"), |v, m| {
+            let then = Utc::now() - chrono::Duration::hours(2);
+            v["header"]["timestamp"] = json!(then);
+            v["header"]["ttl"] = json!(60);
+            m.timestamp = Some(then.timestamp() as u64);
+        }),
+        bad_envelope("not_accepted_in_state", &ok("testing_started"), |_, _| {}),
+        bad_envelope(
+            "unknown_workflow",
+            &qa.envelope("testing_started", "wf-nope", json!({})),
+            |_, _| {},
+        ),
+        bad_envelope("agent_type_mismatch", &ok("feature_completed"), |v, m| {
+            v["header"]["source"]["agent_type"] = json!("engineering-director");
+            m.routing_key = "engineering-director.feature_completed".into();
+        }),
+    ];
+    for bad in &cases {
+        publish(&qa, bad).await;
+    }
+    // A second requirements_ready for the same workflow, from product.
+    let again = product.envelope("requirements_ready", &wf, json!({}));
+    product.publish(&again).await.expect("publish");
+    // Garbage from nobody: dead-lettered, no one to tell.
+    let anonymous = Bad {
+        reason: "malformed_json",
+        routing_key: "qa-director.testing_started".into(),
+        body: vec![0xff, 0x00, 0xfe],
+        meta: DeliveryMeta::default(),
+        message_id: None,
+    };
+    publish(&qa, &anonymous).await;
+
+    // The sender is told, once per message, with the reason.
+    let mut notices = BTreeMap::new();
+    for _ in 0..cases.len() {
+        let n = expect_next(&mut qa, Queue::Commands).await;
+        assert_eq!(n.header.message_type, "message_rejected");
+        let id = n.payload.data["rejected_message_id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        let reason = n.payload.data["reason"]
+            .as_str()
+            .expect("reason")
+            .to_string();
+        assert!(
+            !n.payload.data["detail"].as_str().unwrap_or("").is_empty(),
+            "a detail says what is wrong"
+        );
+        notices.insert(id, reason);
+    }
+    for bad in &cases {
+        let id = bad.message_id.clone().expect("every case has an id");
+        assert_eq!(
+            notices.get(&id).map(String::as_str),
+            Some(bad.reason),
+            "notice for {}",
+            bad.reason
+        );
+    }
+    expect_quiet(&mut qa, Queue::Commands, Duration::from_millis(300)).await;
+
+    // Every one is kept whole with its reason (plus product's and the anonymous one).
+    cases.push(Bad {
+        reason: "workflow_exists",
+        routing_key: again.agent_routing_key(),
+        body: serde_json::to_vec(&again).expect("json"),
+        meta: DeliveryMeta::default(),
+        message_id: Some(again.header.message_id.clone()),
+    });
+    cases.push(anonymous);
+    env.wait_count("SELECT count(*) FROM dead_letters", cases.len() as i64)
+        .await;
+    for bad in &cases {
+        let rows: Vec<(String, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT reason, body, routing_key FROM dead_letters WHERE reason = $1 AND body = $2",
+        )
+        .bind(bad.reason)
+        .bind(&bad.body)
+        .fetch_all(&env.pool)
+        .await
+        .expect("dead letters");
+        assert_eq!(rows.len(), 1, "dead letter for {}", bad.reason);
+        assert_eq!(rows[0].2, bad.routing_key);
+    }
+
+    // Nothing else changed, and the service still works.
+    assert_eq!(
+        env.workflow_state(&wf).await.as_deref(),
+        Some("requirements_handoff")
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM workflow_events").await,
+        1
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM sla_clocks WHERE status = 'armed'")
+            .await,
+        3
+    );
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM workflows").await, 1);
+    eng.send("sprint_initialized", &wf, json!({}))
+        .await
+        .expect("publish");
+    env.wait_state(&wf, "in_development").await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_is_processed_anew() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    let eng = env.agent("eng-1", "engineering-director").await;
+    let mut qa = env.agent("qa-1", "qa-director").await;
+    let wf = format!("wf-{}", uuid::Uuid::new_v4());
+    product
+        .send("requirements_ready", &wf, json!({}))
+        .await
+        .expect("publish");
+
+    // QA starts testing too early: rejected.
+    let early = qa
+        .send("testing_started", &wf, json!({}))
+        .await
+        .expect("publish");
+    let notice = expect_next(&mut qa, Queue::Commands).await;
+    assert_eq!(notice.payload.data["reason"], "not_accepted_in_state");
+    assert_eq!(
+        notice.payload.data["rejected_message_id"],
+        early.header.message_id.as_str()
+    );
+
+    // Engineering catches up; the operator replays QA's message and it now applies.
+    for m in ["sprint_initialized", "feature_completed"] {
+        eng.send(m, &wf, json!({})).await.expect("publish");
+    }
+    env.wait_state(&wf, "feature_handoff").await;
+    let id: i64 = sqlx::query_scalar("SELECT id FROM dead_letters WHERE message_id = $1")
+        .bind(&early.header.message_id)
+        .fetch_one(&env.pool)
+        .await
+        .expect("dead letter");
+    let out = coordinator::cli::replay(&env.settings(), &env.pool, id)
+        .await
+        .expect("replay");
+    assert!(out.contains("published again"), "{out}");
+    env.wait_state(&wf, "testing").await;
+    let replayed: bool =
+        sqlx::query_scalar("SELECT replayed_at IS NOT NULL FROM dead_letters WHERE id = $1")
+            .bind(id)
+            .fetch_one(&env.pool)
+            .await
+            .expect("row");
+    assert!(replayed);
+    app.stop().await;
+}
