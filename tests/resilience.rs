@@ -1,0 +1,297 @@
+//! Restarts, several coordinators, concurrent processing, readiness, and registration.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{expect_next, expect_quiet, http_get, TestEnv};
+use coordinator::agent::Queue;
+use coordinator::domain::envelope::DeliveryMeta;
+use coordinator::processor::{Inbound, Outcome};
+use coordinator::runtime::Shared;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_unsent_outbox_survive_a_restart() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    let eng = env.agent("eng-1", "engineering-director").await;
+    let qa = env.agent("qa-1", "qa-director").await;
+    let wf = format!("wf-{}", uuid::Uuid::new_v4());
+    product
+        .send("requirements_ready", &wf, json!({}))
+        .await
+        .expect("publish");
+    for m in ["sprint_initialized", "feature_completed"] {
+        eng.send(m, &wf, json!({})).await.expect("publish");
+    }
+    for m in ["testing_started", "release_approved"] {
+        qa.send(m, &wf, json!({})).await.expect("publish");
+    }
+    // No DevOps agent exists yet, so release_handoff is unroutable: the broker returns
+    // it and it stays in the outbox, unsent.
+    env.wait_state(&wf, "release_handoff").await;
+    env.wait_count(
+        "SELECT count(*) FROM outbox WHERE message_type = 'release_handoff' AND sent_at IS NULL AND attempts > 0",
+        1,
+    )
+    .await;
+    app.stop().await;
+
+    // While the coordinator is down: DevOps registers (its queues appear) and
+    // acknowledges, which waits in the inbox.
+    let mut devops = env.agent("devops-1", "devops-manager").await;
+    devops
+        .send("handoff_acknowledged", &wf, json!({}))
+        .await
+        .expect("publish");
+    assert_eq!(
+        env.workflow_state(&wf).await.as_deref(),
+        Some("release_handoff")
+    );
+
+    let app = env.start().await;
+    let task = expect_next(&mut devops, Queue::Tasks).await;
+    assert_eq!(task.header.message_type, "release_handoff");
+    assert_eq!(task.header.correlation_id, wf);
+    env.wait_count(
+        &format!("SELECT count(*) FROM workflow_events WHERE workflow_id = '{wf}' AND message_type = 'handoff_acknowledged'"),
+        1,
+    )
+    .await;
+    for m in [
+        "deployment_started",
+        "deployment_completed",
+        "validation_completed",
+    ] {
+        devops.send(m, &wf, json!({})).await.expect("publish");
+    }
+    env.wait_state(&wf, "completed").await;
+    expect_quiet(&mut devops, Queue::Tasks, Duration::from_millis(300)).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinators_on_one_database_and_vhost_cause_no_double_effect() {
+    let env = TestEnv::new().await;
+    let a = env.start().await;
+    let b = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    let eng = env.agent("eng-1", "engineering-director").await;
+    let mut qa = env.agent("qa-1", "qa-director").await;
+    let wfs: Vec<String> = (0..4)
+        .map(|_| format!("wf-{}", uuid::Uuid::new_v4()))
+        .collect();
+    for wf in &wfs {
+        let e = product.envelope("requirements_ready", wf, json!({}));
+        product.publish(&e).await.expect("publish");
+        product.publish(&e).await.expect("publish twice");
+        for m in ["sprint_initialized", "feature_completed"] {
+            let e = eng.envelope(m, wf, json!({}));
+            eng.publish(&e).await.expect("publish");
+            eng.publish(&e).await.expect("publish twice");
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in &wfs {
+        let t = expect_next(&mut qa, Queue::Tasks).await;
+        assert_eq!(t.header.message_type, "feature_handoff");
+        assert!(
+            seen.insert(t.header.correlation_id),
+            "one feature_handoff per workflow"
+        );
+    }
+    expect_quiet(&mut qa, Queue::Tasks, Duration::from_millis(500)).await;
+    for wf in &wfs {
+        env.wait_state(wf, "feature_handoff").await;
+    }
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM workflow_events").await,
+        12
+    );
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM dead_letters").await, 0);
+    env.wait_count("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
+        .await;
+
+    // Stopping the active one hands the inbox to the other.
+    a.stop().await;
+    let wf = &wfs[0];
+    qa.send("testing_started", wf, json!({}))
+        .await
+        .expect("publish");
+    env.wait_state(wf, "testing").await;
+    b.stop().await;
+}
+
+fn shared_for(env: &TestEnv) -> Shared {
+    Shared::new(env.settings(), env.pool.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_processed_concurrently_in_two_transactions_applies_once() {
+    let env = TestEnv::new().await;
+    let shared = shared_for(&env);
+    let agent = env.connect_as("product-1", "product-director").await;
+    let e = agent.envelope("requirements_ready", "wf-race", json!({}));
+    let body = serde_json::to_vec(&e).expect("json");
+    let meta: DeliveryMeta = e.meta(&e.agent_routing_key());
+
+    let mut tx1 = env.pool.begin().await.expect("tx1");
+    let mut tx2 = env.pool.begin().await.expect("tx2");
+    let inbound = Inbound {
+        body: &body,
+        meta: &meta,
+    };
+    let first = shared
+        .processor
+        .process(&mut tx1, inbound, Utc::now())
+        .await
+        .expect("first");
+    assert_eq!(first.outcome, Outcome::Accepted);
+    // The second transaction blocks on the first's uncommitted primary key; commit the
+    // first while the second waits, and the second sees a duplicate.
+    let second = tokio::spawn({
+        let processor = shared.processor.clone();
+        let body = body.clone();
+        let meta = meta.clone();
+        async move {
+            let r = processor
+                .process(
+                    &mut tx2,
+                    Inbound {
+                        body: &body,
+                        meta: &meta,
+                    },
+                    Utc::now(),
+                )
+                .await;
+            tx2.commit().await.expect("commit 2");
+            r
+        }
+    });
+    env.wait_count(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        1,
+    )
+    .await;
+    tx1.commit().await.expect("commit 1");
+    let second = second.await.expect("join").expect("second");
+    assert_eq!(second.outcome, Outcome::Duplicate);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM workflows").await, 1);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await, 1);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM workflow_events").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_503_while_the_broker_is_unreachable_and_health_stays_200() {
+    let env = TestEnv::new().await;
+    let mut s = env.settings();
+    s.amqp.url = "amqp://guest:guest@127.0.0.1:1/nowhere".into();
+    let app = coordinator::app::App::build(s).await.expect("build");
+    let addr = app.http_addr();
+    let token = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(app.run(token.clone()));
+    let migrated = common::eventually("migrations to be applied", || async {
+        let (code, body) = http_get(addr, "/readyz").await?;
+        body.contains("\"migrated\":true").then_some(code)
+    })
+    .await;
+    assert_eq!(migrated, 503);
+    let (code, body) = http_get(addr, "/readyz").await.expect("readyz answers");
+    assert_eq!(code, 503);
+    assert!(body.contains("\"broker_connected\":false"), "{body}");
+    assert_eq!(http_get(addr, "/healthz").await.map(|r| r.0), Some(200));
+    token.cancel();
+    tokio::time::timeout(common::WAIT, handle)
+        .await
+        .expect("stops")
+        .expect("no panic")
+        .expect("ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_prometheus_text_format() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    product
+        .send("requirements_ready", "wf-metrics", json!({}))
+        .await
+        .expect("publish");
+    env.wait_state("wf-metrics", "requirements_handoff").await;
+    let body = common::eventually("the accepted message to be counted", || async {
+        let (code, body) = http_get(app.http, "/metrics").await?;
+        (code == 200 && body.contains("coordinator_messages_total{outcome=\"accepted\"} 1"))
+            .then_some(body)
+    })
+    .await;
+    assert!(
+        body.contains("# TYPE coordinator_batch_seconds histogram"),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_registers_an_unknown_agent_and_declares_its_queues() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let mut newcomer = env.connect_as("qa-new", "qa-director").await;
+    let started = std::time::Instant::now();
+    newcomer
+        .send("heartbeat", "qa-new", json!({"status": "healthy"}))
+        .await
+        .expect("publish");
+    env.wait_count(
+        "SELECT count(*) FROM agents WHERE agent_id = 'qa-new' AND last_heartbeat_at IS NOT NULL",
+        1,
+    )
+    .await;
+    // Its queues exist: a task addressed to its role reaches it.
+    let product = env.agent("product-1", "product-director").await;
+    let eng = env.agent("eng-1", "engineering-director").await;
+    product
+        .send("requirements_ready", "wf-hb", json!({}))
+        .await
+        .expect("publish");
+    for m in ["sprint_initialized", "feature_completed"] {
+        eng.send(m, "wf-hb", json!({})).await.expect("publish");
+    }
+    let task = expect_next(&mut newcomer, Queue::Tasks).await;
+    assert_eq!(task.header.message_type, "feature_handoff");
+    // Registered via heartbeat, well within the protocol's 2 s (measured, not asserted
+    // as a timing: the task above can only arrive once the queues exist).
+    eprintln!("heartbeat to usable queues: {:?}", started.elapsed());
+    let via: String =
+        sqlx::query_scalar("SELECT registered_via FROM agents WHERE agent_id = 'qa-new'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("agent row");
+    assert_eq!(via, "heartbeat");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_automatic_registration_an_unknown_agent_is_rejected() {
+    let env = TestEnv::new().await;
+    let mut s = env.settings();
+    s.registration.auto_register = false;
+    let app = env.start_with(s).await;
+    let ghost = env.connect_as("ghost-1", "qa-director").await;
+    ghost
+        .send("heartbeat", "ghost-1", json!({}))
+        .await
+        .expect("publish");
+    env.wait_count(
+        "SELECT count(*) FROM dead_letters WHERE reason = 'unknown_agent'",
+        1,
+    )
+    .await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM agents").await, 0);
+    app.stop().await;
+}
