@@ -246,8 +246,10 @@ fn ts(t: DateTime<Utc>) -> String {
 /// "in 3h 2m" or "overdue by 5m 10s".
 fn relative(due: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (due - now).num_seconds();
-    let d =
-        humantime::format_duration(std::time::Duration::from_secs(secs.unsigned_abs())).to_string();
+    // Seconds are noise on deadlines hours away.
+    let abs = secs.unsigned_abs();
+    let shown = if abs >= 3600 { abs - abs % 60 } else { abs };
+    let d = humantime::format_duration(std::time::Duration::from_secs(shown)).to_string();
     if secs >= 0 {
         format!("in {d}")
     } else {

@@ -45,7 +45,14 @@ async fn apply(shared: &Shared, env: &TestEnv, e: &Envelope) -> Outcome {
     let mut tx = env.pool.begin().await.expect("tx");
     let p = shared
         .processor
-        .process(&mut tx, Inbound { body: &body, meta: &meta }, Utc::now())
+        .process(
+            &mut tx,
+            Inbound {
+                body: &body,
+                meta: &meta,
+            },
+            Utc::now(),
+        )
         .await
         .expect("processed");
     tx.commit().await.expect("commit");
@@ -102,9 +109,13 @@ async fn every_query_in_docs_sql_md_runs_as_written() {
     }
     // A rejected one for the dead-letter query.
     let late = envelope("qa-1", "qa-director", "testing_started", "wf-example-1");
-    assert!(matches!(apply(&shared, &env, &late).await, Outcome::Rejected(_)));
+    assert!(matches!(
+        apply(&shared, &env, &late).await,
+        Outcome::Rejected(_)
+    ));
 
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sql.md")).expect("docs/sql.md");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sql.md"))
+        .expect("docs/sql.md");
     let qs = queries(&doc);
     assert_eq!(qs.len(), 10, "docs/sql.md promises ten queries");
     let mut rows = Vec::new();

@@ -162,7 +162,18 @@ impl TestEnv {
 
     /// Registers an agent with the CLI code path and connects as it.
     pub async fn agent(&self, agent_id: &str, agent_type: &str) -> AgentClient {
-        coordinator::cli::add_agent(&self.settings(), &self.pool, agent_id, agent_type)
+        self.agent_with(&self.settings(), agent_id, agent_type)
+            .await
+    }
+
+    /// Registers an agent with given settings (e.g. another queue type) and connects.
+    pub async fn agent_with(
+        &self,
+        settings: &Settings,
+        agent_id: &str,
+        agent_type: &str,
+    ) -> AgentClient {
+        coordinator::cli::add_agent(settings, &self.pool, agent_id, agent_type)
             .await
             .expect("agent add");
         self.connect_as(agent_id, agent_type).await

@@ -1,0 +1,261 @@
+//! The command line as a user meets it: help everywhere, clear errors, and the manager
+//! views (`workflow list`, `workflow show`) on a real database.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use chrono::Utc;
+use common::TestEnv;
+use coordinator::domain::envelope::{DeliveryMeta, Envelope, Header, Payload, Priority, Source};
+use coordinator::processor::Inbound;
+use coordinator::runtime::Shared;
+use serde_json::json;
+
+fn coordinator(env: Option<&TestEnv>, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("COORDINATOR_ENV", "test")
+        .env_remove("RUST_LOG");
+    if let Some(env) = env {
+        cmd.env("COORDINATOR__DATABASE__URL", &env.db_url)
+            .env("COORDINATOR__AMQP__URL", &env.amqp_url);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("coordinator binary runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["agent", "--help"],
+        vec!["agent", "add", "--help"],
+        vec!["agent", "list", "--help"],
+        vec!["workflow", "--help"],
+        vec!["workflow", "list", "--help"],
+        vec!["workflow", "show", "--help"],
+        vec!["workflow", "cancel", "--help"],
+        vec!["workflow", "fail", "--help"],
+        vec!["dead-letter", "--help"],
+        vec!["dead-letter", "list", "--help"],
+        vec!["dead-letter", "replay", "--help"],
+    ] {
+        let o = coordinator(None, &args, &[]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(out.contains("Usage: coordinator"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn wrong_arguments_and_bad_configuration_say_what_is_wrong() {
+    let o = coordinator(None, &["workflow", "list", "--state", "bogus"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("invalid value 'bogus'") && err.contains("requirements_handoff"),
+        "{err}"
+    );
+
+    let o = coordinator(None, &["frobnicate"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+
+    // Environment overrides are read, and a bad value names its key.
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[("COORDINATOR__SLA__TIME_SCALE", "0")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("sla.time_scale"), "{err}");
+
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[("COORDINATOR__AMQP__PREFETCH", "lots")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("prefetch"), "{err}");
+
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[("COORDINATOR_ENV", "no-such-env")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("no-such-env"), "{err}");
+}
+
+fn envelope(agent_id: &str, agent_type: &str, message_type: &str, wf: &str) -> Envelope {
+    Envelope {
+        header: Header {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            correlation_id: wf.into(),
+            causation_id: None,
+            timestamp: Utc::now(),
+            version: "1.0".into(),
+            source: Source {
+                agent_id: agent_id.into(),
+                agent_type: agent_type.into(),
+                instance_id: None,
+            },
+            destination: None,
+            message_type: message_type.into(),
+            priority: Priority::Normal,
+            ttl: None,
+            delivery_guarantee: None,
+            tracing: None,
+            security: None,
+        },
+        payload: Payload {
+            data: json!({"epic_id": "EPIC-CLI", "title": "Checkout"}),
+            metadata: json!({}),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
+    let env = TestEnv::new().await;
+    let shared = Shared::new(env.settings(), env.pool.clone());
+    for (a, r, m) in [
+        ("product-1", "product-director", "requirements_ready"),
+        ("eng-1", "engineering-director", "sprint_initialized"),
+        ("eng-1", "engineering-director", "feature_completed"),
+        ("qa-1", "qa-director", "testing_started"),
+    ] {
+        let e = envelope(a, r, m, "wf-cli");
+        let body = serde_json::to_vec(&e).expect("json");
+        let meta: DeliveryMeta = e.meta(&e.agent_routing_key());
+        let mut tx = env.pool.begin().await.expect("tx");
+        shared
+            .processor
+            .process(
+                &mut tx,
+                Inbound {
+                    body: &body,
+                    meta: &meta,
+                },
+                Utc::now(),
+            )
+            .await
+            .expect("processed");
+        tx.commit().await.expect("commit");
+    }
+
+    let o = coordinator(Some(&env), &["workflow", "list", "--state", "testing"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("wf-cli") && out.contains("EPIC-CLI") && out.contains("in "),
+        "{out}"
+    );
+    let o = coordinator(
+        Some(&env),
+        &["workflow", "list", "--state", "completed"],
+        &[],
+    );
+    assert!(text(&o).0.contains("(no workflows)"));
+
+    let o = coordinator(Some(&env), &["workflow", "show", "wf-cli"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    eprintln!("{out}");
+    for want in [
+        "state:     testing (round 1)",
+        "EPIC-CLI \"Checkout\"",
+        "initial_feedback",
+        "testing_completion",
+        "armed",
+        "met",
+        "sprint_planning",
+        "requirements_ready",
+        "feature_handoff → testing",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+
+    let o = coordinator(Some(&env), &["workflow", "show", "wf-nope"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("no workflow \"wf-nope\""));
+
+    let o = coordinator(
+        Some(&env),
+        &["workflow", "cancel", "wf-cli", "--reason", "descoped"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(
+        env.workflow_state("wf-cli").await.as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM sla_clocks WHERE status = 'armed'")
+            .await,
+        0
+    );
+    let reason: String = sqlx::query_scalar(
+        "SELECT detail->>'reason' FROM workflow_events WHERE workflow_id = 'wf-cli' AND message_type = 'operator_cancelled'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("event");
+    assert_eq!(reason, "descoped");
+    let o = coordinator(
+        Some(&env),
+        &["workflow", "cancel", "wf-cli", "--reason", "again"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("already cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_add_registers_declares_and_refuses_bad_input() {
+    let env = TestEnv::new().await;
+    let o = coordinator(Some(&env), &["agent", "add", "qa-9", "qa-director"], &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // Idempotent.
+    let o = coordinator(Some(&env), &["agent", "add", "qa-9", "qa-director"], &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("already registered"));
+    // The queues exist: an agent can consume from them.
+    let mut qa = env.connect_as("qa-9", "qa-director").await;
+    assert!(qa
+        .next(
+            coordinator::agent::Queue::Tasks,
+            std::time::Duration::from_millis(100)
+        )
+        .await
+        .expect("tasks queue exists")
+        .is_none());
+
+    let o = coordinator(Some(&env), &["agent", "add", "qa-9", "devops-manager"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("already registered as qa-director"));
+    let o = coordinator(Some(&env), &["agent", "add", "x 1", "qa-director"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("is invalid"));
+    let o = coordinator(Some(&env), &["agent", "add", "x1", "intern"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("not a configured role"));
+
+    let o = coordinator(Some(&env), &["agent", "list"], &[]);
+    assert!(text(&o).0.contains("qa-9"));
+}
