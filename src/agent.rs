@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::amqp::topology::{commands_queue, events_queue, tasks_queue};
 use crate::amqp::{connect, properties};
-use crate::domain::envelope::{DeliveryMeta, Envelope, Header, Payload, Priority, Source};
+use crate::domain::envelope::{DeliveryMeta, Envelope};
 use crate::processor::exchanges;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,33 +63,18 @@ impl AgentClient {
         })
     }
 
-    /// A new envelope from this agent (fresh message id, timestamp now).
+    /// A new envelope from this agent (fresh message id, timestamp now, ttl 1 h).
     pub fn envelope(&self, message_type: &str, correlation_id: &str, data: Value) -> Envelope {
-        Envelope {
-            header: Header {
-                message_id: uuid::Uuid::new_v4().to_string(),
-                correlation_id: correlation_id.to_string(),
-                causation_id: None,
-                timestamp: Utc::now(),
-                version: "1.0".into(),
-                source: Source {
-                    agent_id: self.agent_id.clone(),
-                    agent_type: self.agent_type.clone(),
-                    instance_id: None,
-                },
-                destination: None,
-                message_type: message_type.to_string(),
-                priority: Priority::Normal,
-                ttl: Some(3600),
-                delivery_guarantee: None,
-                tracing: None,
-                security: None,
-            },
-            payload: Payload {
-                data,
-                metadata: Value::Object(Default::default()),
-            },
-        }
+        let mut env = Envelope::from_agent(
+            &self.agent_id,
+            &self.agent_type,
+            message_type,
+            correlation_id,
+            data,
+            Utc::now(),
+        );
+        env.header.ttl = Some(3600);
+        env
     }
 
     /// Builds and publishes a message; returns what was sent.

@@ -5,12 +5,8 @@ mod common;
 
 use std::process::{Command, Output};
 
-use chrono::Utc;
-use common::TestEnv;
-use coordinator::domain::envelope::{DeliveryMeta, Envelope, Header, Payload, Priority, Source};
-use coordinator::processor::Inbound;
+use common::{process_directly, TestEnv};
 use coordinator::runtime::Shared;
-use serde_json::json;
 
 fn coordinator(env: Option<&TestEnv>, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
@@ -102,34 +98,6 @@ fn wrong_arguments_and_bad_configuration_say_what_is_wrong() {
     assert!(err.contains("no-such-env"), "{err}");
 }
 
-fn envelope(agent_id: &str, agent_type: &str, message_type: &str, wf: &str) -> Envelope {
-    Envelope {
-        header: Header {
-            message_id: uuid::Uuid::new_v4().to_string(),
-            correlation_id: wf.into(),
-            causation_id: None,
-            timestamp: Utc::now(),
-            version: "1.0".into(),
-            source: Source {
-                agent_id: agent_id.into(),
-                agent_type: agent_type.into(),
-                instance_id: None,
-            },
-            destination: None,
-            message_type: message_type.into(),
-            priority: Priority::Normal,
-            ttl: None,
-            delivery_guarantee: None,
-            tracing: None,
-            security: None,
-        },
-        payload: Payload {
-            data: json!({"epic_id": "EPIC-CLI", "title": "Checkout"}),
-            metadata: json!({}),
-        },
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
     let env = TestEnv::new().await;
@@ -140,30 +108,14 @@ async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
         ("eng-1", "engineering-director", "feature_completed"),
         ("qa-1", "qa-director", "testing_started"),
     ] {
-        let e = envelope(a, r, m, "wf-cli");
-        let body = serde_json::to_vec(&e).expect("json");
-        let meta: DeliveryMeta = e.meta(&e.agent_routing_key());
-        let mut tx = env.pool.begin().await.expect("tx");
-        shared
-            .processor
-            .process(
-                &mut tx,
-                Inbound {
-                    body: &body,
-                    meta: &meta,
-                },
-                Utc::now(),
-            )
-            .await
-            .expect("processed");
-        tx.commit().await.expect("commit");
+        process_directly(&shared, &env.pool, a, r, m, "wf-cli").await;
     }
 
     let o = coordinator(Some(&env), &["workflow", "list", "--state", "testing"], &[]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(
-        out.contains("wf-cli") && out.contains("EPIC-CLI") && out.contains("in "),
+        out.contains("wf-cli") && out.contains("EPIC-wf-cli") && out.contains("in "),
         "{out}"
     );
     let o = coordinator(
@@ -179,7 +131,7 @@ async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
     eprintln!("{out}");
     for want in [
         "state:     testing (round 1)",
-        "EPIC-CLI \"Checkout\"",
+        "EPIC-wf-cli \"Example\"",
         "initial_feedback",
         "testing_completion",
         "armed",

@@ -295,3 +295,60 @@ async fn without_automatic_registration_an_unknown_agent_is_rejected() {
     assert_eq!(env.scalar_i64("SELECT count(*) FROM agents").await, 0);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_after_a_crash_sends_the_same_message_ids() {
+    let env = TestEnv::new().await;
+    let shared = shared_for(&env);
+    let agent = env.connect_as("product-1", "product-director").await;
+    let e = agent.envelope("requirements_ready", "wf-rerun", json!({}));
+    let body = serde_json::to_vec(&e).expect("json");
+    let meta: DeliveryMeta = e.meta(&e.agent_routing_key());
+    let outbox_ids = "SELECT message_id FROM outbox ORDER BY message_id";
+
+    // First run: the process dies before commit (the transaction rolls back).
+    let mut tx = env.pool.begin().await.expect("tx");
+    shared
+        .processor
+        .process(
+            &mut tx,
+            Inbound {
+                body: &body,
+                meta: &meta,
+            },
+            Utc::now(),
+        )
+        .await
+        .expect("first run");
+    let first: Vec<String> = sqlx::query_scalar(outbox_ids)
+        .fetch_all(&mut *tx)
+        .await
+        .expect("ids");
+    tx.rollback().await.expect("rollback");
+
+    // The redelivery runs it again, later, and commits.
+    let mut tx = env.pool.begin().await.expect("tx");
+    let p = shared
+        .processor
+        .process(
+            &mut tx,
+            Inbound {
+                body: &body,
+                meta: &meta,
+            },
+            Utc::now() + chrono::Duration::seconds(5),
+        )
+        .await
+        .expect("second run");
+    tx.commit().await.expect("commit");
+    assert_eq!(p.outcome, Outcome::Accepted);
+    let second: Vec<String> = sqlx::query_scalar(outbox_ids)
+        .fetch_all(&env.pool)
+        .await
+        .expect("ids");
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first, second,
+        "the same effect of the same message has the same id"
+    );
+}

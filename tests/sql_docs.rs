@@ -3,61 +3,10 @@
 
 mod common;
 
-use chrono::Utc;
-use common::TestEnv;
-use coordinator::domain::envelope::{DeliveryMeta, Envelope, Header, Payload, Priority, Source};
-use coordinator::processor::{Inbound, Outcome};
+use common::{process_directly, TestEnv};
+use coordinator::processor::Outcome;
 use coordinator::runtime::Shared;
-use serde_json::json;
 use sqlx::Row;
-
-fn envelope(agent_id: &str, agent_type: &str, message_type: &str, wf: &str) -> Envelope {
-    Envelope {
-        header: Header {
-            message_id: uuid::Uuid::new_v4().to_string(),
-            correlation_id: wf.into(),
-            causation_id: None,
-            timestamp: Utc::now(),
-            version: "1.0".into(),
-            source: Source {
-                agent_id: agent_id.into(),
-                agent_type: agent_type.into(),
-                instance_id: None,
-            },
-            destination: None,
-            message_type: message_type.into(),
-            priority: Priority::Normal,
-            ttl: None,
-            delivery_guarantee: None,
-            tracing: None,
-            security: None,
-        },
-        payload: Payload {
-            data: json!({"epic_id": format!("EPIC-{wf}"), "title": "Example"}),
-            metadata: json!({}),
-        },
-    }
-}
-
-async fn apply(shared: &Shared, env: &TestEnv, e: &Envelope) -> Outcome {
-    let body = serde_json::to_vec(e).expect("json");
-    let meta: DeliveryMeta = e.meta(&e.agent_routing_key());
-    let mut tx = env.pool.begin().await.expect("tx");
-    let p = shared
-        .processor
-        .process(
-            &mut tx,
-            Inbound {
-                body: &body,
-                meta: &meta,
-            },
-            Utc::now(),
-        )
-        .await
-        .expect("processed");
-    tx.commit().await.expect("commit");
-    p.outcome
-}
 
 fn queries(doc: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -101,18 +50,23 @@ async fn every_query_in_docs_sql_md_runs_as_written() {
         ("devops-1", "devops-manager", "validation_completed"),
     ];
     for (agent, role, m) in steps {
-        let outcome = apply(&shared, &env, &envelope(agent, role, m, "wf-example-1")).await;
+        let outcome = process_directly(&shared, &env.pool, agent, role, m, "wf-example-1").await;
         assert_eq!(outcome, Outcome::Accepted, "{m}");
     }
     for (agent, role, m) in &steps[..7] {
-        apply(&shared, &env, &envelope(agent, role, m, "wf-example-2")).await;
+        process_directly(&shared, &env.pool, agent, role, m, "wf-example-2").await;
     }
     // A rejected one for the dead-letter query.
-    let late = envelope("qa-1", "qa-director", "testing_started", "wf-example-1");
-    assert!(matches!(
-        apply(&shared, &env, &late).await,
-        Outcome::Rejected(_)
-    ));
+    let late = process_directly(
+        &shared,
+        &env.pool,
+        "qa-1",
+        "qa-director",
+        "testing_started",
+        "wf-example-1",
+    )
+    .await;
+    assert!(matches!(late, Outcome::Rejected(_)));
 
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sql.md"))
         .expect("docs/sql.md");

@@ -182,6 +182,42 @@ impl Envelope {
         }
     }
 
+    /// A message from an agent, with a fresh message id.
+    pub fn from_agent(
+        agent_id: &str,
+        agent_type: &str,
+        message_type: &str,
+        correlation_id: &str,
+        data: Value,
+        timestamp: DateTime<Utc>,
+    ) -> Self {
+        Envelope {
+            header: Header {
+                message_id: uuid::Uuid::new_v4().to_string(),
+                correlation_id: correlation_id.to_string(),
+                causation_id: None,
+                timestamp,
+                version: default_version(),
+                source: Source {
+                    agent_id: agent_id.to_string(),
+                    agent_type: agent_type.to_string(),
+                    instance_id: None,
+                },
+                destination: None,
+                message_type: message_type.to_string(),
+                priority: Priority::Normal,
+                ttl: None,
+                delivery_guarantee: None,
+                tracing: None,
+                security: None,
+            },
+            payload: Payload {
+                data,
+                metadata: empty_object(),
+            },
+        }
+    }
+
     /// The routing key an agent publishes this message with.
     pub fn agent_routing_key(&self) -> String {
         format!(

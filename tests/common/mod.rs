@@ -264,6 +264,41 @@ impl Running {
     }
 }
 
+/// Applies one message straight through the processor in its own transaction (no
+/// broker), for tests that only need database state.
+pub async fn process_directly(
+    shared: &Shared,
+    pool: &PgPool,
+    agent_id: &str,
+    agent_type: &str,
+    message_type: &str,
+    wf: &str,
+) -> coordinator::processor::Outcome {
+    let data = serde_json::json!({"epic_id": format!("EPIC-{wf}"), "title": "Example"});
+    let e = Envelope::from_agent(
+        agent_id,
+        agent_type,
+        message_type,
+        wf,
+        data,
+        chrono::Utc::now(),
+    );
+    let body = serde_json::to_vec(&e).expect("json");
+    let meta = e.meta(&e.agent_routing_key());
+    let mut tx = pool.begin().await.expect("tx");
+    let inbound = coordinator::processor::Inbound {
+        body: &body,
+        meta: &meta,
+    };
+    let p = shared
+        .processor
+        .process(&mut tx, inbound, chrono::Utc::now())
+        .await
+        .expect("processed");
+    tx.commit().await.expect("commit");
+    p.outcome
+}
+
 /// A minimal HTTP/1.1 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
