@@ -14,6 +14,7 @@ use crate::amqp::supervisor;
 use crate::db;
 use crate::runtime::{Shared, Status};
 use crate::settings::Settings;
+use crate::timers;
 
 pub struct App {
     shared: Arc<Shared>,
@@ -69,7 +70,23 @@ impl App {
             return finish(http).await;
         }
 
-        supervisor::run(&shared, shutdown.clone()).await;
+        // On shutdown the timer stops first, then the supervisor (consumer, then relay),
+        // so the relay's last flush carries whatever the timer committed.
+        let timer_stop = CancellationToken::new();
+        let supervisor_stop = CancellationToken::new();
+        let stopper = async {
+            shutdown.cancelled().await;
+            timer_stop.cancel();
+        };
+        let timer_then_supervisor = async {
+            timers::run(&shared, timer_stop.clone()).await;
+            supervisor_stop.cancel();
+        };
+        tokio::join!(
+            stopper,
+            timer_then_supervisor,
+            supervisor::run(&shared, supervisor_stop.clone())
+        );
         tracing::info!("stopped consuming; outbox flushed");
         finish(http).await
     }

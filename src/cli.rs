@@ -413,21 +413,12 @@ pub async fn close_workflow(
     let now = Utc::now();
     let mut cancelled = Vec::new();
     for e in &decision.effects {
-        if let workflow::Effect::CancelClock { clock, round } = e {
-            store::close_clock(
-                &mut tx,
-                id,
-                clock,
-                *round,
-                "cancelled",
-                Some("operator"),
-                now,
-            )
-            .await?;
-            cancelled.push(serde_json::json!({"clock": clock, "round": round}));
+        if let workflow::Effect::CancelClock(r) = e {
+            store::close_clock(&mut tx, id, r, "cancelled", Some("operator"), now).await?;
+            cancelled.push(serde_json::json!({"clock": r.clock, "round": r.round}));
         }
     }
-    store::update_workflow(&mut tx, id, to, locked.round, now).await?;
+    store::update_workflow(&mut tx, id, to.as_str(), locked.round, true, now).await?;
     let message_type = format!("operator_{}", to.as_str());
     store::append_event(
         &mut tx,

@@ -2,12 +2,16 @@
 //! wake-up signal and the processor.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::domain::catalog::Catalog;
+use crate::domain::sla::Deadline;
 use crate::processor::Processor;
 use crate::settings::Settings;
 
@@ -20,16 +24,17 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Signalled after every commit that queued outgoing messages.
     pub wake_relay: Notify,
+    /// Deadlines created by this process since the timer last looked; a std mutex, not
+    /// a tokio one, because nothing awaits while it is held.
+    pushed: Mutex<Vec<Deadline>>,
+    /// Signalled when deadlines are pushed.
+    pub wake_timer: Notify,
 }
 
 impl Shared {
     pub fn new(settings: Settings, pool: PgPool) -> Shared {
         let catalog = settings.catalog();
-        let processor = Processor {
-            catalog: catalog.clone(),
-            durations: settings.clock_durations(),
-            auto_register: settings.registration.auto_register,
-        };
+        let processor = Processor::from_settings(&settings);
         Shared {
             settings,
             catalog,
@@ -38,7 +43,25 @@ impl Shared {
             status: Status::default(),
             metrics: Metrics::new(),
             wake_relay: Notify::new(),
+            pushed: Mutex::new(Vec::new()),
+            wake_timer: Notify::new(),
         }
+    }
+
+    /// Hands deadlines created by a commit to the timer, so one due soon fires on time.
+    pub fn schedule(&self, deadlines: impl IntoIterator<Item = Deadline>) {
+        let mut pushed = self.pushed_deadlines();
+        let before = pushed.len();
+        pushed.extend(deadlines);
+        if pushed.len() > before {
+            drop(pushed);
+            self.wake_timer.notify_one();
+        }
+    }
+
+    pub fn pushed_deadlines(&self) -> MutexGuard<'_, Vec<Deadline>> {
+        // A poisoned lock only means a panic elsewhere while pushing; the Vec is fine.
+        self.pushed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -76,6 +99,7 @@ pub struct Metrics {
     pub returned: IntCounter,
     pub outbox_pending: IntGauge,
     pub broker_connects: IntCounter,
+    pub timer_lateness: HistogramVec,
 }
 
 impl Metrics {
@@ -123,6 +147,17 @@ impl Metrics {
             "coordinator_broker_connects_total",
             "Connections opened to RabbitMQ",
         );
+        let timer_lateness = HistogramVec::new(
+            HistogramOpts::new(
+                "coordinator_sla_timer_lateness_seconds",
+                "Fire time minus deadline, by kind (breach, warning, ladder)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 60.0, 600.0,
+            ]),
+            &["kind"],
+        );
         // The names and label sets above are fixed and valid, so construction and
         // registration cannot fail; a failure here is a programming error caught by tests.
         let m = Metrics {
@@ -135,6 +170,7 @@ impl Metrics {
             returned: returned.expect("valid metric"),
             outbox_pending: outbox_pending.expect("valid metric"),
             broker_connects: broker_connects.expect("valid metric"),
+            timer_lateness: timer_lateness.expect("valid metric"),
             registry,
         };
         for c in [
@@ -147,6 +183,7 @@ impl Metrics {
             Box::new(m.returned.clone()),
             Box::new(m.outbox_pending.clone()),
             Box::new(m.broker_connects.clone()),
+            Box::new(m.timer_lateness.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }

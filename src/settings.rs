@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::catalog::{Catalog, RoleSpec};
-use crate::domain::workflow::{self, ClockDurations};
+use crate::domain::escalation::{Ladder, Ladders};
+use crate::domain::sla::{self, ClockDurations, Severity};
 
 /// Environment variable naming the environment file to layer on the defaults.
 pub const ENV_VAR: &str = "COORDINATOR_ENV";
@@ -38,6 +39,8 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub log: LogSettings,
     pub messages: MessageSettings,
+    pub escalation: EscalationSettings,
+    pub timers: TimerSettings,
     #[serde(default)]
     pub agents: Vec<StaticAgent>,
     #[serde(default)]
@@ -92,8 +95,42 @@ pub struct RegistrationSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SlaSettings {
     pub time_scale: f64,
+    pub warning_fraction: f64,
     #[serde(default)]
     pub durations: HashMap<String, humantime_serde::Serde<Duration>>,
+    /// Per-clock severity (low, medium, high, critical).
+    #[serde(default)]
+    pub severity: HashMap<String, String>,
+}
+
+/// One escalation ladder: a level name and a wait per level.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LadderSettings {
+    pub levels: Vec<String>,
+    pub waits: Vec<humantime_serde::Serde<Duration>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EscalationSettings {
+    pub levels: Vec<String>,
+    pub waits: Vec<humantime_serde::Serde<Duration>>,
+    /// Ladders by severity (`[escalation.severity.critical]`).
+    #[serde(default)]
+    pub severity: HashMap<String, LadderSettings>,
+    /// Ladders by clock (`[escalation.clock.testing_start]`), before severity.
+    #[serde(default)]
+    pub clock: HashMap<String, LadderSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TimerSettings {
+    /// Deadlines due within this much time are held in memory.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Most deadlines held in memory at once (the window shrinks to fit).
+    pub max_in_memory: i64,
+    /// Deadlines fired in parallel (each in its own transaction).
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,14 +210,49 @@ impl Settings {
                 format!("must be a number above 0, got {}", self.sla.time_scale),
             ));
         }
+        let known = || {
+            sla::all_clocks()
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         for name in self.sla.durations.keys() {
-            if workflow::clock_def(name).is_none() {
-                let known: Vec<&str> = workflow::CLOCKS.iter().map(|c| c.name).collect();
+            if sla::clock_def(name).is_none() {
                 return Err(invalid(
                     &format!("sla.durations.{name}"),
-                    format!("no such clock; known clocks: {}", known.join(", ")),
+                    format!("no such clock; known clocks: {}", known()),
                 ));
             }
+        }
+        for (name, sev) in &self.sla.severity {
+            if sla::clock_def(name).is_none() {
+                return Err(invalid(
+                    &format!("sla.severity.{name}"),
+                    format!("no such clock; known clocks: {}", known()),
+                ));
+            }
+            if Severity::parse(sev).is_none() {
+                return Err(invalid(
+                    &format!("sla.severity.{name}"),
+                    format!("{sev:?} is not one of low, medium, high, critical"),
+                ));
+            }
+        }
+        if !(self.sla.warning_fraction > 0.0 && self.sla.warning_fraction < 1.0) {
+            return Err(invalid(
+                "sla.warning_fraction",
+                format!("must be between 0 and 1, got {}", self.sla.warning_fraction),
+            ));
+        }
+        self.ladders()?;
+        if self.timers.window.is_zero()
+            || self.timers.max_in_memory <= 0
+            || self.timers.concurrency == 0
+        {
+            return Err(invalid(
+                "timers",
+                "window, max_in_memory and concurrency must all be above zero".into(),
+            ));
         }
         if self.amqp.prefetch == 0 {
             return Err(invalid("amqp.prefetch", "must be at least 1".into()));
@@ -236,7 +308,58 @@ impl Settings {
             .iter()
             .map(|(k, v)| (k.clone(), v.into_inner()))
             .collect();
+        let severities = self
+            .sla
+            .severity
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), Severity::parse(v)?)))
+            .collect();
         ClockDurations::new(self.sla.time_scale, &overrides)
+            .with_severities(&severities)
+            .with_warning_fraction(self.sla.warning_fraction)
+    }
+
+    /// The escalation ladders, waits scaled by `sla.time_scale`.
+    pub fn ladders(&self) -> Result<Ladders, SettingsError> {
+        let ladder =
+            |key: String, levels: &[String], waits: &[humantime_serde::Serde<Duration>]| {
+                Ladder::new(
+                    levels.to_vec(),
+                    waits.iter().map(|w| w.into_inner()).collect(),
+                )
+                .map_err(|e| SettingsError::Invalid {
+                    key,
+                    problem: e.to_string(),
+                })
+            };
+        let e = &self.escalation;
+        let default = ladder("escalation".into(), &e.levels, &e.waits)?;
+        let mut by_severity = HashMap::new();
+        for (name, l) in &e.severity {
+            let key = format!("escalation.severity.{name}");
+            let sev = Severity::parse(name).ok_or_else(|| SettingsError::Invalid {
+                key: key.clone(),
+                problem: "not one of low, medium, high, critical".into(),
+            })?;
+            by_severity.insert(sev, ladder(key, &l.levels, &l.waits)?);
+        }
+        let mut by_clock = HashMap::new();
+        for (name, l) in &e.clock {
+            let key = format!("escalation.clock.{name}");
+            if sla::clock_def(name).is_none() {
+                return Err(SettingsError::Invalid {
+                    key,
+                    problem: "no such clock".into(),
+                });
+            }
+            by_clock.insert(name.clone(), ladder(key, &l.levels, &l.waits)?);
+        }
+        Ok(Ladders {
+            default,
+            by_severity,
+            by_clock,
+        }
+        .scaled(self.sla.time_scale))
     }
 }
 
@@ -300,6 +423,42 @@ mod tests {
             .expect_err("rejected")
             .to_string()
             .contains("intern"));
+    }
+
+    #[test]
+    fn ladders_come_from_configuration_and_bad_ones_name_their_key() {
+        let s = Settings::load_from(&dir(), None).expect("defaults");
+        let l = s.ladders().expect("ladders");
+        assert_eq!(l.default.len(), 3);
+        assert_eq!(l.default.target(2, "qa-director"), "oncall");
+        assert_eq!(
+            l.for_escalation("acknowledgment", Severity::Critical)
+                .wait(1),
+            Duration::from_secs(300)
+        );
+        let mut bad = s.clone();
+        bad.escalation.waits.pop();
+        assert!(bad
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("escalation"));
+        let mut bad = s.clone();
+        bad.sla
+            .severity
+            .insert("testing_start".into(), "apocalyptic".into());
+        assert!(bad
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("sla.severity.testing_start"));
+        let mut bad = s;
+        bad.sla.warning_fraction = 1.5;
+        assert!(bad
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("sla.warning_fraction"));
     }
 
     #[test]

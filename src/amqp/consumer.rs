@@ -153,6 +153,7 @@ async fn handle_batch(
         }
         queued |= p.queued;
         registered.extend(p.registered.clone());
+        shared.schedule(p.deadlines.iter().copied());
     }
     if !registered.is_empty() {
         let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type).await?;
@@ -217,12 +218,7 @@ async fn apply_batch(shared: &Shared, batch: &[Delivery]) -> sqlx::Result<Vec<Pr
                 let mut sp = sqlx::Connection::begin(&mut *tx).await?;
                 processor::dead_letter(&mut sp, inbound, None, None, &rej, now).await?;
                 sp.commit().await?;
-                results.push(Processed {
-                    outcome: Outcome::Rejected(rej.reason),
-                    registered: None,
-                    queued: false,
-                    transition: None,
-                });
+                results.push(Processed::new(Outcome::Rejected(rej.reason)));
             }
             Err(e) => return Err(e),
         }

@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
-use crate::domain::workflow::{ArmedClock, State};
+use crate::domain::sla::{ArmedClock, Deadline, DeadlineKind};
+use crate::domain::workflow::ClockRef;
 
 pub const OUTCOME_ACCEPTED: &str = "accepted";
 pub const OUTCOME_REJECTED: &str = "rejected";
@@ -140,7 +141,7 @@ pub async fn lock_workflow(
 pub struct NewWorkflow<'a> {
     pub id: &'a str,
     pub kind: &'a str,
-    pub state: State,
+    pub state: &'a str,
     pub epic_id: Option<&'a str>,
     pub title: Option<&'a str>,
     pub data: &'a Value,
@@ -155,7 +156,7 @@ pub async fn insert_workflow(conn: &mut PgConnection, w: &NewWorkflow<'_>) -> sq
     )
     .bind(w.id)
     .bind(w.kind)
-    .bind(w.state.as_str())
+    .bind(w.state)
     .bind(w.epic_id)
     .bind(w.title)
     .bind(w.data)
@@ -168,8 +169,9 @@ pub async fn insert_workflow(conn: &mut PgConnection, w: &NewWorkflow<'_>) -> sq
 pub async fn update_workflow(
     conn: &mut PgConnection,
     id: &str,
-    state: State,
+    state: &str,
     round: i32,
+    terminal: bool,
     at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -178,10 +180,10 @@ pub async fn update_workflow(
          WHERE id = $1",
     )
     .bind(id)
-    .bind(state.as_str())
+    .bind(state)
     .bind(round)
     .bind(at)
-    .bind(state.is_terminal())
+    .bind(terminal)
     .execute(conn)
     .await?;
     Ok(())
@@ -225,7 +227,7 @@ pub async fn armed_clocks(
     workflow_id: &str,
 ) -> sqlx::Result<Vec<ArmedClock>> {
     let rows = sqlx::query(
-        "SELECT clock, round, owner_role FROM sla_clocks
+        "SELECT clock, round, owner_role, subject_agent_id FROM sla_clocks
          WHERE workflow_id = $1 AND status = 'armed' ORDER BY id",
     )
     .bind(workflow_id)
@@ -237,6 +239,7 @@ pub async fn armed_clocks(
                 clock: r.try_get("clock")?,
                 round: r.try_get("round")?,
                 owner_role: r.try_get("owner_role")?,
+                subject_agent_id: r.try_get("subject_agent_id")?,
             })
         })
         .collect()
@@ -248,44 +251,52 @@ pub struct NewClock<'a> {
     pub round: i32,
     pub owner_role: &'a str,
     pub owner_agent_id: Option<&'a str>,
+    pub subject_agent_id: Option<&'a str>,
+    pub severity: &'a str,
     pub armed_at: DateTime<Utc>,
+    pub warn_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
 }
 
-pub async fn arm_clock(conn: &mut PgConnection, c: &NewClock<'_>) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO sla_clocks (workflow_id, clock, round, owner_role, owner_agent_id, armed_at, due_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+/// Arms a clock; its id, or `None` if this clock of this round was armed before.
+pub async fn arm_clock(conn: &mut PgConnection, c: &NewClock<'_>) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "INSERT INTO sla_clocks
+             (workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, armed_at, warn_at, due_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING id",
     )
     .bind(c.workflow_id)
     .bind(c.clock)
     .bind(c.round)
     .bind(c.owner_role)
     .bind(c.owner_agent_id)
+    .bind(c.subject_agent_id)
+    .bind(c.severity)
     .bind(c.armed_at)
+    .bind(c.warn_at)
     .bind(c.due_at)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_optional(conn)
+    .await
 }
 
 /// Closes an armed clock as `met` or `cancelled`.
 pub async fn close_clock(
     conn: &mut PgConnection,
     workflow_id: &str,
-    clock: &str,
-    round: i32,
+    clock: &ClockRef,
     status: &str,
     closed_by: Option<&str>,
     at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE sla_clocks SET status = $4, closed_at = $5, closed_by = $6
-         WHERE workflow_id = $1 AND clock = $2 AND round = $3 AND status = 'armed'",
+        "UPDATE sla_clocks SET status = $5, closed_at = $6, closed_by = $7
+         WHERE workflow_id = $1 AND clock = $2 AND round = $3
+           AND coalesce(subject_agent_id, '') = coalesce($4, '') AND status = 'armed'",
     )
     .bind(workflow_id)
-    .bind(clock)
-    .bind(round)
+    .bind(&clock.clock)
+    .bind(clock.round)
+    .bind(&clock.subject_agent_id)
     .bind(status)
     .bind(at)
     .bind(closed_by)
@@ -315,32 +326,228 @@ pub async fn assign_clock_owner(
 
 pub struct NewEscalation<'a> {
     pub workflow_id: &'a str,
+    /// The chain it continues; `None` starts a new chain.
+    pub chain_id: Option<i64>,
     pub clock: &'a str,
+    pub clock_id: Option<i64>,
     pub owner_role: &'a str,
+    pub agent_id: Option<&'a str>,
     pub level: i32,
+    pub target: &'a str,
     pub severity: &'a str,
     pub raised_at: DateTime<Utc>,
+    pub next_level_at: DateTime<Utc>,
     pub message_id: &'a str,
 }
 
+/// Inserts an escalation and returns (id, chain id).
 pub async fn insert_escalation(
     conn: &mut PgConnection,
     e: &NewEscalation<'_>,
-) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "INSERT INTO escalations (workflow_id, clock, owner_role, level, severity, raised_at, message_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+) -> sqlx::Result<(i64, i64)> {
+    let row = sqlx::query(
+        "WITH next AS (SELECT nextval(pg_get_serial_sequence('escalations', 'id')) AS id)
+         INSERT INTO escalations
+             (id, chain_id, workflow_id, clock, clock_id, owner_role, agent_id, level, target, severity,
+              raised_at, next_level_at, message_id)
+         SELECT id, coalesce($1, id), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM next
+         RETURNING id, chain_id",
     )
+    .bind(e.chain_id)
     .bind(e.workflow_id)
     .bind(e.clock)
+    .bind(e.clock_id)
     .bind(e.owner_role)
+    .bind(e.agent_id)
     .bind(e.level)
+    .bind(e.target)
     .bind(e.severity)
     .bind(e.raised_at)
+    .bind(e.next_level_at)
     .bind(e.message_id)
     .fetch_one(conn)
+    .await?;
+    Ok((row.try_get("id")?, row.try_get("chain_id")?))
+}
+
+/// The workflow and chain of an escalation.
+pub async fn escalation_chain(
+    conn: &mut PgConnection,
+    id: i64,
+) -> sqlx::Result<Option<(String, i64)>> {
+    let row = sqlx::query("SELECT workflow_id, chain_id FROM escalations WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| Ok((r.try_get("workflow_id")?, r.try_get("chain_id")?)))
+        .transpose()
+}
+
+/// Acknowledges every open escalation of a chain (stopping its ladder); the ids it
+/// acknowledged (none if the chain was acknowledged before).
+pub async fn acknowledge_chain(
+    conn: &mut PgConnection,
+    chain_id: i64,
+    by: &str,
+    at: DateTime<Utc>,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "UPDATE escalations SET acknowledged_at = $3, acknowledged_by = $2, next_level_at = NULL
+         WHERE chain_id = $1 AND acknowledged_at IS NULL RETURNING id",
+    )
+    .bind(chain_id)
+    .bind(by)
+    .bind(at)
+    .fetch_all(conn)
     .await
 }
+
+/// The workflow a clock or an escalation belongs to (for locking it first).
+pub async fn deadline_workflow(
+    conn: &mut PgConnection,
+    d: &Deadline,
+) -> sqlx::Result<Option<String>> {
+    let sql = match d.kind {
+        DeadlineKind::Breach | DeadlineKind::Warning => {
+            "SELECT workflow_id FROM sla_clocks WHERE id = $1"
+        }
+        DeadlineKind::Ladder => "SELECT workflow_id FROM escalations WHERE id = $1",
+    };
+    sqlx::query_scalar(sql)
+        .bind(d.id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// A clock the timer has just breached or warned about.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FiredClock {
+    pub workflow_id: String,
+    pub clock: String,
+    pub round: i32,
+    pub owner_role: String,
+    pub owner_agent_id: Option<String>,
+    pub subject_agent_id: Option<String>,
+    pub severity: String,
+    pub due_at: DateTime<Utc>,
+}
+
+const FIRED_CLOCK: &str =
+    "workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, due_at";
+
+/// Marks an armed, due clock breached; `None` if it is no longer armed or not yet due
+/// (met, cancelled, snoozed, or breached by another coordinator).
+pub async fn breach_clock(
+    conn: &mut PgConnection,
+    id: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<FiredClock>> {
+    sqlx::query_as(&format!(
+        "UPDATE sla_clocks SET status = 'breached', closed_at = $2, closed_by = 'timer'
+         WHERE id = $1 AND status = 'armed' AND due_at <= $2 RETURNING {FIRED_CLOCK}"
+    ))
+    .bind(id)
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Marks an armed clock warned, once.
+pub async fn warn_clock(
+    conn: &mut PgConnection,
+    id: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<FiredClock>> {
+    sqlx::query_as(&format!(
+        "UPDATE sla_clocks SET warned_at = $2
+         WHERE id = $1 AND status = 'armed' AND warned_at IS NULL AND warn_at <= $2 RETURNING {FIRED_CLOCK}"
+    ))
+    .bind(id)
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+}
+
+/// An escalation whose ladder step is due.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueEscalation {
+    pub workflow_id: String,
+    pub chain_id: i64,
+    pub clock: String,
+    pub clock_id: Option<i64>,
+    pub owner_role: String,
+    pub agent_id: Option<String>,
+    pub level: i32,
+    pub severity: String,
+}
+
+/// Takes an unacknowledged escalation's due ladder step, once.
+pub async fn take_ladder_step(
+    conn: &mut PgConnection,
+    id: i64,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Option<DueEscalation>> {
+    sqlx::query_as(
+        "UPDATE escalations SET next_level_at = NULL
+         WHERE id = $1 AND acknowledged_at IS NULL AND next_level_at <= $2
+         RETURNING workflow_id, chain_id, clock, clock_id, owner_role, agent_id, level, severity",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Every deadline before `until`, earliest first, at most `limit`; and whether the
+/// limit cut the list (then the caller's window must end at the last one returned).
+pub async fn deadlines_before(
+    conn: &mut PgConnection,
+    until: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::Result<(Vec<Deadline>, bool)> {
+    let rows = sqlx::query(
+        "(SELECT due_at AS at, 'breach' AS kind, id FROM sla_clocks
+           WHERE status = 'armed' AND due_at < $1 ORDER BY due_at LIMIT $2)
+         UNION ALL
+         (SELECT warn_at, 'warning', id FROM sla_clocks
+           WHERE status = 'armed' AND warned_at IS NULL AND warn_at < $1 ORDER BY warn_at LIMIT $2)
+         UNION ALL
+         (SELECT next_level_at, 'ladder', id FROM escalations
+           WHERE acknowledged_at IS NULL AND next_level_at < $1 ORDER BY next_level_at LIMIT $2)",
+    )
+    .bind(until)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let kind: String = r.try_get("kind")?;
+        if let Some(kind) = DeadlineKind::parse(&kind) {
+            out.push(Deadline {
+                at: r.try_get("at")?,
+                kind,
+                id: r.try_get("id")?,
+            });
+        }
+    }
+    out.sort_unstable();
+    // If any kind filled its limit, deadlines after the last one kept may be missing.
+    let cut = out.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
+    out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok((out, cut))
+}
+
+/// Tells every running timer to reload its window (after an operator moved a deadline).
+pub async fn notify_timers(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(TIMERS_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The LISTEN/NOTIFY channel timers reload on.
+pub const TIMERS_CHANNEL: &str = "coordinator_timers";
 
 /// A message the coordinator has committed to send.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,10 +32,12 @@ pub enum Reason {
     WorkflowExists,
     /// The workflow's state does not accept this message from this role.
     NotAcceptedInState,
+    /// `escalation_acknowledged` names no escalation of this workflow.
+    UnknownEscalation,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::MalformedJson,
         Reason::MissingField,
         Reason::InvalidField,
@@ -49,6 +51,7 @@ impl Reason {
         Reason::UnknownWorkflow,
         Reason::WorkflowExists,
         Reason::NotAcceptedInState,
+        Reason::UnknownEscalation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Reason {
             Reason::UnknownWorkflow => "unknown_workflow",
             Reason::WorkflowExists => "workflow_exists",
             Reason::NotAcceptedInState => "not_accepted_in_state",
+            Reason::UnknownEscalation => "unknown_escalation",
         }
     }
 

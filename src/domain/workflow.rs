@@ -6,11 +6,12 @@
 //! accepts). [`decide`] reads those tables; it does no I/O and knows nothing of AMQP or
 //! SQL. The processor turns the returned [`Effect`]s into rows in one transaction.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
+pub use super::sla::{clock_def, ArmedClock, ClockDef, ClockDurations, Severity};
 
 /// The roles the workflow names. The full list of roles is configuration
 /// ([`crate::domain::catalog`]); these are the ones the workflow itself depends on.
@@ -88,36 +89,6 @@ impl fmt::Display for State {
     }
 }
 
-/// Escalation severity, as used in `escalation.{severity}.{owner_role}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
-
-/// One SLA clock of the workflow.
-#[derive(Debug)]
-pub struct ClockDef {
-    pub name: &'static str,
-    pub owner: &'static str,
-    pub default: Duration,
-    /// Message types (from `owner`) that meet the clock.
-    pub met_by: &'static [&'static str],
-}
-
 const HOUR: u64 = 3600;
 
 /// Every SLA clock of the feature-delivery workflow with its default duration.
@@ -126,30 +97,35 @@ pub const CLOCKS: &[ClockDef] = &[
         name: "technical_feasibility_assessment",
         owner: roles::ENGINEERING,
         default: Duration::from_secs(48 * HOUR),
+        severity: Severity::High,
         met_by: &["feasibility_assessed"],
     },
     ClockDef {
         name: "effort_estimation",
         owner: roles::ENGINEERING,
         default: Duration::from_secs(72 * HOUR),
+        severity: Severity::High,
         met_by: &["effort_estimated"],
     },
     ClockDef {
         name: "sprint_planning",
         owner: roles::ENGINEERING,
         default: Duration::from_secs(168 * HOUR),
+        severity: Severity::High,
         met_by: &["sprint_initialized"],
     },
     ClockDef {
         name: "testing_start",
         owner: roles::QA,
         default: Duration::from_secs(4 * HOUR),
+        severity: Severity::High,
         met_by: &["testing_started"],
     },
     ClockDef {
         name: "initial_feedback",
         owner: roles::QA,
         default: Duration::from_secs(24 * HOUR),
+        severity: Severity::High,
         met_by: &[
             "bug_discovered",
             "clarification_needed",
@@ -162,32 +138,31 @@ pub const CLOCKS: &[ClockDef] = &[
         name: "testing_completion",
         owner: roles::QA,
         default: Duration::from_secs(72 * HOUR),
+        severity: Severity::High,
         met_by: &["testing_completed", "release_approved"],
     },
     ClockDef {
         name: "deployment_start",
         owner: roles::DEVOPS,
         default: Duration::from_secs(2 * HOUR),
+        severity: Severity::High,
         met_by: &["deployment_started"],
     },
     ClockDef {
         name: "deployment_completion",
         owner: roles::DEVOPS,
         default: Duration::from_secs(6 * HOUR),
+        severity: Severity::High,
         met_by: &["deployment_completed"],
     },
     ClockDef {
         name: "post_deployment_validation",
         owner: roles::DEVOPS,
         default: Duration::from_secs(HOUR),
+        severity: Severity::High,
         met_by: &["validation_completed"],
     },
 ];
-
-/// Looks a clock up by name.
-pub fn clock_def(name: &str) -> Option<&'static ClockDef> {
-    CLOCKS.iter().find(|c| c.name == name)
-}
 
 /// What else happens when a rule is applied, besides the state change and clocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,49 +385,6 @@ pub fn is_input(message_type: &str) -> bool {
     input_message_types().any(|m| m == message_type)
 }
 
-/// Effective clock durations (defaults, per-clock overrides and the time scale applied).
-#[derive(Debug, Clone)]
-pub struct ClockDurations {
-    durations: HashMap<&'static str, Duration>,
-}
-
-impl ClockDurations {
-    /// The defaults of [`CLOCKS`], each multiplied by `time_scale`, then `overrides`
-    /// (already in real time, also multiplied by `time_scale`).
-    pub fn new(time_scale: f64, overrides: &HashMap<String, Duration>) -> Self {
-        let durations = CLOCKS
-            .iter()
-            .map(|c| {
-                let base = overrides.get(c.name).copied().unwrap_or(c.default);
-                (c.name, base.mul_f64(time_scale))
-            })
-            .collect();
-        ClockDurations { durations }
-    }
-
-    pub fn get(&self, clock: &str) -> Duration {
-        self.durations
-            .get(clock)
-            .copied()
-            .or_else(|| clock_def(clock).map(|c| c.default))
-            .unwrap_or_default()
-    }
-}
-
-impl Default for ClockDurations {
-    fn default() -> Self {
-        ClockDurations::new(1.0, &HashMap::new())
-    }
-}
-
-/// An armed clock as the state machine sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArmedClock {
-    pub clock: String,
-    pub round: i32,
-    pub owner_role: String,
-}
-
 /// What the state machine needs to know about a workflow.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -468,36 +400,66 @@ pub struct Input<'a> {
     pub sender_role: &'a str,
 }
 
-/// A side effect, to be persisted in the same transaction as the state change.
+/// A side effect, to be persisted in the same transaction as the state change. Shared
+/// by the workflow and the emergency state machines.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// A task to every agent of a role (their task queues).
     SendTask {
         task: &'static str,
         to_role: &'static str,
     },
+    /// A notice to every agent of a role (their task queues).
     Notify {
         message_type: &'static str,
         to_role: &'static str,
     },
+    /// A message to every agent and on-call (`agent.fanout`).
+    Broadcast {
+        message_type: &'static str,
+    },
     ArmClock {
         clock: &'static str,
-        owner_role: &'static str,
+        owner_role: String,
+        subject_agent_id: Option<String>,
         round: i32,
         due_at: DateTime<Utc>,
     },
-    MeetClock {
-        clock: String,
-        round: i32,
-    },
-    CancelClock {
-        clock: String,
-        round: i32,
-    },
+    MeetClock(ClockRef),
+    CancelClock(ClockRef),
     Escalate {
         reason: String,
         owner_role: String,
         severity: Severity,
     },
+}
+
+/// Names one armed clock row of a workflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClockRef {
+    pub clock: String,
+    pub round: i32,
+    pub subject_agent_id: Option<String>,
+}
+
+impl From<&ArmedClock> for ClockRef {
+    fn from(a: &ArmedClock) -> Self {
+        ClockRef {
+            clock: a.clock.clone(),
+            round: a.round,
+            subject_agent_id: a.subject_agent_id.clone(),
+        }
+    }
+}
+
+impl Effect {
+    /// The clock this effect closes, if it closes one.
+    pub fn closes(&self) -> Option<&ClockRef> {
+        match self {
+            Effect::MeetClock(c) | Effect::CancelClock(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 /// The outcome of an accepted message.
@@ -581,14 +543,10 @@ pub fn decide(
         round += 1;
         let qa_clocks = stage(State::FeatureHandoff).map_or(&[][..], |s| s.arms);
         for armed in &snap.armed {
-            let being_met = effects.iter().any(|e| {
-                matches!(e, Effect::MeetClock { clock, round } if *clock == armed.clock && *round == armed.round)
-            });
+            let r = ClockRef::from(armed);
+            let being_met = effects.iter().any(|e| e.closes() == Some(&r));
             if qa_clocks.contains(&armed.clock.as_str()) && !being_met {
-                effects.push(Effect::CancelClock {
-                    clock: armed.clock.clone(),
-                    round: armed.round,
-                });
+                effects.push(Effect::CancelClock(r));
             }
         }
     }
@@ -604,7 +562,7 @@ pub fn decide(
         arm_stage(&mut effects, state, round, now, durations);
     }
     if state.is_terminal() {
-        cancel_remaining(&mut effects, snap);
+        cancel_remaining(&mut effects, &snap.armed);
     }
     Ok(Decision {
         state,
@@ -616,7 +574,7 @@ pub fn decide(
 /// Closes every clock still armed, as when an operator cancels or fails a workflow.
 pub fn close_all(snap: &Snapshot, to: State) -> Decision {
     let mut effects = Vec::new();
-    cancel_remaining(&mut effects, snap);
+    cancel_remaining(&mut effects, &snap.armed);
     Decision {
         state: to,
         round: snap.round,
@@ -629,26 +587,16 @@ fn clocks_met(snap: &Snapshot, input: Input<'_>) -> Vec<Effect> {
         .iter()
         .filter(|a| a.owner_role == input.sender_role)
         .filter(|a| clock_def(&a.clock).is_some_and(|d| d.met_by.contains(&input.message_type)))
-        .map(|a| Effect::MeetClock {
-            clock: a.clock.clone(),
-            round: a.round,
-        })
+        .map(|a| Effect::MeetClock(a.into()))
         .collect()
 }
 
-fn cancel_remaining(effects: &mut Vec<Effect>, snap: &Snapshot) {
-    for armed in &snap.armed {
-        let closed = effects.iter().any(|e| match e {
-            Effect::MeetClock { clock, round } | Effect::CancelClock { clock, round } => {
-                *clock == armed.clock && *round == armed.round
-            }
-            _ => false,
-        });
-        if !closed {
-            effects.push(Effect::CancelClock {
-                clock: armed.clock.clone(),
-                round: armed.round,
-            });
+/// Cancels every armed clock not already closed by `effects`.
+pub fn cancel_remaining(effects: &mut Vec<Effect>, armed: &[ArmedClock]) {
+    for a in armed {
+        let r = ClockRef::from(a);
+        if !effects.iter().any(|e| e.closes() == Some(&r)) {
+            effects.push(Effect::CancelClock(r));
         }
     }
 }
@@ -685,15 +633,12 @@ fn arm_stage(
     let Some(stage) = stage(state) else { return };
     for name in stage.arms {
         let Some(def) = clock_def(name) else { continue };
-        let due_at = chrono::Duration::from_std(durations.get(name))
-            .ok()
-            .and_then(|d| now.checked_add_signed(d))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         effects.push(Effect::ArmClock {
             clock: def.name,
-            owner_role: def.owner,
+            owner_role: def.owner.to_string(),
+            subject_agent_id: None,
             round,
-            due_at,
+            due_at: durations.due_at(name, now),
         });
     }
 }
@@ -702,6 +647,7 @@ fn arm_stage(
 mod tests {
     use super::*;
     use roles::*;
+    use std::collections::HashMap;
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-01-15T10:00:00Z")
@@ -719,6 +665,7 @@ mod tests {
                     clock: c.to_string(),
                     round: *r,
                     owner_role: clock_def(c).expect("known clock").owner.to_string(),
+                    subject_agent_id: None,
                 })
                 .collect(),
         }
@@ -750,18 +697,20 @@ mod tests {
         d.effects.contains(e)
     }
 
-    fn meet(c: &str, round: i32) -> Effect {
-        Effect::MeetClock {
+    fn clock_ref(c: &str, round: i32) -> ClockRef {
+        ClockRef {
             clock: c.into(),
             round,
+            subject_agent_id: None,
         }
     }
 
+    fn meet(c: &str, round: i32) -> Effect {
+        Effect::MeetClock(clock_ref(c, round))
+    }
+
     fn cancel(c: &str, round: i32) -> Effect {
-        Effect::CancelClock {
-            clock: c.into(),
-            round,
-        }
+        Effect::CancelClock(clock_ref(c, round))
     }
 
     /// PROTOCOL.md section 4, written out by hand: (state, sender, message) → next state.
@@ -935,7 +884,8 @@ mod tests {
                     &d,
                     &Effect::ArmClock {
                         clock,
-                        owner_role: ENGINEERING,
+                        owner_role: ENGINEERING.to_string(),
+                        subject_agent_id: None,
                         round: 1,
                         due_at: due
                     }

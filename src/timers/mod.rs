@@ -1,0 +1,210 @@
+//! The timer service: fires every deadline (clock breach, warning, ladder step) at its
+//! time. Holds only the next window of deadlines in memory (a min-heap), reloaded
+//! every half window, on `NOTIFY coordinator_timers`, and at start; deadlines armed by
+//! this process inside the window are pushed in at once ([`crate::runtime::Shared::schedule`]).
+//! What firing does is in [`fire`]; this module only decides *when*.
+
+pub mod fire;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::store;
+use crate::domain::sla::{add, Deadline};
+use crate::runtime::Shared;
+
+/// What one pass of [`Timer::step`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StepReport {
+    pub fired: usize,
+    pub failed: usize,
+}
+
+pub struct Timer<'a> {
+    shared: &'a Shared,
+    heap: BinaryHeap<Reverse<Deadline>>,
+    /// Deadlines before this are all in the heap (or were fired).
+    window_end: DateTime<Utc>,
+    /// When the window is read again from the database.
+    reload_at: DateTime<Utc>,
+}
+
+impl<'a> Timer<'a> {
+    pub fn new(shared: &'a Shared) -> Timer<'a> {
+        Timer {
+            shared,
+            heap: BinaryHeap::new(),
+            window_end: DateTime::<Utc>::MIN_UTC,
+            reload_at: DateTime::<Utc>::MIN_UTC,
+        }
+    }
+
+    /// Deadlines held in memory.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Forces a reload at the next step.
+    pub fn invalidate(&mut self) {
+        self.reload_at = DateTime::<Utc>::MIN_UTC;
+    }
+
+    /// Reads the next window of deadlines from the database.
+    pub async fn reload(&mut self, now: DateTime<Utc>) -> sqlx::Result<()> {
+        let cfg = &self.shared.settings.timers;
+        let until = add(now, cfg.window);
+        let mut conn = self.shared.pool.acquire().await?;
+        let (deadlines, cut) = store::deadlines_before(&mut conn, until, cfg.max_in_memory).await?;
+        self.window_end = match (cut, deadlines.last()) {
+            (true, Some(last)) => last.at,
+            _ => until,
+        };
+        self.heap = deadlines.into_iter().map(Reverse).collect();
+        self.reload_at = add(now, cfg.window / 2).min(self.window_end);
+        Ok(())
+    }
+
+    /// Takes deadlines pushed by this process; those inside the window join the heap,
+    /// later ones are found by a later reload.
+    fn take_pushed(&mut self) {
+        let pushed = std::mem::take(&mut *self.shared.pushed_deadlines());
+        for d in pushed {
+            if d.at < self.window_end {
+                self.heap.push(Reverse(d));
+            }
+        }
+    }
+
+    /// Reloads if due, then fires every deadline that has come.
+    pub async fn step(&mut self, now: DateTime<Utc>) -> sqlx::Result<StepReport> {
+        if now >= self.reload_at {
+            self.reload(now).await?;
+        }
+        self.take_pushed();
+        let mut due = Vec::new();
+        while let Some(Reverse(d)) = self.heap.peek() {
+            if d.at > now {
+                break;
+            }
+            due.push(*d);
+            self.heap.pop();
+        }
+        let mut report = StepReport::default();
+        if due.is_empty() {
+            return Ok(report);
+        }
+        let shared = self.shared;
+        let mut results = futures_util::stream::iter(due)
+            .map(|d| async move { (d, fire::fire(shared, d).await) })
+            .buffer_unordered(shared.settings.timers.concurrency);
+        let mut next = Vec::new();
+        while let Some((d, res)) = results.next().await {
+            match res {
+                Ok(fired) => {
+                    report.fired += usize::from(fired.fired);
+                    next.extend(fired.deadlines);
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(error = %e, kind = d.kind.as_str(), id = d.id, "could not fire a deadline; will retry");
+                    // Retry soon; the guard in the UPDATE keeps it exactly once.
+                    next.push(Deadline {
+                        at: add(Utc::now(), Duration::from_millis(500)),
+                        ..d
+                    });
+                }
+            }
+        }
+        for d in next {
+            if d.at < self.window_end {
+                self.heap.push(Reverse(d));
+            }
+        }
+        if report.fired > 0 {
+            self.shared.wake_relay.notify_one();
+        }
+        Ok(report)
+    }
+
+    /// When the next step is due.
+    pub fn next_wake(&self) -> DateTime<Utc> {
+        let next = self.heap.peek().map_or(self.reload_at, |Reverse(d)| d.at);
+        next.min(self.reload_at)
+    }
+}
+
+/// Runs the timer until `stop`.
+pub async fn run(shared: &Shared, stop: CancellationToken) {
+    let mut timer = Timer::new(shared);
+    let mut listener = listen(shared).await;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        match timer.step(Utc::now()).await {
+            Ok(_) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "timer could not read its deadlines");
+                timer.invalidate();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        }
+        let wait = (timer.next_wake() - Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.wake_timer.notified() => {}
+            n = recv(&mut listener) => {
+                if n {
+                    timer.invalidate();
+                } else {
+                    listener = None;
+                }
+            }
+        }
+    }
+}
+
+async fn listen(shared: &Shared) -> Option<PgListener> {
+    let mut l = match PgListener::connect_with(&shared.pool).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "timer cannot LISTEN; operator changes are seen at the next reload");
+            return None;
+        }
+    };
+    match l.listen(store::TIMERS_CHANNEL).await {
+        Ok(()) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "timer cannot LISTEN; operator changes are seen at the next reload");
+            None
+        }
+    }
+}
+
+/// Waits for a notification: true on one, false if the listener failed (forever
+/// pending without a listener).
+async fn recv(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => l.recv().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
