@@ -145,6 +145,15 @@ impl AgentClient {
         name: &str,
         timeout: Duration,
     ) -> Result<Option<Envelope>, AgentError> {
+        Ok(self.next_with_key(name, timeout).await?.map(|(_, env)| env))
+    }
+
+    /// Like [`AgentClient::next_on`], with the routing key the message was published with.
+    pub async fn next_with_key(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<(String, Envelope)>, AgentError> {
         let name = name.to_string();
         if !self.consumers.iter().any(|(n, _)| *n == name) {
             let consumer = self
@@ -168,7 +177,7 @@ impl AgentClient {
             };
             delivery.acker.ack(BasicAckOptions::default()).await?;
             match serde_json::from_slice::<Envelope>(&delivery.data) {
-                Ok(env) => return Ok(Some(env)),
+                Ok(env) => return Ok(Some((delivery.routing_key.to_string(), env))),
                 Err(e) => {
                     tracing::warn!(error = %e, queue = %name, "skipping a message that is not an envelope")
                 }

@@ -131,7 +131,9 @@ pub async fn acknowledge(
             chain_id,
         }));
     }
-    let state = current_state(conn, &workflow_id).await?;
+    let state = store::workflow_state(conn, &workflow_id)
+        .await?
+        .unwrap_or_default();
     store::append_event(
         conn,
         &store::NewEvent {
@@ -151,11 +153,4 @@ pub async fn acknowledge(
         chain_id,
         ids,
     }))
-}
-
-async fn current_state(conn: &mut PgConnection, workflow_id: &str) -> sqlx::Result<String> {
-    sqlx::query_scalar("SELECT state FROM workflows WHERE id = $1")
-        .bind(workflow_id)
-        .fetch_one(conn)
-        .await
 }

@@ -157,3 +157,79 @@ pub async fn dead_letters(
     .fetch_all(pool)
     .await
 }
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ClockListRow {
+    pub id: i64,
+    pub workflow_id: String,
+    pub kind: String,
+    pub clock: String,
+    pub round: i32,
+    pub owner_role: String,
+    pub owner_agent_id: Option<String>,
+    pub subject_agent_id: Option<String>,
+    pub severity: String,
+    pub status: String,
+    pub due_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// Clocks for operators: armed ones (or only overdue ones), of one workflow or all,
+/// earliest deadline first.
+pub async fn sla_clocks(
+    pool: &PgPool,
+    overdue_only: bool,
+    workflow_id: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<ClockListRow>> {
+    sqlx::query_as(
+        "SELECT c.id, c.workflow_id, w.kind, c.clock, c.round, c.owner_role, c.owner_agent_id, c.subject_agent_id,
+                c.severity, c.status, c.due_at, c.closed_at
+         FROM sla_clocks c JOIN workflows w ON w.id = c.workflow_id
+         WHERE ($2::text IS NULL AND c.status = 'armed' OR c.workflow_id = $2)
+           AND (NOT $1 OR (c.status = 'armed' AND c.due_at < now()))
+         ORDER BY c.due_at, c.id LIMIT $3",
+    )
+    .bind(overdue_only)
+    .bind(workflow_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EscalationListRow {
+    pub id: i64,
+    pub chain_id: i64,
+    pub workflow_id: String,
+    pub clock: String,
+    pub owner_role: String,
+    pub agent_id: Option<String>,
+    pub level: i32,
+    pub target: String,
+    pub severity: String,
+    pub raised_at: DateTime<Utc>,
+    pub next_level_at: Option<DateTime<Utc>>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+}
+
+pub async fn escalation_list(
+    pool: &PgPool,
+    open_only: bool,
+    workflow_id: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<EscalationListRow>> {
+    sqlx::query_as(
+        "SELECT id, chain_id, workflow_id, clock, owner_role, agent_id, level, target, severity, raised_at,
+                next_level_at, acknowledged_at, acknowledged_by
+         FROM escalations
+         WHERE (NOT $1 OR acknowledged_at IS NULL) AND ($2::text IS NULL OR workflow_id = $2)
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(open_only)
+    .bind(workflow_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

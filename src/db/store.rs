@@ -741,3 +741,76 @@ pub async fn mark_replayed(conn: &mut PgConnection, id: i64) -> sqlx::Result<()>
         .await?;
     Ok(())
 }
+
+/// An SLA clock as an operator acts on it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClockRow {
+    pub id: i64,
+    pub workflow_id: String,
+    pub clock: String,
+    pub round: i32,
+    pub status: String,
+    pub armed_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
+
+/// Locks a clock row, after its workflow row (the order every writer follows).
+pub async fn lock_clock(conn: &mut PgConnection, id: i64) -> sqlx::Result<Option<ClockRow>> {
+    let wf: Option<String> = sqlx::query_scalar("SELECT workflow_id FROM sla_clocks WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(wf) = wf else { return Ok(None) };
+    lock_workflow(conn, &wf).await?;
+    sqlx::query_as(
+        "SELECT id, workflow_id, clock, round, status, armed_at, due_at FROM sla_clocks WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Moves an armed clock's deadline (and its warning, which may fire again).
+pub async fn move_deadline(
+    conn: &mut PgConnection,
+    id: i64,
+    due_at: DateTime<Utc>,
+    warn_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sla_clocks SET due_at = $2, warn_at = $3,
+                warned_at = CASE WHEN $3 > now() THEN NULL ELSE warned_at END
+         WHERE id = $1 AND status = 'armed'",
+    )
+    .bind(id)
+    .bind(due_at)
+    .bind(warn_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn cancel_clock(
+    conn: &mut PgConnection,
+    id: i64,
+    by: &str,
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sla_clocks SET status = 'cancelled', closed_at = $3, closed_by = $2 WHERE id = $1 AND status = 'armed'",
+    )
+    .bind(id)
+    .bind(by)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The current state of a workflow (for history rows written outside a transition).
+pub async fn workflow_state(conn: &mut PgConnection, id: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT state FROM workflows WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}

@@ -1,5 +1,7 @@
 //! The command line: `serve`, `migrate`, and the commands managers and operators use.
 
+mod oncall;
+
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context};
@@ -46,6 +48,21 @@ pub enum Command {
     Workflow {
         #[command(subcommand)]
         command: WorkflowCommand,
+    },
+    /// List, snooze and cancel SLA clocks
+    Sla {
+        #[command(subcommand)]
+        command: SlaCommand,
+    },
+    /// List and acknowledge escalations
+    Escalation {
+        #[command(subcommand)]
+        command: EscalationCommand,
+    },
+    /// Raise and inspect emergencies
+    Emergency {
+        #[command(subcommand)]
+        command: EmergencyCommand,
     },
     /// Inspect and replay rejected messages
     #[command(name = "dead-letter")]
@@ -108,6 +125,102 @@ pub enum WorkflowCommand {
     },
 }
 
+fn operator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".into())
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{e}: use RFC 3339, e.g. 2026-11-21T15:00:00Z"))
+}
+
+fn severity_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(["low", "medium", "high", "critical"])
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlaCommand {
+    /// List armed clocks, earliest deadline first (or every clock of one workflow)
+    List {
+        /// Only armed clocks past their deadline
+        #[arg(long)]
+        overdue: bool,
+        /// Every clock of this workflow or incident, whatever its status
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Move an armed clock's deadline (recorded in the workflow's history)
+    #[command(group(clap::ArgGroup::new("when").required(true).args(["until", "for_"])))]
+    Snooze {
+        /// The clock's id (the ID column of `sla list`)
+        clock: i64,
+        /// New deadline, RFC 3339 (e.g. 2026-11-21T15:00:00Z)
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+        /// New deadline as a duration from now (e.g. 2h, 30m)
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        for_: Option<std::time::Duration>,
+        /// Why (recorded in the workflow's history)
+        #[arg(long)]
+        reason: String,
+        /// Who (default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
+    },
+    /// Cancel an armed clock: it will not breach (recorded in the workflow's history)
+    Cancel {
+        clock: i64,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, default_value_t = operator())]
+        by: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EscalationCommand {
+    /// List escalations, newest first
+    List {
+        /// Only those not acknowledged
+        #[arg(long)]
+        open: bool,
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Acknowledge an escalation: its whole chain is acknowledged and its ladder stops
+    Ack {
+        /// The escalation's id (any level of the chain)
+        id: i64,
+        /// Who acknowledges (recorded in escalations.acknowledged_by)
+        #[arg(long)]
+        by: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmergencyCommand {
+    /// Raise an incident: broadcast emergency_alert to every agent and on-call, and arm
+    /// an acknowledgment clock for every registered agent
+    Raise {
+        #[arg(long, value_parser = severity_parser())]
+        severity: String,
+        #[arg(long)]
+        description: String,
+        /// Incident id (default: a new inc-<uuid>)
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value_t = operator())]
+        by: String,
+    },
+    /// Show an incident: who acknowledged, who did not, and when
+    Show { id: String },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterCommand {
     /// List dead letters, newest first
@@ -126,6 +239,10 @@ pub enum DeadLetterCommand {
 }
 
 /// Runs one of the non-serve commands, returning what to print.
+pub use oncall::{
+    acknowledge as acknowledge_escalation, raise as raise_emergency, show as show_emergency, snooze,
+};
+
 pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String> {
     let pool = db::pool(&settings.database)?;
     match command {
@@ -152,6 +269,47 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
             WorkflowCommand::Fail { id, reason } => {
                 close_workflow(&pool, &id, State::Failed, &reason).await
             }
+        },
+        Command::Sla { command } => match command {
+            SlaCommand::List {
+                overdue,
+                workflow,
+                limit,
+            } => oncall::list_clocks(&pool, overdue, workflow.as_deref(), limit).await,
+            SlaCommand::Snooze {
+                clock,
+                until,
+                for_,
+                reason,
+                by,
+            } => {
+                let until = match (until, for_) {
+                    (Some(t), _) => t,
+                    (None, Some(d)) => crate::domain::sla::add(Utc::now(), d),
+                    (None, None) => bail!("give --until or --for"),
+                };
+                oncall::snooze(settings, &pool, clock, until, &reason, &by).await
+            }
+            SlaCommand::Cancel { clock, reason, by } => {
+                oncall::cancel(&pool, clock, &reason, &by).await
+            }
+        },
+        Command::Escalation { command } => match command {
+            EscalationCommand::List {
+                open,
+                workflow,
+                limit,
+            } => oncall::list_escalations(&pool, open, workflow.as_deref(), limit).await,
+            EscalationCommand::Ack { id, by } => oncall::acknowledge(&pool, id, &by).await,
+        },
+        Command::Emergency { command } => match command {
+            EmergencyCommand::Raise {
+                severity,
+                description,
+                id,
+                by,
+            } => oncall::raise(settings, &pool, id, &severity, &description, &by).await,
+            EmergencyCommand::Show { id } => oncall::show(&pool, &id).await,
         },
         Command::DeadLetter { command } => match command {
             DeadLetterCommand::List { reason, limit } => {
@@ -239,12 +397,12 @@ async fn list_agents(pool: &PgPool) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn ts(t: DateTime<Utc>) -> String {
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// "in 3h 2m" or "overdue by 5m 10s".
-fn relative(due: DateTime<Utc>, now: DateTime<Utc>) -> String {
+pub(crate) fn relative(due: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (due - now).num_seconds();
     // Seconds are noise on deadlines hours away.
     let abs = secs.unsigned_abs();

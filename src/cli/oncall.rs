@@ -1,0 +1,328 @@
+//! On-call and operator commands: SLA clocks (list, snooze, cancel), escalations
+//! (list, acknowledge) and emergencies (raise, show).
+
+use std::fmt::Write as _;
+
+use anyhow::bail;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::{relative, ts};
+use crate::db::{read, store};
+use crate::domain::emergency;
+use crate::escalations::{self, Acknowledged};
+use crate::processor::{raise_incident, Processor};
+use crate::settings::Settings;
+
+pub async fn list_clocks(
+    pool: &PgPool,
+    overdue: bool,
+    workflow: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<String> {
+    let rows = read::sla_clocks(pool, overdue, workflow, limit).await?;
+    let now = Utc::now();
+    let mut out = format!(
+        "{:>7} {:<38} {:<32} {:>5} {:<28} {:<9} {:<10} {:<20} NOTE\n",
+        "ID", "WORKFLOW", "CLOCK", "ROUND", "OWNER", "SEVERITY", "STATUS", "DUE"
+    );
+    for c in &rows {
+        let owner = match c.subject_agent_id.as_ref().or(c.owner_agent_id.as_ref()) {
+            Some(a) => format!("{} ({a})", c.owner_role),
+            None => c.owner_role.clone(),
+        };
+        let note = match (c.status.as_str(), c.closed_at) {
+            ("armed", _) => relative(c.due_at, now),
+            (s, Some(at)) => format!("{s} {}", ts(at)),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{:>7} {:<38} {:<32} {:>5} {:<28} {:<9} {:<10} {:<20} {}",
+            c.id,
+            c.workflow_id,
+            c.clock,
+            c.round,
+            owner,
+            c.severity,
+            c.status,
+            ts(c.due_at),
+            note
+        );
+    }
+    if rows.is_empty() {
+        out.push_str(if overdue {
+            "(nothing overdue)\n"
+        } else {
+            "(no clocks)\n"
+        });
+    }
+    Ok(out)
+}
+
+/// Moves an armed clock's deadline, with a reason, as a history row.
+pub async fn snooze(
+    settings: &Settings,
+    pool: &PgPool,
+    clock_id: i64,
+    until: DateTime<Utc>,
+    reason: &str,
+    by: &str,
+) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let Some(c) = store::lock_clock(&mut tx, clock_id).await? else {
+        bail!("no clock {clock_id} (list them with `coordinator sla list`)");
+    };
+    if c.status != "armed" {
+        bail!(
+            "clock {clock_id} ({}) is {}, not armed: only an armed clock can be snoozed",
+            c.clock,
+            c.status
+        );
+    }
+    let warn_at = settings.clock_durations().warn_at(c.armed_at, until);
+    store::move_deadline(&mut tx, clock_id, until, warn_at).await?;
+    let detail = json!({"clock_id": clock_id, "clock": c.clock, "round": c.round, "from": c.due_at, "to": until, "reason": reason});
+    history(&mut tx, &c.workflow_id, "sla_snoozed", by, detail).await?;
+    store::notify_timers(&mut tx).await?;
+    tx.commit().await?;
+    Ok(format!(
+        "clock {clock_id} ({} of {}) now due {} (was {})\n",
+        c.clock,
+        c.workflow_id,
+        ts(until),
+        ts(c.due_at)
+    ))
+}
+
+pub async fn cancel(
+    pool: &PgPool,
+    clock_id: i64,
+    reason: &str,
+    by: &str,
+) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let Some(c) = store::lock_clock(&mut tx, clock_id).await? else {
+        bail!("no clock {clock_id} (list them with `coordinator sla list`)");
+    };
+    if c.status != "armed" {
+        bail!("clock {clock_id} ({}) is already {}", c.clock, c.status);
+    }
+    store::cancel_clock(&mut tx, clock_id, by, Utc::now()).await?;
+    let detail = json!({"clock_id": clock_id, "clock": c.clock, "round": c.round, "due_at": c.due_at, "reason": reason});
+    history(&mut tx, &c.workflow_id, "sla_cancelled", by, detail).await?;
+    store::notify_timers(&mut tx).await?;
+    tx.commit().await?;
+    Ok(format!(
+        "clock {clock_id} ({} of {}) cancelled\n",
+        c.clock, c.workflow_id
+    ))
+}
+
+async fn history(
+    conn: &mut sqlx::PgConnection,
+    workflow_id: &str,
+    message_type: &str,
+    by: &str,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    let state = store::workflow_state(conn, workflow_id)
+        .await?
+        .unwrap_or_default();
+    store::append_event(
+        conn,
+        &store::NewEvent {
+            workflow_id,
+            message_id: None,
+            message_type,
+            source_agent_id: Some(by),
+            from_state: Some(&state),
+            to_state: &state,
+            at: Utc::now(),
+            detail,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn list_escalations(
+    pool: &PgPool,
+    open: bool,
+    workflow: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<String> {
+    let rows = read::escalation_list(pool, open, workflow, limit).await?;
+    let now = Utc::now();
+    let mut out = format!(
+        "{:>6} {:>6} {:<38} {:<32} {:>5} {:<22} {:<9} {:<20} STATUS\n",
+        "ID", "CHAIN", "WORKFLOW", "CLOCK/REASON", "LEVEL", "PAGED", "SEVERITY", "RAISED"
+    );
+    for e in &rows {
+        let status = match (&e.acknowledged_at, &e.acknowledged_by, e.next_level_at) {
+            (Some(at), by, _) => format!(
+                "acknowledged {} by {}",
+                ts(*at),
+                by.as_deref().unwrap_or("?")
+            ),
+            (None, _, Some(next)) => format!("open; next level {}", relative(next, now)),
+            (None, _, None) => "open; superseded by a higher level".into(),
+        };
+        let clock = match &e.agent_id {
+            Some(a) => format!("{} ({a})", e.clock),
+            None => e.clock.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "{:>6} {:>6} {:<38} {:<32} {:>5} {:<22} {:<9} {:<20} {}",
+            e.id,
+            e.chain_id,
+            e.workflow_id,
+            clock,
+            e.level,
+            e.target,
+            e.severity,
+            ts(e.raised_at),
+            status
+        );
+    }
+    if rows.is_empty() {
+        out.push_str("(no escalations)\n");
+    }
+    Ok(out)
+}
+
+pub async fn acknowledge(pool: &PgPool, escalation_id: i64, by: &str) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let Some((workflow_id, _)) = store::escalation_chain(&mut tx, escalation_id).await? else {
+        bail!(
+            "no escalation {escalation_id} (list them with `coordinator escalation list --open`)"
+        );
+    };
+    store::lock_workflow(&mut tx, &workflow_id).await?;
+    let out = match escalations::acknowledge(&mut tx, escalation_id, by, None, Utc::now()).await? {
+        Some(Acknowledged::Now { chain_id, ids, .. }) => format!(
+            "acknowledged escalation chain {chain_id} of {workflow_id} by {by} ({} escalation{}); its ladder stops\n",
+            ids.len(),
+            if ids.len() == 1 { "" } else { "s" }
+        ),
+        Some(Acknowledged::Already { chain_id, .. }) => {
+            format!("escalation chain {chain_id} of {workflow_id} was already acknowledged; nothing changed\n")
+        }
+        None => bail!("no escalation {escalation_id}"),
+    };
+    tx.commit().await?;
+    Ok(out)
+}
+
+pub async fn raise(
+    settings: &Settings,
+    pool: &PgPool,
+    id: Option<String>,
+    severity: &str,
+    description: &str,
+    by: &str,
+) -> anyhow::Result<String> {
+    let id = id.unwrap_or_else(|| format!("inc-{}", uuid::Uuid::new_v4()));
+    let processor = Processor::from_settings(settings);
+    let mut tx = pool.begin().await?;
+    match raise_incident(
+        &processor,
+        &mut tx,
+        &id,
+        severity,
+        description,
+        by,
+        Utc::now(),
+    )
+    .await?
+    {
+        Ok(_) => {
+            let agents: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sla_clocks WHERE workflow_id = $1 AND clock = $2",
+            )
+            .bind(&id)
+            .bind(emergency::ACKNOWLEDGMENT_CLOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(format!(
+                "incident {id} raised ({severity}): broadcast to every agent; {agents} acknowledgment{} awaited\n",
+                if agents == 1 { "" } else { "s" }
+            ))
+        }
+        Err(rej) => bail!("{}", rej.detail),
+    }
+}
+
+pub async fn show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
+    let Some(w) = read::workflow(pool, id).await? else {
+        bail!("no incident {id:?}");
+    };
+    if w.kind != emergency::KIND {
+        bail!(
+            "{id} is a {} workflow, not an incident (use `coordinator workflow show`)",
+            w.kind
+        );
+    }
+    let now = Utc::now();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Incident {} — {}",
+        w.id,
+        w.title.as_deref().unwrap_or("(no description)")
+    );
+    let _ = writeln!(
+        out,
+        "  state: {}   raised: {}   resolved: {}",
+        w.state,
+        ts(w.created_at),
+        w.completed_at.map_or_else(|| "-".into(), ts)
+    );
+    let clocks = read::clocks(pool, id).await?;
+    out.push_str("\nAcknowledgments\n");
+    let _ = writeln!(out, "  {:<28} {:<22} {:<14} WHEN", "AGENT", "ROLE", "");
+    for c in clocks
+        .iter()
+        .filter(|c| c.clock == emergency::ACKNOWLEDGMENT_CLOCK)
+    {
+        let agent = c.owner_agent_id.as_deref().unwrap_or("?");
+        let (what, when) = match (c.status.as_str(), c.closed_at) {
+            ("met", Some(at)) => ("acknowledged", ts(at)),
+            ("breached", Some(at)) => ("MISSED", format!("escalated {}", ts(at))),
+            ("armed", _) => (
+                "waiting",
+                format!("due {} ({})", ts(c.due_at), relative(c.due_at, now)),
+            ),
+            ("cancelled", Some(at)) => ("not needed", format!("resolved {}", ts(at))),
+            (s, _) => (s, String::new()),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<28} {:<22} {:<14} {}",
+            agent, c.owner_role, what, when
+        );
+    }
+    out.push_str("\nResponse clocks\n");
+    for c in clocks
+        .iter()
+        .filter(|c| c.clock != emergency::ACKNOWLEDGMENT_CLOCK)
+    {
+        let note = match (c.status.as_str(), c.closed_at) {
+            ("armed", _) => relative(c.due_at, now),
+            (s, Some(at)) => format!("{s} {}", ts(at)),
+            (s, None) => s.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<18} #{:<3} due {}  {}",
+            c.clock,
+            c.round,
+            ts(c.due_at),
+            note
+        );
+    }
+    Ok(out)
+}
