@@ -283,7 +283,11 @@ pub async fn show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
     );
     let clocks = read::clocks(pool, id).await?;
     out.push_str("\nAcknowledgments\n");
-    let _ = writeln!(out, "  {:<28} {:<22} {:<14} WHEN", "AGENT", "ROLE", "");
+    let _ = writeln!(
+        out,
+        "  {:<28} {:<22} {:<14} WHEN",
+        "AGENT", "ROLE", "STATUS"
+    );
     for c in clocks
         .iter()
         .filter(|c| c.clock == emergency::ACKNOWLEDGMENT_CLOCK)
