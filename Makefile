@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: run test bench demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
@@ -10,7 +10,15 @@ run: services
 
 ## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ
 test: services
-	COORDINATOR_ENV=test $(CARGO) test --all-targets
+	COORDINATOR_ENV=test $(CARGO) test --lib --bins --tests
+
+## demo: the coordinator and simulated agents, three workflows and an emergency in compressed time
+demo: services
+	$(CARGO) run --release --bin demo
+
+## bench: the timer workload (10,000 clocks due in one minute; again with 1,000,000 armed)
+bench: services
+	$(CARGO) bench --bench timers
 
 ## services: start PostgreSQL and RabbitMQ if installed but stopped
 services:

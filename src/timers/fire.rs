@@ -101,6 +101,7 @@ async fn breach(
         "due_at": c.due_at,
         "breached_at": now,
         "level": step.level,
+        "target": step.target,
         "severity": severity.as_str(),
         "escalation_id": escalation_id,
     });
