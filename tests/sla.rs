@@ -509,3 +509,37 @@ async fn operators_list_snooze_and_cancel_clocks_and_each_change_is_history() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ladder_step_due_while_the_service_was_down_fires_after_restart() {
+    let env = TestEnv::new().await;
+    let settings = fast(&env, &[("technical_feasibility_assessment", "300ms")], "2s");
+    let app = env.start_with(settings.clone()).await;
+    let product = env.agent("product-1", "product-director").await;
+    let mut oncall = env.connect_as("pager", "qa-director").await;
+    product
+        .send("requirements_ready", "wf-ladder-down", json!({}))
+        .await
+        .expect("publish");
+    let (_, l1) = next_oncall(&mut oncall).await;
+    assert_eq!(l1.payload.data["level"], 1);
+    app.stop().await;
+
+    // Level 2 was due 2 s after level 1; let that pass with nobody running.
+    env.wait_count(
+        "SELECT count(*) FROM escalations WHERE level = 1 AND now() > next_level_at + interval '200 milliseconds'",
+        1,
+    )
+    .await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM escalations").await, 1);
+
+    let app = env.start_with(settings).await;
+    let (key, l2) = next_oncall(&mut oncall).await;
+    assert_eq!(key, "escalation.high.oncall");
+    assert_eq!(l2.payload.data["level"], 2);
+    assert_eq!(
+        l2.payload.data["chain_id"],
+        l1.payload.data["escalation_id"]
+    );
+    app.stop().await;
+}
