@@ -134,18 +134,16 @@ pub async fn acknowledge(
     let state = store::workflow_state(conn, &workflow_id)
         .await?
         .unwrap_or_default();
-    store::append_event(
+    let detail = json!({"escalation_id": escalation_id, "chain_id": chain_id, "acknowledged": ids});
+    store::append_note(
         conn,
-        &store::NewEvent {
-            workflow_id: &workflow_id,
-            message_id,
-            message_type: ESCALATION_ACKNOWLEDGED,
-            source_agent_id: Some(by),
-            from_state: Some(&state),
-            to_state: &state,
-            at: now,
-            detail: json!({"escalation_id": escalation_id, "chain_id": chain_id, "acknowledged": ids}),
-        },
+        &workflow_id,
+        &state,
+        ESCALATION_ACKNOWLEDGED,
+        by,
+        message_id,
+        detail,
+        now,
     )
     .await?;
     Ok(Some(Acknowledged::Now {

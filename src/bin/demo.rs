@@ -108,6 +108,14 @@ impl Agent {
         Ok(env)
     }
 
+    /// Says each message in turn, with empty data.
+    async fn say_all(&self, wf: &str, message_types: &[&str]) -> anyhow::Result<()> {
+        for m in message_types {
+            self.say(m, wf, json!({})).await?;
+        }
+        Ok(())
+    }
+
     /// Waits for a message of this type about this workflow (others are kept).
     async fn expect(&mut self, message_type: &str, wf: &str) -> anyhow::Result<Envelope> {
         let matches =
@@ -330,24 +338,28 @@ async fn run() -> anyhow::Result<()> {
         )
         .await?;
     eng.expect("requirements_handoff", wf).await?;
-    for m in [
-        "handoff_acknowledged",
-        "feasibility_assessed",
-        "effort_estimated",
-        "sprint_initialized",
-        "feature_completed",
-    ] {
-        eng.say(m, wf, json!({})).await?;
-    }
+    eng.say_all(
+        wf,
+        &[
+            "handoff_acknowledged",
+            "feasibility_assessed",
+            "effort_estimated",
+            "sprint_initialized",
+            "feature_completed",
+        ],
+    )
+    .await?;
     qa.expect("feature_handoff", wf).await?;
-    for m in [
-        "handoff_acknowledged",
-        "testing_started",
-        "testing_completed",
-        "release_approved",
-    ] {
-        qa.say(m, wf, json!({})).await?;
-    }
+    qa.say_all(
+        wf,
+        &[
+            "handoff_acknowledged",
+            "testing_started",
+            "testing_completed",
+            "release_approved",
+        ],
+    )
+    .await?;
     deploy(&mut devops, wf).await?;
     product.expect("feature_deployed", wf).await?;
     marketing.expect("feature_deployed", wf).await?;
@@ -362,15 +374,17 @@ async fn run() -> anyhow::Result<()> {
         )
         .await?;
     eng.expect("requirements_handoff", wf).await?;
-    for m in [
-        "handoff_acknowledged",
-        "feasibility_assessed",
-        "effort_estimated",
-        "sprint_initialized",
-        "feature_completed",
-    ] {
-        eng.say(m, wf, json!({})).await?;
-    }
+    eng.say_all(
+        wf,
+        &[
+            "handoff_acknowledged",
+            "feasibility_assessed",
+            "effort_estimated",
+            "sprint_initialized",
+            "feature_completed",
+        ],
+    )
+    .await?;
     qa.expect("feature_handoff", wf).await?;
     narrator.line(
         "qa-1",
@@ -382,9 +396,11 @@ async fn run() -> anyhow::Result<()> {
     qa.expect("sla_warning", wf).await?;
     qa.expect("sla_breached", wf).await?;
     wait_acknowledged(&demo.pool, wf).await?;
-    for m in ["testing_started", "testing_completed", "release_approved"] {
-        qa.say(m, wf, json!({})).await?;
-    }
+    qa.say_all(
+        wf,
+        &["testing_started", "testing_completed", "release_approved"],
+    )
+    .await?;
     deploy(&mut devops, wf).await?;
     product.expect("feature_deployed", wf).await?;
 
@@ -398,14 +414,16 @@ async fn run() -> anyhow::Result<()> {
         )
         .await?;
     eng.expect("requirements_handoff", wf).await?;
-    for m in [
-        "feasibility_assessed",
-        "effort_estimated",
-        "sprint_initialized",
-        "feature_completed",
-    ] {
-        eng.say(m, wf, json!({})).await?;
-    }
+    eng.say_all(
+        wf,
+        &[
+            "feasibility_assessed",
+            "effort_estimated",
+            "sprint_initialized",
+            "feature_completed",
+        ],
+    )
+    .await?;
     qa.expect("feature_handoff", wf).await?;
     qa.say("testing_started", wf, json!({})).await?;
     qa.say(
@@ -418,9 +436,8 @@ async fn run() -> anyhow::Result<()> {
     eng.say("feature_completed", wf, json!({"fixes": "BUG-17"}))
         .await?;
     qa.expect("feature_handoff", wf).await?;
-    for m in ["testing_started", "release_approved"] {
-        qa.say(m, wf, json!({})).await?;
-    }
+    qa.say_all(wf, &["testing_started", "release_approved"])
+        .await?;
     deploy(&mut devops, wf).await?;
     product.expect("feature_deployed", wf).await?;
 
@@ -471,14 +488,17 @@ async fn run() -> anyhow::Result<()> {
 
 async fn deploy(devops: &mut Agent, wf: &str) -> anyhow::Result<()> {
     devops.expect("release_handoff", wf).await?;
-    for m in [
-        "handoff_acknowledged",
-        "deployment_started",
-        "deployment_completed",
-        "validation_completed",
-    ] {
-        devops.say(m, wf, json!({})).await?;
-    }
+    devops
+        .say_all(
+            wf,
+            &[
+                "handoff_acknowledged",
+                "deployment_started",
+                "deployment_completed",
+                "validation_completed",
+            ],
+        )
+        .await?;
     Ok(())
 }
 

@@ -130,18 +130,15 @@ async fn history(
     let state = store::workflow_state(conn, workflow_id)
         .await?
         .unwrap_or_default();
-    store::append_event(
+    store::append_note(
         conn,
-        &store::NewEvent {
-            workflow_id,
-            message_id: None,
-            message_type,
-            source_agent_id: Some(by),
-            from_state: Some(&state),
-            to_state: &state,
-            at: Utc::now(),
-            detail,
-        },
+        workflow_id,
+        &state,
+        message_type,
+        by,
+        None,
+        detail,
+        Utc::now(),
     )
     .await?;
     Ok(())

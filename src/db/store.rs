@@ -814,3 +814,33 @@ pub async fn workflow_state(conn: &mut PgConnection, id: &str) -> sqlx::Result<O
         .fetch_optional(conn)
         .await
 }
+
+/// Appends a history row that changes no state (a breach, a warning, an operator's
+/// snooze, an acknowledgement): `from_state` = `to_state` = `state`. One argument per
+/// column, like [`append_event`]'s struct, but short at its call sites.
+#[allow(clippy::too_many_arguments)]
+pub async fn append_note(
+    conn: &mut PgConnection,
+    workflow_id: &str,
+    state: &str,
+    message_type: &str,
+    source_agent_id: &str,
+    message_id: Option<&str>,
+    detail: Value,
+    at: DateTime<Utc>,
+) -> sqlx::Result<i32> {
+    append_event(
+        conn,
+        &NewEvent {
+            workflow_id,
+            message_id,
+            message_type,
+            source_agent_id: Some(source_agent_id),
+            from_state: Some(state),
+            to_state: state,
+            at,
+            detail,
+        },
+    )
+    .await
+}

@@ -6,7 +6,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 
 use super::effects::{persist, Change};
-use super::{Applied, Processor};
+use super::{create, lock_kind, Applied, Processor};
 use crate::db::store;
 use crate::domain::envelope::Envelope;
 use crate::domain::reject::{Reason, Rejected};
@@ -18,30 +18,22 @@ pub(super) async fn start(
     env: &Envelope,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Applied> {
-    let h = &env.header;
     let data = &env.payload.data;
     let text = |k: &str| data.get(k).and_then(Value::as_str);
-    let created = store::insert_workflow(
+    let title = text("title").or_else(|| text("epic_title"));
+    let state = State::RequirementsHandoff.as_str();
+    if let Err(rej) = create(
         conn,
-        &store::NewWorkflow {
-            id: &h.correlation_id,
-            kind: workflow::KIND,
-            state: State::RequirementsHandoff.as_str(),
-            epic_id: text("epic_id"),
-            title: text("title").or_else(|| text("epic_title")),
-            data,
-            at: now,
-        },
+        env,
+        workflow::KIND,
+        state,
+        text("epic_id"),
+        title,
+        now,
     )
-    .await?;
-    if !created {
-        return Ok(Err(Rejected::new(
-            Reason::WorkflowExists,
-            format!(
-                "workflow {} already exists; a new workflow needs a new correlation_id",
-                h.correlation_id
-            ),
-        )));
+    .await?
+    {
+        return Ok(Err(rej));
     }
     let d = workflow::start(now, &p.durations);
     let change = Change {
@@ -61,30 +53,13 @@ pub(super) async fn advance(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Applied> {
     let h = &env.header;
-    let Some(locked) = store::lock_workflow(conn, &h.correlation_id).await? else {
-        return Ok(Err(Rejected::new(
-            Reason::UnknownWorkflow,
-            format!(
-                "header.correlation_id {:?} names no workflow",
-                h.correlation_id
-            ),
-        )));
-    };
-    let state = match (locked.kind.as_str(), State::parse(&locked.state)) {
-        (workflow::KIND, Some(s)) => s,
-        _ => {
-            return Ok(Err(Rejected::new(
-                Reason::NotAcceptedInState,
-                format!(
-                    "{} is a {} workflow in state {}; {} does not apply to it",
-                    h.correlation_id, locked.kind, locked.state, h.message_type
-                ),
-            )))
-        }
+    let (state, round) = match lock_kind(conn, env, workflow::KIND, State::parse).await? {
+        Ok(locked) => locked,
+        Err(rej) => return Ok(Err(rej)),
     };
     let snap = Snapshot {
         state,
-        round: locked.round,
+        round,
         armed: store::armed_clocks(conn, &h.correlation_id).await?,
     };
     let input = Input {

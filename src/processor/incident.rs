@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 
 use super::effects::{persist, Change};
-use super::{Applied, Processed, Processor};
+use super::{create, lock_kind, Applied, Processed, Processor};
 use crate::db::store;
 use crate::domain::emergency::{self, Incident, IncidentState};
 use crate::domain::envelope::Envelope;
@@ -24,27 +24,9 @@ pub(super) async fn start(
         .get("description")
         .or_else(|| data.get("incident_description"))
         .and_then(Value::as_str);
-    let created = store::insert_workflow(
-        conn,
-        &store::NewWorkflow {
-            id: &h.correlation_id,
-            kind: emergency::KIND,
-            state: IncidentState::Active.as_str(),
-            epic_id: None,
-            title: description,
-            data,
-            at: now,
-        },
-    )
-    .await?;
-    if !created {
-        return Ok(Err(Rejected::new(
-            Reason::WorkflowExists,
-            format!(
-                "incident {} already exists; a new incident needs a new correlation_id",
-                h.correlation_id
-            ),
-        )));
+    let state = IncidentState::Active.as_str();
+    if let Err(rej) = create(conn, env, emergency::KIND, state, None, description, now).await? {
+        return Ok(Err(rej));
     }
     let agents = store::all_agents(conn).await?;
     let d = emergency::raise(&agents, Some(&h.source.agent_id), now, &p.durations);
@@ -65,30 +47,13 @@ pub(super) async fn advance(
     now: DateTime<Utc>,
 ) -> sqlx::Result<Applied> {
     let h = &env.header;
-    let Some(locked) = store::lock_workflow(conn, &h.correlation_id).await? else {
-        return Ok(Err(Rejected::new(
-            Reason::UnknownWorkflow,
-            format!(
-                "header.correlation_id {:?} names no incident",
-                h.correlation_id
-            ),
-        )));
-    };
-    let state = match (locked.kind.as_str(), IncidentState::parse(&locked.state)) {
-        (emergency::KIND, Some(s)) => s,
-        _ => {
-            return Ok(Err(Rejected::new(
-                Reason::NotAcceptedInState,
-                format!(
-                    "{} is a {} workflow in state {}; {} does not apply to it",
-                    h.correlation_id, locked.kind, locked.state, h.message_type
-                ),
-            )))
-        }
+    let (state, round) = match lock_kind(conn, env, emergency::KIND, IncidentState::parse).await? {
+        Ok(locked) => locked,
+        Err(rej) => return Ok(Err(rej)),
     };
     let inc = Incident {
         state,
-        round: locked.round,
+        round,
         armed: store::armed_clocks(conn, &h.correlation_id).await?,
     };
     let d = match emergency::decide(&inc, &h.message_type, &h.source.agent_id, now, &p.durations) {

@@ -346,6 +346,68 @@ impl Processor {
     }
 }
 
+/// Creates the workflow (or incident) a message starts; rejected if the id is taken.
+async fn create(
+    conn: &mut PgConnection,
+    env: &Envelope,
+    kind: &str,
+    state: &str,
+    epic_id: Option<&str>,
+    title: Option<&str>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Result<(), Rejected>> {
+    let h = &env.header;
+    let w = store::NewWorkflow {
+        id: &h.correlation_id,
+        kind,
+        state,
+        epic_id,
+        title,
+        data: &env.payload.data,
+        at: now,
+    };
+    if store::insert_workflow(conn, &w).await? {
+        return Ok(Ok(()));
+    }
+    Ok(Err(Rejected::new(
+        Reason::WorkflowExists,
+        format!(
+            "{kind} {} already exists; a new one needs a new correlation_id",
+            h.correlation_id
+        ),
+    )))
+}
+
+/// Locks the message's workflow and checks it is of `kind` in a state `parse` knows:
+/// its state and round, or why the message does not apply to it.
+async fn lock_kind<S>(
+    conn: &mut PgConnection,
+    env: &Envelope,
+    kind: &str,
+    parse: fn(&str) -> Option<S>,
+) -> sqlx::Result<Result<(S, i32), Rejected>> {
+    let h = &env.header;
+    let Some(locked) = store::lock_workflow(conn, &h.correlation_id).await? else {
+        return Ok(Err(Rejected::new(
+            Reason::UnknownWorkflow,
+            format!(
+                "header.correlation_id {:?} names no workflow or incident",
+                h.correlation_id
+            ),
+        )));
+    };
+    match parse(&locked.state) {
+        Some(state) if locked.kind == kind => Ok(Ok((state, locked.round))),
+        _ => Ok(Err(Rejected::new(
+            Reason::NotAcceptedInState,
+            format!(
+                "{} is a {} workflow in state {}; {} does not apply to it",
+                h.correlation_id, locked.kind, locked.state, h.message_type
+            ),
+        ))),
+    }
+}
+
 /// Stores a delivery whole in `dead_letters`.
 pub async fn dead_letter(
     conn: &mut PgConnection,

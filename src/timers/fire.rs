@@ -275,18 +275,15 @@ async fn event(
     detail: serde_json::Value,
     now: DateTime<Utc>,
 ) -> sqlx::Result<()> {
-    store::append_event(
+    store::append_note(
         conn,
-        &store::NewEvent {
-            workflow_id,
-            message_id: None,
-            message_type,
-            source_agent_id: Some("coordinator"),
-            from_state: Some(state),
-            to_state: state,
-            at: now,
-            detail,
-        },
+        workflow_id,
+        state,
+        message_type,
+        "coordinator",
+        None,
+        detail,
+        now,
     )
     .await?;
     Ok(())
