@@ -352,3 +352,67 @@ async fn a_rerun_after_a_crash_sends_the_same_message_ids() {
         "the same effect of the same message has the same id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_from_an_agent_id_unfit_for_queue_names_is_rejected() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let odd = env.connect_as("qa one", "qa-director").await;
+    odd.send("heartbeat", "qa one", json!({}))
+        .await
+        .expect("publish");
+    env.wait_count(
+        "SELECT count(*) FROM dead_letters WHERE reason = 'invalid_field'",
+        1,
+    )
+    .await;
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM agents").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_reconnects_after_the_broker_closes_its_connections() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    let mut eng = env.agent("eng-1", "engineering-director").await;
+    product
+        .send("requirements_ready", "wf-reconnect", json!({}))
+        .await
+        .expect("publish");
+    expect_next(&mut eng, Queue::Tasks).await;
+    assert_eq!(app.shared.metrics.broker_connects.get(), 1);
+
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "close_all_connections",
+            "-p",
+            &env.vhost,
+            "test: broker went away",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::eventually("the coordinator to reconnect", || async {
+        (app.shared.metrics.broker_connects.get() >= 2).then_some(())
+    })
+    .await;
+    app.wait_ready().await;
+
+    // The agents reconnect too, and the workflow carries on.
+    let eng = env.connect_as("eng-1", "engineering-director").await;
+    let mut qa = env.agent("qa-1", "qa-director").await;
+    for m in ["sprint_initialized", "feature_completed"] {
+        eng.send(m, "wf-reconnect", json!({}))
+            .await
+            .expect("publish");
+    }
+    let task = expect_next(&mut qa, Queue::Tasks).await;
+    assert_eq!(task.header.message_type, "feature_handoff");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM dead_letters").await, 0);
+    app.stop().await;
+}

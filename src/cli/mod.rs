@@ -13,6 +13,7 @@ use sqlx::PgPool;
 use crate::amqp::topology::Declarer;
 use crate::amqp::{connect, properties};
 use crate::db::{self, read, store};
+use crate::domain::catalog::valid_agent_id;
 use crate::domain::envelope::DeliveryMeta;
 use crate::domain::reject::Reason;
 use crate::domain::workflow::{self, Snapshot, State};
@@ -318,14 +319,6 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
             DeadLetterCommand::Replay { id } => replay(settings, &pool, id).await,
         },
     }
-}
-
-fn valid_agent_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 200
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 pub async fn add_agent(

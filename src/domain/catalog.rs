@@ -5,6 +5,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Longest agent id: its queue names (`agent.{id}.commands`) must fit AMQP's 255 bytes.
+pub const MAX_AGENT_ID_LEN: usize = 200;
+
+/// Agent ids become queue names and routing keys: letters, digits, '.', '_' and '-'.
+pub fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_AGENT_ID_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct RoleSpec {
     /// Message types this role may publish.
@@ -101,6 +113,22 @@ mod tests {
             },
         );
         Catalog::new(roles, ["heartbeat".to_string()])
+    }
+
+    #[test]
+    fn agent_ids_are_safe_as_queue_names() {
+        assert!(valid_agent_id("qa-dir-001"));
+        assert!(valid_agent_id("eng.team_2"));
+        for bad in [
+            "",
+            "x y",
+            "a/b",
+            "a#",
+            "ü",
+            &"x".repeat(MAX_AGENT_ID_LEN + 1),
+        ] {
+            assert!(!valid_agent_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

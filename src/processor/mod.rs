@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 
 use crate::db::store::{self, OutboxMessage};
-use crate::domain::catalog::Catalog;
+use crate::domain::catalog::{valid_agent_id, Catalog};
 use crate::domain::envelope::{self, has_nul, DeliveryMeta, Destination, Envelope, Payload};
 use crate::domain::escalation::Ladders;
 use crate::domain::reject::{Reason, Rejected};
@@ -217,6 +217,15 @@ impl Processor {
                 format!(
                     "a heartbeat's header.correlation_id must be its agent id {:?}, got {:?}",
                     h.source.agent_id, h.correlation_id
+                ),
+            )));
+        }
+        if unregistered && !valid_agent_id(&h.source.agent_id) {
+            return Ok(Err(Rejected::new(
+                Reason::InvalidField,
+                format!(
+                    "header.source.agent_id {:?} cannot name queues: use 1-200 letters, digits, '.', '_' or '-'",
+                    h.source.agent_id
                 ),
             )));
         }
