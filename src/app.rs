@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::supervisor;
 use crate::db;
+use crate::housekeeping;
 use crate::runtime::{Shared, Status};
 use crate::settings::Settings;
 use crate::timers;
@@ -85,7 +86,8 @@ impl App {
         tokio::join!(
             stopper,
             timer_then_supervisor,
-            supervisor::run(&shared, supervisor_stop.clone())
+            supervisor::run(&shared, supervisor_stop.clone()),
+            housekeeping::run(&shared.pool, &shared.settings.retention, timer_stop.clone())
         );
         tracing::info!("stopped consuming; outbox flushed");
         finish(http).await

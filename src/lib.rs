@@ -22,6 +22,7 @@ pub mod cli;
 pub mod db;
 pub mod domain;
 pub mod escalations;
+pub mod housekeeping;
 pub mod http;
 pub mod processor;
 pub mod runtime;

@@ -41,6 +41,7 @@ pub struct Settings {
     pub messages: MessageSettings,
     pub escalation: EscalationSettings,
     pub timers: TimerSettings,
+    pub retention: RetentionSettings,
     #[serde(default)]
     pub agents: Vec<StaticAgent>,
     #[serde(default)]
@@ -140,6 +141,20 @@ pub struct OutboxSettings {
     pub batch_size: i64,
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Sent outbox rows are deleted after this long.
+    #[serde(with = "humantime_serde")]
+    pub outbox: Duration,
+    /// Deduplication keys are kept this long: a message id repeated later is processed
+    /// again.
+    #[serde(with = "humantime_serde")]
+    pub processed_messages: Duration,
+    /// How often housekeeping runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -416,3 +416,55 @@ async fn the_coordinator_reconnects_after_the_broker_closes_its_connections() {
     assert_eq!(env.scalar_i64("SELECT count(*) FROM dead_letters").await, 0);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_deletes_only_what_outlived_its_retention() {
+    let env = TestEnv::new().await;
+    let shared = shared_for(&env);
+    for wf in ["wf-old", "wf-new"] {
+        common::process_directly(
+            &shared,
+            &env.pool,
+            "product-1",
+            "product-director",
+            "requirements_ready",
+            wf,
+        )
+        .await;
+    }
+    // One of each is old (and its outbox row sent long ago); the other is fresh/unsent.
+    sqlx::query(
+        "UPDATE outbox SET sent_at = now() - interval '8 days' WHERE correlation_id = 'wf-old'",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("age outbox");
+    sqlx::query(
+        "UPDATE processed_messages SET processed_at = now() - interval '31 days'
+         WHERE message_id = (SELECT message_id FROM workflow_events WHERE workflow_id = 'wf-old')",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("age dedupe key");
+    let swept = coordinator::housekeeping::step(&env.pool, &env.settings().retention)
+        .await
+        .expect("step");
+    assert_eq!(
+        swept,
+        coordinator::housekeeping::Swept {
+            outbox: 1,
+            processed_messages: 1
+        }
+    );
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await, 1);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM processed_messages")
+            .await,
+        1
+    );
+    // History is never swept.
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM workflow_events").await,
+        2
+    );
+}
