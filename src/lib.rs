@@ -9,7 +9,11 @@
 //! - [`db`]: the pool, embedded migrations and every SQL statement.
 //! - [`processor`]: one inbound message in a transaction (dedupe, validate, decide,
 //!   persist).
+//! - [`escalations`]: raising and acknowledging escalations (one writer for all).
+//! - [`timers`]: fires SLA breaches, warnings and escalation-ladder steps on time.
+//! - [`housekeeping`]: keeps the outbox and the deduplication keys bounded.
 //! - [`amqp`]: the connection supervisor, topology, inbox consumer and outbox relay.
+//! - [`runtime`]: state shared by the running tasks (readiness, metrics, signals).
 //! - [`http`]: health, readiness and metrics.
 //! - [`app`]: `App::build(settings)` + `run(shutdown)`, used by `main` and the tests.
 //! - [`cli`]: the command tree and the operator/manager commands.
