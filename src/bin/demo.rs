@@ -330,26 +330,22 @@ async fn run() -> anyhow::Result<()> {
 
     narrator.heading("1. wf-101 \"Single sign-on\": every handoff on time");
     let wf = "wf-101";
-    product
-        .say(
-            "requirements_ready",
-            wf,
-            json!({"epic_id": "EPIC-101", "title": "Single sign-on"}),
-        )
-        .await?;
-    eng.expect("requirements_handoff", wf).await?;
-    eng.say_all(
+    let steps = [
+        "handoff_acknowledged",
+        "feasibility_assessed",
+        "effort_estimated",
+        "sprint_initialized",
+        "feature_completed",
+    ];
+    to_qa(
+        &product,
+        &mut eng,
+        &mut qa,
         wf,
-        &[
-            "handoff_acknowledged",
-            "feasibility_assessed",
-            "effort_estimated",
-            "sprint_initialized",
-            "feature_completed",
-        ],
+        json!({"epic_id": "EPIC-101", "title": "Single sign-on"}),
+        &steps,
     )
     .await?;
-    qa.expect("feature_handoff", wf).await?;
     qa.say_all(
         wf,
         &[
@@ -366,26 +362,22 @@ async fn run() -> anyhow::Result<()> {
 
     narrator.heading("2. wf-102 \"Audit log export\": QA is late and gets escalated");
     let wf = "wf-102";
-    product
-        .say(
-            "requirements_ready",
-            wf,
-            json!({"epic_id": "EPIC-102", "title": "Audit log export"}),
-        )
-        .await?;
-    eng.expect("requirements_handoff", wf).await?;
-    eng.say_all(
+    let steps = [
+        "handoff_acknowledged",
+        "feasibility_assessed",
+        "effort_estimated",
+        "sprint_initialized",
+        "feature_completed",
+    ];
+    to_qa(
+        &product,
+        &mut eng,
+        &mut qa,
         wf,
-        &[
-            "handoff_acknowledged",
-            "feasibility_assessed",
-            "effort_estimated",
-            "sprint_initialized",
-            "feature_completed",
-        ],
+        json!({"epic_id": "EPIC-102", "title": "Audit log export"}),
+        &steps,
     )
     .await?;
-    qa.expect("feature_handoff", wf).await?;
     narrator.line(
         "qa-1",
         "…",
@@ -406,25 +398,21 @@ async fn run() -> anyhow::Result<()> {
 
     narrator.heading("3. wf-103 \"Saved searches\": QA finds a bug, a second round");
     let wf = "wf-103";
-    product
-        .say(
-            "requirements_ready",
-            wf,
-            json!({"epic_id": "EPIC-103", "title": "Saved searches"}),
-        )
-        .await?;
-    eng.expect("requirements_handoff", wf).await?;
-    eng.say_all(
+    let steps = [
+        "feasibility_assessed",
+        "effort_estimated",
+        "sprint_initialized",
+        "feature_completed",
+    ];
+    to_qa(
+        &product,
+        &mut eng,
+        &mut qa,
         wf,
-        &[
-            "feasibility_assessed",
-            "effort_estimated",
-            "sprint_initialized",
-            "feature_completed",
-        ],
+        json!({"epic_id": "EPIC-103", "title": "Saved searches"}),
+        &steps,
     )
     .await?;
-    qa.expect("feature_handoff", wf).await?;
     qa.say("testing_started", wf, json!({})).await?;
     qa.say(
         "bug_discovered",
@@ -483,6 +471,23 @@ async fn run() -> anyhow::Result<()> {
     println!("  COORDINATOR__DATABASE__URL={db_url} cargo run -- workflow show wf-102");
     println!("  COORDINATOR__DATABASE__URL={db_url} cargo run -- emergency show inc-7");
     println!("  psql {db_url}   (queries: docs/sql.md)");
+    Ok(())
+}
+
+/// Product hands requirements to engineering, engineering works through `steps`
+/// (ending with `feature_completed`), and the feature reaches QA.
+async fn to_qa(
+    product: &Agent,
+    eng: &mut Agent,
+    qa: &mut Agent,
+    wf: &str,
+    requirements: Value,
+    steps: &[&str],
+) -> anyhow::Result<()> {
+    product.say("requirements_ready", wf, requirements).await?;
+    eng.expect("requirements_handoff", wf).await?;
+    eng.say_all(wf, steps).await?;
+    qa.expect("feature_handoff", wf).await?;
     Ok(())
 }
 
