@@ -162,6 +162,9 @@ impl<'a> Relay<'a> {
 /// Database errors are logged and retried at the next wake-up.
 pub async fn run(relay: &Relay<'_>, stop: CancellationToken) -> Result<(), RelayError> {
     let poll = relay.shared.settings.outbox.poll_interval;
+    // The relay wakes after every commit; counting the outbox that often would put a
+    // query per batch on the hot path for a gauge, so refresh it once per poll interval.
+    let mut gauge_due = std::time::Instant::now();
     loop {
         match relay.drain().await {
             Ok(()) => {}
@@ -170,7 +173,10 @@ pub async fn run(relay: &Relay<'_>, stop: CancellationToken) -> Result<(), Relay
             }
             Err(e) => return Err(e),
         }
-        relay.refresh_pending_gauge().await;
+        if std::time::Instant::now() >= gauge_due {
+            relay.refresh_pending_gauge().await;
+            gauge_due = std::time::Instant::now() + poll;
+        }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = relay.shared.wake_relay.notified() => {}
