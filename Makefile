@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test bench demo services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: run test bench bench-quick bench-timers demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
@@ -16,8 +16,18 @@ test: services
 demo: services
 	$(CARGO) run --release --bin demo
 
-## bench: the timer workload (10,000 clocks due in one minute; again with 1,000,000 armed)
+## bench: the load scenarios, closed loop and timer workload, default and production settings (docs/performance.md)
 bench: services
+	$(CARGO) build --release --bins
+	target/release/loadgen bench
+
+## bench-quick: the same with 15-second windows
+bench-quick: services
+	$(CARGO) build --release --bins
+	target/release/loadgen bench --quick
+
+## bench-timers: the timer service alone (10,000 clocks due in one minute; again with 1,000,000 armed)
+bench-timers: services
 	$(CARGO) bench --bench timers
 
 ## services: start PostgreSQL and RabbitMQ if installed but stopped

@@ -18,6 +18,7 @@
 //! - [`app`]: `App::build(settings)` + `run(shutdown)`, used by `main` and the tests.
 //! - [`cli`]: the command tree and the operator/manager commands.
 //! - [`agent`]: a small client that speaks the protocol as an agent (tests, demo).
+//! - [`loadgen`]: the load generator and benchmark suite behind `make bench`.
 
 pub mod agent;
 pub mod amqp;
@@ -28,6 +29,7 @@ pub mod domain;
 pub mod escalations;
 pub mod housekeeping;
 pub mod http;
+pub mod loadgen;
 pub mod processor;
 pub mod runtime;
 pub mod settings;

@@ -1,0 +1,129 @@
+//! `loadgen`: drives a coordinator the way agents do and measures it. `make bench` runs
+//! `loadgen bench`; `make bench-quick` runs `loadgen bench --quick`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use coordinator::loadgen::{bench, ceiling, envelope_bytes};
+use coordinator::settings::QueueType;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Load generator and benchmark suite for the coordinator (see docs/performance.md)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the benchmark suite: the broker's ceiling, then every run on a fresh database and vhost
+    Bench {
+        /// 15-second windows instead of 60
+        #[arg(long)]
+        quick: bool,
+        /// Settings profiles to run (default = config/default.toml, production = + config/production.toml)
+        #[arg(long = "profile", value_parser = ["default", "production"], default_values_t = ["default".to_string(), "production".to_string()])]
+        profiles: Vec<String>,
+        /// Only the named runs (normal, peak, stress, closed-200, peak+timers, big+peak+timers)
+        #[arg(long)]
+        only: Vec<String>,
+        /// Measurement window of each run (overrides --quick)
+        #[arg(long, value_parser = humantime::parse_duration)]
+        window: Option<Duration>,
+        /// The coordinator binary to start
+        #[arg(long, default_value = "target/release/coordinator")]
+        bin: PathBuf,
+        /// The configuration folder the coordinator reads
+        #[arg(long, default_value = "config")]
+        config_dir: PathBuf,
+        /// Where the report and the coordinator logs are written
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+        /// Clocks of the timer workload (due within 10 s)
+        #[arg(long, default_value_t = 15_000)]
+        timer_clocks: i64,
+        /// Active workflows preloaded for the big-tables run
+        #[arg(long, default_value_t = 100_000)]
+        big_workflows: i64,
+        /// Armed clocks preloaded for the big-tables run
+        #[arg(long, default_value_t = 1_000_000)]
+        big_clocks: i64,
+    },
+    /// Measure only the broker's ceiling: persistent publish with confirms → consume → ack through one queue
+    Ceiling {
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp: String,
+        #[arg(long, value_parser = ["classic", "quorum"], default_value = "classic")]
+        queue_type: String,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        duration: Duration,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench {
+            quick,
+            profiles,
+            only,
+            window,
+            bin,
+            config_dir,
+            out,
+            timer_clocks,
+            big_workflows,
+            big_clocks,
+        } => {
+            if !bin.is_file() {
+                eprintln!(
+                    "error: {} does not exist: build it with `cargo build --release`",
+                    bin.display()
+                );
+                return ExitCode::from(2);
+            }
+            let window = window.unwrap_or(Duration::from_secs(if quick { 15 } else { 60 }));
+            let opts = bench::Options {
+                bin,
+                config_dir,
+                profiles,
+                only,
+                warmup: Duration::from_secs(if quick { 3 } else { 5 }),
+                window,
+                timer_clocks,
+                big_workflows,
+                big_clocks,
+                out_dir: out,
+            };
+            bench::run(&opts).await.map(|_| ())
+        }
+        Command::Ceiling {
+            amqp,
+            queue_type,
+            duration,
+        } => {
+            let qt = if queue_type == "quorum" {
+                QueueType::Quorum
+            } else {
+                QueueType::Classic
+            };
+            ceiling::measure(&amqp, qt, envelope_bytes(), duration)
+                .await
+                .map(|r| println!("{r:.0} msg/s"))
+                .map_err(anyhow::Error::from)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The load generator behind `make bench` (binary `loadgen`). It plays the five roles
+//! of the happy path exactly as agents do — publisher confirms, manual acks, one agent
+//! per role with several consumer instances — and measures what the coordinator does.
+//!
+//! - [`team`]: the bench agents and what each publishes on a task.
+//! - [`drive`]: one run, open loop (offered rate) or closed loop (workflows in flight).
+//! - [`ceiling`]: the broker's own ceiling on this machine, without the coordinator.
+//! - [`stats`]: latency percentiles, and CPU and memory of a process from `/proc`.
+//! - [`bench`]: the suite: a fresh database and vhost per run, the release coordinator
+//!   as a child process, the report.
+
+pub mod bench;
+pub mod ceiling;
+pub mod drive;
+pub mod stats;
+pub mod team;
+
+/// The size of a typical agent message of the bench, for the ceiling measurement.
+pub fn envelope_bytes() -> usize {
+    let data = serde_json::json!({"t": stats::now_ns(), "t0": stats::now_ns()});
+    let e = crate::domain::envelope::Envelope::from_agent(
+        &team::agent_id(crate::domain::workflow::roles::QA),
+        crate::domain::workflow::roles::QA,
+        "testing_started",
+        "peak-1a2b3c-12345",
+        data,
+        chrono::Utc::now(),
+    );
+    serde_json::to_vec(&e).map_or(512, |b| b.len())
+}

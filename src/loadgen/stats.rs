@@ -1,0 +1,168 @@
+//! Measurements: latency samples and their percentiles, and a process's CPU time and
+//! peak memory read from `/proc`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+/// Nanoseconds since the first call in this process: one monotonic clock that every
+/// task of the load generator shares, so a publish time carried in a message can be
+/// compared with the time another task received the message it caused.
+pub fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Latency samples in microseconds.
+#[derive(Debug, Default)]
+pub struct Samples(Mutex<Vec<u32>>);
+
+impl Samples {
+    pub fn record_since(&self, sent_ns: u64) {
+        let us = now_ns().saturating_sub(sent_ns) / 1000;
+        self.lock().push(u32::try_from(us).unwrap_or(u32::MAX));
+    }
+
+    pub fn take(&self) -> Percentiles {
+        Percentiles::of(std::mem::take(&mut *self.lock()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Milliseconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Percentiles {
+    pub n: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut us: Vec<u32>) -> Percentiles {
+        if us.is_empty() {
+            return Percentiles::default();
+        }
+        us.sort_unstable();
+        let at = |q: f64| {
+            let i = ((us.len() as f64 - 1.0) * q).round() as usize;
+            f64::from(us[i.min(us.len() - 1)]) / 1000.0
+        };
+        Percentiles {
+            n: us.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: f64::from(*us.last().unwrap_or(&0)) / 1000.0,
+        }
+    }
+}
+
+/// What the bench agents counted.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Workflows started (requirements_ready confirmed by the broker).
+    pub started: AtomicU64,
+    /// Workflows whose feature_deployed reached product.
+    pub completed: AtomicU64,
+    /// Agent messages published and confirmed.
+    pub published: AtomicU64,
+    /// Tasks received (requirements_handoff, feature_handoff, release_handoff, feature_deployed).
+    pub tasks: AtomicU64,
+    /// sla_warning / sla_breached notices on task queues.
+    pub notices: AtomicU64,
+    /// Messages on events queues.
+    pub events: AtomicU64,
+    /// message_rejected notices: should stay 0.
+    pub rejected: AtomicU64,
+    /// Messages on oncall.escalations.
+    pub escalations: AtomicU64,
+    /// Publishes the broker did not confirm.
+    pub publish_failures: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters and samples shared by every task of a run.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub counters: Counters,
+    /// Agent publishes the causing message → the next agent receives its task.
+    pub handoff: Samples,
+    /// requirements_ready published → feature_deployed received by product.
+    pub workflow: Samples,
+    /// Samples are kept only while this is set (after warm-up, inside the window).
+    pub recording: AtomicBool,
+}
+
+impl Recorder {
+    pub fn recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after its ')' are fixed.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ')'.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // /proc reports clock ticks in USER_HZ, which Linux fixes at 100.
+    Some((utime + stime) / 100.0)
+}
+
+/// Peak resident memory of a process in MiB (VmHWM).
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_kib(pid, "VmHWM:").map(|k| k / 1024.0)
+}
+
+/// Current resident memory of a process in MiB (VmRSS).
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    status_kib(pid, "VmRSS:").map(|k| k / 1024.0)
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets a process's peak resident memory to its current value.
+pub fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_set() {
+        let p = Percentiles::of((1..=1000).map(|i| i * 1000).collect());
+        assert_eq!(p.n, 1000);
+        assert_eq!(p.p50, 501.0);
+        assert_eq!(p.p99, 990.0);
+        assert_eq!(p.max, 1000.0);
+        assert_eq!(Percentiles::of(Vec::new()), Percentiles::default());
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() {
+        let pid = std::process::id();
+        assert!(cpu_seconds(pid).is_some());
+        assert!(peak_rss_mib(pid).is_some_and(|m| m > 0.0));
+    }
+}
