@@ -1,12 +1,13 @@
-//! Raising and acknowledging escalations: one place that writes the `escalations` row
-//! and the message to on-call, used by message-triggered escalations (the processor),
-//! breaches and ladder steps (the timers), and `coordinator escalation ack`.
+//! Raising an escalation: the `escalations` row, the message to on-call and the deadline
+//! of its next ladder step, built in one place for message-triggered escalations (the
+//! processor) and for breaches and ladder steps (the timers). Pure: the caller reserves
+//! the id and writes the rows.
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use sqlx::PgConnection;
 
-use crate::db::store::{self, NewEscalation};
+use crate::db::batch::NewEscalation;
+use crate::db::store::OutboxMessage;
 use crate::domain::envelope::Payload;
 use crate::domain::escalation::Step;
 use crate::domain::sla::{Deadline, DeadlineKind, Severity};
@@ -38,27 +39,19 @@ pub struct Raise<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Writes the escalation and queues its message on `agent.topic` with routing key
-/// `escalation.{severity}.{target}`. Returns its id and the deadline of the next step.
-pub async fn raise(conn: &mut PgConnection, r: Raise<'_>) -> sqlx::Result<(i64, Deadline)> {
-    let (id, chain_id) = store::insert_escalation(
-        conn,
-        &NewEscalation {
-            workflow_id: r.workflow_id,
-            chain_id: r.chain_id,
-            clock: r.clock,
-            clock_id: r.clock_id,
-            owner_role: r.owner_role,
-            agent_id: r.agent_id,
-            level: r.step.level,
-            target: &r.step.target,
-            severity: r.severity.as_str(),
-            raised_at: r.now,
-            next_level_at: r.step.next_at,
-            message_id: &r.message_id,
-        },
-    )
-    .await?;
+/// What a raise writes.
+#[derive(Debug, Clone)]
+pub struct Raised {
+    pub row: NewEscalation,
+    /// To `agent.topic` with routing key `escalation.{severity}.{target}`.
+    pub message: OutboxMessage,
+    /// When the next level is raised if nobody acknowledges.
+    pub next: Deadline,
+}
+
+/// The escalation with id `id` (reserved by the caller).
+pub fn raise(r: Raise<'_>, id: i64) -> Raised {
+    let chain_id = r.chain_id.unwrap_or(id);
     let mut data = json!({
         "escalation_id": id,
         "chain_id": chain_id,
@@ -76,8 +69,8 @@ pub async fn raise(conn: &mut PgConnection, r: Raise<'_>) -> sqlx::Result<(i64, 
         obj.extend(extra);
     }
     let routing_key = format!("escalation.{}.{}", r.severity.as_str(), r.step.target);
-    let m = outgoing(
-        r.message_id,
+    let message = outgoing(
+        r.message_id.clone(),
         r.workflow_id,
         r.causation_id,
         r.message_type,
@@ -90,13 +83,29 @@ pub async fn raise(conn: &mut PgConnection, r: Raise<'_>) -> sqlx::Result<(i64, 
         },
         r.now,
     );
-    store::enqueue(conn, &m).await?;
-    let next = Deadline {
-        at: r.step.next_at,
-        kind: DeadlineKind::Ladder,
-        id,
-    };
-    Ok((id, next))
+    Raised {
+        row: NewEscalation {
+            id,
+            chain_id,
+            workflow_id: r.workflow_id.to_string(),
+            clock: r.clock.to_string(),
+            clock_id: r.clock_id,
+            owner_role: r.owner_role.to_string(),
+            agent_id: r.agent_id.map(str::to_string),
+            level: r.step.level,
+            target: r.step.target.clone(),
+            severity: r.severity.as_str().to_string(),
+            raised_at: r.now,
+            next_level_at: r.step.next_at,
+            message_id: r.message_id,
+        },
+        message,
+        next: Deadline {
+            at: r.step.next_at,
+            kind: DeadlineKind::Ladder,
+            id,
+        },
+    }
 }
 
 /// The outcome of acknowledging an escalation.
@@ -110,45 +119,4 @@ pub enum Acknowledged {
     },
     /// The chain had been acknowledged before: nothing changed.
     Already { workflow_id: String, chain_id: i64 },
-}
-
-/// Acknowledges the chain an escalation belongs to, stopping its ladder. `None` if there
-/// is no such escalation. The caller holds the workflow's lock.
-pub async fn acknowledge(
-    conn: &mut PgConnection,
-    escalation_id: i64,
-    by: &str,
-    message_id: Option<&str>,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Option<Acknowledged>> {
-    let Some((workflow_id, chain_id)) = store::escalation_chain(conn, escalation_id).await? else {
-        return Ok(None);
-    };
-    let ids = store::acknowledge_chain(conn, chain_id, by, now).await?;
-    if ids.is_empty() {
-        return Ok(Some(Acknowledged::Already {
-            workflow_id,
-            chain_id,
-        }));
-    }
-    let state = store::workflow_state(conn, &workflow_id)
-        .await?
-        .unwrap_or_default();
-    let detail = json!({"escalation_id": escalation_id, "chain_id": chain_id, "acknowledged": ids});
-    store::append_note(
-        conn,
-        &workflow_id,
-        &state,
-        ESCALATION_ACKNOWLEDGED,
-        by,
-        message_id,
-        detail,
-        now,
-    )
-    .await?;
-    Ok(Some(Acknowledged::Now {
-        workflow_id,
-        chain_id,
-        ids,
-    }))
 }

@@ -7,8 +7,10 @@
 //!   state machine, rejection reasons, id derivation. No I/O.
 //! - [`settings`]: layered configuration into typed [`settings::Settings`].
 //! - [`db`]: the pool, embedded migrations and every SQL statement.
-//! - [`processor`]: one inbound message in a transaction (dedupe, validate, decide,
-//!   persist).
+//! - [`processor`]: decides a batch of inbound messages in memory (dedupe, validate,
+//!   identity, state machines) and collects the rows to write.
+//! - [`pipeline`]: applies a batch in one transaction with a fixed number of statements
+//!   and sets aside a message the database refuses.
 //! - [`escalations`]: raising and acknowledging escalations (one writer for all).
 //! - [`timers`]: fires SLA breaches, warnings and escalation-ladder steps on time.
 //! - [`housekeeping`]: keeps the outbox and the deduplication keys bounded.
@@ -30,6 +32,7 @@ pub mod escalations;
 pub mod housekeeping;
 pub mod http;
 pub mod loadgen;
+pub mod pipeline;
 pub mod processor;
 pub mod runtime;
 pub mod settings;

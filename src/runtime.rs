@@ -1,8 +1,9 @@
 //! State shared by the running service's tasks: readiness flags, metrics, the relay's
-//! wake-up signal and the processor.
+//! wake-up signal, the processor and the agent cache.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -12,16 +13,20 @@ use tokio::sync::Notify;
 
 use crate::domain::catalog::Catalog;
 use crate::domain::sla::Deadline;
-use crate::processor::Processor;
+use crate::processor::{Agents, Processor};
 use crate::settings::Settings;
 
 pub struct Shared {
     pub settings: Settings,
+    /// This process among the coordinators sharing the database
+    /// (`processed_messages.processed_by`).
+    pub instance: String,
     pub catalog: Catalog,
     pub pool: PgPool,
     pub processor: Processor,
     pub status: Status,
     pub metrics: Metrics,
+    pub agents: AgentDirectory,
     /// Signalled after every commit that queued outgoing messages.
     pub wake_relay: Notify,
     /// Deadlines created by this process since the timer last looked; a std mutex, not
@@ -37,11 +42,13 @@ impl Shared {
         let processor = Processor::from_settings(&settings);
         Shared {
             settings,
+            instance: instance_id(),
             catalog,
             pool,
             processor,
             status: Status::default(),
             metrics: Metrics::new(),
+            agents: AgentDirectory::default(),
             wake_relay: Notify::new(),
             pushed: Mutex::new(Vec::new()),
             wake_timer: Notify::new(),
@@ -62,6 +69,83 @@ impl Shared {
     pub fn pushed_deadlines(&self) -> MutexGuard<'_, Vec<Deadline>> {
         // A poisoned lock only means a panic elsewhere while pushing; the Vec is fine.
         self.pushed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `{hostname}-{pid}-{random}`: unique among coordinators, readable in SQL.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "coordinator".into());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &rand[..6])
+}
+
+/// The registered agents, cached: every message's sender is checked against them, and a
+/// clock's owner is the sole agent of its role. Reloaded when another process registers
+/// an agent (NOTIFY `coordinator_agents`), when this one does, and at least every
+/// minute; a sender the cache does not hold is looked up in the database by its batch.
+#[derive(Debug)]
+pub struct AgentDirectory {
+    /// A std lock, not a tokio one: nothing awaits while it is held.
+    snapshot: RwLock<Arc<Agents>>,
+    stale: AtomicBool,
+    loaded_at: Mutex<Option<Instant>>,
+}
+
+impl Default for AgentDirectory {
+    fn default() -> Self {
+        AgentDirectory {
+            snapshot: RwLock::new(Arc::new(Agents::default())),
+            stale: AtomicBool::new(true),
+            loaded_at: Mutex::new(None),
+        }
+    }
+}
+
+impl AgentDirectory {
+    const MAX_AGE: Duration = Duration::from_secs(60);
+
+    pub fn snapshot(&self) -> Arc<Agents> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn is_stale(&self, now: Instant) -> bool {
+        self.stale.load(Ordering::Relaxed)
+            || self
+                .loaded_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none_or(|at| now.duration_since(at) > Self::MAX_AGE)
+    }
+
+    /// Marks the cache for reloading before the next batch.
+    pub fn invalidate(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    pub fn replace(&self, agents: Agents, now: Instant) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(agents);
+        *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        self.stale.store(false, Ordering::Relaxed);
+    }
+
+    /// Adds agents a batch found or registered.
+    pub fn learn(&self, rows: &[(String, String)]) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut guard = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = Agents::clone(&guard);
+        for (id, ty) in rows {
+            next.insert(id.clone(), ty.clone());
+        }
+        *guard = Arc::new(next);
     }
 }
 

@@ -30,6 +30,7 @@ pub enum SettingsError {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
@@ -42,6 +43,8 @@ pub struct Settings {
     pub escalation: EscalationSettings,
     pub timers: TimerSettings,
     pub retention: RetentionSettings,
+    pub inbox: InboxSettings,
+    pub limits: LimitSettings,
     #[serde(default)]
     pub agents: Vec<StaticAgent>,
     #[serde(default)]
@@ -49,6 +52,7 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
@@ -73,27 +77,60 @@ impl QueueType {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     pub url: String,
-    pub prefetch: u16,
-    pub batch_size: usize,
     pub queue_type: QueueType,
-    pub inbox_queue: String,
     #[serde(with = "humantime_serde")]
     pub reconnect_delay: Duration,
 }
 
+/// The coordinator's inbox: how it is consumed and applied.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxSettings {
+    pub queue: String,
+    /// Unacknowledged deliveries the broker may push to a consumer at once.
+    pub prefetch: u16,
+    /// Most deliveries applied in one transaction.
+    pub batch_size: usize,
+    /// A message the database refuses is tried this many times, then set aside.
+    pub max_attempts: u32,
+}
+
+/// Size limits on inbound messages (see [`crate::domain::envelope::Limits`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_body_bytes: usize,
+    pub max_key_bytes: usize,
+    pub max_text_bytes: usize,
+}
+
+impl LimitSettings {
+    pub fn envelope(&self) -> crate::domain::envelope::Limits {
+        crate::domain::envelope::Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_key_bytes: self.max_key_bytes,
+            max_text_bytes: self.max_text_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegistrationSettings {
     pub auto_register: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SlaSettings {
     pub time_scale: f64,
     pub warning_fraction: f64,
@@ -106,12 +143,14 @@ pub struct SlaSettings {
 
 /// One escalation ladder: a level name and a wait per level.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LadderSettings {
     pub levels: Vec<String>,
     pub waits: Vec<humantime_serde::Serde<Duration>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EscalationSettings {
     pub levels: Vec<String>,
     pub waits: Vec<humantime_serde::Serde<Duration>>,
@@ -124,6 +163,7 @@ pub struct EscalationSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TimerSettings {
     /// Deadlines due within this much time are held in memory.
     #[serde(with = "humantime_serde")]
@@ -135,6 +175,7 @@ pub struct TimerSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutboxSettings {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -144,6 +185,7 @@ pub struct OutboxSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetentionSettings {
     /// Sent outbox rows are deleted after this long.
     #[serde(with = "humantime_serde")]
@@ -165,17 +207,20 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MessageSettings {
     pub common: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StaticAgent {
     pub agent_id: String,
     pub agent_type: String,
@@ -269,11 +314,23 @@ impl Settings {
                 "window, max_in_memory and concurrency must all be above zero".into(),
             ));
         }
-        if self.amqp.prefetch == 0 {
-            return Err(invalid("amqp.prefetch", "must be at least 1".into()));
+        if self.inbox.prefetch == 0 {
+            return Err(invalid("inbox.prefetch", "must be at least 1".into()));
         }
-        if self.amqp.batch_size == 0 {
-            return Err(invalid("amqp.batch_size", "must be at least 1".into()));
+        if self.inbox.batch_size == 0 {
+            return Err(invalid("inbox.batch_size", "must be at least 1".into()));
+        }
+        if self.inbox.max_attempts == 0 {
+            return Err(invalid("inbox.max_attempts", "must be at least 1".into()));
+        }
+        for (key, v) in [
+            ("limits.max_body_bytes", self.limits.max_body_bytes),
+            ("limits.max_key_bytes", self.limits.max_key_bytes),
+            ("limits.max_text_bytes", self.limits.max_text_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
         }
         if self.outbox.batch_size <= 0 {
             return Err(invalid("outbox.batch_size", "must be at least 1".into()));

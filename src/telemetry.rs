@@ -1,5 +1,6 @@
-//! Structured logging. Every line of a message's processing carries its `message_id`
-//! and `workflow_id` (the span opened by the consumer).
+//! Structured logging. A line about one message (`processed` at debug, `message rejected`
+//! at warn) carries its `message_id` and `workflow_id`; at info the consumer logs counts
+//! per second rather than a line per message.
 
 use tracing_subscriber::EnvFilter;
 

@@ -82,11 +82,21 @@ fn wrong_arguments_and_bad_configuration_say_what_is_wrong() {
     let o = coordinator(
         None,
         &["workflow", "list"],
-        &[("COORDINATOR__AMQP__PREFETCH", "lots")],
+        &[("COORDINATOR__INBOX__PREFETCH", "lots")],
     );
     assert_eq!(o.status.code(), Some(2));
     let (_, err) = text(&o);
     assert!(err.contains("prefetch"), "{err}");
+
+    // A key the service does not know (misspelt, or moved) is refused by name.
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[("COORDINATOR__AMQP__PREFETCH", "64")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("unknown field `prefetch`"), "{err}");
 
     let o = coordinator(
         None,
@@ -108,7 +118,7 @@ async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
         ("eng-1", "engineering-director", "feature_completed"),
         ("qa-1", "qa-director", "testing_started"),
     ] {
-        process_directly(&shared, &env.pool, a, r, m, "wf-cli").await;
+        process_directly(&shared, a, r, m, "wf-cli").await;
     }
 
     let o = coordinator(Some(&env), &["workflow", "list", "--state", "testing"], &[]);

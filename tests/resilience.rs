@@ -130,61 +130,62 @@ fn shared_for(env: &TestEnv) -> Shared {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_message_processed_concurrently_in_two_transactions_applies_once() {
+async fn the_same_message_applied_concurrently_by_two_batches_applies_once() {
     let env = TestEnv::new().await;
-    let shared = shared_for(&env);
-    let agent = env.connect_as("product-1", "product-director").await;
-    let e = agent.envelope("requirements_ready", "wf-race", json!({}));
-    let body = serde_json::to_vec(&e).expect("json");
-    let meta: DeliveryMeta = e.meta(&e.agent_routing_key());
-
-    let mut tx1 = env.pool.begin().await.expect("tx1");
-    let mut tx2 = env.pool.begin().await.expect("tx2");
-    let inbound = Inbound {
-        body: &body,
-        meta: &meta,
-    };
-    let first = shared
-        .processor
-        .process(&mut tx1, inbound, Utc::now())
-        .await
-        .expect("first");
-    assert_eq!(first.outcome, Outcome::Accepted);
-    // The second transaction blocks on the first's uncommitted primary key; commit the
-    // first while the second waits, and the second sees a duplicate.
-    let second = tokio::spawn({
-        let processor = shared.processor.clone();
-        let body = body.clone();
-        let meta = meta.clone();
-        async move {
-            let r = processor
-                .process(
-                    &mut tx2,
-                    Inbound {
-                        body: &body,
-                        meta: &meta,
-                    },
-                    Utc::now(),
-                )
-                .await;
-            tx2.commit().await.expect("commit 2");
-            r
-        }
-    });
-    env.wait_count(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        1,
+    let shared = std::sync::Arc::new(shared_for(&env));
+    let outcome = common::process_directly(
+        &shared,
+        "product-1",
+        "product-director",
+        "requirements_ready",
+        "wf-race",
     )
     .await;
-    tx1.commit().await.expect("commit 1");
-    let second = second.await.expect("join").expect("second");
-    assert_eq!(second.outcome, Outcome::Duplicate);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM workflows").await, 1);
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await, 1);
+    assert_eq!(outcome, Outcome::Accepted);
+    let eng = env.connect_as("eng-1", "engineering-director").await;
+    let e = eng.envelope("handoff_acknowledged", "wf-race", json!({}));
+    let body = std::sync::Arc::new(serde_json::to_vec(&e).expect("json"));
+    let meta: std::sync::Arc<DeliveryMeta> = std::sync::Arc::new(e.meta(&e.agent_routing_key()));
+    let apply = || {
+        let (shared, body, meta) = (shared.clone(), body.clone(), meta.clone());
+        tokio::spawn(async move {
+            let inbound = Inbound {
+                body: &body,
+                meta: &meta,
+            };
+            coordinator::pipeline::apply_shared(&shared, &[inbound], Utc::now())
+                .await
+                .expect("applied")
+                .results[0]
+                .outcome
+                .clone()
+        })
+    };
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+
+    // Hold the workflow's lock: the first batch claims the message id, then waits for
+    // the workflow; the second waits on the first's uncommitted claim.
+    let mut hold = env.pool.begin().await.expect("tx");
+    sqlx::query("SELECT 1 FROM workflows WHERE id = 'wf-race' FOR UPDATE")
+        .execute(&mut *hold)
+        .await
+        .expect("lock");
+    let first = apply();
+    env.wait_count(waiting, 1).await;
+    let second = apply();
+    env.wait_count(waiting, 2).await;
+    hold.commit().await.expect("release");
+
+    assert_eq!(first.await.expect("join"), Outcome::Accepted);
+    assert_eq!(second.await.expect("join"), Outcome::Duplicate);
     assert_eq!(
-        env.scalar_i64("SELECT count(*) FROM workflow_events").await,
+        env.scalar_i64(
+            "SELECT count(*) FROM workflow_events WHERE message_type = 'handoff_acknowledged'"
+        )
+        .await,
         1
     );
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM dead_letters").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,18 +307,16 @@ async fn a_rerun_after_a_crash_sends_the_same_message_ids() {
     let meta: DeliveryMeta = e.meta(&e.agent_routing_key());
     let outbox_ids = "SELECT message_id FROM outbox ORDER BY message_id";
 
+    let inbound = Inbound {
+        body: &body,
+        meta: &meta,
+    };
+    let ctx = coordinator::pipeline::Context::of(&shared, Utc::now())
+        .await
+        .expect("context");
     // First run: the process dies before commit (the transaction rolls back).
     let mut tx = env.pool.begin().await.expect("tx");
-    shared
-        .processor
-        .process(
-            &mut tx,
-            Inbound {
-                body: &body,
-                meta: &meta,
-            },
-            Utc::now(),
-        )
+    coordinator::pipeline::apply_uncommitted(&ctx, &mut tx, &[inbound], Utc::now())
         .await
         .expect("first run");
     let first: Vec<String> = sqlx::query_scalar(outbox_ids)
@@ -328,20 +327,16 @@ async fn a_rerun_after_a_crash_sends_the_same_message_ids() {
 
     // The redelivery runs it again, later, and commits.
     let mut tx = env.pool.begin().await.expect("tx");
-    let p = shared
-        .processor
-        .process(
-            &mut tx,
-            Inbound {
-                body: &body,
-                meta: &meta,
-            },
-            Utc::now() + chrono::Duration::seconds(5),
-        )
-        .await
-        .expect("second run");
+    let p = coordinator::pipeline::apply_uncommitted(
+        &ctx,
+        &mut tx,
+        &[inbound],
+        Utc::now() + chrono::Duration::seconds(5),
+    )
+    .await
+    .expect("second run");
     tx.commit().await.expect("commit");
-    assert_eq!(p.outcome, Outcome::Accepted);
+    assert_eq!(p[0].outcome, Outcome::Accepted);
     let second: Vec<String> = sqlx::query_scalar(outbox_ids)
         .fetch_all(&env.pool)
         .await
@@ -424,7 +419,6 @@ async fn housekeeping_deletes_only_what_outlived_its_retention() {
     for wf in ["wf-old", "wf-new"] {
         common::process_directly(
             &shared,
-            &env.pool,
             "product-1",
             "product-director",
             "requirements_ready",

@@ -265,11 +265,11 @@ async fn an_operator_acknowledgement_from_the_cli_stops_the_ladder_at_level_one(
         .expect("publish");
     let (_, l1) = next_oncall(&mut oncall).await;
     let id = l1.payload.data["escalation_id"].as_i64().expect("id");
-    let out = coordinator::cli::acknowledge_escalation(&env.pool, id, "alice")
+    let out = coordinator::cli::acknowledge_escalation(&env.settings(), &env.pool, id, "alice")
         .await
         .expect("ack");
     assert!(out.contains("its ladder stops"), "{out}");
-    let again = coordinator::cli::acknowledge_escalation(&env.pool, id, "alice")
+    let again = coordinator::cli::acknowledge_escalation(&env.settings(), &env.pool, id, "alice")
         .await
         .expect("ack twice");
     assert!(again.contains("already acknowledged"), "{again}");

@@ -50,16 +50,15 @@ async fn every_query_in_docs_sql_md_runs_as_written() {
         ("devops-1", "devops-manager", "validation_completed"),
     ];
     for (agent, role, m) in steps {
-        let outcome = process_directly(&shared, &env.pool, agent, role, m, "wf-example-1").await;
+        let outcome = process_directly(&shared, agent, role, m, "wf-example-1").await;
         assert_eq!(outcome, Outcome::Accepted, "{m}");
     }
     for (agent, role, m) in &steps[..7] {
-        process_directly(&shared, &env.pool, agent, role, m, "wf-example-2").await;
+        process_directly(&shared, agent, role, m, "wf-example-2").await;
     }
     // A rejected one for the dead-letter query.
     let late = process_directly(
         &shared,
-        &env.pool,
         "qa-1",
         "qa-director",
         "testing_started",

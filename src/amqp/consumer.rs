@@ -1,4 +1,4 @@
-//! Consumes the inbox: takes what is ready (up to `amqp.batch_size`) into one
+//! Consumes the inbox: takes what is ready (up to `inbox.batch_size`) into one
 //! transaction, commits, then acks. Deliveries are applied in the order received.
 
 use std::time::Instant;
@@ -10,13 +10,12 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::FieldTable;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::amqp::delivery_meta;
 use crate::amqp::topology::Declarer;
 use crate::db;
-use crate::domain::reject::{Reason, Rejected};
-use crate::processor::{self, Inbound, Outcome, Processed};
+use crate::pipeline;
+use crate::processor::{Inbound, Outcome};
 use crate::runtime::{Shared, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,22 +35,21 @@ pub async fn run(
     shared: &Shared,
     stop: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    let cfg = &shared.settings.amqp;
     let channel = conn.create_channel().await?;
     channel
-        .basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .basic_qos(shared.settings.inbox.prefetch, BasicQosOptions::default())
         .await?;
     let tag = format!("coordinator-{}", uuid::Uuid::new_v4());
     let mut consumer = channel
         .basic_consume(
-            &cfg.inbox_queue,
+            &shared.settings.inbox.queue,
             &tag,
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
     Status::set(&shared.status.consuming, true);
-    tracing::info!(queue = %cfg.inbox_queue, prefetch = cfg.prefetch, "consuming the inbox");
+    tracing::info!(queue = %shared.settings.inbox.queue, prefetch = shared.settings.inbox.prefetch, "consuming the inbox");
 
     let result = loop {
         let first = tokio::select! {
@@ -64,7 +62,7 @@ pub async fn run(
             None => break Err(ConsumerError::Closed),
         };
         let mut failed = None;
-        while batch.len() < cfg.batch_size {
+        while batch.len() < shared.settings.inbox.batch_size {
             match consumer.next().now_or_never() {
                 Some(Some(Ok(d))) => batch.push(d),
                 Some(Some(Err(e))) => {
@@ -98,20 +96,32 @@ async fn handle_batch(
     let Some(last) = batch.last() else {
         return Ok(true);
     };
+    let metas: Vec<_> = batch
+        .iter()
+        .map(|d| delivery_meta(d.routing_key.as_str(), &d.properties))
+        .collect();
+    let inbound: Vec<Inbound<'_>> = batch
+        .iter()
+        .zip(&metas)
+        .map(|(d, meta)| Inbound {
+            body: &d.data,
+            meta,
+        })
+        .collect();
     let mut backoff = std::time::Duration::from_millis(100);
-    let results = loop {
+    let out = loop {
         let started = Instant::now();
-        match apply_batch(shared, batch).await {
-            Ok(results) => {
+        match pipeline::apply_shared(shared, &inbound, Utc::now()).await {
+            Ok(out) => {
                 shared
                     .metrics
                     .batch_seconds
                     .observe(started.elapsed().as_secs_f64());
                 shared.metrics.batch_size.observe(batch.len() as f64);
-                break results;
+                break out;
             }
             Err(e) => {
-                tracing::error!(error = %e, size = batch.len(), retry_in = ?backoff, "batch not committed; will retry");
+                tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), size = batch.len(), retry_in = ?backoff, "batch not committed; will retry");
                 tokio::select! {
                     _ = stop.cancelled() => {
                         last.acker
@@ -129,9 +139,14 @@ async fn handle_batch(
     // redelivery is a duplicate that changes nothing.
     last.acker.ack(BasicAckOptions { multiple: true }).await?;
 
-    let mut queued = false;
-    let mut registered = Vec::new();
-    for p in &results {
+    for (p, meta) in out.results.iter().zip(&metas) {
+        tracing::debug!(
+            message_id = meta.message_id.as_deref().unwrap_or(""),
+            workflow_id = meta.correlation_id.as_deref().unwrap_or(""),
+            message_type = meta.kind.as_deref().unwrap_or(""),
+            outcome = p.outcome.label(),
+            "processed"
+        );
         shared
             .metrics
             .messages
@@ -151,13 +166,12 @@ async fn handle_batch(
                 .with_label_values(&[from.as_str(), to.as_str()])
                 .inc();
         }
-        queued |= p.queued;
-        registered.extend(p.registered.clone());
-        shared.schedule(p.deadlines.iter().copied());
     }
-    if !registered.is_empty() {
+    shared.schedule(out.deadlines.iter().copied());
+    let mut queued = !out.queued.is_empty();
+    if !out.registered.is_empty() {
         let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type).await?;
-        for (agent_id, agent_type) in &registered {
+        for (agent_id, agent_type) in &out.registered {
             declarer
                 .agent(agent_id, agent_type, &shared.catalog)
                 .await?;
@@ -174,55 +188,4 @@ async fn handle_batch(
         shared.wake_relay.notify_one();
     }
     Ok(true)
-}
-
-/// One transaction for the batch, a savepoint per message.
-async fn apply_batch(shared: &Shared, batch: &[Delivery]) -> sqlx::Result<Vec<Processed>> {
-    let mut tx = shared.pool.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for d in batch {
-        let meta = delivery_meta(d.routing_key.as_str(), &d.properties);
-        let span = tracing::info_span!(
-            "message",
-            message_id = meta.message_id.as_deref().unwrap_or(""),
-            workflow_id = meta.correlation_id.as_deref().unwrap_or(""),
-            message_type = meta.kind.as_deref().unwrap_or(""),
-            routing_key = %meta.routing_key,
-        );
-        let inbound = Inbound {
-            body: &d.data,
-            meta: &meta,
-        };
-        let now = Utc::now();
-        let mut sp = sqlx::Connection::begin(&mut *tx).await?;
-        let res = shared
-            .processor
-            .process(&mut sp, inbound, now)
-            .instrument(span.clone())
-            .await;
-        match res {
-            Ok(p) => {
-                sp.commit().await?;
-                span.in_scope(|| tracing::info!(outcome = p.outcome.label(), "processed"));
-                results.push(p);
-            }
-            Err(e) if db::is_data_error(&e) => {
-                // PostgreSQL refused a value of this message: it is the message's fault,
-                // so dead-letter it rather than retry forever.
-                sp.rollback().await?;
-                let rej = Rejected::new(
-                    Reason::InvalidField,
-                    format!("the database refused a value: {e}"),
-                );
-                span.in_scope(|| tracing::warn!(detail = %rej.detail, "message rejected"));
-                let mut sp = sqlx::Connection::begin(&mut *tx).await?;
-                processor::dead_letter(&mut sp, inbound, None, None, &rej, now).await?;
-                sp.commit().await?;
-                results.push(Processed::new(Outcome::Rejected(rej.reason)));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    tx.commit().await?;
-    Ok(results)
 }

@@ -97,7 +97,7 @@ async fn supervise(
 async fn declare_all(conn: &Connection, shared: &Shared) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type).await?;
-    declarer.fixed(&shared.settings.amqp.inbox_queue).await?;
+    declarer.fixed(&shared.settings.inbox.queue).await?;
     let mut c = shared
         .pool
         .acquire()

@@ -189,6 +189,7 @@ impl Demo {
         let mut reader = AgentClient::connect(&self.amqp_url, "pager", "on-call").await?;
         let narrator = self.narrator.clone();
         let pool = self.pool.clone();
+        let settings = self.settings.clone();
         tokio::spawn(async move {
             while let Ok(Some((key, env))) = reader
                 .next_with_key("oncall.escalations", Duration::from_secs(3600))
@@ -219,7 +220,7 @@ impl Demo {
                     .get("escalation_id")
                     .and_then(Value::as_i64);
                 if let (true, Some(id)) = (level >= 2, id) {
-                    match coordinator::cli::acknowledge_escalation(&pool, id, "pat (on-call)").await {
+                    match coordinator::cli::acknowledge_escalation(&settings, &pool, id, "pat (on-call)").await {
                         Ok(_) => narrator.line(
                             "pat",
                             "✓",

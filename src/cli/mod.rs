@@ -301,7 +301,9 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                 workflow,
                 limit,
             } => oncall::list_escalations(&pool, open, workflow.as_deref(), limit).await,
-            EscalationCommand::Ack { id, by } => oncall::acknowledge(&pool, id, &by).await,
+            EscalationCommand::Ack { id, by } => {
+                oncall::acknowledge(settings, &pool, id, &by).await
+            }
         },
         Command::Emergency { command } => match command {
             EmergencyCommand::Raise {
@@ -359,7 +361,7 @@ pub async fn add_agent(
         .await
         .context("could not connect to RabbitMQ (amqp.url)")?;
     let mut declarer = Declarer::new(&amqp, settings.amqp.queue_type).await?;
-    declarer.fixed(&settings.amqp.inbox_queue).await?;
+    declarer.fixed(&settings.inbox.queue).await?;
     declarer.agent(agent_id, agent_type, &catalog).await?;
     declarer.close().await;
     store::retry_now(&mut conn).await?;

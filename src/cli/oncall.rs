@@ -11,8 +11,10 @@ use sqlx::PgPool;
 use super::{relative, ts};
 use crate::db::{read, store};
 use crate::domain::emergency;
-use crate::escalations::{self, Acknowledged};
-use crate::processor::{raise_incident, Processor};
+use crate::domain::envelope::Envelope;
+use crate::escalations::{Acknowledged, ESCALATION_ACKNOWLEDGED};
+use crate::pipeline;
+use crate::processor::{operator_alert, Outcome, Processor, OPERATOR};
 use crate::settings::Settings;
 
 pub async fn list_clocks(
@@ -190,27 +192,45 @@ pub async fn list_escalations(
     Ok(out)
 }
 
-pub async fn acknowledge(pool: &PgPool, escalation_id: i64, by: &str) -> anyhow::Result<String> {
-    let mut tx = pool.begin().await?;
-    let Some((workflow_id, _)) = store::escalation_chain(&mut tx, escalation_id).await? else {
+/// Acknowledges an escalation's chain as an operator: the same path as an agent's
+/// `escalation_acknowledged`.
+pub async fn acknowledge(
+    settings: &Settings,
+    pool: &PgPool,
+    escalation_id: i64,
+    by: &str,
+) -> anyhow::Result<String> {
+    let mut conn = pool.acquire().await?;
+    let Some((workflow_id, _)) = store::escalation_chain(&mut conn, escalation_id).await? else {
         bail!(
             "no escalation {escalation_id} (list them with `coordinator escalation list --open`)"
         );
     };
-    store::lock_workflow(&mut tx, &workflow_id).await?;
-    let out = match escalations::acknowledge(&mut tx, escalation_id, by, None, Utc::now()).await? {
-        Some(Acknowledged::Now { chain_id, ids, .. }) => format!(
+    drop(conn);
+    let env = Envelope::from_agent(
+        by,
+        OPERATOR,
+        ESCALATION_ACKNOWLEDGED,
+        &workflow_id,
+        json!({"escalation_id": escalation_id}),
+        Utc::now(),
+    );
+    let processor = Processor::from_settings(settings);
+    let p = pipeline::apply_operator(pool, &processor, &env).await?;
+    match (p.outcome, p.acknowledged) {
+        (Outcome::Accepted, Some(Acknowledged::Now { chain_id, ids, .. })) => Ok(format!(
             "acknowledged escalation chain {chain_id} of {workflow_id} by {by} ({} escalation{}); its ladder stops\n",
             ids.len(),
             if ids.len() == 1 { "" } else { "s" }
+        )),
+        (Outcome::Accepted, Some(Acknowledged::Already { chain_id, .. })) => Ok(format!(
+            "escalation chain {chain_id} of {workflow_id} was already acknowledged; nothing changed\n"
+        )),
+        _ => bail!(
+            "escalation {escalation_id} could not be acknowledged: {}",
+            p.detail.unwrap_or_default()
         ),
-        Some(Acknowledged::Already { chain_id, .. }) => {
-            format!("escalation chain {chain_id} of {workflow_id} was already acknowledged; nothing changed\n")
-        }
-        None => bail!("no escalation {escalation_id}"),
-    };
-    tx.commit().await?;
-    Ok(out)
+    }
 }
 
 pub async fn raise(
@@ -223,34 +243,20 @@ pub async fn raise(
 ) -> anyhow::Result<String> {
     let id = id.unwrap_or_else(|| format!("inc-{}", uuid::Uuid::new_v4()));
     let processor = Processor::from_settings(settings);
-    let mut tx = pool.begin().await?;
-    match raise_incident(
-        &processor,
-        &mut tx,
-        &id,
-        severity,
-        description,
-        by,
-        Utc::now(),
-    )
-    .await?
-    {
-        Ok(_) => {
-            let agents: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM sla_clocks WHERE workflow_id = $1 AND clock = $2",
-            )
-            .bind(&id)
-            .bind(emergency::ACKNOWLEDGMENT_CLOCK)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(format!(
-                "incident {id} raised ({severity}): broadcast to every agent; {agents} acknowledgment{} awaited\n",
-                if agents == 1 { "" } else { "s" }
-            ))
-        }
-        Err(rej) => bail!("{}", rej.detail),
+    let env = operator_alert(&id, severity, description, by, Utc::now());
+    let p = pipeline::apply_operator(pool, &processor, &env).await?;
+    if p.outcome != Outcome::Accepted {
+        bail!(
+            "{}",
+            p.detail
+                .unwrap_or_else(|| "the incident was not raised".into())
+        );
     }
+    let agents = read::clock_count(pool, &id, emergency::ACKNOWLEDGMENT_CLOCK).await?;
+    Ok(format!(
+        "incident {id} raised ({severity}): broadcast to every agent; {agents} acknowledgment{} awaited\n",
+        if agents == 1 { "" } else { "s" }
+    ))
 }
 
 pub async fn show(pool: &PgPool, id: &str) -> anyhow::Result<String> {

@@ -1,7 +1,9 @@
 //! PostgreSQL: the pool, the embedded migrations, and every SQL statement the service
-//! runs. `store` holds the writes of message processing and the relay; `read` holds the
-//! queries behind the manager-facing CLI.
+//! runs. `batch` holds the set-based statements of the hot path (a batch of messages or
+//! of timer deadlines), `store` the single-row writes of the relay and the operator
+//! commands, `read` the queries behind the manager-facing CLI.
 
+pub mod batch;
 pub mod read;
 pub mod store;
 
@@ -37,11 +39,26 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
-/// True if the error is PostgreSQL refusing a value (SQLSTATE class 22, data exception):
-/// the input's fault, not the database's, so retrying cannot help.
-pub fn is_data_error(err: &sqlx::Error) -> bool {
+/// Whose fault a failed statement was, which says what to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The database is unreachable, shutting down, out of resources, or two
+    /// transactions collided (deadlock, serialization): retry the same work later.
+    Transient,
+    /// PostgreSQL refused a value the work carried (SQLSTATE class 22 data exception,
+    /// 23 integrity violation, 54 program limit such as an index row too large):
+    /// retrying the same values cannot help, so find the input at fault and set it aside.
+    Input,
+}
+
+pub fn classify(err: &sqlx::Error) -> Fault {
     match err {
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22")),
-        _ => false,
+        sqlx::Error::Database(db) => match db.code() {
+            Some(c) if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
+                Fault::Input
+            }
+            _ => Fault::Transient,
+        },
+        _ => Fault::Transient,
     }
 }

@@ -233,3 +233,12 @@ pub async fn escalation_list(
     .fetch_all(pool)
     .await
 }
+
+/// How many clocks of a name a workflow (or incident) has.
+pub async fn clock_count(pool: &PgPool, workflow_id: &str, clock: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM sla_clocks WHERE workflow_id = $1 AND clock = $2")
+        .bind(workflow_id)
+        .bind(clock)
+        .fetch_one(pool)
+        .await
+}

@@ -12,32 +12,6 @@ pub const OUTCOME_ACCEPTED: &str = "accepted";
 pub const OUTCOME_REJECTED: &str = "rejected";
 pub const OUTCOME_OBSERVED: &str = "observed";
 
-/// Records a message id as processed. False if it was processed before (a duplicate);
-/// the primary key does the deduplication, so concurrent transactions serialise here.
-pub async fn claim_message(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<bool> {
-    let res = sqlx::query(
-        "INSERT INTO processed_messages (message_id, outcome) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(message_id)
-    .bind(OUTCOME_ACCEPTED)
-    .execute(conn)
-    .await?;
-    Ok(res.rows_affected() == 1)
-}
-
-pub async fn set_outcome(
-    conn: &mut PgConnection,
-    message_id: &str,
-    outcome: &str,
-) -> sqlx::Result<()> {
-    sqlx::query("UPDATE processed_messages SET outcome = $2 WHERE message_id = $1")
-        .bind(message_id)
-        .bind(outcome)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// Forgets a processed message id, so a replayed copy is acted on again.
 pub async fn forget_message(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<()> {
     sqlx::query("DELETE FROM processed_messages WHERE message_id = $1")
@@ -55,7 +29,8 @@ pub async fn agent_type(conn: &mut PgConnection, agent_id: &str) -> sqlx::Result
         .await
 }
 
-/// Registers an agent; true if it was not registered before.
+/// Registers an agent; true if it was not registered before (then every running
+/// coordinator is told to reload its agent cache).
 pub async fn register_agent(
     conn: &mut PgConnection,
     agent_id: &str,
@@ -68,23 +43,24 @@ pub async fn register_agent(
     .bind(agent_id)
     .bind(agent_type)
     .bind(via)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(res.rows_affected() == 1)
+    let new = res.rows_affected() == 1;
+    if new {
+        notify_agents(conn).await?;
+    }
+    Ok(new)
 }
 
-pub async fn touch_heartbeat(
-    conn: &mut PgConnection,
-    agent_id: &str,
-    at: DateTime<Utc>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE agents SET last_heartbeat_at = greatest(last_heartbeat_at, $2) WHERE agent_id = $1",
-    )
-    .bind(agent_id)
-    .bind(at)
-    .execute(conn)
-    .await?;
+/// The LISTEN/NOTIFY channel agent caches reload on.
+pub const AGENTS_CHANNEL: &str = "coordinator_agents";
+
+/// Tells every running coordinator (on commit) that the registered agents changed.
+pub async fn notify_agents(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(AGENTS_CHANNEL)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -96,20 +72,6 @@ pub async fn all_agents(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, St
     rows.iter()
         .map(|r| Ok((r.try_get("agent_id")?, r.try_get("agent_type")?)))
         .collect()
-}
-
-/// The one registered agent of a role, if there is exactly one (the clock's owner).
-pub async fn sole_agent_of(conn: &mut PgConnection, role: &str) -> sqlx::Result<Option<String>> {
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT agent_id FROM agents WHERE agent_type = $1 LIMIT 2")
-            .bind(role)
-            .fetch_all(conn)
-            .await?;
-    Ok(if ids.len() == 1 {
-        ids.into_iter().next()
-    } else {
-        None
-    })
 }
 
 #[derive(Debug, Clone)]
@@ -136,34 +98,6 @@ pub async fn lock_workflow(
         })
     })
     .transpose()
-}
-
-pub struct NewWorkflow<'a> {
-    pub id: &'a str,
-    pub kind: &'a str,
-    pub state: &'a str,
-    pub epic_id: Option<&'a str>,
-    pub title: Option<&'a str>,
-    pub data: &'a Value,
-    pub at: DateTime<Utc>,
-}
-
-/// Creates a workflow; false if the id is taken.
-pub async fn insert_workflow(conn: &mut PgConnection, w: &NewWorkflow<'_>) -> sqlx::Result<bool> {
-    let res = sqlx::query(
-        "INSERT INTO workflows (id, kind, state, epic_id, title, data, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING",
-    )
-    .bind(w.id)
-    .bind(w.kind)
-    .bind(w.state)
-    .bind(w.epic_id)
-    .bind(w.title)
-    .bind(w.data)
-    .bind(w.at)
-    .execute(conn)
-    .await?;
-    Ok(res.rows_affected() == 1)
 }
 
 pub async fn update_workflow(
@@ -245,40 +179,6 @@ pub async fn armed_clocks(
         .collect()
 }
 
-pub struct NewClock<'a> {
-    pub workflow_id: &'a str,
-    pub clock: &'a str,
-    pub round: i32,
-    pub owner_role: &'a str,
-    pub owner_agent_id: Option<&'a str>,
-    pub subject_agent_id: Option<&'a str>,
-    pub severity: &'a str,
-    pub armed_at: DateTime<Utc>,
-    pub warn_at: DateTime<Utc>,
-    pub due_at: DateTime<Utc>,
-}
-
-/// Arms a clock; its id, or `None` if this clock of this round was armed before.
-pub async fn arm_clock(conn: &mut PgConnection, c: &NewClock<'_>) -> sqlx::Result<Option<i64>> {
-    sqlx::query_scalar(
-        "INSERT INTO sla_clocks
-             (workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, armed_at, warn_at, due_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING id",
-    )
-    .bind(c.workflow_id)
-    .bind(c.clock)
-    .bind(c.round)
-    .bind(c.owner_role)
-    .bind(c.owner_agent_id)
-    .bind(c.subject_agent_id)
-    .bind(c.severity)
-    .bind(c.armed_at)
-    .bind(c.warn_at)
-    .bind(c.due_at)
-    .fetch_optional(conn)
-    .await
-}
-
 /// Closes an armed clock as `met` or `cancelled`.
 pub async fn close_clock(
     conn: &mut PgConnection,
@@ -305,71 +205,6 @@ pub async fn close_clock(
     Ok(())
 }
 
-/// The agent that acknowledged a handoff owns the role's armed clocks from then on.
-pub async fn assign_clock_owner(
-    conn: &mut PgConnection,
-    workflow_id: &str,
-    role: &str,
-    agent_id: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE sla_clocks SET owner_agent_id = $3
-         WHERE workflow_id = $1 AND owner_role = $2 AND status = 'armed'",
-    )
-    .bind(workflow_id)
-    .bind(role)
-    .bind(agent_id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-pub struct NewEscalation<'a> {
-    pub workflow_id: &'a str,
-    /// The chain it continues; `None` starts a new chain.
-    pub chain_id: Option<i64>,
-    pub clock: &'a str,
-    pub clock_id: Option<i64>,
-    pub owner_role: &'a str,
-    pub agent_id: Option<&'a str>,
-    pub level: i32,
-    pub target: &'a str,
-    pub severity: &'a str,
-    pub raised_at: DateTime<Utc>,
-    pub next_level_at: DateTime<Utc>,
-    pub message_id: &'a str,
-}
-
-/// Inserts an escalation and returns (id, chain id).
-pub async fn insert_escalation(
-    conn: &mut PgConnection,
-    e: &NewEscalation<'_>,
-) -> sqlx::Result<(i64, i64)> {
-    let row = sqlx::query(
-        "WITH next AS (SELECT nextval(pg_get_serial_sequence('escalations', 'id')) AS id)
-         INSERT INTO escalations
-             (id, chain_id, workflow_id, clock, clock_id, owner_role, agent_id, level, target, severity,
-              raised_at, next_level_at, message_id)
-         SELECT id, coalesce($1, id), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM next
-         RETURNING id, chain_id",
-    )
-    .bind(e.chain_id)
-    .bind(e.workflow_id)
-    .bind(e.clock)
-    .bind(e.clock_id)
-    .bind(e.owner_role)
-    .bind(e.agent_id)
-    .bind(e.level)
-    .bind(e.target)
-    .bind(e.severity)
-    .bind(e.raised_at)
-    .bind(e.next_level_at)
-    .bind(e.message_id)
-    .fetch_one(conn)
-    .await?;
-    Ok((row.try_get("id")?, row.try_get("chain_id")?))
-}
-
 /// The workflow and chain of an escalation.
 pub async fn escalation_chain(
     conn: &mut PgConnection,
@@ -381,25 +216,6 @@ pub async fn escalation_chain(
         .await?;
     row.map(|r| Ok((r.try_get("workflow_id")?, r.try_get("chain_id")?)))
         .transpose()
-}
-
-/// Acknowledges every open escalation of a chain (stopping its ladder); the ids it
-/// acknowledged (none if the chain was acknowledged before).
-pub async fn acknowledge_chain(
-    conn: &mut PgConnection,
-    chain_id: i64,
-    by: &str,
-    at: DateTime<Utc>,
-) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar(
-        "UPDATE escalations SET acknowledged_at = $3, acknowledged_by = $2, next_level_at = NULL
-         WHERE chain_id = $1 AND acknowledged_at IS NULL RETURNING id",
-    )
-    .bind(chain_id)
-    .bind(by)
-    .bind(at)
-    .fetch_all(conn)
-    .await
 }
 
 /// The workflow a clock or an escalation belongs to (for locking it first).
@@ -665,40 +481,6 @@ pub async fn retry_now(conn: &mut PgConnection) -> sqlx::Result<()> {
         .execute(conn)
         .await?;
     Ok(())
-}
-
-pub struct NewDeadLetter<'a> {
-    pub message_id: Option<&'a str>,
-    pub reason: &'a str,
-    pub detail: &'a str,
-    pub routing_key: &'a str,
-    pub body: &'a [u8],
-    pub body_json: Option<&'a Value>,
-    pub properties: &'a Value,
-    pub source_agent_id: Option<&'a str>,
-    pub at: DateTime<Utc>,
-}
-
-pub async fn insert_dead_letter(
-    conn: &mut PgConnection,
-    d: &NewDeadLetter<'_>,
-) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "INSERT INTO dead_letters
-             (message_id, reason, detail, routing_key, body, body_json, properties, source_agent_id, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-    )
-    .bind(d.message_id)
-    .bind(d.reason)
-    .bind(d.detail)
-    .bind(d.routing_key)
-    .bind(d.body)
-    .bind(d.body_json)
-    .bind(d.properties)
-    .bind(d.source_agent_id)
-    .bind(d.at)
-    .fetch_one(conn)
-    .await
 }
 
 #[derive(Debug, Clone)]

@@ -148,6 +148,36 @@ pub struct DeliveryMeta {
 }
 
 impl Envelope {
+    /// True if any string of the envelope holds U+0000 (PostgreSQL's text and jsonb
+    /// cannot).
+    pub fn has_nul(&self) -> bool {
+        let h = &self.header;
+        let opt = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains('\0'));
+        [
+            &h.message_id,
+            &h.correlation_id,
+            &h.version,
+            &h.source.agent_id,
+            &h.source.agent_type,
+            &h.message_type,
+        ]
+        .iter()
+        .any(|s| s.contains('\0'))
+            || opt(&h.causation_id)
+            || opt(&h.source.instance_id)
+            || h.destination
+                .as_ref()
+                .is_some_and(|d| opt(&d.agent_id) || opt(&d.agent_type))
+            || h.tracing
+                .as_ref()
+                .is_some_and(|t| opt(&t.trace_id) || opt(&t.span_id) || opt(&t.parent_span_id))
+            || h.security
+                .as_ref()
+                .is_some_and(|s| opt(&s.signature) || opt(&s.key_id))
+            || has_nul(&self.payload.data)
+            || has_nul(&self.payload.metadata)
+    }
+
     /// A message from the coordinator.
     pub fn from_coordinator(
         message_id: String,
@@ -240,31 +270,45 @@ impl Envelope {
     }
 }
 
-/// Parses a body into an envelope: JSON, then types, then required non-empty fields.
+/// Parses a body into an envelope in one pass (JSON and types together), then checks
+/// the required fields are non-empty and fit, and that no string holds U+0000.
 pub fn parse(body: &[u8]) -> Result<Envelope, Rejected> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Rejected::new(Reason::MalformedJson, format!("body is not JSON: {e}")))?;
-    if has_nul(&value) {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let env: Envelope = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.classify() != serde_json::error::Category::Data {
+                return Rejected::new(Reason::MalformedJson, format!("body is not JSON: {inner}"));
+            }
+            // The position in the body adds nothing to the path of the field.
+            let msg = inner.to_string();
+            let msg = msg
+                .rsplit_once(" at line ")
+                .map_or(msg.as_str(), |(m, _)| m);
+            let reason = if msg.starts_with("missing field") {
+                Reason::MissingField
+            } else {
+                Reason::InvalidField
+            };
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!(" at {path}")
+            };
+            Rejected::new(reason, format!("{msg}{at}"))
+        })
+        .and_then(|env| {
+            de.end()
+                .map(|()| env)
+                .map_err(|e| Rejected::new(Reason::MalformedJson, format!("body is not JSON: {e}")))
+        })?;
+    if env.has_nul() {
         return Err(Rejected::new(
             Reason::InvalidField,
             "a string in the body contains U+0000, which cannot be stored",
         ));
     }
-    let env: Envelope = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let reason = if inner.starts_with("missing field") {
-            Reason::MissingField
-        } else {
-            Reason::InvalidField
-        };
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!(" at {path}")
-        };
-        Rejected::new(reason, format!("{inner}{at}"))
-    })?;
     let h = &env.header;
     for (field, value) in [
         ("header.message_id", &h.message_id),
@@ -421,6 +465,70 @@ pub fn check_fresh(env: &Envelope, now: DateTime<Utc>) -> Result<(), Rejected> {
     Ok(())
 }
 
+/// Size limits on what is stored: the body as a whole (it is kept whole in
+/// `dead_letters` and copied into the workflow), and the payload fields that get their
+/// own (indexed) columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// Identifiers stored and indexed (`payload.data.epic_id`).
+    pub max_key_bytes: usize,
+    /// Texts stored in columns (`payload.data.title`, `description`, …).
+    pub max_text_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            max_key_bytes: MAX_ID_LEN,
+            max_text_bytes: 8192,
+        }
+    }
+}
+
+/// Payload fields stored in their own indexed columns.
+pub const STORED_KEYS: &[&str] = &["epic_id"];
+/// Payload fields stored as texts in their own columns.
+pub const STORED_TEXTS: &[&str] = &["title", "epic_title", "description", "incident_description"];
+
+/// The body must fit `max_body_bytes`; checked before it is parsed.
+pub fn check_body_size(body: &[u8], limits: &Limits) -> Result<(), Rejected> {
+    if body.len() > limits.max_body_bytes {
+        return Err(Rejected::new(
+            Reason::TooLarge,
+            format!(
+                "the body is {} bytes; at most {} are allowed",
+                body.len(),
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The payload fields stored in columns must fit their limits.
+pub fn check_limits(env: &Envelope, limits: &Limits) -> Result<(), Rejected> {
+    let fields = STORED_KEYS
+        .iter()
+        .map(|f| (*f, limits.max_key_bytes))
+        .chain(STORED_TEXTS.iter().map(|f| (*f, limits.max_text_bytes)));
+    for (field, max) in fields {
+        if let Some(s) = env.payload.data.get(field).and_then(Value::as_str) {
+            if s.len() > max {
+                return Err(Rejected::new(
+                    Reason::TooLarge,
+                    format!(
+                        "payload.data.{field} is {} bytes; at most {max} are allowed",
+                        s.len()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every pure check, in order.
 pub fn validate(
     body: &[u8],
@@ -428,10 +536,23 @@ pub fn validate(
     catalog: &Catalog,
     now: DateTime<Utc>,
 ) -> Result<Envelope, Rejected> {
+    validate_within(body, meta, catalog, &Limits::default(), now)
+}
+
+/// Every pure check, in order, with the given size limits.
+pub fn validate_within(
+    body: &[u8],
+    meta: &DeliveryMeta,
+    catalog: &Catalog,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Envelope, Rejected> {
+    check_body_size(body, limits)?;
     let env = parse(body)?;
     check_properties(&env, meta)?;
     check_catalog(&env, catalog)?;
     check_fresh(&env, now)?;
+    check_limits(&env, limits)?;
     Ok(env)
 }
 

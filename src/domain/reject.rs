@@ -34,10 +34,16 @@ pub enum Reason {
     NotAcceptedInState,
     /// `escalation_acknowledged` names no escalation of this workflow.
     UnknownEscalation,
+    /// The body, or a field stored in its own column, is over its size limit.
+    TooLarge,
+    /// The database refused to store what the message asked for, on every attempt
+    /// (a value out of range, or too long for an index): the message is set aside so
+    /// that the rest of the inbox flows.
+    ProcessingFailed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::MalformedJson,
         Reason::MissingField,
         Reason::InvalidField,
@@ -52,6 +58,8 @@ impl Reason {
         Reason::WorkflowExists,
         Reason::NotAcceptedInState,
         Reason::UnknownEscalation,
+        Reason::TooLarge,
+        Reason::ProcessingFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +78,8 @@ impl Reason {
             Reason::WorkflowExists => "workflow_exists",
             Reason::NotAcceptedInState => "not_accepted_in_state",
             Reason::UnknownEscalation => "unknown_escalation",
+            Reason::TooLarge => "too_large",
+            Reason::ProcessingFailed => "processing_failed",
         }
     }
 

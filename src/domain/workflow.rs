@@ -380,6 +380,15 @@ pub fn input_message_types() -> impl Iterator<Item = &'static str> {
         .chain(CLOCKS.iter().flat_map(|c| c.met_by.iter().copied()))
 }
 
+/// True if `message_type` raises an escalation in some state (a batch reserves an
+/// escalation id for each such message before deciding it).
+pub fn may_escalate(message_type: &str) -> bool {
+    STAGES
+        .iter()
+        .flat_map(|s| s.accepts.iter())
+        .any(|r| r.message == message_type && matches!(r.action, Action::Escalate { .. }))
+}
+
 /// True if `message_type` is consumed by the workflow state machine.
 pub fn is_input(message_type: &str) -> bool {
     input_message_types().any(|m| m == message_type)

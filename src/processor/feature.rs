@@ -1,95 +1,61 @@
-//! The feature-delivery workflow's messages: `requirements_ready` starts one, the rest
-//! advance it through [`workflow::decide`].
+//! The feature-delivery workflow: `requirements_ready` starts one, the other workflow
+//! messages advance it through [`workflow::decide`].
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgConnection;
 
-use super::effects::{persist, Change};
-use super::{create, lock_kind, Applied, Processor};
-use crate::db::store;
+use super::batch::{Applied, Batch};
+use super::effects::Change;
 use crate::domain::envelope::Envelope;
 use crate::domain::reject::{Reason, Rejected};
 use crate::domain::workflow::{self, Input, Snapshot, State};
 
-pub(super) async fn start(
-    p: &Processor,
-    conn: &mut PgConnection,
-    env: &Envelope,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Applied> {
+pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
     let data = &env.payload.data;
     let text = |k: &str| data.get(k).and_then(Value::as_str);
     let title = text("title").or_else(|| text("epic_title"));
     let state = State::RequirementsHandoff.as_str();
-    if let Err(rej) = create(
-        conn,
+    b.create(env, workflow::KIND, state, text("epic_id"), title)?;
+    let d = workflow::start(b.now, &b.p.durations);
+    b.persist(
         env,
-        workflow::KIND,
-        state,
-        text("epic_id"),
-        title,
-        now,
+        Change {
+            from: None,
+            to: d.state.as_str(),
+            round: d.round,
+            terminal: false,
+            effects: &d.effects,
+        },
     )
-    .await?
-    {
-        return Ok(Err(rej));
-    }
-    let d = workflow::start(now, &p.durations);
-    let change = Change {
-        from: None,
-        to: d.state.as_str(),
-        round: d.round,
-        terminal: false,
-        effects: &d.effects,
-    };
-    Ok(Ok(persist(p, conn, env, change, now).await?))
 }
 
-pub(super) async fn advance(
-    p: &Processor,
-    conn: &mut PgConnection,
-    env: &Envelope,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Applied> {
+pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
     let h = &env.header;
-    let (state, round) = match lock_kind(conn, env, workflow::KIND, State::parse).await? {
-        Ok(locked) => locked,
-        Err(rej) => return Ok(Err(rej)),
+    let (state, round) = b.locked(env, workflow::KIND, State::parse)?;
+    let Some(w) = b.workflows.get_mut(&h.correlation_id) else {
+        return Err(Rejected::new(Reason::UnknownWorkflow, "no such workflow"));
     };
     let snap = Snapshot {
         state,
         round,
-        armed: store::armed_clocks(conn, &h.correlation_id).await?,
+        armed: w.armed(),
     };
     let input = Input {
         message_type: &h.message_type,
         sender_role: &h.source.agent_type,
     };
-    let d = match workflow::decide(&snap, input, now, &p.durations) {
-        Ok(d) => d,
-        Err(r) => {
-            return Ok(Err(Rejected::new(
-                Reason::NotAcceptedInState,
-                r.to_string(),
-            )))
-        }
-    };
+    let d = workflow::decide(&snap, input, b.now, &b.p.durations)
+        .map_err(|r| Rejected::new(Reason::NotAcceptedInState, r.to_string()))?;
     if h.message_type == "handoff_acknowledged" {
-        store::assign_clock_owner(
-            conn,
-            &h.correlation_id,
-            &h.source.agent_type,
-            &h.source.agent_id,
-        )
-        .await?;
+        w.assign_owner(&h.source.agent_type, &h.source.agent_id);
     }
-    let change = Change {
-        from: Some(state.as_str()),
-        to: d.state.as_str(),
-        round: d.round,
-        terminal: d.state.is_terminal(),
-        effects: &d.effects,
-    };
-    Ok(Ok(persist(p, conn, env, change, now).await?))
+    b.persist(
+        env,
+        Change {
+            from: Some(state.as_str()),
+            to: d.state.as_str(),
+            round: d.round,
+            terminal: d.state.is_terminal(),
+            effects: &d.effects,
+        },
+    )
 }

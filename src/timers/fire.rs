@@ -71,8 +71,8 @@ async fn breach(
     let ladder = shared.processor.ladders.for_escalation(&c.clock, severity);
     let step = ladder.first(&c.owner_role, now);
     let cause = format!("clock:{clock_id}");
-    let (escalation_id, next) = escalations::raise(
-        conn,
+    let escalation_id = reserve_id(conn).await?;
+    let raised = escalations::raise(
         Raise {
             workflow_id: &c.workflow_id,
             chain_id: None,
@@ -91,8 +91,9 @@ async fn breach(
             data: json!({"due_at": c.due_at, "breached_at": now, "round": c.round}),
             now,
         },
-    )
-    .await?;
+        escalation_id,
+    );
+    let next = write_raised(conn, raised).await?;
     let notice = json!({
         "workflow_id": c.workflow_id,
         "clock": c.clock,
@@ -185,8 +186,8 @@ async fn climb(
     } else {
         ESCALATION_RAISED
     };
-    let (id, next) = escalations::raise(
-        conn,
+    let id = reserve_id(conn).await?;
+    let raised = escalations::raise(
         Raise {
             workflow_id: &e.workflow_id,
             chain_id: Some(e.chain_id),
@@ -202,8 +203,9 @@ async fn climb(
             data: json!({"previous_escalation_id": escalation_id, "unacknowledged_level": e.level}),
             now,
         },
-    )
-    .await?;
+        id,
+    );
+    let next = write_raised(conn, raised).await?;
     event(
         conn,
         &e.workflow_id,
@@ -217,6 +219,19 @@ async fn climb(
         fired: true,
         deadlines: vec![next],
     })
+}
+
+async fn reserve_id(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    crate::db::batch::reserve_escalation_ids(conn, 1)
+        .await?
+        .pop()
+        .ok_or_else(|| sqlx::Error::RowNotFound)
+}
+
+async fn write_raised(conn: &mut PgConnection, r: escalations::Raised) -> sqlx::Result<Deadline> {
+    crate::db::batch::insert_escalations(conn, std::slice::from_ref(&r.row)).await?;
+    store::enqueue(conn, &r.message).await?;
+    Ok(r.next)
 }
 
 /// A notice to a clock's owner: the agent a per-agent clock is about (its commands

@@ -263,11 +263,10 @@ impl Running {
     }
 }
 
-/// Applies one message straight through the processor in its own transaction (no
-/// broker), for tests that only need database state.
+/// Applies one message straight through the batch pipeline (no broker), for tests that
+/// only need database state.
 pub async fn process_directly(
     shared: &Shared,
-    pool: &PgPool,
     agent_id: &str,
     agent_type: &str,
     message_type: &str,
@@ -284,18 +283,14 @@ pub async fn process_directly(
     );
     let body = serde_json::to_vec(&e).expect("json");
     let meta = e.meta(&e.agent_routing_key());
-    let mut tx = pool.begin().await.expect("tx");
     let inbound = coordinator::processor::Inbound {
         body: &body,
         meta: &meta,
     };
-    let p = shared
-        .processor
-        .process(&mut tx, inbound, chrono::Utc::now())
+    let out = coordinator::pipeline::apply_shared(shared, &[inbound], chrono::Utc::now())
         .await
         .expect("processed");
-    tx.commit().await.expect("commit");
-    p.outcome
+    out.results[0].outcome.clone()
 }
 
 /// A minimal HTTP/1.1 GET: (status, body).

@@ -1,0 +1,270 @@
+//! A batch's in-memory copy of the workflows it locked: their state, round and clocks
+//! as each message leaves them, so the next message of the same workflow in the batch
+//! sees what the previous one did. At the end the copy becomes rows to write.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::db::batch::{
+    ArmedClockRow, ClockChange, LockedWorkflow, NewClock, NewWorkflow, WorkflowChange,
+};
+use crate::domain::sla::ArmedClock;
+use crate::domain::workflow::ClockRef;
+
+/// What the batch does with the workflow row at the end.
+#[derive(Debug, Clone)]
+pub(super) enum Origin {
+    /// The row existed; `changed` once a message was applied to it.
+    Existing { changed: bool },
+    /// Created by this batch.
+    New {
+        epic_id: Option<String>,
+        title: Option<String>,
+        data: Value,
+        created_at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Wf {
+    pub id: String,
+    pub kind: String,
+    pub state: String,
+    pub round: i32,
+    pub origin: Origin,
+    pub updated_at: DateTime<Utc>,
+    /// When it reached a final state in this batch.
+    pub completed_at: Option<DateTime<Utc>>,
+    pub clocks: Vec<Clock>,
+    /// History rows written for it so far in this batch.
+    pub events: i32,
+}
+
+/// A clock: loaded armed, or armed by this batch (`id` is `None` until written).
+#[derive(Debug, Clone)]
+pub(super) struct Clock {
+    pub id: Option<i64>,
+    pub clock: String,
+    pub round: i32,
+    pub owner_role: String,
+    pub owner_agent_id: Option<String>,
+    pub subject_agent_id: Option<String>,
+    /// Set for clocks armed by this batch.
+    pub armed: Option<Armed>,
+    pub status: ClockStatus,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub closed_by: Option<String>,
+    /// A loaded clock the batch changed.
+    pub dirty: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Armed {
+    pub severity: String,
+    pub armed_at: DateTime<Utc>,
+    pub warn_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ClockStatus {
+    Armed,
+    Met,
+    Cancelled,
+}
+
+impl ClockStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClockStatus::Armed => "armed",
+            ClockStatus::Met => "met",
+            ClockStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl Clock {
+    fn is(&self, r: &ClockRef) -> bool {
+        self.clock == r.clock
+            && self.round == r.round
+            && self.subject_agent_id == r.subject_agent_id
+    }
+}
+
+impl Wf {
+    pub fn loaded(w: LockedWorkflow, now: DateTime<Utc>) -> Wf {
+        Wf {
+            id: w.id,
+            kind: w.kind,
+            state: w.state,
+            round: w.round,
+            origin: Origin::Existing { changed: false },
+            updated_at: now,
+            completed_at: None,
+            clocks: Vec::new(),
+            events: 0,
+        }
+    }
+
+    pub fn add_loaded_clock(&mut self, c: ArmedClockRow) {
+        self.clocks.push(Clock {
+            id: Some(c.id),
+            clock: c.clock,
+            round: c.round,
+            owner_role: c.owner_role,
+            owner_agent_id: c.owner_agent_id,
+            subject_agent_id: c.subject_agent_id,
+            armed: None,
+            status: ClockStatus::Armed,
+            closed_at: None,
+            closed_by: None,
+            dirty: false,
+        });
+    }
+
+    /// The armed clocks, as the state machines see them.
+    pub fn armed(&self) -> Vec<ArmedClock> {
+        self.clocks
+            .iter()
+            .filter(|c| c.status == ClockStatus::Armed)
+            .map(|c| ArmedClock {
+                clock: c.clock.clone(),
+                round: c.round,
+                owner_role: c.owner_role.clone(),
+                subject_agent_id: c.subject_agent_id.clone(),
+            })
+            .collect()
+    }
+
+    /// Arms a clock; false if this batch already knows a clock of that name, round and
+    /// subject (re-arming changes nothing).
+    pub fn arm(&mut self, c: Clock) -> bool {
+        let r = ClockRef {
+            clock: c.clock.clone(),
+            round: c.round,
+            subject_agent_id: c.subject_agent_id.clone(),
+        };
+        if self.clocks.iter().any(|k| k.is(&r)) {
+            return false;
+        }
+        self.clocks.push(c);
+        true
+    }
+
+    /// Closes an armed clock as met or cancelled.
+    pub fn close(
+        &mut self,
+        r: &ClockRef,
+        status: ClockStatus,
+        by: Option<&str>,
+        at: DateTime<Utc>,
+    ) {
+        if let Some(c) = self
+            .clocks
+            .iter_mut()
+            .find(|c| c.status == ClockStatus::Armed && c.is(r))
+        {
+            c.status = status;
+            c.closed_at = Some(at);
+            c.closed_by = by.map(str::to_string);
+            c.dirty = true;
+        }
+    }
+
+    /// The agent that acknowledged a handoff owns its role's armed clocks from then on.
+    pub fn assign_owner(&mut self, role: &str, agent_id: &str) {
+        for c in self
+            .clocks
+            .iter_mut()
+            .filter(|c| c.status == ClockStatus::Armed && c.owner_role == role)
+        {
+            c.owner_agent_id = Some(agent_id.to_string());
+            c.dirty = true;
+        }
+    }
+
+    pub fn touch(&mut self, state: &str, round: i32, terminal: bool, now: DateTime<Utc>) {
+        self.state = state.to_string();
+        self.round = round;
+        self.updated_at = now;
+        if terminal && self.completed_at.is_none() {
+            self.completed_at = Some(now);
+        }
+        if let Origin::Existing { changed } = &mut self.origin {
+            *changed = true;
+        }
+    }
+
+    pub fn next_event(&mut self) -> i32 {
+        self.events += 1;
+        self.events
+    }
+
+    /// The workflow row to insert or update, if any.
+    pub fn row(&self) -> WorkflowRow {
+        match &self.origin {
+            Origin::Existing { changed: false } => WorkflowRow::Unchanged,
+            Origin::Existing { changed: true } => WorkflowRow::Changed(WorkflowChange {
+                id: self.id.clone(),
+                state: self.state.clone(),
+                round: self.round,
+                at: self.updated_at,
+                terminal: self.completed_at.is_some(),
+            }),
+            Origin::New {
+                epic_id,
+                title,
+                data,
+                created_at,
+            } => WorkflowRow::New(NewWorkflow {
+                id: self.id.clone(),
+                kind: self.kind.clone(),
+                state: self.state.clone(),
+                epic_id: epic_id.clone(),
+                title: title.clone(),
+                data: data.clone(),
+                round: self.round,
+                created_at: *created_at,
+                updated_at: self.updated_at,
+                completed_at: self.completed_at,
+            }),
+        }
+    }
+
+    /// Clock rows to insert (armed by the batch) and to update (loaded, then changed).
+    pub fn clock_rows(&self, new: &mut Vec<NewClock>, changed: &mut Vec<ClockChange>) {
+        for c in &self.clocks {
+            match (&c.armed, c.id) {
+                (Some(a), _) => new.push(NewClock {
+                    workflow_id: self.id.clone(),
+                    clock: c.clock.clone(),
+                    round: c.round,
+                    owner_role: c.owner_role.clone(),
+                    owner_agent_id: c.owner_agent_id.clone(),
+                    subject_agent_id: c.subject_agent_id.clone(),
+                    severity: a.severity.clone(),
+                    armed_at: a.armed_at,
+                    warn_at: a.warn_at,
+                    due_at: a.due_at,
+                    status: c.status.as_str().to_string(),
+                    closed_at: c.closed_at,
+                    closed_by: c.closed_by.clone(),
+                }),
+                (None, Some(id)) if c.dirty => changed.push(ClockChange {
+                    id,
+                    status: c.status.as_str().to_string(),
+                    closed_at: c.closed_at,
+                    closed_by: c.closed_by.clone(),
+                    owner_agent_id: c.owner_agent_id.clone(),
+                }),
+                _ => {}
+            }
+        }
+    }
+}
+
+pub(super) enum WorkflowRow {
+    Unchanged,
+    Changed(WorkflowChange),
+    New(NewWorkflow),
+}
