@@ -179,6 +179,10 @@ pub struct Metrics {
     pub transitions: IntCounterVec,
     pub batch_seconds: Histogram,
     pub batch_size: Histogram,
+    /// Statements run by batches (divide by the batch count for statements per batch).
+    pub batch_statements: IntCounter,
+    /// Messages set aside as processing_failed.
+    pub set_aside: IntCounter,
     pub published: IntCounter,
     pub returned: IntCounter,
     pub outbox_pending: IntGauge,
@@ -215,6 +219,14 @@ impl Metrics {
             HistogramOpts::new("coordinator_batch_size", "Inbound messages per transaction")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         );
+        let batch_statements = IntCounter::new(
+            "coordinator_batch_statements_total",
+            "SQL statements run by inbound batches",
+        );
+        let set_aside = IntCounter::new(
+            "coordinator_set_aside_total",
+            "Messages the database refused on every attempt, set aside as processing_failed",
+        );
         let published = IntCounter::new(
             "coordinator_outbox_published_total",
             "Outbox messages confirmed by the broker",
@@ -250,6 +262,8 @@ impl Metrics {
             transitions: transitions.expect("valid metric"),
             batch_seconds: batch_seconds.expect("valid metric"),
             batch_size: batch_size.expect("valid metric"),
+            batch_statements: batch_statements.expect("valid metric"),
+            set_aside: set_aside.expect("valid metric"),
             published: published.expect("valid metric"),
             returned: returned.expect("valid metric"),
             outbox_pending: outbox_pending.expect("valid metric"),
@@ -263,6 +277,8 @@ impl Metrics {
             Box::new(m.transitions.clone()),
             Box::new(m.batch_seconds.clone()),
             Box::new(m.batch_size.clone()),
+            Box::new(m.batch_statements.clone()),
+            Box::new(m.set_aside.clone()),
             Box::new(m.published.clone()),
             Box::new(m.returned.clone()),
             Box::new(m.outbox_pending.clone()),

@@ -182,6 +182,10 @@ pub struct OutboxSettings {
     pub batch_size: i64,
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
+    /// How long a publisher holds the rows it is publishing before the relay may take
+    /// them (after a crash).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

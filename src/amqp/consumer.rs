@@ -12,28 +12,50 @@ use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::delivery_meta;
+use crate::amqp::publisher::{self, Publisher};
 use crate::amqp::topology::Declarer;
 use crate::db;
+use crate::db::batch::Queued;
 use crate::pipeline;
 use crate::processor::{Inbound, Outcome};
 use crate::runtime::{Shared, Status};
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
     #[error("the inbox consumer failed")]
     Amqp(#[from] lapin::Error),
+    #[error("the publisher of committed messages stopped")]
+    Publisher,
     #[error("the broker closed the inbox consumer")]
     Closed,
     #[error("could not declare queues for a new agent")]
     Topology(#[from] crate::amqp::topology::TopologyError),
 }
 
-/// Runs until `stop` is cancelled (then finishes the batch in hand and returns `Ok`) or
-/// the channel fails.
+/// Runs until `stop` is cancelled (then finishes the batch in hand, publishes what it
+/// committed, and returns `Ok`) or a channel fails.
 pub async fn run(
     conn: &Connection,
     shared: &Shared,
     stop: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let publisher = Publisher::open(conn).await?;
+    let (tx, rx) = mpsc::channel(64);
+    let (consumed, published) = tokio::join!(
+        consume(conn, shared, stop, tx),
+        publisher::run(publisher, shared, rx)
+    );
+    consumed?;
+    published?;
+    Ok(())
+}
+
+async fn consume(
+    conn: &Connection,
+    shared: &Shared,
+    stop: CancellationToken,
+    published: mpsc::Sender<Vec<Queued>>,
 ) -> Result<(), ConsumerError> {
     let channel = conn.create_channel().await?;
     channel
@@ -72,7 +94,7 @@ pub async fn run(
                 _ => break,
             }
         }
-        if !handle_batch(conn, shared, &batch, &stop).await? {
+        if !handle_batch(conn, shared, &batch, &stop, &published).await? {
             break Ok(());
         }
         if let Some(e) = failed {
@@ -92,6 +114,7 @@ async fn handle_batch(
     shared: &Shared,
     batch: &[Delivery],
     stop: &CancellationToken,
+    published: &mpsc::Sender<Vec<Queued>>,
 ) -> Result<bool, ConsumerError> {
     let Some(last) = batch.last() else {
         return Ok(true);
@@ -111,13 +134,21 @@ async fn handle_batch(
     let mut backoff = std::time::Duration::from_millis(100);
     let out = loop {
         let started = Instant::now();
-        match pipeline::apply_shared(shared, &inbound, Utc::now()).await {
+        // The batch's messages are this consumer's to publish for one lease; after
+        // that (a crash) the relay takes them.
+        let publish_after = pipeline::publish_after(Utc::now(), shared.settings.outbox.lease);
+        match pipeline::apply_shared(shared, &inbound, publish_after).await {
             Ok(out) => {
                 shared
                     .metrics
                     .batch_seconds
                     .observe(started.elapsed().as_secs_f64());
                 shared.metrics.batch_size.observe(batch.len() as f64);
+                shared
+                    .metrics
+                    .batch_statements
+                    .inc_by(out.statements as u64);
+                shared.metrics.set_aside.inc_by(out.set_aside as u64);
                 break out;
             }
             Err(e) => {
@@ -168,7 +199,9 @@ async fn handle_batch(
         }
     }
     shared.schedule(out.deadlines.iter().copied());
-    let mut queued = !out.queued.is_empty();
+    if !out.queued.is_empty() && published.send(out.queued).await.is_err() {
+        return Err(ConsumerError::Publisher);
+    }
     if !out.registered.is_empty() {
         let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type).await?;
         for (agent_id, agent_type) in &out.registered {
@@ -182,9 +215,6 @@ async fn handle_batch(
         if let Ok(mut c) = shared.pool.acquire().await {
             let _ = db::store::retry_now(&mut c).await;
         }
-        queued = true;
-    }
-    if queued {
         shared.wake_relay.notify_one();
     }
     Ok(true)

@@ -1,7 +1,9 @@
 //! RabbitMQ: the one connection (owned by [`supervisor`]), the topology it declares,
-//! the inbox [`consumer`] and the outbox [`relay`].
+//! the inbox [`consumer`], the [`publisher`] of what batches commit, and the outbox
+//! [`relay`].
 
 pub mod consumer;
+pub mod publisher;
 pub mod relay;
 pub mod supervisor;
 pub mod topology;

@@ -1,23 +1,23 @@
-//! The outbox relay: publishes committed messages and marks them sent once the broker
-//! confirms them.
+//! The outbox relay: a reconciler that publishes what no batch's own publisher did —
+//! messages queued by the timers and the operator CLI, messages the broker returned as
+//! unroutable (after their backoff), and messages whose publisher died before the broker
+//! confirmed them (after their lease).
 //!
-//! A reconciler: woken after every commit that queued something and by a poll
-//! interval; each [`Relay::step`] claims a bounded batch with `FOR UPDATE SKIP LOCKED`
-//! (so several coordinators never publish the same row at once), publishes it with
-//! `mandatory` and publisher confirms, and commits. A crash between the confirm and the
-//! commit re-sends the row later with the same message id (at least once). A message
-//! the broker returns as unroutable stays in the outbox and is retried with backoff.
+//! Woken after commits that queued something and by a poll interval, each
+//! [`Relay::step`] leases a bounded batch of due rows in one statement (skipping rows
+//! another relay holds), publishes them pipelined with confirms, and settles them
+//! (sent, or due again after a backoff) in one statement per outcome. No transaction is
+//! open while the broker confirms. A crash between the confirm and the settle re-sends
+//! the row after its lease, with the same message id (at least once).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::Confirmation;
-use lapin::{Channel, Connection};
+use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::properties;
-use crate::db::store::{self, PendingMessage};
-use crate::domain::envelope::DeliveryMeta;
+use crate::amqp::publisher::{settle, Publisher};
+use crate::db::store;
 use crate::runtime::Shared;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,23 +39,24 @@ pub struct StepReport {
 
 pub struct Relay<'a> {
     shared: &'a Shared,
-    channel: Channel,
+    publisher: Publisher,
 }
 
 impl<'a> Relay<'a> {
     pub async fn new(conn: &Connection, shared: &'a Shared) -> Result<Relay<'a>, RelayError> {
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Relay { shared, channel })
+        Ok(Relay {
+            shared,
+            publisher: Publisher::open(conn).await?,
+        })
     }
 
     /// Publishes one batch of due messages.
     pub async fn step(&self) -> Result<StepReport, RelayError> {
         let cfg = &self.shared.settings.outbox;
-        let mut tx = self.shared.pool.begin().await?;
-        let rows = store::claim_pending(&mut tx, cfg.batch_size).await?;
+        let rows = {
+            let mut conn = self.shared.pool.acquire().await?;
+            store::lease_due(&mut conn, cfg.batch_size, cfg.lease).await?
+        };
         let mut report = StepReport {
             claimed: rows.len(),
             ..Default::default()
@@ -63,76 +64,19 @@ impl<'a> Relay<'a> {
         if rows.is_empty() {
             return Ok(report);
         }
-        let mut confirms = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let m = &row.message;
-            let meta = DeliveryMeta {
-                routing_key: m.routing_key.clone(),
-                message_id: Some(m.message_id.clone()),
-                correlation_id: Some(m.correlation_id.clone()),
-                kind: Some(m.message_type.clone()),
-                app_id: Some(m.app_id.clone()),
-                timestamp: None,
-                content_type: None,
-            };
-            let confirm = self
-                .channel
-                .basic_publish(
-                    &m.exchange,
-                    &m.routing_key,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &m.body,
-                    properties(&meta),
-                )
-                .await?;
-            confirms.push(confirm);
-        }
-        let mut sent = Vec::with_capacity(rows.len());
-        for (row, confirm) in rows.iter().zip(confirms) {
-            match confirm.await? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => sent.push(row.id),
-                Confirmation::Ack(Some(_returned)) => {
-                    report.returned += 1;
-                    let why = format!(
-                        "unroutable: no queue is bound to {} with routing key {}",
-                        row.message.exchange, row.message.routing_key
-                    );
-                    self.retry_later(&mut tx, row, &why).await?;
-                }
-                Confirmation::Nack(_) => {
-                    report.nacked += 1;
-                    self.retry_later(&mut tx, row, "the broker refused the message (nack)")
-                        .await?;
-                }
-            }
-        }
-        store::mark_sent(&mut tx, &sent).await?;
-        tx.commit().await?;
-        report.published = sent.len();
-        self.shared.metrics.published.inc_by(sent.len() as u64);
+        let attempts: HashMap<i64, i32> = rows.iter().map(|(q, a)| (q.id, *a)).collect();
+        let queued: Vec<_> = rows.into_iter().map(|(q, _)| q).collect();
+        let p = self
+            .publisher
+            .publish(&queued, |id| attempts.get(&id).copied().unwrap_or(0))
+            .await?;
+        settle(&self.shared.pool, &p, cfg.retry_backoff).await?;
+        report.published = p.sent.len();
+        report.returned = p.failed.iter().filter(|f| f.returned).count();
+        report.nacked = p.failed.len() - report.returned;
+        self.shared.metrics.published.inc_by(p.sent.len() as u64);
         self.shared.metrics.returned.inc_by(report.returned as u64);
         Ok(report)
-    }
-
-    async fn retry_later(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        row: &PendingMessage,
-        why: &str,
-    ) -> sqlx::Result<()> {
-        let base = self.shared.settings.outbox.retry_backoff;
-        let wait = base * 2u32.saturating_pow(row.attempts.clamp(0, 5) as u32);
-        tracing::warn!(
-            message_id = %row.message.message_id,
-            workflow_id = %row.message.correlation_id,
-            attempts = row.attempts + 1,
-            retry_in = ?wait,
-            "{why}; kept in the outbox"
-        );
-        store::mark_failed(conn, row.id, why, wait).await
     }
 
     /// Steps until nothing due is left.
@@ -154,7 +98,7 @@ impl<'a> Relay<'a> {
     }
 
     pub async fn close(self) {
-        let _ = self.channel.close(200, "relay stopping").await;
+        self.publisher.close().await;
     }
 }
 

@@ -397,44 +397,48 @@ pub async fn enqueue(conn: &mut PgConnection, m: &OutboxMessage) -> sqlx::Result
     Ok(())
 }
 
-#[derive(Debug, Clone)]
-pub struct PendingMessage {
-    pub id: i64,
-    pub attempts: i32,
-    pub message: OutboxMessage,
-}
-
-/// Claims due unsent rows for this transaction; rows another relay holds are skipped.
-pub async fn claim_pending(
+/// Leases due unsent rows to this relay: they become due again `lease` from now, so a
+/// relay that dies mid-publish loses nothing, and no transaction stays open while the
+/// broker confirms. Rows another relay is leasing right now are skipped. Oldest first.
+pub async fn lease_due(
     conn: &mut PgConnection,
     limit: i64,
-) -> sqlx::Result<Vec<PendingMessage>> {
+    lease: std::time::Duration,
+) -> sqlx::Result<Vec<(super::batch::Queued, i32)>> {
     let rows = sqlx::query(
-        "SELECT id, attempts, message_id, exchange, routing_key, message_type, correlation_id, causation_id, app_id, body
-         FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2)
+         WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
+                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, attempts, message_id, exchange, routing_key, message_type, correlation_id,
+                   causation_id, app_id, body",
     )
     .bind(limit)
+    .bind(lease.as_secs_f64())
     .fetch_all(conn)
     .await?;
-    rows.iter()
+    let mut out = rows
+        .iter()
         .map(|r| {
-            Ok(PendingMessage {
-                id: r.try_get("id")?,
-                attempts: r.try_get("attempts")?,
-                message: OutboxMessage {
-                    message_id: r.try_get("message_id")?,
-                    exchange: r.try_get("exchange")?,
-                    routing_key: r.try_get("routing_key")?,
-                    message_type: r.try_get("message_type")?,
-                    correlation_id: r.try_get("correlation_id")?,
-                    causation_id: r.try_get("causation_id")?,
-                    app_id: r.try_get("app_id")?,
-                    body: r.try_get("body")?,
+            Ok((
+                super::batch::Queued {
+                    id: r.try_get("id")?,
+                    message: OutboxMessage {
+                        message_id: r.try_get("message_id")?,
+                        exchange: r.try_get("exchange")?,
+                        routing_key: r.try_get("routing_key")?,
+                        message_type: r.try_get("message_type")?,
+                        correlation_id: r.try_get("correlation_id")?,
+                        causation_id: r.try_get("causation_id")?,
+                        app_id: r.try_get("app_id")?,
+                        body: r.try_get("body")?,
+                    },
                 },
-            })
+                r.try_get("attempts")?,
+            ))
         })
-        .collect()
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    out.sort_by_key(|(q, _)| q.id);
+    Ok(out)
 }
 
 pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
@@ -448,21 +452,23 @@ pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()>
     Ok(())
 }
 
-/// Leaves a row unsent and schedules the next attempt.
+/// Leaves rows unsent, each due again after its wait.
 pub async fn mark_failed(
     conn: &mut PgConnection,
-    id: i64,
-    error: &str,
-    retry_in: std::time::Duration,
+    rows: &[(i64, String, std::time::Duration)],
 ) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
-                next_attempt_at = now() + make_interval(secs => $3)
-         WHERE id = $1",
+        "UPDATE outbox o SET attempts = o.attempts + 1, last_error = u.error,
+                next_attempt_at = now() + make_interval(secs => u.wait)
+         FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS u(id, error, wait)
+         WHERE o.id = u.id",
     )
-    .bind(id)
-    .bind(error)
-    .bind(retry_in.as_secs_f64())
+    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2.as_secs_f64()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -117,8 +117,74 @@ pub struct Row {
     pub ceiling: f64,
     pub coordinator_peak_rss_mib: Option<f64>,
     pub timers: Option<TimerResult>,
+    pub inside: Option<Inside>,
     pub backlog_grows: bool,
     pub error: Option<String>,
+}
+
+/// The coordinator's own view of the window: its metrics and PostgreSQL's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inside {
+    pub batches_per_s: f64,
+    pub messages_per_batch: f64,
+    pub ms_per_batch: f64,
+    pub statements_per_batch: f64,
+    pub commits_per_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Probe {
+    batches: f64,
+    batch_messages: f64,
+    batch_seconds: f64,
+    statements: f64,
+    commits: f64,
+    at: Option<Instant>,
+}
+
+impl Probe {
+    async fn take(http: &str, pool: &PgPool) -> Probe {
+        let mut p = Probe {
+            at: Some(Instant::now()),
+            ..Default::default()
+        };
+        if let Some((200, text)) = crate::http::probe(http, "/metrics").await {
+            for line in text.lines() {
+                let mut it = line.split_whitespace();
+                let (Some(name), Some(v)) = (it.next(), it.next().and_then(|v| v.parse().ok()))
+                else {
+                    continue;
+                };
+                match name {
+                    "coordinator_batch_size_count" => p.batches = v,
+                    "coordinator_batch_size_sum" => p.batch_messages = v,
+                    "coordinator_batch_seconds_sum" => p.batch_seconds = v,
+                    "coordinator_batch_statements_total" => p.statements = v,
+                    _ => {}
+                }
+            }
+        }
+        p.commits = sqlx::query_scalar::<_, i64>(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await
+        .map_or(0.0, |c| c as f64);
+        p
+    }
+
+    fn inside(&self, end: &Probe) -> Option<Inside> {
+        let secs = end.at?.duration_since(self.at?).as_secs_f64();
+        let batches = end.batches - self.batches;
+        let per = |v: f64| if batches > 0.0 { v / batches } else { 0.0 };
+        Some(Inside {
+            batches_per_s: batches / secs,
+            messages_per_batch: per(end.batch_messages - self.batch_messages),
+            ms_per_batch: per(end.batch_seconds - self.batch_seconds) * 1000.0,
+            statements_per_batch: per(end.statements - self.statements),
+            commits_per_s: (end.commits - self.commits) / secs,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -301,6 +367,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
                     ceiling,
                     coordinator_peak_rss_mib: None,
                     timers: None,
+                    inside: None,
                     backlog_grows: false,
                     error: Some(format!("{e:#}")),
                 },
@@ -387,6 +454,17 @@ async fn one_in(
             arm_due_clocks(&pool, n).await
         })
     });
+    let probes = {
+        let (http, pool) = (coordinator.http.clone(), pool.clone());
+        let (warmup, window) = (opts.warmup, opts.window);
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            let start = Probe::take(&http, &pool).await;
+            tokio::time::sleep(window).await;
+            let end = Probe::take(&http, &pool).await;
+            start.inside(&end)
+        })
+    };
     let observed = drive::run(&team, &rec, &spec, done_rx, coordinator.pid(), || {
         let ch = &depth_ch;
         let names = &inbox_queues;
@@ -415,6 +493,7 @@ async fn one_in(
         }
         None => None,
     };
+    let inside = probes.await.ok().flatten();
     let rss = coordinator.pid().and_then(peak_rss_mib);
     team.close().await;
     let _ = depth_conn.close(200, "done").await;
@@ -434,6 +513,7 @@ async fn one_in(
         ceiling,
         coordinator_peak_rss_mib: rss,
         timers,
+        inside,
         backlog_grows,
         error: None,
     })
@@ -597,6 +677,12 @@ pub fn format_row(r: &Row) -> String {
         s.push_str(&format!(
             "; timers: fired {}/{} (escalations {}, distinct clocks {}), lateness ms p50 {:.1} p99 {:.1} max {:.1}",
             t.fired, t.expected, t.escalations, t.distinct_clocks, t.p50_ms, t.p99_ms, t.max_ms
+        ));
+    }
+    if let Some(i) = &r.inside {
+        s.push_str(&format!(
+            "; inside: {:.0} batches/s of {:.1} msgs, {:.1} ms and {:.1} statements each; PostgreSQL {:.0} commits/s",
+            i.batches_per_s, i.messages_per_batch, i.ms_per_batch, i.statements_per_batch, i.commits_per_s
         ));
     }
     if o.unfinished > 0 {
