@@ -49,6 +49,15 @@ if ! port_open 127.0.0.1 5672; then
   wait_port RabbitMQ 127.0.0.1 5672
 fi
 
+# The partitioned inbox needs RabbitMQ's consistent-hash exchange (a plugin that ships
+# with RabbitMQ). Enabling it is idempotent and needs no restart.
+if command -v rabbitmq-plugins >/dev/null 2>&1; then
+  if ! rabbitmq-plugins list --enabled --minimal 2>/dev/null | grep -qx rabbitmq_consistent_hash_exchange; then
+    echo "ensure-services: enabling rabbitmq_consistent_hash_exchange"
+    rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null
+  fi
+fi
+
 if ! psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -Atqc \
      "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'" | grep -q 1; then
   echo "ensure-services: creating database $DB_NAME"

@@ -71,24 +71,41 @@ impl App {
             return finish(http).await;
         }
 
-        // On shutdown the timer stops first, then the supervisor (consumer, then relay),
-        // so the relay's last flush carries whatever the timer committed.
+        // On shutdown the timer stops first, then the supervisor (consumers, then relay),
+        // so the relay's last flush carries whatever the timer committed. A fatal broker
+        // problem (the consistent-hash plugin missing) stops everything the same way.
         let timer_stop = CancellationToken::new();
         let supervisor_stop = CancellationToken::new();
+        let fatal = CancellationToken::new();
         let stopper = async {
-            shutdown.cancelled().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = fatal.cancelled() => {}
+            }
             timer_stop.cancel();
         };
         let timer_then_supervisor = async {
             timers::run(&shared, timer_stop.clone()).await;
             supervisor_stop.cancel();
         };
-        tokio::join!(
+        let supervising = async {
+            let r = supervisor::run(&shared, supervisor_stop.clone()).await;
+            if r.is_err() {
+                fatal.cancel();
+            }
+            r
+        };
+        let ((), (), supervised, ()) = tokio::join!(
             stopper,
             timer_then_supervisor,
-            supervisor::run(&shared, supervisor_stop.clone()),
+            supervising,
             housekeeping::run(&shared.pool, &shared.settings.retention, timer_stop.clone())
         );
+        if let Err(e) = supervised {
+            shutdown.cancel();
+            let _ = finish(http).await;
+            return Err(e.into());
+        }
         tracing::info!("stopped consuming; outbox flushed");
         finish(http).await
     }

@@ -14,7 +14,9 @@
 //! - [`escalations`]: raising and acknowledging escalations (one writer for all).
 //! - [`timers`]: fires SLA breaches, warnings and escalation-ladder steps on time.
 //! - [`housekeeping`]: keeps the outbox and the deduplication keys bounded.
-//! - [`amqp`]: the connection supervisor, topology, inbox consumer and outbox relay.
+//! - [`amqp`]: the connection supervisor, topology, inbox consumers, publishers and
+//!   the outbox relay.
+//! - [`partitions`]: sharing the inbox's partitions among running coordinators.
 //! - [`runtime`]: state shared by the running tasks (readiness, metrics, signals).
 //! - [`http`]: health, readiness and metrics.
 //! - [`app`]: `App::build(settings)` + `run(shutdown)`, used by `main` and the tests.
@@ -32,6 +34,7 @@ pub mod escalations;
 pub mod housekeeping;
 pub mod http;
 pub mod loadgen;
+pub mod partitions;
 pub mod pipeline;
 pub mod processor;
 pub mod runtime;

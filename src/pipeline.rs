@@ -251,14 +251,13 @@ async fn stage(
         .map(|i| ctx.processor.check(*i, now))
         .collect();
     let ids = processor::message_ids(&checked);
-    let claimed = batch::claim(conn, &ids, ctx.instance).await?;
-    let needs = processor::needs(
-        &checked,
-        &claimed,
-        &processor::AgentView::new(ctx.agents.clone()),
-    );
-    let statements_read = 1 + needs.statements();
-    let loaded = batch::load(conn, &needs).await?;
+    let needs = processor::needs(&checked, &processor::AgentView::new(ctx.agents.clone()));
+    let mut wf_ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
+    wf_ids.sort_unstable();
+    wf_ids.dedup();
+    let (claimed, locked) = batch::claim_and_lock(conn, &ids, ctx.instance, &wf_ids).await?;
+    let statements_read = needs.statements();
+    let loaded = batch::load(conn, &needs, locked).await?;
     let mut b = Batch::new(ctx.processor, loaded, claimed, ctx.agents.clone(), now);
     let results: Vec<Processed> = inputs
         .iter()
@@ -308,8 +307,9 @@ async fn set_aside(
         async move {
             let mut tx = ctx.pool.begin().await?;
             let claimed = match &checked.message_id {
-                Some(id) => !batch::claim(&mut tx, &[id.as_str()], ctx.instance)
+                Some(id) => !batch::claim_and_lock(&mut tx, &[id.as_str()], ctx.instance, &[])
                     .await?
+                    .0
                     .is_empty(),
                 None => true,
             };

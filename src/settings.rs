@@ -89,7 +89,15 @@ pub struct AmqpSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboxSettings {
-    pub queue: String,
+    /// The consistent-hash exchange that spreads agent messages over the partitions;
+    /// partition `i` is the queue `{exchange}.{i}`.
+    pub exchange: String,
+    /// How many partitions (queues) the inbox has; see docs/scaling.md to change it.
+    pub partitions: u32,
+    /// How often a coordinator checks its share of the partitions (and how soon it
+    /// takes over those of a coordinator that stopped).
+    #[serde(with = "humantime_serde")]
+    pub rebalance_interval: Duration,
     /// Unacknowledged deliveries the broker may push to a consumer at once.
     pub prefetch: u16,
     /// Most deliveries applied in one transaction.
@@ -230,6 +238,13 @@ pub struct StaticAgent {
     pub agent_type: String,
 }
 
+impl InboxSettings {
+    /// The queue of partition `i`.
+    pub fn queue(&self, partition: u32) -> String {
+        format!("{}.{partition}", self.exchange)
+    }
+}
+
 impl Settings {
     /// Loads the layered configuration from `$COORDINATOR_CONFIG_DIR` (default `config`)
     /// for `$COORDINATOR_ENV` (default none: defaults and environment variables only).
@@ -316,6 +331,18 @@ impl Settings {
             return Err(invalid(
                 "timers",
                 "window, max_in_memory and concurrency must all be above zero".into(),
+            ));
+        }
+        if self.inbox.partitions == 0 || self.inbox.partitions > 1024 {
+            return Err(invalid(
+                "inbox.partitions",
+                format!("must be between 1 and 1024, got {}", self.inbox.partitions),
+            ));
+        }
+        if self.inbox.rebalance_interval.is_zero() {
+            return Err(invalid(
+                "inbox.rebalance_interval",
+                "must be above zero".into(),
             ));
         }
         if self.inbox.prefetch == 0 {

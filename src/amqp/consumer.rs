@@ -1,5 +1,7 @@
-//! Consumes the inbox: takes what is ready (up to `inbox.batch_size`) into one
-//! transaction, commits, then acks. Deliveries are applied in the order received.
+//! Consumes one partition of the inbox: takes what is ready (up to `inbox.batch_size`)
+//! into one batch ([`crate::pipeline`]), which commits, then acks (`multiple`) and hands
+//! what the batch queued to this partition's publisher. Deliveries are applied in the
+//! order received.
 
 use std::time::Instant;
 
@@ -18,7 +20,7 @@ use crate::db;
 use crate::db::batch::Queued;
 use crate::pipeline;
 use crate::processor::{Inbound, Outcome};
-use crate::runtime::{Shared, Status};
+use crate::runtime::Shared;
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +40,13 @@ pub enum ConsumerError {
 pub async fn run(
     conn: &Connection,
     shared: &Shared,
+    partition: u32,
     stop: CancellationToken,
 ) -> Result<(), ConsumerError> {
     let publisher = Publisher::open(conn).await?;
     let (tx, rx) = mpsc::channel(64);
     let (consumed, published) = tokio::join!(
-        consume(conn, shared, stop, tx),
+        consume(conn, shared, partition, stop, tx),
         publisher::run(publisher, shared, rx)
     );
     consumed?;
@@ -54,24 +57,25 @@ pub async fn run(
 async fn consume(
     conn: &Connection,
     shared: &Shared,
+    partition: u32,
     stop: CancellationToken,
     published: mpsc::Sender<Vec<Queued>>,
 ) -> Result<(), ConsumerError> {
+    let queue = shared.settings.inbox.queue(partition);
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(shared.settings.inbox.prefetch, BasicQosOptions::default())
         .await?;
-    let tag = format!("coordinator-{}", uuid::Uuid::new_v4());
+    let tag = format!("{}-p{partition}", shared.instance);
     let mut consumer = channel
         .basic_consume(
-            &shared.settings.inbox.queue,
+            &queue,
             &tag,
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    Status::set(&shared.status.consuming, true);
-    tracing::info!(queue = %shared.settings.inbox.queue, prefetch = shared.settings.inbox.prefetch, "consuming the inbox");
+    tracing::info!(%queue, prefetch = shared.settings.inbox.prefetch, "consuming an inbox partition");
 
     let result = loop {
         let first = tokio::select! {
@@ -101,9 +105,9 @@ async fn consume(
             break Err(e.into());
         }
     };
-    Status::set(&shared.status.consuming, false);
     // Unacked prefetched deliveries go back to the queue when the channel closes.
     let _ = channel.close(200, "consumer stopping").await;
+    tracing::info!(%queue, "stopped consuming an inbox partition");
     result
 }
 

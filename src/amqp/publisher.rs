@@ -82,12 +82,28 @@ impl Publisher {
                 .await?;
             confirms.push(confirm);
         }
-        let mut out = Published::default();
+        // lapin hands a returned message to whichever confirm completes next, not
+        // necessarily its own (with pipelined publishes and multiple acks they differ),
+        // so returns are matched to rows by message id. The broker sends a message's
+        // return before its ack, so every return of this batch arrives with one of the
+        // batch's confirms.
+        let mut acked = Vec::with_capacity(rows.len());
+        let mut returned = std::collections::HashSet::new();
         for (row, confirm) in rows.iter().zip(confirms) {
+            let c = confirm.await?;
+            let nack = matches!(c, Confirmation::Nack(_));
+            if let Some(r) = c.take_message() {
+                if let Some(id) = r.properties.message_id() {
+                    returned.insert(id.as_str().to_string());
+                }
+            }
+            acked.push((row, nack));
+        }
+        let mut out = Published::default();
+        for (row, nack) in acked {
             let m = &row.message;
-            match confirm.await? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => out.sent.push(row.id),
-                Confirmation::Ack(Some(_)) => out.failed.push(Failed {
+            if returned.contains(&m.message_id) {
+                out.failed.push(Failed {
                     id: row.id,
                     attempts: attempts(row.id),
                     why: format!(
@@ -95,13 +111,16 @@ impl Publisher {
                         m.exchange, m.routing_key
                     ),
                     returned: true,
-                }),
-                Confirmation::Nack(_) => out.failed.push(Failed {
+                });
+            } else if nack {
+                out.failed.push(Failed {
                     id: row.id,
                     attempts: attempts(row.id),
                     why: "the broker refused the message (nack)".into(),
                     returned: false,
-                }),
+                });
+            } else {
+                out.sent.push(row.id);
             }
         }
         Ok(out)

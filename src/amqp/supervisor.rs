@@ -1,103 +1,192 @@
-//! Owns the AMQP connection: connects, declares the topology, runs the consumer and the
-//! relay on it, and reconnects with a delay when the connection fails. lapin's own
-//! recovery is incomplete, so reconnection is ours.
+//! Owns the AMQP connection: connects, declares the topology, runs the outbox relay
+//! and a consumer for each inbox partition this coordinator holds a lease on
+//! ([`crate::partitions`]), and reconnects with a delay when the connection fails.
+//! lapin's own recovery is incomplete, so reconnection is ours.
 
+use std::collections::HashMap;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::topology::Declarer;
-use crate::amqp::{connect, consumer, relay};
+use crate::amqp::consumer::{self, ConsumerError};
+use crate::amqp::topology::{Declarer, TopologyError};
+use crate::amqp::{connect, relay};
 use crate::db;
+use crate::partitions::Partitions;
 use crate::runtime::{Shared, Status};
 
-/// Runs until `shutdown`; then stops consuming, finishes the batch in hand, flushes the
-/// outbox and closes the connection.
-pub async fn run(shared: &Shared, shutdown: CancellationToken) {
+/// A problem no reconnect can fix: the broker or the settings must change.
+#[derive(Debug, thiserror::Error)]
+#[error("the broker cannot host the coordinator's topology")]
+pub struct Fatal(#[source] pub TopologyError);
+
+/// Runs until `shutdown`; then stops consuming, finishes the batches in hand, flushes
+/// the outbox and closes the connection. Returns `Err` only for a [`Fatal`] problem.
+pub async fn run(shared: &Shared, shutdown: CancellationToken) -> Result<(), Fatal> {
     let delay = shared.settings.amqp.reconnect_delay;
     loop {
         if shutdown.is_cancelled() {
-            return;
+            return Ok(());
         }
         match session(shared, &shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
+            Ok(()) => return Ok(()),
+            Err(SessionError::Fatal(e)) => {
+                shared.status.broker_lost();
+                return Err(Fatal(e));
+            }
+            Err(SessionError::Other(e)) => {
                 shared.status.broker_lost();
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "broker session ended; reconnecting");
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
     }
 }
 
-async fn session(shared: &Shared, shutdown: &CancellationToken) -> anyhow::Result<()> {
+enum SessionError {
+    Fatal(TopologyError),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for SessionError {
+    fn from(e: E) -> Self {
+        SessionError::Other(e.into())
+    }
+}
+
+async fn session(shared: &Shared, shutdown: &CancellationToken) -> Result<(), SessionError> {
     use anyhow::Context;
     let cfg = &shared.settings.amqp;
-    let conn = connect(&cfg.url, "coordinator")
+    let conn = connect(&cfg.url, &format!("coordinator {}", shared.instance))
         .await
         .context("could not connect to RabbitMQ (amqp.url)")?;
     shared.metrics.broker_connects.inc();
     Status::set(&shared.status.broker_connected, true);
-    declare_all(&conn, shared).await?;
+    if let Err(e) = declare_all(&conn, shared).await {
+        close(&conn).await;
+        return Err(e);
+    }
     Status::set(&shared.status.topology_declared, true);
 
     let relay = relay::Relay::new(&conn, shared).await?;
-    let stop_consumer = CancellationToken::new();
     let stop_relay = CancellationToken::new();
-    let outcome = supervise(&conn, shared, &relay, shutdown, stop_consumer, stop_relay).await;
+    let outcome = supervise(&conn, shared, &relay, shutdown, stop_relay).await;
+    Status::set(&shared.status.consuming, false);
     relay.close().await;
     close(&conn).await;
-    outcome
+    outcome.map_err(SessionError::Other)
 }
 
-/// Runs the consumer and the relay; on shutdown stops the consumer first (finishing its
-/// batch), then the relay (flushing the outbox). Either one failing stops the other.
+/// Runs the relay and a consumer per leased partition; every `inbox.rebalance_interval`
+/// the leases are stepped (partitions taken, handed over). On shutdown the consumers
+/// stop first (each finishing its batch and publishing what it committed), then the
+/// relay (flushing the outbox). A consumer or the relay failing ends the session.
 async fn supervise(
     conn: &Connection,
     shared: &Shared,
     relay: &relay::Relay<'_>,
     shutdown: &CancellationToken,
-    stop_consumer: CancellationToken,
     stop_relay: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer = consumer::run(conn, shared, stop_consumer.clone());
     let relaying = relay::run(relay, stop_relay.clone());
-    tokio::pin!(consumer, relaying);
+    tokio::pin!(relaying);
+    let mut relay_ended = false;
+    let mut leases = Partitions::new(shared);
+    let mut running: HashMap<u32, CancellationToken> = HashMap::new();
+    let mut workers = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(shared.settings.inbox.rebalance_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    tokio::select! {
-        _ = shutdown.cancelled() => {
-            stop_consumer.cancel();
-            let c = (&mut consumer).await;
-            stop_relay.cancel();
-            let r = (&mut relaying).await;
-            c.map_err(anyhow::Error::from).and(r.map_err(anyhow::Error::from))
-        }
-        c = &mut consumer => {
-            stop_relay.cancel();
-            let _ = (&mut relaying).await;
-            match c {
-                Ok(()) => Err(anyhow::anyhow!("the consumer stopped")),
-                Err(e) => Err(e.into()),
+    let outcome: anyhow::Result<()> = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = tick.tick() => match leases.step().await {
+                Ok(plan) => {
+                    for p in &plan.stop {
+                        if let Some(stop) = running.get(p) {
+                            tracing::info!(partition = p, "handing an inbox partition over to another coordinator");
+                            stop.cancel();
+                        }
+                    }
+                    for p in plan.start {
+                        let stop = CancellationToken::new();
+                        running.insert(p, stop.clone());
+                        workers.push(partition(conn, shared, p, stop));
+                    }
+                    Status::set(&shared.status.consuming, true);
+                }
+                Err(e) => {
+                    // Without the lease connection this coordinator may no longer own
+                    // its partitions: stop consuming them, and take leases afresh.
+                    tracing::warn!(error = %e, "could not read the partition leases; releasing them");
+                    for stop in running.values() {
+                        stop.cancel();
+                    }
+                    leases.close().await;
+                }
+            },
+            Some((p, result)) = workers.next() => {
+                running.remove(&p);
+                if let Err(e) = leases.released(p).await {
+                    tracing::warn!(error = %e, partition = p, "could not release a partition lease; it goes with the lease connection");
+                }
+                if let Err(e) = result {
+                    break Err(anyhow::Error::from(e).context(format!("inbox partition {p}")));
+                }
+            }
+            r = &mut relaying => {
+                relay_ended = true;
+                break match r {
+                    Ok(()) => Err(anyhow::anyhow!("the relay stopped")),
+                    Err(e) => Err(e.into()),
+                };
             }
         }
-        r = &mut relaying => {
-            stop_consumer.cancel();
-            let _ = (&mut consumer).await;
-            Err(match r {
-                Ok(()) => anyhow::anyhow!("the relay stopped"),
-                Err(e) => e.into(),
-            })
+    };
+
+    for stop in running.values() {
+        stop.cancel();
+    }
+    while let Some((p, result)) = workers.next().await {
+        if let Err(e) = result {
+            tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), partition = p, "an inbox partition stopped with an error");
         }
     }
+    leases.close().await;
+    stop_relay.cancel();
+    if !relay_ended {
+        if let (Ok(()), Err(e)) = (&outcome, (&mut relaying).await) {
+            return Err(e.into());
+        }
+    }
+    outcome
+}
+
+/// One partition's consumer, tagged with its partition.
+async fn partition(
+    conn: &Connection,
+    shared: &Shared,
+    p: u32,
+    stop: CancellationToken,
+) -> (u32, Result<(), ConsumerError>) {
+    (p, consumer::run(conn, shared, p, stop).await)
 }
 
 /// The fixed topology and the queues of every known agent.
-async fn declare_all(conn: &Connection, shared: &Shared) -> anyhow::Result<()> {
+async fn declare_all(conn: &Connection, shared: &Shared) -> Result<(), SessionError> {
     use anyhow::Context;
-    let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type).await?;
-    declarer.fixed(&shared.settings.inbox.queue).await?;
+    let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type)
+        .await
+        .map_err(topology)?;
+    declarer
+        .fixed(&shared.settings.inbox)
+        .await
+        .map_err(topology)?;
     let mut c = shared
         .pool
         .acquire()
@@ -109,11 +198,20 @@ async fn declare_all(conn: &Connection, shared: &Shared) -> anyhow::Result<()> {
     for (agent_id, agent_type) in &agents {
         declarer
             .agent(agent_id, agent_type, &shared.catalog)
-            .await?;
+            .await
+            .map_err(topology)?;
     }
     declarer.close().await;
     tracing::info!(agents = agents.len(), "topology declared");
     Ok(())
+}
+
+fn topology(e: TopologyError) -> SessionError {
+    if e.is_fatal() {
+        SessionError::Fatal(e)
+    } else {
+        SessionError::Other(e.into())
+    }
 }
 
 async fn close(conn: &Connection) {

@@ -5,13 +5,29 @@
 //! channel; we then check the queue exists and carry on with a warning instead of
 //! refusing to start.
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::domain::catalog::Catalog;
 use crate::processor::exchanges;
-use crate::settings::QueueType;
+use crate::settings::{InboxSettings, QueueType};
+
+/// The exchange type of RabbitMQ's consistent-hash plugin.
+pub const CONSISTENT_HASH: &str = "x-consistent-hash";
+/// What to do when the broker does not know [`CONSISTENT_HASH`].
+pub const ENABLE_PLUGIN: &str = "RabbitMQ does not know the exchange type x-consistent-hash, which the partitioned inbox needs: \
+     enable its plugin with `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange` \
+     (on every node of the cluster; `make run` and `.ci/run` do it on this machine)";
+
+/// True if the broker refused an exchange declaration for its unknown type (503
+/// COMMAND_INVALID "unknown exchange type").
+fn unknown_exchange_type(e: &lapin::Error) -> bool {
+    matches!(e, lapin::Error::ProtocolError(err)
+        if err.get_id() == 503 || err.to_string().contains("unknown exchange type"))
+}
 
 /// The durable queue holding everything dead-lettered to `agent.dlx`.
 pub const DEAD_LETTER_QUEUE: &str = "agent.dead_letters";
@@ -28,11 +44,36 @@ pub fn events_queue(agent_id: &str) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not declare {what}")]
-pub struct TopologyError {
-    what: String,
-    #[source]
-    source: lapin::Error,
+pub enum TopologyError {
+    #[error("could not declare {what}")]
+    Declare {
+        what: String,
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker lacks the consistent-hash plugin: a configuration problem, not a
+    /// passing one.
+    #[error("{ENABLE_PLUGIN}")]
+    PluginMissing(#[source] lapin::Error),
+    /// A partition queue beyond `inbox.partitions` exists: the inbox was larger.
+    #[error(
+        "queue {queue} exists but inbox.partitions is {partitions}: the inbox had more partitions. \
+         Shrinking it loses the messages in the extra queues unless they are drained first; \
+         follow \"Changing the number of partitions\" in docs/scaling.md"
+    )]
+    PartitionsShrunk { queue: String, partitions: u32 },
+}
+
+impl TopologyError {
+    /// True if retrying cannot help (the broker or the settings must change first).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, TopologyError::Declare { .. })
+    }
+}
+
+fn declare_error(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> TopologyError {
+    let what = what.into();
+    move |source| TopologyError::Declare { what, source }
 }
 
 /// Declares topology on its own channel, reopening it after a refused declaration.
@@ -50,10 +91,7 @@ impl<'a> Declarer<'a> {
         let channel = conn
             .create_channel()
             .await
-            .map_err(|source| TopologyError {
-                what: "a channel".into(),
-                source,
-            })?;
+            .map_err(declare_error("a channel"))?;
         Ok(Declarer {
             conn,
             channel,
@@ -62,7 +100,7 @@ impl<'a> Declarer<'a> {
     }
 
     /// The fixed exchanges, the dead-letter and on-call queues, and the inbox.
-    pub async fn fixed(&mut self, inbox: &str) -> Result<(), TopologyError> {
+    pub async fn fixed(&mut self, inbox: &InboxSettings) -> Result<(), TopologyError> {
         for (name, kind) in [
             (exchanges::DIRECT, ExchangeKind::Direct),
             (exchanges::TOPIC, ExchangeKind::Topic),
@@ -80,12 +118,91 @@ impl<'a> Declarer<'a> {
             .await?;
         self.bind(ONCALL_QUEUE, exchanges::FANOUT, "").await?;
 
+        self.inbox(inbox).await
+    }
+
+    /// The partitioned inbox: agent.topic → the consistent-hash exchange (hashing the
+    /// correlation_id property) → one single-active-consumer queue per partition.
+    /// Partitions are bound in order, so partition `i` is bucket `i` of the ring, and
+    /// adding partitions appends buckets (moving only the workflows the new ones take).
+    async fn inbox(&mut self, inbox: &InboxSettings) -> Result<(), TopologyError> {
+        let mut args = FieldTable::default();
+        args.insert(
+            "hash-property".into(),
+            AMQPValue::LongString("correlation_id".into()),
+        );
+        let opts = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let kind = ExchangeKind::Custom(CONSISTENT_HASH.into());
+        if let Err(e) = self
+            .channel
+            .exchange_declare(&inbox.exchange, kind, opts, args)
+            .await
+        {
+            return Err(if unknown_exchange_type(&e) {
+                TopologyError::PluginMissing(e)
+            } else {
+                TopologyError::Declare {
+                    what: format!("exchange {}", inbox.exchange),
+                    source: e,
+                }
+            });
+        }
         // Agent messages are `{agent_type}.{message_type}`: exactly two words, so `*.*`
         // takes every agent message (of known and unknown roles, so unknown ones can be
         // rejected) and none of the three-word escalations the coordinator publishes.
-        self.queue(inbox, true, true).await?;
-        self.bind(inbox, exchanges::TOPIC, "*.*").await?;
+        self.channel
+            .exchange_bind(
+                &inbox.exchange,
+                exchanges::TOPIC,
+                "*.*",
+                ExchangeBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(declare_error(format!(
+                "binding {} ← {} (*.*)",
+                inbox.exchange,
+                exchanges::TOPIC
+            )))?;
+        self.refuse_shrinking(inbox).await?;
+        for p in 0..inbox.partitions {
+            let queue = inbox.queue(p);
+            self.queue(&queue, true, true).await?;
+            // The binding key of a consistent-hash binding is its weight.
+            self.bind(&queue, &inbox.exchange, "1").await?;
+        }
         Ok(())
+    }
+
+    /// Refuses to go on if the partition after the last configured one exists.
+    async fn refuse_shrinking(&mut self, inbox: &InboxSettings) -> Result<(), TopologyError> {
+        let queue = inbox.queue(inbox.partitions);
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match self
+            .channel
+            .queue_declare(&queue, passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => Err(TopologyError::PartitionsShrunk {
+                queue,
+                partitions: inbox.partitions,
+            }),
+            Err(_) => {
+                // 404: it does not exist (the channel closed with the answer).
+                self.channel = self
+                    .conn
+                    .create_channel()
+                    .await
+                    .map_err(declare_error("a channel"))?;
+                Ok(())
+            }
+        }
     }
 
     /// An agent's three queues and their bindings.
@@ -132,10 +249,7 @@ impl<'a> Declarer<'a> {
             self.channel
                 .exchange_declare(name, kind, passive, FieldTable::default())
                 .await
-                .map_err(|source| TopologyError {
-                    what: format!("exchange {name}"),
-                    source,
-                })?;
+                .map_err(declare_error(format!("exchange {name}")))?;
         }
         Ok(())
     }
@@ -173,10 +287,7 @@ impl<'a> Declarer<'a> {
             self.channel
                 .queue_declare(name, passive, FieldTable::default())
                 .await
-                .map_err(|source| TopologyError {
-                    what: format!("queue {name}"),
-                    source,
-                })?;
+                .map_err(declare_error(format!("queue {name}")))?;
         }
         Ok(())
     }
@@ -191,10 +302,9 @@ impl<'a> Declarer<'a> {
                 FieldTable::default(),
             )
             .await
-            .map_err(|source| TopologyError {
-                what: format!("binding {queue} ← {exchange} ({key})"),
-                source,
-            })
+            .map_err(declare_error(format!(
+                "binding {queue} ← {exchange} ({key})"
+            )))
     }
 
     /// After a refused declaration: a precondition failure (exists with other arguments)
@@ -205,7 +315,7 @@ impl<'a> Declarer<'a> {
             lapin::Error::ProtocolError(err) if err.get_id() == 406
         );
         if !precondition {
-            return Err(TopologyError {
+            return Err(TopologyError::Declare {
                 what: what.to_string(),
                 source: e,
             });
@@ -218,10 +328,7 @@ impl<'a> Declarer<'a> {
             .conn
             .create_channel()
             .await
-            .map_err(|source| TopologyError {
-                what: "a channel".into(),
-                source,
-            })?;
+            .map_err(declare_error("a channel"))?;
         Ok(())
     }
 

@@ -361,7 +361,7 @@ pub async fn add_agent(
         .await
         .context("could not connect to RabbitMQ (amqp.url)")?;
     let mut declarer = Declarer::new(&amqp, settings.amqp.queue_type).await?;
-    declarer.fixed(&settings.inbox.queue).await?;
+    declarer.fixed(&settings.inbox).await?;
     declarer.agent(agent_id, agent_type, &catalog).await?;
     declarer.close().await;
     store::retry_now(&mut conn).await?;

@@ -15,27 +15,53 @@ use sqlx::{PgConnection, Row};
 
 use super::store::{OutboxMessage, OUTCOME_ACCEPTED};
 
-/// Claims message ids (the deduplication keys) for this transaction; the ids claimed.
-/// An id another transaction holds uncommitted waits for it, then is not claimed.
-pub async fn claim(
+/// Claims message ids (the deduplication keys) and locks the workflows that exist
+/// among `workflow_ids`, in id order, in one statement. Returns the ids claimed (an id
+/// another transaction holds uncommitted waits for it, then is not claimed) and the
+/// locked workflows.
+pub async fn claim_and_lock(
     conn: &mut PgConnection,
     message_ids: &[&str],
     instance: &str,
-) -> sqlx::Result<HashSet<String>> {
-    if message_ids.is_empty() {
-        return Ok(HashSet::new());
+    workflow_ids: &[&str],
+) -> sqlx::Result<(HashSet<String>, Vec<LockedWorkflow>)> {
+    if message_ids.is_empty() && workflow_ids.is_empty() {
+        return Ok((HashSet::new(), Vec::new()));
     }
-    let rows: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO processed_messages (message_id, outcome, processed_by)
-         SELECT id, $2, $3 FROM unnest($1::text[]) AS u(id)
-         ON CONFLICT DO NOTHING RETURNING message_id",
+    let rows = sqlx::query(
+        "WITH claimed AS (
+           INSERT INTO processed_messages (message_id, outcome, processed_by)
+           SELECT id, $2, $3 FROM unnest($1::text[]) AS u(id)
+           ON CONFLICT DO NOTHING RETURNING message_id),
+         locked AS (
+           SELECT id, kind, state, round FROM workflows WHERE id = ANY($4) ORDER BY id FOR UPDATE)
+         SELECT message_id AS id, NULL AS kind, NULL AS state, NULL::int AS round FROM claimed
+         UNION ALL SELECT id, kind, state, round FROM locked",
     )
     .bind(message_ids)
     .bind(OUTCOME_ACCEPTED)
     .bind(instance)
+    .bind(workflow_ids)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().collect())
+    let mut claimed = HashSet::new();
+    let mut locked = Vec::new();
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        match r.try_get::<Option<String>, _>("kind")? {
+            None => {
+                claimed.insert(id);
+            }
+            Some(kind) => locked.push(LockedWorkflow {
+                id,
+                kind,
+                state: r.try_get("state")?,
+                round: r.try_get("round")?,
+            }),
+        }
+    }
+    locked.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok((claimed, locked))
 }
 
 /// A workflow row locked for the rest of the transaction.
@@ -45,32 +71,6 @@ pub struct LockedWorkflow {
     pub kind: String,
     pub state: String,
     pub round: i32,
-}
-
-/// Locks the workflows that exist among `ids`, in id order.
-pub async fn lock_workflows(
-    conn: &mut PgConnection,
-    ids: &[&str],
-) -> sqlx::Result<Vec<LockedWorkflow>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query(
-        "SELECT id, kind, state, round FROM workflows WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(LockedWorkflow {
-                id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
-                state: r.try_get("state")?,
-                round: r.try_get("round")?,
-            })
-        })
-        .collect()
 }
 
 /// An armed clock of a locked workflow.
@@ -170,36 +170,6 @@ pub struct NewWorkflow {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-/// Creates workflows; how many were created (fewer than asked if an id was taken
-/// meanwhile, which the caller treats as a conflict to retry).
-pub async fn insert_workflows(
-    conn: &mut PgConnection,
-    rows: &[NewWorkflow],
-) -> sqlx::Result<usize> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let res = sqlx::query(
-        "INSERT INTO workflows (id, kind, state, epic_id, title, data, round, created_at, updated_at, completed_at)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                              $7::int[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.state.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.epic_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.title.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| &r.data).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.round).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.completed_at).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(usize::try_from(res.rows_affected()).unwrap_or(usize::MAX))
-}
-
 /// An existing workflow's state after the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkflowChange {
@@ -208,30 +178,6 @@ pub struct WorkflowChange {
     pub round: i32,
     pub at: DateTime<Utc>,
     pub terminal: bool,
-}
-
-pub async fn update_workflows(
-    conn: &mut PgConnection,
-    rows: &[WorkflowChange],
-) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE workflows w SET state = u.state, round = u.round, updated_at = u.at,
-                completed_at = CASE WHEN u.terminal THEN coalesce(w.completed_at, u.at) ELSE w.completed_at END
-         FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $5::bool[])
-              AS u(id, state, round, at, terminal)
-         WHERE w.id = u.id",
-    )
-    .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.state.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.round).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.terminal).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// A clock armed by the batch, with the status the batch left it in (a clock armed and
@@ -262,40 +208,6 @@ pub struct InsertedClock {
     pub due_at: DateTime<Utc>,
 }
 
-/// Inserts clocks; a clock of the same workflow, name, round and subject that exists
-/// already is skipped (re-arming is a no-op).
-pub async fn insert_clocks(
-    conn: &mut PgConnection,
-    rows: &[NewClock],
-) -> sqlx::Result<Vec<InsertedClock>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_as(
-        "INSERT INTO sla_clocks (workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id,
-                                 severity, armed_at, warn_at, due_at, status, closed_at, closed_by)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
-                              $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
-                              $11::text[], $12::timestamptz[], $13::text[])
-         ON CONFLICT DO NOTHING RETURNING id, status, warn_at, due_at",
-    )
-    .bind(rows.iter().map(|r| r.workflow_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.clock.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.round).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.owner_role.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.owner_agent_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.subject_agent_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.severity.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.armed_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.warn_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.due_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.closed_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.closed_by.as_deref()).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await
-}
-
 /// An armed clock the batch closed or gave an owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClockChange {
@@ -304,27 +216,6 @@ pub struct ClockChange {
     pub closed_at: Option<DateTime<Utc>>,
     pub closed_by: Option<String>,
     pub owner_agent_id: Option<String>,
-}
-
-pub async fn update_clocks(conn: &mut PgConnection, rows: &[ClockChange]) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE sla_clocks c SET status = u.status, closed_at = u.closed_at, closed_by = u.closed_by,
-                owner_agent_id = u.owner_agent_id
-         FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
-              AS u(id, status, closed_at, closed_by, owner_agent_id)
-         WHERE c.id = u.id AND c.status = 'armed'",
-    )
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.closed_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.closed_by.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.owner_agent_id.as_deref()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// One raise of an escalation, its id reserved beforehand.
@@ -385,23 +276,6 @@ pub struct ChainAck {
     pub at: DateTime<Utc>,
 }
 
-pub async fn acknowledge_chains(conn: &mut PgConnection, rows: &[ChainAck]) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE escalations e SET acknowledged_at = u.at, acknowledged_by = u.by, next_level_at = NULL
-         FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS u(chain_id, by, at)
-         WHERE e.chain_id = u.chain_id AND e.acknowledged_at IS NULL",
-    )
-    .bind(rows.iter().map(|r| r.chain_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.by.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// A history row. `ordinal` numbers the rows of one workflow within the batch (1, 2,
 /// …); the sequence number is the workflow's last one plus the ordinal, read when the
 /// statement runs, under the workflow's lock.
@@ -418,80 +292,11 @@ pub struct NewEvent {
     pub detail: Value,
 }
 
-pub async fn insert_events(conn: &mut PgConnection, rows: &[NewEvent]) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO workflow_events
-             (workflow_id, seq, message_id, message_type, source_agent_id, from_state, to_state, occurred_at, detail)
-         SELECT u.workflow_id,
-                coalesce((SELECT max(e.seq) FROM workflow_events e WHERE e.workflow_id = u.workflow_id), 0) + u.n,
-                u.message_id, u.message_type, u.source_agent_id, u.from_state, u.to_state, u.at, u.detail
-         FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::timestamptz[], $9::jsonb[])
-              AS u(workflow_id, n, message_id, message_type, source_agent_id, from_state, to_state, at, detail)",
-    )
-    .bind(rows.iter().map(|r| r.workflow_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.ordinal).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.message_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.message_type.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.source_agent_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.from_state.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.to_state.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| &r.detail).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// An outbox row as written: its id, for marking it sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queued {
     pub id: i64,
     pub message: OutboxMessage,
-}
-
-/// Queues messages. `publish_after` is when the relay may take them: the caller that
-/// publishes them itself right after the commit sets it a lease ahead, so the relay
-/// only picks up what that publisher did not get to (a crash). A message id queued
-/// before is skipped.
-pub async fn insert_outbox(
-    conn: &mut PgConnection,
-    rows: Vec<OutboxMessage>,
-    publish_after: DateTime<Utc>,
-) -> sqlx::Result<Vec<Queued>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let inserted: Vec<(i64, String)> = sqlx::query_as(
-        "INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id, causation_id,
-                             app_id, body, next_attempt_at)
-         SELECT u.*, $9 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                   $7::text[], $8::bytea[]) AS u
-         ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id",
-    )
-    .bind(rows.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.exchange.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.routing_key.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.message_type.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.correlation_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.causation_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.app_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
-    .bind(publish_after)
-    .fetch_all(conn)
-    .await?;
-    let mut ids: std::collections::HashMap<String, i64> =
-        inserted.into_iter().map(|(id, m)| (m, id)).collect();
-    Ok(rows
-        .into_iter()
-        .filter_map(|m| {
-            ids.remove(&m.message_id)
-                .map(|id| Queued { id, message: m })
-        })
-        .collect())
 }
 
 /// A delivery kept whole because it was rejected.
@@ -506,96 +311,6 @@ pub struct NewDeadLetter {
     pub properties: Value,
     pub source_agent_id: Option<String>,
     pub at: DateTime<Utc>,
-}
-
-pub async fn insert_dead_letters(
-    conn: &mut PgConnection,
-    rows: &[NewDeadLetter],
-) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO dead_letters
-             (message_id, reason, detail, routing_key, body, body_json, properties, source_agent_id, received_at)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::jsonb[],
-                              $7::jsonb[], $8::text[], $9::timestamptz[])",
-    )
-    .bind(rows.iter().map(|r| r.message_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.routing_key.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.body_json.as_ref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| &r.properties).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.source_agent_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Records how claimed messages ended (claims are written `accepted`).
-pub async fn set_outcomes(conn: &mut PgConnection, rows: &[(String, &str)]) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE processed_messages p SET outcome = u.outcome
-         FROM unnest($1::text[], $2::text[]) AS u(message_id, outcome)
-         WHERE p.message_id = u.message_id",
-    )
-    .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Registers agents (heartbeat registration); the ones that were new. Other
-/// coordinators are told (NOTIFY on commit) so their agent caches reload.
-pub async fn register_agents(
-    conn: &mut PgConnection,
-    rows: &[(String, String)],
-    via: &str,
-) -> sqlx::Result<Vec<String>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let new: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO agents (agent_id, agent_type, registered_via)
-         SELECT u.id, u.type, $3 FROM unnest($1::text[], $2::text[]) AS u(id, type)
-         ON CONFLICT DO NOTHING RETURNING agent_id",
-    )
-    .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-    .bind(via)
-    .fetch_all(&mut *conn)
-    .await?;
-    if !new.is_empty() {
-        super::store::notify_agents(conn).await?;
-    }
-    Ok(new)
-}
-
-/// Records heartbeats (the latest time wins).
-pub async fn touch_heartbeats(
-    conn: &mut PgConnection,
-    rows: &[(String, DateTime<Utc>)],
-) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE agents a SET last_heartbeat_at = greatest(a.last_heartbeat_at, u.at)
-         FROM (SELECT id, max(at) AS at FROM unnest($1::text[], $2::timestamptz[]) AS x(id, at) GROUP BY id) u
-         WHERE a.agent_id = u.id",
-    )
-    .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// What a batch must read once its message ids are claimed.
@@ -614,11 +329,10 @@ pub struct Needs {
 }
 
 impl Needs {
-    /// The statements [`load`] runs for these needs (the lock runs whenever there are
-    /// workflows; the clocks when some were locked, which it counts as likely).
+    /// The statements the claim and [`load`] run for these needs (the clocks are read
+    /// when workflows were locked, which it counts as likely).
     pub fn statements(&self) -> usize {
-        let wf = usize::from(!self.workflow_ids.is_empty());
-        2 * wf
+        1 + usize::from(!self.workflow_ids.is_empty())
             + usize::from(!self.agent_ids.is_empty())
             + usize::from(self.all_agents)
             + usize::from(!self.escalation_ids.is_empty())
@@ -637,13 +351,14 @@ pub struct Loaded {
     pub escalation_ids: Vec<i64>,
 }
 
-/// Runs the reads of a batch: a statement per kind of thing needed, none for what is
-/// not needed.
-pub async fn load(conn: &mut PgConnection, needs: &Needs) -> sqlx::Result<Loaded> {
-    let mut ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let workflows = lock_workflows(conn, &ids).await?;
+/// Runs the reads of a batch after its claim and lock: a statement per kind of thing
+/// needed, none for what is not needed. The clocks are read in a statement of their
+/// own, after the locks are held, so they are what the lock holders left.
+pub async fn load(
+    conn: &mut PgConnection,
+    needs: &Needs,
+    workflows: Vec<LockedWorkflow>,
+) -> sqlx::Result<Loaded> {
     let locked: Vec<&str> = workflows.iter().map(|w| w.id.as_str()).collect();
     let clocks = armed_clocks(conn, &locked).await?;
     let agent_ids: Vec<&str> = needs.agent_ids.iter().map(String::as_str).collect();
@@ -684,8 +399,13 @@ pub struct Writes {
 }
 
 impl Writes {
-    /// The statements [`write`] runs for these rows.
+    /// The statements [`write`] runs for these rows: one, unless there is nothing to
+    /// write.
     pub fn statements(&self) -> usize {
+        usize::from(self.kinds() > 0)
+    }
+
+    fn kinds(&self) -> usize {
         [
             !self.new_workflows.is_empty(),
             !self.workflow_changes.is_empty(),
@@ -730,29 +450,328 @@ pub enum WriteError {
     Conflict(#[from] Conflict),
 }
 
-/// Runs the writes of a batch in foreign-key order, a statement per kind of row.
+/// Every write of a batch in one statement: a data-modifying CTE per kind of row, all
+/// run with one snapshot (foreign keys are checked at its end, so a history row may
+/// name a workflow created beside it). One round trip instead of a dozen matters on a
+/// busy machine, where each round trip waits for a core. Kinds without rows get empty
+/// arrays and cost next to nothing.
+const WRITE: &str = "
+WITH
+wf_new AS (
+  INSERT INTO workflows (id, kind, state, epic_id, title, data, round, created_at, updated_at, completed_at)
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+                       $7::int[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+  ON CONFLICT DO NOTHING RETURNING id),
+wf_upd AS (
+  UPDATE workflows w SET state = u.state, round = u.round, updated_at = u.at,
+         completed_at = CASE WHEN u.terminal THEN coalesce(w.completed_at, u.at) ELSE w.completed_at END
+  FROM unnest($11::text[], $12::text[], $13::int[], $14::timestamptz[], $15::bool[])
+       AS u(id, state, round, at, terminal)
+  WHERE w.id = u.id),
+clk_new AS (
+  INSERT INTO sla_clocks (workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id,
+                          severity, armed_at, warn_at, due_at, status, closed_at, closed_by)
+  SELECT * FROM unnest($16::text[], $17::text[], $18::int[], $19::text[], $20::text[], $21::text[],
+                       $22::text[], $23::timestamptz[], $24::timestamptz[], $25::timestamptz[],
+                       $26::text[], $27::timestamptz[], $28::text[])
+  ON CONFLICT DO NOTHING RETURNING id, status, warn_at, due_at),
+clk_upd AS (
+  UPDATE sla_clocks c SET status = u.status, closed_at = u.closed_at, closed_by = u.closed_by,
+         owner_agent_id = u.owner_agent_id
+  FROM unnest($29::bigint[], $30::text[], $31::timestamptz[], $32::text[], $33::text[])
+       AS u(id, status, closed_at, closed_by, owner_agent_id)
+  WHERE c.id = u.id AND c.status = 'armed'),
+esc_new AS (
+  INSERT INTO escalations (id, chain_id, workflow_id, clock, clock_id, owner_role, agent_id, level,
+                           target, severity, raised_at, next_level_at, message_id)
+  SELECT * FROM unnest($34::bigint[], $35::bigint[], $36::text[], $37::text[], $38::bigint[], $39::text[],
+                       $40::text[], $41::int[], $42::text[], $43::text[], $44::timestamptz[],
+                       $45::timestamptz[], $46::text[])),
+esc_ack AS (
+  UPDATE escalations e SET acknowledged_at = u.at, acknowledged_by = u.by, next_level_at = NULL
+  FROM unnest($47::bigint[], $48::text[], $49::timestamptz[]) AS u(chain_id, by, at)
+  WHERE e.chain_id = u.chain_id AND e.acknowledged_at IS NULL),
+ev AS (
+  INSERT INTO workflow_events
+      (workflow_id, seq, message_id, message_type, source_agent_id, from_state, to_state, occurred_at, detail)
+  SELECT u.workflow_id,
+         coalesce((SELECT max(e.seq) FROM workflow_events e WHERE e.workflow_id = u.workflow_id), 0) + u.n,
+         u.message_id, u.message_type, u.source_agent_id, u.from_state, u.to_state, u.at, u.detail
+  FROM unnest($50::text[], $51::int[], $52::text[], $53::text[], $54::text[], $55::text[], $56::text[],
+              $57::timestamptz[], $58::jsonb[])
+       AS u(workflow_id, n, message_id, message_type, source_agent_id, from_state, to_state, at, detail)),
+dl AS (
+  INSERT INTO dead_letters
+      (message_id, reason, detail, routing_key, body, body_json, properties, source_agent_id, received_at)
+  SELECT * FROM unnest($59::text[], $60::text[], $61::text[], $62::text[], $63::bytea[], $64::jsonb[],
+                       $65::jsonb[], $66::text[], $67::timestamptz[])),
+outcome AS (
+  UPDATE processed_messages p SET outcome = u.outcome
+  FROM unnest($68::text[], $69::text[]) AS u(message_id, outcome)
+  WHERE p.message_id = u.message_id),
+reg AS (
+  INSERT INTO agents (agent_id, agent_type, registered_via, last_heartbeat_at)
+  SELECT u.id, u.type, 'heartbeat', u.at FROM unnest($70::text[], $71::text[], $72::timestamptz[]) AS u(id, type, at)
+  ON CONFLICT DO NOTHING RETURNING agent_id),
+heartbeat AS (
+  UPDATE agents a SET last_heartbeat_at = greatest(a.last_heartbeat_at, u.at)
+  FROM (SELECT id, max(at) AS at FROM unnest($73::text[], $74::timestamptz[]) AS x(id, at) GROUP BY id) u
+  WHERE a.agent_id = u.id),
+ob AS (
+  INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id, causation_id,
+                      app_id, body, next_attempt_at)
+  SELECT u.*, $83 FROM unnest($75::text[], $76::text[], $77::text[], $78::text[], $79::text[], $80::text[],
+                             $81::text[], $82::bytea[]) AS u
+  ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id)
+SELECT 'workflow' AS kind, NULL::bigint AS id, id AS name, NULL::timestamptz AS warn_at, NULL::timestamptz AS due_at FROM wf_new
+UNION ALL SELECT 'clock', id, status, warn_at, due_at FROM clk_new
+UNION ALL SELECT 'outbox', id, message_id, NULL, NULL FROM ob
+UNION ALL SELECT 'agent', NULL, agent_id, NULL, NULL FROM reg";
+
+/// Runs every write of a batch, in one statement.
 pub async fn write(
     conn: &mut PgConnection,
     w: Writes,
     publish_after: DateTime<Utc>,
 ) -> Result<Written, WriteError> {
-    if insert_workflows(conn, &w.new_workflows).await? != w.new_workflows.len() {
+    if w.statements() == 0 {
+        return Ok(Written::default());
+    }
+    // A registered agent's heartbeat is written with its row (an update in the same
+    // statement cannot see a row inserted beside it).
+    let registered_at = |id: &str| {
+        w.heartbeats
+            .iter()
+            .filter(|(a, _)| a == id)
+            .map(|(_, at)| *at)
+            .max()
+    };
+    let (nw, wc, nc, cc, es, ca, ev, dl, ob) = (
+        &w.new_workflows,
+        &w.workflow_changes,
+        &w.new_clocks,
+        &w.clock_changes,
+        &w.escalations,
+        &w.chain_acks,
+        &w.events,
+        &w.dead_letters,
+        &w.outbox,
+    );
+    let rows = sqlx::query(WRITE)
+        .bind(nw.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| r.state.as_str()).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| r.epic_id.as_deref()).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| r.title.as_deref()).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| &r.data).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| r.round).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| r.completed_at).collect::<Vec<_>>())
+        .bind(wc.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(wc.iter().map(|r| r.state.as_str()).collect::<Vec<_>>())
+        .bind(wc.iter().map(|r| r.round).collect::<Vec<_>>())
+        .bind(wc.iter().map(|r| r.at).collect::<Vec<_>>())
+        .bind(wc.iter().map(|r| r.terminal).collect::<Vec<_>>())
+        .bind(
+            nc.iter()
+                .map(|r| r.workflow_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(nc.iter().map(|r| r.clock.as_str()).collect::<Vec<_>>())
+        .bind(nc.iter().map(|r| r.round).collect::<Vec<_>>())
+        .bind(nc.iter().map(|r| r.owner_role.as_str()).collect::<Vec<_>>())
+        .bind(
+            nc.iter()
+                .map(|r| r.owner_agent_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            nc.iter()
+                .map(|r| r.subject_agent_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(nc.iter().map(|r| r.severity.as_str()).collect::<Vec<_>>())
+        .bind(nc.iter().map(|r| r.armed_at).collect::<Vec<_>>())
+        .bind(nc.iter().map(|r| r.warn_at).collect::<Vec<_>>())
+        .bind(nc.iter().map(|r| r.due_at).collect::<Vec<_>>())
+        .bind(nc.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(nc.iter().map(|r| r.closed_at).collect::<Vec<_>>())
+        .bind(
+            nc.iter()
+                .map(|r| r.closed_by.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(cc.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(cc.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(cc.iter().map(|r| r.closed_at).collect::<Vec<_>>())
+        .bind(
+            cc.iter()
+                .map(|r| r.closed_by.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            cc.iter()
+                .map(|r| r.owner_agent_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(es.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.chain_id).collect::<Vec<_>>())
+        .bind(
+            es.iter()
+                .map(|r| r.workflow_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(es.iter().map(|r| r.clock.as_str()).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.clock_id).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.owner_role.as_str()).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.agent_id.as_deref()).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.level).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.target.as_str()).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.severity.as_str()).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.raised_at).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.next_level_at).collect::<Vec<_>>())
+        .bind(es.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
+        .bind(ca.iter().map(|r| r.chain_id).collect::<Vec<_>>())
+        .bind(ca.iter().map(|r| r.by.as_str()).collect::<Vec<_>>())
+        .bind(ca.iter().map(|r| r.at).collect::<Vec<_>>())
+        .bind(
+            ev.iter()
+                .map(|r| r.workflow_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(ev.iter().map(|r| r.ordinal).collect::<Vec<_>>())
+        .bind(
+            ev.iter()
+                .map(|r| r.message_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ev.iter()
+                .map(|r| r.message_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ev.iter()
+                .map(|r| r.source_agent_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ev.iter()
+                .map(|r| r.from_state.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(ev.iter().map(|r| r.to_state.as_str()).collect::<Vec<_>>())
+        .bind(ev.iter().map(|r| r.at).collect::<Vec<_>>())
+        .bind(ev.iter().map(|r| &r.detail).collect::<Vec<_>>())
+        .bind(
+            dl.iter()
+                .map(|r| r.message_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(dl.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
+        .bind(dl.iter().map(|r| r.detail.as_str()).collect::<Vec<_>>())
+        .bind(
+            dl.iter()
+                .map(|r| r.routing_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(dl.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
+        .bind(dl.iter().map(|r| r.body_json.as_ref()).collect::<Vec<_>>())
+        .bind(dl.iter().map(|r| &r.properties).collect::<Vec<_>>())
+        .bind(
+            dl.iter()
+                .map(|r| r.source_agent_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(dl.iter().map(|r| r.at).collect::<Vec<_>>())
+        .bind(w.outcomes.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+        .bind(w.outcomes.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(
+            w.registrations
+                .iter()
+                .map(|r| r.0.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            w.registrations
+                .iter()
+                .map(|r| r.1.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            w.registrations
+                .iter()
+                .map(|r| registered_at(&r.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            w.heartbeats
+                .iter()
+                .map(|r| r.0.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(w.heartbeats.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(ob.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
+        .bind(ob.iter().map(|r| r.exchange.as_str()).collect::<Vec<_>>())
+        .bind(
+            ob.iter()
+                .map(|r| r.routing_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ob.iter()
+                .map(|r| r.message_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ob.iter()
+                .map(|r| r.correlation_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ob.iter()
+                .map(|r| r.causation_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(ob.iter().map(|r| r.app_id.as_str()).collect::<Vec<_>>())
+        .bind(ob.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
+        .bind(publish_after)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut created = 0;
+    let mut written = Written::default();
+    let mut outbox_ids = std::collections::HashMap::new();
+    for r in &rows {
+        let kind: &str = r.try_get("kind")?;
+        match kind {
+            "workflow" => created += 1,
+            "clock" => written.clocks.push(InsertedClock {
+                id: r.try_get("id")?,
+                status: r.try_get("name")?,
+                warn_at: r.try_get("warn_at")?,
+                due_at: r.try_get("due_at")?,
+            }),
+            "outbox" => {
+                outbox_ids.insert(r.try_get::<String, _>("name")?, r.try_get::<i64, _>("id")?);
+            }
+            _ => written.registered.push(r.try_get("name")?),
+        }
+    }
+    if created != w.new_workflows.len() {
         return Err(Conflict.into());
     }
-    update_workflows(conn, &w.workflow_changes).await?;
-    let clocks = insert_clocks(conn, &w.new_clocks).await?;
-    update_clocks(conn, &w.clock_changes).await?;
-    insert_escalations(conn, &w.escalations).await?;
-    acknowledge_chains(conn, &w.chain_acks).await?;
-    insert_events(conn, &w.events).await?;
-    insert_dead_letters(conn, &w.dead_letters).await?;
-    set_outcomes(conn, &w.outcomes).await?;
-    let registered = register_agents(conn, &w.registrations, "heartbeat").await?;
-    touch_heartbeats(conn, &w.heartbeats).await?;
-    let queued = insert_outbox(conn, w.outbox, publish_after).await?;
-    Ok(Written {
-        clocks,
-        queued,
-        registered,
-    })
+    if !written.registered.is_empty() {
+        super::store::notify_agents(conn).await?;
+    }
+    written.queued = w
+        .outbox
+        .into_iter()
+        .filter_map(|m| {
+            outbox_ids
+                .remove(&m.message_id)
+                .map(|id| Queued { id, message: m })
+        })
+        .collect();
+    Ok(written)
 }

@@ -198,15 +198,13 @@ pub fn message_ids(checked: &[Checked]) -> Vec<&str> {
         .collect()
 }
 
-/// What a batch must read, given the ids it claimed and the agents the cache holds.
-pub fn needs(checked: &[Checked], claimed: &HashSet<String>, agents: &AgentView) -> Needs {
+/// What a batch must read (before its ids are claimed: a duplicate costs a lock it did
+/// not need, which is rare), given the agents the cache holds.
+pub fn needs(checked: &[Checked], agents: &AgentView) -> Needs {
     let mut n = Needs::default();
     for c in checked {
         let Some(env) = c.valid() else { continue };
         let h = &env.header;
-        if !claimed.contains(&h.message_id) {
-            continue;
-        }
         if !c.trusted && agents.type_of(&h.source.agent_id).is_none() {
             n.agent_ids.push(h.source.agent_id.clone());
         }

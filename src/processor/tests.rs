@@ -61,7 +61,7 @@ fn run(p: &Processor, msgs: &[&Msg], loaded: Loaded) -> (Vec<Processed>, Finishe
         .into_iter()
         .map(str::to_string)
         .collect();
-    let needs = needs(&checked, &claimed, &AgentView::new(agents()));
+    let needs = needs(&checked, &AgentView::new(agents()));
     let mut b = Batch::new(p, loaded, claimed, agents(), now());
     let results = inputs
         .iter()

@@ -1,0 +1,112 @@
+//! Publishing committed messages: pipelined batches with confirms, returns matched to
+//! the right rows, and the relay taking what a batch's own publisher never sent.
+
+mod common;
+
+use common::{expect_next, TestEnv};
+use coordinator::agent::Queue;
+use coordinator::amqp::publisher::Publisher;
+use coordinator::amqp::topology::Declarer;
+use coordinator::db::batch::Queued;
+use coordinator::processor::to_role;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_pipelined_batch_only_the_unroutable_messages_are_kept_for_retry() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let conn = coordinator::amqp::connect(&env.amqp_url, "test")
+        .await
+        .expect("connect");
+    let mut declarer = Declarer::new(&conn, settings.amqp.queue_type)
+        .await
+        .expect("declarer");
+    declarer.fixed(&settings.inbox).await.expect("topology");
+    declarer
+        .agent("qa-1", "qa-director", &settings.catalog())
+        .await
+        .expect("qa queues");
+    declarer.close().await;
+
+    // Interleave messages to a role with a queue (QA) and to roles without one, so
+    // returns and acks of neighbours arrive together.
+    let now = chrono::Utc::now();
+    let rows: Vec<Queued> = (0..40)
+        .map(|i| {
+            let role = if i % 3 == 0 {
+                "devops-manager"
+            } else {
+                "qa-director"
+            };
+            Queued {
+                id: i,
+                message: to_role(
+                    format!("m-{i}"),
+                    "wf-pub",
+                    None,
+                    "feature_handoff",
+                    role,
+                    json!({"i": i}),
+                    json!({}),
+                    now,
+                ),
+            }
+        })
+        .collect();
+    let publisher = Publisher::open(&conn).await.expect("publisher");
+    let p = publisher.publish(&rows, |_| 0).await.expect("published");
+    let unroutable: Vec<i64> = (0..40).filter(|i| i % 3 == 0).collect();
+    let mut failed: Vec<i64> = p.failed.iter().map(|f| f.id).collect();
+    failed.sort_unstable();
+    assert_eq!(failed, unroutable);
+    assert!(p
+        .failed
+        .iter()
+        .all(|f| f.returned && f.why.contains("unroutable")));
+    assert_eq!(p.sent.len(), 40 - unroutable.len());
+    assert!(p.sent.iter().all(|id| id % 3 != 0));
+    publisher.close().await;
+    let _ = conn.close(200, "done").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_batch_committed_but_never_published_is_sent_by_the_relay_after_its_lease() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    settings.outbox.lease = std::time::Duration::from_millis(500);
+    // Commit a batch as a consumer would, then "crash" before publishing: its rows are
+    // leased to a publisher that never comes.
+    let shared = coordinator::runtime::Shared::new(settings.clone(), env.pool.clone());
+    let mut eng = env.agent("eng-1", "engineering-director").await;
+    let product = env.connect_as("product-1", "product-director").await;
+    let e = product.envelope("requirements_ready", "wf-lease", json!({}));
+    let body = serde_json::to_vec(&e).expect("json");
+    let meta = e.meta(&e.agent_routing_key());
+    let inbound = coordinator::processor::Inbound {
+        body: &body,
+        meta: &meta,
+    };
+    let publish_after =
+        coordinator::pipeline::publish_after(chrono::Utc::now(), settings.outbox.lease);
+    let out = coordinator::pipeline::apply_shared(&shared, &[inbound], publish_after)
+        .await
+        .expect("committed");
+    assert_eq!(out.queued.len(), 1);
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND next_attempt_at > now()"
+        )
+        .await,
+        1,
+        "leased to its publisher"
+    );
+
+    // A coordinator starts: its relay sends the row once the lease is over.
+    let app = env.start_with(settings).await;
+    let task = expect_next(&mut eng, Queue::Tasks).await;
+    assert_eq!(task.header.message_type, "requirements_handoff");
+    assert_eq!(task.header.correlation_id, "wf-lease");
+    env.wait_count("SELECT count(*) FROM outbox WHERE sent_at IS NULL", 0)
+        .await;
+    app.stop().await;
+}
