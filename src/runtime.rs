@@ -27,6 +27,10 @@ pub struct Shared {
     pub status: Status,
     pub metrics: Metrics,
     pub agents: AgentDirectory,
+    /// Outbox rows the broker confirmed, to be marked sent together.
+    pub confirmed: Confirmed,
+    /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
+    pub batch_turns: tokio::sync::Semaphore,
     /// Signalled after every commit that queued outgoing messages.
     pub wake_relay: Notify,
     /// Deadlines created by this process since the timer last looked; a std mutex, not
@@ -40,6 +44,7 @@ impl Shared {
     pub fn new(settings: Settings, pool: PgPool) -> Shared {
         let catalog = settings.catalog();
         let processor = Processor::from_settings(&settings);
+        let batch_turns = tokio::sync::Semaphore::new(settings.inbox.concurrency);
         Shared {
             settings,
             instance: instance_id(),
@@ -49,6 +54,8 @@ impl Shared {
             status: Status::default(),
             metrics: Metrics::new(),
             agents: AgentDirectory::default(),
+            confirmed: Confirmed::default(),
+            batch_turns,
             wake_relay: Notify::new(),
             pushed: Mutex::new(Vec::new()),
             wake_timer: Notify::new(),
@@ -146,6 +153,37 @@ impl AgentDirectory {
             next.insert(id.clone(), ty.clone());
         }
         *guard = Arc::new(next);
+    }
+}
+
+/// Outbox ids the broker confirmed and not yet marked sent. Marking them one
+/// statement at a time per publisher would cost a commit per publish round; they are
+/// marked together instead ([`crate::amqp::publisher::Settler`]). Until then they stay
+/// leased, so the relay does not send them again unless the process dies first.
+#[derive(Debug, Default)]
+pub struct Confirmed {
+    /// A std mutex: nothing awaits while it is held.
+    ids: Mutex<Vec<i64>>,
+    /// Signalled when many are waiting.
+    pub wake: Notify,
+}
+
+impl Confirmed {
+    const MANY: usize = 5000;
+
+    pub fn add(&self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut held = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        held.extend_from_slice(ids);
+        if held.len() >= Self::MANY {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn take(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

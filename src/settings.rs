@@ -98,6 +98,8 @@ pub struct InboxSettings {
     /// takes over those of a coordinator that stopped).
     #[serde(with = "humantime_serde")]
     pub rebalance_interval: Duration,
+    /// Batches this coordinator applies at once, whatever the partitions it holds.
+    pub concurrency: usize,
     /// Unacknowledged deliveries the broker may push to a consumer at once.
     pub prefetch: u16,
     /// Most deliveries applied in one transaction.
@@ -178,7 +180,9 @@ pub struct TimerSettings {
     pub window: Duration,
     /// Most deadlines held in memory at once (the window shrinks to fit).
     pub max_in_memory: i64,
-    /// Deadlines fired in parallel (each in its own transaction).
+    /// Most due deadlines fired in one transaction.
+    pub batch_size: usize,
+    /// Batches of due deadlines fired at once.
     pub concurrency: usize,
 }
 
@@ -194,6 +198,9 @@ pub struct OutboxSettings {
     /// them (after a crash).
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// How often confirmed rows are marked sent (together).
+    #[serde(with = "humantime_serde")]
+    pub settle_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,10 +334,11 @@ impl Settings {
         if self.timers.window.is_zero()
             || self.timers.max_in_memory <= 0
             || self.timers.concurrency == 0
+            || self.timers.batch_size == 0
         {
             return Err(invalid(
                 "timers",
-                "window, max_in_memory and concurrency must all be above zero".into(),
+                "window, max_in_memory, batch_size and concurrency must all be above zero".into(),
             ));
         }
         if self.inbox.partitions == 0 || self.inbox.partitions > 1024 {
@@ -344,6 +352,9 @@ impl Settings {
                 "inbox.rebalance_interval",
                 "must be above zero".into(),
             ));
+        }
+        if self.inbox.concurrency == 0 {
+            return Err(invalid("inbox.concurrency", "must be at least 1".into()));
         }
         if self.inbox.prefetch == 0 {
             return Err(invalid("inbox.prefetch", "must be at least 1".into()));

@@ -87,6 +87,12 @@ async fn consume(
             Some(Err(e)) => break Err(e.into()),
             None => break Err(ConsumerError::Closed),
         };
+        // At most inbox.concurrency batches are applied at once by this coordinator:
+        // while this partition waits for its turn, more deliveries arrive and the batch
+        // it then takes is bigger (fewer, larger transactions on a busy machine).
+        let Ok(_turn) = shared.batch_turns.acquire().await else {
+            break Ok(());
+        };
         let mut failed = None;
         while batch.len() < shared.settings.inbox.batch_size {
             match consumer.next().now_or_never() {

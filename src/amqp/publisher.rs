@@ -8,8 +8,8 @@ use std::time::Duration;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::{Channel, Connection};
-use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::amqp::properties;
 use crate::db::batch::Queued;
@@ -131,15 +131,14 @@ impl Publisher {
     }
 }
 
-/// Records what the broker said: confirmed rows sent, the others due again after a
+/// Records what the broker said: confirmed rows are handed to the [`Settler`] (marked
+/// sent shortly, together with other publishers'), the others are due again after a
 /// backoff that doubles with each attempt (from `retry_backoff`, at most 32 times it).
-pub async fn settle(pool: &PgPool, p: &Published, retry_backoff: Duration) -> sqlx::Result<()> {
-    if p.sent.is_empty() && p.failed.is_empty() {
-        return Ok(());
-    }
-    let mut conn = pool.acquire().await?;
-    store::mark_sent(&mut conn, &p.sent).await?;
+pub async fn settle(shared: &Shared, p: &Published) -> sqlx::Result<()> {
+    shared.confirmed.add(&p.sent);
+    let retry_backoff = shared.settings.outbox.retry_backoff;
     if !p.failed.is_empty() {
+        let mut conn = shared.pool.acquire().await?;
         let retries: Vec<(i64, String, Duration)> = p
             .failed
             .iter()
@@ -152,6 +151,57 @@ pub async fn settle(pool: &PgPool, p: &Published, retry_backoff: Duration) -> sq
         store::mark_failed(&mut conn, &retries).await?;
     }
     Ok(())
+}
+
+/// Marks confirmed outbox rows sent, many at a time: a reconciler woken every
+/// `outbox.settle_interval` (or when many are waiting); [`Settler::step`] can be called
+/// directly.
+pub struct Settler<'a> {
+    shared: &'a Shared,
+}
+
+impl<'a> Settler<'a> {
+    pub fn new(shared: &'a Shared) -> Settler<'a> {
+        Settler { shared }
+    }
+
+    /// Marks what is waiting; how many rows. On failure they wait for the next step.
+    pub async fn step(&self) -> sqlx::Result<usize> {
+        let ids = self.shared.confirmed.take();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let marked = async {
+            let mut conn = self.shared.pool.acquire().await?;
+            store::mark_sent(&mut conn, &ids).await
+        }
+        .await;
+        match marked {
+            Ok(()) => Ok(ids.len()),
+            Err(e) => {
+                self.shared.confirmed.add(&ids);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs until `stop`, then marks what is left.
+    pub async fn run(&self, stop: CancellationToken) {
+        let every = self.shared.settings.outbox.settle_interval;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+                _ = self.shared.confirmed.wake.notified() => {}
+            }
+            if let Err(e) = self.step().await {
+                tracing::warn!(error = %e, "could not mark confirmed messages sent; will retry");
+            }
+        }
+        if let Err(e) = self.step().await {
+            tracing::warn!(error = %e, "could not mark confirmed messages sent; the relay sends them again after their lease");
+        }
+    }
 }
 
 /// Publishes what batches hand it, in order, until its sender is dropped (then it has
@@ -177,8 +227,8 @@ pub async fn run(
             .metrics
             .returned
             .inc_by(p.failed.iter().filter(|f| f.returned).count() as u64);
-        if let Err(e) = settle(&shared.pool, &p, shared.settings.outbox.retry_backoff).await {
-            tracing::warn!(error = %e, "could not mark published messages sent; the relay will send them again after their lease");
+        if let Err(e) = settle(shared, &p).await {
+            tracing::warn!(error = %e, "could not record what the broker said; the relay sends those messages again after their lease");
         }
     }
     publisher.close().await;

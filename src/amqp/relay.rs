@@ -70,7 +70,7 @@ impl<'a> Relay<'a> {
             .publisher
             .publish(&queued, |id| attempts.get(&id).copied().unwrap_or(0))
             .await?;
-        settle(&self.shared.pool, &p, cfg.retry_backoff).await?;
+        settle(self.shared, &p).await?;
         report.published = p.sent.len();
         report.returned = p.failed.iter().filter(|f| f.returned).count();
         report.nacked = p.failed.len() - report.returned;

@@ -11,6 +11,7 @@ use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::consumer::{self, ConsumerError};
+use crate::amqp::publisher::Settler;
 use crate::amqp::topology::{Declarer, TopologyError};
 use crate::amqp::{connect, relay};
 use crate::db;
@@ -96,6 +97,11 @@ async fn supervise(
     let relaying = relay::run(relay, stop_relay.clone());
     tokio::pin!(relaying);
     let mut relay_ended = false;
+    let settler = Settler::new(shared);
+    let stop_settler = CancellationToken::new();
+    let settling = settler.run(stop_settler.clone());
+    tokio::pin!(settling);
+    let mut settled = false;
     let mut leases = Partitions::new(shared);
     let mut running: HashMap<u32, CancellationToken> = HashMap::new();
     let mut workers = FuturesUnordered::new();
@@ -139,6 +145,11 @@ async fn supervise(
                     break Err(anyhow::Error::from(e).context(format!("inbox partition {p}")));
                 }
             }
+            // It only returns once stopped: polled here so it runs beside the rest.
+            () = &mut settling, if !settled => {
+                settled = true;
+                break Err(anyhow::anyhow!("the settler stopped"));
+            }
             r = &mut relaying => {
                 relay_ended = true;
                 break match r {
@@ -159,10 +170,18 @@ async fn supervise(
     }
     leases.close().await;
     stop_relay.cancel();
-    if !relay_ended {
-        if let (Ok(()), Err(e)) = (&outcome, (&mut relaying).await) {
-            return Err(e.into());
-        }
+    let relayed = if relay_ended {
+        Ok(())
+    } else {
+        (&mut relaying).await
+    };
+    // Last, what every publisher and the relay had confirmed is marked sent.
+    stop_settler.cancel();
+    if !settled {
+        settling.await;
+    }
+    if let (Ok(()), Err(e)) = (&outcome, relayed) {
+        return Err(e.into());
     }
     outcome
 }

@@ -236,38 +236,6 @@ pub struct NewEscalation {
     pub message_id: String,
 }
 
-pub async fn insert_escalations(
-    conn: &mut PgConnection,
-    rows: &[NewEscalation],
-) -> sqlx::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO escalations (id, chain_id, workflow_id, clock, clock_id, owner_role, agent_id, level,
-                                  target, severity, raised_at, next_level_at, message_id)
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[],
-                              $7::text[], $8::int[], $9::text[], $10::text[], $11::timestamptz[],
-                              $12::timestamptz[], $13::text[])",
-    )
-    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.chain_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.workflow_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.clock.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.clock_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.owner_role.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.agent_id.as_deref()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.level).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.target.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.severity.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.raised_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.next_level_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// A chain acknowledged: its open escalations stop climbing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainAck {

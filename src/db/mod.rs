@@ -4,6 +4,7 @@
 //! commands, `read` the queries behind the manager-facing CLI.
 
 pub mod batch;
+pub mod deadlines;
 pub mod lease;
 pub mod read;
 pub mod store;

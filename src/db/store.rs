@@ -218,102 +218,6 @@ pub async fn escalation_chain(
         .transpose()
 }
 
-/// The workflow a clock or an escalation belongs to (for locking it first).
-pub async fn deadline_workflow(
-    conn: &mut PgConnection,
-    d: &Deadline,
-) -> sqlx::Result<Option<String>> {
-    let sql = match d.kind {
-        DeadlineKind::Breach | DeadlineKind::Warning => {
-            "SELECT workflow_id FROM sla_clocks WHERE id = $1"
-        }
-        DeadlineKind::Ladder => "SELECT workflow_id FROM escalations WHERE id = $1",
-    };
-    sqlx::query_scalar(sql)
-        .bind(d.id)
-        .fetch_optional(conn)
-        .await
-}
-
-/// A clock the timer has just breached or warned about.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct FiredClock {
-    pub workflow_id: String,
-    pub clock: String,
-    pub round: i32,
-    pub owner_role: String,
-    pub owner_agent_id: Option<String>,
-    pub subject_agent_id: Option<String>,
-    pub severity: String,
-    pub due_at: DateTime<Utc>,
-}
-
-const FIRED_CLOCK: &str =
-    "workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, due_at";
-
-/// Marks an armed, due clock breached; `None` if it is no longer armed or not yet due
-/// (met, cancelled, snoozed, or breached by another coordinator).
-pub async fn breach_clock(
-    conn: &mut PgConnection,
-    id: i64,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Option<FiredClock>> {
-    sqlx::query_as(&format!(
-        "UPDATE sla_clocks SET status = 'breached', closed_at = $2, closed_by = 'timer'
-         WHERE id = $1 AND status = 'armed' AND due_at <= $2 RETURNING {FIRED_CLOCK}"
-    ))
-    .bind(id)
-    .bind(now)
-    .fetch_optional(conn)
-    .await
-}
-
-/// Marks an armed clock warned, once.
-pub async fn warn_clock(
-    conn: &mut PgConnection,
-    id: i64,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Option<FiredClock>> {
-    sqlx::query_as(&format!(
-        "UPDATE sla_clocks SET warned_at = $2
-         WHERE id = $1 AND status = 'armed' AND warned_at IS NULL AND warn_at <= $2 RETURNING {FIRED_CLOCK}"
-    ))
-    .bind(id)
-    .bind(now)
-    .fetch_optional(conn)
-    .await
-}
-
-/// An escalation whose ladder step is due.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DueEscalation {
-    pub workflow_id: String,
-    pub chain_id: i64,
-    pub clock: String,
-    pub clock_id: Option<i64>,
-    pub owner_role: String,
-    pub agent_id: Option<String>,
-    pub level: i32,
-    pub severity: String,
-}
-
-/// Takes an unacknowledged escalation's due ladder step, once.
-pub async fn take_ladder_step(
-    conn: &mut PgConnection,
-    id: i64,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Option<DueEscalation>> {
-    sqlx::query_as(
-        "UPDATE escalations SET next_level_at = NULL
-         WHERE id = $1 AND acknowledged_at IS NULL AND next_level_at <= $2
-         RETURNING workflow_id, chain_id, clock, clock_id, owner_role, agent_id, level, severity",
-    )
-    .bind(id)
-    .bind(now)
-    .fetch_optional(conn)
-    .await
-}
-
 /// Every deadline before `until`, earliest first, at most `limit`; and whether the
 /// limit cut the list (then the caller's window must end at the last one returned).
 pub async fn deadlines_before(
@@ -376,25 +280,6 @@ pub struct OutboxMessage {
     pub causation_id: Option<String>,
     pub app_id: String,
     pub body: Vec<u8>,
-}
-
-/// Queues a message; a second insert of the same id (a re-run) changes nothing.
-pub async fn enqueue(conn: &mut PgConnection, m: &OutboxMessage) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id, causation_id, app_id, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(&m.message_id)
-    .bind(&m.exchange)
-    .bind(&m.routing_key)
-    .bind(&m.message_type)
-    .bind(&m.correlation_id)
-    .bind(&m.causation_id)
-    .bind(&m.app_id)
-    .bind(&m.body)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Leases due unsent rows to this relay: they become due again `lease` from now, so a

@@ -679,6 +679,14 @@ pub fn format_row(r: &Row) -> String {
             t.fired, t.expected, t.escalations, t.distinct_clocks, t.p50_ms, t.p99_ms, t.max_ms
         ));
     }
+    s.push_str(&format!(
+        "; CPU s: RabbitMQ {:.1}, PostgreSQL {:.1}, machine {:.1} of {:.1} ({:.0}% busy)",
+        o.cpu.broker,
+        o.cpu.database,
+        o.cpu.machine_busy,
+        o.cpu.machine_total,
+        100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9)
+    ));
     if let Some(i) = &r.inside {
         s.push_str(&format!(
             "; inside: {:.0} batches/s of {:.1} msgs, {:.1} ms and {:.1} statements each; PostgreSQL {:.0} commits/s",
@@ -698,8 +706,8 @@ pub fn format_row(r: &Row) -> String {
 pub fn report(opts: &Options, rows: &[Row]) -> String {
     let mut out = format!(
         "Window {:?} after {:?} warm-up; {} cores.\n\n\
-         | profile | run | offered | wf/s | agent msg/s | % ceiling | handoff p50/p99/max ms | workflow p50/p99 ms | coord CPU s (cores) | coord peak RSS MiB | loadgen CPU s | backlog | timers fired, lateness p50/p99/max ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | profile | run | offered | wf/s | agent msg/s | % ceiling | handoff p50/p99/max ms | workflow p50/p99 ms | coord CPU s (cores) | coord peak RSS MiB | loadgen CPU s | RabbitMQ / PostgreSQL CPU s | machine busy | backlog | timers fired, lateness p50/p99/max ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         opts.window,
         opts.warmup,
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -726,7 +734,7 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
             },
         );
         out.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.0}% | {:.1}/{:.1}/{:.1} | {:.0}/{:.0} | {} ({}) | {} | {} | {} in flight mid/end {mid}/{end} | {timers} |\n",
+            "| {} | {} | {} | {:.1} | {:.0} | {:.0}% | {:.1}/{:.1}/{:.1} | {:.0}/{:.0} | {} ({}) | {} | {} | {:.1} / {:.1} | {:.0}% | {} in flight mid/end {mid}/{end} | {timers} |\n",
             r.profile,
             r.run,
             r.offered,
@@ -742,6 +750,9 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
             opt(o.coordinator_cpu_s.map(|c| c / o.window_s), 2),
             opt(r.coordinator_peak_rss_mib, 0),
             opt(o.loadgen_cpu_s, 1),
+            o.cpu.broker,
+            o.cpu.database,
+            100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9),
             if r.backlog_grows { "GROWS" } else { "steady" },
         ));
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::stats::{cpu_seconds, Counters, Percentiles, Recorder};
+use super::stats::{cpu_seconds, Counters, CpuSplit, Percentiles, Recorder};
 use super::team::{Team, MESSAGES_PER_WORKFLOW};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,6 +47,8 @@ pub struct Observed {
     pub workflow: Percentiles,
     pub coordinator_cpu_s: Option<f64>,
     pub loadgen_cpu_s: Option<f64>,
+    /// RabbitMQ's, PostgreSQL's and the whole machine's CPU over the window.
+    pub cpu: CpuSplit,
     pub backlog: Vec<BacklogSample>,
     /// Workflows started but not completed when the drain ended.
     pub unfinished: u64,
@@ -114,6 +116,7 @@ where
     let mut sample_at = window_start;
     let mut in_window = false;
     let mut base = (0, 0, None, None);
+    let mut split = CpuSplit::default();
     let mut backlog = Vec::new();
     loop {
         let now = Instant::now();
@@ -127,6 +130,7 @@ where
                 coordinator_pid.and_then(cpu_seconds),
                 cpu_seconds(std::process::id()),
             );
+            split = CpuSplit::now();
         }
         if now >= window_end {
             break;
@@ -159,6 +163,7 @@ where
     }
     rec.recording
         .store(false, std::sync::atomic::Ordering::Relaxed);
+    let cpu = CpuSplit::now().since(&split);
     let completed = Counters::get(&c.completed) - base.0;
     let published = Counters::get(&c.published) - base.1;
     let coordinator_cpu_s = match (base.2, coordinator_pid.and_then(cpu_seconds)) {
@@ -194,6 +199,7 @@ where
         workflow: rec.workflow.take(),
         coordinator_cpu_s,
         loadgen_cpu_s,
+        cpu,
         backlog,
         unfinished,
     }

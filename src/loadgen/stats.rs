@@ -124,6 +124,66 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU seconds used so far by every process whose command name is `comm` (e.g.
+/// `beam.smp` for RabbitMQ, `postgres` for PostgreSQL's backends and workers).
+pub fn cpu_seconds_of(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter_map(cpu_seconds)
+        .sum()
+}
+
+/// The machine's busy and total CPU seconds so far (all cores, from /proc/stat).
+pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some(((total - idle) / 100.0, total / 100.0))
+}
+
+/// CPU seconds of the pieces on this machine.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct CpuSplit {
+    pub broker: f64,
+    pub database: f64,
+    pub machine_busy: f64,
+    pub machine_total: f64,
+}
+
+impl CpuSplit {
+    pub fn now() -> CpuSplit {
+        let (busy, total) = machine_cpu_seconds().unwrap_or_default();
+        CpuSplit {
+            broker: cpu_seconds_of("beam.smp"),
+            database: cpu_seconds_of("postgres"),
+            machine_busy: busy,
+            machine_total: total,
+        }
+    }
+
+    pub fn since(&self, before: &CpuSplit) -> CpuSplit {
+        CpuSplit {
+            broker: self.broker - before.broker,
+            database: self.database - before.database,
+            machine_busy: self.machine_busy - before.machine_busy,
+            machine_total: self.machine_total - before.machine_total,
+        }
+    }
+}
+
 /// Peak resident memory of a process in MiB (VmHWM).
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_kib(pid, "VmHWM:").map(|k| k / 1024.0)

@@ -1,7 +1,9 @@
 //! The bench agents: one agent per role of the happy path, each with several consumer
 //! instances on its task queue (competing consumers, manual acks). An instance that
 //! receives a task publishes the replies the protocol expects, waits for the broker to
-//! confirm them, and only then acks the task — as a careful agent would.
+//! confirm them, and only then acks the task — as a careful agent would. An instance
+//! works on the tasks it has prefetched concurrently, so waiting for confirms does not
+//! make the bench agents the bottleneck.
 //!
 //! Every message carries `t` (when it was published, [`now_ns`]) and `t0` (when its
 //! workflow started) in `payload.data`. The coordinator copies the causing message's
@@ -206,6 +208,8 @@ fn confirmed(c: Result<Confirmation, lapin::Error>) -> bool {
     matches!(c, Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested))
 }
 
+/// Handles the tasks of one consumer instance concurrently (up to its prefetch): each
+/// is acked once its replies are confirmed.
 async fn serve_tasks(
     role: &'static str,
     agent_id: String,
@@ -214,61 +218,80 @@ async fn serve_tasks(
     rec: Arc<Recorder>,
     done: Option<mpsc::UnboundedSender<()>>,
 ) {
-    let c = &rec.counters;
-    while let Some(Ok(delivery)) = consumer.next().await {
-        let env: Envelope = match serde_json::from_slice(&delivery.data) {
-            Ok(e) => e,
-            Err(_) => {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                continue;
+    let mut handling = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            delivery = consumer.next() => {
+                let Some(Ok(delivery)) = delivery else { break };
+                handling.push(handle_task(role, &agent_id, &channel, delivery, &rec, done.as_ref()));
             }
-        };
-        let mt = env.header.message_type.as_str();
-        let data = &env.payload.data;
-        let t = data.get("t").and_then(Value::as_u64);
-        let t0 = data.get("t0").and_then(Value::as_u64);
-        if ends_handoff(mt) {
-            Counters::inc(&c.tasks);
-            if let (true, Some(t)) = (rec.recording(), t) {
-                rec.handoff.record_since(t);
-            }
-        } else {
-            Counters::inc(&c.notices);
+            Some(()) = handling.next() => {}
         }
-        if role == PRODUCT && mt == "feature_deployed" {
-            Counters::inc(&c.completed);
-            if let (true, Some(t0)) = (rec.recording(), t0) {
-                rec.workflow.record_since(t0);
-            }
-            if let Some(done) = &done {
-                let _ = done.send(());
-            }
-        }
-        let mut confirms = Vec::new();
-        for reply in replies(role, mt) {
-            let data = json!({"t": now_ns(), "t0": t0});
-            let e = Envelope::from_agent(
-                &agent_id,
-                role,
-                reply,
-                &env.header.correlation_id,
-                data,
-                Utc::now(),
-            );
-            match publish(&channel, &e).await {
-                Ok(confirm) => confirms.push(confirm),
-                Err(_) => Counters::inc(&c.publish_failures),
-            }
-        }
-        for confirm in confirms {
-            if confirmed(confirm.await) {
-                Counters::inc(&c.published);
-            } else {
-                Counters::inc(&c.publish_failures);
-            }
-        }
-        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
     }
+    while handling.next().await.is_some() {}
+}
+
+async fn handle_task(
+    role: &'static str,
+    agent_id: &str,
+    channel: &Channel,
+    delivery: lapin::message::Delivery,
+    rec: &Recorder,
+    done: Option<&mpsc::UnboundedSender<()>>,
+) {
+    let c = &rec.counters;
+    let env: Envelope = match serde_json::from_slice(&delivery.data) {
+        Ok(e) => e,
+        Err(_) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            return;
+        }
+    };
+    let mt = env.header.message_type.as_str();
+    let data = &env.payload.data;
+    let t = data.get("t").and_then(Value::as_u64);
+    let t0 = data.get("t0").and_then(Value::as_u64);
+    if ends_handoff(mt) {
+        Counters::inc(&c.tasks);
+        if let (true, Some(t)) = (rec.recording(), t) {
+            rec.handoff.record_since(t);
+        }
+    } else {
+        Counters::inc(&c.notices);
+    }
+    if role == PRODUCT && mt == "feature_deployed" {
+        Counters::inc(&c.completed);
+        if let (true, Some(t0)) = (rec.recording(), t0) {
+            rec.workflow.record_since(t0);
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+    let mut confirms = Vec::new();
+    for reply in replies(role, mt) {
+        let data = json!({"t": now_ns(), "t0": t0});
+        let e = Envelope::from_agent(
+            agent_id,
+            role,
+            reply,
+            &env.header.correlation_id,
+            data,
+            Utc::now(),
+        );
+        match publish(channel, &e).await {
+            Ok(confirm) => confirms.push(confirm),
+            Err(_) => Counters::inc(&c.publish_failures),
+        }
+    }
+    for confirm in confirms {
+        if confirmed(confirm.await) {
+            Counters::inc(&c.published);
+        } else {
+            Counters::inc(&c.publish_failures);
+        }
+    }
+    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
 }
 
 /// Publishes `requirements_ready` for every workflow id received, confirms awaited

@@ -2,7 +2,8 @@
 //! time. Holds only the next window of deadlines in memory (a min-heap), reloaded
 //! every half window, on `NOTIFY coordinator_timers`, and at start; deadlines armed by
 //! this process inside the window are pushed in at once ([`crate::runtime::Shared::schedule`]).
-//! What firing does is in [`fire`]; this module only decides *when*.
+//! What firing does is in [`fire`] (many due deadlines per transaction); this module
+//! only decides *when*.
 
 pub mod fire;
 
@@ -23,8 +24,15 @@ use crate::runtime::Shared;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StepReport {
     pub fired: usize,
+    /// Due, but their workflow was held by another transaction: tried again shortly.
+    pub skipped: usize,
     pub failed: usize,
 }
+
+/// When a deadline whose workflow was busy is tried again.
+const SKIPPED_RETRY: Duration = Duration::from_millis(20);
+/// When a deadline whose batch failed is tried again.
+const FAILED_RETRY: Duration = Duration::from_millis(500);
 
 pub struct Timer<'a> {
     shared: &'a Shared,
@@ -33,6 +41,10 @@ pub struct Timer<'a> {
     window_end: DateTime<Utc>,
     /// When the window is read again from the database.
     reload_at: DateTime<Utc>,
+    /// When deadlines tried again were first due (for their lateness).
+    first_due: std::collections::HashMap<(crate::domain::sla::DeadlineKind, i64), DateTime<Utc>>,
+    /// Deadlines created by firing (next ladder steps), for the heap.
+    next: Vec<Deadline>,
 }
 
 impl<'a> Timer<'a> {
@@ -42,6 +54,8 @@ impl<'a> Timer<'a> {
             heap: BinaryHeap::new(),
             window_end: DateTime::<Utc>::MIN_UTC,
             reload_at: DateTime::<Utc>::MIN_UTC,
+            first_due: std::collections::HashMap::new(),
+            next: Vec::new(),
         }
     }
 
@@ -85,7 +99,8 @@ impl<'a> Timer<'a> {
         }
     }
 
-    /// Reloads if due, then fires every deadline that has come.
+    /// Reloads if due, then fires every deadline that has come, in batches of
+    /// `timers.batch_size` (each one transaction), `timers.concurrency` at a time.
     pub async fn step(&mut self, now: DateTime<Utc>) -> sqlx::Result<StepReport> {
         if now >= self.reload_at {
             self.reload(now).await?;
@@ -104,33 +119,64 @@ impl<'a> Timer<'a> {
             return Ok(report);
         }
         let shared = self.shared;
-        let mut results = futures_util::stream::iter(due)
-            .map(|d| async move { (d, fire::fire(shared, d).await) })
-            .buffer_unordered(shared.settings.timers.concurrency);
-        let mut next = Vec::new();
-        while let Some((d, res)) = results.next().await {
+        let cfg = &shared.settings.timers;
+        let chunks: Vec<Vec<Deadline>> = due
+            .chunks(cfg.batch_size.max(1))
+            .map(<[Deadline]>::to_vec)
+            .collect();
+        let mut results = futures_util::stream::iter(chunks)
+            .map(|chunk| async move {
+                let fired = fire::fire(shared, &chunk, Utc::now()).await;
+                (chunk, fired)
+            })
+            .buffer_unordered(cfg.concurrency);
+        let mut again = Vec::new();
+        let mut queued = false;
+        while let Some((chunk, res)) = results.next().await {
+            let fired_at = Utc::now();
             match res {
-                Ok(fired) => {
-                    report.fired += usize::from(fired.fired);
-                    next.extend(fired.deadlines);
+                Ok(f) => {
+                    for d in &f.fired {
+                        let due_at = self.first_due.remove(&(d.kind, d.id)).unwrap_or(d.at);
+                        let lateness = (fired_at - due_at).to_std().unwrap_or_default();
+                        shared
+                            .metrics
+                            .timer_lateness
+                            .with_label_values(&[d.kind.as_str()])
+                            .observe(lateness.as_secs_f64());
+                    }
+                    report.fired += f.fired.len();
+                    report.skipped += f.skipped.len();
+                    queued |= !f.queued.is_empty();
+                    // Another transaction held their workflows: shortly, again.
+                    again.extend(f.skipped.iter().map(|d| (*d, SKIPPED_RETRY)));
+                    self.next.extend(f.next);
                 }
                 Err(e) => {
-                    report.failed += 1;
-                    tracing::warn!(error = %e, kind = d.kind.as_str(), id = d.id, "could not fire a deadline; will retry");
-                    // Retry soon; the guard in the UPDATE keeps it exactly once.
-                    next.push(Deadline {
-                        at: add(Utc::now(), Duration::from_millis(500)),
-                        ..d
-                    });
+                    report.failed += chunk.len();
+                    tracing::warn!(error = %e, deadlines = chunk.len(), "could not fire deadlines; will retry");
+                    // The guards in the statement keep them exactly once.
+                    again.extend(chunk.iter().map(|d| (*d, FAILED_RETRY)));
                 }
             }
         }
-        for d in next {
+        drop(results);
+        for (d, wait) in again {
+            self.first_due.entry((d.kind, d.id)).or_insert(d.at);
+            self.heap.push(Reverse(Deadline {
+                at: add(Utc::now(), wait),
+                ..d
+            }));
+        }
+        for d in std::mem::take(&mut self.next) {
             if d.at < self.window_end {
                 self.heap.push(Reverse(d));
             }
         }
         if report.fired > 0 {
+            tracing::debug!(fired = report.fired, "deadlines fired");
+        }
+        if queued {
             self.shared.wake_relay.notify_one();
         }
         Ok(report)

@@ -1,0 +1,147 @@
+//! The timers' statements: which deadlines come in the next window, and taking a batch
+//! of due ones in one statement.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Row};
+
+/// A clock the timer has just breached or warned about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FiredClock {
+    pub id: i64,
+    pub workflow_id: String,
+    pub clock: String,
+    pub round: i32,
+    pub owner_role: String,
+    pub owner_agent_id: Option<String>,
+    pub subject_agent_id: Option<String>,
+    pub severity: String,
+    pub due_at: DateTime<Utc>,
+}
+
+/// An escalation whose ladder step the timer has just taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClimbedEscalation {
+    pub id: i64,
+    pub workflow_id: String,
+    pub chain_id: i64,
+    pub clock: String,
+    pub clock_id: Option<i64>,
+    pub owner_role: String,
+    pub agent_id: Option<String>,
+    pub level: i32,
+    pub severity: String,
+}
+
+/// What [`take_due`] took.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// The workflow of each deadline asked for that still exists: (is a clock, id,
+    /// workflow id).
+    pub wanted: Vec<(bool, i64, String)>,
+    /// The workflows locked (id, state); deadlines of other workflows were skipped
+    /// because another transaction held them.
+    pub workflows: Vec<(String, String)>,
+    pub warned: Vec<FiredClock>,
+    pub breached: Vec<FiredClock>,
+    pub climbed: Vec<ClimbedEscalation>,
+}
+
+/// In one statement: locks the workflows of the given deadlines (in id order, skipping
+/// those another transaction holds), then marks the due warnings warned, the due clocks
+/// breached and the due ladder steps taken, each guarded (`status = 'armed'`,
+/// `warned_at IS NULL`, `next_level_at <= now`), so a deadline fires once however many
+/// coordinators try. A clock id may appear in only one of `warnings` and `breaches`.
+pub async fn take_due(
+    conn: &mut PgConnection,
+    warnings: &[i64],
+    breaches: &[i64],
+    ladder: &[i64],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Taken> {
+    let rows = sqlx::query(
+        "WITH
+         wanted AS (
+           SELECT true AS is_clock, id, workflow_id FROM sla_clocks WHERE id = ANY($1) OR id = ANY($2)
+           UNION ALL SELECT false, id, workflow_id FROM escalations WHERE id = ANY($3)),
+         locked AS (
+           SELECT id, state FROM workflows WHERE id IN (SELECT workflow_id FROM wanted)
+           ORDER BY id FOR UPDATE SKIP LOCKED),
+         warned AS (
+           UPDATE sla_clocks SET warned_at = $4
+           WHERE id = ANY($1) AND workflow_id IN (SELECT id FROM locked)
+             AND status = 'armed' AND warned_at IS NULL AND warn_at <= $4
+           RETURNING id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, due_at),
+         breached AS (
+           UPDATE sla_clocks SET status = 'breached', closed_at = $4, closed_by = 'timer'
+           WHERE id = ANY($2) AND workflow_id IN (SELECT id FROM locked)
+             AND status = 'armed' AND due_at <= $4
+           RETURNING id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, due_at),
+         climbed AS (
+           UPDATE escalations SET next_level_at = NULL
+           WHERE id = ANY($3) AND workflow_id IN (SELECT id FROM locked)
+             AND acknowledged_at IS NULL AND next_level_at <= $4
+           RETURNING id, workflow_id, chain_id, clock, clock_id, owner_role, agent_id, level, severity)
+         SELECT 'locked' AS kind, NULL::bigint AS id, id AS workflow_id, state AS clock, NULL::int AS round,
+                NULL AS owner_role, NULL AS owner_agent_id, NULL AS subject_agent_id, NULL AS severity,
+                NULL::timestamptz AS due_at, NULL::bigint AS chain_id, NULL::bigint AS clock_id, NULL::int AS level
+           FROM locked
+         UNION ALL SELECT 'warned', id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id,
+                severity, due_at, NULL, NULL, NULL FROM warned
+         UNION ALL SELECT 'breached', id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id,
+                severity, due_at, NULL, NULL, NULL FROM breached
+         UNION ALL SELECT 'climbed', id, workflow_id, clock, NULL, owner_role, agent_id, NULL, severity, NULL,
+                chain_id, clock_id, level FROM climbed
+         UNION ALL SELECT CASE WHEN is_clock THEN 'wanted_clock' ELSE 'wanted_escalation' END, id, workflow_id,
+                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM wanted",
+    )
+    .bind(warnings)
+    .bind(breaches)
+    .bind(ladder)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    let mut t = Taken::default();
+    for r in &rows {
+        let kind: &str = r.try_get("kind")?;
+        match kind {
+            "locked" => t
+                .workflows
+                .push((r.try_get("workflow_id")?, r.try_get("clock")?)),
+            "wanted_clock" | "wanted_escalation" => t.wanted.push((
+                kind == "wanted_clock",
+                r.try_get("id")?,
+                r.try_get("workflow_id")?,
+            )),
+            "climbed" => t.climbed.push(ClimbedEscalation {
+                id: r.try_get("id")?,
+                workflow_id: r.try_get("workflow_id")?,
+                chain_id: r.try_get("chain_id")?,
+                clock: r.try_get("clock")?,
+                clock_id: r.try_get("clock_id")?,
+                owner_role: r.try_get("owner_role")?,
+                agent_id: r.try_get("owner_agent_id")?,
+                level: r.try_get("level")?,
+                severity: r.try_get("severity")?,
+            }),
+            _ => {
+                let c = FiredClock {
+                    id: r.try_get("id")?,
+                    workflow_id: r.try_get("workflow_id")?,
+                    clock: r.try_get("clock")?,
+                    round: r.try_get("round")?,
+                    owner_role: r.try_get("owner_role")?,
+                    owner_agent_id: r.try_get("owner_agent_id")?,
+                    subject_agent_id: r.try_get("subject_agent_id")?,
+                    severity: r.try_get("severity")?,
+                    due_at: r.try_get("due_at")?,
+                };
+                if kind == "warned" {
+                    t.warned.push(c);
+                } else {
+                    t.breached.push(c);
+                }
+            }
+        }
+    }
+    Ok(t)
+}
