@@ -10,9 +10,11 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::activity;
 use crate::amqp::supervisor;
 use crate::db;
 use crate::housekeeping;
+use crate::notifications;
 use crate::runtime::{Shared, Status};
 use crate::settings::Settings;
 use crate::timers;
@@ -95,11 +97,17 @@ impl App {
             }
             r
         };
-        let ((), (), supervised, ()) = tokio::join!(
+        let ((), (), supervised, (), (), ()) = tokio::join!(
             stopper,
             timer_then_supervisor,
             supervising,
-            housekeeping::run(&shared.pool, &shared.settings.retention, timer_stop.clone())
+            housekeeping::run(&shared.pool, &shared.settings.retention, timer_stop.clone()),
+            notifications::run(&shared, timer_stop.clone()),
+            activity::run(
+                &shared.metrics,
+                shared.settings.log.activity_interval,
+                timer_stop.clone()
+            )
         );
         if let Err(e) = supervised {
             shutdown.cancel();

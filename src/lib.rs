@@ -14,16 +14,20 @@
 //! - [`escalations`]: raising and acknowledging escalations (one writer for all).
 //! - [`timers`]: fires SLA breaches, warnings and escalation-ladder steps on time.
 //! - [`housekeeping`]: keeps the outbox and the deduplication keys bounded.
+//! - [`notifications`]: LISTENs for other processes' changes (deadlines, agents).
 //! - [`amqp`]: the connection supervisor, topology, inbox consumers, publishers and
 //!   the outbox relay.
 //! - [`partitions`]: sharing the inbox's partitions among running coordinators.
-//! - [`runtime`]: state shared by the running tasks (readiness, metrics, signals).
+//! - [`runtime`]: state shared by the running tasks (readiness, metrics, signals, the
+//!   agent cache).
+//! - [`activity`]: a line a second at info of what the service did.
 //! - [`http`]: health, readiness and metrics.
 //! - [`app`]: `App::build(settings)` + `run(shutdown)`, used by `main` and the tests.
 //! - [`cli`]: the command tree and the operator/manager commands.
 //! - [`agent`]: a small client that speaks the protocol as an agent (tests, demo).
 //! - [`loadgen`]: the load generator and benchmark suite behind `make bench`.
 
+pub mod activity;
 pub mod agent;
 pub mod amqp;
 pub mod app;
@@ -34,6 +38,7 @@ pub mod escalations;
 pub mod housekeeping;
 pub mod http;
 pub mod loadgen;
+pub mod notifications;
 pub mod partitions;
 pub mod pipeline;
 pub mod processor;

@@ -38,6 +38,8 @@ pub struct Shared {
     pushed: Mutex<Vec<Deadline>>,
     /// Signalled when deadlines are pushed.
     pub wake_timer: Notify,
+    /// Set when an operator moved deadlines (the timer reads its window again).
+    pub timers_changed: AtomicBool,
 }
 
 impl Shared {
@@ -59,6 +61,7 @@ impl Shared {
             wake_relay: Notify::new(),
             pushed: Mutex::new(Vec::new()),
             wake_timer: Notify::new(),
+            timers_changed: AtomicBool::new(false),
         }
     }
 

@@ -230,6 +230,9 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+    /// How often the `activity` line (counts since the last one) is logged at info.
+    #[serde(with = "humantime_serde")]
+    pub activity_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,6 +353,12 @@ impl Settings {
         if self.inbox.rebalance_interval.is_zero() {
             return Err(invalid(
                 "inbox.rebalance_interval",
+                "must be above zero".into(),
+            ));
+        }
+        if self.log.activity_interval.is_zero() {
+            return Err(invalid(
+                "log.activity_interval",
                 "must be above zero".into(),
             ));
         }

@@ -2,43 +2,22 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use common::{expect_next, http_get, TestEnv};
+use common::{expect_next, TestEnv};
 use coordinator::agent::Queue;
 use coordinator::settings::StaticAgent;
 use serde_json::json;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_becomes_ready_then_exits_0_on_sigterm() {
     let env = TestEnv::new().await;
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .arg("serve")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("COORDINATOR_ENV", "test")
-        .env("COORDINATOR__DATABASE__URL", &env.db_url)
-        .env("COORDINATOR__AMQP__URL", &env.amqp_url)
-        .env("COORDINATOR__HTTP__ADDR", format!("127.0.0.1:{port}"))
-        .env("COORDINATOR__LOG__FORMAT", "json")
-        .env("RUST_LOG", "info,coordinator=debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    common::eventually("serve to be ready", || async {
-        (http_get(addr, "/readyz").await.map(|r| r.0) == Some(200)).then_some(())
-    })
-    .await;
+    let serve = common::Serve::spawn(
+        &env,
+        &[
+            ("COORDINATOR__LOG__FORMAT", "json".into()),
+            ("RUST_LOG", "info,coordinator=debug".into()),
+        ],
+    );
+    serve.wait_ready().await;
 
     // A message in flight, so the log has a message line to check.
     let product = env.agent("product-1", "product-director").await;
@@ -48,27 +27,10 @@ async fn serve_becomes_ready_then_exits_0_on_sigterm() {
         .expect("publish");
     env.wait_state("wf-sig", "requirements_handoff").await;
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + common::WAIT;
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
+    serve.signal("-TERM");
+    let (code, stderr) = serve.wait_exit().await;
+    assert_eq!(code, Some(0), "graceful shutdown exits 0");
 
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("read logs");
     // Structured logs: the (debug) line about the message carries its workflow and
     // message ids.
     let processed = stderr

@@ -462,3 +462,46 @@ async fn housekeeping_deletes_only_what_outlived_its_retention() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registered_by_another_process_is_known_at_once() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    product
+        .send("requirements_ready", "wf-cache-1", json!({}))
+        .await
+        .expect("publish");
+    env.wait_state("wf-cache-1", "requirements_handoff").await;
+    // The cache is loaded and fresh; no engineering agent is registered yet.
+    assert!(!app.shared.agents.is_stale(std::time::Instant::now()));
+
+    // `coordinator agent add`, as another process would run it.
+    coordinator::cli::add_agent(&env.settings(), &env.pool, "eng-1", "engineering-director")
+        .await
+        .expect("agent add");
+    common::eventually(
+        "the registration to reach the running coordinator",
+        || async {
+            app.shared
+                .agents
+                .is_stale(std::time::Instant::now())
+                .then_some(())
+        },
+    )
+    .await;
+    product
+        .send("requirements_ready", "wf-cache-2", json!({}))
+        .await
+        .expect("publish");
+    env.wait_state("wf-cache-2", "requirements_handoff").await;
+    // The only engineering agent owns engineering's clocks.
+    let owners: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT owner_agent_id FROM sla_clocks WHERE workflow_id = 'wf-cache-2' ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("owners");
+    assert_eq!(owners, vec![Some("eng-1".to_string()); 3]);
+    app.stop().await;
+}

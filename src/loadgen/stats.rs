@@ -82,6 +82,8 @@ pub struct Counters {
     pub escalations: AtomicU64,
     /// Publishes the broker did not confirm.
     pub publish_failures: AtomicU64,
+    /// Tasks received again (the coordinator sends at least once): acked, not redone.
+    pub redelivered: AtomicU64,
 }
 
 impl Counters {

@@ -76,6 +76,20 @@ fn ends_handoff(message_type: &str) -> bool {
     )
 }
 
+/// Message ids of the tasks an agent has handled (shared by its instances).
+#[derive(Debug, Clone, Default)]
+struct Seen(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl Seen {
+    /// True the first time an id is seen.
+    fn first(&self, message_id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(message_id.to_string())
+    }
+}
+
 pub struct Team {
     conns: Vec<Connection>,
     tasks: Vec<JoinHandle<()>>,
@@ -103,6 +117,7 @@ impl Team {
         for role in ROLES {
             let id = agent_id(role);
             let conn = connect(url, &id).await?;
+            let seen = Seen::default();
             for i in 0..instances {
                 let ch = confirm_channel(&conn).await?;
                 ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
@@ -115,6 +130,7 @@ impl Team {
                     consumer,
                     rec.clone(),
                     done,
+                    seen.clone(),
                 )));
                 if role == PRODUCT {
                     let ch = confirm_channel(&conn).await?;
@@ -217,13 +233,14 @@ async fn serve_tasks(
     mut consumer: Consumer,
     rec: Arc<Recorder>,
     done: Option<mpsc::UnboundedSender<()>>,
+    seen: Seen,
 ) {
     let mut handling = FuturesUnordered::new();
     loop {
         tokio::select! {
             delivery = consumer.next() => {
                 let Some(Ok(delivery)) = delivery else { break };
-                handling.push(handle_task(role, &agent_id, &channel, delivery, &rec, done.as_ref()));
+                handling.push(handle_task(role, &agent_id, &channel, delivery, &rec, done.as_ref(), &seen));
             }
             Some(()) = handling.next() => {}
         }
@@ -238,6 +255,7 @@ async fn handle_task(
     delivery: lapin::message::Delivery,
     rec: &Recorder,
     done: Option<&mpsc::UnboundedSender<()>>,
+    seen: &Seen,
 ) {
     let c = &rec.counters;
     let env: Envelope = match serde_json::from_slice(&delivery.data) {
@@ -247,6 +265,13 @@ async fn handle_task(
             return;
         }
     };
+    // The coordinator sends at least once, with stable message ids: a task seen
+    // before (another instance of this agent may have had it) is acked and skipped.
+    if !seen.first(&env.header.message_id) {
+        Counters::inc(&c.redelivered);
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        return;
+    }
     let mt = env.header.message_type.as_str();
     let data = &env.payload.data;
     let t = data.get("t").and_then(Value::as_u64);

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::store;
@@ -192,11 +191,17 @@ impl<'a> Timer<'a> {
 /// Runs the timer until `stop`.
 pub async fn run(shared: &Shared, stop: CancellationToken) {
     let mut timer = Timer::new(shared);
-    let mut listener = listen(shared).await;
     let mut backoff = Duration::from_millis(200);
     loop {
         if stop.is_cancelled() {
             return;
+        }
+        // An operator moved a deadline (NOTIFY coordinator_timers): read the window again.
+        if shared
+            .timers_changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            timer.invalidate();
         }
         match timer.step(Utc::now()).await {
             Ok(_) => backoff = Duration::from_millis(200),
@@ -218,39 +223,6 @@ pub async fn run(shared: &Shared, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             _ = shared.wake_timer.notified() => {}
-            n = recv(&mut listener) => {
-                if n {
-                    timer.invalidate();
-                } else {
-                    listener = None;
-                }
-            }
         }
-    }
-}
-
-async fn listen(shared: &Shared) -> Option<PgListener> {
-    let mut l = match PgListener::connect_with(&shared.pool).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, "timer cannot LISTEN; operator changes are seen at the next reload");
-            return None;
-        }
-    };
-    match l.listen(store::TIMERS_CHANNEL).await {
-        Ok(()) => Some(l),
-        Err(e) => {
-            tracing::warn!(error = %e, "timer cannot LISTEN; operator changes are seen at the next reload");
-            None
-        }
-    }
-}
-
-/// Waits for a notification: true on one, false if the listener failed (forever
-/// pending without a listener).
-async fn recv(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(l) => l.recv().await.is_ok(),
-        None => std::future::pending().await,
     }
 }

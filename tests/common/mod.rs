@@ -354,3 +354,127 @@ fn init_logs() {
             .try_init();
     }
 }
+
+/// The inbox partition the broker routes `correlation_id` to, found by publishing a
+/// probe to the inbox exchange and reading it back. Call it before any coordinator
+/// consumes; the topology for `settings` must be declared (e.g. by registering an
+/// agent with them).
+pub async fn partition_of(env: &TestEnv, settings: &Settings, correlation_id: &str) -> u32 {
+    use lapin::options::{
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    };
+    let conn = coordinator::amqp::connect(&env.amqp_url, "probe")
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let props = lapin::BasicProperties::default().with_correlation_id(correlation_id.into());
+    ch.basic_publish(
+        &settings.inbox.exchange,
+        "probe.probe",
+        BasicPublishOptions::default(),
+        b"probe",
+        props,
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirmed");
+    let found = eventually("the probe to reach a partition", || async {
+        for p in 0..settings.inbox.partitions {
+            if let Some(m) = ch
+                .basic_get(&settings.inbox.queue(p), BasicGetOptions::default())
+                .await
+                .expect("get")
+            {
+                m.delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("ack");
+                return Some(p);
+            }
+        }
+        None
+    })
+    .await;
+    let _ = conn.close(200, "probed").await;
+    found
+}
+
+/// `coordinator serve` as a child process of its own, on this test's database and
+/// vhost, with `COORDINATOR_ENV=test` and the given environment on top.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub http: SocketAddr,
+}
+
+impl Serve {
+    pub fn spawn(env: &TestEnv, extra: &[(&str, String)]) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+        cmd.arg("serve")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("COORDINATOR_ENV", "test")
+            .env("COORDINATOR__DATABASE__URL", &env.db_url)
+            .env("COORDINATOR__AMQP__URL", &env.amqp_url)
+            .env("COORDINATOR__HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Serve {
+            child: cmd.spawn().expect("serve starts"),
+            http: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        eventually("serve to be ready", || async {
+            (http_get(self.http, "/readyz").await.map(|r| r.0) == Some(200)).then_some(())
+        })
+        .await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code and what it wrote to stderr.
+    pub async fn wait_exit(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "serve did not exit");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

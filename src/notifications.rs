@@ -1,0 +1,60 @@
+//! PostgreSQL notifications from other processes: an operator moved deadlines
+//! (`coordinator_timers`: the timer reads its window again) or an agent was registered
+//! (`coordinator_agents`: the agent cache reloads before the next batch). A reconciler:
+//! it reconnects with backoff, and after every (re)connect treats both as changed,
+//! since notifications sent while it was away are lost.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::store::{AGENTS_CHANNEL, TIMERS_CHANNEL};
+use crate::runtime::Shared;
+
+/// Acts on one notification's channel.
+pub fn dispatch(shared: &Shared, channel: &str) {
+    match channel {
+        TIMERS_CHANNEL => {
+            shared.timers_changed.store(true, Ordering::Relaxed);
+            shared.wake_timer.notify_one();
+        }
+        AGENTS_CHANNEL => shared.agents.invalidate(),
+        _ => {}
+    }
+}
+
+/// Listens until `stop`.
+pub async fn run(shared: &Shared, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = std::time::Instant::now();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            Err(e) = listen(shared) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(200);
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot LISTEN for operator changes and registrations; the timer and the agent cache fall back to their periodic reloads");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Listens and dispatches until the connection fails.
+async fn listen(shared: &Shared) -> sqlx::Result<std::convert::Infallible> {
+    let mut l = PgListener::connect_with(&shared.pool).await?;
+    l.listen_all([TIMERS_CHANNEL, AGENTS_CHANNEL]).await?;
+    dispatch(shared, TIMERS_CHANNEL);
+    dispatch(shared, AGENTS_CHANNEL);
+    loop {
+        let n = l.recv().await?;
+        dispatch(shared, n.channel());
+    }
+}
