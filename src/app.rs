@@ -28,7 +28,7 @@ impl App {
     /// Binds the HTTP listener and prepares the (lazy) database pool. Connecting to the
     /// database and the broker happens in [`App::run`], with retries.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let pool = db::pool(&settings.database)?;
+        let pool = db::service_pool(&settings.database)?;
         let listener = TcpListener::bind(&settings.http.addr)
             .await
             .with_context(|| format!("could not listen on http.addr {}", settings.http.addr))?;

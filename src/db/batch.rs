@@ -15,6 +15,15 @@ use sqlx::{PgConnection, Row};
 
 use super::store::{OutboxMessage, OUTCOME_ACCEPTED};
 
+pub const CLAIM_AND_LOCK: &str = "WITH claimed AS (
+           INSERT INTO processed_messages (message_id, outcome, processed_by)
+           SELECT id, $2::text, $3::text FROM unnest($1::text[]) AS u(id)
+           ON CONFLICT DO NOTHING RETURNING message_id),
+         locked AS (
+           SELECT id, kind, state, round FROM workflows WHERE id = ANY($4::text[]) ORDER BY id FOR UPDATE)
+         SELECT message_id AS id, NULL AS kind, NULL AS state, NULL::int AS round FROM claimed
+         UNION ALL SELECT id, kind, state, round FROM locked";
+
 /// Claims message ids (the deduplication keys) and locks the workflows that exist
 /// among `workflow_ids`, in id order, in one statement. Returns the ids claimed (an id
 /// another transaction holds uncommitted waits for it, then is not claimed) and the
@@ -28,22 +37,13 @@ pub async fn claim_and_lock(
     if message_ids.is_empty() && workflow_ids.is_empty() {
         return Ok((HashSet::new(), Vec::new()));
     }
-    let rows = sqlx::query(
-        "WITH claimed AS (
-           INSERT INTO processed_messages (message_id, outcome, processed_by)
-           SELECT id, $2, $3 FROM unnest($1::text[]) AS u(id)
-           ON CONFLICT DO NOTHING RETURNING message_id),
-         locked AS (
-           SELECT id, kind, state, round FROM workflows WHERE id = ANY($4) ORDER BY id FOR UPDATE)
-         SELECT message_id AS id, NULL AS kind, NULL AS state, NULL::int AS round FROM claimed
-         UNION ALL SELECT id, kind, state, round FROM locked",
-    )
-    .bind(message_ids)
-    .bind(OUTCOME_ACCEPTED)
-    .bind(instance)
-    .bind(workflow_ids)
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(CLAIM_AND_LOCK)
+        .bind(message_ids)
+        .bind(OUTCOME_ACCEPTED)
+        .bind(instance)
+        .bind(workflow_ids)
+        .fetch_all(conn)
+        .await?;
     let mut claimed = HashSet::new();
     let mut locked = Vec::new();
     for r in rows {
@@ -85,6 +85,10 @@ pub struct ArmedClockRow {
     pub subject_agent_id: Option<String>,
 }
 
+pub const ARMED_CLOCKS: &str =
+    "SELECT id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id
+         FROM sla_clocks WHERE workflow_id = ANY($1) AND closed_at IS NULL ORDER BY id";
+
 pub async fn armed_clocks(
     conn: &mut PgConnection,
     workflow_ids: &[&str],
@@ -92,14 +96,13 @@ pub async fn armed_clocks(
     if workflow_ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as(
-        "SELECT id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id
-         FROM sla_clocks WHERE workflow_id = ANY($1) AND status = 'armed' ORDER BY id",
-    )
-    .bind(workflow_ids)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(ARMED_CLOCKS)
+        .bind(workflow_ids)
+        .fetch_all(conn)
+        .await
 }
+
+pub const AGENT_TYPES: &str = "SELECT agent_id, agent_type FROM agents WHERE agent_id = ANY($1)";
 
 /// The registered type of each of these agents that is registered.
 pub async fn agent_types(
@@ -109,7 +112,7 @@ pub async fn agent_types(
     if agent_ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as("SELECT agent_id, agent_type FROM agents WHERE agent_id = ANY($1)")
+    sqlx::query_as(AGENT_TYPES)
         .bind(agent_ids)
         .fetch_all(conn)
         .await
@@ -125,6 +128,10 @@ pub struct ChainMember {
     pub open: bool,
 }
 
+pub const ESCALATION_CHAINS: &str =
+    "SELECT id, workflow_id, chain_id, acknowledged_at IS NULL AS open FROM escalations
+         WHERE chain_id IN (SELECT chain_id FROM escalations WHERE id = ANY($1)) ORDER BY id";
+
 /// Every escalation of the chains the given escalations belong to.
 pub async fn escalation_chains(
     conn: &mut PgConnection,
@@ -133,13 +140,10 @@ pub async fn escalation_chains(
     if escalation_ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as(
-        "SELECT id, workflow_id, chain_id, acknowledged_at IS NULL AS open FROM escalations
-         WHERE chain_id IN (SELECT chain_id FROM escalations WHERE id = ANY($1)) ORDER BY id",
-    )
-    .bind(escalation_ids)
-    .fetch_all(conn)
-    .await
+    sqlx::query_as(ESCALATION_CHAINS)
+        .bind(escalation_ids)
+        .fetch_all(conn)
+        .await
 }
 
 /// Reserves `n` escalation ids, so a batch can name them in the messages it queues.
@@ -423,7 +427,7 @@ pub enum WriteError {
 /// name a workflow created beside it). One round trip instead of a dozen matters on a
 /// busy machine, where each round trip waits for a core. Kinds without rows get empty
 /// arrays and cost next to nothing.
-const WRITE: &str = "
+pub const WRITE: &str = "
 WITH
 wf_new AS (
   INSERT INTO workflows (id, kind, state, epic_id, title, data, round, created_at, updated_at, completed_at)
@@ -448,7 +452,9 @@ clk_upd AS (
          owner_agent_id = u.owner_agent_id
   FROM unnest($29::bigint[], $30::text[], $31::timestamptz[], $32::text[], $33::text[])
        AS u(id, status, closed_at, closed_by, owner_agent_id)
-  WHERE c.id = u.id AND c.status = 'armed'),
+  -- Still armed (an armed clock has no closed_at); said so rather than with status,
+  -- whose partial indexes would tempt the planner to scan every armed clock.
+  WHERE c.id = u.id AND c.closed_at IS NULL),
 esc_new AS (
   INSERT INTO escalations (id, chain_id, workflow_id, clock, clock_id, owner_role, agent_id, level,
                            target, severity, raised_at, next_level_at, message_id)
@@ -456,9 +462,12 @@ esc_new AS (
                        $40::text[], $41::int[], $42::text[], $43::text[], $44::timestamptz[],
                        $45::timestamptz[], $46::text[])),
 esc_ack AS (
-  UPDATE escalations e SET acknowledged_at = u.at, acknowledged_by = u.by, next_level_at = NULL
+  -- Every escalation of the chain, keeping an earlier acknowledgement (a filter on
+  -- acknowledged_at would tempt the planner to scan every open escalation).
+  UPDATE escalations e SET acknowledged_at = coalesce(e.acknowledged_at, u.at),
+         acknowledged_by = coalesce(e.acknowledged_by, u.by), next_level_at = NULL
   FROM unnest($47::bigint[], $48::text[], $49::timestamptz[]) AS u(chain_id, by, at)
-  WHERE e.chain_id = u.chain_id AND e.acknowledged_at IS NULL),
+  WHERE e.chain_id = u.chain_id),
 ev AS (
   INSERT INTO workflow_events
       (workflow_id, seq, message_id, message_type, source_agent_id, from_state, to_state, occurred_at, detail)

@@ -46,20 +46,7 @@ pub struct Taken {
     pub climbed: Vec<ClimbedEscalation>,
 }
 
-/// In one statement: locks the workflows of the given deadlines (in id order, skipping
-/// those another transaction holds), then marks the due warnings warned, the due clocks
-/// breached and the due ladder steps taken, each guarded (`status = 'armed'`,
-/// `warned_at IS NULL`, `next_level_at <= now`), so a deadline fires once however many
-/// coordinators try. A clock id may appear in only one of `warnings` and `breaches`.
-pub async fn take_due(
-    conn: &mut PgConnection,
-    warnings: &[i64],
-    breaches: &[i64],
-    ladder: &[i64],
-    now: DateTime<Utc>,
-) -> sqlx::Result<Taken> {
-    let rows = sqlx::query(
-        "WITH
+pub const TAKE_DUE: &str = "WITH
          wanted AS (
            SELECT true AS is_clock, id, workflow_id FROM sla_clocks WHERE id = ANY($1) OR id = ANY($2)
            UNION ALL SELECT false, id, workflow_id FROM escalations WHERE id = ANY($3)),
@@ -69,12 +56,12 @@ pub async fn take_due(
          warned AS (
            UPDATE sla_clocks SET warned_at = $4
            WHERE id = ANY($1) AND workflow_id IN (SELECT id FROM locked)
-             AND status = 'armed' AND warned_at IS NULL AND warn_at <= $4
+             AND closed_at IS NULL AND warned_at IS NULL AND warn_at <= $4
            RETURNING id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, due_at),
          breached AS (
            UPDATE sla_clocks SET status = 'breached', closed_at = $4, closed_by = 'timer'
            WHERE id = ANY($2) AND workflow_id IN (SELECT id FROM locked)
-             AND status = 'armed' AND due_at <= $4
+             AND closed_at IS NULL AND due_at <= $4
            RETURNING id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, due_at),
          climbed AS (
            UPDATE escalations SET next_level_at = NULL
@@ -92,14 +79,27 @@ pub async fn take_due(
          UNION ALL SELECT 'climbed', id, workflow_id, clock, NULL, owner_role, agent_id, NULL, severity, NULL,
                 chain_id, clock_id, level FROM climbed
          UNION ALL SELECT CASE WHEN is_clock THEN 'wanted_clock' ELSE 'wanted_escalation' END, id, workflow_id,
-                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM wanted",
-    )
-    .bind(warnings)
-    .bind(breaches)
-    .bind(ladder)
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
+                NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM wanted";
+
+/// In one statement: locks the workflows of the given deadlines (in id order, skipping
+/// those another transaction holds), then marks the due warnings warned, the due clocks
+/// breached and the due ladder steps taken, each guarded (still armed, i.e. `closed_at
+/// IS NULL`; `warned_at IS NULL`; `next_level_at <= now`), so a deadline fires once however many
+/// coordinators try. A clock id may appear in only one of `warnings` and `breaches`.
+pub async fn take_due(
+    conn: &mut PgConnection,
+    warnings: &[i64],
+    breaches: &[i64],
+    ladder: &[i64],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Taken> {
+    let rows = sqlx::query(TAKE_DUE)
+        .bind(warnings)
+        .bind(breaches)
+        .bind(ladder)
+        .bind(now)
+        .fetch_all(conn)
+        .await?;
     let mut t = Taken::default();
     for r in &rows {
         let kind: &str = r.try_get("kind")?;

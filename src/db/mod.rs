@@ -29,10 +29,36 @@ pub enum DbError {
 /// while the database is down.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let options: PgConnectOptions = settings.url.parse().map_err(DbError::BadUrl)?;
-    Ok(PgPoolOptions::new()
+    Ok(pool_with(settings, options))
+}
+
+/// The running service's pool. Every statement the service runs often finds rows by
+/// key; it is prepared once per connection and its generic plan is used every time
+/// (planning the batch's write statement anew would cost about a millisecond per
+/// batch). A generic plan made while a table is nearly empty (a new deployment) would
+/// scan the table or hash-join it, cheap then and ruinous once it has grown. So on
+/// these connections a sequential scan, a hash join and a merge join are last resorts:
+/// the kept plans are index lookups whatever the tables held when they were made
+/// (tests/plans.rs checks them). Operators' queries use [`pool`].
+pub fn service_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    let options: PgConnectOptions = settings.url.parse().map_err(DbError::BadUrl)?;
+    let options = options.options(SERVICE_PLANNER);
+    Ok(pool_with(settings, options))
+}
+
+/// The planner settings of [`service_pool`].
+pub const SERVICE_PLANNER: [(&str, &str); 4] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
+fn pool_with(settings: &DatabaseSettings, options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
-        .connect_lazy_with(options))
+        .connect_lazy_with(options)
 }
 
 /// Applies pending migrations (under sqlx's advisory lock, so concurrent starts are safe).
@@ -40,6 +66,21 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// The statements the service runs on its hot path (batches, timers, relay), by name:
+/// each must find its rows through an index whatever the tables hold (tests/plans.rs).
+pub const HOT_STATEMENTS: &[(&str, &str)] = &[
+    ("claim and lock", batch::CLAIM_AND_LOCK),
+    ("armed clocks", batch::ARMED_CLOCKS),
+    ("agent types", batch::AGENT_TYPES),
+    ("escalation chains", batch::ESCALATION_CHAINS),
+    ("write", batch::WRITE),
+    ("take due deadlines", deadlines::TAKE_DUE),
+    ("deadlines before", store::DEADLINES_BEFORE),
+    ("lease due outbox rows", store::LEASE_DUE),
+    ("mark sent", store::MARK_SENT),
+    ("mark failed", store::MARK_FAILED),
+];
 
 /// Whose fault a failed statement was, which says what to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

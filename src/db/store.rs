@@ -64,11 +64,11 @@ pub async fn notify_agents(conn: &mut PgConnection) -> sqlx::Result<()> {
     Ok(())
 }
 
+pub const ALL_AGENTS: &str = "SELECT agent_id, agent_type FROM agents ORDER BY agent_id";
+
 /// Every registered agent, for declaring queues at start.
 pub async fn all_agents(conn: &mut PgConnection) -> sqlx::Result<Vec<(String, String)>> {
-    let rows = sqlx::query("SELECT agent_id, agent_type FROM agents ORDER BY agent_id")
-        .fetch_all(conn)
-        .await?;
+    let rows = sqlx::query(ALL_AGENTS).fetch_all(conn).await?;
     rows.iter()
         .map(|r| Ok((r.try_get("agent_id")?, r.try_get("agent_type")?)))
         .collect()
@@ -218,6 +218,15 @@ pub async fn escalation_chain(
         .transpose()
 }
 
+pub const DEADLINES_BEFORE: &str = "(SELECT due_at AS at, 'breach' AS kind, id FROM sla_clocks
+           WHERE status = 'armed' AND due_at < $1 ORDER BY due_at LIMIT $2)
+         UNION ALL
+         (SELECT warn_at, 'warning', id FROM sla_clocks
+           WHERE status = 'armed' AND warned_at IS NULL AND warn_at < $1 ORDER BY warn_at LIMIT $2)
+         UNION ALL
+         (SELECT next_level_at, 'ladder', id FROM escalations
+           WHERE acknowledged_at IS NULL AND next_level_at < $1 ORDER BY next_level_at LIMIT $2)";
+
 /// Every deadline before `until`, earliest first, at most `limit`; and whether the
 /// limit cut the list (then the caller's window must end at the last one returned).
 pub async fn deadlines_before(
@@ -225,20 +234,11 @@ pub async fn deadlines_before(
     until: DateTime<Utc>,
     limit: i64,
 ) -> sqlx::Result<(Vec<Deadline>, bool)> {
-    let rows = sqlx::query(
-        "(SELECT due_at AS at, 'breach' AS kind, id FROM sla_clocks
-           WHERE status = 'armed' AND due_at < $1 ORDER BY due_at LIMIT $2)
-         UNION ALL
-         (SELECT warn_at, 'warning', id FROM sla_clocks
-           WHERE status = 'armed' AND warned_at IS NULL AND warn_at < $1 ORDER BY warn_at LIMIT $2)
-         UNION ALL
-         (SELECT next_level_at, 'ladder', id FROM escalations
-           WHERE acknowledged_at IS NULL AND next_level_at < $1 ORDER BY next_level_at LIMIT $2)",
-    )
-    .bind(until)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(DEADLINES_BEFORE)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let kind: String = r.try_get("kind")?;
@@ -282,6 +282,12 @@ pub struct OutboxMessage {
     pub body: Vec<u8>,
 }
 
+pub const LEASE_DUE: &str = "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2)
+         WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
+                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, attempts, message_id, exchange, routing_key, message_type, correlation_id,
+                   causation_id, app_id, body";
+
 /// Leases due unsent rows to this relay: they become due again `lease` from now, so a
 /// relay that dies mid-publish loses nothing, and no transaction stays open while the
 /// broker confirms. Rows another relay is leasing right now are skipped. Oldest first.
@@ -290,17 +296,11 @@ pub async fn lease_due(
     limit: i64,
     lease: std::time::Duration,
 ) -> sqlx::Result<Vec<(super::batch::Queued, i32)>> {
-    let rows = sqlx::query(
-        "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2)
-         WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
-                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING id, attempts, message_id, exchange, routing_key, message_type, correlation_id,
-                   causation_id, app_id, body",
-    )
-    .bind(limit)
-    .bind(lease.as_secs_f64())
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(LEASE_DUE)
+        .bind(limit)
+        .bind(lease.as_secs_f64())
+        .fetch_all(conn)
+        .await?;
     let mut out = rows
         .iter()
         .map(|r| {
@@ -326,16 +326,20 @@ pub async fn lease_due(
     Ok(out)
 }
 
+pub const MARK_SENT: &str = "UPDATE outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)";
+
 pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("UPDATE outbox SET sent_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(conn)
-        .await?;
+    sqlx::query(MARK_SENT).bind(ids).execute(conn).await?;
     Ok(())
 }
+
+pub const MARK_FAILED: &str = "UPDATE outbox o SET attempts = o.attempts + 1, last_error = u.error,
+                next_attempt_at = now() + make_interval(secs => u.wait)
+         FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS u(id, error, wait)
+         WHERE o.id = u.id";
 
 /// Leaves rows unsent, each due again after its wait.
 pub async fn mark_failed(
@@ -345,17 +349,12 @@ pub async fn mark_failed(
     if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE outbox o SET attempts = o.attempts + 1, last_error = u.error,
-                next_attempt_at = now() + make_interval(secs => u.wait)
-         FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS u(id, error, wait)
-         WHERE o.id = u.id",
-    )
-    .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.2.as_secs_f64()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
+    sqlx::query(MARK_FAILED)
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2.as_secs_f64()).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -338,21 +338,34 @@ fn settings_for(opts: &Options, profile: &str, fresh: &Fresh) -> anyhow::Result<
 pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
     std::fs::create_dir_all(&opts.out_dir)?;
     let mut rows = Vec::new();
+    let mut hops: Vec<(String, super::stats::Percentiles)> = Vec::new();
     for profile in &opts.profiles {
-        let ceiling = {
+        let (ceiling, queue_type) = {
             let fresh = Fresh::create("ceiling").await?;
             let s = settings_for(opts, profile, &fresh)?;
-            let r = ceiling::measure(
+            let r = ceiling::measure_all(
                 &fresh.amqp_url(),
                 s.amqp.queue_type,
                 envelope_bytes(),
                 opts.window.min(Duration::from_secs(20)),
+                1000.0,
             )
             .await;
             fresh.drop_all().await;
-            r.context("measuring the broker's ceiling")?
+            (
+                r.context("measuring the broker's ceiling")?,
+                s.amqp.queue_type,
+            )
         };
-        println!("[{profile}] ceiling: {ceiling:.0} msg/s through one queue (persistent, confirms, acks)");
+        println!(
+            "[{profile}] ceiling: {:.0} msg/s through one {} queue (persistent, confirms, acks); one hop (publish → delivery) at 1,000 msg/s: p50 {:.1} ms, p99 {:.1} ms",
+            ceiling.msg_per_s,
+            queue_type.as_str(),
+            ceiling.hop.p50,
+            ceiling.hop.p99
+        );
+        hops.push((profile.clone(), ceiling.hop));
+        let ceiling = ceiling.msg_per_s;
         for def in runs() {
             if !opts.only.is_empty() && !opts.only.iter().any(|o| o == def.name) {
                 continue;
@@ -376,7 +389,13 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
             rows.push(row);
         }
     }
-    let report = report(opts, &rows);
+    let mut report = report(opts, &rows);
+    for (profile, hop) in &hops {
+        report.push_str(&format!(
+            "One broker hop ({profile}), publish with confirm → delivery, at 1,000 msg/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.\n",
+            hop.p50, hop.p99, hop.max
+        ));
+    }
     let path = opts.out_dir.join("report.md");
     std::fs::write(&path, &report)?;
     println!("\n{report}\nreport written to {}", path.display());

@@ -19,8 +19,111 @@ use crate::amqp::connect;
 use crate::settings::QueueType;
 
 const QUEUE: &str = "bench.ceiling";
+
+/// The broker alone: its throughput ceiling, and the latency of one hop (publish with
+/// confirm → delivery to a consumer) at a moderate rate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ceiling {
+    pub msg_per_s: f64,
+    pub hop: super::stats::Percentiles,
+}
 /// Publishes awaiting their confirm at once.
 const WINDOW: usize = 512;
+
+/// The ceiling and the hop latency at `hop_rate` messages per second.
+pub async fn measure_all(
+    url: &str,
+    queue_type: QueueType,
+    body_len: usize,
+    duration: Duration,
+    hop_rate: f64,
+) -> Result<Ceiling, lapin::Error> {
+    Ok(Ceiling {
+        msg_per_s: measure(url, queue_type, body_len, duration).await?,
+        hop: hop_latency(
+            url,
+            queue_type,
+            body_len,
+            hop_rate,
+            duration.min(Duration::from_secs(10)),
+        )
+        .await?,
+    })
+}
+
+/// The latency of publish (persistent, confirmed) → delivery through one queue, at a
+/// steady `rate` well below the ceiling: what one broker hop costs a message.
+pub async fn hop_latency(
+    url: &str,
+    queue_type: QueueType,
+    body_len: usize,
+    rate: f64,
+    duration: Duration,
+) -> Result<super::stats::Percentiles, lapin::Error> {
+    use super::stats::{now_ns, Samples};
+    let conn = connect(url, "bench-hop").await?;
+    let pub_ch = conn.create_channel().await?;
+    pub_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let queue = format!("{QUEUE}.hop");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(queue_type.as_str().into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    pub_ch.queue_declare(&queue, durable, args).await?;
+    let con_ch = conn.create_channel().await?;
+    con_ch.basic_qos(100, BasicQosOptions::default()).await?;
+    let mut consumer = con_ch
+        .basic_consume(
+            &queue,
+            "bench-hop",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let samples = Arc::new(Samples::default());
+    let recorded = samples.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            if let Some(sent) = d.data.get(..8).and_then(|b| b.try_into().ok()) {
+                recorded.record_since(u64::from_le_bytes(sent));
+            }
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+        }
+    });
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let mut pending = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        tokio::select! {
+            _ = tick.tick() => {
+                let mut body = vec![b'x'; body_len.max(8)];
+                body[..8].copy_from_slice(&now_ns().to_le_bytes());
+                pending.push(pub_ch.basic_publish("", &queue, BasicPublishOptions::default(), &body, props.clone()).await?);
+            }
+            Some(r) = pending.next() => { r?; }
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.abort();
+    let _ = pub_ch
+        .queue_delete(&queue, lapin::options::QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "hop measured").await;
+    Ok(samples.take())
+}
 
 /// Messages per second through one queue of `queue_type`, measured over `duration`
 /// after a short warm-up.
