@@ -90,7 +90,7 @@ async fn consume(
         // At most inbox.concurrency batches are applied at once by this coordinator:
         // while this partition waits for its turn, more deliveries arrive and the batch
         // it then takes is bigger (fewer, larger transactions on a busy machine).
-        let Ok(_turn) = shared.batch_turns.acquire().await else {
+        let Ok(turn) = shared.batch_turns.acquire().await else {
             break Ok(());
         };
         let mut failed = None;
@@ -104,7 +104,7 @@ async fn consume(
                 _ => break,
             }
         }
-        if !handle_batch(conn, shared, &batch, &stop, &published).await? {
+        if !handle_batch(conn, shared, &batch, turn, &stop, &published).await? {
             break Ok(());
         }
         if let Some(e) = failed {
@@ -117,12 +117,14 @@ async fn consume(
     result
 }
 
-/// Applies a batch until it commits (retrying while the database is down), then acks
-/// it. Returns false if shutdown came first (the batch is then requeued, uncommitted).
+/// Applies a batch until it commits (retrying while the database is down), gives back
+/// the turn, hands what it queued to the publisher, then acks. Returns false if
+/// shutdown came first (the batch is then requeued, uncommitted).
 async fn handle_batch(
     conn: &Connection,
     shared: &Shared,
     batch: &[Delivery],
+    turn: tokio::sync::SemaphorePermit<'_>,
     stop: &CancellationToken,
     published: &mpsc::Sender<Vec<Queued>>,
 ) -> Result<bool, ConsumerError> {
@@ -176,6 +178,12 @@ async fn handle_batch(
             }
         }
     };
+    // The turn bounds concurrent transactions; what follows needs no connection.
+    drop(turn);
+    // The next agent's tasks first: handoff latency runs through here.
+    if !out.queued.is_empty() && published.send(out.queued).await.is_err() {
+        return Err(ConsumerError::Publisher);
+    }
     // Acked only after the commit: a crash before this line redelivers, and the
     // redelivery is a duplicate that changes nothing.
     last.acker.ack(BasicAckOptions { multiple: true }).await?;
@@ -209,9 +217,6 @@ async fn handle_batch(
         }
     }
     shared.schedule(out.deadlines.iter().copied());
-    if !out.queued.is_empty() && published.send(out.queued).await.is_err() {
-        return Err(ConsumerError::Publisher);
-    }
     if !out.registered.is_empty() {
         let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type).await?;
         for (agent_id, agent_type) in &out.registered {
