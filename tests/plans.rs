@@ -75,6 +75,49 @@ async fn hot_statements_find_rows_by_index_even_when_planned_on_empty_tables() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+fn node_types(node: &Value, out: &mut Vec<String>) {
+    out.push(node["Node Type"].as_str().unwrap_or_default().to_string());
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        node_types(child, out);
+    }
+}
+
+/// The relay takes a bounded number of due rows per step. Read in the pending index's
+/// order, a step costs the rows it takes; sorted by anything else, each step would
+/// read and sort every due row, and draining a backlog would be quadratic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_takes_due_rows_in_index_order_without_sorting_the_backlog() {
+    let env = TestEnv::new().await;
+    let mut conn = env.pool.acquire().await.expect("connection");
+    for (k, v) in SERVICE_PLANNER {
+        sqlx::query(&format!("SET {k} = {v}"))
+            .execute(&mut *conn)
+            .await
+            .expect("set");
+    }
+    sqlx::query(&format!(
+        "PREPARE lease AS {}",
+        coordinator::db::store::LEASE_DUE
+    ))
+    .execute(&mut *conn)
+    .await
+    .expect("prepare");
+    let plan: Value = sqlx::query_scalar("EXPLAIN (FORMAT JSON) EXECUTE lease(500, 10)")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("explain");
+    let mut kinds = Vec::new();
+    node_types(&plan[0]["Plan"], &mut kinds);
+    assert!(
+        !kinds.iter().any(|k| k.contains("Sort")),
+        "the lease sorts its candidates: {kinds:?}\n{plan:#}"
+    );
+    assert!(
+        plan.to_string().contains("outbox_pending"),
+        "the lease does not read the pending index: {plan:#}"
+    );
+}
+
 #[test]
 fn parameters_are_counted_from_the_highest_placeholder() {
     assert_eq!(parameters("SELECT $1, $12::text, $3"), 12);

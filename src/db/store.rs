@@ -284,13 +284,15 @@ pub struct OutboxMessage {
 
 pub const LEASE_DUE: &str = "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2)
          WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
-                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                      ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
          RETURNING id, attempts, message_id, exchange, routing_key, message_type, correlation_id,
                    causation_id, app_id, body";
 
 /// Leases due unsent rows to this relay: they become due again `lease` from now, so a
 /// relay that dies mid-publish loses nothing, and no transaction stays open while the
-/// broker confirms. Rows another relay is leasing right now are skipped. Oldest first.
+/// broker confirms. Rows another relay is leasing right now are skipped. Earliest due
+/// first, in the order of the pending index, so a step reads only the rows it takes
+/// (ordered by id, it sorted every due row for each step: quadratic in a backlog).
 pub async fn lease_due(
     conn: &mut PgConnection,
     limit: i64,
