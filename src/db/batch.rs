@@ -85,9 +85,11 @@ pub struct ArmedClockRow {
     pub subject_agent_id: Option<String>,
 }
 
+// Sorted by the caller: an ORDER BY here lets a plan made on an empty table walk the
+// primary key instead of looking the workflows up.
 pub const ARMED_CLOCKS: &str =
     "SELECT id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id
-         FROM sla_clocks WHERE workflow_id = ANY($1) AND closed_at IS NULL ORDER BY id";
+         FROM sla_clocks WHERE workflow_id = ANY($1) AND closed_at IS NULL";
 
 pub async fn armed_clocks(
     conn: &mut PgConnection,
@@ -96,10 +98,12 @@ pub async fn armed_clocks(
     if workflow_ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as(ARMED_CLOCKS)
+    let mut rows: Vec<ArmedClockRow> = sqlx::query_as(ARMED_CLOCKS)
         .bind(workflow_ids)
         .fetch_all(conn)
-        .await
+        .await?;
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
 }
 
 pub const AGENT_TYPES: &str = "SELECT agent_id, agent_type FROM agents WHERE agent_id = ANY($1)";
@@ -128,9 +132,15 @@ pub struct ChainMember {
     pub open: bool,
 }
 
+// The chains first, then each chain's members by index (LATERAL with OFFSET 0 fixes that order
+// whatever the table's statistics say; a DISTINCT here could be planned as a walk of
+// the chain index). Two ids of one chain list it twice: sorted and deduplicated by the
+// caller.
 pub const ESCALATION_CHAINS: &str =
-    "SELECT id, workflow_id, chain_id, acknowledged_at IS NULL AS open FROM escalations
-         WHERE chain_id IN (SELECT chain_id FROM escalations WHERE id = ANY($1)) ORDER BY id";
+    "SELECT e.id, e.workflow_id, e.chain_id, e.acknowledged_at IS NULL AS open
+         FROM (SELECT chain_id FROM escalations WHERE id = ANY($1)) c,
+              LATERAL (SELECT id, workflow_id, chain_id, acknowledged_at FROM escalations x
+                       WHERE x.chain_id = c.chain_id OFFSET 0) e";
 
 /// Every escalation of the chains the given escalations belong to.
 pub async fn escalation_chains(
@@ -140,10 +150,13 @@ pub async fn escalation_chains(
     if escalation_ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as(ESCALATION_CHAINS)
+    let mut rows: Vec<ChainMember> = sqlx::query_as(ESCALATION_CHAINS)
         .bind(escalation_ids)
         .fetch_all(conn)
-        .await
+        .await?;
+    rows.sort_by_key(|r| r.id);
+    rows.dedup_by_key(|r| r.id);
+    Ok(rows)
 }
 
 /// Reserves `n` escalation ids, so a batch can name them in the messages it queues.
@@ -427,6 +440,9 @@ pub enum WriteError {
 /// name a workflow created beside it). One round trip instead of a dozen matters on a
 /// busy machine, where each round trip waits for a core. Kinds without rows get empty
 /// arrays and cost next to nothing.
+// Every join to a batch's arrays also bounds the table by the array's keys (`… AND
+// w.id = ANY($11)`): a generic plan made on a table analyzed while empty would
+// otherwise walk the whole table first (tests/plans.rs).
 pub const WRITE: &str = "
 WITH
 wf_new AS (
@@ -439,7 +455,7 @@ wf_upd AS (
          completed_at = CASE WHEN u.terminal THEN coalesce(w.completed_at, u.at) ELSE w.completed_at END
   FROM unnest($11::text[], $12::text[], $13::int[], $14::timestamptz[], $15::bool[])
        AS u(id, state, round, at, terminal)
-  WHERE w.id = u.id),
+  WHERE w.id = u.id AND w.id = ANY($11)),
 clk_new AS (
   INSERT INTO sla_clocks (workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id,
                           severity, armed_at, warn_at, due_at, status, closed_at, closed_by)
@@ -454,7 +470,7 @@ clk_upd AS (
        AS u(id, status, closed_at, closed_by, owner_agent_id)
   -- Still armed (an armed clock has no closed_at); said so rather than with status,
   -- whose partial indexes would tempt the planner to scan every armed clock.
-  WHERE c.id = u.id AND c.closed_at IS NULL),
+  WHERE c.id = u.id AND c.id = ANY($29) AND c.closed_at IS NULL),
 esc_new AS (
   INSERT INTO escalations (id, chain_id, workflow_id, clock, clock_id, owner_role, agent_id, level,
                            target, severity, raised_at, next_level_at, message_id)
@@ -467,7 +483,7 @@ esc_ack AS (
   UPDATE escalations e SET acknowledged_at = coalesce(e.acknowledged_at, u.at),
          acknowledged_by = coalesce(e.acknowledged_by, u.by), next_level_at = NULL
   FROM unnest($47::bigint[], $48::text[], $49::timestamptz[]) AS u(chain_id, by, at)
-  WHERE e.chain_id = u.chain_id),
+  WHERE e.chain_id = u.chain_id AND e.chain_id = ANY($47)),
 ev AS (
   INSERT INTO workflow_events
       (workflow_id, seq, message_id, message_type, source_agent_id, from_state, to_state, occurred_at, detail)
@@ -485,7 +501,7 @@ dl AS (
 outcome AS (
   UPDATE processed_messages p SET outcome = u.outcome
   FROM unnest($68::text[], $69::text[]) AS u(message_id, outcome)
-  WHERE p.message_id = u.message_id),
+  WHERE p.message_id = u.message_id AND p.message_id = ANY($68)),
 reg AS (
   INSERT INTO agents (agent_id, agent_type, registered_via, last_heartbeat_at)
   SELECT u.id, u.type, 'heartbeat', u.at FROM unnest($70::text[], $71::text[], $72::timestamptz[]) AS u(id, type, at)
@@ -493,7 +509,7 @@ reg AS (
 heartbeat AS (
   UPDATE agents a SET last_heartbeat_at = greatest(a.last_heartbeat_at, u.at)
   FROM (SELECT id, max(at) AS at FROM unnest($73::text[], $74::timestamptz[]) AS x(id, at) GROUP BY id) u
-  WHERE a.agent_id = u.id),
+  WHERE a.agent_id = u.id AND a.agent_id = ANY($73)),
 ob AS (
   INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id, causation_id,
                       app_id, body, next_attempt_at)

@@ -51,21 +51,21 @@ pub const TAKE_DUE: &str = "WITH
            SELECT true AS is_clock, id, workflow_id FROM sla_clocks WHERE id = ANY($1) OR id = ANY($2)
            UNION ALL SELECT false, id, workflow_id FROM escalations WHERE id = ANY($3)),
          locked AS (
-           SELECT id, state FROM workflows WHERE id IN (SELECT workflow_id FROM wanted)
+           SELECT id, state FROM workflows WHERE id = ANY(ARRAY(SELECT workflow_id FROM wanted))
            ORDER BY id FOR UPDATE SKIP LOCKED),
          warned AS (
            UPDATE sla_clocks SET warned_at = $4
-           WHERE id = ANY($1) AND workflow_id IN (SELECT id FROM locked)
+           WHERE id = ANY($1) AND workflow_id = ANY(ARRAY(SELECT id FROM locked))
              AND closed_at IS NULL AND warned_at IS NULL AND warn_at <= $4
            RETURNING id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, due_at),
          breached AS (
            UPDATE sla_clocks SET status = 'breached', closed_at = $4, closed_by = 'timer'
-           WHERE id = ANY($2) AND workflow_id IN (SELECT id FROM locked)
+           WHERE id = ANY($2) AND workflow_id = ANY(ARRAY(SELECT id FROM locked))
              AND closed_at IS NULL AND due_at <= $4
            RETURNING id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id, severity, due_at),
          climbed AS (
            UPDATE escalations SET next_level_at = NULL
-           WHERE id = ANY($3) AND workflow_id IN (SELECT id FROM locked)
+           WHERE id = ANY($3) AND workflow_id = ANY(ARRAY(SELECT id FROM locked))
              AND acknowledged_at IS NULL AND next_level_at <= $4
            RETURNING id, workflow_id, chain_id, clock, clock_id, owner_role, agent_id, level, severity)
          SELECT 'locked' AS kind, NULL::bigint AS id, id AS workflow_id, state AS clock, NULL::int AS round,

@@ -283,8 +283,8 @@ pub struct OutboxMessage {
 }
 
 pub const LEASE_DUE: &str = "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2)
-         WHERE id IN (SELECT id FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
-                      ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+         WHERE id = ANY(ARRAY(SELECT id FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
+                      ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED))
          RETURNING id, attempts, message_id, exchange, routing_key, message_type, correlation_id,
                    causation_id, app_id, body";
 
@@ -341,7 +341,7 @@ pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()>
 pub const MARK_FAILED: &str = "UPDATE outbox o SET attempts = o.attempts + 1, last_error = u.error,
                 next_attempt_at = now() + make_interval(secs => u.wait)
          FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS u(id, error, wait)
-         WHERE o.id = u.id";
+         WHERE o.id = u.id AND o.id = ANY($1)";
 
 /// Leaves rows unsent, each due again after its wait.
 pub async fn mark_failed(
