@@ -219,6 +219,10 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     pub transitions: IntCounterVec,
     pub batch_seconds: Histogram,
+    /// A batch's first delivery, received → the batch starts (waiting for a turn).
+    pub batch_wait_seconds: Histogram,
+    /// A batch committed → its messages handed to the broker (waiting for the publisher).
+    pub publish_wait_seconds: Histogram,
     pub batch_size: Histogram,
     /// Statements run by batches (divide by the batch count for statements per batch).
     pub batch_statements: IntCounter,
@@ -255,6 +259,14 @@ impl Metrics {
         let batch_seconds = Histogram::with_opts(HistogramOpts::new(
             "coordinator_batch_seconds",
             "Time to apply and commit one batch of inbound messages",
+        ));
+        let batch_wait_seconds = Histogram::with_opts(HistogramOpts::new(
+            "coordinator_batch_wait_seconds",
+            "Time a batch's first delivery waited for a database turn",
+        ));
+        let publish_wait_seconds = Histogram::with_opts(HistogramOpts::new(
+            "coordinator_publish_wait_seconds",
+            "Time from a batch's commit until its messages were handed to the broker",
         ));
         let batch_size = Histogram::with_opts(
             HistogramOpts::new("coordinator_batch_size", "Inbound messages per transaction")
@@ -302,6 +314,8 @@ impl Metrics {
             rejections: rejections.expect("valid metric"),
             transitions: transitions.expect("valid metric"),
             batch_seconds: batch_seconds.expect("valid metric"),
+            batch_wait_seconds: batch_wait_seconds.expect("valid metric"),
+            publish_wait_seconds: publish_wait_seconds.expect("valid metric"),
             batch_size: batch_size.expect("valid metric"),
             batch_statements: batch_statements.expect("valid metric"),
             set_aside: set_aside.expect("valid metric"),
@@ -317,6 +331,8 @@ impl Metrics {
             Box::new(m.rejections.clone()),
             Box::new(m.transitions.clone()),
             Box::new(m.batch_seconds.clone()),
+            Box::new(m.batch_wait_seconds.clone()),
+            Box::new(m.publish_wait_seconds.clone()),
             Box::new(m.batch_size.clone()),
             Box::new(m.batch_statements.clone()),
             Box::new(m.set_aside.clone()),

@@ -5,15 +5,15 @@ mod common;
 
 use common::{expect_next, TestEnv};
 use coordinator::agent::Queue;
-use coordinator::amqp::publisher::Publisher;
+use coordinator::amqp::publisher::{Failed, Publisher, Returned};
 use coordinator::amqp::topology::Declarer;
 use coordinator::db::batch::Queued;
 use coordinator::processor::to_role;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_a_pipelined_batch_only_the_unroutable_messages_are_kept_for_retry() {
-    let env = TestEnv::new().await;
+/// A broker where QA has queues and DevOps has none, and 40 messages interleaving the
+/// two roles, so returns and acks of neighbours arrive together.
+async fn qa_only_broker(env: &TestEnv) -> (lapin::Connection, Vec<Queued>) {
     let settings = env.settings();
     let conn = coordinator::amqp::connect(&env.amqp_url, "test")
         .await
@@ -27,11 +27,8 @@ async fn in_a_pipelined_batch_only_the_unroutable_messages_are_kept_for_retry() 
         .await
         .expect("qa queues");
     declarer.close().await;
-
-    // Interleave messages to a role with a queue (QA) and to roles without one, so
-    // returns and acks of neighbours arrive together.
     let now = chrono::Utc::now();
-    let rows: Vec<Queued> = (0..40)
+    let rows = (0..40)
         .map(|i| {
             let role = if i % 3 == 0 {
                 "devops-manager"
@@ -53,18 +50,54 @@ async fn in_a_pipelined_batch_only_the_unroutable_messages_are_kept_for_retry() 
             }
         })
         .collect();
-    let publisher = Publisher::open(&conn).await.expect("publisher");
-    let p = publisher.publish(&rows, |_| 0).await.expect("published");
+    (conn, rows)
+}
+
+fn assert_only_unroutable_failed(sent: &[i64], failed: &[Failed]) {
     let unroutable: Vec<i64> = (0..40).filter(|i| i % 3 == 0).collect();
-    let mut failed: Vec<i64> = p.failed.iter().map(|f| f.id).collect();
-    failed.sort_unstable();
-    assert_eq!(failed, unroutable);
-    assert!(p
-        .failed
+    let mut failed_ids: Vec<i64> = failed.iter().map(|f| f.id).collect();
+    failed_ids.sort_unstable();
+    assert_eq!(failed_ids, unroutable);
+    assert!(failed
         .iter()
         .all(|f| f.returned && f.why.contains("unroutable")));
-    assert_eq!(p.sent.len(), 40 - unroutable.len());
-    assert!(p.sent.iter().all(|id| id % 3 != 0));
+    assert_eq!(sent.len(), 40 - unroutable.len());
+    assert!(sent.iter().all(|id| id % 3 != 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_pipelined_batch_only_the_unroutable_messages_are_kept_for_retry() {
+    let env = TestEnv::new().await;
+    let (conn, rows) = qa_only_broker(&env).await;
+    let publisher = Publisher::open(&conn).await.expect("publisher");
+    let p = publisher.publish(&rows, |_| 0).await.expect("published");
+    assert_only_unroutable_failed(&p.sent, &p.failed);
+    publisher.close().await;
+    let _ = conn.close(200, "done").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_published_before_any_confirm_still_match_each_return_to_its_row() {
+    let env = TestEnv::new().await;
+    let (conn, rows) = qa_only_broker(&env).await;
+    let publisher = Publisher::open(&conn).await.expect("publisher");
+    // Ten groups of four on one channel, every one published before the first confirm
+    // is awaited, as a partition's publisher does while its confirms are collected.
+    let mut in_flight = Vec::new();
+    for group in rows.chunks(4) {
+        in_flight.push(publisher.send(group).await.expect("sent"));
+    }
+    let mut returned = Returned::default();
+    let (mut sent, mut failed) = (Vec::new(), Vec::new());
+    for group in in_flight {
+        let p = group
+            .confirmed(&mut returned, |_| 0)
+            .await
+            .expect("confirmed");
+        sent.extend(p.sent);
+        failed.extend(p.failed);
+    }
+    assert_only_unroutable_failed(&sent, &failed);
     publisher.close().await;
     let _ = conn.close(200, "done").await;
 }

@@ -14,10 +14,9 @@ use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::delivery_meta;
-use crate::amqp::publisher::{self, Publisher};
+use crate::amqp::publisher::{self, Handed, Publisher};
 use crate::amqp::topology::Declarer;
 use crate::db;
-use crate::db::batch::Queued;
 use crate::pipeline;
 use crate::processor::{Inbound, Outcome};
 use crate::runtime::Shared;
@@ -59,7 +58,7 @@ async fn consume(
     shared: &Shared,
     partition: u32,
     stop: CancellationToken,
-    published: mpsc::Sender<Vec<Queued>>,
+    published: mpsc::Sender<Handed>,
 ) -> Result<(), ConsumerError> {
     let queue = shared.settings.inbox.queue(partition);
     let channel = conn.create_channel().await?;
@@ -82,6 +81,7 @@ async fn consume(
             _ = stop.cancelled() => break Ok(()),
             next = consumer.next() => next,
         };
+        let received = Instant::now();
         let mut batch = match first {
             Some(Ok(d)) => vec![d],
             Some(Err(e)) => break Err(e.into()),
@@ -93,6 +93,10 @@ async fn consume(
         let Ok(turn) = shared.batch_turns.acquire().await else {
             break Ok(());
         };
+        shared
+            .metrics
+            .batch_wait_seconds
+            .observe(received.elapsed().as_secs_f64());
         let mut failed = None;
         while batch.len() < shared.settings.inbox.batch_size {
             match consumer.next().now_or_never() {
@@ -126,7 +130,7 @@ async fn handle_batch(
     batch: &[Delivery],
     turn: tokio::sync::SemaphorePermit<'_>,
     stop: &CancellationToken,
-    published: &mpsc::Sender<Vec<Queued>>,
+    published: &mpsc::Sender<Handed>,
 ) -> Result<bool, ConsumerError> {
     let Some(last) = batch.last() else {
         return Ok(true);
@@ -181,7 +185,11 @@ async fn handle_batch(
     // The turn bounds concurrent transactions; what follows needs no connection.
     drop(turn);
     // The next agent's tasks first: handoff latency runs through here.
-    if !out.queued.is_empty() && published.send(out.queued).await.is_err() {
+    let handed = Handed {
+        committed_at: Instant::now(),
+        rows: out.queued,
+    };
+    if !handed.rows.is_empty() && published.send(handed).await.is_err() {
         return Err(ConsumerError::Publisher);
     }
     // Acked only after the commit: a crash before this line redelivers, and the

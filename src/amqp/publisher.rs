@@ -1,12 +1,13 @@
 //! Publishing outbox rows: every message of a batch is published (mandatory,
-//! persistent) before any confirm is awaited, then the confirms are collected. What the
+//! persistent) before any confirm is awaited, then the confirms are collected (by the
+//! partitions' publishers in a task of their own, while the next batch is published). What the
 //! broker returned as unroutable or refused is reported back, never dropped: the rows
 //! stay in the outbox and are retried with backoff ([`settle`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::Confirmation;
+use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::{Channel, Connection};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +56,15 @@ impl Publisher {
         rows: &[Queued],
         attempts: impl Fn(i64) -> i32,
     ) -> Result<Published, lapin::Error> {
-        let mut confirms = Vec::with_capacity(rows.len());
+        let in_flight = self.send(rows).await?;
+        in_flight
+            .confirmed(&mut Returned::default(), attempts)
+            .await
+    }
+
+    /// Publishes every message (mandatory, persistent) without waiting for the broker.
+    pub async fn send(&self, rows: &[Queued]) -> Result<InFlight, lapin::Error> {
+        let mut sent = Vec::with_capacity(rows.len());
         for row in rows {
             let m = &row.message;
             let meta = DeliveryMeta {
@@ -80,54 +89,87 @@ impl Publisher {
                     properties(&meta),
                 )
                 .await?;
-            confirms.push(confirm);
+            sent.push(Sent {
+                id: row.id,
+                message_id: meta.message_id.unwrap_or_default(),
+                exchange: m.exchange.clone(),
+                routing_key: meta.routing_key,
+                confirm,
+            });
         }
-        // lapin hands a returned message to whichever confirm completes next, not
-        // necessarily its own (with pipelined publishes and multiple acks they differ),
-        // so returns are matched to rows by message id. The broker sends a message's
-        // return before its ack, so every return of this batch arrives with one of the
-        // batch's confirms.
-        let mut acked = Vec::with_capacity(rows.len());
-        let mut returned = std::collections::HashSet::new();
-        for (row, confirm) in rows.iter().zip(confirms) {
-            let c = confirm.await?;
+        Ok(InFlight { sent })
+    }
+
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "publisher stopping").await;
+    }
+}
+
+/// Messages handed to the broker, their confirms still to come.
+pub struct InFlight {
+    sent: Vec<Sent>,
+}
+
+struct Sent {
+    id: i64,
+    message_id: String,
+    exchange: String,
+    routing_key: String,
+    confirm: PublisherConfirm,
+}
+
+/// Message ids the broker returned as unroutable and no settled message has claimed
+/// yet. lapin hands a returned message to whichever confirm completes next, not
+/// necessarily its own (with pipelined publishes and multiple acks they differ); the
+/// broker sends a return before the ack of its message, so the return arrives with the
+/// confirm of its own message or of an earlier one on the same channel. Confirms
+/// awaited in publishing order, with this set carried from one [`InFlight`] to the
+/// next, therefore find every return by the time its message is settled.
+#[derive(Debug, Default)]
+pub struct Returned(std::collections::HashSet<String>);
+
+impl InFlight {
+    /// Awaits every confirm, in publishing order, and says what the broker did with each
+    /// message. `returned` carries returns over from the channel's earlier messages.
+    pub async fn confirmed(
+        self,
+        returned: &mut Returned,
+        attempts: impl Fn(i64) -> i32,
+    ) -> Result<Published, lapin::Error> {
+        let mut acked = Vec::with_capacity(self.sent.len());
+        for s in self.sent {
+            let c = s.confirm.await?;
             let nack = matches!(c, Confirmation::Nack(_));
             if let Some(r) = c.take_message() {
                 if let Some(id) = r.properties.message_id() {
-                    returned.insert(id.as_str().to_string());
+                    returned.0.insert(id.as_str().to_string());
                 }
             }
-            acked.push((row, nack));
+            acked.push((s.id, s.message_id, s.exchange, s.routing_key, nack));
         }
         let mut out = Published::default();
-        for (row, nack) in acked {
-            let m = &row.message;
-            if returned.contains(&m.message_id) {
+        for (id, message_id, exchange, routing_key, nack) in acked {
+            if returned.0.remove(&message_id) {
                 out.failed.push(Failed {
-                    id: row.id,
-                    attempts: attempts(row.id),
+                    id,
+                    attempts: attempts(id),
                     why: format!(
-                        "unroutable: no queue is bound to {} with routing key {}",
-                        m.exchange, m.routing_key
+                        "unroutable: no queue is bound to {exchange} with routing key {routing_key}"
                     ),
                     returned: true,
                 });
             } else if nack {
                 out.failed.push(Failed {
-                    id: row.id,
-                    attempts: attempts(row.id),
+                    id,
+                    attempts: attempts(id),
                     why: "the broker refused the message (nack)".into(),
                     returned: false,
                 });
             } else {
-                out.sent.push(row.id);
+                out.sent.push(id);
             }
         }
         Ok(out)
-    }
-
-    pub async fn close(self) {
-        let _ = self.channel.close(200, "publisher stopping").await;
     }
 }
 
@@ -204,33 +246,67 @@ impl<'a> Settler<'a> {
     }
 }
 
+/// What a batch hands its publisher: the outbox rows it committed, and when.
+pub struct Handed {
+    pub committed_at: Instant,
+    pub rows: Vec<Queued>,
+}
+
 /// Publishes what batches hand it, in order, until its sender is dropped (then it has
-/// published everything handed to it) or the channel fails. Confirms are awaited here,
-/// off the path of the batches; what cannot be settled stays leased in the outbox and
-/// the relay takes it when the lease ends.
+/// published everything handed to it and settled what the broker confirmed) or the
+/// channel fails. Publishing does not wait for confirms: they are awaited by a second
+/// task, in order, off the path of the next batch's messages; at most `IN_FLIGHT`
+/// groups wait for theirs at once. What cannot be settled stays leased in the outbox
+/// and the relay takes it when the lease ends.
 pub async fn run(
     publisher: Publisher,
     shared: &Shared,
-    mut rx: mpsc::Receiver<Vec<Queued>>,
+    mut rx: mpsc::Receiver<Handed>,
 ) -> Result<(), lapin::Error> {
     const MOST: usize = 2000;
-    while let Some(mut rows) = rx.recv().await {
-        while rows.len() < MOST {
-            match rx.try_recv() {
-                Ok(more) => rows.extend(more),
-                Err(_) => break,
+    const IN_FLIGHT: usize = 64;
+    let (confirms_tx, mut confirms_rx) = mpsc::channel::<InFlight>(IN_FLIGHT);
+    let sending = async {
+        while let Some(first) = rx.recv().await {
+            let mut rows = first.rows;
+            let mut oldest = first.committed_at;
+            while rows.len() < MOST {
+                match rx.try_recv() {
+                    Ok(more) => {
+                        rows.extend(more.rows);
+                        oldest = oldest.min(more.committed_at);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let in_flight = publisher.send(&rows).await?;
+            shared
+                .metrics
+                .publish_wait_seconds
+                .observe(oldest.elapsed().as_secs_f64());
+            if confirms_tx.send(in_flight).await.is_err() {
+                break;
             }
         }
-        let p = publisher.publish(&rows, |_| 0).await?;
-        shared.metrics.published.inc_by(p.sent.len() as u64);
-        shared
-            .metrics
-            .returned
-            .inc_by(p.failed.iter().filter(|f| f.returned).count() as u64);
-        if let Err(e) = settle(shared, &p).await {
-            tracing::warn!(error = %e, "could not record what the broker said; the relay sends those messages again after their lease");
+        drop(confirms_tx);
+        Ok::<_, lapin::Error>(())
+    };
+    let confirming = async {
+        let mut returned = Returned::default();
+        while let Some(in_flight) = confirms_rx.recv().await {
+            let p = in_flight.confirmed(&mut returned, |_| 0).await?;
+            shared.metrics.published.inc_by(p.sent.len() as u64);
+            shared
+                .metrics
+                .returned
+                .inc_by(p.failed.iter().filter(|f| f.returned).count() as u64);
+            if let Err(e) = settle(shared, &p).await {
+                tracing::warn!(error = %e, "could not record what the broker said; the relay sends those messages again after their lease");
+            }
         }
-    }
+        Ok::<_, lapin::Error>(())
+    };
+    let (sent, confirmed) = tokio::join!(sending, confirming);
     publisher.close().await;
-    Ok(())
+    sent.and(confirmed)
 }

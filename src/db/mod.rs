@@ -56,6 +56,9 @@ pub const SERVICE_PLANNER: [(&str, &str); 4] = [
 
 fn pool_with(settings: &DatabaseSettings, options: PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
+        // No ping before each use: it is a round trip per batch, and a connection that
+        // broke meanwhile fails its first statement, which is retried like any outage.
+        .test_before_acquire(false)
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options)

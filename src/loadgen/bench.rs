@@ -128,6 +128,10 @@ pub struct Inside {
     pub batches_per_s: f64,
     pub messages_per_batch: f64,
     pub ms_per_batch: f64,
+    /// Mean wait of a batch's first delivery for a database turn.
+    pub ms_waiting: f64,
+    /// Mean time from a batch's commit until its messages were handed to the broker.
+    pub ms_to_publish: f64,
     pub statements_per_batch: f64,
     pub commits_per_s: f64,
 }
@@ -137,6 +141,9 @@ struct Probe {
     batches: f64,
     batch_messages: f64,
     batch_seconds: f64,
+    wait_seconds: f64,
+    publish_waits: f64,
+    publish_wait_seconds: f64,
     statements: f64,
     commits: f64,
     at: Option<Instant>,
@@ -159,6 +166,9 @@ impl Probe {
                     "coordinator_batch_size_count" => p.batches = v,
                     "coordinator_batch_size_sum" => p.batch_messages = v,
                     "coordinator_batch_seconds_sum" => p.batch_seconds = v,
+                    "coordinator_batch_wait_seconds_sum" => p.wait_seconds = v,
+                    "coordinator_publish_wait_seconds_count" => p.publish_waits = v,
+                    "coordinator_publish_wait_seconds_sum" => p.publish_wait_seconds = v,
                     "coordinator_batch_statements_total" => p.statements = v,
                     _ => {}
                 }
@@ -181,6 +191,16 @@ impl Probe {
             batches_per_s: batches / secs,
             messages_per_batch: per(end.batch_messages - self.batch_messages),
             ms_per_batch: per(end.batch_seconds - self.batch_seconds) * 1000.0,
+            ms_waiting: per(end.wait_seconds - self.wait_seconds) * 1000.0,
+            ms_to_publish: {
+                let n = end.publish_waits - self.publish_waits;
+                let t = end.publish_wait_seconds - self.publish_wait_seconds;
+                if n > 0.0 {
+                    t / n * 1000.0
+                } else {
+                    0.0
+                }
+            },
             statements_per_batch: per(end.statements - self.statements),
             commits_per_s: (end.commits - self.commits) / secs,
         })
@@ -715,8 +735,8 @@ pub fn format_row(r: &Row) -> String {
     ));
     if let Some(i) = &r.inside {
         s.push_str(&format!(
-            "; inside: {:.0} batches/s of {:.1} msgs, {:.1} ms and {:.1} statements each; PostgreSQL {:.0} commits/s",
-            i.batches_per_s, i.messages_per_batch, i.ms_per_batch, i.statements_per_batch, i.commits_per_s
+            "; inside: {:.0} batches/s of {:.1} msgs, {:.1} ms and {:.1} statements each, {:.1} ms waiting for a turn, {:.1} ms from commit to publish; PostgreSQL {:.0} commits/s",
+            i.batches_per_s, i.messages_per_batch, i.ms_per_batch, i.statements_per_batch, i.ms_waiting, i.ms_to_publish, i.commits_per_s
         ));
     }
     if o.unfinished > 0 {
