@@ -278,6 +278,14 @@ async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The last line of a log file, for an error message.
+fn last_line(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|s| s.lines().last().map(str::to_string))
+        .unwrap_or_else(|| format!("(see {})", log.display()))
+}
+
 /// The coordinator as a child process.
 struct Coordinator {
     child: Child,
@@ -295,6 +303,7 @@ impl Coordinator {
             .local_addr()?
             .port();
         let http = format!("127.0.0.1:{port}");
+        let log_path = log;
         let log = std::fs::File::create(log)?;
         let mut cmd = Command::new(&opts.bin);
         cmd.arg("serve")
@@ -312,11 +321,17 @@ impl Coordinator {
         let child = cmd
             .spawn()
             .with_context(|| format!("could not start {}", opts.bin.display()))?;
-        let c = Coordinator { child, http };
+        let mut c = Coordinator { child, http };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if crate::http::probe(&c.http, "/readyz").await.map(|r| r.0) == Some(200) {
                 return Ok(c);
+            }
+            if let Ok(Some(status)) = c.child.try_wait() {
+                bail!(
+                    "the coordinator exited ({status}) before it was ready; its last line: {}",
+                    last_line(log_path)
+                );
             }
             if Instant::now() > deadline {
                 bail!("the coordinator did not become ready within 60 s");
