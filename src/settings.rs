@@ -58,6 +58,16 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// The service's sessions: a statement running longer is cancelled (0 = no limit).
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// The service's sessions: a wait for a row or table lock longer than this fails.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// The service's sessions: a transaction left idle longer than this is ended by
+    /// PostgreSQL (its session closed).
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -83,6 +93,10 @@ pub struct AmqpSettings {
     pub queue_type: QueueType,
     #[serde(with = "humantime_serde")]
     pub reconnect_delay: Duration,
+    /// The longest a publisher waits for the broker to confirm a message before it gives
+    /// its channel up (the message is sent again after its lease).
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
 }
 
 /// The coordinator's inbox: how it is consumed and applied.
@@ -331,6 +345,12 @@ impl Settings {
             return Err(invalid(
                 "sla.warning_fraction",
                 format!("must be between 0 and 1, got {}", self.sla.warning_fraction),
+            ));
+        }
+        if self.amqp.confirm_timeout.is_zero() {
+            return Err(invalid(
+                "amqp.confirm_timeout",
+                "must be above 0 (a publisher must wait for the broker's confirm)".into(),
             ));
         }
         self.ladders()?;

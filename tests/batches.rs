@@ -253,3 +253,74 @@ async fn a_database_outage_sets_nothing_aside() {
     assert!(err.to_string().contains("retried"), "{err}");
     assert_eq!(env.scalar_i64("SELECT count(*) FROM dead_letters").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_sessions_carry_the_configured_timeouts() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    settings.database.statement_timeout = std::time::Duration::from_millis(4500);
+    settings.database.lock_timeout = std::time::Duration::from_millis(700);
+    settings.database.idle_in_transaction_timeout = std::time::Duration::from_secs(9);
+    let pool = coordinator::db::service_pool(&settings.database).expect("pool");
+    let show = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(&format!("SHOW {name}"))
+                .fetch_one(&pool)
+                .await
+                .expect("show")
+        }
+    };
+    assert_eq!(show("statement_timeout").await, "4500ms");
+    assert_eq!(show("lock_timeout").await, "700ms");
+    assert_eq!(show("idle_in_transaction_session_timeout").await, "9s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_waits_too_long_for_a_lock_fails_to_be_retried_and_sets_nothing_aside() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    settings.database.lock_timeout = std::time::Duration::from_millis(300);
+    let pool = coordinator::db::service_pool(&settings.database).expect("pool");
+    let shared = Shared::new(settings, pool);
+    let start = msg(
+        "product-1",
+        "product-director",
+        "requirements_ready",
+        "wf-locked",
+        json!({}),
+    );
+    pipeline::apply_shared(&shared, &inbound(&[&start]), Utc::now())
+        .await
+        .expect("workflow started");
+
+    // Someone else holds the workflow's row (an operator's open transaction).
+    let mut holder = env.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM workflows WHERE id = 'wf-locked' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let next = msg(
+        "eng-1",
+        "engineering-director",
+        "handoff_acknowledged",
+        "wf-locked",
+        json!({}),
+    );
+    let err = pipeline::apply_shared(&shared, &inbound(&[&next]), Utc::now())
+        .await
+        .expect_err("the lock is not granted within lock_timeout");
+    assert!(err.to_string().contains("retried"), "{err}");
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM dead_letters").await, 0);
+
+    // Once the lock is given back, the same batch commits.
+    holder.rollback().await.expect("rollback");
+    let out = pipeline::apply_shared(&shared, &inbound(&[&next]), Utc::now())
+        .await
+        .expect("applied after the lock is free");
+    assert!(
+        !matches!(out.results[0].outcome, Outcome::Duplicate),
+        "{:?}",
+        out.results[0].outcome
+    );
+}

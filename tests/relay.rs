@@ -69,7 +69,9 @@ fn assert_only_unroutable_failed(sent: &[i64], failed: &[Failed]) {
 async fn in_a_pipelined_batch_only_the_unroutable_messages_are_kept_for_retry() {
     let env = TestEnv::new().await;
     let (conn, rows) = qa_only_broker(&env).await;
-    let publisher = Publisher::open(&conn).await.expect("publisher");
+    let publisher = Publisher::open(&conn, env.settings().amqp.confirm_timeout)
+        .await
+        .expect("publisher");
     let p = publisher.publish(&rows, |_| 0).await.expect("published");
     assert_only_unroutable_failed(&p.sent, &p.failed);
     publisher.close().await;
@@ -80,7 +82,9 @@ async fn in_a_pipelined_batch_only_the_unroutable_messages_are_kept_for_retry() 
 async fn groups_published_before_any_confirm_still_match_each_return_to_its_row() {
     let env = TestEnv::new().await;
     let (conn, rows) = qa_only_broker(&env).await;
-    let publisher = Publisher::open(&conn).await.expect("publisher");
+    let publisher = Publisher::open(&conn, env.settings().amqp.confirm_timeout)
+        .await
+        .expect("publisher");
     // Ten groups of four on one channel, every one published before the first confirm
     // is awaited, as a partition's publisher does while its confirms are collected.
     let mut in_flight = Vec::new();

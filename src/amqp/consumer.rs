@@ -28,6 +28,8 @@ pub enum ConsumerError {
     Amqp(#[from] lapin::Error),
     #[error("the publisher of committed messages stopped")]
     Publisher,
+    #[error("the publisher of committed messages failed")]
+    Publish(#[from] publisher::PublishError),
     #[error("the broker closed the inbox consumer")]
     Closed,
     #[error("could not declare queues for a new agent")]
@@ -42,7 +44,7 @@ pub async fn run(
     partition: u32,
     stop: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    let publisher = Publisher::open(conn).await?;
+    let publisher = Publisher::open(conn, shared.settings.amqp.confirm_timeout).await?;
     let (tx, rx) = mpsc::channel(64);
     let (consumed, published) = tokio::join!(
         consume(conn, shared, partition, stop, tx),

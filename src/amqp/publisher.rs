@@ -21,6 +21,16 @@ use crate::runtime::Shared;
 /// A confirm-mode channel.
 pub struct Publisher {
     channel: Channel,
+    /// The longest the broker may take to confirm a message (`amqp.confirm_timeout`).
+    confirm_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("publishing failed")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker did not confirm a message within {0:?} (amqp.confirm_timeout); the channel is given up and the message sent again after its lease")]
+    ConfirmTimeout(Duration),
 }
 
 /// What the broker said about a batch of messages.
@@ -41,12 +51,18 @@ pub struct Failed {
 }
 
 impl Publisher {
-    pub async fn open(conn: &Connection) -> Result<Publisher, lapin::Error> {
+    pub async fn open(
+        conn: &Connection,
+        confirm_timeout: Duration,
+    ) -> Result<Publisher, lapin::Error> {
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Publisher { channel })
+        Ok(Publisher {
+            channel,
+            confirm_timeout,
+        })
     }
 
     /// Publishes every message, then awaits every confirm. `attempts` gives each row's
@@ -55,7 +71,7 @@ impl Publisher {
         &self,
         rows: &[Queued],
         attempts: impl Fn(i64) -> i32,
-    ) -> Result<Published, lapin::Error> {
+    ) -> Result<Published, PublishError> {
         let in_flight = self.send(rows).await?;
         in_flight
             .confirmed(&mut Returned::default(), attempts)
@@ -65,6 +81,7 @@ impl Publisher {
     /// Publishes every message (mandatory, persistent) without waiting for the broker.
     pub async fn send(&self, rows: &[Queued]) -> Result<InFlight, lapin::Error> {
         let mut sent = Vec::with_capacity(rows.len());
+        let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         for row in rows {
             let m = &row.message;
             let meta = DeliveryMeta {
@@ -97,7 +114,11 @@ impl Publisher {
                 confirm,
             });
         }
-        Ok(InFlight { sent })
+        Ok(InFlight {
+            sent,
+            deadline,
+            timeout: self.confirm_timeout,
+        })
     }
 
     pub async fn close(self) {
@@ -108,6 +129,9 @@ impl Publisher {
 /// Messages handed to the broker, their confirms still to come.
 pub struct InFlight {
     sent: Vec<Sent>,
+    /// Every confirm is due by then.
+    deadline: tokio::time::Instant,
+    timeout: Duration,
 }
 
 struct Sent {
@@ -135,10 +159,12 @@ impl InFlight {
         self,
         returned: &mut Returned,
         attempts: impl Fn(i64) -> i32,
-    ) -> Result<Published, lapin::Error> {
+    ) -> Result<Published, PublishError> {
         let mut acked = Vec::with_capacity(self.sent.len());
         for s in self.sent {
-            let c = s.confirm.await?;
+            let c = tokio::time::timeout_at(self.deadline, s.confirm)
+                .await
+                .map_err(|_| PublishError::ConfirmTimeout(self.timeout))??;
             let nack = matches!(c, Confirmation::Nack(_));
             if let Some(r) = c.take_message() {
                 if let Some(id) = r.properties.message_id() {
@@ -262,7 +288,7 @@ pub async fn run(
     publisher: Publisher,
     shared: &Shared,
     mut rx: mpsc::Receiver<Handed>,
-) -> Result<(), lapin::Error> {
+) -> Result<(), PublishError> {
     const MOST: usize = 2000;
     const IN_FLIGHT: usize = 64;
     let (confirms_tx, mut confirms_rx) = mpsc::channel::<InFlight>(IN_FLIGHT);
@@ -289,7 +315,7 @@ pub async fn run(
             }
         }
         drop(confirms_tx);
-        Ok::<_, lapin::Error>(())
+        Ok::<_, PublishError>(())
     };
     let confirming = async {
         let mut returned = Returned::default();
@@ -304,7 +330,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "could not record what the broker said; the relay sends those messages again after their lease");
             }
         }
-        Ok::<_, lapin::Error>(())
+        Ok::<_, PublishError>(())
     };
     let (sent, confirmed) = tokio::join!(sending, confirming);
     publisher.close().await;

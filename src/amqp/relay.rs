@@ -24,6 +24,8 @@ use crate::runtime::Shared;
 pub enum RelayError {
     #[error("the relay's channel failed")]
     Amqp(#[from] lapin::Error),
+    #[error("the relay could not publish")]
+    Publish(#[from] crate::amqp::publisher::PublishError),
     #[error("the relay could not read or update the outbox")]
     Db(#[from] sqlx::Error),
 }
@@ -46,7 +48,7 @@ impl<'a> Relay<'a> {
     pub async fn new(conn: &Connection, shared: &'a Shared) -> Result<Relay<'a>, RelayError> {
         Ok(Relay {
             shared,
-            publisher: Publisher::open(conn).await?,
+            publisher: Publisher::open(conn, shared.settings.amqp.confirm_timeout).await?,
         })
     }
 

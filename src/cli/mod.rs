@@ -645,7 +645,7 @@ pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Resu
         .context("could not connect to RabbitMQ (amqp.url)")?;
     let channel = amqp.create_channel().await?;
     channel.confirm_select(Default::default()).await?;
-    let confirm = channel
+    let pending = channel
         .basic_publish(
             exchanges::TOPIC,
             &dl.routing_key,
@@ -653,8 +653,15 @@ pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Resu
             &dl.body,
             properties(&meta),
         )
-        .await?
         .await?;
+    let timeout = settings.amqp.confirm_timeout;
+    let confirm = tokio::time::timeout(timeout, pending)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the broker did not confirm the replayed message within {timeout:?} (amqp.confirm_timeout); run the command again"
+            )
+        })??;
     let _ = amqp.close(200, "done").await;
     if !confirm.is_ack() {
         bail!("the broker did not accept the replayed message; run the command again");

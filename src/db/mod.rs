@@ -40,10 +40,30 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
 /// these connections a sequential scan, a hash join and a merge join are last resorts:
 /// the kept plans are index lookups whatever the tables held when they were made
 /// (tests/plans.rs checks them). Operators' queries use [`pool`].
+///
+/// Its sessions also carry the timeouts of `database.*`, so no statement, lock wait or
+/// abandoned transaction holds the service (or rows other coordinators need) forever;
+/// a statement that hits one fails as [`Fault::Transient`] and its work is retried.
 pub fn service_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let options: PgConnectOptions = settings.url.parse().map_err(DbError::BadUrl)?;
-    let options = options.options(SERVICE_PLANNER);
+    let options = options
+        .options(SERVICE_PLANNER)
+        .options(session_timeouts(settings));
     Ok(pool_with(settings, options))
+}
+
+/// PostgreSQL's session settings for `database.statement_timeout`, `lock_timeout` and
+/// `idle_in_transaction_timeout`, in milliseconds (0 turns one off).
+pub fn session_timeouts(settings: &DatabaseSettings) -> [(&'static str, String); 3] {
+    let ms = |d: std::time::Duration| d.as_millis().to_string();
+    [
+        ("statement_timeout", ms(settings.statement_timeout)),
+        ("lock_timeout", ms(settings.lock_timeout)),
+        (
+            "idle_in_transaction_session_timeout",
+            ms(settings.idle_in_transaction_timeout),
+        ),
+    ]
 }
 
 /// The planner settings of [`service_pool`].
