@@ -37,7 +37,8 @@ async fn healthz() -> &'static str {
 }
 
 /// 200 once migrations are applied, the topology is declared and the inbox is consumed,
-/// and only while the broker connection is up and the database answers.
+/// and only while the broker connection is up, the database answers and no circuit
+/// breaker is open (each breaker's state is in the body under `circuit_breakers`).
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let s = &shared.status;
     let database = tokio::time::timeout(
@@ -46,7 +47,15 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
     .await
     .is_ok_and(|r| r.is_ok());
+    let breakers: serde_json::Map<String, serde_json::Value> = shared
+        .breakers
+        .states(&shared.metrics)
+        .into_iter()
+        .map(|(g, state)| (g.as_str().to_string(), json!(state.as_str())))
+        .collect();
+    let none_open = breakers.values().all(|v| v != "open");
     let checks = json!({
+        "no_circuit_breaker_open": none_open,
         "migrated": Status::get(&s.migrated),
         "broker_connected": Status::get(&s.broker_connected),
         "topology_declared": Status::get(&s.topology_declared),
@@ -61,7 +70,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({"ready": ready, "checks": checks})))
+    (
+        code,
+        Json(json!({"ready": ready, "checks": checks, "circuit_breakers": breakers})),
+    )
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

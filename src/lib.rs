@@ -18,6 +18,7 @@
 //! - [`amqp`]: the connection supervisor, topology, inbox consumers, publishers and
 //!   the outbox relay.
 //! - [`partitions`]: sharing the inbox's partitions among running coordinators.
+//! - [`breaker`]: the circuit breaker's logic (pure, with an injected clock).
 //! - [`runtime`]: state shared by the running tasks (readiness, metrics, signals, the
 //!   agent cache).
 //! - [`activity`]: a line a second at info of what the service did.
@@ -31,6 +32,7 @@ pub mod activity;
 pub mod agent;
 pub mod amqp;
 pub mod app;
+pub mod breaker;
 pub mod cli;
 pub mod db;
 pub mod domain;

@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
+use crate::breaker::{Breaker, State as BreakerState};
 use crate::domain::catalog::Catalog;
 use crate::domain::sla::Deadline;
 use crate::processor::{Agents, Processor};
@@ -40,6 +42,8 @@ pub struct Shared {
     pub wake_timer: Notify,
     /// Set when an operator moved deadlines (the timer reads its window again).
     pub timers_changed: AtomicBool,
+    /// The circuit breakers around PostgreSQL and around publishing.
+    pub breakers: Breakers,
 }
 
 impl Shared {
@@ -47,6 +51,7 @@ impl Shared {
         let catalog = settings.catalog();
         let processor = Processor::from_settings(&settings);
         let batch_turns = tokio::sync::Semaphore::new(settings.inbox.concurrency);
+        let settings_breaker = settings.circuit_breaker;
         Shared {
             settings,
             instance: instance_id(),
@@ -62,6 +67,7 @@ impl Shared {
             pushed: Mutex::new(Vec::new()),
             wake_timer: Notify::new(),
             timers_changed: AtomicBool::new(false),
+            breakers: Breakers::new(settings_breaker),
         }
     }
 
@@ -190,6 +196,102 @@ impl Confirmed {
     }
 }
 
+/// What a circuit breaker guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    Database,
+    Publishing,
+}
+
+impl Guarded {
+    pub const ALL: [Guarded; 2] = [Guarded::Database, Guarded::Publishing];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarded::Database => "database",
+            Guarded::Publishing => "publishing",
+        }
+    }
+}
+
+/// The service's circuit breakers ([`crate::breaker`]) on the real clock; every change
+/// is reflected in `coordinator_circuit_breaker_state`.
+pub struct Breakers {
+    database: Mutex<Breaker>,
+    publishing: Mutex<Breaker>,
+}
+
+impl Breakers {
+    fn new(settings: crate::breaker::BreakerSettings) -> Breakers {
+        Breakers {
+            database: Mutex::new(Breaker::new(settings)),
+            publishing: Mutex::new(Breaker::new(settings)),
+        }
+    }
+
+    fn lock(&self, which: Guarded) -> MutexGuard<'_, Breaker> {
+        let m = match which {
+            Guarded::Database => &self.database,
+            Guarded::Publishing => &self.publishing,
+        };
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, which: Guarded, ok: bool, metrics: &Metrics) {
+        let now = Instant::now();
+        let mut b = self.lock(which);
+        let before = b.state(now);
+        if ok {
+            b.success(now);
+        } else {
+            b.failure(now);
+        }
+        let after = b.state(now);
+        drop(b);
+        if after != before {
+            match after {
+                BreakerState::Open => tracing::error!(breaker = which.as_str(), "circuit breaker opened: deliveries wait on their queues until it lets work through again"),
+                BreakerState::Closed => tracing::info!(breaker = which.as_str(), "circuit breaker closed"),
+                BreakerState::HalfOpen => {}
+            }
+        }
+        metrics.set_breaker(which, after);
+    }
+
+    /// The state of each breaker now.
+    pub fn states(&self, metrics: &Metrics) -> Vec<(Guarded, BreakerState)> {
+        let now = Instant::now();
+        Guarded::ALL
+            .iter()
+            .map(|&g| {
+                let s = self.lock(g).state(now);
+                metrics.set_breaker(g, s);
+                (g, s)
+            })
+            .collect()
+    }
+
+    /// How long until every breaker lets work through, and the one that holds it longest;
+    /// `None` when work may go now.
+    pub fn wait(&self) -> Option<(Guarded, Duration)> {
+        let now = Instant::now();
+        Guarded::ALL
+            .iter()
+            .filter_map(|&g| self.lock(g).wait(now).map(|d| (g, d)))
+            .max_by_key(|(_, d)| *d)
+    }
+}
+
+impl Shared {
+    pub fn succeeded(&self, which: Guarded) {
+        self.breakers.record(which, true, &self.metrics);
+    }
+
+    pub fn failed(&self, which: Guarded) {
+        self.breakers.record(which, false, &self.metrics);
+    }
+}
+
 /// What `/readyz` reports.
 #[derive(Debug, Default)]
 pub struct Status {
@@ -233,6 +335,7 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub broker_connects: IntCounter,
     pub timer_lateness: HistogramVec,
+    pub breaker_state: IntGaugeVec,
 }
 
 impl Metrics {
@@ -307,6 +410,13 @@ impl Metrics {
             ]),
             &["kind"],
         );
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "coordinator_circuit_breaker_state",
+                "Circuit breaker state by breaker (database, publishing): 0 closed, 1 half-open, 2 open",
+            ),
+            &["breaker"],
+        );
         // The names and label sets above are fixed and valid, so construction and
         // registration cannot fail; a failure here is a programming error caught by tests.
         let m = Metrics {
@@ -324,6 +434,7 @@ impl Metrics {
             outbox_pending: outbox_pending.expect("valid metric"),
             broker_connects: broker_connects.expect("valid metric"),
             timer_lateness: timer_lateness.expect("valid metric"),
+            breaker_state: breaker_state.expect("valid metric"),
             registry,
         };
         for c in [
@@ -341,10 +452,21 @@ impl Metrics {
             Box::new(m.outbox_pending.clone()),
             Box::new(m.broker_connects.clone()),
             Box::new(m.timer_lateness.clone()),
+            Box::new(m.breaker_state.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }
+        // Present (closed) from the start, not only after a first change.
+        for g in Guarded::ALL {
+            m.set_breaker(g, BreakerState::Closed);
+        }
         m
+    }
+
+    pub fn set_breaker(&self, which: Guarded, state: BreakerState) {
+        self.breaker_state
+            .with_label_values(&[which.as_str()])
+            .set(state.gauge());
     }
 
     /// The Prometheus text exposition of every metric.

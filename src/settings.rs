@@ -45,6 +45,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub inbox: InboxSettings,
     pub limits: LimitSettings,
+    /// The breakers around PostgreSQL and around publishing.
+    pub circuit_breaker: crate::breaker::BreakerSettings,
     #[serde(default)]
     pub agents: Vec<StaticAgent>,
     #[serde(default)]
@@ -345,6 +347,16 @@ impl Settings {
             return Err(invalid(
                 "sla.warning_fraction",
                 format!("must be between 0 and 1, got {}", self.sla.warning_fraction),
+            ));
+        }
+        let cb = &self.circuit_breaker;
+        if cb.failure_threshold == 0 || cb.success_threshold == 0 {
+            return Err(invalid(
+                "circuit_breaker",
+                format!(
+                    "failure_threshold and success_threshold must be at least 1, got {} and {}",
+                    cb.failure_threshold, cb.success_threshold
+                ),
             ));
         }
         if self.amqp.confirm_timeout.is_zero() {

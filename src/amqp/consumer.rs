@@ -19,7 +19,7 @@ use crate::amqp::topology::Declarer;
 use crate::db;
 use crate::pipeline;
 use crate::processor::{Inbound, Outcome};
-use crate::runtime::Shared;
+use crate::runtime::{Guarded, Shared};
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,9 @@ async fn consume(
             Some(Err(e)) => break Err(e.into()),
             None => break Err(ConsumerError::Closed),
         };
+        if !let_through(shared, &stop).await {
+            break Ok(());
+        }
         // At most inbox.concurrency batches are applied at once by this coordinator:
         // while this partition waits for its turn, more deliveries arrive and the batch
         // it then takes is bigger (fewer, larger transactions on a busy machine).
@@ -121,6 +124,23 @@ async fn consume(
     let _ = channel.close(200, "consumer stopping").await;
     tracing::info!(%queue, "stopped consuming an inbox partition");
     result
+}
+
+/// Waits while a circuit breaker is open (the deliveries in hand stay unacknowledged on
+/// their queue meanwhile). False if shutdown came first.
+async fn let_through(shared: &Shared, stop: &CancellationToken) -> bool {
+    while let Some((breaker, wait)) = shared.breakers.wait() {
+        tracing::debug!(
+            breaker = breaker.as_str(),
+            ?wait,
+            "a circuit breaker is open; deliveries wait"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(wait.min(std::time::Duration::from_secs(1))) => {}
+        }
+    }
+    !stop.is_cancelled()
 }
 
 /// Applies a batch until it commits (retrying while the database is down), gives back
@@ -157,6 +177,7 @@ async fn handle_batch(
         let publish_after = pipeline::publish_after(Utc::now(), shared.settings.outbox.lease);
         match pipeline::apply_shared(shared, &inbound, publish_after).await {
             Ok(out) => {
+                shared.succeeded(Guarded::Database);
                 shared
                     .metrics
                     .batch_seconds
@@ -170,15 +191,20 @@ async fn handle_batch(
                 break out;
             }
             Err(e) => {
+                shared.failed(Guarded::Database);
                 tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), size = batch.len(), retry_in = ?backoff, "batch not committed; will retry");
-                tokio::select! {
-                    _ = stop.cancelled() => {
-                        last.acker
-                            .nack(BasicNackOptions { multiple: true, requeue: true })
-                            .await?;
-                        return Ok(false);
-                    }
-                    _ = tokio::time::sleep(backoff) => {}
+                let waited = tokio::select! {
+                    _ = stop.cancelled() => false,
+                    _ = tokio::time::sleep(backoff) => let_through(shared, stop).await,
+                };
+                if !waited {
+                    last.acker
+                        .nack(BasicNackOptions {
+                            multiple: true,
+                            requeue: true,
+                        })
+                        .await?;
+                    return Ok(false);
                 }
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }

@@ -16,7 +16,7 @@ use crate::amqp::properties;
 use crate::db::batch::Queued;
 use crate::db::store;
 use crate::domain::envelope::DeliveryMeta;
-use crate::runtime::Shared;
+use crate::runtime::{Guarded, Shared};
 
 /// A confirm-mode channel.
 pub struct Publisher {
@@ -199,6 +199,19 @@ impl InFlight {
     }
 }
 
+/// Tells the publishing breaker how a group went: a failed channel, a confirm that did
+/// not come or a nack count against it; a return (no queue bound) does not.
+pub fn record(
+    shared: &Shared,
+    p: Result<Published, PublishError>,
+) -> Result<Published, PublishError> {
+    match &p {
+        Ok(p) if p.failed.iter().all(|f| f.returned) => shared.succeeded(Guarded::Publishing),
+        _ => shared.failed(Guarded::Publishing),
+    }
+    p
+}
+
 /// Records what the broker said: confirmed rows are handed to the [`Settler`] (marked
 /// sent shortly, together with other publishers'), the others are due again after a
 /// backoff that doubles with each attempt (from `retry_backoff`, at most 32 times it).
@@ -305,7 +318,9 @@ pub async fn run(
                     Err(_) => break,
                 }
             }
-            let in_flight = publisher.send(&rows).await?;
+            let in_flight = publisher.send(&rows).await.inspect_err(|_| {
+                shared.failed(Guarded::Publishing);
+            })?;
             shared
                 .metrics
                 .publish_wait_seconds
@@ -320,7 +335,8 @@ pub async fn run(
     let confirming = async {
         let mut returned = Returned::default();
         while let Some(in_flight) = confirms_rx.recv().await {
-            let p = in_flight.confirmed(&mut returned, |_| 0).await?;
+            let p = in_flight.confirmed(&mut returned, |_| 0).await;
+            let p = record(shared, p)?;
             shared.metrics.published.inc_by(p.sent.len() as u64);
             shared
                 .metrics

@@ -16,7 +16,7 @@ use std::time::Duration;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::publisher::{settle, Publisher};
+use crate::amqp::publisher::{self, settle, Publisher};
 use crate::db::store;
 use crate::runtime::Shared;
 
@@ -55,6 +55,10 @@ impl<'a> Relay<'a> {
     /// Publishes one batch of due messages.
     pub async fn step(&self) -> Result<StepReport, RelayError> {
         let cfg = &self.shared.settings.outbox;
+        // While a breaker is open nothing is leased: the rows stay due.
+        if self.shared.breakers.wait().is_some() {
+            return Ok(StepReport::default());
+        }
         let rows = {
             let mut conn = self.shared.pool.acquire().await?;
             store::lease_due(&mut conn, cfg.batch_size, cfg.lease).await?
@@ -71,7 +75,8 @@ impl<'a> Relay<'a> {
         let p = self
             .publisher
             .publish(&queued, |id| attempts.get(&id).copied().unwrap_or(0))
-            .await?;
+            .await;
+        let p = publisher::record(self.shared, p)?;
         settle(self.shared, &p).await?;
         report.published = p.sent.len();
         report.returned = p.failed.iter().filter(|f| f.returned).count();
