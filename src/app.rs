@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -63,13 +62,27 @@ impl App {
             shutdown.clone(),
         ));
 
-        if !retry_until_ok("apply migrations", &shutdown, || db::migrate(&shared.pool)).await {
+        if !retry_until_ok(
+            "apply migrations",
+            &shared.settings.retry_policies.critical_task,
+            &shutdown,
+            || db::migrate(&shared.pool),
+        )
+        .await
+        {
             return finish(http).await;
         }
         Status::set(&shared.status.migrated, true);
         tracing::info!("migrations applied");
         let register = || register_configured_agents(&shared);
-        if !retry_until_ok("register configured agents", &shutdown, register).await {
+        if !retry_until_ok(
+            "register configured agents",
+            &shared.settings.retry_policies.critical_task,
+            &shutdown,
+            register,
+        )
+        .await
+        {
             return finish(http).await;
         }
 
@@ -134,14 +147,20 @@ async fn register_configured_agents(shared: &Shared) -> anyhow::Result<()> {
 }
 
 /// Retries `f` with a growing delay until it succeeds (true) or shutdown (false).
-async fn retry_until_ok<F, Fut, E>(what: &str, shutdown: &CancellationToken, mut f: F) -> bool
+async fn retry_until_ok<F, Fut, E>(
+    what: &str,
+    policy: &crate::retry::RetryPolicy,
+    shutdown: &CancellationToken,
+    mut f: F,
+) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
     E: Into<anyhow::Error>,
 {
-    let mut delay = Duration::from_millis(200);
+    let mut waits = policy.waits();
     loop {
+        let delay = waits.next_persistent();
         match f().await {
             Ok(()) => return true,
             Err(e) => {
@@ -153,6 +172,5 @@ where
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

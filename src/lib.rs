@@ -19,6 +19,7 @@
 //!   the outbox relay.
 //! - [`partitions`]: sharing the inbox's partitions among running coordinators.
 //! - [`breaker`]: the circuit breaker's logic (pure, with an injected clock).
+//! - [`retry`]: the seed's named retry policies and the waits every retry loop takes.
 //! - [`runtime`]: state shared by the running tasks (readiness, metrics, signals, the
 //!   agent cache).
 //! - [`activity`]: a line a second at info of what the service did.
@@ -44,6 +45,7 @@ pub mod notifications;
 pub mod partitions;
 pub mod pipeline;
 pub mod processor;
+pub mod retry;
 pub mod runtime;
 pub mod settings;
 pub mod telemetry;

@@ -5,7 +5,6 @@
 //! since notifications sent while it was away are lost.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
@@ -27,15 +26,19 @@ pub fn dispatch(shared: &Shared, channel: &str) {
 
 /// Listens until `stop`.
 pub async fn run(shared: &Shared, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
+    let policy = shared.settings.retry_policies.heartbeat;
+    let mut waits = policy.waits();
+    let mut backoff;
     loop {
         let started = std::time::Instant::now();
         tokio::select! {
             _ = stop.cancelled() => return,
             Err(e) = listen(shared) => {
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff = Duration::from_millis(200);
+                // A connection that listened for a while failed anew: start the series again.
+                if started.elapsed() > policy.max_delay {
+                    waits.reset();
                 }
+                backoff = waits.next_persistent();
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot LISTEN for operator changes and registrations; the timer and the agent cache fall back to their periodic reloads");
             }
         }
@@ -43,7 +46,6 @@ pub async fn run(shared: &Shared, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -10,7 +10,7 @@
 //!
 //! When a commit fails because PostgreSQL refused a value ([`db::Fault::Input`]), the
 //! batch is split in halves, applied in order, until the message at fault is alone; it
-//! is retried `inbox.max_attempts` times and then set aside: kept whole in
+//! is retried as the `default` retry policy says and then set aside: kept whole in
 //! `dead_letters` as `processing_failed`, its sender told. Every other message commits.
 //! When the database itself is the problem ([`db::Fault::Transient`]) nothing is set
 //! aside: the caller waits and retries the whole batch, and what had committed already
@@ -28,6 +28,7 @@ use crate::db::batch::{self, Queued, WriteError, Written};
 use crate::db::{self, Fault};
 use crate::domain::sla::{add, Deadline, DeadlineKind};
 use crate::processor::{self, Agents, Batch, Checked, Inbound, Input, Processed, Processor};
+use crate::retry::RetryPolicy;
 use crate::runtime::Shared;
 
 /// What a batch did, once committed.
@@ -65,7 +66,8 @@ pub struct Context<'a> {
     /// Outbox rows become due for the relay at this time (the caller publishes them
     /// itself before then).
     pub publish_after: DateTime<Utc>,
-    pub max_attempts: u32,
+    /// How a message the database refuses is retried before it is set aside.
+    pub retry: RetryPolicy,
 }
 
 impl<'a> Context<'a> {
@@ -77,7 +79,7 @@ impl<'a> Context<'a> {
             agents: agents(shared).await?,
             instance: &shared.instance,
             publish_after,
-            max_attempts: shared.settings.inbox.max_attempts,
+            retry: shared.settings.retry_policies.default,
         })
     }
 }
@@ -145,7 +147,10 @@ pub async fn apply_operator(
         agents: Arc::new(Agents::default()),
         instance: "cli",
         publish_after: Utc::now(),
-        max_attempts: 1,
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
     };
     let c = commit(&ctx, &[Input::Operator(env)]).await?;
     Ok(c.results
@@ -162,9 +167,10 @@ async fn retry_one(
     first: sqlx::Error,
 ) -> Result<Result<Committed, sqlx::Error>, Retry> {
     let mut last = first;
-    for attempt in 1..ctx.max_attempts {
-        tracing::warn!(error = %last, attempt, "the database refused a message; retrying it alone");
-        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+    let mut waits = ctx.retry.waits();
+    while let Some(wait) = waits.next_attempt() {
+        tracing::warn!(error = %last, attempt = waits.failures(), retry_in = ?wait, "the database refused a message; retrying it alone");
+        tokio::time::sleep(wait).await;
         match commit(ctx, input).await {
             Ok(c) => return Ok(Ok(c)),
             Err(e) if db::classify(&e) == Fault::Transient => return Err(Retry(e)),

@@ -45,6 +45,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub inbox: InboxSettings,
     pub limits: LimitSettings,
+    /// The seed's named retry policies; `crate::retry` says which loop uses which.
+    pub retry_policies: crate::retry::RetryPolicies,
     /// The breakers around PostgreSQL and around publishing.
     pub circuit_breaker: crate::breaker::BreakerSettings,
     #[serde(default)]
@@ -93,8 +95,6 @@ impl QueueType {
 pub struct AmqpSettings {
     pub url: String,
     pub queue_type: QueueType,
-    #[serde(with = "humantime_serde")]
-    pub reconnect_delay: Duration,
     /// The longest a publisher waits for the broker to confirm a message before it gives
     /// its channel up (the message is sent again after its lease).
     #[serde(with = "humantime_serde")]
@@ -120,8 +120,6 @@ pub struct InboxSettings {
     pub prefetch: u16,
     /// Most deliveries applied in one transaction.
     pub batch_size: usize,
-    /// A message the database refuses is tried this many times, then set aside.
-    pub max_attempts: u32,
 }
 
 /// Size limits on inbound messages (see [`crate::domain::envelope::Limits`]).
@@ -208,8 +206,6 @@ pub struct OutboxSettings {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     pub batch_size: i64,
-    #[serde(with = "humantime_serde")]
-    pub retry_backoff: Duration,
     /// How long a publisher holds the rows it is publishing before the relay may take
     /// them (after a crash).
     #[serde(with = "humantime_serde")]
@@ -403,8 +399,10 @@ impl Settings {
         if self.inbox.batch_size == 0 {
             return Err(invalid("inbox.batch_size", "must be at least 1".into()));
         }
-        if self.inbox.max_attempts == 0 {
-            return Err(invalid("inbox.max_attempts", "must be at least 1".into()));
+        for (name, p) in self.retry_policies.named() {
+            if let Some(problem) = p.problem() {
+                return Err(invalid(&format!("retry_policies.{name}"), problem));
+            }
         }
         for (key, v) in [
             ("limits.max_body_bytes", self.limits.max_body_bytes),

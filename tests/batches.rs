@@ -158,7 +158,7 @@ async fn a_message_the_database_refuses_is_set_aside_and_its_neighbours_commit()
     // Let a 6 kB epic_id past the input limits, so that PostgreSQL itself refuses it
     // (too large for the epic_id index) and the pipeline has to find it.
     settings.limits.max_key_bytes = 100_000;
-    settings.inbox.max_attempts = 2;
+    settings.retry_policies.default.max_attempts = 2;
     let shared = Shared::new(settings, env.pool.clone());
     let ok = |wf: &str| {
         msg(

@@ -105,7 +105,7 @@ async fn a_poison_message_is_set_aside_the_sender_told_and_the_inbox_keeps_flowi
     // limit is lifted so that PostgreSQL itself refuses the poison.
     s.inbox.partitions = 1;
     s.limits.max_key_bytes = 100_000;
-    s.inbox.max_attempts = 2;
+    s.retry_policies.default.max_attempts = 2;
     let mut product = env.agent_with(&s, "product-1", "product-director").await;
     for wf in ["wf-1", "wf-2"] {
         product

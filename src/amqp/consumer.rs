@@ -169,7 +169,8 @@ async fn handle_batch(
             meta,
         })
         .collect();
-    let mut backoff = std::time::Duration::from_millis(100);
+    // A database outage is never the batch's fault: it is retried without end.
+    let mut waits = shared.settings.retry_policies.critical_task.waits();
     let out = loop {
         let started = Instant::now();
         // The batch's messages are this consumer's to publish for one lease; after
@@ -192,6 +193,7 @@ async fn handle_batch(
             }
             Err(e) => {
                 shared.failed(Guarded::Database);
+                let backoff = waits.next_persistent();
                 tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), size = batch.len(), retry_in = ?backoff, "batch not committed; will retry");
                 let waited = tokio::select! {
                     _ = stop.cancelled() => false,
@@ -206,7 +208,6 @@ async fn handle_batch(
                         .await?;
                     return Ok(false);
                 }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
         }
     };

@@ -214,17 +214,17 @@ pub fn record(
 
 /// Records what the broker said: confirmed rows are handed to the [`Settler`] (marked
 /// sent shortly, together with other publishers'), the others are due again after a
-/// backoff that doubles with each attempt (from `retry_backoff`, at most 32 times it).
+/// wait from the `default` retry policy, by the row's attempts.
 pub async fn settle(shared: &Shared, p: &Published) -> sqlx::Result<()> {
     shared.confirmed.add(&p.sent);
-    let retry_backoff = shared.settings.outbox.retry_backoff;
+    let policy = &shared.settings.retry_policies.default;
     if !p.failed.is_empty() {
         let mut conn = shared.pool.acquire().await?;
         let retries: Vec<(i64, String, Duration)> = p
             .failed
             .iter()
             .map(|f| {
-                let wait = retry_backoff * 2u32.saturating_pow(f.attempts.clamp(0, 5) as u32);
+                let wait = policy.wait_after(f.attempts.max(0) as u32 + 1);
                 tracing::warn!(outbox_id = f.id, attempts = f.attempts + 1, retry_in = ?wait, "{}; kept in the outbox", f.why);
                 (f.id, f.why.clone(), wait)
             })

@@ -26,12 +26,20 @@ pub struct Fatal(#[source] pub TopologyError);
 /// Runs until `shutdown`; then stops consuming, finishes the batches in hand, flushes
 /// the outbox and closes the connection. Returns `Err` only for a [`Fatal`] problem.
 pub async fn run(shared: &Shared, shutdown: CancellationToken) -> Result<(), Fatal> {
-    let delay = shared.settings.amqp.reconnect_delay;
+    let policy = shared.settings.retry_policies.critical_task;
+    let mut waits = policy.waits();
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
         }
-        match session(shared, &shutdown).await {
+        let started = std::time::Instant::now();
+        let ended = session(shared, &shutdown).await;
+        // A session that ran for a while ended anew: start the series again.
+        if started.elapsed() > policy.max_delay {
+            waits.reset();
+        }
+        let delay = waits.next_persistent();
+        match ended {
             Ok(()) => return Ok(()),
             Err(SessionError::Fatal(e)) => {
                 shared.status.broker_lost();

@@ -191,7 +191,7 @@ impl<'a> Timer<'a> {
 /// Runs the timer until `stop`.
 pub async fn run(shared: &Shared, stop: CancellationToken) {
     let mut timer = Timer::new(shared);
-    let mut backoff = Duration::from_millis(200);
+    let mut waits = shared.settings.retry_policies.default.waits();
     loop {
         if stop.is_cancelled() {
             return;
@@ -204,15 +204,15 @@ pub async fn run(shared: &Shared, stop: CancellationToken) {
             timer.invalidate();
         }
         match timer.step(Utc::now()).await {
-            Ok(_) => backoff = Duration::from_millis(200),
+            Ok(_) => waits.reset(),
             Err(e) => {
+                let backoff = waits.next_persistent();
                 tracing::warn!(error = %e, retry_in = ?backoff, "timer could not read its deadlines");
                 timer.invalidate();
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         }
