@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::db::batch::NewEscalation;
-use crate::db::store::OutboxMessage;
+use crate::db::store::{OutboxMessage, Undeliverable};
 use crate::domain::envelope::Payload;
 use crate::domain::escalation::Step;
 use crate::domain::sla::{Deadline, DeadlineKind, Severity};
@@ -16,6 +16,39 @@ use crate::processor::{exchanges, outgoing};
 pub const SLA_BREACHED: &str = "sla_breached";
 pub const ESCALATION_RAISED: &str = "escalation_raised";
 pub const ESCALATION_ACKNOWLEDGED: &str = "escalation_acknowledged";
+/// On-call is told that a message the coordinator sent was given up.
+pub const MESSAGE_UNDELIVERABLE: &str = "message_undeliverable";
+
+/// The notice to on-call (`escalation.high.oncall`) for an outbox message given up:
+/// no queue took it (or the broker refused it) for `outbox.undeliverable_after`. Its id
+/// derives from the message's, so a notice sent again is recognisably the same.
+pub fn undeliverable_notice(u: &Undeliverable, now: DateTime<Utc>) -> OutboxMessage {
+    outgoing(
+        crate::domain::ids::derived(&u.message_id, MESSAGE_UNDELIVERABLE),
+        &u.correlation_id,
+        Some(&u.message_id),
+        MESSAGE_UNDELIVERABLE,
+        exchanges::TOPIC,
+        &format!("escalation.{}.oncall", Severity::High.as_str()),
+        None,
+        Payload {
+            data: json!({
+                "outbox_id": u.id,
+                "message_id": u.message_id,
+                "message_type": u.message_type,
+                "exchange": u.exchange,
+                "routing_key": u.routing_key,
+                "correlation_id": u.correlation_id,
+                "attempts": u.attempts,
+                "written_at": u.created_at,
+                "last_error": u.last_error,
+                "undeliverable_at": now,
+            }),
+            metadata: json!({}),
+        },
+        now,
+    )
+}
 
 /// One raise of an escalation.
 pub struct Raise<'a> {

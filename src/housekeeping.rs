@@ -1,6 +1,7 @@
-//! Keeps the bookkeeping tables bounded: deletes outbox rows sent longer ago than
-//! `retention.outbox`, and deduplication keys older than `retention.processed_messages`
-//! (the window within which a repeated message id is recognised). A reconciler: runs
+//! Keeps the bookkeeping tables bounded: deletes outbox rows sent or given up longer ago
+//! than `retention.outbox`, deduplication keys older than `retention.processed_messages`
+//! (the window within which a repeated message id is recognised), and dead letters
+//! replayed or resolved longer ago than `retention.dead_letters` (unresolved ones stay). A reconciler: runs
 //! every `retention.interval`, in bounded batches, and `step()` can be called directly.
 
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::store::{self, Expired};
 use crate::settings::RetentionSettings;
 
 /// Rows deleted by one step.
@@ -15,46 +17,30 @@ use crate::settings::RetentionSettings;
 pub struct Swept {
     pub outbox: u64,
     pub processed_messages: u64,
+    pub dead_letters: u64,
 }
 
 const BATCH: i64 = 5000;
 
-/// Deletes what has outlived its retention, at most `BATCH` rows per table per call
-/// until none are left.
+/// Deletes what has outlived its retention, at most `BATCH` rows per statement until
+/// none are left.
 pub async fn step(pool: &PgPool, r: &RetentionSettings) -> sqlx::Result<Swept> {
-    let mut swept = Swept::default();
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(r.outbox.as_secs_f64())
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        swept.outbox += n;
-        if n < BATCH as u64 {
-            break;
+    let all = |what: Expired, retention: Duration| async move {
+        let mut total = 0;
+        loop {
+            let n = store::delete_expired(pool, what, retention, BATCH).await?;
+            total += n;
+            if n < BATCH as u64 {
+                return Ok::<_, sqlx::Error>(total);
+            }
         }
-    }
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM processed_messages WHERE message_id IN (
-                 SELECT message_id FROM processed_messages
-                 WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(r.processed_messages.as_secs_f64())
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        swept.processed_messages += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
-    Ok(swept)
+    };
+    Ok(Swept {
+        outbox: all(Expired::SentOutbox, r.outbox).await?
+            + all(Expired::UndeliverableOutbox, r.outbox).await?,
+        processed_messages: all(Expired::ProcessedMessages, r.processed_messages).await?,
+        dead_letters: all(Expired::SettledDeadLetters, r.dead_letters).await?,
+    })
 }
 
 /// Runs [`step`] every `interval` until `stop`.
@@ -64,6 +50,7 @@ pub async fn run(pool: &PgPool, r: &RetentionSettings, stop: CancellationToken) 
             Ok(s) if s != Swept::default() => tracing::info!(
                 outbox = s.outbox,
                 processed_messages = s.processed_messages,
+                dead_letters = s.dead_letters,
                 "housekeeping deleted rows past their retention"
             ),
             Ok(_) => {}

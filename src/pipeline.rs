@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::db::batch::{self, Queued, WriteError, Written};
+use crate::db::batch::{self, Queued, Written};
 use crate::db::{self, Fault};
 use crate::domain::sla::{add, Deadline, DeadlineKind};
 use crate::processor::{self, Agents, Batch, Checked, Inbound, Input, Processed, Processor};
@@ -273,13 +273,7 @@ async fn stage(
     let finished = b.finish();
     let registrations = finished.writes.registrations.clone();
     let statements_written = finished.writes.statements();
-    let written = match batch::write(conn, finished.writes, ctx.publish_after).await {
-        Ok(w) => w,
-        Err(WriteError::Db(e)) => return Err(e),
-        // Someone created a workflow between our lock and our insert without holding
-        // the lock: a collision like a deadlock, retried the same way.
-        Err(WriteError::Conflict(c)) => return Err(sqlx::Error::Protocol(c.to_string())),
-    };
+    let written = batch::write(conn, finished.writes, ctx.publish_after).await?;
     let registered = registrations
         .into_iter()
         .filter(|(id, _)| written.registered.contains(id))
@@ -332,13 +326,7 @@ async fn set_aside(
                         dl.detail = dl.detail.chars().filter(char::is_ascii).collect();
                     }
                 }
-                written =
-                    batch::write(&mut tx, w, ctx.publish_after)
-                        .await
-                        .map_err(|e| match e {
-                            WriteError::Db(e) => e,
-                            WriteError::Conflict(c) => sqlx::Error::Protocol(c.to_string()),
-                        })?;
+                written = batch::write(&mut tx, w, ctx.publish_after).await?;
                 result = Processed::new(processor::Outcome::Rejected(
                     crate::domain::reject::Reason::ProcessingFailed,
                 ));

@@ -332,6 +332,8 @@ pub struct Metrics {
     pub set_aside: IntCounter,
     pub published: IntCounter,
     pub returned: IntCounter,
+    /// Outbox messages given up (no queue took them for outbox.undeliverable_after).
+    pub undeliverable: IntCounter,
     pub outbox_pending: IntGauge,
     pub broker_connects: IntCounter,
     pub timer_lateness: HistogramVec,
@@ -391,6 +393,10 @@ impl Metrics {
             "coordinator_outbox_returned_total",
             "Outbox messages returned as unroutable (kept and retried)",
         );
+        let undeliverable = IntCounter::new(
+            "coordinator_outbox_undeliverable_total",
+            "Outbox messages given up after outbox.undeliverable_after (raised once to on-call)",
+        );
         let outbox_pending = IntGauge::new(
             "coordinator_outbox_pending",
             "Outbox messages not yet confirmed",
@@ -431,6 +437,7 @@ impl Metrics {
             set_aside: set_aside.expect("valid metric"),
             published: published.expect("valid metric"),
             returned: returned.expect("valid metric"),
+            undeliverable: undeliverable.expect("valid metric"),
             outbox_pending: outbox_pending.expect("valid metric"),
             broker_connects: broker_connects.expect("valid metric"),
             timer_lateness: timer_lateness.expect("valid metric"),
@@ -449,6 +456,7 @@ impl Metrics {
             Box::new(m.set_aside.clone()),
             Box::new(m.published.clone()),
             Box::new(m.returned.clone()),
+            Box::new(m.undeliverable.clone()),
             Box::new(m.outbox_pending.clone()),
             Box::new(m.broker_connects.clone()),
             Box::new(m.timer_lateness.clone()),

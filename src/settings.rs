@@ -213,6 +213,10 @@ pub struct OutboxSettings {
     /// How often confirmed rows are marked sent (together).
     #[serde(with = "humantime_serde")]
     pub settle_interval: Duration,
+    /// A message no queue took (or the broker refused) for this long after it was
+    /// written is given up: marked `undeliverable`, raised once to on-call.
+    #[serde(with = "humantime_serde")]
+    pub undeliverable_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +229,10 @@ pub struct RetentionSettings {
     /// again.
     #[serde(with = "humantime_serde")]
     pub processed_messages: Duration,
+    /// Replayed or resolved dead letters are deleted after this long (unresolved ones
+    /// are kept).
+    #[serde(with = "humantime_serde")]
+    pub dead_letters: Duration,
     /// How often housekeeping runs.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,

@@ -147,3 +147,84 @@ async fn what_a_batch_committed_but_never_published_is_sent_by_the_relay_after_i
         .await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_no_queue_takes_is_given_up_after_its_time_and_on_call_is_told_once() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    settings.outbox.undeliverable_after = std::time::Duration::from_secs(1);
+    let app = env.start_with(settings).await;
+    let mut oncall = env.connect_as("pager", "qa-director").await;
+    // No engineering director has queues: the handoff to task.engineering-director is
+    // returned by the broker every time it is tried.
+    let product = env.agent("product-1", "product-director").await;
+    product
+        .send("requirements_ready", "wf-nowhere", json!({}))
+        .await
+        .expect("publish");
+
+    let (key, notice) = oncall
+        .next_with_key("oncall.escalations", common::WAIT)
+        .await
+        .expect("read on-call")
+        .expect("a notice reaches on-call");
+    assert_eq!(key, "escalation.high.oncall");
+    assert_eq!(notice.header.message_type, "message_undeliverable");
+    assert_eq!(notice.header.correlation_id, "wf-nowhere");
+    let data = &notice.payload.data;
+    assert_eq!(data["message_type"], "requirements_handoff");
+    assert_eq!(data["routing_key"], "task.engineering-director");
+    assert!(
+        data["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unroutable")),
+        "{data}"
+    );
+    let handoff_id = data["message_id"].as_str().expect("message id").to_string();
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM outbox WHERE message_id = '{handoff_id}'
+             AND undeliverable_at IS NOT NULL AND sent_at IS NULL"
+        ))
+        .await,
+        1,
+        "the handoff is marked undeliverable"
+    );
+
+    // Given up means no more attempts: even due, the row is not leased by a relay.
+    let attempts = format!("SELECT attempts::bigint FROM outbox WHERE message_id = '{handoff_id}'");
+    let before = env.scalar_i64(&attempts).await;
+    sqlx::query(
+        "UPDATE outbox SET next_attempt_at = now() - interval '1 minute' WHERE message_id = $1",
+    )
+    .bind(&handoff_id)
+    .execute(&env.pool)
+    .await
+    .expect("due");
+    let shared = coordinator::runtime::Shared::new(env.settings(), env.pool.clone());
+    let conn = coordinator::amqp::connect(&env.amqp_url, "test")
+        .await
+        .expect("connect");
+    let relay = coordinator::amqp::relay::Relay::new(&conn, &shared)
+        .await
+        .expect("relay");
+    let report = relay.step().await.expect("step");
+    assert_eq!(report.claimed, 0, "{report:?}");
+    assert_eq!(env.scalar_i64(&attempts).await, before);
+    relay.close().await;
+    let _ = conn.close(200, "done").await;
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM outbox WHERE message_type = 'message_undeliverable'")
+            .await,
+        1,
+        "raised once"
+    );
+    let (_, metrics) = common::http_get(app.http, "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("coordinator_outbox_undeliverable_total 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

@@ -440,17 +440,47 @@ async fn housekeeping_deletes_only_what_outlived_its_retention() {
     .execute(&env.pool)
     .await
     .expect("age dedupe key");
+    // Dead letters: replayed and resolved long ago (swept), resolved lately and
+    // unresolved though old (kept).
+    sqlx::query(
+        "INSERT INTO dead_letters (reason, detail, routing_key, body, received_at, replayed_at, resolved_at)
+         VALUES ('malformed', 'x', 'k', '', now() - interval '30 days', now() - interval '8 days', NULL),
+                ('malformed', 'x', 'k', '', now() - interval '30 days', NULL, now() - interval '8 days'),
+                ('malformed', 'x', 'k', '', now() - interval '30 days', NULL, now() - interval '1 day'),
+                ('malformed', 'x', 'k', '', now() - interval '30 days', NULL, NULL)",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("dead letters");
+    // An outbox row given up long ago goes like a sent one.
+    sqlx::query(
+        "UPDATE outbox SET undeliverable_at = now() - interval '8 days'
+         WHERE correlation_id = 'wf-new'",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("give up");
     let swept = coordinator::housekeeping::step(&env.pool, &env.settings().retention)
         .await
         .expect("step");
     assert_eq!(
         swept,
         coordinator::housekeeping::Swept {
-            outbox: 1,
-            processed_messages: 1
+            outbox: 2,
+            processed_messages: 1,
+            dead_letters: 2,
         }
     );
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await, 1);
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM dead_letters WHERE resolved_at IS NULL AND replayed_at IS NULL"
+        )
+        .await,
+        1,
+        "the unresolved one is kept"
+    );
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM dead_letters").await, 2);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await, 0);
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM processed_messages")
             .await,

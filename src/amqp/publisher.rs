@@ -13,9 +13,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::properties;
-use crate::db::batch::Queued;
+use crate::db::batch::{self, Queued, Writes};
 use crate::db::store;
 use crate::domain::envelope::DeliveryMeta;
+use crate::escalations;
 use crate::runtime::{Guarded, Shared};
 
 /// A confirm-mode channel.
@@ -217,19 +218,48 @@ pub fn record(
 /// wait from the `default` retry policy, by the row's attempts.
 pub async fn settle(shared: &Shared, p: &Published) -> sqlx::Result<()> {
     shared.confirmed.add(&p.sent);
+    if p.failed.is_empty() {
+        return Ok(());
+    }
     let policy = &shared.settings.retry_policies.default;
-    if !p.failed.is_empty() {
-        let mut conn = shared.pool.acquire().await?;
-        let retries: Vec<(i64, String, Duration)> = p
-            .failed
-            .iter()
-            .map(|f| {
-                let wait = policy.wait_after(f.attempts.max(0) as u32 + 1);
-                tracing::warn!(outbox_id = f.id, attempts = f.attempts + 1, retry_in = ?wait, "{}; kept in the outbox", f.why);
-                (f.id, f.why.clone(), wait)
-            })
-            .collect();
-        store::mark_failed(&mut conn, &retries).await?;
+    let retries: Vec<(i64, String, Duration)> = p
+        .failed
+        .iter()
+        .map(|f| {
+            let wait = policy.wait_after(f.attempts.max(0) as u32 + 1);
+            tracing::warn!(outbox_id = f.id, attempts = f.attempts + 1, retry_in = ?wait, "{}; kept in the outbox", f.why);
+            (f.id, f.why.clone(), wait)
+        })
+        .collect();
+    let now = chrono::Utc::now();
+    let mut tx = shared.pool.begin().await?;
+    let given_up = store::mark_failed(
+        &mut tx,
+        &retries,
+        shared.settings.outbox.undeliverable_after,
+    )
+    .await?;
+    // A notice that is itself undeliverable is not noticed again.
+    let notices: Vec<_> = given_up
+        .iter()
+        .filter(|u| u.message_type != escalations::MESSAGE_UNDELIVERABLE)
+        .map(|u| escalations::undeliverable_notice(u, now))
+        .collect();
+    let noticed = !notices.is_empty();
+    if noticed {
+        let writes = Writes {
+            outbox: notices,
+            ..Default::default()
+        };
+        batch::write(&mut tx, writes, now).await?;
+    }
+    tx.commit().await?;
+    for u in &given_up {
+        tracing::error!(outbox_id = u.id, message_id = %u.message_id, message_type = %u.message_type, routing_key = %u.routing_key, attempts = u.attempts, "no queue took this message within outbox.undeliverable_after; it is marked undeliverable and on-call is told");
+    }
+    shared.metrics.undeliverable.inc_by(given_up.len() as u64);
+    if noticed {
+        shared.wake_relay.notify_one();
     }
     Ok(())
 }

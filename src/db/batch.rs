@@ -435,6 +435,17 @@ pub enum WriteError {
     Conflict(#[from] Conflict),
 }
 
+impl From<WriteError> for sqlx::Error {
+    /// A conflict (someone created a workflow between our lock and our insert without
+    /// holding the lock) is a collision like a deadlock: retried the same way.
+    fn from(e: WriteError) -> sqlx::Error {
+        match e {
+            WriteError::Db(e) => e,
+            WriteError::Conflict(c) => sqlx::Error::Protocol(c.to_string()),
+        }
+    }
+}
+
 /// Every write of a batch in one statement: a data-modifying CTE per kind of row, all
 /// run with one snapshot (foreign keys are checked at its end, so a history row may
 /// name a workflow created beside it). One round trip instead of a dozen matters on a

@@ -283,7 +283,8 @@ pub struct OutboxMessage {
 }
 
 pub const LEASE_DUE: &str = "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2)
-         WHERE id = ANY(ARRAY(SELECT id FROM outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
+         WHERE id = ANY(ARRAY(SELECT id FROM outbox WHERE sent_at IS NULL AND undeliverable_at IS NULL
+                      AND next_attempt_at <= now()
                       ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED))
          RETURNING id, attempts, message_id, exchange, routing_key, message_type, correlation_id,
                    causation_id, app_id, body";
@@ -338,38 +339,115 @@ pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()>
     Ok(())
 }
 
-pub const MARK_FAILED: &str = "UPDATE outbox o SET attempts = o.attempts + 1, last_error = u.error,
-                next_attempt_at = now() + make_interval(secs => u.wait)
-         FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS u(id, error, wait)
-         WHERE o.id = u.id AND o.id = ANY($1)";
+// Given-up rows are those set to now() (the transaction's time) by this statement: one
+// given up before has an earlier time. Conditions on sent_at or undeliverable_at in the
+// WHERE would match the pending index's predicate and let a generic plan walk it whole.
+pub const MARK_FAILED: &str = "WITH failed AS (
+           UPDATE outbox o SET attempts = o.attempts + 1, last_error = u.error,
+                  next_attempt_at = now() + make_interval(secs => u.wait),
+                  undeliverable_at = CASE
+                      WHEN o.undeliverable_at IS NULL AND o.sent_at IS NULL
+                           AND o.created_at <= now() - make_interval(secs => $4) THEN now()
+                      ELSE o.undeliverable_at END
+           FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS u(id, error, wait)
+           WHERE o.id = u.id AND o.id = ANY($1)
+           RETURNING o.id, o.message_id, o.message_type, o.exchange, o.routing_key,
+                     o.correlation_id, o.attempts, o.created_at, o.undeliverable_at, u.error)
+         SELECT id, message_id, message_type, exchange, routing_key, correlation_id, attempts,
+                created_at, error AS last_error
+         FROM failed WHERE undeliverable_at = now()";
 
-/// Leaves rows unsent, each due again after its wait.
+/// An outbox message given up on: no queue took it for `outbox.undeliverable_after`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Undeliverable {
+    pub id: i64,
+    pub message_id: String,
+    pub message_type: String,
+    pub exchange: String,
+    pub routing_key: String,
+    pub correlation_id: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub last_error: String,
+}
+
+/// Leaves rows unsent, each due again after its wait; those written longer than
+/// `give_up_after` ago are marked undeliverable instead (once: a row already given up
+/// or sent is left alone) and returned.
 pub async fn mark_failed(
     conn: &mut PgConnection,
     rows: &[(i64, String, std::time::Duration)],
-) -> sqlx::Result<()> {
+    give_up_after: std::time::Duration,
+) -> sqlx::Result<Vec<Undeliverable>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    sqlx::query(MARK_FAILED)
+    sqlx::query_as(MARK_FAILED)
         .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.2.as_secs_f64()).collect::<Vec<_>>())
-        .execute(conn)
-        .await?;
-    Ok(())
+        .bind(give_up_after.as_secs_f64())
+        .fetch_all(conn)
+        .await
+}
+
+/// What housekeeping deletes once it has outlived its retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Outbox rows sent longer ago than `retention.outbox`.
+    SentOutbox,
+    /// Outbox rows given up longer ago than `retention.outbox`.
+    UndeliverableOutbox,
+    /// Deduplication keys older than `retention.processed_messages`.
+    ProcessedMessages,
+    /// Dead letters replayed or resolved longer ago than `retention.dead_letters`.
+    SettledDeadLetters,
+}
+
+impl Expired {
+    fn statement(self) -> &'static str {
+        match self {
+            Expired::SentOutbox => "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+            Expired::UndeliverableOutbox => "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox WHERE undeliverable_at < now() - make_interval(secs => $1) LIMIT $2)",
+            Expired::ProcessedMessages => "DELETE FROM processed_messages WHERE message_id IN (
+                 SELECT message_id FROM processed_messages
+                 WHERE processed_at < now() - make_interval(secs => $1) LIMIT $2)",
+            Expired::SettledDeadLetters => "DELETE FROM dead_letters WHERE id IN (
+                 SELECT id FROM dead_letters
+                 WHERE coalesce(resolved_at, replayed_at) < now() - make_interval(secs => $1) LIMIT $2)",
+        }
+    }
+}
+
+/// Deletes at most `limit` rows of `what` older than `retention`; how many.
+pub async fn delete_expired(
+    pool: &sqlx::PgPool,
+    what: Expired,
+    retention: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(what.statement())
+        .bind(retention.as_secs_f64())
+        .bind(limit)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 /// Rows not yet sent (due or waiting for a retry).
 pub async fn pending_count(conn: &mut PgConnection) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND undeliverable_at IS NULL",
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// Makes every unsent row due now (after a reconnect, or when an agent's queues appear).
 pub async fn retry_now(conn: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE sent_at IS NULL AND next_attempt_at > now()")
+    sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE sent_at IS NULL AND undeliverable_at IS NULL AND next_attempt_at > now()")
         .execute(conn)
         .await?;
     Ok(())

@@ -1,0 +1,15 @@
+-- A message no queue took for outbox.undeliverable_after is given up: marked here,
+-- raised once to on-call, and deleted by housekeeping after the outbox retention like
+-- a sent row. The relay's pending set leaves it out.
+ALTER TABLE outbox ADD COLUMN undeliverable_at timestamptz;
+DROP INDEX outbox_pending;
+CREATE INDEX outbox_pending ON outbox (next_attempt_at, id)
+    WHERE sent_at IS NULL AND undeliverable_at IS NULL;
+CREATE INDEX outbox_undeliverable ON outbox (undeliverable_at)
+    WHERE undeliverable_at IS NOT NULL;
+
+-- A dead letter an operator set aside for good (`coordinator dead-letter resolve`).
+-- Replayed and resolved dead letters are deleted after retention.dead_letters;
+-- unresolved ones are kept.
+ALTER TABLE dead_letters ADD COLUMN resolved_at timestamptz;
+ALTER TABLE dead_letters ADD COLUMN resolution text;
