@@ -13,3 +13,13 @@ CREATE INDEX outbox_undeliverable ON outbox (undeliverable_at)
 -- unresolved ones are kept.
 ALTER TABLE dead_letters ADD COLUMN resolved_at timestamptz;
 ALTER TABLE dead_letters ADD COLUMN resolution text;
+
+-- Every replay of a dead letter, by whom; written in the transaction that commits once
+-- the broker has confirmed the re-published message.
+CREATE TABLE dead_letter_replays (
+    id             bigserial PRIMARY KEY,
+    dead_letter_id bigint NOT NULL REFERENCES dead_letters (id) ON DELETE CASCADE,
+    replayed_at    timestamptz NOT NULL DEFAULT now(),
+    replayed_by    text NOT NULL
+);
+CREATE INDEX dead_letter_replays_letter ON dead_letter_replays (dead_letter_id);

@@ -248,5 +248,121 @@ async fn a_replayed_dead_letter_is_processed_anew() {
             .await
             .expect("row");
     assert!(replayed);
+
+    // A second replay of a message applied since changes nothing, and is recorded.
+    let again = coordinator::cli::replay(&env.settings(), &env.pool, id)
+        .await
+        .expect("replay again");
+    assert!(again.contains("changes nothing"), "{again}");
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM dead_letter_replays WHERE dead_letter_id = {id}"
+        ))
+        .await,
+        2
+    );
+    // Applied once: one testing_started in the history, whatever the replays.
+    env.wait_count(
+        &format!(
+            "SELECT count(*) FROM processed_messages WHERE message_id = '{}' AND outcome = 'accepted'",
+            early.header.message_id
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM workflow_events WHERE workflow_id = '{wf}' AND message_type = 'testing_started'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(env.workflow_state(&wf).await.as_deref(), Some("testing"));
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_by_filter_shown_whole_and_resolved_with_a_note() {
+    use clap::Parser;
+    use coordinator::cli::{Cli, Command, DeadLetterCommand};
+    let env = TestEnv::new().await;
+    sqlx::query(
+        "INSERT INTO dead_letters (message_id, reason, detail, routing_key, body, body_json, received_at)
+         VALUES ('m-old', 'malformed_json', 'expected value at line 1', 'product-director.requirements_ready',
+                 'not json', NULL, now() - interval '3 hours'),
+                ('m-new', 'unknown_message_type', 'no such type', 'qa-director.nonsense',
+                 '{\"header\":{\"message_id\":\"m-new\"}}', '{\"header\":{\"message_id\":\"m-new\"}}', now())",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("dead letters");
+    let settings = env.settings();
+    let run = |args: &[&str]| {
+        let cli = Cli::try_parse_from(["coordinator", "dead-letter"].iter().chain(args.iter()))
+            .expect("arguments parse");
+        let settings = settings.clone();
+        async move { coordinator::cli::run(&settings, cli.command).await }
+    };
+    let recent = run(&["list", "--since", "1h"]).await.expect("list");
+    assert!(
+        recent.contains("m-new") && !recent.contains("m-old"),
+        "{recent}"
+    );
+    let malformed = run(&["list", "--reason", "malformed_json"])
+        .await
+        .expect("list");
+    assert!(
+        malformed.contains("m-old") && !malformed.contains("m-new"),
+        "{malformed}"
+    );
+
+    let new_id = env
+        .scalar_i64("SELECT id FROM dead_letters WHERE message_id = 'm-new'")
+        .await;
+    let shown = run(&["show", &new_id.to_string()]).await.expect("show");
+    assert!(shown.contains("unknown_message_type"), "{shown}");
+    assert!(
+        shown.contains("\"message_id\": \"m-new\""),
+        "body pretty-printed: {shown}"
+    );
+    assert!(shown.contains("replays:     none"), "{shown}");
+
+    let out = run(&[
+        "resolve",
+        &new_id.to_string(),
+        "--note",
+        "agent fixed in v2",
+    ])
+    .await
+    .expect("resolve");
+    assert!(out.contains("resolved"), "{out}");
+    let unresolved = run(&["list", "--unresolved"]).await.expect("list");
+    assert!(
+        unresolved.contains("m-old") && !unresolved.contains("m-new"),
+        "{unresolved}"
+    );
+    let shown = run(&["show", &new_id.to_string()]).await.expect("show");
+    assert!(shown.contains("agent fixed in v2"), "{shown}");
+
+    let missing = run(&["show", "999999"]).await.expect_err("no such id");
+    assert!(
+        missing.to_string().contains("no dead letter 999999"),
+        "{missing}"
+    );
+    let bad = Cli::try_parse_from([
+        "coordinator",
+        "dead-letter",
+        "list",
+        "--since",
+        "yesterday-ish",
+    ])
+    .expect_err("a bad --since is refused");
+    assert!(bad.to_string().contains("neither a time"), "{bad}");
+    // replay takes the dead letter's id as its argument.
+    assert!(matches!(
+        Cli::try_parse_from(["coordinator", "dead-letter", "replay", "1"]).map(|c| c.command),
+        Ok(Command::DeadLetter {
+            command: DeadLetterCommand::Replay { id: 1 }
+        })
+    ));
 }

@@ -229,14 +229,50 @@ pub enum DeadLetterCommand {
         /// Only this reason
         #[arg(long, value_parser = reason_parser())]
         reason: Option<String>,
+        /// Only those received since then: a time (2026-11-22T10:00:00Z) or a duration ago (2h, 30m)
+        #[arg(long, value_parser = since_parser)]
+        since: Option<DateTime<Utc>>,
+        /// Only those neither replayed nor resolved
+        #[arg(long)]
+        unresolved: bool,
+        /// At most this many rows
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
-    /// Publish a dead letter again, exactly as received, so the coordinator processes it anew
+    /// Show a dead letter whole: the body pretty-printed, the reason, the error, its replays
+    Show {
+        /// The dead letter's id (dead_letters.id)
+        id: i64,
+    },
+    /// Publish a dead letter again, exactly as received, so the coordinator processes it
+    /// anew (a message that was applied since stays applied: replaying it changes nothing)
     Replay {
         /// The dead letter's id (dead_letters.id)
         id: i64,
     },
+    /// Set a dead letter aside for good, with a note saying why (it is no longer listed
+    /// as unresolved)
+    Resolve {
+        /// The dead letter's id (dead_letters.id)
+        id: i64,
+        /// Why it needs nothing more (recorded with it)
+        #[arg(long)]
+        note: String,
+    },
+}
+
+/// `--since`: an RFC 3339 time, or a duration ago in humantime syntax.
+fn since_parser(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither a time (2026-11-22T10:00:00Z) nor a duration ago (2h, 30m)")
+    })?;
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .ok_or_else(|| format!("{s:?} is too long ago"))
 }
 
 /// Runs one of the non-serve commands, returning what to print.
@@ -315,10 +351,22 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
             EmergencyCommand::Show { id } => oncall::show(&pool, &id).await,
         },
         Command::DeadLetter { command } => match command {
-            DeadLetterCommand::List { reason, limit } => {
-                list_dead_letters(&pool, reason.as_deref(), limit).await
+            DeadLetterCommand::List {
+                reason,
+                since,
+                unresolved,
+                limit,
+            } => {
+                let filter = read::DeadLetterFilter {
+                    reason: reason.as_deref(),
+                    since,
+                    unresolved,
+                };
+                list_dead_letters(&pool, &filter, limit).await
             }
+            DeadLetterCommand::Show { id } => show_dead_letter(&pool, id).await,
             DeadLetterCommand::Replay { id } => replay(settings, &pool, id).await,
+            DeadLetterCommand::Resolve { id, note } => resolve_dead_letter(&pool, id, &note).await,
         },
     }
 }
@@ -593,10 +641,10 @@ pub async fn close_workflow(
 
 async fn list_dead_letters(
     pool: &PgPool,
-    reason: Option<&str>,
+    filter: &read::DeadLetterFilter<'_>,
     limit: i64,
 ) -> anyhow::Result<String> {
-    let rows = read::dead_letters(pool, reason, limit).await?;
+    let rows = read::dead_letters(pool, filter, limit).await?;
     let mut out = format!(
         "{:>6} {:<20} {:<22} {:<36} {:<20} {}\n",
         "ID", "RECEIVED", "REASON", "MESSAGE ID", "FROM", "DETAIL"
@@ -611,9 +659,11 @@ async fn list_dead_letters(
             d.message_id.as_deref().unwrap_or("-"),
             d.source_agent_id.as_deref().unwrap_or("-"),
             d.detail,
-            d.replayed_at
-                .map(|t| format!(" (replayed {})", ts(t)))
-                .unwrap_or_default()
+            match (d.resolved_at, d.replayed_at) {
+                (Some(t), _) => format!(" (resolved {})", ts(t)),
+                (None, Some(t)) => format!(" (replayed {})", ts(t)),
+                (None, None) => String::new(),
+            }
         );
     }
     if rows.is_empty() {
@@ -622,8 +672,10 @@ async fn list_dead_letters(
     Ok(out)
 }
 
-/// Forgets the message id (so it is not a duplicate), marks the dead letter replayed,
-/// commits, then publishes the body with its original properties to `agent.topic`.
+/// Publishes a dead letter again to `agent.topic` with its original properties. Its
+/// message id is forgotten first if it was not applied (so the copy is acted on anew);
+/// the replay is recorded. That bookkeeping commits only once the broker has confirmed
+/// the message: a replay that fails leaves no trace, and can be run again.
 pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Result<String> {
     let mut tx = pool.begin().await?;
     let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
@@ -634,11 +686,14 @@ pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Resu
             routing_key: dl.routing_key.clone(),
             ..Default::default()
         });
-    if let Some(mid) = &dl.message_id {
-        store::forget_message(&mut tx, mid).await?;
-    }
-    store::mark_replayed(&mut tx, dl.id).await?;
-    tx.commit().await?;
+    let applied_before = match &dl.message_id {
+        Some(mid) => {
+            !store::forget_unapplied(&mut tx, mid).await?
+                && store::was_processed(&mut tx, mid).await?
+        }
+        None => false,
+    };
+    store::mark_replayed(&mut tx, dl.id, &operator()).await?;
 
     let amqp = connect(&settings.amqp.url, "coordinator-cli")
         .await
@@ -666,8 +721,9 @@ pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Resu
     if !confirm.is_ack() {
         bail!("the broker did not accept the replayed message; run the command again");
     }
+    tx.commit().await?;
     Ok(format!(
-        "dead letter {id}{} published again to {} with routing key {}{}\n",
+        "dead letter {id}{} published again to {} with routing key {}{}{}\n",
         dl.message_id
             .map(|m| format!(" (message {m})"))
             .unwrap_or_default(),
@@ -675,6 +731,79 @@ pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Resu
         dl.routing_key,
         dl.replayed_at
             .map(|t| format!("; it had been replayed before, at {}", ts(t)))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if applied_before {
+            "; the message was applied since, so this copy changes nothing"
+        } else {
+            ""
+        }
     ))
+}
+
+async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
+    let Some(d) = read::dead_letter(pool, id).await? else {
+        bail!("no dead letter {id} (list them with `coordinator dead-letter list`)");
+    };
+    let replays = read::dead_letter_replays(pool, id).await?;
+    let mut out = String::new();
+    let _ = writeln!(out, "dead letter {}", d.id);
+    let _ = writeln!(out, "  reason:      {}", d.reason);
+    let _ = writeln!(out, "  error:       {}", d.detail);
+    let _ = writeln!(out, "  received:    {}", ts(d.received_at));
+    let _ = writeln!(
+        out,
+        "  message id:  {}",
+        d.message_id.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "  from:        {}",
+        d.source_agent_id.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(out, "  routing key: {}", d.routing_key);
+    match (d.resolved_at, &d.resolution) {
+        (Some(t), note) => {
+            let _ = writeln!(
+                out,
+                "  resolved:    {} ({})",
+                ts(t),
+                note.as_deref().unwrap_or("")
+            );
+        }
+        (None, _) => {
+            let _ = writeln!(out, "  resolved:    no");
+        }
+    }
+    if replays.is_empty() {
+        let _ = writeln!(out, "  replays:     none");
+    } else {
+        let _ = writeln!(out, "  replays:");
+        for (at, by) in &replays {
+            let _ = writeln!(out, "    {} by {by}", ts(*at));
+        }
+    }
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let _ = writeln!(out, "properties:\n{}", pretty(&d.properties));
+    match &d.body_json {
+        Some(body) => {
+            let _ = writeln!(out, "body:\n{}", pretty(body));
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "body ({} bytes, not JSON):\n{}",
+                d.body.len(),
+                String::from_utf8_lossy(&d.body)
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn resolve_dead_letter(pool: &PgPool, id: i64, note: &str) -> anyhow::Result<String> {
+    let mut conn = pool.acquire().await?;
+    if !store::resolve_dead_letter(&mut conn, id, note).await? {
+        bail!("no dead letter {id} (list them with `coordinator dead-letter list`)");
+    }
+    Ok(format!("dead letter {id} resolved: {note}\n"))
 }

@@ -140,20 +140,80 @@ pub struct DeadLetterRow {
     pub source_agent_id: Option<String>,
     pub received_at: DateTime<Utc>,
     pub replayed_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// Which dead letters to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter<'a> {
+    pub reason: Option<&'a str>,
+    /// Received at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Neither replayed nor resolved.
+    pub unresolved: bool,
 }
 
 pub async fn dead_letters(
     pool: &PgPool,
-    reason: Option<&str>,
+    filter: &DeadLetterFilter<'_>,
     limit: i64,
 ) -> sqlx::Result<Vec<DeadLetterRow>> {
     sqlx::query_as(
-        "SELECT id, message_id, reason, detail, routing_key, source_agent_id, received_at, replayed_at
-         FROM dead_letters WHERE ($1::text IS NULL OR reason = $1)
-         ORDER BY id DESC LIMIT $2",
+        "SELECT id, message_id, reason, detail, routing_key, source_agent_id, received_at,
+                replayed_at, resolved_at
+         FROM dead_letters
+         WHERE ($1::text IS NULL OR reason = $1)
+           AND ($2::timestamptz IS NULL OR received_at >= $2)
+           AND (NOT $3 OR (replayed_at IS NULL AND resolved_at IS NULL))
+         ORDER BY id DESC LIMIT $4",
     )
-    .bind(reason)
+    .bind(filter.reason)
+    .bind(filter.since)
+    .bind(filter.unresolved)
     .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One dead letter whole, for `dead-letter show`.
+#[derive(Debug, Clone, FromRow)]
+pub struct DeadLetterDetail {
+    pub id: i64,
+    pub message_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub body_json: Option<serde_json::Value>,
+    pub properties: serde_json::Value,
+    pub source_agent_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolution: Option<String>,
+}
+
+pub async fn dead_letter(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetterDetail>> {
+    sqlx::query_as(
+        "SELECT id, message_id, reason, detail, routing_key, body, body_json, properties,
+                source_agent_id, received_at, replayed_at, resolved_at, resolution
+         FROM dead_letters WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The replays of a dead letter, oldest first: (when, by whom).
+pub async fn dead_letter_replays(
+    pool: &PgPool,
+    id: i64,
+) -> sqlx::Result<Vec<(DateTime<Utc>, String)>> {
+    sqlx::query_as(
+        "SELECT replayed_at, replayed_by FROM dead_letter_replays
+         WHERE dead_letter_id = $1 ORDER BY id",
+    )
+    .bind(id)
     .fetch_all(pool)
     .await
 }

@@ -12,13 +12,19 @@ pub const OUTCOME_ACCEPTED: &str = "accepted";
 pub const OUTCOME_REJECTED: &str = "rejected";
 pub const OUTCOME_OBSERVED: &str = "observed";
 
-/// Forgets a processed message id, so a replayed copy is acted on again.
-pub async fn forget_message(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM processed_messages WHERE message_id = $1")
-        .bind(message_id)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Forgets a message id that was not applied (rejected or set aside), so a replayed
+/// copy is acted on again. One that was applied is kept: replaying it changes nothing.
+/// Whether it was forgotten.
+pub async fn forget_unapplied(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<bool> {
+    Ok(
+        sqlx::query("DELETE FROM processed_messages WHERE message_id = $1 AND outcome <> $2")
+            .bind(message_id)
+            .bind(OUTCOME_ACCEPTED)
+            .execute(conn)
+            .await?
+            .rows_affected()
+            > 0,
+    )
 }
 
 /// The registered type of an agent, if it is registered.
@@ -486,12 +492,44 @@ pub async fn lock_dead_letter(
     .transpose()
 }
 
-pub async fn mark_replayed(conn: &mut PgConnection, id: i64) -> sqlx::Result<()> {
+/// Whether a message id is recorded as processed (applied, rejected or observed).
+pub async fn was_processed(conn: &mut PgConnection, message_id: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM processed_messages WHERE message_id = $1)")
+        .bind(message_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// Marks a dead letter replayed and records who replayed it.
+pub async fn mark_replayed(conn: &mut PgConnection, id: i64, by: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = $1")
         .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO dead_letter_replays (dead_letter_id, replayed_by) VALUES ($1, $2)")
+        .bind(id)
+        .bind(by)
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Sets a dead letter aside for good, with the operator's note; false if there is none
+/// with that id. Resolving again replaces the note.
+pub async fn resolve_dead_letter(
+    conn: &mut PgConnection,
+    id: i64,
+    note: &str,
+) -> sqlx::Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE dead_letters SET resolved_at = coalesce(resolved_at, now()), resolution = $2 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(note)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        > 0)
 }
 
 /// An SLA clock as an operator acts on it.
