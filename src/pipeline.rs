@@ -234,7 +234,8 @@ async fn commit(ctx: &Context<'_>, inputs: &[Input<'_>]) -> sqlx::Result<Committ
 }
 
 /// Applies deliveries inside a transaction the caller owns and does not commit: for
-/// tests that stop a batch where a crash would (before its commit).
+/// tests that stop a batch where a crash would (before its commit), and for the CLI's
+/// `dead-letter replay --dry-run`, which rolls it back.
 pub async fn apply_uncommitted(
     ctx: &Context<'_>,
     conn: &mut PgConnection,

@@ -358,11 +358,108 @@ async fn dead_letters_are_listed_by_filter_shown_whole_and_resolved_with_a_note(
     ])
     .expect_err("a bad --since is refused");
     assert!(bad.to_string().contains("neither a time"), "{bad}");
-    // replay takes the dead letter's id as its argument.
+    // replay needs an id or --reason; --since only narrows --reason.
+    assert!(Cli::try_parse_from(["coordinator", "dead-letter", "replay"]).is_err());
+    assert!(
+        Cli::try_parse_from(["coordinator", "dead-letter", "replay", "1", "--since", "1h"])
+            .is_err()
+    );
     assert!(matches!(
-        Cli::try_parse_from(["coordinator", "dead-letter", "replay", "1"]).map(|c| c.command),
+        Cli::try_parse_from(["coordinator", "dead-letter", "replay", "7"]).map(|c| c.command),
         Ok(Command::DeadLetter {
-            command: DeadLetterCommand::Replay { id: 1 }
+            command: DeadLetterCommand::Replay {
+                id: Some(7),
+                reason: None,
+                since: None,
+                dry_run: false
+            }
         })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_says_what_a_replay_would_do_and_a_replay_by_reason_applies_every_match() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    let eng = env.agent("eng-1", "engineering-director").await;
+    let mut qa = env.agent("qa-1", "qa-director").await;
+    let wfs = ["wf-dry-1", "wf-dry-2"];
+    for wf in wfs {
+        product
+            .send("requirements_ready", wf, json!({}))
+            .await
+            .expect("publish");
+        // QA starts testing too early: rejected.
+        qa.send("testing_started", wf, json!({}))
+            .await
+            .expect("publish");
+        let notice = expect_next(&mut qa, Queue::Commands).await;
+        assert_eq!(notice.payload.data["reason"], "not_accepted_in_state");
+    }
+    let settings = env.settings();
+    let first: i64 = env
+        .scalar_i64("SELECT min(id) FROM dead_letters WHERE reason = 'not_accepted_in_state'")
+        .await;
+
+    // Too early still: the dry run says it would be rejected again.
+    let early = coordinator::cli::replay_dry_run(&settings, &env.pool, first)
+        .await
+        .expect("dry run");
+    assert!(
+        early.contains("would be rejected again: not_accepted_in_state"),
+        "{early}"
+    );
+
+    for wf in wfs {
+        for m in ["sprint_initialized", "feature_completed"] {
+            eng.send(m, wf, json!({})).await.expect("publish");
+        }
+        env.wait_state(wf, "feature_handoff").await;
+    }
+    let now = coordinator::cli::replay_dry_run(&settings, &env.pool, first)
+        .await
+        .expect("dry run");
+    assert!(
+        now.contains("would be accepted: feature_handoff → testing"),
+        "{now}"
+    );
+    // Nothing committed by the dry runs.
+    assert_eq!(
+        env.workflow_state(wfs[0]).await.as_deref(),
+        Some("feature_handoff")
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letter_replays")
+            .await,
+        0
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL")
+            .await,
+        0
+    );
+
+    // Every unresolved dead letter with the reason, replayed in one command.
+    let cli = <coordinator::cli::Cli as clap::Parser>::try_parse_from([
+        "coordinator",
+        "dead-letter",
+        "replay",
+        "--reason",
+        "not_accepted_in_state",
+    ])
+    .expect("arguments parse");
+    let out = coordinator::cli::run(&settings, cli.command)
+        .await
+        .expect("replay by reason");
+    assert_eq!(out.matches("published again").count(), 2, "{out}");
+    for wf in wfs {
+        env.wait_state(wf, "testing").await;
+    }
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letter_replays")
+            .await,
+        2
+    );
+    app.stop().await;
 }

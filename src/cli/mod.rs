@@ -246,9 +246,19 @@ pub enum DeadLetterCommand {
     },
     /// Publish a dead letter again, exactly as received, so the coordinator processes it
     /// anew (a message that was applied since stays applied: replaying it changes nothing)
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "reason"])))]
     Replay {
         /// The dead letter's id (dead_letters.id)
-        id: i64,
+        id: Option<i64>,
+        /// Instead of one id: every unresolved dead letter with this reason
+        #[arg(long, value_parser = reason_parser())]
+        reason: Option<String>,
+        /// With --reason: only those received since then (a time, or a duration ago: 2h)
+        #[arg(long, value_parser = since_parser, requires = "reason", conflicts_with = "id")]
+        since: Option<DateTime<Utc>>,
+        /// Print what the coordinator would do with each now; commit and publish nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Set a dead letter aside for good, with a note saying why (it is no longer listed
     /// as unresolved)
@@ -365,7 +375,44 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                 list_dead_letters(&pool, &filter, limit).await
             }
             DeadLetterCommand::Show { id } => show_dead_letter(&pool, id).await,
-            DeadLetterCommand::Replay { id } => replay(settings, &pool, id).await,
+            DeadLetterCommand::Replay {
+                id,
+                reason,
+                since,
+                dry_run,
+            } => {
+                let ids = match (id, reason) {
+                    (Some(id), _) => vec![id],
+                    (None, reason) => {
+                        let filter = read::DeadLetterFilter {
+                            reason: reason.as_deref(),
+                            since,
+                            unresolved: true,
+                        };
+                        let mut ids: Vec<i64> = read::dead_letters(&pool, &filter, i64::MAX)
+                            .await?
+                            .iter()
+                            .map(|d| d.id)
+                            .collect();
+                        // Oldest first: the order they arrived in.
+                        ids.reverse();
+                        ids
+                    }
+                };
+                if ids.is_empty() {
+                    return Ok("no unresolved dead letter matches\n".into());
+                }
+                let mut out = String::new();
+                for id in ids {
+                    let line = if dry_run {
+                        replay_dry_run(settings, &pool, id).await?
+                    } else {
+                        replay(settings, &pool, id).await?
+                    };
+                    out.push_str(&line);
+                }
+                Ok(out)
+            }
             DeadLetterCommand::Resolve { id, note } => resolve_dead_letter(&pool, id, &note).await,
         },
     }
@@ -681,11 +728,7 @@ pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Resu
     let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
         bail!("no dead letter {id} (list them with `coordinator dead-letter list`)");
     };
-    let meta: DeliveryMeta =
-        serde_json::from_value(dl.properties.clone()).unwrap_or_else(|_| DeliveryMeta {
-            routing_key: dl.routing_key.clone(),
-            ..Default::default()
-        });
+    let meta = replay_meta(&dl);
     let applied_before = match &dl.message_id {
         Some(mid) => {
             !store::forget_unapplied(&mut tx, mid).await?
@@ -738,6 +781,63 @@ pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Resu
             ""
         }
     ))
+}
+
+/// What the coordinator would do with a dead letter if it were replayed now: applied in
+/// a transaction that is rolled back, nothing published.
+pub async fn replay_dry_run(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Result<String> {
+    let processor = crate::processor::Processor::from_settings(settings);
+    let ctx = crate::pipeline::Context {
+        pool,
+        processor: &processor,
+        agents: std::sync::Arc::new(crate::processor::Agents::default()),
+        instance: "cli-dry-run",
+        publish_after: Utc::now(),
+        retry: settings.retry_policies.default,
+    };
+    let mut tx = pool.begin().await?;
+    let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
+        bail!("no dead letter {id} (list them with `coordinator dead-letter list`)");
+    };
+    let meta = replay_meta(&dl);
+    if let Some(mid) = &dl.message_id {
+        store::forget_unapplied(&mut tx, mid).await?;
+    }
+    let inbound = crate::processor::Inbound {
+        body: &dl.body,
+        meta: &meta,
+    };
+    let results = crate::pipeline::apply_uncommitted(&ctx, &mut tx, &[inbound], Utc::now()).await?;
+    tx.rollback().await?;
+    let Some(p) = results.first() else {
+        bail!("dead letter {id}: the dry run produced no result");
+    };
+    let what = match (&p.outcome, &p.transition) {
+        (crate::processor::Outcome::Rejected(r), _) => format!(
+            "would be rejected again: {}{}",
+            r.as_str(),
+            p.detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        ),
+        (_, Some((from, to))) => format!("would be {}: {from} → {to}", p.outcome.label()),
+        (crate::processor::Outcome::Duplicate, None) => {
+            "would change nothing: the message was applied since".to_string()
+        }
+        (o, None) => format!("would be {}", o.label()),
+    };
+    Ok(format!(
+        "dead letter {id} (dry run, nothing committed or published): {what}\n"
+    ))
+}
+
+/// The AMQP properties a dead letter was received with.
+fn replay_meta(dl: &store::DeadLetter) -> DeliveryMeta {
+    serde_json::from_value(dl.properties.clone()).unwrap_or_else(|_| DeliveryMeta {
+        routing_key: dl.routing_key.clone(),
+        ..Default::default()
+    })
 }
 
 async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
