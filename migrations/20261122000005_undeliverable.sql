@@ -13,6 +13,10 @@ CREATE INDEX outbox_undeliverable ON outbox (undeliverable_at)
 -- unresolved ones are kept.
 ALTER TABLE dead_letters ADD COLUMN resolved_at timestamptz;
 ALTER TABLE dead_letters ADD COLUMN resolution text;
+-- When management was told that the dead letter stayed unresolved (once).
+ALTER TABLE dead_letters ADD COLUMN escalated_at timestamptz;
+CREATE INDEX dead_letters_unescalated ON dead_letters (received_at)
+    WHERE escalated_at IS NULL AND resolved_at IS NULL AND replayed_at IS NULL;
 
 -- Every replay of a dead letter, by whom; written in the transaction that commits once
 -- the broker has confirmed the re-published message.

@@ -110,11 +110,13 @@ impl App {
             }
             r
         };
-        let ((), (), supervised, (), (), ()) = tokio::join!(
+        let dead_letters = crate::dead_letters::Escalator::new(&shared);
+        let ((), (), supervised, (), (), (), ()) = tokio::join!(
             stopper,
             timer_then_supervisor,
             supervising,
             housekeeping::run(&shared.pool, &shared.settings.retention, timer_stop.clone()),
+            dead_letters.run(timer_stop.clone()),
             notifications::run(&shared, timer_stop.clone()),
             activity::run(
                 &shared.metrics,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::db::batch::NewEscalation;
-use crate::db::store::{OutboxMessage, Undeliverable};
+use crate::db::store::{OutboxMessage, Undeliverable, UnresolvedDeadLetter};
 use crate::domain::envelope::Payload;
 use crate::domain::escalation::Step;
 use crate::domain::sla::{Deadline, DeadlineKind, Severity};
@@ -16,6 +16,76 @@ use crate::processor::{exchanges, outgoing};
 pub const SLA_BREACHED: &str = "sla_breached";
 pub const ESCALATION_RAISED: &str = "escalation_raised";
 pub const ESCALATION_ACKNOWLEDGED: &str = "escalation_acknowledged";
+/// Ops are told at once that a message was set aside after its retries.
+pub const MESSAGE_SET_ASIDE: &str = "message_set_aside";
+/// Management is told that dead letters stayed unresolved too long.
+pub const DEAD_LETTERS_UNRESOLVED: &str = "dead_letters_unresolved";
+
+/// The notice to on-call (`escalation.high.oncall`) for a message set aside as
+/// `processing_failed` after its retries: it is in `dead_letters` now.
+pub fn set_aside_notice(
+    message_id: Option<&str>,
+    correlation_id: Option<&str>,
+    sender: Option<&str>,
+    attempts: u32,
+    error: &str,
+    now: DateTime<Utc>,
+) -> OutboxMessage {
+    let subject = message_id.unwrap_or("(no message id)");
+    outgoing(
+        crate::domain::ids::derived(subject, MESSAGE_SET_ASIDE),
+        correlation_id.unwrap_or(""),
+        message_id,
+        MESSAGE_SET_ASIDE,
+        exchanges::TOPIC,
+        &format!("escalation.{}.oncall", Severity::High.as_str()),
+        None,
+        Payload {
+            data: json!({
+                "message_id": message_id,
+                "correlation_id": correlation_id,
+                "source_agent_id": sender,
+                "reason": "processing_failed",
+                "attempts": attempts,
+                "error": error,
+                "set_aside_at": now,
+            }),
+            metadata: json!({}),
+        },
+        now,
+    )
+}
+
+/// The notice to management (`escalation.high.management`) for dead letters unresolved
+/// longer than `dead_letters.escalate_after`: one message for all that crossed it.
+pub fn unresolved_notice(letters: &[UnresolvedDeadLetter], now: DateTime<Utc>) -> OutboxMessage {
+    let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
+    let key = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    outgoing(
+        crate::domain::ids::derived(&key, DEAD_LETTERS_UNRESOLVED),
+        "dead-letters",
+        None,
+        DEAD_LETTERS_UNRESOLVED,
+        exchanges::TOPIC,
+        &format!("escalation.{}.management", Severity::High.as_str()),
+        None,
+        Payload {
+            data: json!({
+                "count": letters.len(),
+                "dead_letters": letters.iter().map(|l| json!({
+                    "id": l.id,
+                    "reason": l.reason,
+                    "message_id": l.message_id,
+                    "received_at": l.received_at,
+                })).collect::<Vec<_>>(),
+                "hint": "coordinator dead-letter list --unresolved; show, replay or resolve each",
+            }),
+            metadata: json!({}),
+        },
+        now,
+    )
+}
+
 /// On-call is told that a message the coordinator sent was given up.
 pub const MESSAGE_UNDELIVERABLE: &str = "message_undeliverable";
 

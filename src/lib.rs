@@ -13,6 +13,7 @@
 //!   and sets aside a message the database refuses.
 //! - [`escalations`]: raising and acknowledging escalations (one writer for all).
 //! - [`timers`]: fires SLA breaches, warnings and escalation-ladder steps on time.
+//! - [`dead_letters`]: tells management about dead letters nobody worked.
 //! - [`housekeeping`]: keeps the outbox and the deduplication keys bounded.
 //! - [`notifications`]: LISTENs for other processes' changes (deadlines, agents).
 //! - [`amqp`]: the connection supervisor, topology, inbox consumers, publishers and
@@ -36,6 +37,7 @@ pub mod app;
 pub mod breaker;
 pub mod cli;
 pub mod db;
+pub mod dead_letters;
 pub mod domain;
 pub mod escalations;
 pub mod housekeeping;

@@ -317,8 +317,14 @@ async fn set_aside(
             let mut result = Processed::new(processor::Outcome::Duplicate);
             let mut written = Written::default();
             if claimed {
-                let mut w =
-                    processor::set_aside(ctx.processor, d, &checked, &error.to_string(), now);
+                let mut w = processor::set_aside(
+                    ctx.processor,
+                    d,
+                    &checked,
+                    &error.to_string(),
+                    ctx.retry.max_attempts,
+                    now,
+                );
                 if minimal {
                     // The dead letter itself was refused: keep the bytes, drop the rest.
                     for dl in &mut w.dead_letters {

@@ -47,6 +47,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The seed's named retry policies; `crate::retry` says which loop uses which.
     pub retry_policies: crate::retry::RetryPolicies,
+    pub dead_letters: DeadLetterSettings,
     /// The breakers around PostgreSQL and around publishing.
     pub circuit_breaker: crate::breaker::BreakerSettings,
     #[serde(default)]
@@ -99,6 +100,16 @@ pub struct AmqpSettings {
     /// its channel up (the message is sent again after its lease).
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
+}
+
+/// What becomes of dead letters nobody works.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    /// A dead letter neither replayed nor resolved for this long is escalated to
+    /// management, once.
+    #[serde(with = "humantime_serde")]
+    pub escalate_after: Duration,
 }
 
 /// The coordinator's inbox: how it is consumed and applied.

@@ -463,3 +463,41 @@ async fn a_dry_run_says_what_a_replay_would_do_and_a_replay_by_reason_applies_ev
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_nobody_worked_are_raised_to_management_once() {
+    let env = TestEnv::new().await;
+    sqlx::query(
+        "INSERT INTO dead_letters (message_id, reason, detail, routing_key, body, received_at, replayed_at, resolved_at)
+         VALUES ('m-stale', 'unknown_agent', 'x', 'k', '', now() - interval '2 hours', NULL, NULL),
+                ('m-replayed', 'unknown_agent', 'x', 'k', '', now() - interval '2 hours', now(), NULL),
+                ('m-resolved', 'unknown_agent', 'x', 'k', '', now() - interval '2 hours', NULL, now()),
+                ('m-fresh', 'unknown_agent', 'x', 'k', '', now() - interval '10 minutes', NULL, NULL)",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("dead letters");
+    let shared = coordinator::runtime::Shared::new(env.settings(), env.pool.clone());
+    let escalator = coordinator::dead_letters::Escalator::new(&shared);
+    assert_eq!(escalator.step().await.expect("step"), 1);
+    let (key, body): (String, Vec<u8>) = sqlx::query_as(
+        "SELECT routing_key, body FROM outbox WHERE message_type = 'dead_letters_unresolved'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("one notice");
+    assert_eq!(key, "escalation.high.management");
+    let notice: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let data = &notice["payload"]["data"];
+    assert_eq!(data["count"], 1);
+    assert_eq!(data["dead_letters"][0]["message_id"], "m-stale");
+    // Once: the next step finds nothing new.
+    assert_eq!(escalator.step().await.expect("step"), 0);
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM outbox WHERE message_type = 'dead_letters_unresolved'"
+        )
+        .await,
+        1
+    );
+}

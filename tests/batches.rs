@@ -221,6 +221,16 @@ async fn a_message_the_database_refuses_is_set_aside_and_its_neighbours_commit()
             .await,
         1
     );
+    // Ops are told at once: it failed every retry.
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM outbox WHERE message_type = 'message_set_aside'
+             AND routing_key = 'escalation.high.oncall' AND causation_id = '{}'",
+            poison.meta.message_id.as_deref().unwrap_or_default()
+        ))
+        .await,
+        1
+    );
     let again = pipeline::apply_shared(&shared, &inbound(&[&poison]), Utc::now())
         .await
         .expect("applied");

@@ -514,6 +514,38 @@ pub async fn mark_replayed(conn: &mut PgConnection, id: i64, by: &str) -> sqlx::
     Ok(())
 }
 
+/// A dead letter unresolved past `dead_letters.escalate_after`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UnresolvedDeadLetter {
+    pub id: i64,
+    pub reason: String,
+    pub message_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Marks up to `limit` dead letters received longer than `after` ago, neither replayed
+/// nor resolved nor escalated yet, as escalated now, and returns them. Rows another
+/// coordinator is marking are skipped, so each is escalated once.
+pub async fn escalate_unresolved_dead_letters(
+    conn: &mut PgConnection,
+    after: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<UnresolvedDeadLetter>> {
+    sqlx::query_as(
+        "UPDATE dead_letters SET escalated_at = now()
+         WHERE id = ANY(ARRAY(
+             SELECT id FROM dead_letters
+             WHERE escalated_at IS NULL AND resolved_at IS NULL AND replayed_at IS NULL
+               AND received_at < now() - make_interval(secs => $1)
+             ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+         RETURNING id, reason, message_id, received_at",
+    )
+    .bind(after.as_secs_f64())
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 /// Sets a dead letter aside for good, with the operator's note; false if there is none
 /// with that id. Resolving again replaces the note.
 pub async fn resolve_dead_letter(

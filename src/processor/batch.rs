@@ -514,6 +514,7 @@ pub fn set_aside(
     d: Inbound<'_>,
     checked: &Checked,
     error: &str,
+    attempts: u32,
     now: DateTime<Utc>,
 ) -> Writes {
     let rej = Rejected::new(
@@ -539,6 +540,15 @@ pub fn set_aside(
             now,
         ));
     }
+    // Ops hear of it at once: it failed every retry, so it needs a person.
+    w.outbox.push(crate::escalations::set_aside_notice(
+        checked.message_id.as_deref(),
+        d.meta.correlation_id.as_deref(),
+        sender,
+        attempts,
+        error,
+        now,
+    ));
     if let Some(id) = &checked.message_id {
         w.outcomes.push((id.clone(), OUTCOME_REJECTED));
     }
