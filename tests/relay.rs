@@ -228,3 +228,86 @@ async fn a_message_no_queue_takes_is_given_up_after_its_time_and_on_call_is_told
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_broker_dead_letters_is_kept_in_dead_letters_with_its_x_death() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let app = env.start_with(settings.clone()).await;
+    // QA's queues exist but nobody consumes them: a task that expires there is
+    // dead-lettered by the broker to agent.dlx.
+    let conn = coordinator::amqp::connect(&env.amqp_url, "test")
+        .await
+        .expect("connect");
+    let mut declarer = Declarer::new(&conn, settings.amqp.queue_type)
+        .await
+        .expect("declarer");
+    declarer
+        .agent("qa-1", "qa-director", &settings.catalog())
+        .await
+        .expect("qa queues");
+    declarer.close().await;
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let props = lapin::BasicProperties::default()
+        .with_message_id("m-expiring".into())
+        .with_app_id("coordinator".into())
+        .with_expiration("1".into());
+    channel
+        .basic_publish(
+            coordinator::processor::exchanges::DIRECT,
+            "task.qa-director",
+            BasicPublishOptions::default(),
+            br#"{"hello":"qa"}"#,
+            props,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirmed");
+
+    env.wait_count(
+        "SELECT count(*) FROM dead_letters WHERE message_id = 'm-expiring' AND reason = 'broker_dead_lettered'",
+        1,
+    )
+    .await;
+    let (detail, x_death, body): (String, serde_json::Value, serde_json::Value) = sqlx::query_as(
+        "SELECT detail, properties->'x_death', body_json FROM dead_letters WHERE message_id = 'm-expiring'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("row");
+    assert!(detail.contains("expired"), "{detail}");
+    assert_eq!(x_death[0]["reason"], "expired", "{x_death}");
+    assert!(
+        x_death[0]["queue"]
+            .as_str()
+            .is_some_and(|q| q.contains("qa")),
+        "{x_death}"
+    );
+    assert_eq!(body["hello"], "qa");
+    // Taken off the broker's dead-letter queue (acked) once stored.
+    let vhost = env.vhost.clone();
+    common::eventually("agent.dead_letters to be empty and acked", || {
+        let vhost = vhost.clone();
+        async move {
+            let out = tokio::process::Command::new("rabbitmqctl")
+                .args(["list_queues", "-q", "-p", &vhost, "name", "messages"])
+                .output()
+                .await
+                .ok()?;
+            let listing = String::from_utf8_lossy(&out.stdout).to_string();
+            listing
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["agent.dead_letters", "0"])
+                .then_some(())
+        }
+    })
+    .await;
+    let _ = conn.close(200, "done").await;
+    app.stop().await;
+}

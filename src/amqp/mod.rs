@@ -3,6 +3,7 @@
 //! [`relay`].
 
 pub mod consumer;
+pub mod dlx;
 pub mod publisher;
 pub mod relay;
 pub mod supervisor;

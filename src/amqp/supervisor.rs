@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::amqp::consumer::{self, ConsumerError};
 use crate::amqp::publisher::Settler;
 use crate::amqp::topology::{Declarer, TopologyError};
-use crate::amqp::{connect, relay};
+use crate::amqp::{connect, dlx, relay};
 use crate::db;
 use crate::partitions::Partitions;
 use crate::runtime::{Shared, Status};
@@ -110,6 +110,10 @@ async fn supervise(
     let settling = settler.run(stop_settler.clone());
     tokio::pin!(settling);
     let mut settled = false;
+    let stop_collector = CancellationToken::new();
+    let collecting = dlx::collect(conn, shared, stop_collector.clone());
+    tokio::pin!(collecting);
+    let mut collector_ended = false;
     let mut leases = Partitions::new(shared);
     let mut running: HashMap<u32, CancellationToken> = HashMap::new();
     let mut workers = FuturesUnordered::new();
@@ -158,6 +162,13 @@ async fn supervise(
                 settled = true;
                 break Err(anyhow::anyhow!("the settler stopped"));
             }
+            r = &mut collecting, if !collector_ended => {
+                collector_ended = true;
+                break match r {
+                    Ok(()) => Err(anyhow::anyhow!("the broker closed the dead-letter collector")),
+                    Err(e) => Err(anyhow::Error::from(e).context("the dead-letter collector failed")),
+                };
+            }
             r = &mut relaying => {
                 relay_ended = true;
                 break match r {
@@ -177,6 +188,12 @@ async fn supervise(
         }
     }
     leases.close().await;
+    stop_collector.cancel();
+    if !collector_ended {
+        if let Err(e) = (&mut collecting).await {
+            tracing::warn!(error = %e, "the dead-letter collector stopped with an error");
+        }
+    }
     stop_relay.cancel();
     let relayed = if relay_ended {
         Ok(())

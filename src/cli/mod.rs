@@ -90,8 +90,15 @@ fn state_parser() -> PossibleValuesParser {
     PossibleValuesParser::new(State::ALL.map(State::as_str))
 }
 
+/// Every reason a dead letter can have: the rejection reasons, and what the broker
+/// itself dead-lettered.
 fn reason_parser() -> PossibleValuesParser {
-    PossibleValuesParser::new(Reason::ALL.map(Reason::as_str))
+    PossibleValuesParser::new(
+        Reason::ALL
+            .map(Reason::as_str)
+            .into_iter()
+            .chain([crate::amqp::dlx::BROKER_DEAD_LETTERED]),
+    )
 }
 
 #[derive(Debug, Subcommand)]
