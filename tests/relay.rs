@@ -237,17 +237,7 @@ async fn what_the_broker_dead_letters_is_kept_in_dead_letters_with_its_x_death()
     let app = env.start_with(settings.clone()).await;
     // QA's queues exist but nobody consumes them: a task that expires there is
     // dead-lettered by the broker to agent.dlx.
-    let conn = coordinator::amqp::connect(&env.amqp_url, "test")
-        .await
-        .expect("connect");
-    let mut declarer = Declarer::new(&conn, settings.amqp.queue_type)
-        .await
-        .expect("declarer");
-    declarer
-        .agent("qa-1", "qa-director", &settings.catalog())
-        .await
-        .expect("qa queues");
-    declarer.close().await;
+    let (conn, _) = qa_only_broker(&env).await;
     let channel = conn.create_channel().await.expect("channel");
     channel
         .confirm_select(ConfirmSelectOptions::default())
