@@ -2,15 +2,17 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test bench bench-quick bench-timers demo services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: run test soak bench bench-quick bench-timers demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
 	$(CARGO) run --release --bin coordinator -- serve
 
-## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ
+## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ;
+## then, one at a time, the fault-injection tests (they stop the broker and the database)
 test: services
-	COORDINATOR_ENV=test $(CARGO) test --lib --bins --tests
+	COORDINATOR_ENV=test $(CARGO) test --features fail-points --lib --bins --tests
+	COORDINATOR_ENV=test $(CARGO) test --features fail-points --test faults -- --ignored --test-threads=1
 
 ## demo: the coordinator and simulated agents, three workflows and an emergency in compressed time
 demo: services
@@ -29,6 +31,12 @@ bench-quick: services
 ## bench-timers: the timer service alone (10,000 clocks due in one minute; again with 1,000,000 armed)
 bench-timers: services
 	$(CARGO) bench --bench timers
+
+## soak: SOAK_MINUTES (10) at 1,000 agent messages/s with one fault a minute (docs/operations.md);
+## it stops and starts the local PostgreSQL and RabbitMQ
+soak: services
+	$(CARGO) build --release --bins
+	target/release/loadgen soak
 
 ## services: start PostgreSQL and RabbitMQ if installed but stopped
 services:

@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
@@ -33,6 +34,17 @@ pub enum Queue {
     Tasks,
     Commands,
     Events,
+}
+
+impl Queue {
+    /// The queue's name for an agent.
+    pub fn name(self, agent_id: &str) -> String {
+        match self {
+            Queue::Tasks => tasks_queue(agent_id),
+            Queue::Commands => commands_queue(agent_id),
+            Queue::Events => events_queue(agent_id),
+        }
+    }
 }
 
 pub struct AgentClient {
@@ -130,11 +142,7 @@ impl AgentClient {
         queue: Queue,
         timeout: Duration,
     ) -> Result<Option<Envelope>, AgentError> {
-        let name = match queue {
-            Queue::Tasks => tasks_queue(&self.agent_id),
-            Queue::Commands => commands_queue(&self.agent_id),
-            Queue::Events => events_queue(&self.agent_id),
-        };
+        let name = queue.name(&self.agent_id);
         self.next_on(&name, timeout).await
     }
 
@@ -183,6 +191,48 @@ impl AgentClient {
                 }
             }
         }
+    }
+
+    /// Takes everything on a queue now, without waiting for more: stops this client's
+    /// consumer on it (the broker's cancel-ok comes after every delivery it sent, so
+    /// those are all read), then gets what is still ready. Each message is acked.
+    /// To show that nothing *more* came, first wait until the coordinator has passed
+    /// the moment it would have sent it and its outbox is empty, then drain.
+    pub async fn drain(&mut self, name: &str) -> Result<Vec<(String, Envelope)>, AgentError> {
+        let mut raw = Vec::new();
+        if let Some(i) = self.consumers.iter().position(|(n, _)| n == name) {
+            let (_, mut consumer) = self.consumers.remove(i);
+            self.channel
+                .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+                .await?;
+            // Ends (None) right after the deliveries that preceded the cancel-ok; the
+            // bound only guards against a broken connection.
+            while let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_secs(10), consumer.next()).await
+            {
+                let delivery = delivery?;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                raw.push((delivery.routing_key.to_string(), delivery.data));
+            }
+        }
+        while let Some(m) = self
+            .channel
+            .basic_get(name, BasicGetOptions::default())
+            .await?
+        {
+            m.delivery.acker.ack(BasicAckOptions::default()).await?;
+            raw.push((m.delivery.routing_key.to_string(), m.delivery.data));
+        }
+        Ok(raw
+            .into_iter()
+            .filter_map(|(key, body)| match serde_json::from_slice::<Envelope>(&body) {
+                Ok(env) => Some((key, env)),
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = %name, "skipping a message that is not an envelope");
+                    None
+                }
+            })
+            .collect())
     }
 
     pub async fn close(self) {

@@ -40,6 +40,7 @@ pub mod db;
 pub mod dead_letters;
 pub mod domain;
 pub mod escalations;
+pub mod failpoint;
 pub mod housekeeping;
 pub mod http;
 pub mod loadgen;

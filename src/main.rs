@@ -36,6 +36,8 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Fail points named in FAILPOINTS (test builds only; see src/failpoint.rs).
+    let _fail_points = coordinator::failpoint::setup();
     let shutdown = CancellationToken::new();
     let app = App::build(settings).await?;
     let signal = shutdown.clone();

@@ -229,6 +229,7 @@ impl Committed {
 async fn commit(ctx: &Context<'_>, inputs: &[Input<'_>]) -> sqlx::Result<Committed> {
     let mut tx = ctx.pool.begin().await?;
     let committed = stage(ctx, &mut tx, inputs, Utc::now()).await?;
+    crate::failpoint::stall(crate::failpoint::BEFORE_COMMIT).await;
     tx.commit().await?;
     Ok(committed)
 }

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -337,6 +337,9 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub broker_connects: IntCounter,
     pub timer_lateness: HistogramVec,
+    /// Every deadline this process knows of that was due before this time (Unix
+    /// seconds) has been fired: how far the timer has caught up.
+    pub timer_caught_up: Gauge,
     pub breaker_state: IntGaugeVec,
 }
 
@@ -416,6 +419,10 @@ impl Metrics {
             ]),
             &["kind"],
         );
+        let timer_caught_up = Gauge::new(
+            "coordinator_timer_caught_up_timestamp_seconds",
+            "Unix time before which every deadline this process holds has been fired",
+        );
         let breaker_state = IntGaugeVec::new(
             Opts::new(
                 "coordinator_circuit_breaker_state",
@@ -441,6 +448,7 @@ impl Metrics {
             outbox_pending: outbox_pending.expect("valid metric"),
             broker_connects: broker_connects.expect("valid metric"),
             timer_lateness: timer_lateness.expect("valid metric"),
+            timer_caught_up: timer_caught_up.expect("valid metric"),
             breaker_state: breaker_state.expect("valid metric"),
             registry,
         };
@@ -460,6 +468,7 @@ impl Metrics {
             Box::new(m.outbox_pending.clone()),
             Box::new(m.broker_connects.clone()),
             Box::new(m.timer_lateness.clone()),
+            Box::new(m.timer_caught_up.clone()),
             Box::new(m.breaker_state.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use common::{expect_next, TestEnv, WAIT};
 use coordinator::agent::{AgentClient, Queue};
 use coordinator::settings::Settings;
@@ -39,17 +40,13 @@ async fn next_oncall(
         .unwrap_or_else(|| panic!("nothing reached {ONCALL} within {WAIT:?}"))
 }
 
-async fn oncall_quiet(reader: &mut AgentClient, quiet: Duration) {
-    if let Some((key, env)) = reader
-        .next_with_key(ONCALL, quiet)
+/// One timestamp from the test's database.
+async fn time_of(env: &TestEnv, sql: &str) -> DateTime<Utc> {
+    sqlx::query_scalar::<_, Option<DateTime<Utc>>>(sql)
+        .fetch_one(&env.pool)
         .await
-        .expect("read on-call")
-    {
-        panic!(
-            "unexpected {} on {ONCALL} ({key}): {:?}",
-            env.header.message_type, env.payload.data
-        );
-    }
+        .expect("query")
+        .unwrap_or_else(|| panic!("no time from {sql}"))
 }
 
 /// Waits until the database clock is `margin` past a clock's deadline.
@@ -134,8 +131,13 @@ async fn a_breach_reaches_oncall_once_with_its_routing_key_and_payload() {
     let notice = expect_next(&mut eng, Queue::Tasks).await;
     assert_eq!(notice.header.message_type, "sla_breached");
 
-    // Once: no second escalation (the ladder waits an hour), one row, clock breached.
-    oncall_quiet(&mut oncall, Duration::from_millis(1500)).await;
+    // Once: no second escalation (the ladder waits an hour), one row, clock breached,
+    // also after the timer read its deadlines again from the database.
+    app.shared
+        .timers_changed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    env.assert_nothing_more(&[&app], Utc::now(), &mut oncall, ONCALL)
+        .await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM escalations").await, 1);
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM sla_clocks WHERE status = 'breached'")
@@ -184,14 +186,20 @@ async fn under_a_time_scale_the_owner_is_warned_once_and_a_met_clock_never_fires
     )
     .await;
 
-    wait_past_deadline(&env, "wf-warn", "testing_start", 1000).await;
+    // Past the met clock's deadline, nothing reached on-call and the owner was warned once.
+    let due = time_of(
+        &env,
+        "SELECT due_at FROM sla_clocks WHERE workflow_id = 'wf-warn' AND clock = 'testing_start'",
+    )
+    .await;
+    env.assert_nothing_more(&[&app], due, &mut oncall, ONCALL)
+        .await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM escalations").await, 0);
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM workflow_events WHERE message_type = 'sla_warning'")
             .await,
         1
     );
-    oncall_quiet(&mut oncall, Duration::from_millis(200)).await;
     app.stop().await;
 }
 
@@ -219,6 +227,14 @@ async fn the_ladder_climbs_to_level_two_and_stops_when_acknowledged() {
         l1.payload.data["escalation_id"]
     );
 
+    let level_three_due = time_of(
+        &env,
+        &format!(
+            "SELECT next_level_at FROM escalations WHERE id = {}",
+            l2.payload.data["escalation_id"]
+        ),
+    )
+    .await;
     qa.send(
         "escalation_acknowledged",
         "wf-ladder",
@@ -231,7 +247,8 @@ async fn the_ladder_climbs_to_level_two_and_stops_when_acknowledged() {
         2,
     )
     .await;
-    oncall_quiet(&mut oncall, Duration::from_millis(2500)).await;
+    env.assert_nothing_more(&[&app], level_three_due, &mut oncall, ONCALL)
+        .await;
     assert_eq!(
         env.scalar_i64("SELECT max(level)::bigint FROM escalations")
             .await,
@@ -265,6 +282,11 @@ async fn an_operator_acknowledgement_from_the_cli_stops_the_ladder_at_level_one(
         .expect("publish");
     let (_, l1) = next_oncall(&mut oncall).await;
     let id = l1.payload.data["escalation_id"].as_i64().expect("id");
+    let level_two_due = time_of(
+        &env,
+        &format!("SELECT next_level_at FROM escalations WHERE id = {id}"),
+    )
+    .await;
     let out = coordinator::cli::acknowledge_escalation(&env.settings(), &env.pool, id, "alice")
         .await
         .expect("ack");
@@ -273,7 +295,8 @@ async fn an_operator_acknowledgement_from_the_cli_stops_the_ladder_at_level_one(
         .await
         .expect("ack twice");
     assert!(again.contains("already acknowledged"), "{again}");
-    oncall_quiet(&mut oncall, Duration::from_millis(2500)).await;
+    env.assert_nothing_more(&[&app], level_two_due, &mut oncall, ONCALL)
+        .await;
     let by: String = sqlx::query_scalar("SELECT acknowledged_by FROM escalations WHERE id = $1")
         .bind(id)
         .fetch_one(&env.pool)
@@ -356,7 +379,9 @@ async fn two_coordinators_fire_each_breach_once() {
             esc.header.correlation_id
         );
     }
-    oncall_quiet(&mut oncall, Duration::from_millis(1500)).await;
+    // Both held every deadline; neither fires one again once both have passed them all.
+    env.assert_nothing_more(&[&a, &b], Utc::now(), &mut oncall, ONCALL)
+        .await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM escalations").await, n);
     let fired_by_each = (
         a.shared

@@ -3,9 +3,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use common::{expect_next, expect_quiet, TestEnv};
+use common::{expect_next, expect_no_more, TestEnv};
 use coordinator::agent::{AgentClient, Queue};
 use coordinator::domain::envelope::Envelope;
 use serde_json::json;
@@ -269,7 +268,6 @@ async fn every_message_delivered_twice_changes_nothing_the_second_time() {
     // One of each outgoing message, and no second task on any queue.
     assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await, 5);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM dead_letters").await, 0);
-    let quiet = Duration::from_millis(500);
     for agent in [
         &mut team.eng,
         &mut team.qa,
@@ -277,7 +275,7 @@ async fn every_message_delivered_twice_changes_nothing_the_second_time() {
         &mut team.product,
         &mut team.marketing,
     ] {
-        expect_quiet(agent, Queue::Tasks, quiet).await;
+        expect_no_more(&env, agent, Queue::Tasks).await;
     }
     app.stop().await;
 }

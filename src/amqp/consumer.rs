@@ -211,6 +211,7 @@ async fn handle_batch(
             }
         }
     };
+    crate::failpoint::crash(crate::failpoint::AFTER_COMMIT_BEFORE_ACK);
     // The turn bounds concurrent transactions; what follows needs no connection.
     drop(turn);
     // The next agent's tasks first: handoff latency runs through here.

@@ -282,6 +282,7 @@ impl<'a> Settler<'a> {
         if ids.is_empty() {
             return Ok(0);
         }
+        crate::failpoint::crash(crate::failpoint::AFTER_CONFIRM_BEFORE_MARKED_SENT);
         let marked = async {
             let mut conn = self.shared.pool.acquire().await?;
             store::mark_sent(&mut conn, &ids).await

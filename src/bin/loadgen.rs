@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use coordinator::loadgen::{bench, ceiling, envelope_bytes};
+use coordinator::loadgen::{bench, ceiling, envelope_bytes, soak};
 use coordinator::settings::QueueType;
 
 #[derive(Debug, Parser)]
@@ -54,6 +54,30 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         big_clocks: i64,
     },
+    /// A steady load through the happy path with one fault a minute (coordinator SIGKILL,
+    /// sessions terminated, PostgreSQL stopped, coordinator SIGTERM, RabbitMQ stopped),
+    /// reporting messages lost, applied twice, latency per minute and memory. It stops
+    /// and starts the machine's PostgreSQL and RabbitMQ: run it where nothing else uses them
+    Soak {
+        /// How long the load runs (one fault a minute from the second minute)
+        #[arg(long, env = "SOAK_MINUTES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+        /// Agent messages per second offered (11 per workflow)
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// How long PostgreSQL or RabbitMQ stays down in its fault
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        outage: Duration,
+        /// The coordinator binary to start
+        #[arg(long, default_value = "target/release/coordinator")]
+        bin: PathBuf,
+        /// The configuration folder the coordinator reads
+        #[arg(long, default_value = "config")]
+        config_dir: PathBuf,
+        /// Where the report (soak.md) and the coordinator logs are written
+        #[arg(long, default_value = "target/soak")]
+        out: PathBuf,
+    },
     /// Measure only the broker's ceiling: persistent publish with confirms → consume → ack through one queue
     Ceiling {
         #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
@@ -63,6 +87,18 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         duration: Duration,
     },
+}
+
+/// The coordinator binary a run starts must exist: exit 2, saying how to build it.
+fn built(bin: &std::path::Path) -> Result<(), ExitCode> {
+    if bin.is_file() {
+        return Ok(());
+    }
+    eprintln!(
+        "error: {} does not exist: build it with `cargo build --release`",
+        bin.display()
+    );
+    Err(ExitCode::from(2))
 }
 
 #[tokio::main]
@@ -81,12 +117,8 @@ async fn main() -> ExitCode {
             big_workflows,
             big_clocks,
         } => {
-            if !bin.is_file() {
-                eprintln!(
-                    "error: {} does not exist: build it with `cargo build --release`",
-                    bin.display()
-                );
-                return ExitCode::from(2);
+            if let Err(code) = built(&bin) {
+                return code;
             }
             let window = window.unwrap_or(Duration::from_secs(if quick { 15 } else { 60 }));
             let opts = bench::Options {
@@ -102,6 +134,36 @@ async fn main() -> ExitCode {
                 out_dir: out,
             };
             bench::run(&opts).await.map(|_| ())
+        }
+        Command::Soak {
+            minutes,
+            rate,
+            outage,
+            bin,
+            config_dir,
+            out,
+        } => {
+            if let Err(code) = built(&bin) {
+                return code;
+            }
+            let opts = soak::Options {
+                bin,
+                config_dir,
+                out_dir: out,
+                minutes,
+                rate,
+                outage,
+                drain: Duration::from_secs(120),
+            };
+            match soak::run(&opts).await {
+                Ok(report) if report.ok() => Ok(()),
+                Ok(report) => Err(anyhow::anyhow!(
+                    "the soak lost {} workflows and applied {} messages twice",
+                    report.lost,
+                    report.applied_twice
+                )),
+                Err(e) => Err(e),
+            }
         }
         Command::Ceiling {
             amqp,

@@ -46,7 +46,9 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
 /// a statement that hits one fails as [`Fault::Transient`] and its work is retried.
 pub fn service_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let options: PgConnectOptions = settings.url.parse().map_err(DbError::BadUrl)?;
+    // Named, so that pg_stat_activity tells the service's sessions apart.
     let options = options
+        .application_name("coordinator")
         .options(SERVICE_PLANNER)
         .options(session_timeouts(settings));
     Ok(pool_with(settings, options))

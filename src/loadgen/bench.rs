@@ -219,13 +219,13 @@ pub struct TimerResult {
 }
 
 /// A database and a vhost of their own, dropped by [`Fresh::drop_all`].
-struct Fresh {
-    db: String,
-    vhost: String,
+pub(crate) struct Fresh {
+    pub(crate) db: String,
+    pub(crate) vhost: String,
 }
 
 impl Fresh {
-    async fn create(tag: &str) -> anyhow::Result<Fresh> {
+    pub(crate) async fn create(tag: &str) -> anyhow::Result<Fresh> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let f = Fresh {
             db: format!("coordinator_bench_{tag}_{}", &id[..8]),
@@ -242,15 +242,15 @@ impl Fresh {
         Ok(f)
     }
 
-    fn db_url(&self) -> String {
+    pub(crate) fn db_url(&self) -> String {
         format!("{PG_BASE}/{}", self.db)
     }
 
-    fn amqp_url(&self) -> String {
+    pub(crate) fn amqp_url(&self) -> String {
         format!("{AMQP_BASE}/{}", self.vhost)
     }
 
-    async fn drop_all(self) {
+    pub(crate) async fn drop_all(self) {
         if let Ok(mut admin) = PgConnection::connect(PG_ADMIN).await {
             let _ = sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -263,7 +263,7 @@ impl Fresh {
     }
 }
 
-async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("rabbitmqctl")
         .args(args)
         .output()
@@ -287,14 +287,16 @@ fn last_line(log: &Path) -> String {
 }
 
 /// The coordinator as a child process.
-struct Coordinator {
+pub(crate) struct Coordinator {
     child: Child,
-    http: String,
+    pub(crate) http: String,
 }
 
 impl Coordinator {
-    async fn start(
-        opts: &Options,
+    /// Starts `bin serve` reading `config_dir`, and waits until it is ready.
+    pub(crate) async fn start(
+        bin: &Path,
+        config_dir: &Path,
         profile: &str,
         fresh: &Fresh,
         log: &Path,
@@ -305,9 +307,9 @@ impl Coordinator {
         let http = format!("127.0.0.1:{port}");
         let log_path = log;
         let log = std::fs::File::create(log)?;
-        let mut cmd = Command::new(&opts.bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("serve")
-            .env("COORDINATOR_CONFIG_DIR", &opts.config_dir)
+            .env("COORDINATOR_CONFIG_DIR", config_dir)
             .env("COORDINATOR__DATABASE__URL", fresh.db_url())
             .env("COORDINATOR__AMQP__URL", fresh.amqp_url())
             .env("COORDINATOR__HTTP__ADDR", &http)
@@ -320,7 +322,7 @@ impl Coordinator {
         };
         let child = cmd
             .spawn()
-            .with_context(|| format!("could not start {}", opts.bin.display()))?;
+            .with_context(|| format!("could not start {}", bin.display()))?;
         let mut c = Coordinator { child, http };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -340,23 +342,29 @@ impl Coordinator {
         }
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
-    /// SIGTERM, then wait (SIGKILL after 30 s).
-    async fn stop(mut self) {
+    /// SIGKILL, and wait for it to be gone.
+    pub(crate) async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 30 s); its exit status if it exited by itself.
+    pub(crate) async fn stop(mut self) -> Option<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status()
                 .await;
         }
-        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                None
+            }
         }
     }
 }
@@ -477,7 +485,7 @@ async fn one_in(
     let log = opts
         .out_dir
         .join(format!("coordinator-{profile}-{}.log", def.name));
-    let coordinator = Coordinator::start(opts, profile, fresh, &log).await?;
+    let coordinator = Coordinator::start(&opts.bin, &opts.config_dir, profile, fresh, &log).await?;
     for role in ROLES {
         crate::cli::add_agent(&settings, &pool, &agent_id(role), role).await?;
     }

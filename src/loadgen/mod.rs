@@ -8,10 +8,12 @@
 //! - [`stats`]: latency percentiles, and CPU and memory of a process from `/proc`.
 //! - [`bench`]: the suite: a fresh database and vhost per run, the release coordinator
 //!   as a child process, the report.
+//! - [`soak`]: a steady load for many minutes with one fault a minute (`make soak`).
 
 pub mod bench;
 pub mod ceiling;
 pub mod drive;
+pub mod soak;
 pub mod stats;
 pub mod team;
 

@@ -296,7 +296,7 @@ async fn handle_task(
     let mut confirms = Vec::new();
     for reply in replies(role, mt) {
         let data = json!({"t": now_ns(), "t0": t0});
-        let e = Envelope::from_agent(
+        let mut e = Envelope::from_agent(
             agent_id,
             role,
             reply,
@@ -304,6 +304,7 @@ async fn handle_task(
             data,
             Utc::now(),
         );
+        e.header.message_id = reply_id(&env.header.message_id, reply);
         match publish(channel, &e).await {
             Ok(confirm) => confirms.push(confirm),
             Err(_) => Counters::inc(&c.publish_failures),
@@ -317,6 +318,17 @@ async fn handle_task(
         }
     }
     let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+}
+
+/// The message id of an agent's reply to a task: derived from the task's id, so that
+/// a task handled again (redelivered after the agent's connection dropped) sends the
+/// same ids, and the coordinator applies each reply once.
+pub fn reply_id(task_message_id: &str, reply: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{task_message_id}/{reply}").as_bytes(),
+    )
+    .to_string()
 }
 
 /// Publishes `requirements_ready` for every workflow id received, confirms awaited
@@ -379,5 +391,21 @@ mod tests {
         .sum();
         assert_eq!(1 + sent as u64, MESSAGES_PER_WORKFLOW);
         assert!(replies(PRODUCT, "feature_deployed").is_empty());
+    }
+
+    #[test]
+    fn a_task_handled_twice_gets_replies_with_the_same_ids() {
+        assert_eq!(
+            reply_id("t-1", "sprint_initialized"),
+            reply_id("t-1", "sprint_initialized")
+        );
+        assert_ne!(
+            reply_id("t-1", "sprint_initialized"),
+            reply_id("t-1", "feature_completed")
+        );
+        assert_ne!(
+            reply_id("t-1", "sprint_initialized"),
+            reply_id("t-2", "sprint_initialized")
+        );
     }
 }

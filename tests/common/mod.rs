@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use coordinator::agent::{AgentClient, Queue};
 use coordinator::app::App;
 use coordinator::domain::envelope::Envelope;
+use coordinator::processor::exchanges;
 use coordinator::runtime::Shared;
 use coordinator::settings::Settings;
 use sqlx::postgres::PgPoolOptions;
@@ -215,6 +216,54 @@ impl TestEnv {
         })
         .await
     }
+
+    /// Waits until every outbox row committed so far is confirmed by the broker (or
+    /// given up): what the coordinator decided to send is on its queues.
+    pub async fn wait_outbox_flushed(&self) {
+        self.wait_outbox_flushed_where("true").await
+    }
+
+    /// Like [`TestEnv::wait_outbox_flushed`], for the rows matching `predicate` (SQL
+    /// on the outbox's columns): those that can reach one queue. Rows no queue takes
+    /// (to agents a test never registered) stay pending, so a test waits for its own.
+    pub async fn wait_outbox_flushed_where(&self, predicate: &str) {
+        self.wait_count(
+            &format!(
+                "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND undeliverable_at IS NULL
+                   AND ({predicate})"
+            ),
+            0,
+        )
+        .await
+    }
+
+    /// Asserts that `queue` holds nothing more, once every coordinator in `apps` has
+    /// fired each deadline due by `until` and the outbox is flushed: whatever the
+    /// coordinator would have sent by then is on the queue, so no wait is guessed.
+    pub async fn assert_nothing_more(
+        &self,
+        apps: &[&Running],
+        until: chrono::DateTime<chrono::Utc>,
+        reader: &mut AgentClient,
+        queue: &str,
+    ) {
+        for app in apps {
+            app.wait_timer_caught_up(until).await;
+        }
+        self.wait_outbox_flushed_where(&format!(
+            "routing_key LIKE 'escalation.%' OR exchange = '{}'",
+            exchanges::FANOUT
+        ))
+        .await;
+        let more = reader.drain(queue).await.expect("drain the queue");
+        assert!(
+            more.is_empty(),
+            "unexpected on {queue}: {:?}",
+            more.iter()
+                .map(|(key, e)| format!("{} ({key}) {}", e.header.message_type, e.payload.data))
+                .collect::<Vec<_>>()
+        );
+    }
 }
 
 impl Drop for TestEnv {
@@ -248,6 +297,17 @@ impl Running {
     pub async fn wait_ready(&self) {
         eventually("the coordinator to be ready", || async {
             (http_get(self.http, "/readyz").await.map(|(s, _)| s) == Some(200)).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until this coordinator's timer has fired every deadline it holds that was
+    /// due by `t` (waking it, in case it sleeps until its next reload).
+    pub async fn wait_timer_caught_up(&self, t: chrono::DateTime<chrono::Utc>) {
+        let want = t.timestamp_micros() as f64 / 1e6;
+        eventually(&format!("the timer to catch up to {t}"), || async {
+            self.shared.wake_timer.notify_one();
+            (self.shared.metrics.timer_caught_up.get() >= want).then_some(())
         })
         .await
     }
@@ -331,19 +391,31 @@ pub async fn expect_next(agent: &mut AgentClient, queue: Queue) -> Envelope {
         })
 }
 
-/// Asserts nothing more arrives on a queue within `quiet` (used after everything that
-/// should arrive has arrived and been processed).
-pub async fn expect_quiet(agent: &mut AgentClient, queue: Queue, quiet: Duration) {
-    if let Some(env) = agent
-        .next(queue, quiet)
-        .await
-        .expect("agent reads its queue")
-    {
-        panic!(
-            "{} got an unexpected {} on {queue:?}: {:?}",
-            agent.agent_id, env.header.message_type, env
-        );
-    }
+/// Asserts an agent's queue holds nothing more. Call it after waiting for the event
+/// that shows the coordinator has handled everything that could send more (a state, a
+/// count of duplicates, the dead letters); it then waits for the outbox to be flushed
+/// and drains the queue, so nothing passes merely because a message was late.
+pub async fn expect_no_more(env: &TestEnv, agent: &mut AgentClient, queue: Queue) {
+    let routed_here = match queue {
+        Queue::Tasks => format!("routing_key = 'task.{}'", agent.agent_type),
+        Queue::Commands => format!(
+            "routing_key = 'command.{}' OR exchange = '{}'",
+            agent.agent_id,
+            exchanges::FANOUT
+        ),
+        Queue::Events => "true".to_string(),
+    };
+    env.wait_outbox_flushed_where(&routed_here).await;
+    let name = queue.name(&agent.agent_id);
+    let more = agent.drain(&name).await.expect("drain the queue");
+    assert!(
+        more.is_empty(),
+        "{} got unexpected messages on {name}: {:?}",
+        agent.agent_id,
+        more.iter()
+            .map(|(_, e)| e.header.message_type.as_str())
+            .collect::<Vec<_>>()
+    );
 }
 
 fn init_logs() {
@@ -409,6 +481,9 @@ pub async fn partition_of(env: &TestEnv, settings: &Settings, correlation_id: &s
 pub struct Serve {
     pub child: std::process::Child,
     pub http: SocketAddr,
+    /// What it wrote to stderr, read as it comes (a full pipe would block its logging).
+    stderr: Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Serve {
@@ -429,9 +504,25 @@ impl Serve {
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        let mut child = cmd.spawn().expect("serve starts");
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = child.stderr.take().map(|pipe| {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            })
+        });
         Serve {
-            child: cmd.spawn().expect("serve starts"),
+            child,
             http: SocketAddr::from(([127, 0, 0, 1], port)),
+            stderr,
+            reader,
         }
     }
 
@@ -444,6 +535,11 @@ impl Serve {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether it has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn signal(&self, signal: &str) {
@@ -464,10 +560,11 @@ impl Serve {
             assert!(Instant::now() < deadline, "serve did not exit");
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        // The pipe closes when the process exits: the reader ends.
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
         }
+        let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
         (status.code(), stderr)
     }
 }
