@@ -387,21 +387,39 @@ async fn run_in(opts: &Options, fresh: &Fresh) -> anyhow::Result<Report> {
         .and_then(Coordinator::pid)
         .and_then(rss_mib);
 
-    // Drain: every started workflow should complete.
-    let started = Counters::get(&rec.counters.started);
+    // Drain: every workflow whose start the broker confirmed must complete. (A start
+    // whose confirm was lost in a broker restart may have been routed all the same:
+    // it is not counted as started, and completes anyway.)
+    let started_ids: Vec<String> = rec
+        .started_ids
+        .lock()
+        .map(|ids| ids.clone())
+        .unwrap_or_default();
+    let started = started_ids.len() as u64;
     let deadline = Instant::now() + opts.drain;
-    let completed = loop {
-        let c = scalar(
-            &pool,
-            "SELECT count(*) FROM workflows WHERE state = 'completed'",
+    let lost = loop {
+        let open: Option<i64> = sqlx::query_scalar(
+            "SELECT count(*) FROM unnest($1::text[]) AS s(id)
+               LEFT JOIN workflows w ON w.id = s.id
+              WHERE w.state IS DISTINCT FROM 'completed'",
         )
+        .bind(&started_ids)
+        .fetch_one(&pool)
         .await
-        .unwrap_or(0);
-        if c as u64 >= started || Instant::now() > deadline {
-            break c;
+        .ok();
+        match (open, Instant::now() > deadline) {
+            (Some(0), _) => break 0,
+            (Some(n), true) => break n,
+            (None, true) => anyhow::bail!("PostgreSQL did not answer after the soak"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let completed = scalar(
+        &pool,
+        "SELECT count(*) FROM workflows WHERE state = 'completed'",
+    )
+    .await
+    .unwrap_or(-1);
     let applied_twice = scalar(
         &pool,
         "SELECT count(*) - count(DISTINCT message_id) FROM workflow_events",
@@ -427,7 +445,7 @@ async fn run_in(opts: &Options, fresh: &Fresh) -> anyhow::Result<Report> {
         minutes,
         started,
         completed,
-        lost: started as i64 - completed,
+        lost,
         applied_twice,
         irregular,
         rss_start_mib: rss_start,

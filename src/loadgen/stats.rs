@@ -105,6 +105,8 @@ pub struct Recorder {
     pub workflow: Samples,
     /// Samples are kept only while this is set (after warm-up, inside the window).
     pub recording: AtomicBool,
+    /// Workflows whose requirements_ready the broker confirmed.
+    pub started_ids: Mutex<Vec<String>>,
 }
 
 impl Recorder {

@@ -350,14 +350,15 @@ async fn starter(
                 let data = json!({"epic_id": format!("EPIC-{wf}"), "title": "bench", "t": t, "t0": t});
                 let e = Envelope::from_agent(&agent_id, PRODUCT, "requirements_ready", &wf, data, Utc::now());
                 match publish(&channel, &e).await {
-                    Ok(confirm) => pending.push(confirm),
+                    Ok(confirm) => pending.push(async move { (wf, confirm.await) }),
                     Err(_) => Counters::inc(&c.publish_failures),
                 }
             }
-            Some(res) = pending.next() => {
+            Some((wf, res)) = pending.next() => {
                 if confirmed(res) {
                     Counters::inc(&c.started);
                     Counters::inc(&c.published);
+                    rec.started_ids.lock().unwrap_or_else(|e| e.into_inner()).push(wf);
                 } else {
                     Counters::inc(&c.publish_failures);
                 }
