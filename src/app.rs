@@ -97,6 +97,7 @@ impl App {
                 _ = shutdown.cancelled() => {}
                 _ = fatal.cancelled() => {}
             }
+            shared.stopping("stopping the timer");
             timer_stop.cancel();
         };
         let timer_then_supervisor = async {
@@ -130,6 +131,7 @@ impl App {
             return Err(e.into());
         }
         tracing::info!("stopped consuming; outbox flushed");
+        shared.stopping("stopping the HTTP server");
         finish(http).await
     }
 }

@@ -15,6 +15,10 @@ pub const AFTER_CONFIRM_BEFORE_MARKED_SENT: &str = "after-confirm-before-marked-
 /// as `return(<ms>)`, it waits that long there: a test ends the session meanwhile).
 pub const BEFORE_COMMIT: &str = "before-commit";
 
+/// On shutdown, before the relay's last flush of the outbox (configured as
+/// `return(<ms>)`, it hangs there: a test shows `shutdown.timeout` ends the wait).
+pub const BEFORE_OUTBOX_FLUSH: &str = "before-outbox-flush";
+
 /// Configures the fail points named in `FAILPOINTS` for the life of the process.
 #[cfg(feature = "fail-points")]
 pub fn setup() -> Option<fail::FailScenario<'static>> {

@@ -39,14 +39,29 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Fail points named in FAILPOINTS (test builds only; see src/failpoint.rs).
     let _fail_points = coordinator::failpoint::setup();
     let shutdown = CancellationToken::new();
+    let timeout = settings.shutdown.timeout;
     let app = App::build(settings).await?;
+    let shared = app.shared();
     let signal = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutdown requested: stopping consumption, finishing in-flight work, flushing the outbox");
         signal.cancel();
     });
-    app.run(shutdown).await
+    // A supervisor's grace period ends in SIGKILL, which says nothing: overrunning ours
+    // exits with the step it was stuck at instead.
+    let overrun = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(timeout).await;
+    };
+    tokio::select! {
+        r = app.run(shutdown.clone()) => r,
+        () = overrun => Err(anyhow::anyhow!(
+            "shutdown did not finish within shutdown.timeout ({}); it was {}. What was committed is kept; messages not yet sent go out after a restart",
+            humantime::format_duration(timeout),
+            shared.stopping_at()
+        )),
+    }
 }
 
 async fn wait_for_signal() {

@@ -44,6 +44,8 @@ pub struct Shared {
     pub timers_changed: AtomicBool,
     /// The circuit breakers around PostgreSQL and around publishing.
     pub breakers: Breakers,
+    /// The step a shutdown is at, named when it overruns `shutdown.timeout`.
+    stopping: Mutex<&'static str>,
 }
 
 impl Shared {
@@ -68,7 +70,19 @@ impl Shared {
             wake_timer: Notify::new(),
             timers_changed: AtomicBool::new(false),
             breakers: Breakers::new(settings_breaker),
+            stopping: Mutex::new("not stopping"),
         }
+    }
+
+    /// Records (and logs) the step a shutdown has reached.
+    pub fn stopping(&self, step: &'static str) {
+        tracing::info!("shutdown: {step}");
+        *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = step;
+    }
+
+    /// The step a shutdown last reached.
+    pub fn stopping_at(&self) -> &'static str {
+        *self.stopping.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Hands deadlines created by a commit to the timer, so one due soon fires on time.

@@ -48,6 +48,7 @@ pub struct Settings {
     /// The seed's named retry policies; `crate::retry` says which loop uses which.
     pub retry_policies: crate::retry::RetryPolicies,
     pub dead_letters: DeadLetterSettings,
+    pub shutdown: ShutdownSettings,
     /// The breakers around PostgreSQL and around publishing.
     pub circuit_breaker: crate::breaker::BreakerSettings,
     #[serde(default)]
@@ -110,6 +111,19 @@ pub struct DeadLetterSettings {
     /// management, once.
     #[serde(with = "humantime_serde")]
     pub escalate_after: Duration,
+}
+
+/// How long a SIGTERM may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// From the signal to exit: past it the process exits 1 and names the step it was
+    /// waiting for (what it committed is safe; its unsent messages go out after restart).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The relay's last flush of the outbox, within `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub flush_timeout: Duration,
 }
 
 /// The coordinator's inbox: how it is consumed and applied.
@@ -397,6 +411,15 @@ impl Settings {
                 format!("must be between 1 and 1024, got {}", self.inbox.partitions),
             ));
         }
+        if self.shutdown.flush_timeout >= self.shutdown.timeout {
+            return Err(invalid(
+                "shutdown.flush_timeout",
+                format!(
+                    "must be shorter than shutdown.timeout ({:?}), got {:?}",
+                    self.shutdown.timeout, self.shutdown.flush_timeout
+                ),
+            ));
+        }
         if self.inbox.rebalance_interval.is_zero() {
             return Err(invalid(
                 "inbox.rebalance_interval",
@@ -585,6 +608,13 @@ mod tests {
             .expect_err("rejected")
             .to_string()
             .contains("sla.durations.coffee_break"));
+        let mut s = good.clone();
+        s.shutdown.flush_timeout = s.shutdown.timeout;
+        assert!(s
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("shutdown.flush_timeout"));
         let mut s = good;
         s.agents.push(StaticAgent {
             agent_id: "x".into(),

@@ -728,3 +728,34 @@ async fn fault_sigterm_with_work_in_flight_flushes_the_outbox_and_exits_0() {
     replacement.wait_ready().await;
     stream.finish(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops coordinators mid-stream: make test runs it alone, after the rest"]
+async fn fault_shutdown_stuck_past_its_timeout_exits_1_naming_the_step() {
+    let env = TestEnv::new().await;
+    let mut extra = with(serve_env(), "COORDINATOR__SHUTDOWN__TIMEOUT", "2s");
+    extra = with(extra, "COORDINATOR__SHUTDOWN__FLUSH_TIMEOUT", "1s");
+    // The last flush hangs (as on a broker that stopped answering).
+    extra = with(
+        extra,
+        "FAILPOINTS",
+        &format!(
+            "{}=return(600000)",
+            coordinator::failpoint::BEFORE_OUTBOX_FLUSH
+        ),
+    );
+    let (serve, stream) = under_way(&env, &extra).await;
+    serve.signal("-TERM");
+    let (code, stderr) = serve.wait_exit().await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "shutdown did not finish within shutdown.timeout (2s); it was flushing the outbox"
+        ),
+        "{stderr}"
+    );
+    // What it committed but did not publish goes out from its replacement.
+    let replacement = Serve::spawn(&env, &serve_env());
+    replacement.wait_ready().await;
+    stream.finish(&env).await;
+}

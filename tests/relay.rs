@@ -301,3 +301,55 @@ async fn what_the_broker_dead_letters_is_kept_in_dead_letters_with_its_x_death()
     let _ = conn.close(200, "done").await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_relay_flushes_within_its_bound_and_leaves_the_rest_for_after_restart() {
+    let env = TestEnv::new().await;
+    let (conn, rows) = qa_only_broker(&env).await;
+    // A backlog far longer than the flush may take: many small steps.
+    const BACKLOG: i64 = 50_000;
+    let template = &rows[1].message;
+    sqlx::query(
+        "INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id, app_id, body)
+         SELECT 'flush-' || g, $1, $2, $3, 'wf-flush', 'coordinator', $4
+         FROM generate_series(1, $5) g",
+    )
+    .bind(&template.exchange)
+    .bind(&template.routing_key)
+    .bind(&template.message_type)
+    .bind(&template.body)
+    .bind(BACKLOG)
+    .execute(&env.pool)
+    .await
+    .expect("backlog");
+    let mut settings = env.settings();
+    settings.outbox.batch_size = 10;
+    settings.shutdown.flush_timeout = std::time::Duration::from_millis(300);
+    let shared = coordinator::runtime::Shared::new(settings, env.pool.clone());
+    let relay = coordinator::amqp::relay::Relay::new(&conn, &shared)
+        .await
+        .expect("relay");
+
+    // Stopped before it starts: it only flushes, and only for flush_timeout.
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop.cancel();
+    tokio::time::timeout(common::WAIT, coordinator::amqp::relay::run(&relay, stop))
+        .await
+        .expect("the relay returns once its flush time is up, though the backlog is not drained")
+        .expect("the relay ran without error");
+    let published = shared.metrics.published.get() as i64;
+    assert!(published > 0, "the flush published part of the backlog");
+    assert!(
+        published < BACKLOG,
+        "the flush stopped at its bound instead of draining all {BACKLOG} ({published} published)"
+    );
+    // What it did not send is still due: a restarted relay sends it.
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            .await,
+        BACKLOG,
+        "nothing is marked sent until the settler runs; nothing is lost"
+    );
+    relay.close().await;
+    let _ = conn.close(200, "done").await;
+}

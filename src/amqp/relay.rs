@@ -11,7 +11,6 @@
 //! the row after its lease, with the same message id (at least once).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
@@ -86,9 +85,13 @@ impl<'a> Relay<'a> {
         Ok(report)
     }
 
-    /// Steps until nothing due is left.
-    pub async fn drain(&self) -> Result<(), RelayError> {
+    /// Steps until nothing due is left, or until `stop` (checked between steps: under
+    /// steady load something is always due, and shutdown must not wait for a lull).
+    pub async fn drain(&self, stop: Option<&CancellationToken>) -> Result<(), RelayError> {
         loop {
+            if stop.is_some_and(|s| s.is_cancelled()) {
+                return Ok(());
+            }
             let r = self.step().await?;
             if r.claimed < self.shared.settings.outbox.batch_size as usize || r.published == 0 {
                 return Ok(());
@@ -117,7 +120,7 @@ pub async fn run(relay: &Relay<'_>, stop: CancellationToken) -> Result<(), Relay
     // query per batch on the hot path for a gauge, so refresh it once per poll interval.
     let mut gauge_due = std::time::Instant::now();
     loop {
-        match relay.drain().await {
+        match relay.drain(Some(&stop)).await {
             Ok(()) => {}
             Err(RelayError::Db(e)) => {
                 tracing::warn!(error = %e, "relay could not reach the database; will retry")
@@ -134,13 +137,15 @@ pub async fn run(relay: &Relay<'_>, stop: CancellationToken) -> Result<(), Relay
             _ = tokio::time::sleep(poll) => {}
         }
     }
-    // Flush: whatever was committed before shutdown goes out now.
-    let deadline = Duration::from_secs(10);
-    match tokio::time::timeout(deadline, relay.drain()).await {
+    // Flush: whatever was committed before shutdown goes out now, within a bound (a
+    // step cut short leaves its rows leased; they go out after their lease).
+    crate::failpoint::stall(crate::failpoint::BEFORE_OUTBOX_FLUSH).await;
+    let deadline = relay.shared.settings.shutdown.flush_timeout;
+    match tokio::time::timeout(deadline, relay.drain(None)).await {
         Ok(r) => r,
         Err(_) => {
             tracing::warn!(
-                "outbox flush did not finish within {deadline:?}; the rest is sent after restart"
+                "outbox flush did not finish within shutdown.flush_timeout ({deadline:?}); the rest is sent after restart"
             );
             Ok(())
         }

@@ -86,6 +86,9 @@ async fn session(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Se
     let stop_relay = CancellationToken::new();
     let outcome = supervise(&conn, shared, &relay, shutdown, stop_relay).await;
     Status::set(&shared.status.consuming, false);
+    if shutdown.is_cancelled() {
+        shared.stopping("closing the broker connection");
+    }
     relay.close().await;
     close(&conn).await;
     outcome.map_err(SessionError::Other)
@@ -179,6 +182,7 @@ async fn supervise(
         }
     };
 
+    shared.stopping("finishing the inbox batches in hand and publishing what they committed");
     for stop in running.values() {
         stop.cancel();
     }
@@ -187,13 +191,16 @@ async fn supervise(
             tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), partition = p, "an inbox partition stopped with an error");
         }
     }
+    shared.stopping("releasing the partition leases");
     leases.close().await;
+    shared.stopping("stopping the dead-letter collector");
     stop_collector.cancel();
     if !collector_ended {
         if let Err(e) = (&mut collecting).await {
             tracing::warn!(error = %e, "the dead-letter collector stopped with an error");
         }
     }
+    shared.stopping("flushing the outbox");
     stop_relay.cancel();
     let relayed = if relay_ended {
         Ok(())
@@ -201,6 +208,7 @@ async fn supervise(
         (&mut relaying).await
     };
     // Last, what every publisher and the relay had confirmed is marked sent.
+    shared.stopping("marking confirmed messages sent");
     stop_settler.cancel();
     if !settled {
         settling.await;
