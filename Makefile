@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test soak bench bench-quick bench-timers demo services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: python-venv schemas run test soak bench bench-quick bench-timers demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
@@ -10,9 +10,21 @@ run: services
 
 ## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ;
 ## then, one at a time, the fault-injection tests (they stop the broker and the database)
-test: services
+test: services python-venv
 	COORDINATOR_ENV=test $(CARGO) test --features fail-points --lib --bins --tests
 	COORDINATOR_ENV=test $(CARGO) test --features fail-points --test faults -- --ignored --test-threads=1
+
+## python-venv: the example Python agent's virtualenv (from PyPI), for its interop test
+VENV := target/python-venv
+python-venv: $(VENV)/.installed
+$(VENV)/.installed: examples/python/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+## schemas: regenerate docs/schemas/ from the Rust types (then review the diff)
+schemas:
+	UPDATE_SCHEMAS=1 $(CARGO) test --test schemas the_json_schemas
 
 ## demo: the coordinator and simulated agents, three workflows and an emergency in compressed time
 demo: services
@@ -48,14 +60,14 @@ build:
 migrate: services
 	$(CARGO) run --release --bin coordinator -- migrate
 
-## verify: formatting, lints and tests
+## verify: formatting, lints (with the test-only fail points compiled in) and every test; CI runs this
 verify: fmt clippy test
 
 fmt:
 	$(CARGO) fmt --check
 
 clippy:
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features fail-points -- -D warnings
 
 ## rabbitmq-definitions: load rabbitmq/definitions.json into the local broker
 rabbitmq-definitions: services

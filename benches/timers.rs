@@ -1,4 +1,4 @@
-//! The timer workload of issue 3: p99 lateness (fire time minus deadline) with 10,000
+//! The timer workload: p99 lateness (fire time minus deadline) with 10,000
 //! clocks due in the same minute, and again with 1,000,000 armed clocks in the table.
 //! Runs the real timer service against a fresh database (no broker needed: what the
 //! timer sends waits in the outbox). `make bench`, or `cargo bench --bench timers`.

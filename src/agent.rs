@@ -1,4 +1,4 @@
-//! A small agent-side client: publishes envelopes the way PROTOCOL.md section 3 says and
+//! A small agent-side client: publishes envelopes the way docs/protocol.md section 3 says and
 //! reads the agent's queues. Used by the integration tests and the demo; a reference for
 //! agent authors (see `docs/agents.md`).
 

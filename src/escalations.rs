@@ -4,12 +4,14 @@
 //! the id and writes the rows.
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::db::batch::NewEscalation;
 use crate::db::store::{OutboxMessage, Undeliverable, UnresolvedDeadLetter};
 use crate::domain::envelope::Payload;
 use crate::domain::escalation::Step;
+use crate::domain::payloads;
+use crate::domain::reject::Reason;
 use crate::domain::sla::{Deadline, DeadlineKind, Severity};
 use crate::processor::{exchanges, outgoing};
 
@@ -41,14 +43,14 @@ pub fn set_aside_notice(
         &format!("escalation.{}.oncall", Severity::High.as_str()),
         None,
         Payload {
-            data: json!({
-                "message_id": message_id,
-                "correlation_id": correlation_id,
-                "source_agent_id": sender,
-                "reason": "processing_failed",
-                "attempts": attempts,
-                "error": error,
-                "set_aside_at": now,
+            data: payloads::to_value(&payloads::MessageSetAside {
+                message_id: message_id.map(str::to_string),
+                correlation_id: correlation_id.map(str::to_string),
+                source_agent_id: sender.map(str::to_string),
+                reason: Reason::ProcessingFailed.as_str().to_string(),
+                attempts,
+                error: error.to_string(),
+                set_aside_at: now,
             }),
             metadata: json!({}),
         },
@@ -70,15 +72,19 @@ pub fn unresolved_notice(letters: &[UnresolvedDeadLetter], now: DateTime<Utc>) -
         &format!("escalation.{}.management", Severity::High.as_str()),
         None,
         Payload {
-            data: json!({
-                "count": letters.len(),
-                "dead_letters": letters.iter().map(|l| json!({
-                    "id": l.id,
-                    "reason": l.reason,
-                    "message_id": l.message_id,
-                    "received_at": l.received_at,
-                })).collect::<Vec<_>>(),
-                "hint": "coordinator dead-letter list --unresolved; show, replay or resolve each",
+            data: payloads::to_value(&payloads::DeadLettersUnresolved {
+                count: letters.len(),
+                dead_letters: letters
+                    .iter()
+                    .map(|l| payloads::UnresolvedDeadLetter {
+                        id: l.id,
+                        reason: l.reason.clone(),
+                        message_id: l.message_id.clone(),
+                        received_at: l.received_at,
+                    })
+                    .collect(),
+                hint: "coordinator dead-letter list --unresolved; show, replay or resolve each"
+                    .to_string(),
             }),
             metadata: json!({}),
         },
@@ -102,17 +108,17 @@ pub fn undeliverable_notice(u: &Undeliverable, now: DateTime<Utc>) -> OutboxMess
         &format!("escalation.{}.oncall", Severity::High.as_str()),
         None,
         Payload {
-            data: json!({
-                "outbox_id": u.id,
-                "message_id": u.message_id,
-                "message_type": u.message_type,
-                "exchange": u.exchange,
-                "routing_key": u.routing_key,
-                "correlation_id": u.correlation_id,
-                "attempts": u.attempts,
-                "written_at": u.created_at,
-                "last_error": u.last_error,
-                "undeliverable_at": now,
+            data: payloads::to_value(&payloads::MessageUndeliverable {
+                outbox_id: u.id,
+                message_id: u.message_id.clone(),
+                message_type: u.message_type.clone(),
+                exchange: u.exchange.clone(),
+                routing_key: u.routing_key.clone(),
+                correlation_id: u.correlation_id.clone(),
+                attempts: u.attempts,
+                written_at: u.created_at,
+                last_error: u.last_error.clone(),
+                undeliverable_at: now,
             }),
             metadata: json!({}),
         },
@@ -137,8 +143,8 @@ pub struct Raise<'a> {
     pub message_type: &'a str,
     pub message_id: String,
     pub causation_id: Option<&'a str>,
-    /// Extra fields for the message's `payload.data`.
-    pub data: Value,
+    /// What raised it, for the message's `payload.data`.
+    pub cause: payloads::EscalationCause,
     pub now: DateTime<Utc>,
 }
 
@@ -155,22 +161,20 @@ pub struct Raised {
 /// The escalation with id `id` (reserved by the caller).
 pub fn raise(r: Raise<'_>, id: i64) -> Raised {
     let chain_id = r.chain_id.unwrap_or(id);
-    let mut data = json!({
-        "escalation_id": id,
-        "chain_id": chain_id,
-        "workflow_id": r.workflow_id,
-        "clock": r.clock,
-        "owner_role": r.owner_role,
-        "agent_id": r.agent_id,
-        "level": r.step.level,
-        "target": r.step.target,
-        "severity": r.severity.as_str(),
-        "raised_at": r.now,
-        "next_level_at": r.step.next_at,
+    let data = payloads::to_value(&payloads::Escalation {
+        escalation_id: id,
+        chain_id,
+        workflow_id: r.workflow_id.to_string(),
+        clock: r.clock.to_string(),
+        owner_role: r.owner_role.to_string(),
+        agent_id: r.agent_id.map(str::to_string),
+        level: r.step.level,
+        target: r.step.target.clone(),
+        severity: r.severity,
+        raised_at: r.now,
+        next_level_at: r.step.next_at,
+        cause: r.cause,
     });
-    if let (Some(obj), Value::Object(extra)) = (data.as_object_mut(), r.data) {
-        obj.extend(extra);
-    }
     let routing_key = format!("escalation.{}.{}", r.severity.as_str(), r.step.target);
     let message = outgoing(
         r.message_id.clone(),

@@ -1,4 +1,4 @@
-//! `/healthz`, `/readyz` and `/metrics` (PROTOCOL.md section 1).
+//! `/healthz`, `/readyz` and `/metrics` (docs/protocol.md section 1).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use crate::breaker::{Breaker, State as BreakerState};
 use crate::domain::catalog::Catalog;
-use crate::domain::sla::Deadline;
+use crate::domain::sla::{Deadline, DeadlineKind};
 use crate::processor::{Agents, Processor};
 use crate::settings::Settings;
 
@@ -487,9 +487,23 @@ impl Metrics {
         ] {
             m.registry.register(c).expect("metric registered once");
         }
-        // Present (closed) from the start, not only after a first change.
+        // Present (closed, or at zero) from the start, not only after a first change, so
+        // that rate() and alerts see every series from the first scrape.
         for g in Guarded::ALL {
             m.set_breaker(g, BreakerState::Closed);
+        }
+        for outcome in crate::processor::Outcome::LABELS {
+            m.messages.with_label_values(&[outcome]);
+        }
+        for reason in crate::domain::reject::Reason::ALL {
+            m.rejections.with_label_values(&[reason.as_str()]);
+        }
+        for kind in [
+            DeadlineKind::Breach,
+            DeadlineKind::Warning,
+            DeadlineKind::Ladder,
+        ] {
+            m.timer_lateness.with_label_values(&[kind.as_str()]);
         }
         m
     }
@@ -528,5 +542,18 @@ mod tests {
             text.contains("coordinator_messages_total{outcome=\"accepted\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn labelled_series_are_present_at_zero_from_the_start() {
+        let text = super::Metrics::new().render();
+        for line in [
+            "coordinator_messages_total{outcome=\"duplicate\"} 0",
+            "coordinator_rejections_total{reason=\"malformed_json\"} 0",
+            "coordinator_rejections_total{reason=\"processing_failed\"} 0",
+            "coordinator_sla_timer_lateness_seconds_count{kind=\"ladder\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
     }
 }

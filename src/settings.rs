@@ -1,6 +1,8 @@
 //! Typed configuration: `config/default.toml` → `config/{COORDINATOR_ENV}.toml` →
-//! environment variables `COORDINATOR__SECTION__KEY`. Loaded once by `main` (or by a
-//! test) and handed to [`crate::app::App::build`].
+//! environment variables `COORDINATOR__SECTION__KEY`. The shipped files are compiled
+//! in, so the binary runs from any directory; files in the configuration folder layer
+//! over them. Loaded once by `main` (or by a test) and handed to
+//! [`crate::app::App::build`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,12 +19,22 @@ pub const ENV_VAR: &str = "COORDINATOR_ENV";
 /// Environment variable naming the configuration folder (default `config`).
 pub const DIR_VAR: &str = "COORDINATOR_CONFIG_DIR";
 
+/// The shipped configuration, compiled in.
+const SHIPPED_DEFAULT: &str = include_str!("../config/default.toml");
+const SHIPPED_ENVIRONMENTS: &[(&str, &str)] = &[
+    ("test", include_str!("../config/test.toml")),
+    ("production", include_str!("../config/production.toml")),
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    #[error("configuration folder {0} ({DIR_VAR}) is not a folder")]
+    NoFolder(PathBuf),
     #[error(
-        "configuration folder {0} has no default.toml (set {DIR_VAR} to the folder holding it)"
+        "{ENV_VAR}={env}: there is no {env}.toml in {} and none is built in (built in: test, production)",
+        dir.display()
     )]
-    NoDefaults(PathBuf),
+    NoEnvironment { env: String, dir: PathBuf },
     #[error("configuration could not be read")]
     Load(#[from] config::ConfigError),
     #[error("configuration value {key} is invalid: {problem}")]
@@ -101,6 +113,10 @@ pub struct AmqpSettings {
     /// its channel up (the message is sent again after its lease).
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
+    /// Most messages an agent's events queue holds; past it the oldest are dropped
+    /// (`x-max-length`, `x-overflow: drop-head`), so an agent that never reads its
+    /// events cannot grow the queue without end. 0: unbounded.
+    pub events_max_length: u32,
 }
 
 /// What becomes of dead letters nobody works.
@@ -304,20 +320,36 @@ impl Settings {
     /// Loads the layered configuration from `$COORDINATOR_CONFIG_DIR` (default `config`)
     /// for `$COORDINATOR_ENV` (default none: defaults and environment variables only).
     pub fn load() -> Result<Settings, SettingsError> {
-        let dir = std::env::var_os(DIR_VAR).map_or_else(|| PathBuf::from("config"), PathBuf::from);
+        let dir = match std::env::var_os(DIR_VAR) {
+            Some(d) if !Path::new(&d).is_dir() => return Err(SettingsError::NoFolder(d.into())),
+            Some(d) => PathBuf::from(d),
+            None => PathBuf::from("config"),
+        };
         let env = std::env::var(ENV_VAR).ok().filter(|e| !e.is_empty());
         Settings::load_from(&dir, env.as_deref())
     }
 
+    /// The compiled-in defaults, then `dir/default.toml` if there is one, then the
+    /// environment's file from `dir` (or compiled in), then environment variables.
     pub fn load_from(dir: &Path, env: Option<&str>) -> Result<Settings, SettingsError> {
-        let defaults = dir.join("default.toml");
-        if !defaults.is_file() {
-            return Err(SettingsError::NoDefaults(dir.to_path_buf()));
+        use config::{File, FileFormat};
+        let file = |name: &str| dir.join(format!("{name}.toml"));
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(SHIPPED_DEFAULT, FileFormat::Toml));
+        if file("default").is_file() {
+            builder = builder.add_source(File::from(file("default")));
         }
-        let mut builder = config::Config::builder().add_source(config::File::from(defaults));
         if let Some(env) = env {
-            builder = builder
-                .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(true));
+            if file(env).is_file() {
+                builder = builder.add_source(File::from(file(env)));
+            } else if let Some((_, text)) = SHIPPED_ENVIRONMENTS.iter().find(|(n, _)| *n == env) {
+                builder = builder.add_source(File::from_str(text, FileFormat::Toml));
+            } else {
+                return Err(SettingsError::NoEnvironment {
+                    env: env.to_string(),
+                    dir: dir.to_path_buf(),
+                });
+            }
         }
         let built = builder
             .add_source(
@@ -582,11 +614,18 @@ mod tests {
 
     #[test]
     fn a_missing_environment_file_is_an_error() {
-        assert!(Settings::load_from(&dir(), Some("no-such-env")).is_err());
-        assert!(matches!(
-            Settings::load_from(Path::new("/nonexistent"), None),
-            Err(SettingsError::NoDefaults(_))
-        ));
+        let e = Settings::load_from(&dir(), Some("no-such-env")).expect_err("no such file");
+        assert!(matches!(e, SettingsError::NoEnvironment { .. }));
+        assert!(e.to_string().contains("no-such-env.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_configuration_is_compiled_in() {
+        let elsewhere = Path::new("/nonexistent");
+        let s = Settings::load_from(elsewhere, None).expect("built-in defaults");
+        assert_eq!(s.amqp.queue_type, QueueType::Classic);
+        let prod = Settings::load_from(elsewhere, Some("production")).expect("built-in production");
+        assert_eq!(prod.amqp.queue_type, QueueType::Quorum);
     }
 
     #[test]

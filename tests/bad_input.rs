@@ -1,4 +1,4 @@
-//! PROTOCOL.md section 6: every kind of bad input is acked off the inbox, kept whole in
+//! docs/protocol.md section 8: every kind of bad input is acked off the inbox, kept whole in
 //! `dead_letters` with its reason, answered with a `message_rejected` notice where the
 //! sender is known, and changes nothing else; the service keeps running.
 

@@ -32,6 +32,58 @@ fn text(o: &Output) -> (String, String) {
 }
 
 #[test]
+fn version_names_the_build_and_the_contract() {
+    let out = coordinator(None, &["--version"], &[]);
+    assert!(out.status.success());
+    let (stdout, _) = text(&out);
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "coordinator {} (contract {})",
+            env!("CARGO_PKG_VERSION"),
+            coordinator::domain::envelope::VERSION
+        )
+    );
+}
+
+/// Every argument of every command, with its command path, that has no description.
+fn undescribed(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if id != "help" && id != "version" && arg.get_help().is_none() {
+            out.push(format!("{path} {id}"));
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        if sub.get_about().is_none() {
+            out.push(format!("{path} {} (the command)", sub.get_name()));
+        }
+        undescribed(sub, &format!("{path} {}", sub.get_name()), out);
+    }
+}
+
+#[test]
+fn every_option_of_every_command_has_a_description() {
+    use clap::CommandFactory;
+    let mut missing = Vec::new();
+    undescribed(
+        &coordinator::cli::Cli::command(),
+        "coordinator",
+        &mut missing,
+    );
+    assert!(missing.is_empty(), "no description: {missing:?}");
+
+    let o = coordinator(None, &["agent", "add", "--help"], &[]);
+    let (out, _) = text(&o);
+    for role in ["product-director", "qa-director", "marketing-director"] {
+        assert!(
+            out.contains(role),
+            "agent add --help lists the roles:\n{out}"
+        );
+    }
+}
+
+#[test]
 fn every_command_has_help() {
     for args in [
         vec!["--help"],
@@ -68,6 +120,28 @@ fn wrong_arguments_and_bad_configuration_say_what_is_wrong() {
 
     let o = coordinator(None, &["frobnicate"], &[]);
     assert_eq!(o.status.code(), Some(2));
+
+    // An unreachable database is named by its setting and where it was looked for.
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[(
+            "COORDINATOR__DATABASE__URL",
+            "postgres://postgres@127.0.0.1:1/nowhere",
+        )],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("database.url") && err.contains("127.0.0.1:1/nowhere"),
+        "{err}"
+    );
+
+    // A negative or zero limit is refused by clap, naming the option.
+    let o = coordinator(None, &["workflow", "list", "--limit=-3"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("--limit") && err.contains("-3"), "{err}");
 
     // Environment overrides are read, and a bad value names its key.
     let o = coordinator(
@@ -134,6 +208,10 @@ async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
         &[],
     );
     assert!(text(&o).0.contains("(no workflows)"));
+    // Incidents' states are states too.
+    let o = coordinator(Some(&env), &["workflow", "list", "--state", "active"], &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("(no workflows)"));
 
     let o = coordinator(Some(&env), &["workflow", "show", "wf-cli"], &[]);
     let (out, err) = text(&o);
@@ -155,7 +233,9 @@ async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
 
     let o = coordinator(Some(&env), &["workflow", "show", "wf-nope"], &[]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("no workflow \"wf-nope\""));
+    assert!(text(&o)
+        .1
+        .contains("no workflow wf-nope (list them with `coordinator workflow list`)"));
 
     let o = coordinator(
         Some(&env),
@@ -211,12 +291,35 @@ async fn agent_add_registers_declares_and_refuses_bad_input() {
     let o = coordinator(Some(&env), &["agent", "add", "qa-9", "devops-manager"], &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("already registered as qa-director"));
+    // Wrong values exit 2 and name the argument, as clap's own errors do.
     let o = coordinator(Some(&env), &["agent", "add", "x 1", "qa-director"], &[]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("is invalid"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("<AGENT_ID>"), "{}", text(&o).1);
     let o = coordinator(Some(&env), &["agent", "add", "x1", "intern"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("<AGENT_TYPE>") && err.contains("not a configured role"),
+        "{err}"
+    );
+
+    // Both or neither: with the broker unreachable, the agent is not registered.
+    let o = coordinator(
+        Some(&env),
+        &["agent", "add", "qa-10", "qa-director"],
+        &[(
+            "COORDINATOR__AMQP__URL",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+        )],
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("not a configured role"));
+    assert!(text(&o).1.contains("amqp.url"), "{}", text(&o).1);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM agents WHERE agent_id = 'qa-10'")
+            .await,
+        0,
+        "no half-registered agent"
+    );
 
     let o = coordinator(Some(&env), &["agent", "list"], &[]);
     assert!(text(&o).0.contains("qa-9"));

@@ -1,4 +1,4 @@
-//! Emergencies (PROTOCOL.md section 7) against the real services.
+//! Emergencies (docs/protocol.md section 7) against the real services.
 
 mod common;
 

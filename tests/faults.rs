@@ -712,10 +712,20 @@ async fn fault_sigterm_with_work_in_flight_flushes_the_outbox_and_exits_0() {
     let env = TestEnv::new().await;
     // A relay that would otherwise wait: only the shutdown's flush sends what is left.
     let extra = with(serve_env(), "COORDINATOR__OUTBOX__POLL_INTERVAL", "1h");
+    // The shutdown's steps are logged at info (the test configuration logs warnings only).
+    let extra = with(extra, "COORDINATOR__LOG__FILTER", "info");
     let (serve, stream) = under_way(&env, &extra).await;
     serve.signal("-TERM");
     let (code, stderr) = serve.wait_exit().await;
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("shutdown: flushing the outbox"),
+        "each step is logged: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "text logs carry no colour codes when stderr is not a terminal"
+    );
     // Nothing runs now: what it committed, it published before exiting.
     assert!(env.scalar_i64("SELECT count(*) FROM outbox").await > 0);
     assert_eq!(

@@ -18,7 +18,7 @@ async fn qa_only_broker(env: &TestEnv) -> (lapin::Connection, Vec<Queued>) {
     let conn = coordinator::amqp::connect(&env.amqp_url, "test")
         .await
         .expect("connect");
-    let mut declarer = Declarer::new(&conn, settings.amqp.queue_type)
+    let mut declarer = Declarer::new(&conn, &settings.amqp)
         .await
         .expect("declarer");
     declarer.fixed(&settings.inbox).await.expect("topology");

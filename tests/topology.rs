@@ -1,23 +1,20 @@
-//! The broker side: `rabbitmq/definitions.json` loads and the coordinator runs on top of
-//! it; production's quorum queues work.
+//! The broker side: `rabbitmq/definitions.json` (development) and
+//! `definitions.production.json` load and agree with their configurations, and the
+//! coordinator runs on top of them; production's quorum queues work.
 
 mod common;
 
 use common::{expect_next, TestEnv};
 use coordinator::agent::Queue;
-use coordinator::settings::QueueType;
+use coordinator::amqp::topology::Declarer;
+use coordinator::settings::{AmqpSettings, QueueType};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn definitions_json_loads_and_the_coordinator_runs_on_top_of_it() {
-    let env = TestEnv::new().await;
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/rabbitmq/definitions.json"
-    ))
-    .expect("definitions.json");
-    let mut defs: serde_json::Value =
-        serde_json::from_str(&text).expect("definitions.json is JSON");
+/// Imports `rabbitmq/{file}` into this test's vhost.
+fn import_definitions(env: &TestEnv, file: &str) {
+    let text = std::fs::read_to_string(format!("{}/rabbitmq/{file}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    let mut defs: serde_json::Value = serde_json::from_str(&text).expect("the file is JSON");
     // Point the file at this test's vhost.
     defs["vhosts"] = json!([{"name": env.vhost}]);
     for section in ["exchanges", "queues", "bindings"] {
@@ -35,12 +32,37 @@ async fn definitions_json_loads_and_the_coordinator_runs_on_top_of_it() {
     let _ = std::fs::remove_file(&path);
     assert!(
         out.status.success(),
-        "{}",
+        "{file}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
 
-    // The test config declares classic queues; the quorum oncall.escalations from the
-    // definitions is used as it is.
+/// Declares the fixed topology as `serve` would with these settings over what is there;
+/// what had to be used as it was.
+async fn fallbacks_over_definitions(env: &TestEnv, amqp: &AmqpSettings) -> Vec<String> {
+    let settings = env.settings();
+    let conn = coordinator::amqp::connect(&env.amqp_url, "test")
+        .await
+        .expect("connect");
+    let mut declarer = Declarer::new(&conn, amqp).await.expect("declarer");
+    declarer.fixed(&settings.inbox).await.expect("topology");
+    let fallbacks = declarer.fallbacks().to_vec();
+    declarer.close().await;
+    let _ = conn.close(200, "done").await;
+    fallbacks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_json_agrees_with_the_development_config_and_the_coordinator_runs_on_it() {
+    let env = TestEnv::new().await;
+    import_definitions(&env, "definitions.json");
+    assert_eq!(env.settings().amqp.queue_type, QueueType::Classic);
+    assert_eq!(
+        fallbacks_over_definitions(&env, &env.settings().amqp).await,
+        Vec::<String>::new(),
+        "every pre-declared exchange and queue has the arguments the development config declares"
+    );
+
     let app = env.start().await;
     let product = env.agent("product-1", "product-director").await;
     let eng = env.agent("eng-1", "engineering-director").await;
@@ -62,6 +84,19 @@ async fn definitions_json_loads_and_the_coordinator_runs_on_top_of_it() {
         .expect("escalation on the pre-declared queue");
     assert_eq!(esc.header.correlation_id, "wf-defs");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_definitions_agree_with_the_production_config() {
+    let env = TestEnv::new().await;
+    import_definitions(&env, "definitions.production.json");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let prod = coordinator::settings::Settings::load_from(&dir, Some("production"))
+        .expect("production settings");
+    assert_eq!(
+        fallbacks_over_definitions(&env, &prod.amqp).await,
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

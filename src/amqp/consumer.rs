@@ -256,7 +256,7 @@ async fn handle_batch(
     }
     shared.schedule(out.deadlines.iter().copied());
     if !out.registered.is_empty() {
-        let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type).await?;
+        let mut declarer = Declarer::new(conn, &shared.settings.amqp).await?;
         for (agent_id, agent_type) in &out.registered {
             declarer
                 .agent(agent_id, agent_type, &shared.catalog)

@@ -36,7 +36,7 @@ pub fn delivery_meta(
     }
 }
 
-/// AMQP properties repeating an envelope header (PROTOCOL.md section 3): persistent,
+/// AMQP properties repeating an envelope header (docs/protocol.md section 3): persistent,
 /// JSON, with message id, correlation id, type, app id and timestamp.
 pub fn properties(meta: &crate::domain::envelope::DeliveryMeta) -> lapin::BasicProperties {
     let mut p = lapin::BasicProperties::default()

@@ -232,7 +232,7 @@ async fn partition(
 /// The fixed topology and the queues of every known agent.
 async fn declare_all(conn: &Connection, shared: &Shared) -> Result<(), SessionError> {
     use anyhow::Context;
-    let mut declarer = Declarer::new(conn, shared.settings.amqp.queue_type)
+    let mut declarer = Declarer::new(conn, &shared.settings.amqp)
         .await
         .map_err(topology)?;
     declarer

@@ -1,4 +1,4 @@
-//! The exchanges and queues of PROTOCOL.md section 2, declared idempotently.
+//! The exchanges and queues of docs/protocol.md section 2, declared idempotently.
 //!
 //! Declaring is safe to repeat. If a queue already exists with other arguments (say an
 //! operator made it quorum by hand), RabbitMQ refuses the declaration and closes the
@@ -13,7 +13,7 @@ use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::domain::catalog::Catalog;
 use crate::processor::exchanges;
-use crate::settings::{InboxSettings, QueueType};
+use crate::settings::{AmqpSettings, InboxSettings, QueueType};
 
 /// The exchange type of RabbitMQ's consistent-hash plugin.
 pub const CONSISTENT_HASH: &str = "x-consistent-hash";
@@ -77,16 +77,37 @@ fn declare_error(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> Topolo
 }
 
 /// Declares topology on its own channel, reopening it after a refused declaration.
+/// The arguments a queue is declared with, beside its type.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shape {
+    /// Dead-letters to `agent.dlx`.
+    dead_letter: bool,
+    single_active: bool,
+    /// `x-max-length` with `x-overflow: drop-head`.
+    max_length: Option<u32>,
+}
+
+impl Shape {
+    const DEAD_LETTERED: Shape = Shape {
+        dead_letter: true,
+        single_active: false,
+        max_length: None,
+    };
+}
+
 pub struct Declarer<'a> {
     conn: &'a Connection,
     channel: Channel,
     queue_type: QueueType,
+    events_max_length: u32,
+    /// What existed with other arguments and was used as it is.
+    fallbacks: Vec<String>,
 }
 
 impl<'a> Declarer<'a> {
     pub async fn new(
         conn: &'a Connection,
-        queue_type: QueueType,
+        amqp: &AmqpSettings,
     ) -> Result<Declarer<'a>, TopologyError> {
         let channel = conn
             .create_channel()
@@ -95,8 +116,16 @@ impl<'a> Declarer<'a> {
         Ok(Declarer {
             conn,
             channel,
-            queue_type,
+            queue_type: amqp.queue_type,
+            events_max_length: amqp.events_max_length,
+            fallbacks: Vec::new(),
         })
+    }
+
+    /// The exchanges and queues found declared with other arguments than configured
+    /// (each logged once as a warning and used as it is).
+    pub fn fallbacks(&self) -> &[String] {
+        &self.fallbacks
     }
 
     /// The fixed exchanges, the dead-letter and on-call queues, and the inbox.
@@ -110,10 +139,10 @@ impl<'a> Declarer<'a> {
             self.exchange(name, kind).await?;
         }
         // The dead-letter queue itself does not dead-letter (that would loop).
-        self.queue(DEAD_LETTER_QUEUE, false, false).await?;
+        self.queue(DEAD_LETTER_QUEUE, Shape::default()).await?;
         self.bind(DEAD_LETTER_QUEUE, exchanges::DLX, "").await?;
 
-        self.queue(ONCALL_QUEUE, true, false).await?;
+        self.queue(ONCALL_QUEUE, Shape::DEAD_LETTERED).await?;
         self.bind(ONCALL_QUEUE, exchanges::TOPIC, "escalation.#")
             .await?;
         self.bind(ONCALL_QUEUE, exchanges::FANOUT, "").await?;
@@ -170,7 +199,14 @@ impl<'a> Declarer<'a> {
         self.refuse_shrinking(inbox).await?;
         for p in 0..inbox.partitions {
             let queue = inbox.queue(p);
-            self.queue(&queue, true, true).await?;
+            self.queue(
+                &queue,
+                Shape {
+                    single_active: true,
+                    ..Shape::DEAD_LETTERED
+                },
+            )
+            .await?;
             // The binding key of a consistent-hash binding is its weight.
             self.bind(&queue, &inbox.exchange, "1").await?;
         }
@@ -213,18 +249,26 @@ impl<'a> Declarer<'a> {
         catalog: &Catalog,
     ) -> Result<(), TopologyError> {
         let tasks = tasks_queue(agent_id);
-        self.queue(&tasks, true, false).await?;
+        self.queue(&tasks, Shape::DEAD_LETTERED).await?;
         self.bind(&tasks, exchanges::DIRECT, &format!("task.{agent_type}"))
             .await?;
 
         let commands = commands_queue(agent_id);
-        self.queue(&commands, true, false).await?;
+        self.queue(&commands, Shape::DEAD_LETTERED).await?;
         self.bind(&commands, exchanges::DIRECT, &format!("command.{agent_id}"))
             .await?;
         self.bind(&commands, exchanges::FANOUT, "").await?;
 
         let events = events_queue(agent_id);
-        self.queue(&events, true, false).await?;
+        let max_length = (self.events_max_length > 0).then_some(self.events_max_length);
+        self.queue(
+            &events,
+            Shape {
+                max_length,
+                ..Shape::DEAD_LETTERED
+            },
+        )
+        .await?;
         for key in catalog.subscriptions(agent_type) {
             self.bind(&events, exchanges::TOPIC, key).await?;
         }
@@ -254,25 +298,27 @@ impl<'a> Declarer<'a> {
         Ok(())
     }
 
-    async fn queue(
-        &mut self,
-        name: &str,
-        dead_letter: bool,
-        single_active: bool,
-    ) -> Result<(), TopologyError> {
+    async fn queue(&mut self, name: &str, shape: Shape) -> Result<(), TopologyError> {
         let mut args = FieldTable::default();
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString(self.queue_type.as_str().into()),
         );
-        if dead_letter {
+        if shape.dead_letter {
             args.insert(
                 "x-dead-letter-exchange".into(),
                 AMQPValue::LongString(exchanges::DLX.into()),
             );
         }
-        if single_active {
+        if shape.single_active {
             args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        }
+        if let Some(n) = shape.max_length {
+            args.insert("x-max-length".into(), AMQPValue::LongUInt(n));
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("drop-head".into()),
+            );
         }
         let opts = QueueDeclareOptions {
             durable: true,
@@ -324,6 +370,7 @@ impl<'a> Declarer<'a> {
             %what, error = %e,
             "exists with other arguments than configured; using it as it is"
         );
+        self.fallbacks.push(what.to_string());
         self.channel = self
             .conn
             .create_channel()

@@ -20,10 +20,19 @@ use crate::domain::workflow::{self, Snapshot, State};
 use crate::processor::exchanges;
 use crate::settings::Settings;
 
+/// `coordinator --version`: the build and the wire contract it speaks.
+static VERSION_TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (contract {})",
+        env!("CARGO_PKG_VERSION"),
+        crate::domain::envelope::VERSION
+    )
+});
+
 #[derive(Debug, Parser)]
 #[command(
     name = "coordinator",
-    version,
+    version = VERSION_TEXT.as_str(),
     about = "Coordinates software-delivery workflows between agents over RabbitMQ, with state in PostgreSQL",
     long_about = "Coordinates software-delivery workflows between agents over RabbitMQ, with state in PostgreSQL.\n\n\
         Configuration: config/default.toml, then config/$COORDINATOR_ENV.toml, then environment variables \
@@ -79,15 +88,38 @@ pub enum AgentCommand {
     Add {
         /// The agent's id, e.g. qa-dir-001 (letters, digits, '.', '_', '-')
         agent_id: String,
-        /// Its role, one of the configured roles, e.g. qa-director
+        /// Its role: one of the configured roles ([roles.*]; by default product-director,
+        /// engineering-director, qa-director, devops-manager, creative-director,
+        /// marketing-director)
         agent_type: String,
     },
     /// List registered agents
     List,
 }
 
+/// Every state of every workflow kind: feature deliveries and incidents.
 fn state_parser() -> PossibleValuesParser {
-    PossibleValuesParser::new(State::ALL.map(State::as_str))
+    PossibleValuesParser::new(
+        State::ALL
+            .map(State::as_str)
+            .into_iter()
+            .chain(crate::domain::emergency::IncidentState::ALL.map(|s| s.as_str())),
+    )
+}
+
+/// A wrong argument or value that clap could not catch (it depends on configuration):
+/// `main` exits 2 with it, as for clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    Usage(message.into()).into()
+}
+
+/// Every "not found" answers alike: what was asked for, and how to list what exists.
+pub(crate) fn not_found(what: &str, id: impl std::fmt::Display, list: &str) -> anyhow::Error {
+    anyhow::anyhow!("no {what} {id} (list them with `coordinator {list}`)")
 }
 
 /// Every reason a dead letter can have: the rejection reasons, and what the broker
@@ -109,7 +141,7 @@ pub enum WorkflowCommand {
         #[arg(long, value_parser = state_parser())]
         state: Option<String>,
         /// At most this many rows
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
     },
     /// Show a workflow: its state, its SLA clocks with deadlines, escalations and history
@@ -119,6 +151,7 @@ pub enum WorkflowCommand {
     },
     /// Cancel a workflow: it becomes `cancelled` and its armed clocks are cancelled
     Cancel {
+        /// The workflow id
         id: String,
         /// Why (recorded in the workflow's history)
         #[arg(long)]
@@ -126,6 +159,7 @@ pub enum WorkflowCommand {
     },
     /// Mark a workflow failed: it becomes `failed` and its armed clocks are cancelled
     Fail {
+        /// The workflow id
         id: String,
         /// Why (recorded in the workflow's history)
         #[arg(long)]
@@ -157,7 +191,8 @@ pub enum SlaCommand {
         /// Every clock of this workflow or incident, whatever its status
         #[arg(long)]
         workflow: Option<String>,
-        #[arg(long, default_value_t = 100)]
+        /// At most this many rows
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
     },
     /// Move an armed clock's deadline (recorded in the workflow's history)
@@ -180,9 +215,12 @@ pub enum SlaCommand {
     },
     /// Cancel an armed clock: it will not breach (recorded in the workflow's history)
     Cancel {
+        /// The clock's id (the ID column of `sla list`)
         clock: i64,
+        /// Why (recorded in the workflow's history)
         #[arg(long)]
         reason: String,
+        /// Who (default: $USER)
         #[arg(long, default_value_t = operator())]
         by: String,
     },
@@ -195,9 +233,11 @@ pub enum EscalationCommand {
         /// Only those not acknowledged
         #[arg(long)]
         open: bool,
+        /// Only the escalations of this workflow or incident
         #[arg(long)]
         workflow: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// At most this many rows
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
     },
     /// Acknowledge an escalation: its whole chain is acknowledged and its ladder stops
@@ -215,18 +255,24 @@ pub enum EmergencyCommand {
     /// Raise an incident: broadcast emergency_alert to every agent and on-call, and arm
     /// an acknowledgment clock for every registered agent
     Raise {
+        /// How bad it is (sent in the alert)
         #[arg(long, value_parser = severity_parser())]
         severity: String,
+        /// What is happening (sent in the alert; the incident's title)
         #[arg(long)]
         description: String,
         /// Incident id (default: a new inc-<uuid>)
         #[arg(long)]
         id: Option<String>,
+        /// Who raises it (default: $USER)
         #[arg(long, default_value_t = operator())]
         by: String,
     },
     /// Show an incident: who acknowledged, who did not, and when
-    Show { id: String },
+    Show {
+        /// The incident id
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,7 +289,7 @@ pub enum DeadLetterCommand {
         #[arg(long)]
         unresolved: bool,
         /// At most this many rows
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
     },
     /// Show a dead letter whole: the body pretty-printed, the reason, the error, its replays
@@ -299,6 +345,7 @@ pub use oncall::{
 
 pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String> {
     let pool = db::pool(&settings.database)?;
+    db::check_reachable(&settings.database).await?;
     match command {
         Command::Serve => bail!("serve is run by main"),
         Command::Migrate => {
@@ -340,7 +387,7 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                 let until = match (until, for_) {
                     (Some(t), _) => t,
                     (None, Some(d)) => crate::domain::sla::add(Utc::now(), d),
-                    (None, None) => bail!("give --until or --for"),
+                    (None, None) => return Err(usage("give --until or --for")),
                 };
                 oncall::snooze(settings, &pool, clock, until, &reason, &by).await
             }
@@ -432,26 +479,30 @@ pub async fn add_agent(
     agent_type: &str,
 ) -> anyhow::Result<String> {
     if !valid_agent_id(agent_id) {
-        bail!("agent id {agent_id:?} is invalid: use 1-200 letters, digits, '.', '_' or '-'");
+        return Err(usage(format!(
+            "invalid value {agent_id:?} for <AGENT_ID>: use 1-200 letters, digits, '.', '_' or '-'"
+        )));
     }
     let catalog = settings.catalog();
     if !catalog.is_role(agent_type) {
         let roles: Vec<&str> = catalog.roles().map(|(r, _)| r).collect();
-        bail!(
-            "agent type {agent_type:?} is not a configured role; roles: {}",
+        return Err(usage(format!(
+            "invalid value {agent_type:?} for <AGENT_TYPE>: not a configured role; roles: {}",
             roles.join(", ")
-        );
+        )));
     }
     db::migrate(pool)
         .await
         .context("could not prepare the database")?;
-    let mut conn = pool
-        .acquire()
+    // Both or neither: the registration commits only once the broker has declared the
+    // agent's queues, so a broker that is down leaves no half-registered agent.
+    let mut tx = pool
+        .begin()
         .await
         .context("could not connect to the database")?;
-    let created = store::register_agent(&mut conn, agent_id, agent_type, "cli").await?;
+    let created = store::register_agent(&mut tx, agent_id, agent_type, "cli").await?;
     if !created {
-        let existing = store::agent_type(&mut conn, agent_id).await?;
+        let existing = store::agent_type(&mut tx, agent_id).await?;
         if existing.as_deref() != Some(agent_type) {
             bail!(
                 "agent {agent_id} is already registered as {}",
@@ -461,13 +512,19 @@ pub async fn add_agent(
     }
     let amqp = connect(&settings.amqp.url, "coordinator-cli")
         .await
-        .context("could not connect to RabbitMQ (amqp.url)")?;
-    let mut declarer = Declarer::new(&amqp, settings.amqp.queue_type).await?;
-    declarer.fixed(&settings.inbox).await?;
-    declarer.agent(agent_id, agent_type, &catalog).await?;
-    declarer.close().await;
-    store::retry_now(&mut conn).await?;
+        .context("could not connect to RabbitMQ (amqp.url); the agent is not registered")?;
+    let declared = async {
+        let mut declarer = Declarer::new(&amqp, &settings.amqp).await?;
+        declarer.fixed(&settings.inbox).await?;
+        declarer.agent(agent_id, agent_type, &catalog).await?;
+        declarer.close().await;
+        Ok::<_, crate::amqp::topology::TopologyError>(())
+    }
+    .await;
     let _ = amqp.close(200, "done").await;
+    declared.context("could not declare the agent's queues; the agent is not registered")?;
+    store::retry_now(&mut tx).await?;
+    tx.commit().await.context("could not record the agent")?;
     Ok(format!(
         "{} agent {agent_id} ({agent_type}); queues agent.{agent_id}.tasks, .commands, .events declared\n",
         if created { "registered" } else { "already registered:" }
@@ -542,7 +599,7 @@ async fn list_workflows(pool: &PgPool, state: Option<&str>, limit: i64) -> anyho
 
 pub async fn show_workflow(pool: &PgPool, id: &str, now: DateTime<Utc>) -> anyhow::Result<String> {
     let Some(w) = read::workflow(pool, id).await? else {
-        bail!("no workflow {id:?} (list them with `coordinator workflow list`)");
+        return Err(not_found("workflow", id, "workflow list"));
     };
     let mut out = String::new();
     let _ = writeln!(out, "Workflow {} ({})", w.id, w.kind);
@@ -652,7 +709,7 @@ pub async fn close_workflow(
 ) -> anyhow::Result<String> {
     let mut tx = pool.begin().await?;
     let Some(locked) = store::lock_workflow(&mut tx, id).await? else {
-        bail!("no workflow {id:?}");
+        return Err(not_found("workflow", id, "workflow list"));
     };
     let state = State::parse(&locked.state)
         .with_context(|| format!("workflow {id} has unknown state {}", locked.state))?;
@@ -733,7 +790,7 @@ async fn list_dead_letters(
 pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Result<String> {
     let mut tx = pool.begin().await?;
     let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
-        bail!("no dead letter {id} (list them with `coordinator dead-letter list`)");
+        return Err(not_found("dead letter", id, "dead-letter list"));
     };
     let meta = replay_meta(&dl);
     let applied_before = match &dl.message_id {
@@ -804,7 +861,7 @@ pub async fn replay_dry_run(settings: &Settings, pool: &PgPool, id: i64) -> anyh
     };
     let mut tx = pool.begin().await?;
     let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
-        bail!("no dead letter {id} (list them with `coordinator dead-letter list`)");
+        return Err(not_found("dead letter", id, "dead-letter list"));
     };
     let meta = replay_meta(&dl);
     if let Some(mid) = &dl.message_id {
@@ -849,7 +906,7 @@ fn replay_meta(dl: &store::DeadLetter) -> DeliveryMeta {
 
 async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
     let Some(d) = read::dead_letter(pool, id).await? else {
-        bail!("no dead letter {id} (list them with `coordinator dead-letter list`)");
+        return Err(not_found("dead letter", id, "dead-letter list"));
     };
     let replays = read::dead_letter_replays(pool, id).await?;
     let mut out = String::new();
@@ -910,7 +967,7 @@ async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
 async fn resolve_dead_letter(pool: &PgPool, id: i64, note: &str) -> anyhow::Result<String> {
     let mut conn = pool.acquire().await?;
     if !store::resolve_dead_letter(&mut conn, id, note).await? {
-        bail!("no dead letter {id} (list them with `coordinator dead-letter list`)");
+        return Err(not_found("dead letter", id, "dead-letter list"));
     }
     Ok(format!("dead letter {id} resolved: {note}\n"))
 }

@@ -74,7 +74,7 @@ pub async fn snooze(
 ) -> anyhow::Result<String> {
     let mut tx = pool.begin().await?;
     let Some(c) = store::lock_clock(&mut tx, clock_id).await? else {
-        bail!("no clock {clock_id} (list them with `coordinator sla list`)");
+        return Err(super::not_found("clock", clock_id, "sla list"));
     };
     if c.status != "armed" {
         bail!(
@@ -106,7 +106,7 @@ pub async fn cancel(
 ) -> anyhow::Result<String> {
     let mut tx = pool.begin().await?;
     let Some(c) = store::lock_clock(&mut tx, clock_id).await? else {
-        bail!("no clock {clock_id} (list them with `coordinator sla list`)");
+        return Err(super::not_found("clock", clock_id, "sla list"));
     };
     if c.status != "armed" {
         bail!("clock {clock_id} ({}) is already {}", c.clock, c.status);
@@ -202,9 +202,11 @@ pub async fn acknowledge(
 ) -> anyhow::Result<String> {
     let mut conn = pool.acquire().await?;
     let Some((workflow_id, _)) = store::escalation_chain(&mut conn, escalation_id).await? else {
-        bail!(
-            "no escalation {escalation_id} (list them with `coordinator escalation list --open`)"
-        );
+        return Err(super::not_found(
+            "escalation",
+            escalation_id,
+            "escalation list --open",
+        ));
     };
     drop(conn);
     let env = Envelope::from_agent(
@@ -261,7 +263,11 @@ pub async fn raise(
 
 pub async fn show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
     let Some(w) = read::workflow(pool, id).await? else {
-        bail!("no incident {id:?}");
+        return Err(super::not_found(
+            "incident",
+            id,
+            "workflow list --state active",
+        ));
     };
     if w.kind != emergency::KIND {
         bail!(

@@ -23,6 +23,40 @@ pub enum DbError {
     BadUrl(#[source] sqlx::Error),
     #[error("could not apply migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("could not connect to PostgreSQL at {at} (database.url)")]
+    Unreachable {
+        at: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Connects once, directly (not through a pool, whose timeout would hide the cause),
+/// so that a command run against a database that is down says where it looked and why
+/// it failed.
+pub async fn check_reachable(settings: &DatabaseSettings) -> Result<(), DbError> {
+    use sqlx::Connection;
+    let options: PgConnectOptions = settings.url.parse().map_err(DbError::BadUrl)?;
+    let at = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("")
+    );
+    let conn = tokio::time::timeout(
+        settings.acquire_timeout,
+        sqlx::PgConnection::connect_with(&options),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no answer within database.acquire_timeout",
+        )))
+    })
+    .map_err(|source| DbError::Unreachable { at, source })?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// A pool that connects on first use, so the service can start (and report not ready)

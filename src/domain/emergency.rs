@@ -1,4 +1,4 @@
-//! Emergencies (PROTOCOL.md section 7) as a pure state machine: an incident is raised
+//! Emergencies (docs/protocol.md section 7) as a pure state machine: an incident is raised
 //! and broadcast, every registered agent must acknowledge within its clock, someone must
 //! respond, status updates recur until the incident is resolved.
 
@@ -61,6 +61,8 @@ pub enum IncidentState {
 }
 
 impl IncidentState {
+    pub const ALL: [IncidentState; 2] = [IncidentState::Active, IncidentState::Resolved];
+
     pub fn as_str(self) -> &'static str {
         match self {
             IncidentState::Active => "active",
@@ -69,9 +71,7 @@ impl IncidentState {
     }
 
     pub fn parse(s: &str) -> Option<IncidentState> {
-        [IncidentState::Active, IncidentState::Resolved]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        IncidentState::ALL.into_iter().find(|v| v.as_str() == s)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The wire envelope of PROTOCOL.md section 3 and the validation of an inbound delivery.
+//! The wire envelope of docs/protocol.md section 3 and the validation of an inbound delivery.
 //!
 //! Validation is a pipeline of pure checks, in order: [`parse`] (JSON and required
 //! fields), [`check_properties`] (AMQP properties and routing key agree with the
@@ -17,29 +17,48 @@ use super::reject::{Reason, Rejected};
 /// The agent id and type the coordinator uses as `source` of what it sends.
 pub const COORDINATOR_ID: &str = "coordinator";
 pub const CONTENT_TYPE: &str = "application/json";
+/// A JSON Schema pattern: at least one character that is neither whitespace nor
+/// U+0000, and no U+0000 (the service checks the same).
+const NON_BLANK: &str = r"^[^\x00]*[^\s\x00][^\x00]*$";
+/// A JSON Schema pattern for a word of a routing key: [`NON_BLANK`] without `.`, `*`
+/// or `#`.
+const ROUTING_WORD: &str = r"^[^\x00.*#]*[^\s\x00.*#][^\x00.*#]*$";
+
+/// The contract version this coordinator writes (docs/protocol.md, "Versioning").
 pub const VERSION: &str = "1.0";
+/// The contract's major versions this coordinator reads: `1.x`.
+pub const SUPPORTED_MAJOR_VERSIONS: &[u32] = &[1];
 /// AMQP short strings (message_id, correlation_id, type, app_id) hold at most 255 bytes.
 pub const MAX_ID_LEN: usize = 255;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The body of every message (docs/protocol.md section 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Envelope {
     pub header: Header,
     #[serde(default)]
     pub payload: Payload,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Header {
+    /// Unique per message: the deduplication key.
+    #[schemars(length(max = 255), regex(pattern = NON_BLANK))]
     pub message_id: String,
+    /// The workflow (or incident) id; for `heartbeat`, the agent id.
+    #[schemars(length(max = 255), regex(pattern = NON_BLANK))]
     pub correlation_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
     pub timestamp: DateTime<Utc>,
+    /// The contract version, `MAJOR.MINOR`; this coordinator reads `1.x`.
     #[serde(default = "default_version")]
+    #[schemars(regex(pattern = r"^0*1\.[0-9]+$"))]
     pub version: String,
     pub source: Source,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Destination>,
+    /// A type of the catalog; part of the routing key, so no `.`, `*` or `#`.
+    #[schemars(length(max = 255), regex(pattern = ROUTING_WORD))]
     pub message_type: String,
     #[serde(default)]
     pub priority: Priority,
@@ -57,15 +76,18 @@ fn default_version() -> String {
     VERSION.to_string()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Source {
+    #[schemars(length(max = 255), regex(pattern = NON_BLANK))]
     pub agent_id: String,
+    /// A configured role; part of the routing key, so no `.`, `*` or `#`.
+    #[schemars(length(max = 255), regex(pattern = ROUTING_WORD))]
     pub agent_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Destination {
     #[serde(default)]
     pub agent_id: Option<String>,
@@ -75,7 +97,9 @@ pub struct Destination {
     pub broadcast: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Low,
@@ -85,7 +109,7 @@ pub enum Priority {
     Critical,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryGuarantee {
     AtMostOnce,
@@ -93,7 +117,7 @@ pub enum DeliveryGuarantee {
     ExactlyOnce,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tracing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -103,7 +127,7 @@ pub struct Tracing {
     pub parent_span_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Security {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
@@ -111,7 +135,7 @@ pub struct Security {
     pub key_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Payload {
     #[serde(default = "empty_object")]
     pub data: Value,
@@ -549,11 +573,41 @@ pub fn validate_within(
 ) -> Result<Envelope, Rejected> {
     check_body_size(body, limits)?;
     let env = parse(body)?;
+    check_version(&env)?;
     check_properties(&env, meta)?;
     check_catalog(&env, catalog)?;
     check_fresh(&env, now)?;
     check_limits(&env, limits)?;
     Ok(env)
+}
+
+/// `header.version` must be `MAJOR.MINOR` with a major version this coordinator
+/// speaks; within a major version changes are additive, so any minor is read.
+pub fn check_version(env: &Envelope) -> Result<(), Rejected> {
+    let v = env.header.version.as_str();
+    let major = v
+        .split_once('.')
+        .filter(|(major, minor)| {
+            [major, minor]
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .and_then(|(major, _)| major.parse::<u32>().ok());
+    match major {
+        Some(m) if SUPPORTED_MAJOR_VERSIONS.contains(&m) => Ok(()),
+        _ => Err(Rejected::new(
+            Reason::UnsupportedVersion,
+            format!(
+                "header.version {:?} is not supported; this coordinator speaks {}",
+                v.chars().take(40).collect::<String>(),
+                SUPPORTED_MAJOR_VERSIONS
+                    .iter()
+                    .map(|m| format!("{m}.x"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
 }
 
 /// The message id and sender of a delivery that may not parse, for dead letters and

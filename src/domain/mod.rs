@@ -7,6 +7,7 @@ pub mod emergency;
 pub mod envelope;
 pub mod escalation;
 pub mod ids;
+pub mod payloads;
 pub mod reject;
 pub mod sla;
 pub mod workflow;

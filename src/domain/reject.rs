@@ -1,6 +1,6 @@
-//! The fixed list of reasons a message is rejected (PROTOCOL.md section 6). The strings
-//! are stored in `dead_letters.reason` and sent in `message_rejected` notices; they are
-//! part of the contract and documented in `docs/agents.md`.
+//! The fixed list of reasons a message is rejected (docs/protocol.md, "Bad input").
+//! The strings are stored in `dead_letters.reason` and sent in `message_rejected`
+//! notices; they are part of the contract.
 
 use std::fmt;
 
@@ -12,6 +12,8 @@ pub enum Reason {
     MissingField,
     /// A field has the wrong type or an invalid value (e.g. a bad timestamp).
     InvalidField,
+    /// `header.version` is not a contract version this coordinator speaks.
+    UnsupportedVersion,
     /// The AMQP properties or the routing key disagree with the header.
     PropertyMismatch,
     /// `source.agent_type` is not a configured role.
@@ -43,10 +45,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::MalformedJson,
         Reason::MissingField,
         Reason::InvalidField,
+        Reason::UnsupportedVersion,
         Reason::PropertyMismatch,
         Reason::UnknownRole,
         Reason::UnknownMessageType,
@@ -67,6 +70,7 @@ impl Reason {
             Reason::MalformedJson => "malformed_json",
             Reason::MissingField => "missing_field",
             Reason::InvalidField => "invalid_field",
+            Reason::UnsupportedVersion => "unsupported_version",
             Reason::PropertyMismatch => "property_mismatch",
             Reason::UnknownRole => "unknown_role",
             Reason::UnknownMessageType => "unknown_message_type",

@@ -9,7 +9,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 /// Escalation severity, as used in `escalation.{severity}.{target}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Severity {
     Low,
     Medium,

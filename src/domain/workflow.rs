@@ -1,4 +1,4 @@
-//! The feature-delivery workflow (PROTOCOL.md section 4) as a pure state machine.
+//! The feature-delivery workflow (docs/protocol.md section 5) as a pure state machine.
 //!
 //! Everything about the workflow lives in two tables in this file: [`CLOCKS`] (every SLA
 //! clock, its owner, default duration and the messages that meet it) and [`STAGES`]
@@ -221,7 +221,7 @@ pub const START_TASK: Action = Action::SendTask {
     to: roles::ENGINEERING,
 };
 
-/// The feature-delivery workflow, one row per non-terminal state (PROTOCOL.md §4).
+/// The feature-delivery workflow, one row per non-terminal state (docs/protocol.md section 5).
 pub const STAGES: &[Stage] = &[
     Stage {
         state: State::RequirementsHandoff,
@@ -722,7 +722,7 @@ mod tests {
         Effect::CancelClock(clock_ref(c, round))
     }
 
-    /// PROTOCOL.md section 4, written out by hand: (state, sender, message) → next state.
+    /// docs/protocol.md section 5, written out by hand: (state, sender, message) → next state.
     /// Every pair not listed here must be rejected when no clock is armed.
     const EXPECTED: &[(State, &str, &str, State)] = &[
         (

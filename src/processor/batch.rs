@@ -18,7 +18,7 @@ use crate::domain::catalog::valid_agent_id;
 use crate::domain::envelope::{self, has_nul, Envelope};
 use crate::domain::reject::{Reason, Rejected};
 use crate::domain::sla::Deadline;
-use crate::domain::{emergency, ids, workflow};
+use crate::domain::{emergency, ids, payloads, workflow};
 use crate::escalations::{Acknowledged, ESCALATION_ACKNOWLEDGED};
 
 /// A message's result before it is recorded: accepted (with what it did) or rejected.
@@ -452,10 +452,10 @@ fn rejection_notice(
     now: DateTime<Utc>,
 ) -> crate::db::store::OutboxMessage {
     let cause = message_id.map_or_else(|| body_digest(d.body), str::to_string);
-    let data = json!({
-        "rejected_message_id": message_id,
-        "reason": rej.reason.as_str(),
-        "detail": rej.detail,
+    let data = payloads::to_value(&payloads::MessageRejected {
+        rejected_message_id: message_id.map(str::to_string),
+        reason: rej.reason.as_str().to_string(),
+        detail: rej.detail.clone(),
     });
     let correlation = d
         .meta

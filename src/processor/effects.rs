@@ -8,9 +8,9 @@ use super::model::{Armed, Clock, ClockStatus};
 use super::{exchanges, outgoing, to_role, Outcome, Processed};
 use crate::db::batch::NewEvent;
 use crate::domain::envelope::{Destination, Envelope, Payload};
-use crate::domain::ids;
 use crate::domain::reject::{Reason, Rejected};
 use crate::domain::workflow::Effect;
+use crate::domain::{ids, payloads};
 use crate::escalations::{self, Raise, ESCALATION_RAISED};
 
 /// A decision to persist.
@@ -77,7 +77,10 @@ impl Batch<'_> {
                         }),
                         Payload {
                             data: env.payload.data.clone(),
-                            metadata: json!({"incident_id": wf, "raised_by": h.source.agent_id}),
+                            metadata: payloads::to_value(&payloads::BroadcastMetadata {
+                                incident_id: wf.to_string(),
+                                raised_by: h.source.agent_id.clone(),
+                            }),
                         },
                         now,
                     );
@@ -166,7 +169,11 @@ impl Batch<'_> {
                                 &format!("escalation:{reason}"),
                             ),
                             causation_id: Some(&h.message_id),
-                            data: json!({"reason": reason, "detail": env.payload.data}),
+                            cause: payloads::EscalationCause {
+                                reason: Some(reason.to_string()),
+                                detail: Some(env.payload.data.clone()),
+                                ..Default::default()
+                            },
                             now,
                         },
                         id,
@@ -223,11 +230,14 @@ fn role_message(
         message_type,
         role,
         cause.payload.data.clone(),
-        json!({
-            "workflow_id": h.correlation_id,
-            "state": c.to,
-            "round": c.round,
-            "caused_by": {"message_type": h.message_type, "agent_id": h.source.agent_id},
+        payloads::to_value(&payloads::TaskMetadata {
+            workflow_id: h.correlation_id.clone(),
+            state: c.to.to_string(),
+            round: c.round,
+            caused_by: payloads::CausedBy {
+                message_type: h.message_type.clone(),
+                agent_id: h.source.agent_id.clone(),
+            },
         }),
         now,
     )

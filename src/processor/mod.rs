@@ -65,6 +65,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every [`Outcome::label`], for metrics present from the start.
+    pub const LABELS: [&'static str; 4] = ["accepted", "observed", "duplicate", "rejected"];
+
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
@@ -232,10 +235,10 @@ pub fn needs(checked: &[Checked], agents: &AgentView) -> Needs {
 /// `escalation_acknowledged` names an escalation of the chain in
 /// `payload.data.escalation_id`.
 fn acknowledged_escalation(env: &Envelope) -> Option<i64> {
-    env.payload
-        .data
-        .get("escalation_id")
-        .and_then(Value::as_i64)
+    use serde::Deserialize;
+    crate::domain::payloads::EscalationAcknowledged::deserialize(&env.payload.data)
+        .ok()
+        .map(|a| a.escalation_id)
 }
 
 /// A stable stand-in id for a body that carries none.

@@ -15,8 +15,8 @@ use serde_json::json;
 use crate::db::batch::{self, NewEvent, Queued, Writes};
 use crate::db::deadlines::{self, ClimbedEscalation, FiredClock};
 use crate::db::store::OutboxMessage;
-use crate::domain::ids;
 use crate::domain::sla::{Deadline, DeadlineKind, Severity};
+use crate::domain::{ids, payloads};
 use crate::escalations::{self, Raise, ESCALATION_RAISED, SLA_BREACHED};
 use crate::processor::{to_agent, to_role};
 use crate::runtime::Shared;
@@ -141,14 +141,14 @@ pub fn rows(
     let mut ids = escalation_ids.iter().copied();
 
     for c in &taken.warned {
-        let data = json!({
-            "workflow_id": c.workflow_id,
-            "clock": c.clock,
-            "owner_role": c.owner_role,
-            "agent_id": c.subject_agent_id,
-            "due_at": c.due_at,
-            "warned_at": now,
-            "remaining_seconds": (c.due_at - now).num_milliseconds() as f64 / 1000.0,
+        let data = payloads::to_value(&payloads::SlaWarning {
+            workflow_id: c.workflow_id.clone(),
+            clock: c.clock.clone(),
+            owner_role: c.owner_role.clone(),
+            agent_id: c.subject_agent_id.clone(),
+            due_at: c.due_at,
+            warned_at: now,
+            remaining_seconds: (c.due_at - now).num_milliseconds() as f64 / 1000.0,
         });
         let message_id = ids::derived(&format!("clock:{}", c.id), "warning");
         w.outbox
@@ -188,22 +188,27 @@ pub fn rows(
                 message_type: SLA_BREACHED,
                 message_id: ids::derived(&cause, "breached"),
                 causation_id: None,
-                data: json!({"due_at": c.due_at, "breached_at": now, "round": c.round}),
+                cause: payloads::EscalationCause {
+                    due_at: Some(c.due_at),
+                    breached_at: Some(now),
+                    round: Some(c.round),
+                    ..Default::default()
+                },
                 now,
             },
             escalation_id,
         );
-        let notice = json!({
-            "workflow_id": c.workflow_id,
-            "clock": c.clock,
-            "owner_role": c.owner_role,
-            "agent_id": c.subject_agent_id,
-            "due_at": c.due_at,
-            "breached_at": now,
-            "level": step.level,
-            "target": step.target,
-            "severity": severity.as_str(),
-            "escalation_id": escalation_id,
+        let notice = payloads::to_value(&payloads::SlaBreachedNotice {
+            workflow_id: c.workflow_id.clone(),
+            clock: c.clock.clone(),
+            owner_role: c.owner_role.clone(),
+            agent_id: c.subject_agent_id.clone(),
+            due_at: c.due_at,
+            breached_at: now,
+            level: step.level,
+            target: step.target.clone(),
+            severity,
+            escalation_id,
         });
         w.outbox.push(raised.message);
         w.outbox.extend(owner_notice(
@@ -268,7 +273,11 @@ fn climb(
             message_type,
             message_id: ids::derived(&format!("escalation:{}", e.id), "climb"),
             causation_id: None,
-            data: json!({"previous_escalation_id": e.id, "unacknowledged_level": e.level}),
+            cause: payloads::EscalationCause {
+                previous_escalation_id: Some(e.id),
+                unacknowledged_level: Some(e.level),
+                ..Default::default()
+            },
             now,
         },
         id,

@@ -135,6 +135,29 @@ fn wrong_types_and_values_are_invalid_fields_with_their_path() {
 }
 
 #[test]
+fn versions_of_the_supported_major_are_read_and_others_rejected() {
+    for ok in ["1.0", "1.7", "1.10"] {
+        let mut v = good();
+        v["header"]["version"] = json!(ok);
+        assert!(check(&v, &meta_for(&v)).is_ok(), "{ok}");
+    }
+    // Absent means the version this coordinator writes.
+    let mut v = good();
+    v["header"]
+        .as_object_mut()
+        .expect("header")
+        .remove("version");
+    assert!(check(&v, &meta_for(&v)).is_ok());
+    for bad in ["2.0", "0.9", "1", "1.x", "v1.0", "", "1.0.0", "one"] {
+        let mut v = good();
+        v["header"]["version"] = json!(bad);
+        let rej = check(&v, &meta_for(&v)).expect_err(bad);
+        assert_eq!(rej.reason, Reason::UnsupportedVersion, "{bad}");
+        assert!(rej.detail.contains("1.x"), "{}", rej.detail);
+    }
+}
+
+#[test]
 fn properties_must_repeat_the_header() {
     let v = good();
     let base = meta_for(&v);
