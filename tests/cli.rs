@@ -194,6 +194,32 @@ async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
     ] {
         process_directly(&shared, a, r, m, "wf-cli").await;
     }
+    // A long id widens its column; the other columns stay aligned.
+    let long = "wf-cli-with-an-identifier-much-longer-than-the-usual-ones";
+    process_directly(
+        &shared,
+        "product-1",
+        "product-director",
+        "requirements_ready",
+        long,
+    )
+    .await;
+    let o = coordinator(Some(&env), &["workflow", "list"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let state_at: Vec<Option<usize>> = out
+        .lines()
+        .map(|l| {
+            ["STATE", "testing", "requirements_handoff"]
+                .iter()
+                .find_map(|w| l.find(w))
+        })
+        .collect();
+    assert_eq!(state_at.len(), 3, "{out}");
+    assert!(
+        state_at.iter().all(|at| at.is_some() && *at == state_at[0]),
+        "the STATE column starts at one place in every line:\n{out}"
+    );
 
     let o = coordinator(Some(&env), &["workflow", "list", "--state", "testing"], &[]);
     let (out, err) = text(&o);
@@ -248,8 +274,10 @@ async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
         Some("cancelled")
     );
     assert_eq!(
-        env.scalar_i64("SELECT count(*) FROM sla_clocks WHERE status = 'armed'")
-            .await,
+        env.scalar_i64(
+            "SELECT count(*) FROM sla_clocks WHERE status = 'armed' AND workflow_id = 'wf-cli'"
+        )
+        .await,
         0
     );
     let reason: String = sqlx::query_scalar(
@@ -266,6 +294,23 @@ async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("already cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_from_any_directory_on_its_compiled_in_configuration() {
+    let env = TestEnv::new().await;
+    let elsewhere = std::env::temp_dir();
+    let o = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["workflow", "list"])
+        .current_dir(&elsewhere)
+        .env_remove("COORDINATOR_ENV")
+        .env_remove("COORDINATOR_CONFIG_DIR")
+        .env("COORDINATOR__DATABASE__URL", &env.db_url)
+        .output()
+        .expect("coordinator runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "from {}: {err}", elsewhere.display());
+    assert!(out.contains("(no workflows)"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -368,6 +368,15 @@ async fn serve_on_a_broker_without_the_consistent_hash_plugin_stops_and_says_how
         stderr.contains("rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"),
         "{stderr}"
     );
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    assert_eq!(
+        error.matches("x-consistent-hash").count(),
+        1,
+        "the error does not repeat itself: {error}"
+    );
     drop(broker);
 }
 

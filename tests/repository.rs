@@ -124,3 +124,75 @@ fn the_immutable_migrations_exist() {
         assert!(root().join(m).is_file(), "{m} is listed but gone");
     }
 }
+
+/// The key cells of the README's configuration table, as patterns of dotted segments
+/// (`<clock>` matches any one segment).
+fn documented_keys(readme: &str) -> Vec<Vec<String>> {
+    let table = readme
+        .split("| key | default | meaning |")
+        .nth(1)
+        .expect("the README has a configuration table");
+    let mut keys = Vec::new();
+    // The rest of the header line, then the separator line.
+    for row in table.lines().skip(2) {
+        let Some(cell) = row.strip_prefix("| ").and_then(|r| r.split(" |").next()) else {
+            break;
+        };
+        for part in cell.split(" / ") {
+            let key = part.trim().trim_matches('`').trim_matches(['[', ']']);
+            keys.push(key.split('.').map(str::to_string).collect());
+        }
+    }
+    keys
+}
+
+/// Every leaf key of a TOML table, dotted. An array of tables counts as its own key.
+fn leaf_keys(prefix: &str, value: config::Value, out: &mut Vec<String>) {
+    match value.kind {
+        config::ValueKind::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_keys(&key, v, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+#[test]
+fn every_key_of_the_default_configuration_is_in_the_readme_table() {
+    let text = std::fs::read_to_string(root().join("config/default.toml")).expect("default.toml");
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .build()
+        .expect("default.toml parses");
+    let mut keys = Vec::new();
+    let table: config::Map<String, config::Value> = built.try_deserialize().expect("a table");
+    leaf_keys(
+        "",
+        config::Value::new(None, config::ValueKind::Table(table)),
+        &mut keys,
+    );
+    // `[[agents]]` is commented out in the file; the table documents it anyway.
+    assert!(keys.len() > 40, "{keys:?}");
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    let patterns = documented_keys(&readme);
+    let documented = |key: &str| {
+        let segments: Vec<&str> = key.split('.').collect();
+        patterns.iter().any(|p| {
+            p.len() <= segments.len()
+                && p.iter()
+                    .zip(&segments)
+                    .all(|(want, have)| want.starts_with('<') || want == have)
+        })
+    };
+    let missing: Vec<&String> = keys.iter().filter(|k| !documented(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "config/default.toml keys missing from the README's configuration table: {missing:?}"
+    );
+}

@@ -139,3 +139,42 @@ async fn quorum_queues_as_in_production() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_queue_keeps_only_the_newest_events_past_its_bound() {
+    let env = TestEnv::new().await;
+    let mut s = env.settings();
+    s.amqp.events_max_length = 2;
+    // QA's events queue is bound to engineering-director.feature_completed.
+    let mut qa = env.agent_with(&s, "qa-1", "qa-director").await;
+    let eng = env.connect_as("eng-1", "engineering-director").await;
+    for wf in ["wf-1", "wf-2", "wf-3"] {
+        // Confirmed: the broker has routed it to the events queue.
+        eng.send("feature_completed", wf, json!({}))
+            .await
+            .expect("publish");
+    }
+    let conn = coordinator::amqp::connect(&env.amqp_url, "probe")
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    let q = ch
+        .queue_declare(
+            &Queue::Events.name("qa-1"),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .expect("the events queue exists");
+    assert_eq!(q.message_count(), 2, "the oldest event was dropped");
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let e = expect_next(&mut qa, Queue::Events).await;
+        kept.push(e.header.correlation_id);
+    }
+    assert_eq!(kept, ["wf-2", "wf-3"]);
+    let _ = conn.close(200, "done").await;
+}

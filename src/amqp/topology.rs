@@ -52,9 +52,10 @@ pub enum TopologyError {
         source: lapin::Error,
     },
     /// The broker lacks the consistent-hash plugin: a configuration problem, not a
-    /// passing one.
+    /// passing one. The broker's own words ("unknown exchange type") are kept but not
+    /// chained into the message, which already says it.
     #[error("{ENABLE_PLUGIN}")]
-    PluginMissing(#[source] lapin::Error),
+    PluginMissing(lapin::Error),
     /// A partition queue beyond `inbox.partitions` exists: the inbox was larger.
     #[error(
         "queue {queue} exists but inbox.partitions is {partitions}: the inbox had more partitions. \

@@ -43,12 +43,12 @@ struct Narrator {
 impl Narrator {
     fn line(&self, who: &str, mark: &str, what: &str, wf: &str, note: &str) {
         println!(
-            "{:>6.1}s  {:<12} {} {:<26} {:<14} {}",
+            "{:>6.1}s  {} {} {} {} {}",
             self.start.elapsed().as_secs_f64(),
-            who,
+            fit(who, 12),
             mark,
-            what,
-            wf,
+            fit(what, 26),
+            fit(wf, 14),
             note
         );
     }
@@ -58,6 +58,18 @@ impl Narrator {
             "\n── {text} {}",
             "─".repeat(78usize.saturating_sub(text.len()))
         );
+    }
+}
+
+/// Exactly `width` characters: padded, or cut with an ellipsis, so that the lines,
+/// printed as things happen, keep their columns whatever the values.
+fn fit(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        format!("{s}{}", " ".repeat(width - n))
+    } else {
+        let kept: String = s.chars().take(width.saturating_sub(1)).collect();
+        format!("{kept}…")
     }
 }
 
@@ -633,4 +645,17 @@ async fn summary(pool: &PgPool) -> anyhow::Result<()> {
         counts.get("dead letters").copied().unwrap_or(0)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit;
+
+    #[test]
+    fn columns_keep_their_width_with_long_values() {
+        assert_eq!(fit("qa-1", 6), "qa-1  ");
+        assert_eq!(fit("wf-feature-with-a-long-id", 8), "wf-feat…");
+        assert_eq!(fit("wf-feature-with-a-long-id", 8).chars().count(), 8);
+        assert_eq!(fit("", 3), "   ");
+    }
 }

@@ -1,6 +1,7 @@
 //! The command line: `serve`, `migrate`, and the commands managers and operators use.
 
 mod oncall;
+mod table;
 
 use std::fmt::Write as _;
 
@@ -19,6 +20,7 @@ use crate::domain::reject::Reason;
 use crate::domain::workflow::{self, Snapshot, State};
 use crate::processor::exchanges;
 use crate::settings::Settings;
+use table::{Align, Table};
 
 /// `coordinator --version`: the build and the wire contract it speaks.
 static VERSION_TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -533,22 +535,23 @@ pub async fn add_agent(
 
 async fn list_agents(pool: &PgPool) -> anyhow::Result<String> {
     let rows = read::agents(pool).await?;
-    let mut out = format!(
-        "{:<28} {:<22} {:<10} {:<20} {}\n",
-        "AGENT", "TYPE", "VIA", "REGISTERED", "LAST HEARTBEAT"
-    );
+    let mut t = Table::new(&[
+        ("AGENT", Align::Left),
+        ("TYPE", Align::Left),
+        ("VIA", Align::Left),
+        ("REGISTERED", Align::Left),
+        ("LAST HEARTBEAT", Align::Left),
+    ]);
     for a in rows {
-        let _ = writeln!(
-            out,
-            "{:<28} {:<22} {:<10} {:<20} {}",
+        t.row(vec![
             a.agent_id,
             a.agent_type,
             a.registered_via,
             ts(a.registered_at),
-            a.last_heartbeat_at.map_or_else(|| "-".into(), ts)
-        );
+            a.last_heartbeat_at.map_or_else(|| "-".into(), ts),
+        ]);
     }
-    Ok(out)
+    Ok(t.render())
 }
 
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
@@ -572,25 +575,28 @@ pub(crate) fn relative(due: DateTime<Utc>, now: DateTime<Utc>) -> String {
 async fn list_workflows(pool: &PgPool, state: Option<&str>, limit: i64) -> anyhow::Result<String> {
     let rows = read::workflows(pool, state, limit).await?;
     let now = Utc::now();
-    let mut out = format!(
-        "{:<36} {:<22} {:>5} {:<18} {:<20} {}\n",
-        "WORKFLOW", "STATE", "ROUND", "EPIC", "UPDATED", "NEXT DEADLINE"
-    );
+    let mut t = Table::new(&[
+        ("WORKFLOW", Align::Left),
+        ("STATE", Align::Left),
+        ("ROUND", Align::Right),
+        ("EPIC", Align::Left),
+        ("UPDATED", Align::Left),
+        ("NEXT DEADLINE", Align::Left),
+    ]);
     for w in &rows {
-        let _ = writeln!(
-            out,
-            "{:<36} {:<22} {:>5} {:<18} {:<20} {}",
-            w.id,
-            w.state,
-            w.round,
-            w.epic_id.as_deref().unwrap_or("-"),
+        t.row(vec![
+            w.id.clone(),
+            w.state.clone(),
+            w.round.to_string(),
+            w.epic_id.clone().unwrap_or_else(|| "-".into()),
             ts(w.updated_at),
             w.next_due_at.map_or_else(
                 || "-".into(),
-                |d| format!("{} ({})", ts(d), relative(d, now))
-            )
-        );
+                |d| format!("{} ({})", ts(d), relative(d, now)),
+            ),
+        ]);
     }
+    let mut out = t.render();
     if rows.is_empty() {
         out.push_str("(no workflows)\n");
     }
@@ -622,11 +628,15 @@ pub async fn show_workflow(pool: &PgPool, id: &str, now: DateTime<Utc>) -> anyho
     );
 
     out.push_str("\nSLA clocks\n");
-    let _ = writeln!(
-        out,
-        "  {:<34} {:>5} {:<22} {:<10} {:<20} NOTE",
-        "CLOCK", "ROUND", "OWNER", "STATUS", "DUE"
-    );
+    let mut clocks = Table::new(&[
+        ("CLOCK", Align::Left),
+        ("ROUND", Align::Right),
+        ("OWNER", Align::Left),
+        ("STATUS", Align::Left),
+        ("DUE", Align::Left),
+        ("NOTE", Align::Left),
+    ])
+    .indented("  ");
     for c in read::clocks(pool, id).await? {
         let note = match (c.status.as_str(), c.closed_at) {
             ("armed", _) => relative(c.due_at, now),
@@ -637,21 +647,30 @@ pub async fn show_workflow(pool: &PgPool, id: &str, now: DateTime<Utc>) -> anyho
             Some(a) => format!("{} ({a})", c.owner_role),
             None => c.owner_role.clone(),
         };
-        let _ = writeln!(
-            out,
-            "  {:<34} {:>5} {:<22} {:<10} {:<20} {}",
+        clocks.row(vec![
             c.clock,
-            c.round,
+            c.round.to_string(),
             owner,
             c.status,
             ts(c.due_at),
-            note
-        );
+            note,
+        ]);
     }
+    out.push_str(&clocks.render());
 
     let escalations = read::escalations(pool, id).await?;
     if !escalations.is_empty() {
         out.push_str("\nEscalations\n");
+        let mut t = Table::new(&[
+            ("ID", Align::Right),
+            ("CLOCK", Align::Left),
+            ("OWNER", Align::Left),
+            ("LEVEL", Align::Right),
+            ("SEVERITY", Align::Left),
+            ("RAISED", Align::Left),
+            ("ACKNOWLEDGED", Align::Left),
+        ])
+        .indented("  ");
         for e in escalations {
             let ack = match (e.acknowledged_at, e.acknowledged_by) {
                 (Some(at), by) => format!(
@@ -661,42 +680,43 @@ pub async fn show_workflow(pool: &PgPool, id: &str, now: DateTime<Utc>) -> anyho
                 ),
                 (None, _) => "not acknowledged".into(),
             };
-            let _ = writeln!(
-                out,
-                "  #{:<5} {:<30} {:<20} level {} {:<8} raised {}  {}",
-                e.id,
+            t.row(vec![
+                e.id.to_string(),
                 e.clock,
                 e.owner_role,
-                e.level,
+                e.level.to_string(),
                 e.severity,
                 ts(e.raised_at),
-                ack
-            );
+                ack,
+            ]);
         }
+        out.push_str(&t.render());
     }
 
     out.push_str("\nHistory\n");
-    let _ = writeln!(
-        out,
-        "  {:>4} {:<20} {:<24} {:<20} STATE",
-        "SEQ", "AT", "MESSAGE", "FROM"
-    );
+    let mut history = Table::new(&[
+        ("SEQ", Align::Right),
+        ("AT", Align::Left),
+        ("MESSAGE", Align::Left),
+        ("FROM", Align::Left),
+        ("STATE", Align::Left),
+    ])
+    .indented("  ");
     for e in read::events(pool, id).await? {
         let change = match e.from_state.as_deref() {
             None => format!("→ {}", e.to_state),
             Some(f) if f == e.to_state => format!("  {}", e.to_state),
             Some(f) => format!("{f} → {}", e.to_state),
         };
-        let _ = writeln!(
-            out,
-            "  {:>4} {:<20} {:<24} {:<20} {}",
-            e.seq,
+        history.row(vec![
+            e.seq.to_string(),
             ts(e.occurred_at),
             e.message_type,
-            e.source_agent_id.as_deref().unwrap_or("-"),
-            change
-        );
+            e.source_agent_id.unwrap_or_else(|| "-".into()),
+            change,
+        ]);
     }
+    out.push_str(&history.render());
     Ok(out)
 }
 
@@ -756,27 +776,33 @@ async fn list_dead_letters(
     limit: i64,
 ) -> anyhow::Result<String> {
     let rows = read::dead_letters(pool, filter, limit).await?;
-    let mut out = format!(
-        "{:>6} {:<20} {:<22} {:<36} {:<20} {}\n",
-        "ID", "RECEIVED", "REASON", "MESSAGE ID", "FROM", "DETAIL"
-    );
+    let mut t = Table::new(&[
+        ("ID", Align::Right),
+        ("RECEIVED", Align::Left),
+        ("REASON", Align::Left),
+        ("MESSAGE ID", Align::Left),
+        ("FROM", Align::Left),
+        ("DETAIL", Align::Left),
+    ]);
     for d in &rows {
-        let _ = writeln!(
-            out,
-            "{:>6} {:<20} {:<22} {:<36} {:<20} {}{}",
-            d.id,
+        t.row(vec![
+            d.id.to_string(),
             ts(d.received_at),
-            d.reason,
-            d.message_id.as_deref().unwrap_or("-"),
-            d.source_agent_id.as_deref().unwrap_or("-"),
-            d.detail,
-            match (d.resolved_at, d.replayed_at) {
-                (Some(t), _) => format!(" (resolved {})", ts(t)),
-                (None, Some(t)) => format!(" (replayed {})", ts(t)),
-                (None, None) => String::new(),
-            }
-        );
+            d.reason.clone(),
+            d.message_id.clone().unwrap_or_else(|| "-".into()),
+            d.source_agent_id.clone().unwrap_or_else(|| "-".into()),
+            format!(
+                "{}{}",
+                d.detail,
+                match (d.resolved_at, d.replayed_at) {
+                    (Some(t), _) => format!(" (resolved {})", ts(t)),
+                    (None, Some(t)) => format!(" (replayed {})", ts(t)),
+                    (None, None) => String::new(),
+                }
+            ),
+        ]);
     }
+    let mut out = t.render();
     if rows.is_empty() {
         out.push_str("(no dead letters)\n");
     }

@@ -17,6 +17,8 @@ use crate::pipeline;
 use crate::processor::{operator_alert, Outcome, Processor, OPERATOR};
 use crate::settings::Settings;
 
+use super::table::{Align, Table};
+
 pub async fn list_clocks(
     pool: &PgPool,
     overdue: bool,
@@ -25,10 +27,17 @@ pub async fn list_clocks(
 ) -> anyhow::Result<String> {
     let rows = read::sla_clocks(pool, overdue, workflow, limit).await?;
     let now = Utc::now();
-    let mut out = format!(
-        "{:>7} {:<38} {:<32} {:>5} {:<28} {:<9} {:<10} {:<20} NOTE\n",
-        "ID", "WORKFLOW", "CLOCK", "ROUND", "OWNER", "SEVERITY", "STATUS", "DUE"
-    );
+    let mut t = Table::new(&[
+        ("ID", Align::Right),
+        ("WORKFLOW", Align::Left),
+        ("CLOCK", Align::Left),
+        ("ROUND", Align::Right),
+        ("OWNER", Align::Left),
+        ("SEVERITY", Align::Left),
+        ("STATUS", Align::Left),
+        ("DUE", Align::Left),
+        ("NOTE", Align::Left),
+    ]);
     for c in &rows {
         let owner = match c.subject_agent_id.as_ref().or(c.owner_agent_id.as_ref()) {
             Some(a) => format!("{} ({a})", c.owner_role),
@@ -39,20 +48,19 @@ pub async fn list_clocks(
             (s, Some(at)) => format!("{s} {}", ts(at)),
             _ => String::new(),
         };
-        let _ = writeln!(
-            out,
-            "{:>7} {:<38} {:<32} {:>5} {:<28} {:<9} {:<10} {:<20} {}",
-            c.id,
-            c.workflow_id,
-            c.clock,
-            c.round,
+        t.row(vec![
+            c.id.to_string(),
+            c.workflow_id.clone(),
+            c.clock.clone(),
+            c.round.to_string(),
             owner,
-            c.severity,
-            c.status,
+            c.severity.clone(),
+            c.status.clone(),
             ts(c.due_at),
-            note
-        );
+            note,
+        ]);
     }
+    let mut out = t.render();
     if rows.is_empty() {
         out.push_str(if overdue {
             "(nothing overdue)\n"
@@ -154,10 +162,17 @@ pub async fn list_escalations(
 ) -> anyhow::Result<String> {
     let rows = read::escalation_list(pool, open, workflow, limit).await?;
     let now = Utc::now();
-    let mut out = format!(
-        "{:>6} {:>6} {:<38} {:<32} {:>5} {:<22} {:<9} {:<20} STATUS\n",
-        "ID", "CHAIN", "WORKFLOW", "CLOCK/REASON", "LEVEL", "PAGED", "SEVERITY", "RAISED"
-    );
+    let mut t = Table::new(&[
+        ("ID", Align::Right),
+        ("CHAIN", Align::Right),
+        ("WORKFLOW", Align::Left),
+        ("CLOCK/REASON", Align::Left),
+        ("LEVEL", Align::Right),
+        ("PAGED", Align::Left),
+        ("SEVERITY", Align::Left),
+        ("RAISED", Align::Left),
+        ("STATUS", Align::Left),
+    ]);
     for e in &rows {
         let status = match (&e.acknowledged_at, &e.acknowledged_by, e.next_level_at) {
             (Some(at), by, _) => format!(
@@ -172,20 +187,19 @@ pub async fn list_escalations(
             Some(a) => format!("{} ({a})", e.clock),
             None => e.clock.clone(),
         };
-        let _ = writeln!(
-            out,
-            "{:>6} {:>6} {:<38} {:<32} {:>5} {:<22} {:<9} {:<20} {}",
-            e.id,
-            e.chain_id,
-            e.workflow_id,
+        t.row(vec![
+            e.id.to_string(),
+            e.chain_id.to_string(),
+            e.workflow_id.clone(),
             clock,
-            e.level,
-            e.target,
-            e.severity,
+            e.level.to_string(),
+            e.target.clone(),
+            e.severity.clone(),
             ts(e.raised_at),
-            status
-        );
+            status,
+        ]);
     }
+    let mut out = t.render();
     if rows.is_empty() {
         out.push_str("(no escalations)\n");
     }
@@ -292,11 +306,13 @@ pub async fn show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
     );
     let clocks = read::clocks(pool, id).await?;
     out.push_str("\nAcknowledgments\n");
-    let _ = writeln!(
-        out,
-        "  {:<28} {:<22} {:<14} WHEN",
-        "AGENT", "ROLE", "STATUS"
-    );
+    let mut acks = Table::new(&[
+        ("AGENT", Align::Left),
+        ("ROLE", Align::Left),
+        ("STATUS", Align::Left),
+        ("WHEN", Align::Left),
+    ])
+    .indented("  ");
     for c in clocks
         .iter()
         .filter(|c| c.clock == emergency::ACKNOWLEDGMENT_CLOCK)
@@ -312,13 +328,22 @@ pub async fn show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
             ("cancelled", Some(at)) => ("not needed", format!("resolved {}", ts(at))),
             (s, _) => (s, String::new()),
         };
-        let _ = writeln!(
-            out,
-            "  {:<28} {:<22} {:<14} {}",
-            agent, c.owner_role, what, when
-        );
+        acks.row(vec![
+            agent.to_string(),
+            c.owner_role.clone(),
+            what.to_string(),
+            when,
+        ]);
     }
+    out.push_str(&acks.render());
     out.push_str("\nResponse clocks\n");
+    let mut response = Table::new(&[
+        ("CLOCK", Align::Left),
+        ("NUMBER", Align::Right),
+        ("DUE", Align::Left),
+        ("NOTE", Align::Left),
+    ])
+    .indented("  ");
     for c in clocks
         .iter()
         .filter(|c| c.clock != emergency::ACKNOWLEDGMENT_CLOCK)
@@ -328,14 +353,13 @@ pub async fn show(pool: &PgPool, id: &str) -> anyhow::Result<String> {
             (s, Some(at)) => format!("{s} {}", ts(at)),
             (s, None) => s.to_string(),
         };
-        let _ = writeln!(
-            out,
-            "  {:<18} #{:<3} due {}  {}",
-            c.clock,
-            c.round,
+        response.row(vec![
+            c.clock.clone(),
+            c.round.to_string(),
             ts(c.due_at),
-            note
-        );
+            note,
+        ]);
     }
+    out.push_str(&response.render());
     Ok(out)
 }

@@ -20,8 +20,38 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-pub const AMQP_BASE: &str = "amqp://guest:guest@127.0.0.1:5672";
+/// Where test databases are created: `COORDINATOR_TEST_PG_URL` (a superuser's URL to an
+/// existing database), by default the local PostgreSQL.
+const PG_ADMIN_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The broker, without a vhost: `COORDINATOR_TEST_AMQP_URL`, by default the local one.
+const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672";
+/// RabbitMQ's management API (`http://user:password@host:15672`): when
+/// `COORDINATOR_TEST_RABBITMQ_API` is set, test vhosts are made and dropped through it
+/// (a broker on another host); otherwise with `rabbitmqctl` on this machine.
+const RABBITMQ_API_VAR: &str = "COORDINATOR_TEST_RABBITMQ_API";
+
+pub fn pg_admin_url() -> String {
+    std::env::var("COORDINATOR_TEST_PG_URL").unwrap_or_else(|_| PG_ADMIN_DEFAULT.into())
+}
+
+/// The admin URL with another database.
+pub fn pg_url(database: &str) -> String {
+    let admin = pg_admin_url();
+    let (base, query) = admin
+        .split_once('?')
+        .map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
+    let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+pub fn amqp_base() -> String {
+    std::env::var("COORDINATOR_TEST_AMQP_URL")
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|_| AMQP_DEFAULT.into())
+}
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -45,6 +75,72 @@ fn rabbitmqctl(args: &[&str]) {
     );
 }
 
+/// The user of the broker URL, who gets every permission on a test vhost.
+fn amqp_user() -> String {
+    let base = amqp_base();
+    let rest = base.split_once("://").map_or(base.as_str(), |(_, r)| r);
+    rest.split_once('@')
+        .and_then(|(creds, _)| creds.split(':').next())
+        .unwrap_or("guest")
+        .to_string()
+}
+
+fn create_vhost(vhost: &str) {
+    let user = amqp_user();
+    match std::env::var(RABBITMQ_API_VAR) {
+        Ok(api) => {
+            management(&api, "PUT", &format!("/api/vhosts/{vhost}"), "");
+            management(
+                &api,
+                "PUT",
+                &format!("/api/permissions/{vhost}/{user}"),
+                r#"{"configure":".*","write":".*","read":".*"}"#,
+            );
+        }
+        Err(_) => {
+            rabbitmqctl(&["add_vhost", vhost]);
+            rabbitmqctl(&["set_permissions", "-p", vhost, &user, ".*", ".*", ".*"]);
+        }
+    }
+}
+
+fn delete_vhost(vhost: &str) {
+    match std::env::var(RABBITMQ_API_VAR) {
+        Ok(api) => management(&api, "DELETE", &format!("/api/vhosts/{vhost}"), ""),
+        Err(_) => {
+            let _ = Command::new("rabbitmqctl")
+                .args(["delete_vhost", vhost])
+                .output();
+        }
+    }
+}
+
+/// One call to RabbitMQ's management API (HTTP/1.1, basic auth from the URL); fails the
+/// test on anything but a 2xx answer.
+fn management(api: &str, method: &str, path: &str, body: &str) {
+    use base64::Engine;
+    use std::io::{Read, Write};
+    let rest = api.trim_end_matches('/').trim_start_matches("http://");
+    let (creds, host) = rest.split_once('@').unwrap_or(("guest:guest", rest));
+    let auth = base64::engine::general_purpose::STANDARD.encode(creds);
+    let mut s = std::net::TcpStream::connect(host)
+        .unwrap_or_else(|e| panic!("{RABBITMQ_API_VAR}: cannot reach {host}: {e}"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    assert!(
+        status.starts_with('2'),
+        "{method} {path} on the management API: {}",
+        answer.lines().next().unwrap_or("no answer")
+    );
+}
+
 /// The template's name changes with the migrations, so a stale template is never used.
 fn template_name() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -57,7 +153,7 @@ fn template_name() -> String {
 }
 
 async fn create_database(name: &str) {
-    let mut admin = PgConnection::connect(PG_ADMIN_URL)
+    let mut admin = PgConnection::connect(&pg_admin_url())
         .await
         .expect("connect as postgres");
     // One creator at a time (across test processes): CREATE DATABASE … TEMPLATE fails if
@@ -78,7 +174,7 @@ async fn create_database(name: &str) {
             .execute(&mut admin)
             .await
             .expect("create template");
-        let url = format!("postgres://postgres@127.0.0.1:5432/{template}");
+        let url = pg_url(&template);
         let mut conn = PgConnection::connect(&url)
             .await
             .expect("connect to template");
@@ -108,20 +204,17 @@ impl TestEnv {
         let vhost = format!("coord_test_{id}");
         create_database(&db_name).await;
         let vh = vhost.clone();
-        tokio::task::spawn_blocking(move || {
-            rabbitmqctl(&["add_vhost", &vh]);
-            rabbitmqctl(&["set_permissions", "-p", &vh, "guest", ".*", ".*", ".*"]);
-        })
-        .await
-        .expect("vhost created");
-        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        tokio::task::spawn_blocking(move || create_vhost(&vh))
+            .await
+            .expect("vhost created");
+        let db_url = pg_url(&db_name);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .connect(&db_url)
             .await
             .expect("connect to test database");
         TestEnv {
-            amqp_url: format!("{AMQP_BASE}/{vhost}"),
+            amqp_url: format!("{}/{vhost}", amqp_base()),
             db_name,
             vhost,
             db_url,
@@ -275,12 +368,11 @@ impl Drop for TestEnv {
         let _ = std::thread::spawn(move || {
             drop(pool);
             let _ = Command::new("psql")
-                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+                .arg(pg_admin_url())
+                .arg("-qc")
                 .arg(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
                 .output();
-            let _ = Command::new("rabbitmqctl")
-                .args(["delete_vhost", &vhost])
-                .output();
+            delete_vhost(&vhost);
         })
         .join();
     }
