@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, http_get, Serve, TestEnv};
+use common::{eventually, http_get, metric, Serve, TestEnv};
 use coordinator::agent::{AgentClient, Queue};
 use coordinator::domain::envelope::Envelope;
 use serde_json::json;
@@ -517,18 +517,6 @@ fn with(
 ) -> Vec<(&'static str, String)> {
     extra.push((k, v.to_string()));
     extra
-}
-
-/// Counter value from a coordinator's /metrics (0 when absent).
-async fn metric(http: std::net::SocketAddr, line_start: &str) -> f64 {
-    let body = http_get(http, "/metrics")
-        .await
-        .map(|r| r.1)
-        .unwrap_or_default();
-    body.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 const N: usize = 40;

@@ -450,6 +450,19 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     coordinator::http::probe(&addr.to_string(), path).await
 }
 
+/// A sample's value from a coordinator's /metrics (`line_start` names the series and
+/// ends with a space); 0 when absent.
+pub async fn metric(http: SocketAddr, line_start: &str) -> f64 {
+    let body = http_get(http, "/metrics")
+        .await
+        .map(|r| r.1)
+        .unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `f` until it returns `Some`, failing the test after [`WAIT`].
 pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
 where
