@@ -19,6 +19,10 @@ pub const BEFORE_COMMIT: &str = "before-commit";
 /// `return(<ms>)`, it hangs there: a test shows `shutdown.timeout` ends the wait).
 pub const BEFORE_OUTBOX_FLUSH: &str = "before-outbox-flush";
 
+/// The dead-letter collector stored what the broker dead-lettered; it has not acked
+/// it yet. Dying here redelivers it to the collector, which must not store it twice.
+pub const DLX_AFTER_COMMIT_BEFORE_ACK: &str = "dlx-after-commit-before-ack";
+
 /// Configures the fail points named in `FAILPOINTS` for the life of the process.
 #[cfg(feature = "fail-points")]
 pub fn setup() -> Option<fail::FailScenario<'static>> {

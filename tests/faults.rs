@@ -757,3 +757,51 @@ async fn fault_shutdown_stuck_past_its_timeout_exits_1_naming_the_step() {
     replacement.wait_ready().await;
     stream.finish(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "kills coordinators: make test runs it alone, after the rest"]
+async fn fault_dead_letter_collector_killed_after_the_commit_before_the_ack_stores_once() {
+    let env = TestEnv::new().await;
+    let doomed = Serve::spawn(
+        &env,
+        &with(
+            serve_env(),
+            "FAILPOINTS",
+            &format!(
+                "{}=return",
+                coordinator::failpoint::DLX_AFTER_COMMIT_BEFORE_ACK
+            ),
+        ),
+    );
+    doomed.wait_ready().await;
+    // QA's queues exist and nobody consumes them: a task that expires there is
+    // dead-lettered by the broker, and the collector takes it.
+    env.agent("qa-1", "qa-director").await;
+    env.publish_expiring_task("qa-director", "m-expiring").await;
+
+    let mut doomed = doomed;
+    eventually(
+        "the coordinator to die after storing the dead letter",
+        || {
+            let exited = doomed.exited();
+            async move { exited.then_some(()) }
+        },
+    )
+    .await;
+    let (code, stderr) = doomed.wait_exit().await;
+    assert_eq!(code, None, "killed, not exited: {stderr}");
+    let stored =
+        "SELECT count(*) FROM dead_letters WHERE message_id = 'm-expiring' AND reason = 'broker_dead_lettered'";
+    assert_eq!(
+        env.scalar_i64(stored).await,
+        1,
+        "committed before the crash"
+    );
+
+    // The replacement's collector gets the unacked copy again, stores nothing new, and
+    // acks it.
+    let replacement = Serve::spawn(&env, &serve_env());
+    replacement.wait_ready().await;
+    env.wait_queue_empty("agent.dead_letters").await;
+    assert_eq!(env.scalar_i64(stored).await, 1, "collected once");
+}

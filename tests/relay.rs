@@ -231,34 +231,13 @@ async fn a_message_no_queue_takes_is_given_up_after_its_time_and_on_call_is_told
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_broker_dead_letters_is_kept_in_dead_letters_with_its_x_death() {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     let env = TestEnv::new().await;
     let settings = env.settings();
     let app = env.start_with(settings.clone()).await;
     // QA's queues exist but nobody consumes them: a task that expires there is
     // dead-lettered by the broker to agent.dlx.
     let (conn, _) = qa_only_broker(&env).await;
-    let channel = conn.create_channel().await.expect("channel");
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    let props = lapin::BasicProperties::default()
-        .with_message_id("m-expiring".into())
-        .with_app_id("coordinator".into())
-        .with_expiration("1".into());
-    channel
-        .basic_publish(
-            coordinator::processor::exchanges::DIRECT,
-            "task.qa-director",
-            BasicPublishOptions::default(),
-            br#"{"hello":"qa"}"#,
-            props,
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirmed");
+    env.publish_expiring_task("qa-director", "m-expiring").await;
 
     env.wait_count(
         "SELECT count(*) FROM dead_letters WHERE message_id = 'm-expiring' AND reason = 'broker_dead_lettered'",
@@ -281,23 +260,7 @@ async fn what_the_broker_dead_letters_is_kept_in_dead_letters_with_its_x_death()
     );
     assert_eq!(body["hello"], "qa");
     // Taken off the broker's dead-letter queue (acked) once stored.
-    let vhost = env.vhost.clone();
-    common::eventually("agent.dead_letters to be empty and acked", || {
-        let vhost = vhost.clone();
-        async move {
-            let out = tokio::process::Command::new("rabbitmqctl")
-                .args(["list_queues", "-q", "-p", &vhost, "name", "messages"])
-                .output()
-                .await
-                .ok()?;
-            let listing = String::from_utf8_lossy(&out.stdout).to_string();
-            listing
-                .lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["agent.dead_letters", "0"])
-                .then_some(())
-        }
-    })
-    .await;
+    env.wait_queue_empty("agent.dead_letters").await;
     let _ = conn.close(200, "done").await;
     app.stop().await;
 }

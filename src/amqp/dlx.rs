@@ -2,7 +2,8 @@
 //! queue's length or delivery limit) from `agent.dead_letters` into the `dead_letters`
 //! table, reason `broker_dead_lettered` with the `x-death` detail, so one table holds
 //! every message that went wrong. A delivery is acked only after its row committed; a
-//! crash in between collects it again (a second row for the same message).
+//! crash in between redelivers it, and its collection key (message id and x-death
+//! entry) keeps the second copy out.
 
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
@@ -15,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::delivery_meta;
 use crate::amqp::topology::DEAD_LETTER_QUEUE;
-use crate::db::batch::{self, NewDeadLetter, Writes};
+use crate::db::batch::NewDeadLetter;
+use crate::db::store;
 
 /// The `dead_letters.reason` of a message the broker dead-lettered.
 pub const BROKER_DEAD_LETTERED: &str = "broker_dead_lettered";
@@ -57,7 +59,7 @@ pub async fn collect(
             }
         }
         let Some(last) = batch.last() else { continue };
-        let rows: Vec<NewDeadLetter> = batch.iter().map(collected).collect();
+        let rows: Vec<(NewDeadLetter, String)> = batch.iter().map(collected).collect();
         let mut waits = shared.settings.retry_policies.critical_task.waits();
         let stored = loop {
             match store(shared, rows.clone()).await {
@@ -81,6 +83,7 @@ pub async fn collect(
                 .await?;
             break Ok(());
         }
+        crate::failpoint::crash(crate::failpoint::DLX_AFTER_COMMIT_BEFORE_ACK);
         last.acker.ack(BasicAckOptions { multiple: true }).await?;
         tracing::warn!(
             count = batch.len(),
@@ -91,19 +94,20 @@ pub async fn collect(
     result
 }
 
-async fn store(shared: &crate::runtime::Shared, rows: Vec<NewDeadLetter>) -> sqlx::Result<()> {
-    let mut tx = shared.pool.begin().await?;
-    let writes = Writes {
-        dead_letters: rows,
-        ..Default::default()
-    };
-    batch::write(&mut tx, writes, Utc::now()).await?;
-    tx.commit().await
+async fn store(
+    shared: &crate::runtime::Shared,
+    rows: Vec<(NewDeadLetter, String)>,
+) -> sqlx::Result<()> {
+    let mut conn = shared.pool.acquire().await?;
+    store::store_collected(&mut conn, &rows).await.map(|_| ())
 }
 
-/// A broker-dead-lettered delivery as a `dead_letters` row. The detail names the first
-/// (most recent) `x-death` entry: why, from which queue, how many times.
-fn collected(d: &Delivery) -> NewDeadLetter {
+/// A broker-dead-lettered delivery as a `dead_letters` row, and its collection key. The
+/// detail names the first (most recent) `x-death` entry: why, from which queue, how
+/// many times. The key is derived from the message id (or the body) and that entry,
+/// which a redelivered copy repeats and a later dead-lettering of the same message
+/// (another count, another time) does not.
+fn collected(d: &Delivery) -> (NewDeadLetter, String) {
     let meta = delivery_meta(d.routing_key.as_str(), &d.properties);
     let x_death = d
         .properties
@@ -131,7 +135,12 @@ fn collected(d: &Delivery) -> NewDeadLetter {
         p.insert("x_death".into(), x_death);
     }
     let clean = |s: &str| s.replace('\0', "\u{fffd}");
-    NewDeadLetter {
+    let subject = meta
+        .message_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &d.data).to_string());
+    let key = crate::domain::ids::derived(&format!("{subject} {first}"), BROKER_DEAD_LETTERED);
+    let row = NewDeadLetter {
         message_id: meta.message_id.as_deref().map(clean),
         reason: BROKER_DEAD_LETTERED.into(),
         detail: clean(&detail),
@@ -143,7 +152,8 @@ fn collected(d: &Delivery) -> NewDeadLetter {
         properties,
         source_agent_id: meta.app_id.as_deref().map(clean),
         at: Utc::now(),
-    }
+    };
+    (row, key)
 }
 
 /// An AMQP header value as JSON (strings as text, timestamps as seconds).

@@ -666,3 +666,60 @@ pub async fn append_note(
     )
     .await
 }
+
+/// What the broker dead-lettered, with each row's `collected_key`; a key already stored
+/// (a redelivered copy) is skipped. How many rows were new.
+pub async fn store_collected(
+    conn: &mut PgConnection,
+    rows: &[(crate::db::batch::NewDeadLetter, String)],
+) -> sqlx::Result<u64> {
+    let res = sqlx::query(
+        "INSERT INTO dead_letters
+           (message_id, reason, detail, routing_key, body, body_json, properties, source_agent_id,
+            received_at, collected_key)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                              $6::jsonb[], $7::jsonb[], $8::text[], $9::timestamptz[], $10::text[])
+         ON CONFLICT (collected_key) WHERE collected_key IS NOT NULL DO NOTHING",
+    )
+    .bind(
+        rows.iter()
+            .map(|(d, _)| d.message_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(d, _)| d.reason.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(d, _)| d.detail.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(d, _)| d.routing_key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(d, _)| d.body.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|(d, _)| d.body_json.as_ref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|(d, _)| &d.properties).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|(d, _)| d.source_agent_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|(d, _)| d.at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected())
+}

@@ -359,6 +359,58 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Publishes to `task.{role}` a message that expires at once, so that the broker
+    /// dead-letters it from every tasks queue of that role nobody consumes.
+    pub async fn publish_expiring_task(&self, role: &str, message_id: &str) {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        let conn = coordinator::amqp::connect(&self.amqp_url, "test")
+            .await
+            .expect("connect");
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        channel
+            .basic_publish(
+                exchanges::DIRECT,
+                &format!("task.{role}"),
+                BasicPublishOptions::default(),
+                br#"{"hello":"qa"}"#,
+                lapin::BasicProperties::default()
+                    .with_message_id(message_id.into())
+                    .with_app_id("coordinator".into())
+                    .with_expiration("1".into()),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+        let _ = conn.close(200, "done").await;
+    }
+
+    /// Waits until `queue` holds nothing, ready or unacknowledged (rabbitmqctl).
+    pub async fn wait_queue_empty(&self, queue: &str) {
+        let vhost = self.vhost.clone();
+        eventually(&format!("{queue} to be empty and acked"), || {
+            let vhost = vhost.clone();
+            async move {
+                let out = tokio::process::Command::new("rabbitmqctl")
+                    .args(["list_queues", "-q", "-p", &vhost, "name", "messages"])
+                    .output()
+                    .await
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|l| l.split_whitespace().collect::<Vec<_>>() == [queue, "0"])
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
         let pool = self.pool.clone();
