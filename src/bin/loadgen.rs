@@ -68,6 +68,9 @@ enum Command {
         /// How long PostgreSQL or RabbitMQ stays down in its fault
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
         outage: Duration,
+        /// No faults: one coordinator process for the whole run, to watch its memory
+        #[arg(long, env = "SOAK_NO_FAULTS", value_parser = clap::builder::FalseyValueParser::new())]
+        no_faults: bool,
         /// The coordinator binary to start
         #[arg(long, default_value = "target/release/coordinator")]
         bin: PathBuf,
@@ -139,6 +142,7 @@ async fn main() -> ExitCode {
             minutes,
             rate,
             outage,
+            no_faults,
             bin,
             config_dir,
             out,
@@ -153,6 +157,7 @@ async fn main() -> ExitCode {
                 minutes,
                 rate,
                 outage,
+                faults: !no_faults,
                 drain: Duration::from_secs(120),
             };
             match soak::run(&opts).await {

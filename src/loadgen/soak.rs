@@ -31,6 +31,8 @@ pub struct Options {
     pub rate: f64,
     /// How long a fault keeps PostgreSQL or RabbitMQ down.
     pub outage: Duration,
+    /// False: no faults at all (one coordinator process throughout).
+    pub faults: bool,
     /// After the load stops, how long workflows in flight may take to complete.
     pub drain: Duration,
 }
@@ -107,10 +109,16 @@ impl Report {
 
     pub fn render(&self, opts: &Options) -> String {
         let mut out = format!(
-            "# Soak: {} minutes at {:.0} agent messages/s, one fault a minute\n\n\
+            "# Soak: {} minutes at {:.0} agent messages/s, {}\n\n\
              | minute | fault | workflows started | completed (total) | handoffs | handoff p50 ms | handoff p99 ms | coordinator RSS MiB | pid |\n\
              |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
-            opts.minutes, opts.rate
+            opts.minutes,
+            opts.rate,
+            if opts.faults {
+                "one fault a minute"
+            } else {
+                "no faults"
+            }
         );
         for m in &self.minutes {
             out.push_str(&format!(
@@ -339,7 +347,7 @@ async fn run_in(opts: &Options, fresh: &Fresh) -> anyhow::Result<Report> {
     let mut n: u64 = 0;
     let mut rss_start = None;
     for minute in 0..opts.minutes {
-        let fault = Fault::of_minute(minute);
+        let fault = Fault::of_minute(minute).filter(|_| opts.faults);
         let minute_start = t0 + Duration::from_secs(60 * minute);
         let started_before = Counters::get(&rec.counters.started);
         let until = minute_start + Duration::from_secs(60);
