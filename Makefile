@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: python-venv schemas run test soak bench bench-quick bench-timers demo services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: python-venv schemas test-via-api run test soak bench bench-quick bench-timers demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
@@ -13,6 +13,16 @@ run: services
 test: services python-venv
 	COORDINATOR_ENV=test $(CARGO) test --features fail-points --lib --bins --tests
 	COORDINATOR_ENV=test $(CARGO) test --features fail-points --test faults -- --ignored --test-threads=1
+
+## test-via-api: the tests (not the fault phase) with vhosts, queue listings, definitions
+## and connections handled through RabbitMQ's management API, as against a remote broker
+test-via-api: services python-venv
+	rabbitmq-plugins enable rabbitmq_management >/dev/null
+	@for _ in $$(seq 30); do (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && break; sleep 1; done
+	COORDINATOR_ENV=test COORDINATOR_TEST_RABBITMQ_API=http://guest:guest@127.0.0.1:15672 \
+	COORDINATOR_TEST_PG_URL=postgres://postgres@127.0.0.1:5432/postgres \
+	COORDINATOR_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672 \
+	$(CARGO) test --features fail-points --lib --bins --tests
 
 ## python-venv: the example Python agent's virtualenv (from PyPI), for its interop test
 VENV := target/python-venv

@@ -58,12 +58,24 @@ async fn broker_to_client(
 
 struct Proxy {
     port: u16,
+    credentials: String,
     swallow: Arc<AtomicBool>,
     swallowed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
+    /// A proxy to the broker of the tests (`COORDINATOR_TEST_AMQP_URL`).
     async fn start() -> Proxy {
+        let base = common::amqp_base();
+        let upstream = base
+            .rsplit_once('@')
+            .map_or(base.as_str(), |(_, host)| host)
+            .trim_start_matches("amqp://")
+            .to_string();
+        let credentials = base
+            .trim_start_matches("amqp://")
+            .split_once('@')
+            .map_or("guest:guest".to_string(), |(c, _)| c.to_string());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let swallow = Arc::new(AtomicBool::new(false));
@@ -71,7 +83,8 @@ impl Proxy {
         let (s, n) = (swallow.clone(), swallowed.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(broker) = TcpStream::connect("127.0.0.1:5672").await else {
+                let upstream = upstream.clone();
+                let Ok(broker) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
                 let (client_read, client_write) = client.into_split();
@@ -90,13 +103,17 @@ impl Proxy {
         });
         Proxy {
             port,
+            credentials,
             swallow,
             swallowed,
         }
     }
 
     fn url(&self, vhost: &str) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", self.port)
+        format!(
+            "amqp://{}@127.0.0.1:{}/{vhost}",
+            self.credentials, self.port
+        )
     }
 }
 

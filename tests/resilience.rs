@@ -410,20 +410,7 @@ async fn the_coordinator_reconnects_after_the_broker_closes_its_connections() {
     expect_next(&mut eng, Queue::Tasks).await;
     assert_eq!(app.shared.metrics.broker_connects.get(), 1);
 
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "close_all_connections",
-            "-p",
-            &env.vhost,
-            "test: broker went away",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::broker::close_connections(&env.vhost);
     common::eventually("the coordinator to reconnect", || async {
         (app.shared.metrics.broker_connects.get() >= 2).then_some(())
     })

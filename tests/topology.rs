@@ -22,19 +22,7 @@ fn import_definitions(env: &TestEnv, file: &str) {
             item["vhost"] = json!(env.vhost);
         }
     }
-    let path = std::env::temp_dir().join(format!("{}.json", env.vhost));
-    std::fs::write(&path, defs.to_string()).expect("write");
-    let out = std::process::Command::new("rabbitmqctl")
-        .arg("import_definitions")
-        .arg(&path)
-        .output()
-        .expect("rabbitmqctl");
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "{file}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::broker::import_definitions(&defs);
 }
 
 /// Declares the fixed topology as `serve` would with these settings over what is there;
@@ -113,29 +101,17 @@ async fn quorum_queues_as_in_production() {
         .expect("publish");
     let task = expect_next(&mut eng, Queue::Tasks).await;
     assert_eq!(task.header.message_type, "requirements_handoff");
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-p",
-            &env.vhost,
-            "name",
-            "type",
-            "--no-table-headers",
-            "--quiet",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let queues = common::broker::queues(&env.vhost);
     for q in [
         "coordinator.inbox",
         "oncall.escalations",
         "agent.eng-1.tasks",
     ] {
-        let line = listing
-            .lines()
-            .find(|l| l.starts_with(q))
-            .unwrap_or_else(|| panic!("{q} in {listing}"));
-        assert!(line.contains("quorum"), "{line}");
+        let found = queues
+            .iter()
+            .find(|i| i.name.starts_with(q))
+            .unwrap_or_else(|| panic!("{q} in {queues:?}"));
+        assert_eq!(found.kind, "quorum", "{found:?}");
     }
     app.stop().await;
 }

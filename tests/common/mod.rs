@@ -89,11 +89,11 @@ fn create_vhost(vhost: &str) {
     let user = amqp_user();
     match std::env::var(RABBITMQ_API_VAR) {
         Ok(api) => {
-            management(&api, "PUT", &format!("/api/vhosts/{vhost}"), "");
+            management(&api, "PUT", &format!("/api/vhosts/{}", segment(vhost)), "");
             management(
                 &api,
                 "PUT",
-                &format!("/api/permissions/{vhost}/{user}"),
+                &format!("/api/permissions/{}/{}", segment(vhost), segment(&user)),
                 r#"{"configure":".*","write":".*","read":".*"}"#,
             );
         }
@@ -106,7 +106,14 @@ fn create_vhost(vhost: &str) {
 
 fn delete_vhost(vhost: &str) {
     match std::env::var(RABBITMQ_API_VAR) {
-        Ok(api) => management(&api, "DELETE", &format!("/api/vhosts/{vhost}"), ""),
+        Ok(api) => {
+            management(
+                &api,
+                "DELETE",
+                &format!("/api/vhosts/{}", segment(vhost)),
+                "",
+            );
+        }
         Err(_) => {
             let _ = Command::new("rabbitmqctl")
                 .args(["delete_vhost", vhost])
@@ -115,9 +122,9 @@ fn delete_vhost(vhost: &str) {
     }
 }
 
-/// One call to RabbitMQ's management API (HTTP/1.1, basic auth from the URL); fails the
-/// test on anything but a 2xx answer.
-fn management(api: &str, method: &str, path: &str, body: &str) {
+/// One call to RabbitMQ's management API (basic auth from the URL); the answer's body.
+/// Fails the test on anything but a 2xx answer. HTTP/1.0, so the body is never chunked.
+fn management(api: &str, method: &str, path: &str, body: &str) -> String {
     use base64::Engine;
     use std::io::{Read, Write};
     let rest = api.trim_end_matches('/').trim_start_matches("http://");
@@ -126,8 +133,8 @@ fn management(api: &str, method: &str, path: &str, body: &str) {
     let mut s = std::net::TcpStream::connect(host)
         .unwrap_or_else(|e| panic!("{RABBITMQ_API_VAR}: cannot reach {host}: {e}"));
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(request.as_bytes()).expect("send");
@@ -139,6 +146,154 @@ fn management(api: &str, method: &str, path: &str, body: &str) {
         "{method} {path} on the management API: {}",
         answer.lines().next().unwrap_or("no answer")
     );
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// A path segment for the management API (vhost and connection names hold `/`, spaces).
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The broker's own view of a test's vhost: through the management API when
+/// `COORDINATOR_TEST_RABBITMQ_API` is set, else `rabbitmqctl` on this machine.
+pub mod broker {
+    use super::*;
+
+    /// One queue: its name, its type (`classic`, `quorum`) and how many messages it
+    /// holds, ready or unacknowledged.
+    #[derive(Debug, Clone)]
+    pub struct QueueInfo {
+        pub name: String,
+        pub kind: String,
+        pub messages: i64,
+    }
+
+    pub fn queues(vhost: &str) -> Vec<QueueInfo> {
+        match std::env::var(RABBITMQ_API_VAR) {
+            Ok(api) => {
+                let body = management(&api, "GET", &format!("/api/queues/{}", segment(vhost)), "");
+                let list: Vec<serde_json::Value> =
+                    serde_json::from_str(&body).expect("queues as JSON");
+                list.iter()
+                    .map(|q| QueueInfo {
+                        name: q["name"].as_str().unwrap_or("").to_string(),
+                        kind: q["type"].as_str().unwrap_or("").to_string(),
+                        messages: q["messages"].as_i64().unwrap_or(0),
+                    })
+                    .collect()
+            }
+            Err(_) => {
+                let out = Command::new("rabbitmqctl")
+                    .args(["list_queues", "-q", "--no-table-headers", "-p", vhost])
+                    .args(["name", "type", "messages"])
+                    .output()
+                    .expect("rabbitmqctl runs");
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        (f.len() == 3).then(|| QueueInfo {
+                            name: f[0].to_string(),
+                            kind: f[1].to_string(),
+                            messages: f[2].parse().unwrap_or(0),
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Loads RabbitMQ definitions (exchanges, queues, bindings) into the broker.
+    pub fn import_definitions(definitions: &serde_json::Value) {
+        match std::env::var(RABBITMQ_API_VAR) {
+            Ok(api) => {
+                management(&api, "POST", "/api/definitions", &definitions.to_string());
+            }
+            Err(_) => {
+                let path = std::env::temp_dir().join(format!(
+                    "definitions-{}.json",
+                    uuid::Uuid::new_v4().simple()
+                ));
+                std::fs::write(&path, definitions.to_string()).expect("write");
+                let out = Command::new("rabbitmqctl")
+                    .arg("import_definitions")
+                    .arg(&path)
+                    .output()
+                    .expect("rabbitmqctl runs");
+                let _ = std::fs::remove_file(&path);
+                assert!(
+                    out.status.success(),
+                    "import_definitions: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
+    /// Closes every client connection to the vhost, as a broker going away would.
+    pub fn close_connections(vhost: &str) {
+        match std::env::var(RABBITMQ_API_VAR) {
+            Ok(api) => {
+                // The API lists a connection once its statistics are in (every few
+                // seconds): poll until the vhost's connections appear.
+                let deadline = Instant::now() + WAIT;
+                let names: Vec<String> = loop {
+                    let body = management(
+                        &api,
+                        "GET",
+                        &format!("/api/vhosts/{}/connections", segment(vhost)),
+                        "",
+                    );
+                    let list: Vec<serde_json::Value> =
+                        serde_json::from_str(&body).expect("connections as JSON");
+                    let names: Vec<String> = list
+                        .iter()
+                        .filter_map(|c| c["name"].as_str().map(str::to_string))
+                        .collect();
+                    if !names.is_empty() {
+                        break names;
+                    }
+                    assert!(Instant::now() < deadline, "no connection to {vhost} listed");
+                    std::thread::sleep(Duration::from_millis(250));
+                };
+                for name in names {
+                    management(
+                        &api,
+                        "DELETE",
+                        &format!("/api/connections/{}", segment(&name)),
+                        "",
+                    );
+                }
+            }
+            Err(_) => {
+                let out = Command::new("rabbitmqctl")
+                    .args([
+                        "close_all_connections",
+                        "-p",
+                        vhost,
+                        "test: broker went away",
+                    ])
+                    .output()
+                    .expect("rabbitmqctl runs");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
 }
 
 /// The template's name changes with the migrations, so a stale template is never used.
@@ -390,20 +545,17 @@ impl TestEnv {
         let _ = conn.close(200, "done").await;
     }
 
-    /// Waits until `queue` holds nothing, ready or unacknowledged (rabbitmqctl).
+    /// Waits until `queue` holds nothing, ready or unacknowledged.
     pub async fn wait_queue_empty(&self, queue: &str) {
         let vhost = self.vhost.clone();
         eventually(&format!("{queue} to be empty and acked"), || {
             let vhost = vhost.clone();
             async move {
-                let out = tokio::process::Command::new("rabbitmqctl")
-                    .args(["list_queues", "-q", "-p", &vhost, "name", "messages"])
-                    .output()
+                tokio::task::spawn_blocking(move || broker::queues(&vhost))
                     .await
-                    .ok()?;
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .any(|l| l.split_whitespace().collect::<Vec<_>>() == [queue, "0"])
+                    .ok()?
+                    .iter()
+                    .any(|q| q.name == queue && q.messages == 0)
                     .then_some(())
             }
         })
