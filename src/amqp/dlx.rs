@@ -138,7 +138,7 @@ fn collected(d: &Delivery) -> (NewDeadLetter, String) {
     let subject = meta
         .message_id
         .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &d.data).to_string());
+        .unwrap_or_else(|| crate::processor::body_digest(&d.data));
     let key = crate::domain::ids::derived(&format!("{subject} {first}"), BROKER_DEAD_LETTERED);
     let row = NewDeadLetter {
         message_id: meta.message_id.as_deref().map(clean),

@@ -100,7 +100,8 @@ pub struct Declarer<'a> {
     conn: &'a Connection,
     channel: Channel,
     queue_type: QueueType,
-    events_max_length: u32,
+    /// `x-max-length` of events queues (`amqp.events_max_length`; none when 0).
+    events_max_length: Option<u32>,
     /// What existed with other arguments and was used as it is.
     fallbacks: Vec<String>,
 }
@@ -118,7 +119,7 @@ impl<'a> Declarer<'a> {
             conn,
             channel,
             queue_type: amqp.queue_type,
-            events_max_length: amqp.events_max_length,
+            events_max_length: (amqp.events_max_length > 0).then_some(amqp.events_max_length),
             fallbacks: Vec::new(),
         })
     }
@@ -261,11 +262,10 @@ impl<'a> Declarer<'a> {
         self.bind(&commands, exchanges::FANOUT, "").await?;
 
         let events = events_queue(agent_id);
-        let max_length = (self.events_max_length > 0).then_some(self.events_max_length);
         self.queue(
             &events,
             Shape {
-                max_length,
+                max_length: self.events_max_length,
                 ..Shape::DEAD_LETTERED
             },
         )

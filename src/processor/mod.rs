@@ -242,7 +242,7 @@ fn acknowledged_escalation(env: &Envelope) -> Option<i64> {
 }
 
 /// A stable stand-in id for a body that carries none.
-fn body_digest(body: &[u8]) -> String {
+pub(crate) fn body_digest(body: &[u8]) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body).to_string()
 }
 
