@@ -7,6 +7,7 @@
 mod common;
 
 use common::TestEnv;
+use coordinator::db::store::Expired;
 use coordinator::db::{HOT_STATEMENTS, SERVICE_PLANNER};
 use serde_json::Value;
 
@@ -43,10 +44,18 @@ fn parameters(sql: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Every hot statement's generic plan, on this connection, with its wide scans named.
-async fn wide_scans_of_hot_statements(conn: &mut sqlx::PgConnection) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (name, sql) in HOT_STATEMENTS {
+/// Every hot statement's generic plan on this connection, by name.
+async fn plans_of_hot_statements(conn: &mut sqlx::PgConnection) -> Vec<(&'static str, Value)> {
+    plans_of(conn, HOT_STATEMENTS).await
+}
+
+/// The generic plan of each named statement on this connection.
+async fn plans_of(
+    conn: &mut sqlx::PgConnection,
+    statements: &[(&'static str, &str)],
+) -> Vec<(&'static str, Value)> {
+    let mut plans = Vec::new();
+    for (name, sql) in statements {
         sqlx::query(&format!("PREPARE hot AS {sql}"))
             .execute(&mut *conn)
             .await
@@ -56,25 +65,38 @@ async fn wide_scans_of_hot_statements(conn: &mut sqlx::PgConnection) -> Vec<Stri
             .fetch_one(&mut *conn)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let mut wide = Vec::new();
-        wide_scans(&plan[0]["Plan"], &mut wide);
-        problems.extend(wide.into_iter().map(|w| format!("{name}: {w}")));
         sqlx::query("DEALLOCATE hot")
             .execute(&mut *conn)
             .await
             .expect("deallocate");
+        plans.push((*name, plan));
+    }
+    plans
+}
+
+/// Every hot statement's generic plan, on this connection, with its wide scans named.
+async fn wide_scans_of_hot_statements(conn: &mut sqlx::PgConnection) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, plan) in plans_of_hot_statements(conn).await {
+        let mut wide = Vec::new();
+        wide_scans(&plan[0]["Plan"], &mut wide);
+        problems.extend(wide.into_iter().map(|w| format!("{name}: {w}")));
     }
     problems
 }
 
-async fn service_session(env: &TestEnv) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
-    let mut conn = env.pool.acquire().await.expect("connection");
-    for (k, v) in SERVICE_PLANNER {
+async fn set(conn: &mut sqlx::PgConnection, settings: &[(&str, &str)]) {
+    for (k, v) in settings {
         sqlx::query(&format!("SET {k} = {v}"))
             .execute(&mut *conn)
             .await
-            .expect("set");
+            .unwrap_or_else(|e| panic!("SET {k}: {e}"));
     }
+}
+
+async fn service_session(env: &TestEnv) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let mut conn = env.pool.acquire().await.expect("connection");
+    set(&mut conn, &SERVICE_PLANNER).await;
     conn
 }
 
@@ -103,6 +125,40 @@ async fn hot_statements_find_rows_by_index_even_when_tables_were_analyzed_empty(
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
+/// PostgreSQL compiles a statement with LLVM, on every execution, when its estimated
+/// cost passes `jit_above_cost`. The service's planner settings make a disabled plan
+/// node cost 10^10: housekeeping's retention deletes, which must scan, were compiled
+/// (with inlining and optimization) each time, 250–370 ms of CPU apiece, and any
+/// statement whose plan crossed the threshold would be compiled per batch. The service's
+/// sessions turn JIT off, whatever the server's settings; here the server is told to
+/// compile everything first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_statements_are_never_compiled_by_jit() {
+    let env = TestEnv::new().await;
+    let mut conn = env.pool.acquire().await.expect("connection");
+    set(&mut conn, &[("jit", "on"), ("jit_above_cost", "0")]).await;
+    let available: bool = sqlx::query_scalar("SELECT pg_jit_available()")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("pg_jit_available");
+    set(&mut conn, &SERVICE_PLANNER).await;
+    let retention: Vec<(&'static str, &str)> = Expired::ALL
+        .iter()
+        .map(|e| ("retention delete", e.statement()))
+        .collect();
+    let mut plans = plans_of_hot_statements(&mut conn).await;
+    plans.extend(plans_of(&mut conn, &retention).await);
+    let compiled: Vec<_> = plans
+        .into_iter()
+        .filter(|(_, plan)| plan[0].get("JIT").is_some())
+        .map(|(name, plan)| format!("{name}: cost {}", plan[0]["Plan"]["Total Cost"]))
+        .collect();
+    assert!(
+        compiled.is_empty(),
+        "compiled by JIT (available on this server: {available}): {compiled:#?}"
+    );
+}
+
 fn node_types(node: &Value, out: &mut Vec<String>) {
     out.push(node["Node Type"].as_str().unwrap_or_default().to_string());
     for child in node["Plans"].as_array().into_iter().flatten() {
@@ -116,13 +172,7 @@ fn node_types(node: &Value, out: &mut Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_takes_due_rows_in_index_order_without_sorting_the_backlog() {
     let env = TestEnv::new().await;
-    let mut conn = env.pool.acquire().await.expect("connection");
-    for (k, v) in SERVICE_PLANNER {
-        sqlx::query(&format!("SET {k} = {v}"))
-            .execute(&mut *conn)
-            .await
-            .expect("set");
-    }
+    let mut conn = service_session(&env).await;
     sqlx::query(&format!(
         "PREPARE lease AS {}",
         coordinator::db::store::LEASE_DUE

@@ -73,7 +73,10 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
 /// scan the table or hash-join it, cheap then and ruinous once it has grown. So on
 /// these connections a sequential scan, a hash join and a merge join are last resorts:
 /// the kept plans are index lookups whatever the tables held when they were made
-/// (tests/plans.rs checks them). Operators' queries use [`pool`].
+/// (tests/plans.rs checks them). A plan that must scan all the same (housekeeping's
+/// retention deletes) therefore costs 10^10 and would be compiled by PostgreSQL's JIT,
+/// with inlining and optimization, on every execution: JIT is off on these sessions.
+/// Operators' queries use [`pool`].
 ///
 /// Its sessions also carry the timeouts of `database.*`, so no statement, lock wait or
 /// abandoned transaction holds the service (or rows other coordinators need) forever;
@@ -103,8 +106,9 @@ pub fn session_timeouts(settings: &DatabaseSettings) -> [(&'static str, String);
 }
 
 /// The planner settings of [`service_pool`].
-pub const SERVICE_PLANNER: [(&str, &str); 4] = [
+pub const SERVICE_PLANNER: [(&str, &str); 5] = [
     ("plan_cache_mode", "force_generic_plan"),
+    ("jit", "off"),
     ("enable_seqscan", "off"),
     ("enable_hashjoin", "off"),
     ("enable_mergejoin", "off"),

@@ -411,7 +411,15 @@ pub enum Expired {
 }
 
 impl Expired {
-    fn statement(self) -> &'static str {
+    pub const ALL: [Expired; 4] = [
+        Expired::SentOutbox,
+        Expired::UndeliverableOutbox,
+        Expired::ProcessedMessages,
+        Expired::SettledDeadLetters,
+    ];
+
+    /// The delete, with the retention in seconds as `$1` and the most rows as `$2`.
+    pub fn statement(self) -> &'static str {
         match self {
             Expired::SentOutbox => "DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
