@@ -43,17 +43,7 @@ async fn batches_that_cannot_commit_open_the_database_breaker_until_the_database
         .await
         .expect("publish");
 
-    let body = common::eventually("/readyz to name the open breaker", || async {
-        let (code, body) = http_get(app.http, "/readyz").await?;
-        (code == 503 && body.contains("\"database\":\"open\"")).then_some(body)
-    })
-    .await;
-    assert!(body.contains("\"no_circuit_breaker_open\":false"), "{body}");
-    let (_, metrics) = http_get(app.http, "/metrics").await.expect("metrics");
-    assert!(
-        metrics.contains("coordinator_circuit_breaker_state{breaker=\"database\"} 2"),
-        "{metrics}"
-    );
+    expect_open(app.http, "database").await;
     assert_eq!(
         env.scalar_i64(&format!(
             "SELECT count(*) FROM processed_messages WHERE message_id = '{}'",
@@ -126,17 +116,7 @@ async fn nacked_publishes_open_the_publishing_breaker_and_the_messages_go_out_on
             .await
             .expect("publish");
     }
-    let body = common::eventually("/readyz to name the open publishing breaker", || async {
-        let (code, body) = http_get(app.http, "/readyz").await?;
-        (code == 503 && body.contains("\"publishing\":\"open\"")).then_some(body)
-    })
-    .await;
-    assert!(body.contains("\"no_circuit_breaker_open\":false"), "{body}");
-    let (_, metrics) = http_get(app.http, "/metrics").await.expect("metrics");
-    assert!(
-        metrics.contains("coordinator_circuit_breaker_state{breaker=\"publishing\"} 2"),
-        "{metrics}"
-    );
+    expect_open(app.http, "publishing").await;
     assert!(
         env.scalar_i64(
             "SELECT count(*) FROM outbox WHERE routing_key = 'task.engineering-director'
@@ -173,4 +153,26 @@ async fn nacked_publishes_open_the_publishing_breaker_and_the_messages_go_out_on
     }
     let _ = conn.close(200, "done").await;
     app.stop().await;
+}
+
+/// Waits until /readyz answers 503 naming `breaker` open, and checks /metrics says so
+/// too (state 2: open).
+async fn expect_open(http: std::net::SocketAddr, breaker: &str) {
+    let open = format!("\"{breaker}\":\"open\"");
+    let body = common::eventually(
+        &format!("/readyz to name the open {breaker} breaker"),
+        || async {
+            let (code, body) = http_get(http, "/readyz").await?;
+            (code == 503 && body.contains(&open)).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("\"no_circuit_breaker_open\":false"), "{body}");
+    let (_, metrics) = http_get(http, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains(&format!(
+            "coordinator_circuit_breaker_state{{breaker=\"{breaker}\"}} 2"
+        )),
+        "{metrics}"
+    );
 }

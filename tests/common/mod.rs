@@ -276,22 +276,12 @@ pub mod broker {
                     );
                 }
             }
-            Err(_) => {
-                let out = Command::new("rabbitmqctl")
-                    .args([
-                        "close_all_connections",
-                        "-p",
-                        vhost,
-                        "test: broker went away",
-                    ])
-                    .output()
-                    .expect("rabbitmqctl runs");
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            Err(_) => rabbitmqctl(&[
+                "close_all_connections",
+                "-p",
+                vhost,
+                "test: broker went away",
+            ]),
         }
     }
 }
