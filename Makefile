@@ -6,13 +6,13 @@ CARGO ?= cargo
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
-	$(CARGO) run --release --bin coordinator -- serve
+	$(CARGO) run --release -p coordinator --bin coordinator -- serve
 
 ## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ;
 ## then, one at a time, the fault-injection tests (they stop the broker and the database)
 test: services python-venv
-	COORDINATOR_ENV=test $(CARGO) test --features fail-points --lib --bins --tests
-	COORDINATOR_ENV=test $(CARGO) test --features fail-points --test faults -- --ignored --test-threads=1
+	COORDINATOR_ENV=test $(CARGO) test --workspace --features coordinator/fail-points --lib --bins --tests
+	COORDINATOR_ENV=test $(CARGO) test -p coordinator --features fail-points --test faults -- --ignored --test-threads=1
 
 ## test-via-api: the tests (not the fault phase) with vhosts, queue listings, definitions
 ## and connections handled through RabbitMQ's management API, as against a remote broker
@@ -22,7 +22,7 @@ test-via-api: services python-venv
 	COORDINATOR_ENV=test COORDINATOR_TEST_RABBITMQ_API=http://guest:guest@127.0.0.1:15672 \
 	COORDINATOR_TEST_PG_URL=postgres://postgres@127.0.0.1:5432/postgres \
 	COORDINATOR_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672 \
-	$(CARGO) test --features fail-points --lib --bins --tests
+	$(CARGO) test --workspace --features coordinator/fail-points --lib --bins --tests
 
 ## python-venv: the example Python agent's virtualenv (from PyPI), for its interop test
 VENV := target/python-venv
@@ -34,30 +34,30 @@ $(VENV)/.installed: examples/python/requirements.txt
 
 ## schemas: regenerate docs/schemas/ from the Rust types (then review the diff)
 schemas:
-	UPDATE_SCHEMAS=1 $(CARGO) test --test schemas the_json_schemas
+	UPDATE_SCHEMAS=1 $(CARGO) test -p coordinator-protocol --test schemas the_json_schemas
 
 ## demo: the coordinator and simulated agents, three workflows and an emergency in compressed time
 demo: services
-	$(CARGO) run --release --bin demo
+	$(CARGO) run --release -p demo
 
 ## bench: the load scenarios, closed loop and timer workload, default and production settings (docs/performance.md)
 bench: services
-	$(CARGO) build --release --bins
+	$(CARGO) build --release -p coordinator -p loadgen --bins
 	target/release/loadgen bench
 
 ## bench-quick: the same with 15-second windows
 bench-quick: services
-	$(CARGO) build --release --bins
+	$(CARGO) build --release -p coordinator -p loadgen --bins
 	target/release/loadgen bench --quick
 
 ## bench-timers: the timer service alone (10,000 clocks due in one minute; again with 1,000,000 armed)
 bench-timers: services
-	$(CARGO) bench --bench timers
+	$(CARGO) bench -p coordinator --bench timers
 
 ## soak: SOAK_MINUTES (10) at 1,000 agent messages/s with one fault a minute (docs/operations.md);
 ## it stops and starts the local PostgreSQL and RabbitMQ
 soak: services
-	$(CARGO) build --release --bins
+	$(CARGO) build --release -p coordinator -p loadgen --bins
 	target/release/loadgen soak
 
 ## services: start PostgreSQL and RabbitMQ if installed but stopped
@@ -65,19 +65,19 @@ services:
 	@scripts/ensure-services.sh
 
 build:
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace
 
 migrate: services
-	$(CARGO) run --release --bin coordinator -- migrate
+	$(CARGO) run --release -p coordinator --bin coordinator -- migrate
 
 ## verify: formatting, lints (with the test-only fail points compiled in) and every test; CI runs this
 verify: fmt clippy test
 
 fmt:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 
 clippy:
-	$(CARGO) clippy --all-targets --features fail-points -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features coordinator/fail-points -- -D warnings
 
 ## rabbitmq-definitions: load rabbitmq/definitions.json into the local broker
 rabbitmq-definitions: services

@@ -1,0 +1,273 @@
+//! # coordinator-agent
+//!
+//! A small agent-side client: publishes envelopes the way docs/protocol.md section 3 says
+//! and reads the agent's queues. Used by the integration tests, the demo and the load
+//! generator; a reference for agent authors (see `docs/agents.md`).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ConfirmSelectOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use serde_json::Value;
+
+use protocol::envelope::{DeliveryMeta, Envelope, CONTENT_TYPE};
+use protocol::names::{exchanges, queues};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("AMQP error")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker did not confirm the publish: {0}")]
+    NotConfirmed(String),
+}
+
+/// Which of its queues an agent reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Queue {
+    Tasks,
+    Commands,
+    Events,
+}
+
+impl Queue {
+    /// The queue's name for an agent.
+    pub fn name(self, agent_id: &str) -> String {
+        match self {
+            Queue::Tasks => queues::tasks(agent_id),
+            Queue::Commands => queues::commands(agent_id),
+            Queue::Events => queues::events(agent_id),
+        }
+    }
+}
+
+pub struct AgentClient {
+    pub agent_id: String,
+    pub agent_type: String,
+    conn: Connection,
+    channel: Channel,
+    consumers: Vec<(String, Consumer)>,
+}
+
+impl AgentClient {
+    pub async fn connect(
+        url: &str,
+        agent_id: &str,
+        agent_type: &str,
+    ) -> Result<AgentClient, AgentError> {
+        let conn = connect(url, agent_id).await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(AgentClient {
+            agent_id: agent_id.to_string(),
+            agent_type: agent_type.to_string(),
+            conn,
+            channel,
+            consumers: Vec::new(),
+        })
+    }
+
+    /// A new envelope from this agent (fresh message id, timestamp now, ttl 1 h).
+    pub fn envelope(&self, message_type: &str, correlation_id: &str, data: Value) -> Envelope {
+        let mut env = Envelope::from_agent(
+            &self.agent_id,
+            &self.agent_type,
+            message_type,
+            correlation_id,
+            data,
+            Utc::now(),
+        );
+        env.header.ttl = Some(3600);
+        env
+    }
+
+    /// Builds and publishes a message; returns what was sent.
+    pub async fn send(
+        &self,
+        message_type: &str,
+        correlation_id: &str,
+        data: Value,
+    ) -> Result<Envelope, AgentError> {
+        let env = self.envelope(message_type, correlation_id, data);
+        self.publish(&env).await?;
+        Ok(env)
+    }
+
+    /// Publishes an envelope to `agent.topic` with matching AMQP properties.
+    pub async fn publish(&self, env: &Envelope) -> Result<(), AgentError> {
+        let body = serde_json::to_vec(env).map_err(|e| AgentError::NotConfirmed(e.to_string()))?;
+        let key = env.agent_routing_key();
+        self.publish_raw(exchanges::TOPIC, &key, &body, &env.meta(&key))
+            .await
+    }
+
+    /// Publishes any bytes with any properties (for testing bad input).
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        meta: &DeliveryMeta,
+    ) -> Result<(), AgentError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                body,
+                properties(meta),
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => {
+                Err(AgentError::NotConfirmed(format!("nack for {routing_key}")))
+            }
+        }
+    }
+
+    /// The next message on one of this agent's queues, or `None` after `timeout`.
+    pub async fn next(
+        &mut self,
+        queue: Queue,
+        timeout: Duration,
+    ) -> Result<Option<Envelope>, AgentError> {
+        let name = queue.name(&self.agent_id);
+        self.next_on(&name, timeout).await
+    }
+
+    /// The next message on any queue by name (e.g. `oncall.escalations`), or `None`
+    /// after `timeout`. Each message is acked once read.
+    pub async fn next_on(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<Envelope>, AgentError> {
+        Ok(self.next_with_key(name, timeout).await?.map(|(_, env)| env))
+    }
+
+    /// Like [`AgentClient::next_on`], with the routing key the message was published with.
+    pub async fn next_with_key(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<(String, Envelope)>, AgentError> {
+        let name = name.to_string();
+        if !self.consumers.iter().any(|(n, _)| *n == name) {
+            let consumer = self
+                .channel
+                .basic_consume(
+                    &name,
+                    &format!("{}-{name}", self.agent_id),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            self.consumers.push((name.clone(), consumer));
+        }
+        let Some((_, consumer)) = self.consumers.iter_mut().find(|(n, _)| *n == name) else {
+            return Ok(None);
+        };
+        loop {
+            let delivery = match tokio::time::timeout(timeout, consumer.next()).await {
+                Err(_) | Ok(None) => return Ok(None),
+                Ok(Some(d)) => d?,
+            };
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            match serde_json::from_slice::<Envelope>(&delivery.data) {
+                Ok(env) => return Ok(Some((delivery.routing_key.to_string(), env))),
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = %name, "skipping a message that is not an envelope")
+                }
+            }
+        }
+    }
+
+    /// Takes everything on a queue now, without waiting for more: stops this client's
+    /// consumer on it (the broker's cancel-ok comes after every delivery it sent, so
+    /// those are all read), then gets what is still ready. Each message is acked.
+    /// To show that nothing *more* came, first wait until the coordinator has passed
+    /// the moment it would have sent it and its outbox is empty, then drain.
+    pub async fn drain(&mut self, name: &str) -> Result<Vec<(String, Envelope)>, AgentError> {
+        let mut raw = Vec::new();
+        if let Some(i) = self.consumers.iter().position(|(n, _)| n == name) {
+            let (_, mut consumer) = self.consumers.remove(i);
+            self.channel
+                .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+                .await?;
+            // Ends (None) right after the deliveries that preceded the cancel-ok; the
+            // bound only guards against a broken connection.
+            while let Ok(Some(delivery)) =
+                tokio::time::timeout(Duration::from_secs(10), consumer.next()).await
+            {
+                let delivery = delivery?;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                raw.push((delivery.routing_key.to_string(), delivery.data));
+            }
+        }
+        while let Some(m) = self
+            .channel
+            .basic_get(name, BasicGetOptions::default())
+            .await?
+        {
+            m.delivery.acker.ack(BasicAckOptions::default()).await?;
+            raw.push((m.delivery.routing_key.to_string(), m.delivery.data));
+        }
+        Ok(raw
+            .into_iter()
+            .filter_map(|(key, body)| match serde_json::from_slice::<Envelope>(&body) {
+                Ok(env) => Some((key, env)),
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = %name, "skipping a message that is not an envelope");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "agent done").await;
+    }
+}
+
+/// Opens a connection whose internal tasks run on the current tokio runtime.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let props = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_connection_name(name.into());
+    Connection::connect(url, props).await
+}
+
+/// AMQP properties repeating an envelope header (docs/protocol.md section 3): persistent,
+/// JSON, with message id, correlation id, type, app id and timestamp.
+pub fn properties(meta: &DeliveryMeta) -> lapin::BasicProperties {
+    let mut p = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(CONTENT_TYPE.into());
+    if let Some(v) = &meta.message_id {
+        p = p.with_message_id(v.as_str().into());
+    }
+    if let Some(v) = &meta.correlation_id {
+        p = p.with_correlation_id(v.as_str().into());
+    }
+    if let Some(v) = &meta.kind {
+        p = p.with_type(v.as_str().into());
+    }
+    if let Some(v) = &meta.app_id {
+        p = p.with_app_id(v.as_str().into());
+    }
+    if let Some(v) = meta.timestamp {
+        p = p.with_timestamp(v);
+    }
+    p
+}

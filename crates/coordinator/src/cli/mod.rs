@@ -1,0 +1,999 @@
+//! The command line: `serve`, `migrate`, and the commands managers and operators use.
+
+mod oncall;
+mod table;
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::builder::PossibleValuesParser;
+use clap::{Parser, Subcommand};
+use sqlx::PgPool;
+
+use crate::amqp::topology::Declarer;
+use crate::amqp::{connect, properties};
+use crate::db::{self, read, store};
+use crate::domain::workflow::{self, Snapshot, State};
+use crate::settings::Settings;
+use protocol::catalog::valid_agent_id;
+use protocol::envelope::DeliveryMeta;
+use protocol::names::exchanges;
+use protocol::reject::Reason;
+use table::{Align, Table};
+
+/// `coordinator --version`: the build and the wire contract it speaks.
+static VERSION_TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (contract {})",
+        env!("CARGO_PKG_VERSION"),
+        protocol::envelope::VERSION
+    )
+});
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coordinator",
+    version = VERSION_TEXT.as_str(),
+    about = "Coordinates software-delivery workflows between agents over RabbitMQ, with state in PostgreSQL",
+    long_about = "Coordinates software-delivery workflows between agents over RabbitMQ, with state in PostgreSQL.\n\n\
+        Configuration: config/default.toml, then config/$COORDINATOR_ENV.toml, then environment variables \
+        COORDINATOR__SECTION__KEY (e.g. COORDINATOR__DATABASE__URL, COORDINATOR__AMQP__URL)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: apply migrations, declare the topology, consume, relay the outbox, serve HTTP
+    Serve,
+    /// Apply pending database migrations and exit
+    Migrate,
+    /// Register and list agents
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Inspect and close workflows
+    Workflow {
+        #[command(subcommand)]
+        command: WorkflowCommand,
+    },
+    /// List, snooze and cancel SLA clocks
+    Sla {
+        #[command(subcommand)]
+        command: SlaCommand,
+    },
+    /// List and acknowledge escalations
+    Escalation {
+        #[command(subcommand)]
+        command: EscalationCommand,
+    },
+    /// Raise and inspect emergencies
+    Emergency {
+        #[command(subcommand)]
+        command: EmergencyCommand,
+    },
+    /// Inspect and replay rejected messages
+    #[command(name = "dead-letter")]
+    DeadLetter {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Record an agent and declare its queues and bindings (idempotent)
+    Add {
+        /// The agent's id, e.g. qa-dir-001 (letters, digits, '.', '_', '-')
+        agent_id: String,
+        /// Its role: one of the configured roles ([roles.*]; by default product-director,
+        /// engineering-director, qa-director, devops-manager, creative-director,
+        /// marketing-director)
+        agent_type: String,
+    },
+    /// List registered agents
+    List,
+}
+
+/// Every state of every workflow kind: feature deliveries and incidents.
+fn state_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        State::ALL
+            .map(State::as_str)
+            .into_iter()
+            .chain(crate::domain::emergency::IncidentState::ALL.map(|s| s.as_str())),
+    )
+}
+
+/// A wrong argument or value that clap could not catch (it depends on configuration):
+/// `main` exits 2 with it, as for clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    Usage(message.into()).into()
+}
+
+/// Every "not found" answers alike: what was asked for, and how to list what exists.
+pub(crate) fn not_found(what: &str, id: impl std::fmt::Display, list: &str) -> anyhow::Error {
+    anyhow::anyhow!("no {what} {id} (list them with `coordinator {list}`)")
+}
+
+/// Every reason a dead letter can have: the rejection reasons, and what the broker
+/// itself dead-lettered.
+fn reason_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        Reason::ALL
+            .map(Reason::as_str)
+            .into_iter()
+            .chain([crate::amqp::dlx::BROKER_DEAD_LETTERED]),
+    )
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// List workflows, most recently changed first
+    List {
+        /// Only workflows in this state
+        #[arg(long, value_parser = state_parser())]
+        state: Option<String>,
+        /// At most this many rows
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+    },
+    /// Show a workflow: its state, its SLA clocks with deadlines, escalations and history
+    Show {
+        /// The workflow id (the correlation_id of its requirements_ready)
+        id: String,
+    },
+    /// Cancel a workflow: it becomes `cancelled` and its armed clocks are cancelled
+    Cancel {
+        /// The workflow id
+        id: String,
+        /// Why (recorded in the workflow's history)
+        #[arg(long)]
+        reason: String,
+    },
+    /// Mark a workflow failed: it becomes `failed` and its armed clocks are cancelled
+    Fail {
+        /// The workflow id
+        id: String,
+        /// Why (recorded in the workflow's history)
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+fn operator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".into())
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{e}: use RFC 3339, e.g. 2026-11-21T15:00:00Z"))
+}
+
+fn severity_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(["low", "medium", "high", "critical"])
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlaCommand {
+    /// List armed clocks, earliest deadline first (or every clock of one workflow)
+    List {
+        /// Only armed clocks past their deadline
+        #[arg(long)]
+        overdue: bool,
+        /// Every clock of this workflow or incident, whatever its status
+        #[arg(long)]
+        workflow: Option<String>,
+        /// At most this many rows
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+    },
+    /// Move an armed clock's deadline (recorded in the workflow's history)
+    #[command(group(clap::ArgGroup::new("when").required(true).args(["until", "for_"])))]
+    Snooze {
+        /// The clock's id (the ID column of `sla list`)
+        clock: i64,
+        /// New deadline, RFC 3339 (e.g. 2026-11-21T15:00:00Z)
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+        /// New deadline as a duration from now (e.g. 2h, 30m)
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        for_: Option<std::time::Duration>,
+        /// Why (recorded in the workflow's history)
+        #[arg(long)]
+        reason: String,
+        /// Who (default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
+    },
+    /// Cancel an armed clock: it will not breach (recorded in the workflow's history)
+    Cancel {
+        /// The clock's id (the ID column of `sla list`)
+        clock: i64,
+        /// Why (recorded in the workflow's history)
+        #[arg(long)]
+        reason: String,
+        /// Who (default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EscalationCommand {
+    /// List escalations, newest first
+    List {
+        /// Only those not acknowledged
+        #[arg(long)]
+        open: bool,
+        /// Only the escalations of this workflow or incident
+        #[arg(long)]
+        workflow: Option<String>,
+        /// At most this many rows
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+    },
+    /// Acknowledge an escalation: its whole chain is acknowledged and its ladder stops
+    Ack {
+        /// The escalation's id (any level of the chain)
+        id: i64,
+        /// Who acknowledges (recorded in escalations.acknowledged_by)
+        #[arg(long)]
+        by: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmergencyCommand {
+    /// Raise an incident: broadcast emergency_alert to every agent and on-call, and arm
+    /// an acknowledgment clock for every registered agent
+    Raise {
+        /// How bad it is (sent in the alert)
+        #[arg(long, value_parser = severity_parser())]
+        severity: String,
+        /// What is happening (sent in the alert; the incident's title)
+        #[arg(long)]
+        description: String,
+        /// Incident id (default: a new inc-<uuid>)
+        #[arg(long)]
+        id: Option<String>,
+        /// Who raises it (default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
+    },
+    /// Show an incident: who acknowledged, who did not, and when
+    Show {
+        /// The incident id
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List dead letters, newest first
+    List {
+        /// Only this reason
+        #[arg(long, value_parser = reason_parser())]
+        reason: Option<String>,
+        /// Only those received since then: a time (2026-11-22T10:00:00Z) or a duration ago (2h, 30m)
+        #[arg(long, value_parser = since_parser)]
+        since: Option<DateTime<Utc>>,
+        /// Only those neither replayed nor resolved
+        #[arg(long)]
+        unresolved: bool,
+        /// At most this many rows
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: i64,
+    },
+    /// Show a dead letter whole: the body pretty-printed, the reason, the error, its replays
+    Show {
+        /// The dead letter's id (dead_letters.id)
+        id: i64,
+    },
+    /// Publish a dead letter again, exactly as received, so the coordinator processes it
+    /// anew (a message that was applied since stays applied: replaying it changes nothing)
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "reason"])))]
+    Replay {
+        /// The dead letter's id (dead_letters.id)
+        id: Option<i64>,
+        /// Instead of one id: every unresolved dead letter with this reason
+        #[arg(long, value_parser = reason_parser())]
+        reason: Option<String>,
+        /// With --reason: only those received since then (a time, or a duration ago: 2h)
+        #[arg(long, value_parser = since_parser, requires = "reason", conflicts_with = "id")]
+        since: Option<DateTime<Utc>>,
+        /// Print what the coordinator would do with each now; commit and publish nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Set a dead letter aside for good, with a note saying why (it is no longer listed
+    /// as unresolved)
+    Resolve {
+        /// The dead letter's id (dead_letters.id)
+        id: i64,
+        /// Why it needs nothing more (recorded with it)
+        #[arg(long)]
+        note: String,
+    },
+}
+
+/// `--since`: an RFC 3339 time, or a duration ago in humantime syntax.
+fn since_parser(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither a time (2026-11-22T10:00:00Z) nor a duration ago (2h, 30m)")
+    })?;
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .ok_or_else(|| format!("{s:?} is too long ago"))
+}
+
+/// Runs one of the non-serve commands, returning what to print.
+pub use oncall::{
+    acknowledge as acknowledge_escalation, raise as raise_emergency, show as show_emergency, snooze,
+};
+
+pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String> {
+    let pool = db::pool(&settings.database)?;
+    db::check_reachable(&settings.database).await?;
+    match command {
+        Command::Serve => bail!("serve is run by main"),
+        Command::Migrate => {
+            db::migrate(&pool).await.context("migration failed")?;
+            Ok("migrations applied\n".into())
+        }
+        Command::Agent { command } => match command {
+            AgentCommand::Add {
+                agent_id,
+                agent_type,
+            } => add_agent(settings, &pool, &agent_id, &agent_type).await,
+            AgentCommand::List => list_agents(&pool).await,
+        },
+        Command::Workflow { command } => match command {
+            WorkflowCommand::List { state, limit } => {
+                list_workflows(&pool, state.as_deref(), limit).await
+            }
+            WorkflowCommand::Show { id } => show_workflow(&pool, &id, Utc::now()).await,
+            WorkflowCommand::Cancel { id, reason } => {
+                close_workflow(&pool, &id, State::Cancelled, &reason).await
+            }
+            WorkflowCommand::Fail { id, reason } => {
+                close_workflow(&pool, &id, State::Failed, &reason).await
+            }
+        },
+        Command::Sla { command } => match command {
+            SlaCommand::List {
+                overdue,
+                workflow,
+                limit,
+            } => oncall::list_clocks(&pool, overdue, workflow.as_deref(), limit).await,
+            SlaCommand::Snooze {
+                clock,
+                until,
+                for_,
+                reason,
+                by,
+            } => {
+                let until = match (until, for_) {
+                    (Some(t), _) => t,
+                    (None, Some(d)) => crate::domain::sla::add(Utc::now(), d),
+                    (None, None) => return Err(usage("give --until or --for")),
+                };
+                oncall::snooze(settings, &pool, clock, until, &reason, &by).await
+            }
+            SlaCommand::Cancel { clock, reason, by } => {
+                oncall::cancel(&pool, clock, &reason, &by).await
+            }
+        },
+        Command::Escalation { command } => match command {
+            EscalationCommand::List {
+                open,
+                workflow,
+                limit,
+            } => oncall::list_escalations(&pool, open, workflow.as_deref(), limit).await,
+            EscalationCommand::Ack { id, by } => {
+                oncall::acknowledge(settings, &pool, id, &by).await
+            }
+        },
+        Command::Emergency { command } => match command {
+            EmergencyCommand::Raise {
+                severity,
+                description,
+                id,
+                by,
+            } => oncall::raise(settings, &pool, id, &severity, &description, &by).await,
+            EmergencyCommand::Show { id } => oncall::show(&pool, &id).await,
+        },
+        Command::DeadLetter { command } => match command {
+            DeadLetterCommand::List {
+                reason,
+                since,
+                unresolved,
+                limit,
+            } => {
+                let filter = read::DeadLetterFilter {
+                    reason: reason.as_deref(),
+                    since,
+                    unresolved,
+                };
+                list_dead_letters(&pool, &filter, limit).await
+            }
+            DeadLetterCommand::Show { id } => show_dead_letter(&pool, id).await,
+            DeadLetterCommand::Replay {
+                id,
+                reason,
+                since,
+                dry_run,
+            } => {
+                let ids = match (id, reason) {
+                    (Some(id), _) => vec![id],
+                    (None, reason) => {
+                        let filter = read::DeadLetterFilter {
+                            reason: reason.as_deref(),
+                            since,
+                            unresolved: true,
+                        };
+                        let mut ids: Vec<i64> = read::dead_letters(&pool, &filter, i64::MAX)
+                            .await?
+                            .iter()
+                            .map(|d| d.id)
+                            .collect();
+                        // Oldest first: the order they arrived in.
+                        ids.reverse();
+                        ids
+                    }
+                };
+                if ids.is_empty() {
+                    return Ok("no unresolved dead letter matches\n".into());
+                }
+                let mut out = String::new();
+                for id in ids {
+                    let line = if dry_run {
+                        replay_dry_run(settings, &pool, id).await?
+                    } else {
+                        replay(settings, &pool, id).await?
+                    };
+                    out.push_str(&line);
+                }
+                Ok(out)
+            }
+            DeadLetterCommand::Resolve { id, note } => resolve_dead_letter(&pool, id, &note).await,
+        },
+    }
+}
+
+pub async fn add_agent(
+    settings: &Settings,
+    pool: &PgPool,
+    agent_id: &str,
+    agent_type: &str,
+) -> anyhow::Result<String> {
+    if !valid_agent_id(agent_id) {
+        return Err(usage(format!(
+            "invalid value {agent_id:?} for <AGENT_ID>: use 1-200 letters, digits, '.', '_' or '-'"
+        )));
+    }
+    let catalog = settings.catalog();
+    if !catalog.is_role(agent_type) {
+        let roles: Vec<&str> = catalog.roles().map(|(r, _)| r).collect();
+        return Err(usage(format!(
+            "invalid value {agent_type:?} for <AGENT_TYPE>: not a configured role; roles: {}",
+            roles.join(", ")
+        )));
+    }
+    db::migrate(pool)
+        .await
+        .context("could not prepare the database")?;
+    // Both or neither: the registration commits only once the broker has declared the
+    // agent's queues, so a broker that is down leaves no half-registered agent.
+    let mut tx = pool
+        .begin()
+        .await
+        .context("could not connect to the database")?;
+    let created = store::register_agent(&mut tx, agent_id, agent_type, "cli").await?;
+    if !created {
+        let existing = store::agent_type(&mut tx, agent_id).await?;
+        if existing.as_deref() != Some(agent_type) {
+            bail!(
+                "agent {agent_id} is already registered as {}",
+                existing.unwrap_or_else(|| "?".into())
+            );
+        }
+    }
+    let amqp = connect(&settings.amqp.url, "coordinator-cli")
+        .await
+        .context("could not connect to RabbitMQ (amqp.url); the agent is not registered")?;
+    let declared = async {
+        let mut declarer = Declarer::new(&amqp, &settings.amqp).await?;
+        declarer.fixed(&settings.inbox).await?;
+        declarer.agent(agent_id, agent_type, &catalog).await?;
+        declarer.close().await;
+        Ok::<_, crate::amqp::topology::TopologyError>(())
+    }
+    .await;
+    let _ = amqp.close(200, "done").await;
+    declared.context("could not declare the agent's queues; the agent is not registered")?;
+    store::retry_now(&mut tx).await?;
+    tx.commit().await.context("could not record the agent")?;
+    Ok(format!(
+        "{} agent {agent_id} ({agent_type}); queues agent.{agent_id}.tasks, .commands, .events declared\n",
+        if created { "registered" } else { "already registered:" }
+    ))
+}
+
+async fn list_agents(pool: &PgPool) -> anyhow::Result<String> {
+    let rows = read::agents(pool).await?;
+    let mut t = Table::new(&[
+        ("AGENT", Align::Left),
+        ("TYPE", Align::Left),
+        ("VIA", Align::Left),
+        ("REGISTERED", Align::Left),
+        ("LAST HEARTBEAT", Align::Left),
+    ]);
+    for a in rows {
+        t.row(vec![
+            a.agent_id,
+            a.agent_type,
+            a.registered_via,
+            ts(a.registered_at),
+            a.last_heartbeat_at.map_or_else(|| "-".into(), ts),
+        ]);
+    }
+    Ok(t.render())
+}
+
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// "in 3h 2m" or "overdue by 5m 10s".
+pub(crate) fn relative(due: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (due - now).num_seconds();
+    // Seconds are noise on deadlines hours away.
+    let abs = secs.unsigned_abs();
+    let shown = if abs >= 3600 { abs - abs % 60 } else { abs };
+    let d = humantime::format_duration(std::time::Duration::from_secs(shown)).to_string();
+    if secs >= 0 {
+        format!("in {d}")
+    } else {
+        format!("overdue by {d}")
+    }
+}
+
+async fn list_workflows(pool: &PgPool, state: Option<&str>, limit: i64) -> anyhow::Result<String> {
+    let rows = read::workflows(pool, state, limit).await?;
+    let now = Utc::now();
+    let mut t = Table::new(&[
+        ("WORKFLOW", Align::Left),
+        ("STATE", Align::Left),
+        ("ROUND", Align::Right),
+        ("EPIC", Align::Left),
+        ("UPDATED", Align::Left),
+        ("NEXT DEADLINE", Align::Left),
+    ]);
+    for w in &rows {
+        t.row(vec![
+            w.id.clone(),
+            w.state.clone(),
+            w.round.to_string(),
+            w.epic_id.clone().unwrap_or_else(|| "-".into()),
+            ts(w.updated_at),
+            w.next_due_at.map_or_else(
+                || "-".into(),
+                |d| format!("{} ({})", ts(d), relative(d, now)),
+            ),
+        ]);
+    }
+    let mut out = t.render();
+    if rows.is_empty() {
+        out.push_str("(no workflows)\n");
+    }
+    Ok(out)
+}
+
+pub async fn show_workflow(pool: &PgPool, id: &str, now: DateTime<Utc>) -> anyhow::Result<String> {
+    let Some(w) = read::workflow(pool, id).await? else {
+        return Err(not_found("workflow", id, "workflow list"));
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "Workflow {} ({})", w.id, w.kind);
+    let _ = writeln!(out, "  state:     {} (round {})", w.state, w.round);
+    let _ = writeln!(
+        out,
+        "  epic:      {}{}",
+        w.epic_id.as_deref().unwrap_or("-"),
+        w.title
+            .as_deref()
+            .map(|t| format!(" \"{t}\""))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  created:   {}   updated: {}   completed: {}",
+        ts(w.created_at),
+        ts(w.updated_at),
+        w.completed_at.map_or_else(|| "-".into(), ts)
+    );
+
+    out.push_str("\nSLA clocks\n");
+    let mut clocks = Table::new(&[
+        ("CLOCK", Align::Left),
+        ("ROUND", Align::Right),
+        ("OWNER", Align::Left),
+        ("STATUS", Align::Left),
+        ("DUE", Align::Left),
+        ("NOTE", Align::Left),
+    ])
+    .indented("  ");
+    for c in read::clocks(pool, id).await? {
+        let note = match (c.status.as_str(), c.closed_at) {
+            ("armed", _) => relative(c.due_at, now),
+            (_, Some(at)) => format!("{} {}", c.status, ts(at)),
+            _ => String::new(),
+        };
+        let owner = match &c.owner_agent_id {
+            Some(a) => format!("{} ({a})", c.owner_role),
+            None => c.owner_role.clone(),
+        };
+        clocks.row(vec![
+            c.clock,
+            c.round.to_string(),
+            owner,
+            c.status,
+            ts(c.due_at),
+            note,
+        ]);
+    }
+    out.push_str(&clocks.render());
+
+    let escalations = read::escalations(pool, id).await?;
+    if !escalations.is_empty() {
+        out.push_str("\nEscalations\n");
+        let mut t = Table::new(&[
+            ("ID", Align::Right),
+            ("CLOCK", Align::Left),
+            ("OWNER", Align::Left),
+            ("LEVEL", Align::Right),
+            ("SEVERITY", Align::Left),
+            ("RAISED", Align::Left),
+            ("ACKNOWLEDGED", Align::Left),
+        ])
+        .indented("  ");
+        for e in escalations {
+            let ack = match (e.acknowledged_at, e.acknowledged_by) {
+                (Some(at), by) => format!(
+                    "acknowledged {} by {}",
+                    ts(at),
+                    by.unwrap_or_else(|| "?".into())
+                ),
+                (None, _) => "not acknowledged".into(),
+            };
+            t.row(vec![
+                e.id.to_string(),
+                e.clock,
+                e.owner_role,
+                e.level.to_string(),
+                e.severity,
+                ts(e.raised_at),
+                ack,
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+
+    out.push_str("\nHistory\n");
+    let mut history = Table::new(&[
+        ("SEQ", Align::Right),
+        ("AT", Align::Left),
+        ("MESSAGE", Align::Left),
+        ("FROM", Align::Left),
+        ("STATE", Align::Left),
+    ])
+    .indented("  ");
+    for e in read::events(pool, id).await? {
+        let change = match e.from_state.as_deref() {
+            None => format!("→ {}", e.to_state),
+            Some(f) if f == e.to_state => format!("  {}", e.to_state),
+            Some(f) => format!("{f} → {}", e.to_state),
+        };
+        history.row(vec![
+            e.seq.to_string(),
+            ts(e.occurred_at),
+            e.message_type,
+            e.source_agent_id.unwrap_or_else(|| "-".into()),
+            change,
+        ]);
+    }
+    out.push_str(&history.render());
+    Ok(out)
+}
+
+/// An operator closes a workflow as cancelled or failed.
+pub async fn close_workflow(
+    pool: &PgPool,
+    id: &str,
+    to: State,
+    reason: &str,
+) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let Some(locked) = store::lock_workflow(&mut tx, id).await? else {
+        return Err(not_found("workflow", id, "workflow list"));
+    };
+    let state = State::parse(&locked.state)
+        .with_context(|| format!("workflow {id} has unknown state {}", locked.state))?;
+    if state.is_terminal() {
+        bail!("workflow {id} is already {state}");
+    }
+    let snap = Snapshot {
+        state,
+        round: locked.round,
+        armed: store::armed_clocks(&mut tx, id).await?,
+    };
+    let decision = workflow::close_all(&snap, to);
+    let now = Utc::now();
+    let mut cancelled = Vec::new();
+    for e in &decision.effects {
+        if let workflow::Effect::CancelClock(r) = e {
+            store::close_clock(&mut tx, id, r, "cancelled", Some("operator"), now).await?;
+            cancelled.push(serde_json::json!({"clock": r.clock, "round": r.round}));
+        }
+    }
+    store::update_workflow(&mut tx, id, to.as_str(), locked.round, true, now).await?;
+    let message_type = format!("operator_{}", to.as_str());
+    store::append_event(
+        &mut tx,
+        &store::NewEvent {
+            workflow_id: id,
+            message_id: None,
+            message_type: &message_type,
+            source_agent_id: Some("operator"),
+            from_state: Some(state.as_str()),
+            to_state: to.as_str(),
+            at: now,
+            detail: serde_json::json!({"reason": reason, "clocks_cancelled": cancelled}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(format!("workflow {id}: {state} → {to}\n"))
+}
+
+async fn list_dead_letters(
+    pool: &PgPool,
+    filter: &read::DeadLetterFilter<'_>,
+    limit: i64,
+) -> anyhow::Result<String> {
+    let rows = read::dead_letters(pool, filter, limit).await?;
+    let mut t = Table::new(&[
+        ("ID", Align::Right),
+        ("RECEIVED", Align::Left),
+        ("REASON", Align::Left),
+        ("MESSAGE ID", Align::Left),
+        ("FROM", Align::Left),
+        ("DETAIL", Align::Left),
+    ]);
+    for d in &rows {
+        t.row(vec![
+            d.id.to_string(),
+            ts(d.received_at),
+            d.reason.clone(),
+            d.message_id.clone().unwrap_or_else(|| "-".into()),
+            d.source_agent_id.clone().unwrap_or_else(|| "-".into()),
+            format!(
+                "{}{}",
+                d.detail,
+                match (d.resolved_at, d.replayed_at) {
+                    (Some(t), _) => format!(" (resolved {})", ts(t)),
+                    (None, Some(t)) => format!(" (replayed {})", ts(t)),
+                    (None, None) => String::new(),
+                }
+            ),
+        ]);
+    }
+    let mut out = t.render();
+    if rows.is_empty() {
+        out.push_str("(no dead letters)\n");
+    }
+    Ok(out)
+}
+
+/// Publishes a dead letter again to `agent.topic` with its original properties. Its
+/// message id is forgotten first if it was not applied (so the copy is acted on anew);
+/// the replay is recorded. That bookkeeping commits only once the broker has confirmed
+/// the message: a replay that fails leaves no trace, and can be run again.
+pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
+        return Err(not_found("dead letter", id, "dead-letter list"));
+    };
+    let meta = replay_meta(&dl);
+    let applied_before = match &dl.message_id {
+        Some(mid) => {
+            !store::forget_unapplied(&mut tx, mid).await?
+                && store::was_processed(&mut tx, mid).await?
+        }
+        None => false,
+    };
+    store::mark_replayed(&mut tx, dl.id, &operator()).await?;
+
+    let amqp = connect(&settings.amqp.url, "coordinator-cli")
+        .await
+        .context("could not connect to RabbitMQ (amqp.url)")?;
+    let channel = amqp.create_channel().await?;
+    channel.confirm_select(Default::default()).await?;
+    let pending = channel
+        .basic_publish(
+            exchanges::TOPIC,
+            &dl.routing_key,
+            Default::default(),
+            &dl.body,
+            properties(&meta),
+        )
+        .await?;
+    let timeout = settings.amqp.confirm_timeout;
+    let confirm = tokio::time::timeout(timeout, pending)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the broker did not confirm the replayed message within {timeout:?} (amqp.confirm_timeout); run the command again"
+            )
+        })??;
+    let _ = amqp.close(200, "done").await;
+    if !confirm.is_ack() {
+        bail!("the broker did not accept the replayed message; run the command again");
+    }
+    tx.commit().await?;
+    Ok(format!(
+        "dead letter {id}{} published again to {} with routing key {}{}{}\n",
+        dl.message_id
+            .map(|m| format!(" (message {m})"))
+            .unwrap_or_default(),
+        exchanges::TOPIC,
+        dl.routing_key,
+        dl.replayed_at
+            .map(|t| format!("; it had been replayed before, at {}", ts(t)))
+            .unwrap_or_default(),
+        if applied_before {
+            "; the message was applied since, so this copy changes nothing"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// What the coordinator would do with a dead letter if it were replayed now: applied in
+/// a transaction that is rolled back, nothing published.
+pub async fn replay_dry_run(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Result<String> {
+    let processor = crate::processor::Processor::from_settings(settings);
+    let ctx = crate::pipeline::Context {
+        pool,
+        processor: &processor,
+        agents: std::sync::Arc::new(crate::processor::Agents::default()),
+        instance: "cli-dry-run",
+        publish_after: Utc::now(),
+        retry: settings.retry_policies.default,
+    };
+    let mut tx = pool.begin().await?;
+    let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
+        return Err(not_found("dead letter", id, "dead-letter list"));
+    };
+    let meta = replay_meta(&dl);
+    if let Some(mid) = &dl.message_id {
+        store::forget_unapplied(&mut tx, mid).await?;
+    }
+    let inbound = crate::processor::Inbound {
+        body: &dl.body,
+        meta: &meta,
+    };
+    let results = crate::pipeline::apply_uncommitted(&ctx, &mut tx, &[inbound], Utc::now()).await?;
+    tx.rollback().await?;
+    let Some(p) = results.first() else {
+        bail!("dead letter {id}: the dry run produced no result");
+    };
+    let what = match (&p.outcome, &p.transition) {
+        (crate::processor::Outcome::Rejected(r), _) => format!(
+            "would be rejected again: {}{}",
+            r.as_str(),
+            p.detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        ),
+        (_, Some((from, to))) => format!("would be {}: {from} → {to}", p.outcome.label()),
+        (crate::processor::Outcome::Duplicate, None) => {
+            "would change nothing: the message was applied since".to_string()
+        }
+        (o, None) => format!("would be {}", o.label()),
+    };
+    Ok(format!(
+        "dead letter {id} (dry run, nothing committed or published): {what}\n"
+    ))
+}
+
+/// The AMQP properties a dead letter was received with.
+fn replay_meta(dl: &store::DeadLetter) -> DeliveryMeta {
+    serde_json::from_value(dl.properties.clone()).unwrap_or_else(|_| DeliveryMeta {
+        routing_key: dl.routing_key.clone(),
+        ..Default::default()
+    })
+}
+
+async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
+    let Some(d) = read::dead_letter(pool, id).await? else {
+        return Err(not_found("dead letter", id, "dead-letter list"));
+    };
+    let replays = read::dead_letter_replays(pool, id).await?;
+    let mut out = String::new();
+    let _ = writeln!(out, "dead letter {}", d.id);
+    let _ = writeln!(out, "  reason:      {}", d.reason);
+    let _ = writeln!(out, "  error:       {}", d.detail);
+    let _ = writeln!(out, "  received:    {}", ts(d.received_at));
+    let _ = writeln!(
+        out,
+        "  message id:  {}",
+        d.message_id.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "  from:        {}",
+        d.source_agent_id.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(out, "  routing key: {}", d.routing_key);
+    match (d.resolved_at, &d.resolution) {
+        (Some(t), note) => {
+            let _ = writeln!(
+                out,
+                "  resolved:    {} ({})",
+                ts(t),
+                note.as_deref().unwrap_or("")
+            );
+        }
+        (None, _) => {
+            let _ = writeln!(out, "  resolved:    no");
+        }
+    }
+    if replays.is_empty() {
+        let _ = writeln!(out, "  replays:     none");
+    } else {
+        let _ = writeln!(out, "  replays:");
+        for (at, by) in &replays {
+            let _ = writeln!(out, "    {} by {by}", ts(*at));
+        }
+    }
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let _ = writeln!(out, "properties:\n{}", pretty(&d.properties));
+    match &d.body_json {
+        Some(body) => {
+            let _ = writeln!(out, "body:\n{}", pretty(body));
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "body ({} bytes, not JSON):\n{}",
+                d.body.len(),
+                String::from_utf8_lossy(&d.body)
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn resolve_dead_letter(pool: &PgPool, id: i64, note: &str) -> anyhow::Result<String> {
+    let mut conn = pool.acquire().await?;
+    if !store::resolve_dead_letter(&mut conn, id, note).await? {
+        return Err(not_found("dead letter", id, "dead-letter list"));
+    }
+    Ok(format!("dead letter {id} resolved: {note}\n"))
+}

@@ -1,0 +1,9 @@
+//! The pure core: the envelope and its validation, the role catalog, the workflow and
+//! emergency state machines, SLA clocks and the escalation ladder, rejection reasons
+//! and id derivation. Nothing in here does I/O or knows about lapin or sqlx.
+
+pub mod emergency;
+pub mod escalation;
+pub mod ids;
+pub mod sla;
+pub mod workflow;

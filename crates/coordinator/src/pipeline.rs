@@ -1,0 +1,376 @@
+//! The batch pipeline: applies a batch of inbox deliveries in one transaction, with a
+//! fixed number of statements whatever the batch's size, and owns that transaction.
+//!
+//! ```text
+//!  check (pure, JSON parsed once) ─▶ BEGIN ─▶ claim ids ─▶ lock workflows (id order)
+//!    ─▶ read their armed clocks, unknown senders, escalation chains
+//!    ─▶ decide each message in delivery order, in memory (processor::Batch)
+//!    ─▶ write rows, a multi-row statement per table ─▶ COMMIT
+//! ```
+//!
+//! When a commit fails because PostgreSQL refused a value ([`db::Fault::Input`]), the
+//! batch is split in halves, applied in order, until the message at fault is alone; it
+//! is retried as the `default` retry policy says and then set aside: kept whole in
+//! `dead_letters` as `processing_failed`, its sender told. Every other message commits.
+//! When the database itself is the problem ([`db::Fault::Transient`]) nothing is set
+//! aside: the caller waits and retries the whole batch, and what had committed already
+//! is recognised as duplicates.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use crate::db::batch::{self, Queued, Written};
+use crate::db::{self, Fault};
+use crate::domain::sla::{add, Deadline, DeadlineKind};
+use crate::processor::{self, Agents, Batch, Checked, Inbound, Input, Processed, Processor};
+use crate::retry::RetryPolicy;
+use crate::runtime::Shared;
+
+/// What a batch did, once committed.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    /// One per delivery, in delivery order.
+    pub results: Vec<Processed>,
+    /// Outbox rows written, to publish now.
+    pub queued: Vec<Queued>,
+    /// Deadlines created (clocks armed, escalations raised), for the timer.
+    pub deadlines: Vec<Deadline>,
+    /// Agents registered by heartbeat, whose queues must now be declared.
+    pub registered: Vec<(String, String)>,
+    /// Agents the cache did not hold (found in the database or registered).
+    pub learned: Vec<(String, String)>,
+    /// Transactions committed (more than one when the batch was split).
+    pub commits: usize,
+    /// Statements run, over every transaction.
+    pub statements: usize,
+    /// Messages set aside as `processing_failed`.
+    pub set_aside: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the batch could not be committed (the database is unreachable or busy); it is retried")]
+pub struct Retry(#[source] pub sqlx::Error);
+
+/// What a batch is applied with.
+pub struct Context<'a> {
+    pub pool: &'a PgPool,
+    pub processor: &'a Processor,
+    pub agents: Arc<Agents>,
+    /// Recorded in `processed_messages.processed_by`.
+    pub instance: &'a str,
+    /// Outbox rows become due for the relay at this time (the caller publishes them
+    /// itself before then).
+    pub publish_after: DateTime<Utc>,
+    /// How a message the database refuses is retried before it is set aside.
+    pub retry: RetryPolicy,
+}
+
+impl<'a> Context<'a> {
+    /// The running service's settings and agent cache (reloaded first if stale).
+    pub async fn of(shared: &'a Shared, publish_after: DateTime<Utc>) -> sqlx::Result<Context<'a>> {
+        Ok(Context {
+            pool: &shared.pool,
+            processor: &shared.processor,
+            agents: agents(shared).await?,
+            instance: &shared.instance,
+            publish_after,
+            retry: shared.settings.retry_policies.default,
+        })
+    }
+}
+
+/// Applies a batch of deliveries with the running service's settings and agent cache.
+pub async fn apply_shared(
+    shared: &Shared,
+    deliveries: &[Inbound<'_>],
+    publish_after: DateTime<Utc>,
+) -> Result<BatchOutput, Retry> {
+    let ctx = Context::of(shared, publish_after).await.map_err(Retry)?;
+    let out = apply(&ctx, deliveries).await?;
+    shared.agents.learn(&out.learned);
+    Ok(out)
+}
+
+/// Applies a batch of deliveries. `Err` only when the database is the problem.
+pub async fn apply(ctx: &Context<'_>, deliveries: &[Inbound<'_>]) -> Result<BatchOutput, Retry> {
+    let inputs: Vec<Input<'_>> = deliveries.iter().map(|d| Input::Delivery(*d)).collect();
+    let mut out = BatchOutput {
+        results: vec![Processed::new(processor::Outcome::Duplicate); inputs.len()],
+        ..Default::default()
+    };
+    // Ranges still to commit, in delivery order.
+    let mut todo: VecDeque<Range<usize>> = VecDeque::new();
+    todo.push_back(0..inputs.len());
+    while let Some(range) = todo.pop_front() {
+        match commit(ctx, &inputs[range.clone()]).await {
+            Ok(c) => c.merge_into(&mut out, range.start),
+            Err(e) if db::classify(&e) == Fault::Transient => return Err(Retry(e)),
+            Err(e) if range.len() > 1 => {
+                let mid = range.start + range.len() / 2;
+                tracing::warn!(error = %e, size = range.len(), "the database refused a value in the batch; splitting it to find the message at fault");
+                todo.push_front(mid..range.end);
+                todo.push_front(range.start..mid);
+            }
+            Err(e) => {
+                let i = range.start;
+                let Input::Delivery(d) = inputs[i] else {
+                    continue;
+                };
+                match retry_one(ctx, &inputs[i..=i], e).await? {
+                    Ok(c) => c.merge_into(&mut out, i),
+                    Err(e) => {
+                        let c = set_aside(ctx, d, &e).await?;
+                        out.set_aside += 1;
+                        c.merge_into(&mut out, i);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Applies one message an operator made with the CLI, in its own transaction.
+pub async fn apply_operator(
+    pool: &PgPool,
+    processor: &Processor,
+    env: &protocol::envelope::Envelope,
+) -> sqlx::Result<Processed> {
+    let ctx = Context {
+        pool,
+        processor,
+        agents: Arc::new(Agents::default()),
+        instance: "cli",
+        publish_after: Utc::now(),
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+    };
+    let c = commit(&ctx, &[Input::Operator(env)]).await?;
+    Ok(c.results
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Processed::new(processor::Outcome::Duplicate)))
+}
+
+/// Retries a single message that the database refused; `Ok(Err(e))` once every
+/// attempt was refused for its input.
+async fn retry_one(
+    ctx: &Context<'_>,
+    input: &[Input<'_>],
+    first: sqlx::Error,
+) -> Result<Result<Committed, sqlx::Error>, Retry> {
+    let mut last = first;
+    let mut waits = ctx.retry.waits();
+    while let Some(wait) = waits.next_attempt() {
+        tracing::warn!(error = %last, attempt = waits.failures(), retry_in = ?wait, "the database refused a message; retrying it alone");
+        tokio::time::sleep(wait).await;
+        match commit(ctx, input).await {
+            Ok(c) => return Ok(Ok(c)),
+            Err(e) if db::classify(&e) == Fault::Transient => return Err(Retry(e)),
+            Err(e) => last = e,
+        }
+    }
+    Ok(Err(last))
+}
+
+/// What one committed transaction did.
+struct Committed {
+    results: Vec<Processed>,
+    written: Written,
+    deadlines: Vec<Deadline>,
+    /// Agents registered by heartbeat (new in the database).
+    registered: Vec<(String, String)>,
+    /// Agents the cache did not hold.
+    learned: Vec<(String, String)>,
+    statements: usize,
+}
+
+impl Committed {
+    fn merge_into(self, out: &mut BatchOutput, offset: usize) {
+        for (i, r) in self.results.into_iter().enumerate() {
+            if let Some(slot) = out.results.get_mut(offset + i) {
+                *slot = r;
+            }
+        }
+        for c in &self.written.clocks {
+            if c.status != "armed" {
+                continue;
+            }
+            out.deadlines.push(Deadline {
+                at: c.due_at,
+                kind: DeadlineKind::Breach,
+                id: c.id,
+            });
+            if let Some(at) = c.warn_at {
+                out.deadlines.push(Deadline {
+                    at,
+                    kind: DeadlineKind::Warning,
+                    id: c.id,
+                });
+            }
+        }
+        out.deadlines.extend(self.deadlines);
+        out.queued.extend(self.written.queued);
+        out.registered.extend(self.registered);
+        out.learned.extend(self.learned);
+        out.commits += 1;
+        out.statements += self.statements;
+    }
+}
+
+/// One transaction: claim, load, decide, write, commit.
+async fn commit(ctx: &Context<'_>, inputs: &[Input<'_>]) -> sqlx::Result<Committed> {
+    let mut tx = ctx.pool.begin().await?;
+    let committed = stage(ctx, &mut tx, inputs, Utc::now()).await?;
+    crate::failpoint::stall(crate::failpoint::BEFORE_COMMIT).await;
+    tx.commit().await?;
+    Ok(committed)
+}
+
+/// Applies deliveries inside a transaction the caller owns and does not commit: for
+/// tests that stop a batch where a crash would (before its commit), and for the CLI's
+/// `dead-letter replay --dry-run`, which rolls it back.
+pub async fn apply_uncommitted(
+    ctx: &Context<'_>,
+    conn: &mut PgConnection,
+    deliveries: &[Inbound<'_>],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<Processed>> {
+    let inputs: Vec<Input<'_>> = deliveries.iter().map(|d| Input::Delivery(*d)).collect();
+    Ok(stage(ctx, conn, &inputs, now).await?.results)
+}
+
+/// Everything but the commit.
+async fn stage(
+    ctx: &Context<'_>,
+    conn: &mut PgConnection,
+    inputs: &[Input<'_>],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Committed> {
+    let checked: Vec<Checked> = inputs
+        .iter()
+        .map(|i| ctx.processor.check(*i, now))
+        .collect();
+    let ids = processor::message_ids(&checked);
+    let needs = processor::needs(&checked, &processor::AgentView::new(ctx.agents.clone()));
+    let mut wf_ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
+    wf_ids.sort_unstable();
+    wf_ids.dedup();
+    let (claimed, locked) = batch::claim_and_lock(conn, &ids, ctx.instance, &wf_ids).await?;
+    let statements_read = needs.statements();
+    let loaded = batch::load(conn, &needs, locked).await?;
+    let mut b = Batch::new(ctx.processor, loaded, claimed, ctx.agents.clone(), now);
+    let results: Vec<Processed> = inputs
+        .iter()
+        .zip(checked)
+        .map(|(i, c)| b.apply(*i, c))
+        .collect();
+    let finished = b.finish();
+    let registrations = finished.writes.registrations.clone();
+    let statements_written = finished.writes.statements();
+    let written = batch::write(conn, finished.writes, ctx.publish_after).await?;
+    let registered = registrations
+        .into_iter()
+        .filter(|(id, _)| written.registered.contains(id))
+        .collect();
+    Ok(Committed {
+        results,
+        written,
+        deadlines: finished.deadlines,
+        registered,
+        learned: finished.agents,
+        statements: statements_read + statements_written,
+    })
+}
+
+/// Sets a message aside in a transaction of its own: claimed (so a redelivery is a
+/// duplicate), kept whole in `dead_letters` as `processing_failed`, its sender told.
+async fn set_aside(
+    ctx: &Context<'_>,
+    d: Inbound<'_>,
+    error: &sqlx::Error,
+) -> Result<Committed, Retry> {
+    let now = Utc::now();
+    let checked = ctx.processor.check(Input::Delivery(d), now);
+    tracing::error!(
+        message_id = checked.message_id.as_deref().unwrap_or(""),
+        error = %error,
+        "the database refused this message on every attempt; it is set aside in dead_letters as processing_failed"
+    );
+    let attempt = |minimal: bool| {
+        let checked = checked.clone();
+        async move {
+            let mut tx = ctx.pool.begin().await?;
+            let claimed = match &checked.message_id {
+                Some(id) => !batch::claim_and_lock(&mut tx, &[id.as_str()], ctx.instance, &[])
+                    .await?
+                    .0
+                    .is_empty(),
+                None => true,
+            };
+            let mut result = Processed::new(processor::Outcome::Duplicate);
+            let mut written = Written::default();
+            if claimed {
+                let mut w = processor::set_aside(
+                    ctx.processor,
+                    d,
+                    &checked,
+                    &error.to_string(),
+                    ctx.retry.max_attempts,
+                    now,
+                );
+                if minimal {
+                    // The dead letter itself was refused: keep the bytes, drop the rest.
+                    for dl in &mut w.dead_letters {
+                        dl.body_json = None;
+                        dl.properties = serde_json::json!({});
+                        dl.detail = dl.detail.chars().filter(char::is_ascii).collect();
+                    }
+                }
+                written = batch::write(&mut tx, w, ctx.publish_after).await?;
+                result = Processed::new(processor::Outcome::Rejected(
+                    protocol::reject::Reason::ProcessingFailed,
+                ));
+                result.detail = Some(error.to_string());
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(Committed {
+                results: vec![result],
+                written,
+                deadlines: Vec::new(),
+                registered: Vec::new(),
+                learned: Vec::new(),
+                statements: 4,
+            })
+        }
+    };
+    match attempt(false).await {
+        Ok(c) => Ok(c),
+        Err(e) if db::classify(&e) == Fault::Input => attempt(true).await.map_err(Retry),
+        Err(e) => Err(Retry(e)),
+    }
+}
+
+/// How long a batch's own publisher has its outbox rows before the relay takes them.
+pub fn publish_after(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    add(now, lease)
+}
+
+/// The agent cache, reloaded first when it is stale.
+pub async fn agents(shared: &Shared) -> sqlx::Result<Arc<Agents>> {
+    if shared.agents.is_stale(Instant::now()) {
+        let mut conn = shared.pool.acquire().await?;
+        let rows = db::store::all_agents(&mut conn).await?;
+        shared
+            .agents
+            .replace(Agents::from_rows(rows), Instant::now());
+    }
+    Ok(shared.agents.snapshot())
+}

@@ -1,0 +1,279 @@
+//! Turns a state machine's decision into the batch's rows: the workflow's new state,
+//! its history, clocks, escalations and the messages to send.
+
+use serde_json::{json, Value};
+
+use super::batch::{Applied, Batch};
+use super::model::{Armed, Clock, ClockStatus};
+use super::{outgoing, to_role, Outcome, Processed};
+use crate::db::batch::NewEvent;
+use crate::domain::ids;
+use crate::domain::workflow::Effect;
+use crate::escalations::{self, Raise, ESCALATION_RAISED};
+use protocol::envelope::{Destination, Envelope, Payload};
+use protocol::names::exchanges;
+use protocol::payloads;
+use protocol::reject::{Reason, Rejected};
+
+/// A decision to persist.
+pub(super) struct Change<'a> {
+    /// The state before; `None` when this message created the workflow.
+    pub from: Option<&'a str>,
+    pub to: &'a str,
+    pub round: i32,
+    pub terminal: bool,
+    pub effects: &'a [Effect],
+}
+
+impl Batch<'_> {
+    pub(super) fn persist(&mut self, env: &Envelope, c: Change<'_>) -> Applied {
+        let h = &env.header;
+        let wf = h.correlation_id.as_str();
+        let now = self.now;
+        // The batch reserves an escalation id for every message that may escalate
+        // (workflow::may_escalate); checked before anything is collected, so a shortfall
+        // (a bug, not input) leaves nothing half-applied.
+        let escalating = c
+            .effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Escalate { .. }))
+            .count();
+        if self.reserved_escalation_ids() < escalating {
+            return Err(Rejected::new(
+                Reason::ProcessingFailed,
+                "no escalation id was reserved for this message",
+            ));
+        }
+        let mut detail = EventDetail::default();
+        for effect in c.effects {
+            match effect {
+                Effect::SendTask {
+                    task,
+                    to_role: role,
+                } => {
+                    let m = role_message(env, &c, task, role, &format!("task:{task}:{role}"), now);
+                    detail.sent(task, role, &m.message_id);
+                    self.out.outbox.push(m);
+                }
+                Effect::Notify {
+                    message_type,
+                    to_role: role,
+                } => {
+                    let key = format!("notify:{message_type}:{role}");
+                    let m = role_message(env, &c, message_type, role, &key, now);
+                    detail.sent(message_type, role, &m.message_id);
+                    self.out.outbox.push(m);
+                }
+                Effect::Broadcast { message_type } => {
+                    let m = outgoing(
+                        ids::derived(&h.message_id, &format!("broadcast:{message_type}")),
+                        wf,
+                        Some(&h.message_id),
+                        message_type,
+                        exchanges::FANOUT,
+                        "",
+                        Some(Destination {
+                            agent_id: None,
+                            agent_type: None,
+                            broadcast: true,
+                        }),
+                        Payload {
+                            data: env.payload.data.clone(),
+                            metadata: payloads::to_value(&payloads::BroadcastMetadata {
+                                incident_id: wf.to_string(),
+                                raised_by: h.source.agent_id.clone(),
+                            }),
+                        },
+                        now,
+                    );
+                    detail.sent(message_type, "everyone", &m.message_id);
+                    self.out.outbox.push(m);
+                }
+                Effect::ArmClock {
+                    clock,
+                    owner_role,
+                    subject_agent_id,
+                    round,
+                    due_at,
+                } => {
+                    let owner_agent = match subject_agent_id {
+                        Some(agent) => Some(agent.clone()),
+                        None if self.p.catalog.is_role(owner_role) => {
+                            self.agents.sole_of(owner_role).map(str::to_string)
+                        }
+                        None => None,
+                    };
+                    let armed = Clock {
+                        id: None,
+                        clock: clock.to_string(),
+                        round: *round,
+                        owner_role: owner_role.clone(),
+                        owner_agent_id: owner_agent,
+                        subject_agent_id: subject_agent_id.clone(),
+                        armed: Some(Armed {
+                            severity: self.p.durations.severity(clock).as_str().to_string(),
+                            armed_at: now,
+                            warn_at: self.p.durations.warn_at(now, *due_at),
+                            due_at: *due_at,
+                        }),
+                        status: ClockStatus::Armed,
+                        closed_at: None,
+                        closed_by: None,
+                        dirty: false,
+                    };
+                    if let Some(w) = self.workflows.get_mut(wf) {
+                        w.arm(armed);
+                    }
+                    detail.armed.push(json!({"clock": clock, "round": round, "agent": subject_agent_id, "due_at": due_at}));
+                }
+                Effect::MeetClock(r) => {
+                    if let Some(w) = self.workflows.get_mut(wf) {
+                        w.close(r, ClockStatus::Met, Some(&h.message_id), now);
+                    }
+                    detail.met.push(
+                        json!({"clock": r.clock, "round": r.round, "agent": r.subject_agent_id}),
+                    );
+                }
+                Effect::CancelClock(r) => {
+                    if let Some(w) = self.workflows.get_mut(wf) {
+                        w.close(r, ClockStatus::Cancelled, Some(&h.message_id), now);
+                    }
+                    detail.cancelled.push(
+                        json!({"clock": r.clock, "round": r.round, "agent": r.subject_agent_id}),
+                    );
+                }
+                Effect::Escalate {
+                    reason,
+                    owner_role,
+                    severity,
+                } => {
+                    let Some(id) = self.escalation_id() else {
+                        continue;
+                    };
+                    let step = self
+                        .p
+                        .ladders
+                        .for_escalation(reason, *severity)
+                        .first(owner_role, now);
+                    let raised = escalations::raise(
+                        Raise {
+                            workflow_id: wf,
+                            chain_id: None,
+                            clock: reason,
+                            clock_id: None,
+                            owner_role,
+                            agent_id: Some(&h.source.agent_id),
+                            severity: *severity,
+                            step: &step,
+                            message_type: ESCALATION_RAISED,
+                            message_id: ids::derived(
+                                &h.message_id,
+                                &format!("escalation:{reason}"),
+                            ),
+                            causation_id: Some(&h.message_id),
+                            cause: payloads::EscalationCause {
+                                reason: Some(reason.to_string()),
+                                detail: Some(env.payload.data.clone()),
+                                ..Default::default()
+                            },
+                            now,
+                        },
+                        id,
+                    );
+                    detail.escalations.push(json!({"id": id, "reason": reason, "severity": severity.as_str(), "target": step.target}));
+                    self.deadlines.push(raised.next);
+                    self.out.escalations.push(raised.row);
+                    self.out.outbox.push(raised.message);
+                }
+            }
+        }
+        let Some(w) = self.workflows.get_mut(wf) else {
+            return Err(Rejected::new(
+                Reason::UnknownWorkflow,
+                format!("header.correlation_id {wf:?} names no workflow"),
+            ));
+        };
+        w.touch(c.to, c.round, c.terminal, now);
+        let ordinal = w.next_event();
+        self.out.events.push(NewEvent {
+            workflow_id: wf.to_string(),
+            ordinal,
+            message_id: Some(h.message_id.clone()),
+            message_type: h.message_type.clone(),
+            source_agent_id: Some(h.source.agent_id.clone()),
+            from_state: c.from.map(str::to_string),
+            to_state: c.to.to_string(),
+            at: now,
+            detail: detail.into_json(),
+        });
+        let mut out = Processed::new(Outcome::Accepted);
+        if c.from != Some(c.to) {
+            out.transition = Some((c.from.unwrap_or("").to_string(), c.to.to_string()));
+        }
+        Ok(out)
+    }
+}
+
+/// A message from the coordinator to every agent of a role, caused by `cause`: it
+/// carries the cause's data and says where the workflow stands.
+fn role_message(
+    cause: &Envelope,
+    c: &Change<'_>,
+    message_type: &str,
+    role: &str,
+    effect_key: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::db::store::OutboxMessage {
+    let h = &cause.header;
+    to_role(
+        ids::derived(&h.message_id, effect_key),
+        &h.correlation_id,
+        Some(&h.message_id),
+        message_type,
+        role,
+        cause.payload.data.clone(),
+        payloads::to_value(&payloads::TaskMetadata {
+            workflow_id: h.correlation_id.clone(),
+            state: c.to.to_string(),
+            round: c.round,
+            caused_by: payloads::CausedBy {
+                message_type: h.message_type.clone(),
+                agent_id: h.source.agent_id.clone(),
+            },
+        }),
+        now,
+    )
+}
+
+/// What a history row says the message did.
+#[derive(Default)]
+struct EventDetail {
+    sent: Vec<Value>,
+    armed: Vec<Value>,
+    met: Vec<Value>,
+    cancelled: Vec<Value>,
+    escalations: Vec<Value>,
+}
+
+impl EventDetail {
+    fn sent(&mut self, message_type: &str, to: &str, message_id: &str) {
+        self.sent
+            .push(json!({"message_type": message_type, "to": to, "message_id": message_id}));
+    }
+
+    fn into_json(self) -> Value {
+        let mut o = serde_json::Map::new();
+        for (k, v) in [
+            ("sent", self.sent),
+            ("clocks_armed", self.armed),
+            ("clocks_met", self.met),
+            ("clocks_cancelled", self.cancelled),
+            ("escalations", self.escalations),
+        ] {
+            if !v.is_empty() {
+                o.insert(k.to_string(), Value::Array(v));
+            }
+        }
+        Value::Object(o)
+    }
+}

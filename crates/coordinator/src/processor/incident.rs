@@ -1,0 +1,81 @@
+//! Emergencies: `emergency_alert` (or `coordinator emergency raise`) opens an incident,
+//! the other emergency messages advance it through [`emergency::decide`].
+
+use serde_json::{json, Value};
+
+use super::batch::{Applied, Batch};
+use super::effects::Change;
+use super::OPERATOR;
+use crate::domain::emergency::{self, Incident, IncidentState};
+use protocol::envelope::{Envelope, Priority};
+use protocol::reject::{Reason, Rejected};
+
+pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
+    let h = &env.header;
+    let data = &env.payload.data;
+    let description = data
+        .get("description")
+        .or_else(|| data.get("incident_description"))
+        .and_then(Value::as_str);
+    let state = IncidentState::Active.as_str();
+    b.create(env, emergency::KIND, state, None, description)?;
+    let agents = b.all_agents();
+    let d = emergency::raise(&agents, Some(&h.source.agent_id), b.now, &b.p.durations);
+    b.persist(
+        env,
+        Change {
+            from: None,
+            to: d.state.as_str(),
+            round: d.round,
+            terminal: false,
+            effects: &d.effects,
+        },
+    )
+}
+
+pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
+    let h = &env.header;
+    let (state, round) = b.locked(env, emergency::KIND, IncidentState::parse)?;
+    let Some(w) = b.workflows.get(&h.correlation_id) else {
+        return Err(Rejected::new(Reason::UnknownWorkflow, "no such incident"));
+    };
+    let inc = Incident {
+        state,
+        round,
+        armed: w.armed(),
+    };
+    let d = emergency::decide(
+        &inc,
+        &h.message_type,
+        &h.source.agent_id,
+        b.now,
+        &b.p.durations,
+    )
+    .map_err(|e| Rejected::new(Reason::NotAcceptedInState, e.to_string()))?;
+    b.persist(
+        env,
+        Change {
+            from: Some(state.as_str()),
+            to: d.state.as_str(),
+            round: d.round,
+            terminal: d.state == IncidentState::Resolved,
+            effects: &d.effects,
+        },
+    )
+}
+
+/// The message an operator raises an incident with (`coordinator emergency raise`): the
+/// same path as an agent's `emergency_alert`, from source `operator`.
+pub fn operator_alert(
+    incident_id: &str,
+    severity: &str,
+    description: &str,
+    raised_by: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Envelope {
+    let data = json!({"incident_id": incident_id, "severity": severity, "description": description, "raised_by": raised_by});
+    let mut env =
+        Envelope::from_agent(OPERATOR, OPERATOR, emergency::ALERT, incident_id, data, now);
+    env.header.priority = Priority::Critical;
+    env
+}

@@ -1,0 +1,351 @@
+//! The batch without I/O: what it decides and collects for a given load.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::*;
+use crate::db::batch::{ArmedClockRow, Loaded, LockedWorkflow};
+use protocol::envelope::Envelope;
+
+fn processor() -> Processor {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config"));
+    Processor::from_settings(&Settings::load_from(&dir, None).expect("default settings"))
+}
+
+fn now() -> DateTime<Utc> {
+    "2026-03-01T12:00:00Z".parse().expect("time")
+}
+
+fn agents() -> Arc<Agents> {
+    Arc::new(Agents::from_rows(
+        [
+            ("product-1", "product-director"),
+            ("eng-1", "engineering-director"),
+            ("qa-1", "qa-director"),
+        ]
+        .map(|(a, t)| (a.to_string(), t.to_string())),
+    ))
+}
+
+/// A delivery as an agent publishes it.
+struct Msg {
+    body: Vec<u8>,
+    meta: DeliveryMeta,
+}
+
+fn msg(agent: &str, role: &str, message_type: &str, wf: &str, data: serde_json::Value) -> Msg {
+    let env = Envelope::from_agent(agent, role, message_type, wf, data, now());
+    Msg {
+        body: serde_json::to_vec(&env).expect("json"),
+        meta: env.meta(&env.agent_routing_key()),
+    }
+}
+
+fn inbound(m: &Msg) -> Inbound<'_> {
+    Inbound {
+        body: &m.body,
+        meta: &m.meta,
+    }
+}
+
+/// Runs a batch as the pipeline does, with every message id claimed and `loaded` as
+/// what the database held.
+fn run(p: &Processor, msgs: &[&Msg], loaded: Loaded) -> (Vec<Processed>, Finished, Needs) {
+    let inputs: Vec<Input<'_>> = msgs.iter().map(|m| Input::Delivery(inbound(m))).collect();
+    let checked: Vec<Checked> = inputs.iter().map(|i| p.check(*i, now())).collect();
+    let claimed: HashSet<String> = message_ids(&checked)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let needs = needs(&checked, &AgentView::new(agents()));
+    let mut b = Batch::new(p, loaded, claimed, agents(), now());
+    let results = inputs
+        .iter()
+        .zip(checked)
+        .map(|(i, c)| b.apply(*i, c))
+        .collect();
+    (results, b.finish(), needs)
+}
+
+fn outcomes(r: &[Processed]) -> Vec<&'static str> {
+    r.iter().map(|p| p.outcome.label()).collect()
+}
+
+#[test]
+fn several_messages_of_one_workflow_apply_in_order_and_a_repeat_is_a_duplicate() {
+    let p = processor();
+    let start = msg(
+        "product-1",
+        "product-director",
+        "requirements_ready",
+        "wf-1",
+        json!({"epic_id": "E-1", "title": "Login"}),
+    );
+    let ack = msg(
+        "eng-1",
+        "engineering-director",
+        "handoff_acknowledged",
+        "wf-1",
+        json!({}),
+    );
+    let sprint = msg(
+        "eng-1",
+        "engineering-director",
+        "sprint_initialized",
+        "wf-1",
+        json!({}),
+    );
+    let done = msg(
+        "eng-1",
+        "engineering-director",
+        "feature_completed",
+        "wf-1",
+        json!({}),
+    );
+    let (results, f, needs) = run(&p, &[&start, &ack, &sprint, &ack, &done], Loaded::default());
+
+    assert_eq!(
+        outcomes(&results),
+        ["accepted", "accepted", "accepted", "duplicate", "accepted"]
+    );
+    assert_eq!(needs.workflow_ids.iter().collect::<HashSet<_>>().len(), 1);
+    assert!(needs.agent_ids.is_empty(), "every sender is in the cache");
+
+    let w = &f.writes;
+    assert_eq!(w.new_workflows.len(), 1, "created once, in its final state");
+    assert_eq!(w.new_workflows[0].state, "feature_handoff");
+    assert_eq!(w.new_workflows[0].epic_id.as_deref(), Some("E-1"));
+    assert!(w.workflow_changes.is_empty());
+    let events: Vec<(i32, &str, Option<&str>, &str)> = w
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e.ordinal,
+                e.message_type.as_str(),
+                e.from_state.as_deref(),
+                e.to_state.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (1, "requirements_ready", None, "requirements_handoff"),
+            (
+                2,
+                "handoff_acknowledged",
+                Some("requirements_handoff"),
+                "requirements_handoff"
+            ),
+            (
+                3,
+                "sprint_initialized",
+                Some("requirements_handoff"),
+                "in_development"
+            ),
+            (
+                4,
+                "feature_completed",
+                Some("in_development"),
+                "feature_handoff"
+            ),
+        ]
+    );
+    let sent: Vec<(&str, &str)> = w
+        .outbox
+        .iter()
+        .map(|m| (m.message_type.as_str(), m.routing_key.as_str()))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("requirements_handoff", "task.engineering-director"),
+            ("feature_handoff", "task.qa-director")
+        ]
+    );
+    // Clocks armed and met within the batch are written once, already met; the
+    // acknowledging agent owns engineering's clocks.
+    let clocks: Vec<(&str, &str, Option<&str>)> = w
+        .new_clocks
+        .iter()
+        .map(|c| {
+            (
+                c.clock.as_str(),
+                c.status.as_str(),
+                c.owner_agent_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        clocks,
+        [
+            ("technical_feasibility_assessment", "armed", Some("eng-1")),
+            ("effort_estimation", "armed", Some("eng-1")),
+            ("sprint_planning", "met", Some("eng-1")),
+            ("testing_start", "armed", Some("qa-1")),
+            ("initial_feedback", "armed", Some("qa-1")),
+            ("testing_completion", "armed", Some("qa-1")),
+        ]
+    );
+    assert!(w.dead_letters.is_empty());
+    assert!(w.outcomes.is_empty(), "claims are written accepted");
+}
+
+#[test]
+fn a_loaded_workflow_is_advanced_from_its_state_and_its_clocks_are_closed_by_id() {
+    let p = processor();
+    let loaded = Loaded {
+        workflows: vec![LockedWorkflow {
+            id: "wf-2".into(),
+            kind: "feature_delivery".into(),
+            state: "feature_handoff".into(),
+            round: 1,
+        }],
+        clocks: ["testing_start", "initial_feedback", "testing_completion"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ArmedClockRow {
+                id: 10 + i as i64,
+                workflow_id: "wf-2".into(),
+                clock: c.to_string(),
+                round: 1,
+                owner_role: "qa-director".into(),
+                owner_agent_id: None,
+                subject_agent_id: None,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let started = msg("qa-1", "qa-director", "testing_started", "wf-2", json!({}));
+    let wrong = msg(
+        "qa-1",
+        "qa-director",
+        "deployment_started",
+        "wf-2",
+        json!({}),
+    );
+    let (results, f, _) = run(&p, &[&started, &wrong], loaded);
+    assert_eq!(outcomes(&results), ["accepted", "rejected"]);
+    let w = &f.writes;
+    assert_eq!(w.workflow_changes.len(), 1);
+    assert_eq!(w.workflow_changes[0].state, "testing");
+    assert!(w.new_workflows.is_empty() && w.new_clocks.is_empty());
+    assert_eq!(w.clock_changes.len(), 1);
+    assert_eq!(
+        (w.clock_changes[0].id, w.clock_changes[0].status.as_str()),
+        (10, "met")
+    );
+    // The rejected one is kept whole, its sender told, its outcome recorded.
+    assert_eq!(w.dead_letters.len(), 1);
+    assert_eq!(w.dead_letters[0].body, wrong.body);
+    assert!(w
+        .outbox
+        .iter()
+        .any(|m| m.message_type == MESSAGE_REJECTED && m.routing_key == "command.qa-1"));
+    assert_eq!(
+        w.outcomes,
+        [(wrong.meta.message_id.clone().expect("id"), "rejected")]
+    );
+}
+
+#[test]
+fn a_message_that_escalates_uses_a_reserved_id_and_without_one_changes_nothing() {
+    let p = processor();
+    let loaded = || Loaded {
+        workflows: vec![LockedWorkflow {
+            id: "wf-3".into(),
+            kind: "feature_delivery".into(),
+            state: "in_development".into(),
+            round: 1,
+        }],
+        ..Default::default()
+    };
+    let blocked = msg(
+        "eng-1",
+        "engineering-director",
+        "engineering_blocked",
+        "wf-3",
+        json!({}),
+    );
+    let (results, f, needs) = run(
+        &p,
+        &[&blocked],
+        Loaded {
+            escalation_ids: vec![41],
+            ..loaded()
+        },
+    );
+    assert_eq!(
+        needs.escalations, 1,
+        "one id reserved for a message that may escalate"
+    );
+    assert_eq!(outcomes(&results), ["accepted"]);
+    assert_eq!(f.writes.escalations.len(), 1);
+    assert_eq!(
+        (f.writes.escalations[0].id, f.writes.escalations[0].chain_id),
+        (41, 41)
+    );
+    assert_eq!(f.deadlines.len(), 1, "the ladder's next step is a deadline");
+    assert!(f
+        .writes
+        .outbox
+        .iter()
+        .any(|m| m.routing_key == "escalation.high.engineering-director"));
+
+    let (results, f, _) = run(&p, &[&blocked], loaded());
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Rejected(Reason::ProcessingFailed)
+    );
+    assert!(f.writes.escalations.is_empty() && f.writes.events.is_empty());
+    assert!(f.writes.workflow_changes.is_empty(), "nothing half-applied");
+}
+
+#[test]
+fn unknown_senders_are_looked_up_and_bad_input_is_rejected_before_any_read() {
+    let p = processor();
+    let stranger = msg("qa-9", "qa-director", "testing_started", "wf-4", json!({}));
+    let oversized = msg(
+        "product-1",
+        "product-director",
+        "requirements_ready",
+        "wf-5",
+        json!({"epic_id": "E".repeat(300)}),
+    );
+    let (results, f, needs) = run(&p, &[&stranger, &oversized], Loaded::default());
+    assert_eq!(needs.agent_ids, ["qa-9"]);
+    assert_eq!(
+        needs.workflow_ids,
+        ["wf-4"],
+        "a rejected message locks nothing"
+    );
+    assert_eq!(results[1].outcome, Outcome::Rejected(Reason::TooLarge));
+    assert!(results[1]
+        .detail
+        .as_deref()
+        .is_some_and(|d| d.contains("payload.data.epic_id")));
+    // Automatic registration is on by default: an unknown sender of a workflow message
+    // is not rejected for being unknown; this one names no workflow.
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Rejected(Reason::UnknownWorkflow)
+    );
+    assert_eq!(f.writes.dead_letters.len(), 2);
+}
+
+#[test]
+fn every_message_that_may_escalate_is_known_to_the_batch() {
+    for stage in crate::domain::workflow::STAGES {
+        for rule in stage.accepts {
+            if let crate::domain::workflow::Action::Escalate { .. } = rule.action {
+                assert!(workflow::may_escalate(rule.message), "{}", rule.message);
+            }
+        }
+    }
+    assert!(!workflow::may_escalate("testing_started"));
+}

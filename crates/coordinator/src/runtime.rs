@@ -1,0 +1,559 @@
+//! State shared by the running service's tasks: readiness flags, metrics, the relay's
+//! wake-up signal, the processor and the agent cache.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::breaker::{Breaker, State as BreakerState};
+use crate::domain::sla::{Deadline, DeadlineKind};
+use crate::processor::{Agents, Processor};
+use crate::settings::Settings;
+use protocol::catalog::Catalog;
+
+pub struct Shared {
+    pub settings: Settings,
+    /// This process among the coordinators sharing the database
+    /// (`processed_messages.processed_by`).
+    pub instance: String,
+    pub catalog: Catalog,
+    pub pool: PgPool,
+    pub processor: Processor,
+    pub status: Status,
+    pub metrics: Metrics,
+    pub agents: AgentDirectory,
+    /// Outbox rows the broker confirmed, to be marked sent together.
+    pub confirmed: Confirmed,
+    /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
+    pub batch_turns: tokio::sync::Semaphore,
+    /// Signalled after every commit that queued outgoing messages.
+    pub wake_relay: Notify,
+    /// Deadlines created by this process since the timer last looked; a std mutex, not
+    /// a tokio one, because nothing awaits while it is held.
+    pushed: Mutex<Vec<Deadline>>,
+    /// Signalled when deadlines are pushed.
+    pub wake_timer: Notify,
+    /// Set when an operator moved deadlines (the timer reads its window again).
+    pub timers_changed: AtomicBool,
+    /// The circuit breakers around PostgreSQL and around publishing.
+    pub breakers: Breakers,
+    /// The step a shutdown is at, named when it overruns `shutdown.timeout`.
+    stopping: Mutex<&'static str>,
+}
+
+impl Shared {
+    pub fn new(settings: Settings, pool: PgPool) -> Shared {
+        let catalog = settings.catalog();
+        let processor = Processor::from_settings(&settings);
+        let batch_turns = tokio::sync::Semaphore::new(settings.inbox.concurrency);
+        let settings_breaker = settings.circuit_breaker;
+        Shared {
+            settings,
+            instance: instance_id(),
+            catalog,
+            pool,
+            processor,
+            status: Status::default(),
+            metrics: Metrics::new(),
+            agents: AgentDirectory::default(),
+            confirmed: Confirmed::default(),
+            batch_turns,
+            wake_relay: Notify::new(),
+            pushed: Mutex::new(Vec::new()),
+            wake_timer: Notify::new(),
+            timers_changed: AtomicBool::new(false),
+            breakers: Breakers::new(settings_breaker),
+            stopping: Mutex::new("not stopping"),
+        }
+    }
+
+    /// Records (and logs) the step a shutdown has reached.
+    pub fn stopping(&self, step: &'static str) {
+        tracing::info!("shutdown: {step}");
+        *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = step;
+    }
+
+    /// The step a shutdown last reached.
+    pub fn stopping_at(&self) -> &'static str {
+        *self.stopping.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands deadlines created by a commit to the timer, so one due soon fires on time.
+    pub fn schedule(&self, deadlines: impl IntoIterator<Item = Deadline>) {
+        let mut pushed = self.pushed_deadlines();
+        let before = pushed.len();
+        pushed.extend(deadlines);
+        if pushed.len() > before {
+            drop(pushed);
+            self.wake_timer.notify_one();
+        }
+    }
+
+    pub fn pushed_deadlines(&self) -> MutexGuard<'_, Vec<Deadline>> {
+        // A poisoned lock only means a panic elsewhere while pushing; the Vec is fine.
+        self.pushed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `{hostname}-{pid}-{random}`: unique among coordinators, readable in SQL.
+fn instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "coordinator".into());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &rand[..6])
+}
+
+/// The registered agents, cached: every message's sender is checked against them, and a
+/// clock's owner is the sole agent of its role. Reloaded when another process registers
+/// an agent (NOTIFY `coordinator_agents`), when this one does, and at least every
+/// minute; a sender the cache does not hold is looked up in the database by its batch.
+#[derive(Debug)]
+pub struct AgentDirectory {
+    /// A std lock, not a tokio one: nothing awaits while it is held.
+    snapshot: RwLock<Arc<Agents>>,
+    stale: AtomicBool,
+    loaded_at: Mutex<Option<Instant>>,
+}
+
+impl Default for AgentDirectory {
+    fn default() -> Self {
+        AgentDirectory {
+            snapshot: RwLock::new(Arc::new(Agents::default())),
+            stale: AtomicBool::new(true),
+            loaded_at: Mutex::new(None),
+        }
+    }
+}
+
+impl AgentDirectory {
+    const MAX_AGE: Duration = Duration::from_secs(60);
+
+    pub fn snapshot(&self) -> Arc<Agents> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn is_stale(&self, now: Instant) -> bool {
+        self.stale.load(Ordering::Relaxed)
+            || self
+                .loaded_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none_or(|at| now.duration_since(at) > Self::MAX_AGE)
+    }
+
+    /// Marks the cache for reloading before the next batch.
+    pub fn invalidate(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    pub fn replace(&self, agents: Agents, now: Instant) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(agents);
+        *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        self.stale.store(false, Ordering::Relaxed);
+    }
+
+    /// Adds agents a batch found or registered.
+    pub fn learn(&self, rows: &[(String, String)]) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut guard = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = Agents::clone(&guard);
+        for (id, ty) in rows {
+            next.insert(id.clone(), ty.clone());
+        }
+        *guard = Arc::new(next);
+    }
+}
+
+/// Outbox ids the broker confirmed and not yet marked sent. Marking them one
+/// statement at a time per publisher would cost a commit per publish round; they are
+/// marked together instead ([`crate::amqp::publisher::Settler`]). Until then they stay
+/// leased, so the relay does not send them again unless the process dies first.
+#[derive(Debug, Default)]
+pub struct Confirmed {
+    /// A std mutex: nothing awaits while it is held.
+    ids: Mutex<Vec<i64>>,
+    /// Signalled when many are waiting.
+    pub wake: Notify,
+}
+
+impl Confirmed {
+    const MANY: usize = 5000;
+
+    pub fn add(&self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut held = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        held.extend_from_slice(ids);
+        if held.len() >= Self::MANY {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn take(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.ids.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// What a circuit breaker guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    Database,
+    Publishing,
+}
+
+impl Guarded {
+    pub const ALL: [Guarded; 2] = [Guarded::Database, Guarded::Publishing];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarded::Database => "database",
+            Guarded::Publishing => "publishing",
+        }
+    }
+}
+
+/// The service's circuit breakers ([`crate::breaker`]) on the real clock; every change
+/// is reflected in `coordinator_circuit_breaker_state`.
+pub struct Breakers {
+    database: Mutex<Breaker>,
+    publishing: Mutex<Breaker>,
+}
+
+impl Breakers {
+    fn new(settings: crate::breaker::BreakerSettings) -> Breakers {
+        Breakers {
+            database: Mutex::new(Breaker::new(settings)),
+            publishing: Mutex::new(Breaker::new(settings)),
+        }
+    }
+
+    fn lock(&self, which: Guarded) -> MutexGuard<'_, Breaker> {
+        let m = match which {
+            Guarded::Database => &self.database,
+            Guarded::Publishing => &self.publishing,
+        };
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, which: Guarded, ok: bool, metrics: &Metrics) {
+        let now = Instant::now();
+        let mut b = self.lock(which);
+        let before = b.state(now);
+        if ok {
+            b.success(now);
+        } else {
+            b.failure(now);
+        }
+        let after = b.state(now);
+        drop(b);
+        if after != before {
+            match after {
+                BreakerState::Open => tracing::error!(breaker = which.as_str(), "circuit breaker opened: deliveries wait on their queues until it lets work through again"),
+                BreakerState::Closed => tracing::info!(breaker = which.as_str(), "circuit breaker closed"),
+                BreakerState::HalfOpen => {}
+            }
+        }
+        metrics.set_breaker(which, after);
+    }
+
+    /// The state of each breaker now.
+    pub fn states(&self, metrics: &Metrics) -> Vec<(Guarded, BreakerState)> {
+        let now = Instant::now();
+        Guarded::ALL
+            .iter()
+            .map(|&g| {
+                let s = self.lock(g).state(now);
+                metrics.set_breaker(g, s);
+                (g, s)
+            })
+            .collect()
+    }
+
+    /// How long until every breaker lets work through, and the one that holds it longest;
+    /// `None` when work may go now.
+    pub fn wait(&self) -> Option<(Guarded, Duration)> {
+        let now = Instant::now();
+        Guarded::ALL
+            .iter()
+            .filter_map(|&g| self.lock(g).wait(now).map(|d| (g, d)))
+            .max_by_key(|(_, d)| *d)
+    }
+}
+
+impl Shared {
+    pub fn succeeded(&self, which: Guarded) {
+        self.breakers.record(which, true, &self.metrics);
+    }
+
+    pub fn failed(&self, which: Guarded) {
+        self.breakers.record(which, false, &self.metrics);
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub migrated: AtomicBool,
+    pub broker_connected: AtomicBool,
+    pub topology_declared: AtomicBool,
+    pub consuming: AtomicBool,
+}
+
+impl Status {
+    pub fn set(flag: &AtomicBool, v: bool) {
+        flag.store(v, Ordering::Relaxed);
+    }
+    pub fn get(flag: &AtomicBool) -> bool {
+        flag.load(Ordering::Relaxed)
+    }
+    pub fn broker_lost(&self) {
+        Status::set(&self.broker_connected, false);
+        Status::set(&self.consuming, false);
+    }
+}
+
+/// The service's Prometheus metrics (served at `/metrics`).
+pub struct Metrics {
+    pub registry: Registry,
+    pub messages: IntCounterVec,
+    pub rejections: IntCounterVec,
+    pub transitions: IntCounterVec,
+    pub batch_seconds: Histogram,
+    /// A batch's first delivery, received → the batch starts (waiting for a turn).
+    pub batch_wait_seconds: Histogram,
+    /// A batch committed → its messages handed to the broker (waiting for the publisher).
+    pub publish_wait_seconds: Histogram,
+    pub batch_size: Histogram,
+    /// Statements run by batches (divide by the batch count for statements per batch).
+    pub batch_statements: IntCounter,
+    /// Messages set aside as processing_failed.
+    pub set_aside: IntCounter,
+    pub published: IntCounter,
+    pub returned: IntCounter,
+    /// Outbox messages given up (no queue took them for outbox.undeliverable_after).
+    pub undeliverable: IntCounter,
+    pub outbox_pending: IntGauge,
+    pub broker_connects: IntCounter,
+    pub timer_lateness: HistogramVec,
+    /// Every deadline this process knows of that was due before this time (Unix
+    /// seconds) has been fired: how far the timer has caught up.
+    pub timer_caught_up: Gauge,
+    pub breaker_state: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let messages = IntCounterVec::new(
+            Opts::new("coordinator_messages_total", "Inbound messages by outcome"),
+            &["outcome"],
+        );
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "coordinator_rejections_total",
+                "Rejected inbound messages by reason",
+            ),
+            &["reason"],
+        );
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "coordinator_workflow_transitions_total",
+                "Workflow state transitions",
+            ),
+            &["from", "to"],
+        );
+        let batch_seconds = Histogram::with_opts(HistogramOpts::new(
+            "coordinator_batch_seconds",
+            "Time to apply and commit one batch of inbound messages",
+        ));
+        let batch_wait_seconds = Histogram::with_opts(HistogramOpts::new(
+            "coordinator_batch_wait_seconds",
+            "Time a batch's first delivery waited for a database turn",
+        ));
+        let publish_wait_seconds = Histogram::with_opts(HistogramOpts::new(
+            "coordinator_publish_wait_seconds",
+            "Time from a batch's commit until its messages were handed to the broker",
+        ));
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("coordinator_batch_size", "Inbound messages per transaction")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        );
+        let batch_statements = IntCounter::new(
+            "coordinator_batch_statements_total",
+            "SQL statements run by inbound batches",
+        );
+        let set_aside = IntCounter::new(
+            "coordinator_set_aside_total",
+            "Messages the database refused on every attempt, set aside as processing_failed",
+        );
+        let published = IntCounter::new(
+            "coordinator_outbox_published_total",
+            "Outbox messages confirmed by the broker",
+        );
+        let returned = IntCounter::new(
+            "coordinator_outbox_returned_total",
+            "Outbox messages returned as unroutable (kept and retried)",
+        );
+        let undeliverable = IntCounter::new(
+            "coordinator_outbox_undeliverable_total",
+            "Outbox messages given up after outbox.undeliverable_after (raised once to on-call)",
+        );
+        let outbox_pending = IntGauge::new(
+            "coordinator_outbox_pending",
+            "Outbox messages not yet confirmed",
+        );
+        let broker_connects = IntCounter::new(
+            "coordinator_broker_connects_total",
+            "Connections opened to RabbitMQ",
+        );
+        let timer_lateness = HistogramVec::new(
+            HistogramOpts::new(
+                "coordinator_sla_timer_lateness_seconds",
+                "Fire time minus deadline, by kind (breach, warning, ladder)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 60.0, 600.0,
+            ]),
+            &["kind"],
+        );
+        let timer_caught_up = Gauge::new(
+            "coordinator_timer_caught_up_timestamp_seconds",
+            "Unix time before which every deadline this process holds has been fired",
+        );
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "coordinator_circuit_breaker_state",
+                "Circuit breaker state by breaker (database, publishing): 0 closed, 1 half-open, 2 open",
+            ),
+            &["breaker"],
+        );
+        // The names and label sets above are fixed and valid, so construction and
+        // registration cannot fail; a failure here is a programming error caught by tests.
+        let m = Metrics {
+            messages: messages.expect("valid metric"),
+            rejections: rejections.expect("valid metric"),
+            transitions: transitions.expect("valid metric"),
+            batch_seconds: batch_seconds.expect("valid metric"),
+            batch_wait_seconds: batch_wait_seconds.expect("valid metric"),
+            publish_wait_seconds: publish_wait_seconds.expect("valid metric"),
+            batch_size: batch_size.expect("valid metric"),
+            batch_statements: batch_statements.expect("valid metric"),
+            set_aside: set_aside.expect("valid metric"),
+            published: published.expect("valid metric"),
+            returned: returned.expect("valid metric"),
+            undeliverable: undeliverable.expect("valid metric"),
+            outbox_pending: outbox_pending.expect("valid metric"),
+            broker_connects: broker_connects.expect("valid metric"),
+            timer_lateness: timer_lateness.expect("valid metric"),
+            timer_caught_up: timer_caught_up.expect("valid metric"),
+            breaker_state: breaker_state.expect("valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.messages.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.rejections.clone()),
+            Box::new(m.transitions.clone()),
+            Box::new(m.batch_seconds.clone()),
+            Box::new(m.batch_wait_seconds.clone()),
+            Box::new(m.publish_wait_seconds.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.batch_statements.clone()),
+            Box::new(m.set_aside.clone()),
+            Box::new(m.published.clone()),
+            Box::new(m.returned.clone()),
+            Box::new(m.undeliverable.clone()),
+            Box::new(m.outbox_pending.clone()),
+            Box::new(m.broker_connects.clone()),
+            Box::new(m.timer_lateness.clone()),
+            Box::new(m.timer_caught_up.clone()),
+            Box::new(m.breaker_state.clone()),
+        ] {
+            m.registry.register(c).expect("metric registered once");
+        }
+        // Present (closed, or at zero) from the start, not only after a first change, so
+        // that rate() and alerts see every series from the first scrape.
+        for g in Guarded::ALL {
+            m.set_breaker(g, BreakerState::Closed);
+        }
+        for outcome in crate::processor::Outcome::LABELS {
+            m.messages.with_label_values(&[outcome]);
+        }
+        for reason in protocol::reject::Reason::ALL {
+            m.rejections.with_label_values(&[reason.as_str()]);
+        }
+        for kind in [
+            DeadlineKind::Breach,
+            DeadlineKind::Warning,
+            DeadlineKind::Ladder,
+        ] {
+            m.timer_lateness.with_label_values(&[kind.as_str()]);
+        }
+        m
+    }
+
+    pub fn set_breaker(&self, which: Guarded, state: BreakerState) {
+        self.breaker_state
+            .with_label_values(&[which.as_str()])
+            .set(state.gauge());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_register_and_render() {
+        let m = super::Metrics::new();
+        m.messages.with_label_values(&["accepted"]).inc();
+        let text = m.render();
+        assert!(
+            text.contains("coordinator_messages_total{outcome=\"accepted\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn labelled_series_are_present_at_zero_from_the_start() {
+        let text = super::Metrics::new().render();
+        for line in [
+            "coordinator_messages_total{outcome=\"duplicate\"} 0",
+            "coordinator_rejections_total{reason=\"malformed_json\"} 0",
+            "coordinator_rejections_total{reason=\"processing_failed\"} 0",
+            "coordinator_sla_timer_lateness_seconds_count{kind=\"ladder\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,722 @@
+//! Typed configuration: `config/default.toml` → `config/{COORDINATOR_ENV}.toml` →
+//! environment variables `COORDINATOR__SECTION__KEY`. The shipped files are compiled
+//! in, so the binary runs from any directory; files in the configuration folder layer
+//! over them. Loaded once by `main` (or by a test) and handed to
+//! [`crate::app::App::build`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::escalation::{Ladder, Ladders};
+use crate::domain::sla::{self, ClockDurations, Severity};
+use protocol::catalog::{Catalog, RoleSpec};
+
+/// Environment variable naming the environment file to layer on the defaults.
+pub const ENV_VAR: &str = "COORDINATOR_ENV";
+/// Environment variable naming the configuration folder (default `config`).
+pub const DIR_VAR: &str = "COORDINATOR_CONFIG_DIR";
+
+/// The shipped configuration, compiled in.
+const SHIPPED_DEFAULT: &str = include_str!("../../../config/default.toml");
+const SHIPPED_ENVIRONMENTS: &[(&str, &str)] = &[
+    ("test", include_str!("../../../config/test.toml")),
+    (
+        "production",
+        include_str!("../../../config/production.toml"),
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration folder {0} ({DIR_VAR}) is not a folder")]
+    NoFolder(PathBuf),
+    #[error(
+        "{ENV_VAR}={env}: there is no {env}.toml in {} and none is built in (built in: test, production)",
+        dir.display()
+    )]
+    NoEnvironment { env: String, dir: PathBuf },
+    #[error("configuration could not be read")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration value {key} is invalid: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub http: HttpSettings,
+    pub registration: RegistrationSettings,
+    pub sla: SlaSettings,
+    pub outbox: OutboxSettings,
+    pub log: LogSettings,
+    pub messages: MessageSettings,
+    pub escalation: EscalationSettings,
+    pub timers: TimerSettings,
+    pub retention: RetentionSettings,
+    pub inbox: InboxSettings,
+    pub limits: LimitSettings,
+    /// The seed's named retry policies; `crate::retry` says which loop uses which.
+    pub retry_policies: crate::retry::RetryPolicies,
+    pub dead_letters: DeadLetterSettings,
+    pub shutdown: ShutdownSettings,
+    /// The breakers around PostgreSQL and around publishing.
+    pub circuit_breaker: crate::breaker::BreakerSettings,
+    #[serde(default)]
+    pub agents: Vec<StaticAgent>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// The service's sessions: a statement running longer is cancelled (0 = no limit).
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// The service's sessions: a wait for a row or table lock longer than this fails.
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// The service's sessions: a transaction left idle longer than this is ended by
+    /// PostgreSQL (its session closed).
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub queue_type: QueueType,
+    /// The longest a publisher waits for the broker to confirm a message before it gives
+    /// its channel up (the message is sent again after its lease).
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// Most messages an agent's events queue holds; past it the oldest are dropped
+    /// (`x-max-length`, `x-overflow: drop-head`), so an agent that never reads its
+    /// events cannot grow the queue without end. 0: unbounded.
+    pub events_max_length: u32,
+}
+
+/// What becomes of dead letters nobody works.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    /// A dead letter neither replayed nor resolved for this long is escalated to
+    /// management, once.
+    #[serde(with = "humantime_serde")]
+    pub escalate_after: Duration,
+}
+
+/// How long a SIGTERM may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// From the signal to exit: past it the process exits 1 and names the step it was
+    /// waiting for (what it committed is safe; its unsent messages go out after restart).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The relay's last flush of the outbox, within `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub flush_timeout: Duration,
+}
+
+/// The coordinator's inbox: how it is consumed and applied.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxSettings {
+    /// The consistent-hash exchange that spreads agent messages over the partitions;
+    /// partition `i` is the queue `{exchange}.{i}`.
+    pub exchange: String,
+    /// How many partitions (queues) the inbox has; see docs/scaling.md to change it.
+    pub partitions: u32,
+    /// How often a coordinator checks its share of the partitions (and how soon it
+    /// takes over those of a coordinator that stopped).
+    #[serde(with = "humantime_serde")]
+    pub rebalance_interval: Duration,
+    /// Batches this coordinator applies at once, whatever the partitions it holds.
+    pub concurrency: usize,
+    /// Unacknowledged deliveries the broker may push to a consumer at once.
+    pub prefetch: u16,
+    /// Most deliveries applied in one transaction.
+    pub batch_size: usize,
+}
+
+/// Size limits on inbound messages (see [`protocol::envelope::Limits`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_body_bytes: usize,
+    pub max_key_bytes: usize,
+    pub max_text_bytes: usize,
+}
+
+impl LimitSettings {
+    pub fn envelope(&self) -> protocol::envelope::Limits {
+        protocol::envelope::Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_key_bytes: self.max_key_bytes,
+            max_text_bytes: self.max_text_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationSettings {
+    pub auto_register: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaSettings {
+    pub time_scale: f64,
+    pub warning_fraction: f64,
+    #[serde(default)]
+    pub durations: HashMap<String, humantime_serde::Serde<Duration>>,
+    /// Per-clock severity (low, medium, high, critical).
+    #[serde(default)]
+    pub severity: HashMap<String, String>,
+}
+
+/// One escalation ladder: a level name and a wait per level.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LadderSettings {
+    pub levels: Vec<String>,
+    pub waits: Vec<humantime_serde::Serde<Duration>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationSettings {
+    pub levels: Vec<String>,
+    pub waits: Vec<humantime_serde::Serde<Duration>>,
+    /// Ladders by severity (`[escalation.severity.critical]`).
+    #[serde(default)]
+    pub severity: HashMap<String, LadderSettings>,
+    /// Ladders by clock (`[escalation.clock.testing_start]`), before severity.
+    #[serde(default)]
+    pub clock: HashMap<String, LadderSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerSettings {
+    /// Deadlines due within this much time are held in memory.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Most deadlines held in memory at once (the window shrinks to fit).
+    pub max_in_memory: i64,
+    /// Most due deadlines fired in one transaction.
+    pub batch_size: usize,
+    /// Batches of due deadlines fired at once.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub batch_size: i64,
+    /// How long a publisher holds the rows it is publishing before the relay may take
+    /// them (after a crash).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often confirmed rows are marked sent (together).
+    #[serde(with = "humantime_serde")]
+    pub settle_interval: Duration,
+    /// A message no queue took (or the broker refused) for this long after it was
+    /// written is given up: marked `undeliverable`, raised once to on-call.
+    #[serde(with = "humantime_serde")]
+    pub undeliverable_after: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Sent outbox rows are deleted after this long.
+    #[serde(with = "humantime_serde")]
+    pub outbox: Duration,
+    /// Deduplication keys are kept this long: a message id repeated later is processed
+    /// again.
+    #[serde(with = "humantime_serde")]
+    pub processed_messages: Duration,
+    /// Replayed or resolved dead letters are deleted after this long (unresolved ones
+    /// are kept).
+    #[serde(with = "humantime_serde")]
+    pub dead_letters: Duration,
+    /// How often housekeeping runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+    /// How often the `activity` line (counts since the last one) is logged at info.
+    #[serde(with = "humantime_serde")]
+    pub activity_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSettings {
+    pub common: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticAgent {
+    pub agent_id: String,
+    pub agent_type: String,
+}
+
+impl InboxSettings {
+    /// The queue of partition `i`.
+    pub fn queue(&self, partition: u32) -> String {
+        format!("{}.{partition}", self.exchange)
+    }
+}
+
+impl Settings {
+    /// Loads the layered configuration from `$COORDINATOR_CONFIG_DIR` (default `config`)
+    /// for `$COORDINATOR_ENV` (default none: defaults and environment variables only).
+    pub fn load() -> Result<Settings, SettingsError> {
+        let dir = match std::env::var_os(DIR_VAR) {
+            Some(d) if !Path::new(&d).is_dir() => return Err(SettingsError::NoFolder(d.into())),
+            Some(d) => PathBuf::from(d),
+            None => PathBuf::from("config"),
+        };
+        let env = std::env::var(ENV_VAR).ok().filter(|e| !e.is_empty());
+        Settings::load_from(&dir, env.as_deref())
+    }
+
+    /// The compiled-in defaults, then `dir/default.toml` if there is one, then the
+    /// environment's file from `dir` (or compiled in), then environment variables.
+    pub fn load_from(dir: &Path, env: Option<&str>) -> Result<Settings, SettingsError> {
+        use config::{File, FileFormat};
+        let file = |name: &str| dir.join(format!("{name}.toml"));
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(SHIPPED_DEFAULT, FileFormat::Toml));
+        if file("default").is_file() {
+            builder = builder.add_source(File::from(file("default")));
+        }
+        if let Some(env) = env {
+            if file(env).is_file() {
+                builder = builder.add_source(File::from(file(env)));
+            } else if let Some((_, text)) = SHIPPED_ENVIRONMENTS.iter().find(|(n, _)| *n == env) {
+                builder = builder.add_source(File::from_str(text, FileFormat::Toml));
+            } else {
+                return Err(SettingsError::NoEnvironment {
+                    env: env.to_string(),
+                    dir: dir.to_path_buf(),
+                });
+            }
+        }
+        let built = builder
+            .add_source(
+                config::Environment::with_prefix("COORDINATOR")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?;
+        let settings: Settings = built.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot: ranges and names.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |key: &str, problem: String| SettingsError::Invalid {
+            key: key.to_string(),
+            problem,
+        };
+        if !(self.sla.time_scale.is_finite() && self.sla.time_scale > 0.0) {
+            return Err(invalid(
+                "sla.time_scale",
+                format!("must be a number above 0, got {}", self.sla.time_scale),
+            ));
+        }
+        let known = || {
+            sla::all_clocks()
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for name in self.sla.durations.keys() {
+            if sla::clock_def(name).is_none() {
+                return Err(invalid(
+                    &format!("sla.durations.{name}"),
+                    format!("no such clock; known clocks: {}", known()),
+                ));
+            }
+        }
+        for (name, sev) in &self.sla.severity {
+            if sla::clock_def(name).is_none() {
+                return Err(invalid(
+                    &format!("sla.severity.{name}"),
+                    format!("no such clock; known clocks: {}", known()),
+                ));
+            }
+            if Severity::parse(sev).is_none() {
+                return Err(invalid(
+                    &format!("sla.severity.{name}"),
+                    format!("{sev:?} is not one of low, medium, high, critical"),
+                ));
+            }
+        }
+        if !(self.sla.warning_fraction > 0.0 && self.sla.warning_fraction < 1.0) {
+            return Err(invalid(
+                "sla.warning_fraction",
+                format!("must be between 0 and 1, got {}", self.sla.warning_fraction),
+            ));
+        }
+        let cb = &self.circuit_breaker;
+        if cb.failure_threshold == 0 || cb.success_threshold == 0 {
+            return Err(invalid(
+                "circuit_breaker",
+                format!(
+                    "failure_threshold and success_threshold must be at least 1, got {} and {}",
+                    cb.failure_threshold, cb.success_threshold
+                ),
+            ));
+        }
+        if self.amqp.confirm_timeout.is_zero() {
+            return Err(invalid(
+                "amqp.confirm_timeout",
+                "must be above 0 (a publisher must wait for the broker's confirm)".into(),
+            ));
+        }
+        self.ladders()?;
+        if self.timers.window.is_zero()
+            || self.timers.max_in_memory <= 0
+            || self.timers.concurrency == 0
+            || self.timers.batch_size == 0
+        {
+            return Err(invalid(
+                "timers",
+                "window, max_in_memory, batch_size and concurrency must all be above zero".into(),
+            ));
+        }
+        if self.inbox.partitions == 0 || self.inbox.partitions > 1024 {
+            return Err(invalid(
+                "inbox.partitions",
+                format!("must be between 1 and 1024, got {}", self.inbox.partitions),
+            ));
+        }
+        if self.shutdown.flush_timeout >= self.shutdown.timeout {
+            return Err(invalid(
+                "shutdown.flush_timeout",
+                format!(
+                    "must be shorter than shutdown.timeout ({:?}), got {:?}",
+                    self.shutdown.timeout, self.shutdown.flush_timeout
+                ),
+            ));
+        }
+        if self.inbox.rebalance_interval.is_zero() {
+            return Err(invalid(
+                "inbox.rebalance_interval",
+                "must be above zero".into(),
+            ));
+        }
+        if self.log.activity_interval.is_zero() {
+            return Err(invalid(
+                "log.activity_interval",
+                "must be above zero".into(),
+            ));
+        }
+        if self.inbox.concurrency == 0 {
+            return Err(invalid("inbox.concurrency", "must be at least 1".into()));
+        }
+        if self.inbox.prefetch == 0 {
+            return Err(invalid("inbox.prefetch", "must be at least 1".into()));
+        }
+        if self.inbox.batch_size == 0 {
+            return Err(invalid("inbox.batch_size", "must be at least 1".into()));
+        }
+        for (name, p) in self.retry_policies.named() {
+            if let Some(problem) = p.problem() {
+                return Err(invalid(&format!("retry_policies.{name}"), problem));
+            }
+        }
+        for (key, v) in [
+            ("limits.max_body_bytes", self.limits.max_body_bytes),
+            ("limits.max_key_bytes", self.limits.max_key_bytes),
+            ("limits.max_text_bytes", self.limits.max_text_bytes),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if self.outbox.batch_size <= 0 {
+            return Err(invalid("outbox.batch_size", "must be at least 1".into()));
+        }
+        if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
+            return Err(invalid(
+                "amqp.url",
+                format!(
+                    "must start with amqp:// or amqps://, got {:?}",
+                    self.amqp.url
+                ),
+            ));
+        }
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with postgres://".into(),
+            ));
+        }
+        if self.roles.is_empty() {
+            return Err(invalid("roles", "no roles are configured".into()));
+        }
+        for agent in &self.agents {
+            if !self.roles.contains_key(&agent.agent_type) {
+                return Err(invalid(
+                    "agents",
+                    format!(
+                        "agent {} has type {:?}, which is not a configured role",
+                        agent.agent_id, agent.agent_type
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn catalog(&self) -> Catalog {
+        Catalog::new(self.roles.clone(), self.messages.common.iter().cloned())
+    }
+
+    pub fn clock_durations(&self) -> ClockDurations {
+        let overrides = self
+            .sla
+            .durations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.into_inner()))
+            .collect();
+        let severities = self
+            .sla
+            .severity
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), Severity::parse(v)?)))
+            .collect();
+        ClockDurations::new(self.sla.time_scale, &overrides)
+            .with_severities(&severities)
+            .with_warning_fraction(self.sla.warning_fraction)
+    }
+
+    /// The escalation ladders, waits scaled by `sla.time_scale`.
+    pub fn ladders(&self) -> Result<Ladders, SettingsError> {
+        let ladder =
+            |key: String, levels: &[String], waits: &[humantime_serde::Serde<Duration>]| {
+                Ladder::new(
+                    levels.to_vec(),
+                    waits.iter().map(|w| w.into_inner()).collect(),
+                )
+                .map_err(|e| SettingsError::Invalid {
+                    key,
+                    problem: e.to_string(),
+                })
+            };
+        let e = &self.escalation;
+        let default = ladder("escalation".into(), &e.levels, &e.waits)?;
+        let mut by_severity = HashMap::new();
+        for (name, l) in &e.severity {
+            let key = format!("escalation.severity.{name}");
+            let sev = Severity::parse(name).ok_or_else(|| SettingsError::Invalid {
+                key: key.clone(),
+                problem: "not one of low, medium, high, critical".into(),
+            })?;
+            by_severity.insert(sev, ladder(key, &l.levels, &l.waits)?);
+        }
+        let mut by_clock = HashMap::new();
+        for (name, l) in &e.clock {
+            let key = format!("escalation.clock.{name}");
+            if sla::clock_def(name).is_none() {
+                return Err(SettingsError::Invalid {
+                    key,
+                    problem: "no such clock".into(),
+                });
+            }
+            by_clock.insert(name.clone(), ladder(key, &l.levels, &l.waits)?);
+        }
+        Ok(Ladders {
+            default,
+            by_severity,
+            by_clock,
+        }
+        .scaled(self.sla.time_scale))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config"))
+    }
+
+    #[test]
+    fn every_shipped_environment_loads() {
+        for env in [None, Some("test"), Some("production")] {
+            let s = Settings::load_from(&dir(), env).unwrap_or_else(|e| panic!("{env:?}: {e:#}"));
+            assert_eq!(s.roles.len(), 6, "{env:?}");
+        }
+        let prod = Settings::load_from(&dir(), Some("production")).expect("production");
+        assert_eq!(prod.amqp.queue_type, QueueType::Quorum);
+        assert!(!prod.registration.auto_register);
+        let test = Settings::load_from(&dir(), Some("test")).expect("test");
+        assert_eq!(test.amqp.queue_type, QueueType::Classic);
+        assert!(test.registration.auto_register);
+    }
+
+    #[test]
+    fn a_missing_environment_file_is_an_error() {
+        let e = Settings::load_from(&dir(), Some("no-such-env")).expect_err("no such file");
+        assert!(matches!(e, SettingsError::NoEnvironment { .. }));
+        assert!(e.to_string().contains("no-such-env.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_configuration_is_compiled_in() {
+        let elsewhere = Path::new("/nonexistent");
+        let s = Settings::load_from(elsewhere, None).expect("built-in defaults");
+        assert_eq!(s.amqp.queue_type, QueueType::Classic);
+        let prod = Settings::load_from(elsewhere, Some("production")).expect("built-in production");
+        assert_eq!(prod.amqp.queue_type, QueueType::Quorum);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let good = Settings::load_from(&dir(), None).expect("defaults");
+        let mut s = good.clone();
+        s.sla.time_scale = 0.0;
+        assert!(s
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("sla.time_scale"));
+        let mut s = good.clone();
+        s.sla
+            .durations
+            .insert("coffee_break".into(), Duration::from_secs(1).into());
+        assert!(s
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("sla.durations.coffee_break"));
+        let mut s = good.clone();
+        s.shutdown.flush_timeout = s.shutdown.timeout;
+        assert!(s
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("shutdown.flush_timeout"));
+        let mut s = good;
+        s.agents.push(StaticAgent {
+            agent_id: "x".into(),
+            agent_type: "intern".into(),
+        });
+        assert!(s
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("intern"));
+    }
+
+    #[test]
+    fn ladders_come_from_configuration_and_bad_ones_name_their_key() {
+        let s = Settings::load_from(&dir(), None).expect("defaults");
+        let l = s.ladders().expect("ladders");
+        assert_eq!(l.default.len(), 3);
+        assert_eq!(l.default.target(2, "qa-director"), "oncall");
+        assert_eq!(
+            l.for_escalation("acknowledgment", Severity::Critical)
+                .wait(1),
+            Duration::from_secs(300)
+        );
+        let mut bad = s.clone();
+        bad.escalation.waits.pop();
+        assert!(bad
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("escalation"));
+        let mut bad = s.clone();
+        bad.sla
+            .severity
+            .insert("testing_start".into(), "apocalyptic".into());
+        assert!(bad
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("sla.severity.testing_start"));
+        let mut bad = s;
+        bad.sla.warning_fraction = 1.5;
+        assert!(bad
+            .validate()
+            .expect_err("rejected")
+            .to_string()
+            .contains("sla.warning_fraction"));
+    }
+
+    #[test]
+    fn clock_durations_apply_overrides_and_time_scale() {
+        let mut s = Settings::load_from(&dir(), None).expect("defaults");
+        s.sla.time_scale = 0.5;
+        s.sla
+            .durations
+            .insert("testing_start".into(), Duration::from_secs(10).into());
+        let d = s.clock_durations();
+        assert_eq!(d.get("testing_start"), Duration::from_secs(5));
+        assert_eq!(
+            d.get("post_deployment_validation"),
+            Duration::from_secs(1800)
+        );
+    }
+}

@@ -1,0 +1,368 @@
+//! The command line as a user meets it: help everywhere, clear errors, and the manager
+//! views (`workflow list`, `workflow show`) on a real database.
+
+use test_support as common;
+
+use std::process::{Command, Output};
+
+use common::{process_directly, TestEnv};
+use coordinator::runtime::Shared;
+
+fn coordinator(env: Option<&TestEnv>, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    cmd.args(args)
+        .current_dir(common::repo_root())
+        .env("COORDINATOR_ENV", "test")
+        .env_remove("RUST_LOG");
+    if let Some(env) = env {
+        cmd.env("COORDINATOR__DATABASE__URL", &env.db_url)
+            .env("COORDINATOR__AMQP__URL", &env.amqp_url);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("coordinator binary runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+#[test]
+fn version_names_the_build_and_the_contract() {
+    let out = coordinator(None, &["--version"], &[]);
+    assert!(out.status.success());
+    let (stdout, _) = text(&out);
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "coordinator {} (contract {})",
+            env!("CARGO_PKG_VERSION"),
+            protocol::envelope::VERSION
+        )
+    );
+}
+
+/// Every argument of every command, with its command path, that has no description.
+fn undescribed(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if id != "help" && id != "version" && arg.get_help().is_none() {
+            out.push(format!("{path} {id}"));
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        if sub.get_about().is_none() {
+            out.push(format!("{path} {} (the command)", sub.get_name()));
+        }
+        undescribed(sub, &format!("{path} {}", sub.get_name()), out);
+    }
+}
+
+#[test]
+fn every_option_of_every_command_has_a_description() {
+    use clap::CommandFactory;
+    let mut missing = Vec::new();
+    undescribed(
+        &coordinator::cli::Cli::command(),
+        "coordinator",
+        &mut missing,
+    );
+    assert!(missing.is_empty(), "no description: {missing:?}");
+
+    let o = coordinator(None, &["agent", "add", "--help"], &[]);
+    let (out, _) = text(&o);
+    for role in ["product-director", "qa-director", "marketing-director"] {
+        assert!(
+            out.contains(role),
+            "agent add --help lists the roles:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["agent", "--help"],
+        vec!["agent", "add", "--help"],
+        vec!["agent", "list", "--help"],
+        vec!["workflow", "--help"],
+        vec!["workflow", "list", "--help"],
+        vec!["workflow", "show", "--help"],
+        vec!["workflow", "cancel", "--help"],
+        vec!["workflow", "fail", "--help"],
+        vec!["dead-letter", "--help"],
+        vec!["dead-letter", "list", "--help"],
+        vec!["dead-letter", "replay", "--help"],
+    ] {
+        let o = coordinator(None, &args, &[]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(out.contains("Usage: coordinator"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn wrong_arguments_and_bad_configuration_say_what_is_wrong() {
+    let o = coordinator(None, &["workflow", "list", "--state", "bogus"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("invalid value 'bogus'") && err.contains("requirements_handoff"),
+        "{err}"
+    );
+
+    let o = coordinator(None, &["frobnicate"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+
+    // An unreachable database is named by its setting and where it was looked for.
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[(
+            "COORDINATOR__DATABASE__URL",
+            "postgres://postgres@127.0.0.1:1/nowhere",
+        )],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("database.url") && err.contains("127.0.0.1:1/nowhere"),
+        "{err}"
+    );
+
+    // A negative or zero limit is refused by clap, naming the option.
+    let o = coordinator(None, &["workflow", "list", "--limit=-3"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("--limit") && err.contains("-3"), "{err}");
+
+    // Environment overrides are read, and a bad value names its key.
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[("COORDINATOR__SLA__TIME_SCALE", "0")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("sla.time_scale"), "{err}");
+
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[("COORDINATOR__INBOX__PREFETCH", "lots")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("prefetch"), "{err}");
+
+    // A key the service does not know (misspelt, or moved) is refused by name.
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[("COORDINATOR__AMQP__PREFETCH", "64")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("unknown field `prefetch`"), "{err}");
+
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[("COORDINATOR_ENV", "no-such-env")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(err.contains("no-such-env"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
+    let env = TestEnv::new().await;
+    let shared = Shared::new(env.settings(), env.pool.clone());
+    for (a, r, m) in [
+        ("product-1", "product-director", "requirements_ready"),
+        ("eng-1", "engineering-director", "sprint_initialized"),
+        ("eng-1", "engineering-director", "feature_completed"),
+        ("qa-1", "qa-director", "testing_started"),
+    ] {
+        process_directly(&shared, a, r, m, "wf-cli").await;
+    }
+    // A long id widens its column; the other columns stay aligned.
+    let long = "wf-cli-with-an-identifier-much-longer-than-the-usual-ones";
+    process_directly(
+        &shared,
+        "product-1",
+        "product-director",
+        "requirements_ready",
+        long,
+    )
+    .await;
+    let o = coordinator(Some(&env), &["workflow", "list"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let state_at: Vec<Option<usize>> = out
+        .lines()
+        .map(|l| {
+            ["STATE", "testing", "requirements_handoff"]
+                .iter()
+                .find_map(|w| l.find(w))
+        })
+        .collect();
+    assert_eq!(state_at.len(), 3, "{out}");
+    assert!(
+        state_at.iter().all(|at| at.is_some() && *at == state_at[0]),
+        "the STATE column starts at one place in every line:\n{out}"
+    );
+
+    let o = coordinator(Some(&env), &["workflow", "list", "--state", "testing"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("wf-cli") && out.contains("EPIC-wf-cli") && out.contains("in "),
+        "{out}"
+    );
+    let o = coordinator(
+        Some(&env),
+        &["workflow", "list", "--state", "completed"],
+        &[],
+    );
+    assert!(text(&o).0.contains("(no workflows)"));
+    // Incidents' states are states too.
+    let o = coordinator(Some(&env), &["workflow", "list", "--state", "active"], &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("(no workflows)"));
+
+    let o = coordinator(Some(&env), &["workflow", "show", "wf-cli"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    eprintln!("{out}");
+    for want in [
+        "state:     testing (round 1)",
+        "EPIC-wf-cli \"Example\"",
+        "initial_feedback",
+        "testing_completion",
+        "armed",
+        "met",
+        "sprint_planning",
+        "requirements_ready",
+        "feature_handoff → testing",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+
+    let o = coordinator(Some(&env), &["workflow", "show", "wf-nope"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o)
+        .1
+        .contains("no workflow wf-nope (list them with `coordinator workflow list`)"));
+
+    let o = coordinator(
+        Some(&env),
+        &["workflow", "cancel", "wf-cli", "--reason", "descoped"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(
+        env.workflow_state("wf-cli").await.as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM sla_clocks WHERE status = 'armed' AND workflow_id = 'wf-cli'"
+        )
+        .await,
+        0
+    );
+    let reason: String = sqlx::query_scalar(
+        "SELECT detail->>'reason' FROM workflow_events WHERE workflow_id = 'wf-cli' AND message_type = 'operator_cancelled'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("event");
+    assert_eq!(reason, "descoped");
+    let o = coordinator(
+        Some(&env),
+        &["workflow", "cancel", "wf-cli", "--reason", "again"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("already cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_from_any_directory_on_its_compiled_in_configuration() {
+    let env = TestEnv::new().await;
+    let elsewhere = std::env::temp_dir();
+    let o = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["workflow", "list"])
+        .current_dir(&elsewhere)
+        .env_remove("COORDINATOR_ENV")
+        .env_remove("COORDINATOR_CONFIG_DIR")
+        .env("COORDINATOR__DATABASE__URL", &env.db_url)
+        .output()
+        .expect("coordinator runs");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "from {}: {err}", elsewhere.display());
+    assert!(out.contains("(no workflows)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_add_registers_declares_and_refuses_bad_input() {
+    let env = TestEnv::new().await;
+    let o = coordinator(Some(&env), &["agent", "add", "qa-9", "qa-director"], &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // Idempotent.
+    let o = coordinator(Some(&env), &["agent", "add", "qa-9", "qa-director"], &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(text(&o).0.contains("already registered"));
+    // The queues exist: an agent can consume from them.
+    let mut qa = env.connect_as("qa-9", "qa-director").await;
+    assert!(qa
+        .next(agent::Queue::Tasks, std::time::Duration::from_millis(100))
+        .await
+        .expect("tasks queue exists")
+        .is_none());
+
+    let o = coordinator(Some(&env), &["agent", "add", "qa-9", "devops-manager"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("already registered as qa-director"));
+    // Wrong values exit 2 and name the argument, as clap's own errors do.
+    let o = coordinator(Some(&env), &["agent", "add", "x 1", "qa-director"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("<AGENT_ID>"), "{}", text(&o).1);
+    let o = coordinator(Some(&env), &["agent", "add", "x1", "intern"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("<AGENT_TYPE>") && err.contains("not a configured role"),
+        "{err}"
+    );
+
+    // Both or neither: with the broker unreachable, the agent is not registered.
+    let o = coordinator(
+        Some(&env),
+        &["agent", "add", "qa-10", "qa-director"],
+        &[(
+            "COORDINATOR__AMQP__URL",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+        )],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("amqp.url"), "{}", text(&o).1);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM agents WHERE agent_id = 'qa-10'")
+            .await,
+        0,
+        "no half-registered agent"
+    );
+
+    let o = coordinator(Some(&env), &["agent", "list"], &[]);
+    assert!(text(&o).0.contains("qa-9"));
+}

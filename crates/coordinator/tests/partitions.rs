@@ -1,0 +1,250 @@
+//! The partitioned inbox: partitions applied concurrently, a poison message set aside
+//! while the inbox flows, and a broker without the consistent-hash plugin. Several
+//! coordinators sharing the partitions under load is tools/loadgen/tests/sharing.rs
+//! (the load generator's agents drive it).
+
+use test_support as common;
+
+use std::collections::BTreeMap;
+
+use agent::Queue;
+use common::{eventually, expect_next, http_get, partition_of, Serve, TestEnv};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_partitions_are_applied_concurrently() {
+    let env = TestEnv::new().await;
+    let mut s = env.settings();
+    s.inbox.partitions = 2;
+    s.inbox.concurrency = 2;
+    let product = env.agent_with(&s, "product-1", "product-director").await;
+    let eng = env.agent_with(&s, "eng-1", "engineering-director").await;
+    // One workflow in each partition.
+    let mut ids: BTreeMap<u32, String> = BTreeMap::new();
+    for i in 0.. {
+        let wf = format!("wf-{i}");
+        ids.entry(partition_of(&env, &s, &wf).await).or_insert(wf);
+        if ids.len() == 2 {
+            break;
+        }
+    }
+    let (a, b) = (ids[&0].clone(), ids[&1].clone());
+    let app = env.start_with(s).await;
+    product
+        .send("requirements_ready", &a, json!({}))
+        .await
+        .expect("publish");
+    env.wait_state(&a, "requirements_handoff").await;
+
+    // Hold workflow a's row: its partition's next batch waits for the lock.
+    let mut hold = env.pool.begin().await.expect("tx");
+    sqlx::query("SELECT 1 FROM workflows WHERE id = $1 FOR UPDATE")
+        .bind(&a)
+        .execute(&mut *hold)
+        .await
+        .expect("lock");
+    eng.send("sprint_initialized", &a, json!({}))
+        .await
+        .expect("publish");
+    env.wait_count(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        1,
+    )
+    .await;
+
+    // The other partition is applied meanwhile.
+    product
+        .send("requirements_ready", &b, json!({}))
+        .await
+        .expect("publish");
+    env.wait_state(&b, "requirements_handoff").await;
+    assert_eq!(
+        env.workflow_state(&a).await.as_deref(),
+        Some("requirements_handoff"),
+        "a's partition is still waiting"
+    );
+    hold.commit().await.expect("release");
+    env.wait_state(&a, "in_development").await;
+    app.stop().await;
+}
+
+/// Text PostgreSQL's compression cannot shrink below an index row's limit (~2.7 kB).
+fn incompressible(len: usize) -> String {
+    let mut s = String::with_capacity(len);
+    while s.len() < len {
+        s.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    }
+    s.truncate(len);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_set_aside_the_sender_told_and_the_inbox_keeps_flowing() {
+    let env = TestEnv::new().await;
+    let mut s = env.settings();
+    // One partition, so every message below is in the same queue (and, as they are
+    // published before the coordinator starts, in the same first batches); the epic_id
+    // limit is lifted so that PostgreSQL itself refuses the poison.
+    s.inbox.partitions = 1;
+    s.limits.max_key_bytes = 100_000;
+    s.retry_policies.default.max_attempts = 2;
+    let mut product = env.agent_with(&s, "product-1", "product-director").await;
+    for wf in ["wf-1", "wf-2"] {
+        product
+            .send("requirements_ready", wf, json!({"epic_id": wf}))
+            .await
+            .expect("publish");
+    }
+    let poison = product
+        .send(
+            "requirements_ready",
+            "wf-poison",
+            json!({"epic_id": incompressible(6000)}),
+        )
+        .await
+        .expect("publish");
+    for wf in ["wf-3", "wf-4"] {
+        product
+            .send("requirements_ready", wf, json!({"epic_id": wf}))
+            .await
+            .expect("publish");
+    }
+
+    let app = env.start_with(s).await;
+    for wf in ["wf-1", "wf-2", "wf-3", "wf-4"] {
+        env.wait_state(wf, "requirements_handoff").await;
+    }
+    env.wait_count(
+        "SELECT count(*) FROM dead_letters WHERE reason = 'processing_failed'",
+        1,
+    )
+    .await;
+    let notice = expect_next(&mut product, Queue::Commands).await;
+    assert_eq!(notice.header.message_type, "message_rejected");
+    assert_eq!(notice.payload.data["reason"], "processing_failed");
+    assert_eq!(
+        notice.payload.data["rejected_message_id"],
+        poison.header.message_id.as_str()
+    );
+    assert_eq!(app.shared.metrics.set_aside.get(), 1);
+    assert_eq!(env.workflow_state("wf-poison").await, None);
+
+    // The inbox flows on, and the service says it is ready.
+    product
+        .send("requirements_ready", "wf-after", json!({}))
+        .await
+        .expect("publish");
+    env.wait_state("wf-after", "requirements_handoff").await;
+    assert_eq!(http_get(app.http, "/readyz").await.map(|r| r.0), Some(200));
+    app.stop().await;
+}
+
+/// A RabbitMQ node of its own, without any plugin, on free ports; stopped and deleted
+/// on drop.
+struct PluginlessBroker {
+    node: String,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl PluginlessBroker {
+    async fn start() -> PluginlessBroker {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        };
+        let (port, dist) = (free(), free());
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let node = format!("coordtest{}@localhost", &id[..8]);
+        let dir = std::env::temp_dir().join(format!("coordtest-{}", &id[..8]));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
+        )
+        .expect("config");
+        // The broker runs as the rabbitmq user: it must write here.
+        let _ = std::process::Command::new("chmod")
+            .args(["-R", "777"])
+            .arg(&dir)
+            .status();
+        let status = std::process::Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            .status()
+            .expect("rabbitmq-server runs");
+        assert!(status.success(), "rabbitmq-server -detached failed");
+        let b = PluginlessBroker { node, dir, port };
+        let url = b.url();
+        eventually("the plugin-less broker to accept connections", || async {
+            coordinator::amqp::connect(&url, "probe")
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await;
+        b
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for PluginlessBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_a_broker_without_the_consistent_hash_plugin_stops_and_says_how_to_enable_it() {
+    let env = TestEnv::new().await;
+    let broker = PluginlessBroker::start().await;
+    let serve = Serve::spawn(&env, &[("COORDINATOR__AMQP__URL", broker.url())]);
+    let (code, stderr) = serve.wait_exit().await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"),
+        "{stderr}"
+    );
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    assert_eq!(
+        error.matches("x-consistent-hash").count(),
+        1,
+        "the error does not repeat itself: {error}"
+    );
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_queue_beyond_the_configured_count_stops_serve() {
+    let env = TestEnv::new().await;
+    let mut eight = env.settings();
+    eight.inbox.partitions = 8;
+    env.agent_with(&eight, "product-1", "product-director")
+        .await;
+    // Started with fewer partitions than the inbox has: refused, with the procedure.
+    let serve = Serve::spawn(&env, &[("COORDINATOR__INBOX__PARTITIONS", "4".to_string())]);
+    let (code, stderr) = serve.wait_exit().await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("coordinator.inbox.4") && stderr.contains("docs/scaling.md"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,651 @@
+//! The wire envelope of docs/protocol.md section 3 and the validation of an inbound delivery.
+//!
+//! Validation is a pipeline of pure checks, in order: [`parse`] (JSON and required
+//! fields), [`check_properties`] (AMQP properties and routing key agree with the
+//! header), [`check_catalog`] (known role, known message type, the role may send it) and
+//! [`check_fresh`] (not expired). Checks that need I/O (is the agent registered; later,
+//! signatures and replay windows) run after these in the processor. Every check returns
+//! a [`Rejected`] that names the field at fault.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::catalog::{Catalog, Permission};
+use crate::reject::{Reason, Rejected};
+
+pub use crate::names::COORDINATOR_ID;
+pub const CONTENT_TYPE: &str = "application/json";
+/// A JSON Schema pattern: at least one character that is neither whitespace nor
+/// U+0000, and no U+0000 (the service checks the same).
+const NON_BLANK: &str = r"^[^\x00]*[^\s\x00][^\x00]*$";
+/// A JSON Schema pattern for a word of a routing key: [`NON_BLANK`] without `.`, `*`
+/// or `#`.
+const ROUTING_WORD: &str = r"^[^\x00.*#]*[^\s\x00.*#][^\x00.*#]*$";
+
+/// The contract version this coordinator writes (docs/protocol.md, "Versioning").
+pub const VERSION: &str = "1.0";
+/// The contract's major versions this coordinator reads: `1.x`.
+pub const SUPPORTED_MAJOR_VERSIONS: &[u32] = &[1];
+/// AMQP short strings (message_id, correlation_id, type, app_id) hold at most 255 bytes.
+pub const MAX_ID_LEN: usize = 255;
+
+/// The body of every message (docs/protocol.md section 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Envelope {
+    pub header: Header,
+    #[serde(default)]
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Header {
+    /// Unique per message: the deduplication key.
+    #[schemars(length(max = 255), regex(pattern = NON_BLANK))]
+    pub message_id: String,
+    /// The workflow (or incident) id; for `heartbeat`, the agent id.
+    #[schemars(length(max = 255), regex(pattern = NON_BLANK))]
+    pub correlation_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    pub timestamp: DateTime<Utc>,
+    /// The contract version, `MAJOR.MINOR`; this coordinator reads `1.x`.
+    #[serde(default = "default_version")]
+    #[schemars(regex(pattern = r"^0*1\.[0-9]+$"))]
+    pub version: String,
+    pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    /// A type of the catalog; part of the routing key, so no `.`, `*` or `#`.
+    #[schemars(length(max = 255), regex(pattern = ROUTING_WORD))]
+    pub message_type: String,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_guarantee: Option<DeliveryGuarantee>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<Security>,
+}
+
+fn default_version() -> String {
+    VERSION.to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Source {
+    #[schemars(length(max = 255), regex(pattern = NON_BLANK))]
+    pub agent_id: String,
+    /// A configured role; part of the routing key, so no `.`, `*` or `#`.
+    #[schemars(length(max = 255), regex(pattern = ROUTING_WORD))]
+    pub agent_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Destination {
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub agent_type: Option<String>,
+    #[serde(default)]
+    pub broadcast: bool,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryGuarantee {
+    AtMostOnce,
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Tracing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Security {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Payload {
+    #[serde(default = "empty_object")]
+    pub data: Value,
+    #[serde(default = "empty_object")]
+    pub metadata: Value,
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload {
+            data: empty_object(),
+            metadata: empty_object(),
+        }
+    }
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// What the transport said about a delivery: its routing key and AMQP properties.
+/// Plain data, so validation needs no AMQP types.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryMeta {
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// The AMQP `type` property.
+    pub kind: Option<String>,
+    pub app_id: Option<String>,
+    /// The AMQP `timestamp` property, seconds since the epoch.
+    pub timestamp: Option<u64>,
+    pub content_type: Option<String>,
+}
+
+impl Envelope {
+    /// True if any string of the envelope holds U+0000 (PostgreSQL's text and jsonb
+    /// cannot).
+    pub fn has_nul(&self) -> bool {
+        let h = &self.header;
+        let opt = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains('\0'));
+        [
+            &h.message_id,
+            &h.correlation_id,
+            &h.version,
+            &h.source.agent_id,
+            &h.source.agent_type,
+            &h.message_type,
+        ]
+        .iter()
+        .any(|s| s.contains('\0'))
+            || opt(&h.causation_id)
+            || opt(&h.source.instance_id)
+            || h.destination
+                .as_ref()
+                .is_some_and(|d| opt(&d.agent_id) || opt(&d.agent_type))
+            || h.tracing
+                .as_ref()
+                .is_some_and(|t| opt(&t.trace_id) || opt(&t.span_id) || opt(&t.parent_span_id))
+            || h.security
+                .as_ref()
+                .is_some_and(|s| opt(&s.signature) || opt(&s.key_id))
+            || has_nul(&self.payload.data)
+            || has_nul(&self.payload.metadata)
+    }
+
+    /// A message from the coordinator.
+    pub fn from_coordinator(
+        message_id: String,
+        correlation_id: String,
+        causation_id: Option<String>,
+        message_type: &str,
+        destination: Option<Destination>,
+        payload: Payload,
+        timestamp: DateTime<Utc>,
+    ) -> Self {
+        Envelope {
+            header: Header {
+                message_id,
+                correlation_id,
+                causation_id,
+                timestamp,
+                version: default_version(),
+                source: Source {
+                    agent_id: COORDINATOR_ID.to_string(),
+                    agent_type: COORDINATOR_ID.to_string(),
+                    instance_id: None,
+                },
+                destination,
+                message_type: message_type.to_string(),
+                priority: Priority::Normal,
+                ttl: None,
+                delivery_guarantee: Some(DeliveryGuarantee::AtLeastOnce),
+                tracing: None,
+                security: None,
+            },
+            payload,
+        }
+    }
+
+    /// A message from an agent, with a fresh message id.
+    pub fn from_agent(
+        agent_id: &str,
+        agent_type: &str,
+        message_type: &str,
+        correlation_id: &str,
+        data: Value,
+        timestamp: DateTime<Utc>,
+    ) -> Self {
+        Envelope {
+            header: Header {
+                message_id: uuid::Uuid::new_v4().to_string(),
+                correlation_id: correlation_id.to_string(),
+                causation_id: None,
+                timestamp,
+                version: default_version(),
+                source: Source {
+                    agent_id: agent_id.to_string(),
+                    agent_type: agent_type.to_string(),
+                    instance_id: None,
+                },
+                destination: None,
+                message_type: message_type.to_string(),
+                priority: Priority::Normal,
+                ttl: None,
+                delivery_guarantee: None,
+                tracing: None,
+                security: None,
+            },
+            payload: Payload {
+                data,
+                metadata: empty_object(),
+            },
+        }
+    }
+
+    /// The routing key an agent publishes this message with.
+    pub fn agent_routing_key(&self) -> String {
+        crate::names::routing::agent(&self.header.source.agent_type, &self.header.message_type)
+    }
+
+    /// The AMQP properties that repeat this header.
+    pub fn meta(&self, routing_key: &str) -> DeliveryMeta {
+        DeliveryMeta {
+            routing_key: routing_key.to_string(),
+            message_id: Some(self.header.message_id.clone()),
+            correlation_id: Some(self.header.correlation_id.clone()),
+            kind: Some(self.header.message_type.clone()),
+            app_id: Some(self.header.source.agent_id.clone()),
+            timestamp: u64::try_from(self.header.timestamp.timestamp()).ok(),
+            content_type: Some(CONTENT_TYPE.to_string()),
+        }
+    }
+}
+
+/// Parses a body into an envelope in one pass (JSON and types together), then checks
+/// the required fields are non-empty and fit, and that no string holds U+0000.
+pub fn parse(body: &[u8]) -> Result<Envelope, Rejected> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let env: Envelope = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.classify() != serde_json::error::Category::Data {
+                return Rejected::new(Reason::MalformedJson, format!("body is not JSON: {inner}"));
+            }
+            // The position in the body adds nothing to the path of the field.
+            let msg = inner.to_string();
+            let msg = msg
+                .rsplit_once(" at line ")
+                .map_or(msg.as_str(), |(m, _)| m);
+            let reason = if msg.starts_with("missing field") {
+                Reason::MissingField
+            } else {
+                Reason::InvalidField
+            };
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!(" at {path}")
+            };
+            Rejected::new(reason, format!("{msg}{at}"))
+        })
+        .and_then(|env| {
+            de.end()
+                .map(|()| env)
+                .map_err(|e| Rejected::new(Reason::MalformedJson, format!("body is not JSON: {e}")))
+        })?;
+    if env.has_nul() {
+        return Err(Rejected::new(
+            Reason::InvalidField,
+            "a string in the body contains U+0000, which cannot be stored",
+        ));
+    }
+    let h = &env.header;
+    for (field, value) in [
+        ("header.message_id", &h.message_id),
+        ("header.correlation_id", &h.correlation_id),
+        ("header.message_type", &h.message_type),
+        ("header.source.agent_id", &h.source.agent_id),
+        ("header.source.agent_type", &h.source.agent_type),
+    ] {
+        if value.trim().is_empty() {
+            return Err(Rejected::new(
+                Reason::MissingField,
+                format!("{field} is empty"),
+            ));
+        }
+        if value.len() > MAX_ID_LEN {
+            return Err(Rejected::new(
+                Reason::InvalidField,
+                format!(
+                    "{field} is {} bytes long; at most {MAX_ID_LEN} are allowed",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    for (field, value) in [
+        ("header.message_type", &h.message_type),
+        ("header.source.agent_type", &h.source.agent_type),
+    ] {
+        if value.contains(['.', '*', '#']) {
+            return Err(Rejected::new(
+                Reason::InvalidField,
+                format!("{field} {value:?} may not contain '.', '*' or '#' (it is part of a routing key)"),
+            ));
+        }
+    }
+    Ok(env)
+}
+
+/// The AMQP properties and routing key must repeat the header.
+pub fn check_properties(env: &Envelope, meta: &DeliveryMeta) -> Result<(), Rejected> {
+    let h = &env.header;
+    let required = [
+        (
+            "message_id",
+            &meta.message_id,
+            "header.message_id",
+            &h.message_id,
+        ),
+        (
+            "correlation_id",
+            &meta.correlation_id,
+            "header.correlation_id",
+            &h.correlation_id,
+        ),
+        ("type", &meta.kind, "header.message_type", &h.message_type),
+        (
+            "app_id",
+            &meta.app_id,
+            "header.source.agent_id",
+            &h.source.agent_id,
+        ),
+    ];
+    for (prop, got, field, want) in required {
+        match got {
+            None => {
+                return Err(Rejected::new(
+                    Reason::PropertyMismatch,
+                    format!("AMQP property {prop} is missing; it must repeat {field} ({want:?})"),
+                ))
+            }
+            Some(got) if got != want => {
+                return Err(Rejected::new(
+                    Reason::PropertyMismatch,
+                    format!("AMQP property {prop} is {got:?} but {field} is {want:?}"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(ts) = meta.timestamp {
+        let header_secs = h.timestamp.timestamp();
+        if i64::try_from(ts).ok() != Some(header_secs) {
+            return Err(Rejected::new(
+                Reason::PropertyMismatch,
+                format!(
+                    "AMQP property timestamp is {ts} but header.timestamp is {} ({header_secs} s)",
+                    h.timestamp.to_rfc3339()
+                ),
+            ));
+        }
+    }
+    if let Some(ct) = &meta.content_type {
+        if ct != CONTENT_TYPE {
+            return Err(Rejected::new(
+                Reason::PropertyMismatch,
+                format!("AMQP property content_type is {ct:?}; it must be {CONTENT_TYPE:?}"),
+            ));
+        }
+    }
+    let expected_key = env.agent_routing_key();
+    if meta.routing_key != expected_key {
+        return Err(Rejected::new(
+            Reason::PropertyMismatch,
+            format!(
+                "routing key is {:?} but the header says {expected_key:?} ({{agent_type}}.{{message_type}})",
+                meta.routing_key
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The sender's role is known, the message type is known, and the role may send it.
+pub fn check_catalog(env: &Envelope, catalog: &Catalog) -> Result<(), Rejected> {
+    let role = &env.header.source.agent_type;
+    let mt = &env.header.message_type;
+    match catalog.may_publish(role, mt) {
+        Permission::Allowed => Ok(()),
+        Permission::UnknownRole => Err(Rejected::new(
+            Reason::UnknownRole,
+            format!("header.source.agent_type {role:?} is not a known role"),
+        )),
+        Permission::UnknownMessageType => Err(Rejected::new(
+            Reason::UnknownMessageType,
+            format!("header.message_type {mt:?} is not a known message type"),
+        )),
+        Permission::NotAllowed => Err(Rejected::new(
+            Reason::SenderNotAllowed,
+            format!("role {role:?} may not send {mt:?}"),
+        )),
+    }
+}
+
+/// A message whose `timestamp + ttl` has passed is not acted on.
+pub fn check_fresh(env: &Envelope, now: DateTime<Utc>) -> Result<(), Rejected> {
+    let Some(ttl) = env.header.ttl else {
+        return Ok(());
+    };
+    let expires = i64::try_from(ttl)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|d| env.header.timestamp.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    if expires < now {
+        return Err(Rejected::new(
+            Reason::Expired,
+            format!(
+                "expired at {} (header.timestamp {} + ttl {ttl} s)",
+                expires.to_rfc3339(),
+                env.header.timestamp.to_rfc3339()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Size limits on what is stored: the body as a whole (it is kept whole in
+/// `dead_letters` and copied into the workflow), and the payload fields that get their
+/// own (indexed) columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// Identifiers stored and indexed (`payload.data.epic_id`).
+    pub max_key_bytes: usize,
+    /// Texts stored in columns (`payload.data.title`, `description`, …).
+    pub max_text_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            max_key_bytes: MAX_ID_LEN,
+            max_text_bytes: 8192,
+        }
+    }
+}
+
+/// Payload fields stored in their own indexed columns.
+pub const STORED_KEYS: &[&str] = &["epic_id"];
+/// Payload fields stored as texts in their own columns.
+pub const STORED_TEXTS: &[&str] = &["title", "epic_title", "description", "incident_description"];
+
+/// The body must fit `max_body_bytes`; checked before it is parsed.
+pub fn check_body_size(body: &[u8], limits: &Limits) -> Result<(), Rejected> {
+    if body.len() > limits.max_body_bytes {
+        return Err(Rejected::new(
+            Reason::TooLarge,
+            format!(
+                "the body is {} bytes; at most {} are allowed",
+                body.len(),
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The payload fields stored in columns must fit their limits.
+pub fn check_limits(env: &Envelope, limits: &Limits) -> Result<(), Rejected> {
+    let fields = STORED_KEYS
+        .iter()
+        .map(|f| (*f, limits.max_key_bytes))
+        .chain(STORED_TEXTS.iter().map(|f| (*f, limits.max_text_bytes)));
+    for (field, max) in fields {
+        if let Some(s) = env.payload.data.get(field).and_then(Value::as_str) {
+            if s.len() > max {
+                return Err(Rejected::new(
+                    Reason::TooLarge,
+                    format!(
+                        "payload.data.{field} is {} bytes; at most {max} are allowed",
+                        s.len()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every pure check, in order.
+pub fn validate(
+    body: &[u8],
+    meta: &DeliveryMeta,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Result<Envelope, Rejected> {
+    validate_within(body, meta, catalog, &Limits::default(), now)
+}
+
+/// Every pure check, in order, with the given size limits.
+pub fn validate_within(
+    body: &[u8],
+    meta: &DeliveryMeta,
+    catalog: &Catalog,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Envelope, Rejected> {
+    check_body_size(body, limits)?;
+    let env = parse(body)?;
+    check_version(&env)?;
+    check_properties(&env, meta)?;
+    check_catalog(&env, catalog)?;
+    check_fresh(&env, now)?;
+    check_limits(&env, limits)?;
+    Ok(env)
+}
+
+/// `header.version` must be `MAJOR.MINOR` with a major version this coordinator
+/// speaks; within a major version changes are additive, so any minor is read.
+pub fn check_version(env: &Envelope) -> Result<(), Rejected> {
+    let v = env.header.version.as_str();
+    let major = v
+        .split_once('.')
+        .filter(|(major, minor)| {
+            [major, minor]
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .and_then(|(major, _)| major.parse::<u32>().ok());
+    match major {
+        Some(m) if SUPPORTED_MAJOR_VERSIONS.contains(&m) => Ok(()),
+        _ => Err(Rejected::new(
+            Reason::UnsupportedVersion,
+            format!(
+                "header.version {:?} is not supported; this coordinator speaks {}",
+                v.chars().take(40).collect::<String>(),
+                SUPPORTED_MAJOR_VERSIONS
+                    .iter()
+                    .map(|m| format!("{m}.x"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// The message id and sender of a delivery that may not parse, for dead letters and
+/// rejection notices: from the header if it has them, else from the AMQP properties.
+pub fn best_effort_ids(body: &[u8], meta: &DeliveryMeta) -> (Option<String>, Option<String>) {
+    let value: Option<Value> = serde_json::from_slice(body).ok();
+    let header_str = |path: &[&str]| -> Option<String> {
+        let mut v = value.as_ref()?.get("header")?;
+        for p in path {
+            v = v.get(p)?;
+        }
+        v.as_str()
+            .filter(|s| !s.trim().is_empty() && s.len() <= MAX_ID_LEN)
+            .map(str::to_string)
+    };
+    let message_id = header_str(&["message_id"]).or_else(|| meta.message_id.clone());
+    let sender = header_str(&["source", "agent_id"]).or_else(|| meta.app_id.clone());
+    (message_id, sender)
+}
+
+/// True if any string (or key) in the value contains U+0000, which PostgreSQL's text
+/// and jsonb cannot hold.
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Converts a header timestamp to the AMQP property (whole seconds).
+pub fn amqp_timestamp(t: DateTime<Utc>) -> u64 {
+    u64::try_from(t.timestamp()).unwrap_or(0)
+}
+
+/// Parses an AMQP timestamp property back to a time (for display).
+pub fn from_amqp_timestamp(secs: u64) -> Option<DateTime<Utc>> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| Utc.timestamp_opt(s, 0).single())
+}
+
+#[cfg(test)]
+mod tests;

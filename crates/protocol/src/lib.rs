@@ -1,0 +1,19 @@
+//! # coordinator-protocol
+//!
+//! The coordinator's wire contract (docs/protocol.md), as Rust types: what an agent
+//! written in Rust depends on, and what the coordinator itself is built on. No I/O.
+//!
+//! - [`envelope`]: the envelope, its AMQP properties, and the validation of an inbound
+//!   delivery (the reasons it can be refused are [`reject`]).
+//! - [`payloads`]: the payloads the coordinator sends and the fields it reads, and the
+//!   JSON Schemas generated from them (`docs/schemas/`).
+//! - [`catalog`]: roles, what each may publish and subscribes to.
+//! - [`names`]: exchanges, queues, routing keys and the coordinator's message types.
+//! - [`severity`]: escalation severities.
+
+pub mod catalog;
+pub mod envelope;
+pub mod names;
+pub mod payloads;
+pub mod reject;
+pub mod severity;

@@ -1,0 +1,843 @@
+//! The benchmark suite behind `make bench`: for each settings profile (default and
+//! production), the broker's ceiling, then every run on a fresh database and vhost with
+//! the release coordinator started as a child process, and a report.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use super::drive::{self, Load, Observed, Spec};
+use super::stats::{peak_rss_mib, Recorder};
+use super::team::{agent_id, Team, MESSAGES_PER_WORKFLOW, ROLES};
+use super::{ceiling, envelope_bytes};
+use agent::connect;
+use coordinator::settings::Settings;
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+pub const AMQP_BASE: &str = "amqp://guest:guest@127.0.0.1:5672";
+
+/// What a run does on top of its load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extra {
+    None,
+    /// Clocks due within ten seconds, inserted when the window opens.
+    Timers,
+    /// Active workflows and armed clocks in the tables before the coordinator starts,
+    /// then the timer workload too.
+    BigTables,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunDef {
+    pub name: &'static str,
+    pub agents: usize,
+    pub load: Load,
+    pub extra: Extra,
+}
+
+/// The runs of the suite: the seed's three load scenarios, a closed loop, the timer
+/// workload under the peak scenario, and the same with large tables.
+pub fn runs() -> Vec<RunDef> {
+    let open = |msg_per_s| Load::Open { msg_per_s };
+    vec![
+        RunDef {
+            name: "normal",
+            agents: 10,
+            load: open(100.0),
+            extra: Extra::None,
+        },
+        RunDef {
+            name: "peak",
+            agents: 50,
+            load: open(1000.0),
+            extra: Extra::None,
+        },
+        RunDef {
+            name: "stress",
+            agents: 100,
+            load: open(5000.0),
+            extra: Extra::None,
+        },
+        RunDef {
+            name: "closed-200",
+            agents: 50,
+            load: Load::Closed { in_flight: 200 },
+            extra: Extra::None,
+        },
+        RunDef {
+            name: "peak+timers",
+            agents: 50,
+            load: open(1000.0),
+            extra: Extra::Timers,
+        },
+        RunDef {
+            name: "big+peak+timers",
+            agents: 50,
+            load: open(1000.0),
+            extra: Extra::BigTables,
+        },
+    ]
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The coordinator binary (`target/release/coordinator`).
+    pub bin: PathBuf,
+    pub config_dir: PathBuf,
+    /// Settings profiles: `default` (no COORDINATOR_ENV) and/or `production`.
+    pub profiles: Vec<String>,
+    /// Only these runs (by name); all when empty.
+    pub only: Vec<String>,
+    pub warmup: Duration,
+    pub window: Duration,
+    pub timer_clocks: i64,
+    pub big_workflows: i64,
+    pub big_clocks: i64,
+    /// Where coordinator logs and the report go.
+    pub out_dir: PathBuf,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub profile: String,
+    pub run: String,
+    pub offered: String,
+    pub observed: Option<Observed>,
+    pub ceiling: f64,
+    pub coordinator_peak_rss_mib: Option<f64>,
+    pub timers: Option<TimerResult>,
+    pub inside: Option<Inside>,
+    pub backlog_grows: bool,
+    pub error: Option<String>,
+}
+
+/// The coordinator's own view of the window: its metrics and PostgreSQL's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inside {
+    pub batches_per_s: f64,
+    pub messages_per_batch: f64,
+    pub ms_per_batch: f64,
+    /// Mean wait of a batch's first delivery for a database turn.
+    pub ms_waiting: f64,
+    /// Mean time from a batch's commit until its messages were handed to the broker.
+    pub ms_to_publish: f64,
+    pub statements_per_batch: f64,
+    pub commits_per_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Probe {
+    batches: f64,
+    batch_messages: f64,
+    batch_seconds: f64,
+    wait_seconds: f64,
+    publish_waits: f64,
+    publish_wait_seconds: f64,
+    statements: f64,
+    commits: f64,
+    at: Option<Instant>,
+}
+
+impl Probe {
+    async fn take(http: &str, pool: &PgPool) -> Probe {
+        let mut p = Probe {
+            at: Some(Instant::now()),
+            ..Default::default()
+        };
+        if let Some((200, text)) = coordinator::http::probe(http, "/metrics").await {
+            for line in text.lines() {
+                let mut it = line.split_whitespace();
+                let (Some(name), Some(v)) = (it.next(), it.next().and_then(|v| v.parse().ok()))
+                else {
+                    continue;
+                };
+                match name {
+                    "coordinator_batch_size_count" => p.batches = v,
+                    "coordinator_batch_size_sum" => p.batch_messages = v,
+                    "coordinator_batch_seconds_sum" => p.batch_seconds = v,
+                    "coordinator_batch_wait_seconds_sum" => p.wait_seconds = v,
+                    "coordinator_publish_wait_seconds_count" => p.publish_waits = v,
+                    "coordinator_publish_wait_seconds_sum" => p.publish_wait_seconds = v,
+                    "coordinator_batch_statements_total" => p.statements = v,
+                    _ => {}
+                }
+            }
+        }
+        p.commits = sqlx::query_scalar::<_, i64>(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await
+        .map_or(0.0, |c| c as f64);
+        p
+    }
+
+    fn inside(&self, end: &Probe) -> Option<Inside> {
+        let secs = end.at?.duration_since(self.at?).as_secs_f64();
+        let batches = end.batches - self.batches;
+        let per = |v: f64| if batches > 0.0 { v / batches } else { 0.0 };
+        Some(Inside {
+            batches_per_s: batches / secs,
+            messages_per_batch: per(end.batch_messages - self.batch_messages),
+            ms_per_batch: per(end.batch_seconds - self.batch_seconds) * 1000.0,
+            ms_waiting: per(end.wait_seconds - self.wait_seconds) * 1000.0,
+            ms_to_publish: {
+                let n = end.publish_waits - self.publish_waits;
+                let t = end.publish_wait_seconds - self.publish_wait_seconds;
+                if n > 0.0 {
+                    t / n * 1000.0
+                } else {
+                    0.0
+                }
+            },
+            statements_per_batch: per(end.statements - self.statements),
+            commits_per_s: (end.commits - self.commits) / secs,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TimerResult {
+    pub expected: i64,
+    pub fired: i64,
+    pub escalations: i64,
+    pub distinct_clocks: i64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// A database and a vhost of their own, dropped by [`Fresh::drop_all`].
+pub(crate) struct Fresh {
+    pub(crate) db: String,
+    pub(crate) vhost: String,
+}
+
+impl Fresh {
+    pub(crate) async fn create(tag: &str) -> anyhow::Result<Fresh> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let f = Fresh {
+            db: format!("coordinator_bench_{tag}_{}", &id[..8]),
+            vhost: format!("coordinator_bench_{tag}_{}", &id[..8]),
+        };
+        let mut admin = PgConnection::connect(PG_ADMIN)
+            .await
+            .context("PostgreSQL on 127.0.0.1:5432 (run `make services`)")?;
+        sqlx::query(&format!("CREATE DATABASE \"{}\"", f.db))
+            .execute(&mut admin)
+            .await?;
+        rabbitmqctl(&["add_vhost", &f.vhost]).await?;
+        rabbitmqctl(&["set_permissions", "-p", &f.vhost, "guest", ".*", ".*", ".*"]).await?;
+        Ok(f)
+    }
+
+    pub(crate) fn db_url(&self) -> String {
+        format!("{PG_BASE}/{}", self.db)
+    }
+
+    pub(crate) fn amqp_url(&self) -> String {
+        format!("{AMQP_BASE}/{}", self.vhost)
+    }
+
+    pub(crate) async fn drop_all(self) {
+        if let Ok(mut admin) = PgConnection::connect(PG_ADMIN).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]).await;
+    }
+}
+
+pub(crate) async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .context("rabbitmqctl runs")?;
+    if !out.status.success() {
+        bail!(
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last line of a log file, for an error message.
+fn last_line(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|s| s.lines().last().map(str::to_string))
+        .unwrap_or_else(|| format!("(see {})", log.display()))
+}
+
+/// The coordinator as a child process.
+pub(crate) struct Coordinator {
+    child: Child,
+    pub(crate) http: String,
+}
+
+impl Coordinator {
+    /// Starts `bin serve` reading `config_dir`, and waits until it is ready.
+    pub(crate) async fn start(
+        bin: &Path,
+        config_dir: &Path,
+        profile: &str,
+        fresh: &Fresh,
+        log: &Path,
+    ) -> anyhow::Result<Coordinator> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let http = format!("127.0.0.1:{port}");
+        let log_path = log;
+        let log = std::fs::File::create(log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .env("COORDINATOR_CONFIG_DIR", config_dir)
+            .env("COORDINATOR__DATABASE__URL", fresh.db_url())
+            .env("COORDINATOR__AMQP__URL", fresh.amqp_url())
+            .env("COORDINATOR__HTTP__ADDR", &http)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        match profile {
+            "default" => cmd.env_remove(coordinator::settings::ENV_VAR),
+            p => cmd.env(coordinator::settings::ENV_VAR, p),
+        };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not start {}", bin.display()))?;
+        let mut c = Coordinator { child, http };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if coordinator::http::probe(&c.http, "/readyz")
+                .await
+                .map(|r| r.0)
+                == Some(200)
+            {
+                return Ok(c);
+            }
+            if let Ok(Some(status)) = c.child.try_wait() {
+                bail!(
+                    "the coordinator exited ({status}) before it was ready; its last line: {}",
+                    last_line(log_path)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("the coordinator did not become ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub(crate) async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 30 s); its exit status if it exited by itself.
+    pub(crate) async fn stop(mut self) -> Option<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                None
+            }
+        }
+    }
+}
+
+fn settings_for(opts: &Options, profile: &str, fresh: &Fresh) -> anyhow::Result<Settings> {
+    let env = (profile != "default").then_some(profile);
+    let mut s = Settings::load_from(&opts.config_dir, env)?;
+    s.database.url = fresh.db_url();
+    s.amqp.url = fresh.amqp_url();
+    Ok(s)
+}
+
+/// Runs the suite and returns its rows (also printed as they complete).
+pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let mut rows = Vec::new();
+    let mut hops: Vec<(String, super::stats::Percentiles)> = Vec::new();
+    for profile in &opts.profiles {
+        let (ceiling, queue_type) = {
+            let fresh = Fresh::create("ceiling").await?;
+            let s = settings_for(opts, profile, &fresh)?;
+            let r = ceiling::measure_all(
+                &fresh.amqp_url(),
+                s.amqp.queue_type,
+                envelope_bytes(),
+                opts.window.min(Duration::from_secs(20)),
+                1000.0,
+            )
+            .await;
+            fresh.drop_all().await;
+            (
+                r.context("measuring the broker's ceiling")?,
+                s.amqp.queue_type,
+            )
+        };
+        println!(
+            "[{profile}] ceiling: {:.0} msg/s through one {} queue (persistent, confirms, acks); one hop (publish → delivery) at 1,000 msg/s: p50 {:.1} ms, p99 {:.1} ms",
+            ceiling.msg_per_s,
+            queue_type.as_str(),
+            ceiling.hop.p50,
+            ceiling.hop.p99
+        );
+        hops.push((profile.clone(), ceiling.hop));
+        let ceiling = ceiling.msg_per_s;
+        for def in runs() {
+            if !opts.only.is_empty() && !opts.only.iter().any(|o| o == def.name) {
+                continue;
+            }
+            let row = match one(opts, profile, &def, ceiling).await {
+                Ok(row) => row,
+                Err(e) => Row {
+                    profile: profile.clone(),
+                    run: def.name.to_string(),
+                    offered: offered(&def.load),
+                    observed: None,
+                    ceiling,
+                    coordinator_peak_rss_mib: None,
+                    timers: None,
+                    inside: None,
+                    backlog_grows: false,
+                    error: Some(format!("{e:#}")),
+                },
+            };
+            println!("{}", format_row(&row));
+            rows.push(row);
+        }
+    }
+    let mut report = report(opts, &rows);
+    for (profile, hop) in &hops {
+        report.push_str(&format!(
+            "One broker hop ({profile}), publish with confirm → delivery, at 1,000 msg/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.\n",
+            hop.p50, hop.p99, hop.max
+        ));
+    }
+    let path = opts.out_dir.join("report.md");
+    std::fs::write(&path, &report)?;
+    println!("\n{report}\nreport written to {}", path.display());
+    Ok(rows)
+}
+
+fn offered(load: &Load) -> String {
+    match load {
+        Load::Open { msg_per_s } => format!("{msg_per_s:.0} msg/s"),
+        Load::Closed { in_flight } => format!("{in_flight} in flight"),
+    }
+}
+
+async fn one(opts: &Options, profile: &str, def: &RunDef, ceiling: f64) -> anyhow::Result<Row> {
+    let fresh = Fresh::create(&def.name.replace(['+', '-'], "_")).await?;
+    let result = one_in(opts, profile, def, ceiling, &fresh).await;
+    fresh.drop_all().await;
+    result
+}
+
+async fn one_in(
+    opts: &Options,
+    profile: &str,
+    def: &RunDef,
+    ceiling: f64,
+    fresh: &Fresh,
+) -> anyhow::Result<Row> {
+    let settings = settings_for(opts, profile, fresh)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy(&fresh.db_url())?;
+    if def.extra == Extra::BigTables {
+        coordinator::db::migrate(&pool).await?;
+        let t = Instant::now();
+        preload(&pool, opts.big_workflows, opts.big_clocks).await?;
+        println!(
+            "[{profile}] {}: preloaded {} workflows and {} armed clocks in {:.0?}",
+            def.name,
+            opts.big_workflows,
+            opts.big_clocks,
+            t.elapsed()
+        );
+    }
+    let log = opts
+        .out_dir
+        .join(format!("coordinator-{profile}-{}.log", def.name));
+    let coordinator = Coordinator::start(&opts.bin, &opts.config_dir, profile, fresh, &log).await?;
+    for role in ROLES {
+        coordinator::cli::add_agent(&settings, &pool, &agent_id(role), role).await?;
+    }
+    let inbox_queues = inbox_queues(&fresh.vhost).await?;
+    let rec = Arc::new(Recorder::default());
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let instances = def.agents / ROLES.len();
+    let team = Team::start(&fresh.amqp_url(), instances, 50, rec.clone(), done_tx).await?;
+    let depth_conn = connect(&fresh.amqp_url(), "bench-depth").await?;
+    let depth_ch = depth_conn.create_channel().await?;
+    let spec = Spec {
+        load: def.load,
+        warmup: opts.warmup,
+        window: opts.window,
+        drain: Duration::from_secs(30),
+        prefix: format!(
+            "{}-{}",
+            def.name,
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        ),
+    };
+    let timer_task = (def.extra != Extra::None).then(|| {
+        let pool = pool.clone();
+        let n = opts.timer_clocks;
+        let delay = opts.warmup;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            arm_due_clocks(&pool, n).await
+        })
+    });
+    let probes = {
+        let (http, pool) = (coordinator.http.clone(), pool.clone());
+        let (warmup, window) = (opts.warmup, opts.window);
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            let start = Probe::take(&http, &pool).await;
+            tokio::time::sleep(window).await;
+            let end = Probe::take(&http, &pool).await;
+            start.inside(&end)
+        })
+    };
+    let observed = drive::run(&team, &rec, &spec, done_rx, coordinator.pid(), || {
+        let ch = &depth_ch;
+        let names = &inbox_queues;
+        async move {
+            let mut total = 0;
+            for q in names {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                total += u64::from(
+                    ch.queue_declare(q, passive, FieldTable::default())
+                        .await
+                        .ok()?
+                        .message_count(),
+                );
+            }
+            Some(total)
+        }
+    })
+    .await;
+    let timers = match timer_task {
+        Some(t) => {
+            t.await??;
+            Some(timer_result(&pool, opts.timer_clocks).await?)
+        }
+        None => None,
+    };
+    let inside = probes.await.ok().flatten();
+    let rss = coordinator.pid().and_then(peak_rss_mib);
+    team.close().await;
+    let _ = depth_conn.close(200, "done").await;
+    coordinator.stop().await;
+    pool.close().await;
+    let backlog_grows = match def.load {
+        Load::Open { msg_per_s } => {
+            observed.backlog_grows(msg_per_s / MESSAGES_PER_WORKFLOW as f64)
+        }
+        Load::Closed { .. } => false,
+    };
+    Ok(Row {
+        profile: profile.to_string(),
+        run: def.name.to_string(),
+        offered: offered(&def.load),
+        observed: Some(observed),
+        ceiling,
+        coordinator_peak_rss_mib: rss,
+        timers,
+        inside,
+        backlog_grows,
+        error: None,
+    })
+}
+
+/// The coordinator's inbox queues in a vhost (whatever their number).
+async fn inbox_queues(vhost: &str) -> anyhow::Result<Vec<String>> {
+    let out = rabbitmqctl(&[
+        "list_queues",
+        "-p",
+        vhost,
+        "--quiet",
+        "--no-table-headers",
+        "name",
+    ])
+    .await?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|q| q.starts_with("coordinator.inbox"))
+        .map(str::to_string)
+        .collect())
+}
+
+async fn exec(pool: &PgPool, sql: &str) -> anyhow::Result<()> {
+    sqlx::query(sql)
+        .execute(pool)
+        .await
+        .with_context(|| sql.to_string())?;
+    Ok(())
+}
+
+/// Active workflows with armed clocks due days from now.
+async fn preload(pool: &PgPool, workflows: i64, clocks: i64) -> anyhow::Result<()> {
+    exec(
+        pool,
+        &format!(
+            "INSERT INTO workflows (id, kind, state, epic_id, title)
+             SELECT 'old-' || g, 'feature_delivery', 'testing', 'EPIC-old-' || g, 'preloaded'
+             FROM generate_series(1, {workflows}) g"
+        ),
+    )
+    .await?;
+    exec(
+        pool,
+        &format!(
+            "INSERT INTO sla_clocks (workflow_id, clock, round, owner_role, severity, armed_at, warn_at, due_at)
+             SELECT 'old-' || (g % {workflows} + 1), 'testing_completion', g / {workflows} + 1, 'qa-director', 'high',
+                    now(), now() + interval '1 day' + make_interval(secs => g * 0.1),
+                    now() + interval '2 days' + make_interval(secs => g * 0.1)
+             FROM generate_series(0, {clocks} - 1) g"
+        ),
+    )
+    .await?;
+    // A database that has held these rows for a while has vacuumed them and written
+    // them out: without this, autovacuum's first pass over a million new rows and the
+    // checkpoint that the load's WAL triggers (with a full-page image for every page
+    // first touched after it) would run inside the measurement window.
+    exec(pool, "VACUUM (FREEZE, ANALYZE) workflows").await?;
+    exec(pool, "VACUUM (FREEZE, ANALYZE) sla_clocks").await?;
+    exec(pool, "ANALYZE").await?;
+    exec(pool, "CHECKPOINT").await
+}
+
+/// `n` workflows with one armed clock each, due evenly over the next 3 to 13 seconds;
+/// the running timers are told to reload.
+async fn arm_due_clocks(pool: &PgPool, n: i64) -> anyhow::Result<()> {
+    exec(
+        pool,
+        &format!(
+            "INSERT INTO workflows (id, kind, state) SELECT 'tmr-' || g, 'feature_delivery', 'feature_handoff'
+             FROM generate_series(1, {n}) g"
+        ),
+    )
+    .await?;
+    exec(
+        pool,
+        &format!(
+            "INSERT INTO sla_clocks (workflow_id, clock, round, owner_role, severity, armed_at, due_at)
+             SELECT 'tmr-' || g, 'testing_start', 1, 'qa-director', 'high', now(),
+                    now() + make_interval(secs => 3 + 10.0 * g / {n})
+             FROM generate_series(1, {n}) g"
+        ),
+    )
+    .await?;
+    exec(pool, "NOTIFY coordinator_timers").await
+}
+
+/// Waits (up to a minute) for the timer workload to fire, then measures it.
+async fn timer_result(pool: &PgPool, n: i64) -> anyhow::Result<TimerResult> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let fired: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sla_clocks WHERE workflow_id LIKE 'tmr-%' AND status = 'breached'",
+        )
+        .fetch_one(pool)
+        .await?;
+        if fired >= n || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (fired, p50, p99, max): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT count(*),
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY l),
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY l),
+                max(l)
+         FROM (SELECT extract(epoch FROM closed_at - due_at)::float8 * 1000 AS l
+               FROM sla_clocks WHERE workflow_id LIKE 'tmr-%' AND status = 'breached') x",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (escalations, distinct_clocks): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT clock_id) FROM escalations
+         WHERE workflow_id LIKE 'tmr-%' AND level = 1",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(TimerResult {
+        expected: n,
+        fired,
+        escalations,
+        distinct_clocks,
+        p50_ms: p50.unwrap_or(f64::NAN),
+        p99_ms: p99.unwrap_or(f64::NAN),
+        max_ms: max.unwrap_or(f64::NAN),
+    })
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+pub fn format_row(r: &Row) -> String {
+    let Some(o) = &r.observed else {
+        return format!(
+            "[{}] {}: FAILED: {}",
+            r.profile,
+            r.run,
+            r.error.as_deref().unwrap_or("?")
+        );
+    };
+    let (mid, end) = o.in_flight_mid_end();
+    let (inbox_max, inbox_end) = o.inbox_max_end();
+    let mut s = format!(
+        "[{}] {} ({}): {:.1} wf/s, {:.0} agent msg/s ({:.0}% of ceiling); handoff ms p50 {:.1} p99 {:.1} max {:.1}; workflow ms p50 {:.1} p99 {:.1}; \
+         coordinator CPU {} s ({} cores), peak RSS {} MiB; loadgen CPU {} s; in flight mid/end {mid}/{end}, inbox max/end {}/{}{}",
+        r.profile,
+        r.run,
+        r.offered,
+        o.workflows_per_s(),
+        o.messages_per_s(),
+        100.0 * o.messages_per_s() / r.ceiling,
+        o.handoff.p50,
+        o.handoff.p99,
+        o.handoff.max,
+        o.workflow.p50,
+        o.workflow.p99,
+        opt(o.coordinator_cpu_s, 1),
+        opt(o.coordinator_cpu_s.map(|c| c / o.window_s), 2),
+        opt(r.coordinator_peak_rss_mib, 0),
+        opt(o.loadgen_cpu_s, 1),
+        opt(inbox_max.map(|v| v as f64), 0),
+        opt(inbox_end.map(|v| v as f64), 0),
+        if r.backlog_grows { " — BACKLOG GROWS" } else { "" },
+    );
+    if let Some(t) = &r.timers {
+        s.push_str(&format!(
+            "; timers: fired {}/{} (escalations {}, distinct clocks {}), lateness ms p50 {:.1} p99 {:.1} max {:.1}",
+            t.fired, t.expected, t.escalations, t.distinct_clocks, t.p50_ms, t.p99_ms, t.max_ms
+        ));
+    }
+    s.push_str(&format!(
+        "; CPU s: RabbitMQ {:.1}, PostgreSQL {:.1}, machine {:.1} of {:.1} ({:.0}% busy)",
+        o.cpu.broker,
+        o.cpu.database,
+        o.cpu.machine_busy,
+        o.cpu.machine_total,
+        100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9)
+    ));
+    if let Some(i) = &r.inside {
+        s.push_str(&format!(
+            "; inside: {:.0} batches/s of {:.1} msgs, {:.1} ms and {:.1} statements each, {:.1} ms waiting for a turn, {:.1} ms from commit to publish; PostgreSQL {:.0} commits/s",
+            i.batches_per_s, i.messages_per_batch, i.ms_per_batch, i.statements_per_batch, i.ms_waiting, i.ms_to_publish, i.commits_per_s
+        ));
+    }
+    if o.unfinished > 0 {
+        s.push_str(&format!(
+            "; {} workflows unfinished after the drain",
+            o.unfinished
+        ));
+    }
+    s
+}
+
+/// The report as a Markdown table.
+pub fn report(opts: &Options, rows: &[Row]) -> String {
+    let mut out = format!(
+        "Window {:?} after {:?} warm-up; {} cores.\n\n\
+         | profile | run | offered | wf/s | agent msg/s | % ceiling | handoff p50/p99/max ms | workflow p50/p99 ms | coord CPU s (cores) | coord peak RSS MiB | loadgen CPU s | RabbitMQ / PostgreSQL CPU s | machine busy | backlog | timers fired, lateness p50/p99/max ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        opts.window,
+        opts.warmup,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for r in rows {
+        let Some(o) = &r.observed else {
+            out.push_str(&format!(
+                "| {} | {} | {} | failed: {} |\n",
+                r.profile,
+                r.run,
+                r.offered,
+                r.error.as_deref().unwrap_or("?")
+            ));
+            continue;
+        };
+        let (mid, end) = o.in_flight_mid_end();
+        let timers = r.timers.map_or_else(
+            || "-".to_string(),
+            |t| {
+                format!(
+                    "{}/{} ({} esc.), {:.1}/{:.1}/{:.1}",
+                    t.fired, t.expected, t.escalations, t.p50_ms, t.p99_ms, t.max_ms
+                )
+            },
+        );
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.0} | {:.0}% | {:.1}/{:.1}/{:.1} | {:.0}/{:.0} | {} ({}) | {} | {} | {:.1} / {:.1} | {:.0}% | {} in flight mid/end {mid}/{end} | {timers} |\n",
+            r.profile,
+            r.run,
+            r.offered,
+            o.workflows_per_s(),
+            o.messages_per_s(),
+            100.0 * o.messages_per_s() / r.ceiling,
+            o.handoff.p50,
+            o.handoff.p99,
+            o.handoff.max,
+            o.workflow.p50,
+            o.workflow.p99,
+            opt(o.coordinator_cpu_s, 1),
+            opt(o.coordinator_cpu_s.map(|c| c / o.window_s), 2),
+            opt(r.coordinator_peak_rss_mib, 0),
+            opt(o.loadgen_cpu_s, 1),
+            o.cpu.broker,
+            o.cpu.database,
+            100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9),
+            if r.backlog_grows { "GROWS" } else { "steady" },
+        ));
+    }
+    let mut ceilings: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| (r.profile.clone(), r.ceiling))
+        .collect();
+    ceilings.dedup_by(|a, b| a.0 == b.0);
+    for (p, c) in ceilings {
+        out.push_str(&format!(
+            "\nCeiling ({p}): {c:.0} msg/s through one queue.\n"
+        ));
+    }
+    out
+}

@@ -1,0 +1,412 @@
+//! The bench agents: one agent per role of the happy path, each with several consumer
+//! instances on its task queue (competing consumers, manual acks). An instance that
+//! receives a task publishes the replies the protocol expects, waits for the broker to
+//! confirm them, and only then acks the task — as a careful agent would. An instance
+//! works on the tasks it has prefetched concurrently, so waiting for confirms does not
+//! make the bench agents the bottleneck.
+//!
+//! Every message carries `t` (when it was published, [`now_ns`]) and `t0` (when its
+//! workflow started) in `payload.data`. The coordinator copies the causing message's
+//! data into the task it sends, so the receiving agent measures the handoff latency
+//! without any shared bookkeeping.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::stats::{now_ns, Counters, Recorder};
+use agent::{connect, properties};
+use coordinator::domain::workflow::roles::{DEVOPS, ENGINEERING, MARKETING, PRODUCT, QA};
+use protocol::envelope::Envelope;
+use protocol::names::exchanges;
+use protocol::names::queues::{self, ONCALL as ONCALL_QUEUE};
+
+/// The roles the happy path needs.
+pub const ROLES: [&str; 5] = [PRODUCT, ENGINEERING, QA, DEVOPS, MARKETING];
+
+/// Agent messages in one workflow of the happy path (requirements_ready and the replies).
+pub const MESSAGES_PER_WORKFLOW: u64 = 11;
+
+/// The bench agent of a role.
+pub fn agent_id(role: &str) -> String {
+    format!("bench-{role}")
+}
+
+/// What an agent of `role` publishes on receiving `task`, in order.
+pub fn replies(role: &str, task: &str) -> &'static [&'static str] {
+    match (role, task) {
+        (ENGINEERING, "requirements_handoff") => &[
+            "handoff_acknowledged",
+            "sprint_initialized",
+            "feature_completed",
+        ],
+        (QA, "feature_handoff") => &[
+            "handoff_acknowledged",
+            "testing_started",
+            "release_approved",
+        ],
+        (DEVOPS, "release_handoff") => &[
+            "handoff_acknowledged",
+            "deployment_started",
+            "deployment_completed",
+            "validation_completed",
+        ],
+        _ => &[],
+    }
+}
+
+/// Messages whose arrival ends a handoff.
+fn ends_handoff(message_type: &str) -> bool {
+    matches!(
+        message_type,
+        "requirements_handoff" | "feature_handoff" | "release_handoff" | "feature_deployed"
+    )
+}
+
+/// Message ids of the tasks an agent has handled (shared by its instances).
+#[derive(Debug, Clone, Default)]
+struct Seen(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl Seen {
+    /// True the first time an id is seen.
+    fn first(&self, message_id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(message_id.to_string())
+    }
+}
+
+pub struct Team {
+    conns: Vec<Connection>,
+    tasks: Vec<JoinHandle<()>>,
+    starters: Vec<mpsc::UnboundedSender<String>>,
+    next: AtomicUsize,
+}
+
+impl Team {
+    /// Connects one agent per role with `instances` consumers each. Every completed
+    /// workflow is reported on `done`. The agents must be registered (queues declared).
+    pub async fn start(
+        url: &str,
+        instances: usize,
+        prefetch: u16,
+        rec: Arc<Recorder>,
+        done: mpsc::UnboundedSender<()>,
+    ) -> Result<Team, lapin::Error> {
+        let instances = instances.max(1);
+        let mut team = Team {
+            conns: Vec::new(),
+            tasks: Vec::new(),
+            starters: Vec::new(),
+            next: AtomicUsize::new(0),
+        };
+        for role in ROLES {
+            let id = agent_id(role);
+            let conn = connect(url, &id).await?;
+            let seen = Seen::default();
+            for i in 0..instances {
+                let ch = confirm_channel(&conn).await?;
+                ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+                let consumer = consume(&ch, &queues::tasks(&id), &format!("{id}-{i}")).await?;
+                let done = (role == PRODUCT).then(|| done.clone());
+                team.tasks.push(tokio::spawn(serve_tasks(
+                    role,
+                    id.clone(),
+                    ch,
+                    consumer,
+                    rec.clone(),
+                    done,
+                    seen.clone(),
+                )));
+                if role == PRODUCT {
+                    let ch = confirm_channel(&conn).await?;
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    team.starters.push(tx);
+                    team.tasks
+                        .push(tokio::spawn(starter(ch, id.clone(), rx, rec.clone())));
+                }
+            }
+            // What agents only observe: other roles' events and notices to this agent.
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(500, BasicQosOptions::default()).await?;
+            let events = consume(&ch, &queues::events(&id), &format!("{id}-events")).await?;
+            let commands = consume(&ch, &queues::commands(&id), &format!("{id}-commands")).await?;
+            let r = rec.clone();
+            team.tasks.push(tokio::spawn(drain(events, move |_| {
+                Counters::inc(&r.counters.events)
+            })));
+            let r = rec.clone();
+            team.tasks.push(tokio::spawn(drain(commands, move |env| {
+                if env.is_some_and(|e| e.header.message_type == "message_rejected") {
+                    Counters::inc(&r.counters.rejected)
+                }
+            })));
+            if role == PRODUCT {
+                let oncall = consume(&ch, ONCALL_QUEUE, "bench-oncall").await?;
+                let r = rec.clone();
+                team.tasks.push(tokio::spawn(drain(oncall, move |_| {
+                    Counters::inc(&r.counters.escalations)
+                })));
+            }
+            team.conns.push(conn);
+        }
+        Ok(team)
+    }
+
+    /// Starts a workflow: product publishes `requirements_ready` for it.
+    pub fn start_workflow(&self, workflow_id: String) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.starters.len().max(1);
+        if let Some(tx) = self.starters.get(i) {
+            let _ = tx.send(workflow_id);
+        }
+    }
+
+    pub async fn close(self) {
+        drop(self.starters);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for c in self.conns {
+            let _ = c.close(200, "bench done").await;
+        }
+    }
+}
+
+async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
+}
+
+async fn consume(ch: &Channel, queue: &str, tag: &str) -> Result<Consumer, lapin::Error> {
+    ch.basic_consume(
+        queue,
+        tag,
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Publishes as an agent does: `agent.topic`, `{agent_type}.{message_type}`, persistent,
+/// properties repeating the header.
+pub async fn publish(channel: &Channel, env: &Envelope) -> Result<PublisherConfirm, lapin::Error> {
+    let body = serde_json::to_vec(env).map_err(|e| {
+        lapin::Error::IOError(std::sync::Arc::new(std::io::Error::other(e.to_string())))
+    })?;
+    let key = env.agent_routing_key();
+    channel
+        .basic_publish(
+            exchanges::TOPIC,
+            &key,
+            BasicPublishOptions::default(),
+            &body,
+            properties(&env.meta(&key)),
+        )
+        .await
+}
+
+fn confirmed(c: Result<Confirmation, lapin::Error>) -> bool {
+    matches!(c, Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested))
+}
+
+/// Handles the tasks of one consumer instance concurrently (up to its prefetch): each
+/// is acked once its replies are confirmed.
+async fn serve_tasks(
+    role: &'static str,
+    agent_id: String,
+    channel: Channel,
+    mut consumer: Consumer,
+    rec: Arc<Recorder>,
+    done: Option<mpsc::UnboundedSender<()>>,
+    seen: Seen,
+) {
+    let mut handling = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            delivery = consumer.next() => {
+                let Some(Ok(delivery)) = delivery else { break };
+                handling.push(handle_task(role, &agent_id, &channel, delivery, &rec, done.as_ref(), &seen));
+            }
+            Some(()) = handling.next() => {}
+        }
+    }
+    while handling.next().await.is_some() {}
+}
+
+async fn handle_task(
+    role: &'static str,
+    agent_id: &str,
+    channel: &Channel,
+    delivery: lapin::message::Delivery,
+    rec: &Recorder,
+    done: Option<&mpsc::UnboundedSender<()>>,
+    seen: &Seen,
+) {
+    let c = &rec.counters;
+    let env: Envelope = match serde_json::from_slice(&delivery.data) {
+        Ok(e) => e,
+        Err(_) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            return;
+        }
+    };
+    // The coordinator sends at least once, with stable message ids: a task seen
+    // before (another instance of this agent may have had it) is acked and skipped.
+    if !seen.first(&env.header.message_id) {
+        Counters::inc(&c.redelivered);
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        return;
+    }
+    let mt = env.header.message_type.as_str();
+    let data = &env.payload.data;
+    let t = data.get("t").and_then(Value::as_u64);
+    let t0 = data.get("t0").and_then(Value::as_u64);
+    if ends_handoff(mt) {
+        Counters::inc(&c.tasks);
+        if let (true, Some(t)) = (rec.recording(), t) {
+            rec.handoff.record_since(t);
+        }
+    } else {
+        Counters::inc(&c.notices);
+    }
+    if role == PRODUCT && mt == "feature_deployed" {
+        Counters::inc(&c.completed);
+        if let (true, Some(t0)) = (rec.recording(), t0) {
+            rec.workflow.record_since(t0);
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+    let mut confirms = Vec::new();
+    for reply in replies(role, mt) {
+        let data = json!({"t": now_ns(), "t0": t0});
+        let mut e = Envelope::from_agent(
+            agent_id,
+            role,
+            reply,
+            &env.header.correlation_id,
+            data,
+            Utc::now(),
+        );
+        e.header.message_id = reply_id(&env.header.message_id, reply);
+        match publish(channel, &e).await {
+            Ok(confirm) => confirms.push(confirm),
+            Err(_) => Counters::inc(&c.publish_failures),
+        }
+    }
+    for confirm in confirms {
+        if confirmed(confirm.await) {
+            Counters::inc(&c.published);
+        } else {
+            Counters::inc(&c.publish_failures);
+        }
+    }
+    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+}
+
+/// The message id of an agent's reply to a task: derived from the task's id, so that
+/// a task handled again (redelivered after the agent's connection dropped) sends the
+/// same ids, and the coordinator applies each reply once.
+pub fn reply_id(task_message_id: &str, reply: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{task_message_id}/{reply}").as_bytes(),
+    )
+    .to_string()
+}
+
+/// Publishes `requirements_ready` for every workflow id received, confirms awaited
+/// concurrently.
+async fn starter(
+    channel: Channel,
+    agent_id: String,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    rec: Arc<Recorder>,
+) {
+    let c = &rec.counters;
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    while open || !pending.is_empty() {
+        tokio::select! {
+            wf = rx.recv(), if open => {
+                let Some(wf) = wf else { open = false; continue };
+                let t = now_ns();
+                let data = json!({"epic_id": format!("EPIC-{wf}"), "title": "bench", "t": t, "t0": t});
+                let e = Envelope::from_agent(&agent_id, PRODUCT, "requirements_ready", &wf, data, Utc::now());
+                match publish(&channel, &e).await {
+                    Ok(confirm) => pending.push(async move { (wf, confirm.await) }),
+                    Err(_) => Counters::inc(&c.publish_failures),
+                }
+            }
+            Some((wf, res)) = pending.next() => {
+                if confirmed(res) {
+                    Counters::inc(&c.started);
+                    Counters::inc(&c.published);
+                    rec.started_ids.lock().unwrap_or_else(|e| e.into_inner()).push(wf);
+                } else {
+                    Counters::inc(&c.publish_failures);
+                }
+            }
+        }
+    }
+}
+
+/// Acks everything on a queue, calling `seen` with each message (parsed if it is an
+/// envelope).
+async fn drain(mut consumer: Consumer, seen: impl Fn(Option<Envelope>)) {
+    while let Some(Ok(d)) = consumer.next().await {
+        seen(serde_json::from_slice(&d.data).ok());
+        let _ = d.acker.ack(BasicAckOptions::default()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_happy_path_is_eleven_agent_messages() {
+        let sent: usize = [
+            (ENGINEERING, "requirements_handoff"),
+            (QA, "feature_handoff"),
+            (DEVOPS, "release_handoff"),
+        ]
+        .iter()
+        .map(|(r, t)| replies(r, t).len())
+        .sum();
+        assert_eq!(1 + sent as u64, MESSAGES_PER_WORKFLOW);
+        assert!(replies(PRODUCT, "feature_deployed").is_empty());
+    }
+
+    #[test]
+    fn a_task_handled_twice_gets_replies_with_the_same_ids() {
+        assert_eq!(
+            reply_id("t-1", "sprint_initialized"),
+            reply_id("t-1", "sprint_initialized")
+        );
+        assert_ne!(
+            reply_id("t-1", "sprint_initialized"),
+            reply_id("t-1", "feature_completed")
+        );
+        assert_ne!(
+            reply_id("t-1", "sprint_initialized"),
+            reply_id("t-2", "sprint_initialized")
+        );
+    }
+}
