@@ -271,3 +271,25 @@ pub fn properties(meta: &DeliveryMeta) -> lapin::BasicProperties {
     }
     p
 }
+
+/// A minimal HTTP/1.1 GET of one of the coordinator's endpoints (`host:port`, e.g. `/readyz`):
+/// (status, body), or `None` if it does not answer. What a deployment script or a test
+/// asks before it starts agents; a full HTTP client would be a dependency for one request.
+pub async fn probe(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}

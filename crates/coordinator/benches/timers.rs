@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coordinator::runtime::Shared;
+use coordinator::service::runtime::Shared;
 use coordinator::settings::Settings;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -114,7 +114,13 @@ async fn run_scenario(shared: Arc<Shared>, tag: &str, due: i64) -> Lateness {
     let timer = tokio::spawn({
         let shared = shared.clone();
         let stop = stop.clone();
-        async move { coordinator::timers::run(&shared, stop).await }
+        async move {
+            coordinator::service::timers::run(
+                coordinator::service::timers::Parts::of(&shared),
+                stop,
+            )
+            .await
+        }
     });
     let deadline = Instant::now() + Duration::from_secs(lead_s as u64 + 60 + 60);
     loop {
@@ -169,7 +175,11 @@ async fn main() {
     let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config"));
     let mut settings = Settings::load_from(dir, None).expect("settings");
     settings.database.url = url;
-    let shared = Arc::new(Shared::new(settings.clone(), pool.clone()));
+    let shared = Arc::new(Shared::new(
+        settings.clone(),
+        pool.clone(),
+        coordinator::clock::system(),
+    ));
     println!(
         "timer workload: window {:?}, concurrency {}, {} cores",
         settings.timers.window,

@@ -1,6 +1,6 @@
 //! A circuit breaker, as pure logic: the caller passes the time, so tests drive it with
 //! an injected clock. The service keeps one around PostgreSQL and one around publishing
-//! ([`crate::runtime::Breakers`]).
+//! ([`crate::service::runtime::Breakers`]).
 //!
 //! ```text
 //!   closed ──(failure_threshold failures, none more than monitoring_period apart

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{Shared, Status};
+use crate::service::runtime::{Shared, Status};
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -41,15 +41,10 @@ async fn healthz() -> &'static str {
 /// breaker is open (each breaker's state is in the body under `circuit_breakers`).
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let s = &shared.status;
-    let database = tokio::time::timeout(
-        Duration::from_secs(1),
-        sqlx::query("SELECT 1").execute(&shared.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let database = crate::db::ping(&shared.pool, Duration::from_secs(1)).await;
     let breakers: serde_json::Map<String, serde_json::Value> = shared
         .breakers
-        .states(&shared.metrics)
+        .states()
         .into_iter()
         .map(|(g, state)| (g.as_str().to_string(), json!(state.as_str())))
         .collect();
@@ -84,26 +79,4 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         )],
         shared.metrics.render(),
     )
-}
-
-/// A minimal HTTP/1.1 GET against this service (`host:port`): (status, body), or `None`
-/// if it does not answer. For readiness probes in the tests and the benchmark, where a
-/// full HTTP client would be a dependency for one request.
-pub async fn probe(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
 }

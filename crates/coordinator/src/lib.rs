@@ -1,51 +1,35 @@
 //! # coordinator
 //!
 //! Coordinates software-delivery workflows between agents over RabbitMQ, with its state
-//! in PostgreSQL. See `docs/architecture.md` for the map; in short:
+//! in PostgreSQL. `docs/architecture.md` is the map. The modules are layers, and each
+//! uses only those above it in this list (`tests/architecture.rs` keeps it so):
 //!
-//! - [`domain`]: the pure core: envelope and validation, role catalog, the workflow
-//!   state machine, rejection reasons, id derivation. No I/O.
-//! - [`settings`]: layered configuration into typed [`settings::Settings`].
-//! - [`db`]: the pool, embedded migrations and every SQL statement.
-//! - [`processor`]: decides a batch of inbound messages in memory (dedupe, validate,
-//!   identity, state machines) and collects the rows to write.
-//! - [`pipeline`]: applies a batch in one transaction with a fixed number of statements
-//!   and sets aside a message the database refuses.
-//! - [`escalations`]: raising and acknowledging escalations (one writer for all).
-//! - [`timers`]: fires SLA breaches, warnings and escalation-ladder steps on time.
-//! - [`dead_letters`]: tells management about dead letters nobody worked.
-//! - [`housekeeping`]: keeps the outbox and the deduplication keys bounded.
-//! - [`notifications`]: LISTENs for other processes' changes (deadlines, agents).
-//! - [`amqp`]: the connection supervisor, topology, inbox consumers, publishers and
-//!   the outbox relay.
-//! - [`partitions`]: sharing the inbox's partitions among running coordinators.
-//! - [`breaker`]: the circuit breaker's logic (pure, with an injected clock).
-//! - [`retry`]: the seed's named retry policies and the waits every retry loop takes.
-//! - [`runtime`]: state shared by the running tasks (readiness, metrics, signals, the
-//!   agent cache).
-//! - [`activity`]: a line a second at info of what the service did.
-//! - [`http`]: health, readiness and metrics.
-//! - [`app`]: `App::build(settings)` + `run(shutdown)`, used by `main` and the tests.
-//! - [`cli`]: the command tree and the operator/manager commands.
+//! - [`domain`]: the pure rules: the workflow and emergency state machines, their
+//!   effects, SLA clocks, the escalation ladder, id derivation.
+//! - [`engine`]: decides, without I/O, what a batch of inputs (messages, due deadlines,
+//!   operator actions) changes, as rows to write and messages to send.
+//! - [`settings`], [`retry`], [`breaker`], [`clock`], [`telemetry`], [`failpoint`]:
+//!   configuration and the small pieces every running part shares.
+//! - [`db`] (the only module that knows SQL) and [`amqp`] (the only one that knows
+//!   lapin): the edges to PostgreSQL and RabbitMQ.
+//! - [`service`]: the running service: the batch pipeline that owns transactions, the
+//!   inbox consumers, publishing, the reconcilers (timers, relay, housekeeping,
+//!   partitions, dead letters), operator use cases ([`service::ops`]), and
+//!   [`service::app`] that assembles them.
+//! - [`http`] and [`cli`]: what operators and probes reach.
+//!
+//! The wire contract is the `protocol` crate.
 
-pub mod activity;
 pub mod amqp;
-pub mod app;
 pub mod breaker;
 pub mod cli;
+pub mod clock;
 pub mod db;
-pub mod dead_letters;
 pub mod domain;
-pub mod escalations;
+pub mod engine;
 pub mod failpoint;
-pub mod housekeeping;
 pub mod http;
-pub mod notifications;
-pub mod partitions;
-pub mod pipeline;
-pub mod processor;
 pub mod retry;
-pub mod runtime;
+pub mod service;
 pub mod settings;
 pub mod telemetry;
-pub mod timers;

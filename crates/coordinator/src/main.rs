@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use coordinator::app::App;
 use coordinator::cli::{self, Cli, Command};
+use coordinator::service::app::App;
 use coordinator::settings::Settings;
 use coordinator::telemetry;
 
@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<cli::Usage>().is_some() {
+            if cli::is_usage(&e) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

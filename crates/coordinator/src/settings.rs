@@ -2,7 +2,7 @@
 //! environment variables `COORDINATOR__SECTION__KEY`. The shipped files are compiled
 //! in, so the binary runs from any directory; files in the configuration folder layer
 //! over them. Loaded once by `main` (or by a test) and handed to
-//! [`crate::app::App::build`].
+//! [`crate::service::app::App::build`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::domain::clocks;
 use crate::domain::escalation::{Ladder, Ladders};
-use crate::domain::sla::{self, ClockDurations, Severity};
+use crate::domain::sla::{ClockDurations, Severity};
+use crate::engine::Processor;
 use protocol::catalog::{Catalog, RoleSpec};
 
 /// Environment variable naming the environment file to layer on the defaults.
@@ -367,6 +369,18 @@ impl Settings {
         Ok(settings)
     }
 
+    /// What the engine decides with: the catalog, clock durations, ladders, limits.
+    pub fn processor(&self) -> Processor {
+        Processor {
+            catalog: self.catalog(),
+            durations: self.clock_durations(),
+            // Settings are validated on load, so the ladders build.
+            ladders: self.ladders().unwrap_or_default(),
+            auto_register: self.registration.auto_register,
+            limits: self.limits.envelope(),
+        }
+    }
+
     /// Checks what types alone cannot: ranges and names.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |key: &str, problem: String| SettingsError::Invalid {
@@ -379,14 +393,9 @@ impl Settings {
                 format!("must be a number above 0, got {}", self.sla.time_scale),
             ));
         }
-        let known = || {
-            sla::all_clocks()
-                .map(|c| c.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let known = || clocks::all().map(|c| c.name).collect::<Vec<_>>().join(", ");
         for name in self.sla.durations.keys() {
-            if sla::clock_def(name).is_none() {
+            if clocks::def(name).is_none() {
                 return Err(invalid(
                     &format!("sla.durations.{name}"),
                     format!("no such clock; known clocks: {}", known()),
@@ -394,7 +403,7 @@ impl Settings {
             }
         }
         for (name, sev) in &self.sla.severity {
-            if sla::clock_def(name).is_none() {
+            if clocks::def(name).is_none() {
                 return Err(invalid(
                     &format!("sla.severity.{name}"),
                     format!("no such clock; known clocks: {}", known()),
@@ -544,7 +553,7 @@ impl Settings {
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), Severity::parse(v)?)))
             .collect();
-        ClockDurations::new(self.sla.time_scale, &overrides)
+        clocks::durations(self.sla.time_scale, &overrides)
             .with_severities(&severities)
             .with_warning_fraction(self.sla.warning_fraction)
     }
@@ -576,7 +585,7 @@ impl Settings {
         let mut by_clock = HashMap::new();
         for (name, l) in &e.clock {
             let key = format!("escalation.clock.{name}");
-            if sla::clock_def(name).is_none() {
+            if clocks::def(name).is_none() {
                 return Err(SettingsError::Invalid {
                     key,
                     problem: "no such clock".into(),

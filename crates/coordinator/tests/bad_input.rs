@@ -2,6 +2,7 @@
 //! `dead_letters` with its reason, answered with a `message_rejected` notice where the
 //! sender is known, and changes nothing else; the service keeps running.
 
+use coordinator::cli::{self, Command, DeadLetterCommand};
 use test_support as common;
 
 use std::collections::BTreeMap;
@@ -236,9 +237,16 @@ async fn a_replayed_dead_letter_is_processed_anew() {
         .fetch_one(&env.pool)
         .await
         .expect("dead letter");
-    let out = coordinator::cli::replay(&env.settings(), &env.pool, id)
-        .await
-        .expect("replay");
+    let replay = || Command::DeadLetter {
+        command: DeadLetterCommand::Replay {
+            id: Some(id),
+            reason: None,
+            since: None,
+            dry_run: false,
+            by: "alice".into(),
+        },
+    };
+    let out = cli::run(&env.settings(), replay()).await.expect("replay");
     assert!(out.contains("published again"), "{out}");
     env.wait_state(&wf, "testing").await;
     let replayed: bool =
@@ -250,7 +258,7 @@ async fn a_replayed_dead_letter_is_processed_anew() {
     assert!(replayed);
 
     // A second replay of a message applied since changes nothing, and is recorded.
-    let again = coordinator::cli::replay(&env.settings(), &env.pool, id)
+    let again = cli::run(&env.settings(), replay())
         .await
         .expect("replay again");
     assert!(again.contains("changes nothing"), "{again}");
@@ -371,7 +379,8 @@ async fn dead_letters_are_listed_by_filter_shown_whole_and_resolved_with_a_note(
                 id: Some(7),
                 reason: None,
                 since: None,
-                dry_run: false
+                dry_run: false,
+                ..
             }
         })
     ));
@@ -403,9 +412,16 @@ async fn a_dry_run_says_what_a_replay_would_do_and_a_replay_by_reason_applies_ev
         .await;
 
     // Too early still: the dry run says it would be rejected again.
-    let early = coordinator::cli::replay_dry_run(&settings, &env.pool, first)
-        .await
-        .expect("dry run");
+    let dry_run = || Command::DeadLetter {
+        command: DeadLetterCommand::Replay {
+            id: Some(first),
+            reason: None,
+            since: None,
+            dry_run: true,
+            by: "alice".into(),
+        },
+    };
+    let early = cli::run(&settings, dry_run()).await.expect("dry run");
     assert!(
         early.contains("would be rejected again: not_accepted_in_state"),
         "{early}"
@@ -417,9 +433,7 @@ async fn a_dry_run_says_what_a_replay_would_do_and_a_replay_by_reason_applies_ev
         }
         env.wait_state(wf, "feature_handoff").await;
     }
-    let now = coordinator::cli::replay_dry_run(&settings, &env.pool, first)
-        .await
-        .expect("dry run");
+    let now = cli::run(&settings, dry_run()).await.expect("dry run");
     assert!(
         now.contains("would be accepted: feature_handoff → testing"),
         "{now}"
@@ -477,8 +491,12 @@ async fn dead_letters_nobody_worked_are_raised_to_management_once() {
     .execute(&env.pool)
     .await
     .expect("dead letters");
-    let shared = coordinator::runtime::Shared::new(env.settings(), env.pool.clone());
-    let escalator = coordinator::dead_letters::Escalator::new(&shared);
+    let shared = coordinator::service::runtime::Shared::new(
+        env.settings(),
+        env.pool.clone(),
+        coordinator::clock::system(),
+    );
+    let escalator = coordinator::service::dead_letters::Escalator::of(&shared);
     assert_eq!(escalator.step().await.expect("step"), 1);
     let (key, body): (String, Vec<u8>) = sqlx::query_as(
         "SELECT routing_key, body FROM outbox WHERE message_type = 'dead_letters_unresolved'",

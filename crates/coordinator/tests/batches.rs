@@ -6,9 +6,9 @@ use test_support as common;
 
 use chrono::Utc;
 use common::TestEnv;
-use coordinator::pipeline;
-use coordinator::processor::{Inbound, Outcome};
-use coordinator::runtime::Shared;
+use coordinator::engine::{Inbound, Outcome};
+use coordinator::service::pipeline;
+use coordinator::service::runtime::Shared;
 use protocol::envelope::{DeliveryMeta, Envelope};
 use protocol::reject::Reason;
 use serde_json::{json, Value};
@@ -48,7 +48,11 @@ fn incompressible(len: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_applies_several_messages_of_one_workflow_in_order_and_a_repeat_once() {
     let env = TestEnv::new().await;
-    let shared = Shared::new(env.settings(), env.pool.clone());
+    let shared = Shared::new(
+        env.settings(),
+        env.pool.clone(),
+        coordinator::clock::system(),
+    );
     for (a, r) in [
         ("product-1", "product-director"),
         ("eng-1", "engineering-director"),
@@ -159,7 +163,7 @@ async fn a_message_the_database_refuses_is_set_aside_and_its_neighbours_commit()
     // (too large for the epic_id index) and the pipeline has to find it.
     settings.limits.max_key_bytes = 100_000;
     settings.retry_policies.default.max_attempts = 2;
-    let shared = Shared::new(settings, env.pool.clone());
+    let shared = Shared::new(settings, env.pool.clone(), coordinator::clock::system());
     let ok = |wf: &str| {
         msg(
             "product-1",
@@ -249,7 +253,7 @@ async fn a_database_outage_sets_nothing_aside() {
     settings.database.url = "postgres://postgres@127.0.0.1:1/nowhere".into();
     settings.database.acquire_timeout = std::time::Duration::from_millis(300);
     let pool = coordinator::db::pool(&settings.database).expect("pool");
-    let shared = Shared::new(settings, pool);
+    let shared = Shared::new(settings, pool, coordinator::clock::system());
     let m = msg(
         "product-1",
         "product-director",
@@ -292,7 +296,7 @@ async fn a_batch_that_waits_too_long_for_a_lock_fails_to_be_retried_and_sets_not
     let mut settings = env.settings();
     settings.database.lock_timeout = std::time::Duration::from_millis(300);
     let pool = coordinator::db::service_pool(&settings.database).expect("pool");
-    let shared = Shared::new(settings, pool);
+    let shared = Shared::new(settings, pool, coordinator::clock::system());
     let start = msg(
         "product-1",
         "product-director",

@@ -87,7 +87,7 @@ async fn nacked_publishes_open_the_publishing_breaker_and_the_messages_go_out_on
 
     // A full queue that refuses what is routed to it: the broker nacks every task for
     // engineering (this vhost only), as it would a publish it cannot take.
-    let conn = coordinator::amqp::connect(&env.amqp_url, "blackhole")
+    let conn = agent::connect(&env.amqp_url, "blackhole")
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");

@@ -6,7 +6,7 @@ use test_support as common;
 use std::process::{Command, Output};
 
 use common::{process_directly, TestEnv};
-use coordinator::runtime::Shared;
+use coordinator::service::runtime::Shared;
 
 fn coordinator(env: Option<&TestEnv>, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
@@ -185,7 +185,11 @@ fn wrong_arguments_and_bad_configuration_say_what_is_wrong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
     let env = TestEnv::new().await;
-    let shared = Shared::new(env.settings(), env.pool.clone());
+    let shared = Shared::new(
+        env.settings(),
+        env.pool.clone(),
+        coordinator::clock::system(),
+    );
     for (a, r, m) in [
         ("product-1", "product-director", "requirements_ready"),
         ("eng-1", "engineering-director", "sprint_initialized"),

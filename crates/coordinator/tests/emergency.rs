@@ -1,5 +1,6 @@
 //! Emergencies (docs/protocol.md section 7) against the real services.
 
+use coordinator::cli::{self, Command, EmergencyCommand};
 use test_support as common;
 
 use agent::Queue;
@@ -86,9 +87,10 @@ async fn an_alert_reaches_everyone_and_a_missing_acknowledgment_escalates_naming
     }
     assert_eq!(types, ["sla_warning", "sla_breached"]);
 
-    let shown = coordinator::cli::show_emergency(&env.pool, "inc-1")
-        .await
-        .expect("show");
+    let show = Command::Emergency {
+        command: EmergencyCommand::Show { id: "inc-1".into() },
+    };
+    let shown = cli::run(&env.settings(), show).await.expect("show");
     eprintln!("{shown}");
     let line = |agent: &str| {
         shown
@@ -192,32 +194,26 @@ async fn an_operator_raises_an_emergency_from_the_cli() {
     let app = env.start().await;
     let mut qa = env.agent("qa-1", "qa-director").await;
     let mut eng = env.agent("eng-1", "engineering-director").await;
-    let out = coordinator::cli::raise_emergency(
-        &env.settings(),
-        &env.pool,
-        Some("inc-cli".into()),
-        "high",
-        "certificate expires tonight",
-        "alice",
-    )
-    .await
-    .expect("raise");
+    let raise = |description: &str| Command::Emergency {
+        command: EmergencyCommand::Raise {
+            severity: "high".into(),
+            description: description.into(),
+            id: Some("inc-cli".into()),
+            by: "alice".into(),
+        },
+    };
+    let out = cli::run(&env.settings(), raise("certificate expires tonight"))
+        .await
+        .expect("raise");
     assert!(out.contains("2 acknowledgments awaited"), "{out}");
     for agent in [&mut qa, &mut eng] {
         let b = expect_next(agent, Queue::Commands).await;
         assert_eq!(b.header.message_type, "emergency_alert");
         assert_eq!(b.payload.data["raised_by"], "alice");
     }
-    let again = coordinator::cli::raise_emergency(
-        &env.settings(),
-        &env.pool,
-        Some("inc-cli".into()),
-        "high",
-        "x",
-        "alice",
-    )
-    .await
-    .expect_err("an incident id is used once");
+    let again = cli::run(&env.settings(), raise("x"))
+        .await
+        .expect_err("an incident id is used once");
     assert!(again.to_string().contains("already exists"), "{again}");
     app.stop().await;
 }

@@ -323,9 +323,7 @@ impl Stream {
     async fn start(env: &TestEnv, n: usize) -> Stream {
         let settings = env.settings();
         for (id, role) in AGENTS {
-            coordinator::cli::add_agent(&settings, &env.pool, id, role)
-                .await
-                .expect("agent add");
+            common::add_agent(&settings, &env.pool, id, role).await;
         }
         let wfs: Vec<String> = (0..n).map(|i| format!("wf-fault-{i}")).collect();
         let driver = Driver::new(env, &wfs);

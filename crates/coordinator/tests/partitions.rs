@@ -186,10 +186,7 @@ impl PluginlessBroker {
         let b = PluginlessBroker { node, dir, port };
         let url = b.url();
         eventually("the plugin-less broker to accept connections", || async {
-            coordinator::amqp::connect(&url, "probe")
-                .await
-                .ok()
-                .map(drop)
+            agent::connect(&url, "probe").await.ok().map(drop)
         })
         .await;
         b

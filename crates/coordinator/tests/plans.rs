@@ -200,7 +200,7 @@ async fn the_relay_takes_due_rows_in_index_order_without_sorting_the_backlog() {
     .execute(&mut *conn)
     .await
     .expect("prepare");
-    let plan: Value = sqlx::query_scalar("EXPLAIN (FORMAT JSON) EXECUTE lease(500, 10)")
+    let plan: Value = sqlx::query_scalar("EXPLAIN (FORMAT JSON) EXECUTE lease(500, 10, now())")
         .fetch_one(&mut *conn)
         .await
         .expect("explain");

@@ -7,13 +7,13 @@ use agent::Queue;
 use common::{expect_next, TestEnv};
 use coordinator::amqp::publisher::{Failed, Publisher, Returned};
 use coordinator::amqp::topology::Declarer;
-use coordinator::db::batch::Queued;
-use coordinator::processor::to_role;
+use coordinator::engine::messages::to_role;
+use coordinator::engine::rows::Queued;
 use serde_json::json;
 
 /// A broker where QA has queues and DevOps has none, and 40 messages interleaving the
 /// two roles, so returns and acks of neighbours arrive together.
-async fn qa_only_broker(env: &TestEnv) -> (lapin::Connection, Vec<Queued>) {
+async fn qa_only_broker(env: &TestEnv) -> (coordinator::amqp::Connection, Vec<Queued>) {
     let settings = env.settings();
     let conn = coordinator::amqp::connect(&env.amqp_url, "test")
         .await
@@ -75,7 +75,7 @@ async fn in_a_pipelined_batch_only_the_unroutable_messages_are_kept_for_retry() 
     let p = publisher.publish(&rows, |_| 0).await.expect("published");
     assert_only_unroutable_failed(&p.sent, &p.failed);
     publisher.close().await;
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close("done").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +103,7 @@ async fn groups_published_before_any_confirm_still_match_each_return_to_its_row(
     }
     assert_only_unroutable_failed(&sent, &failed);
     publisher.close().await;
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close("done").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,19 +113,23 @@ async fn what_a_batch_committed_but_never_published_is_sent_by_the_relay_after_i
     settings.outbox.lease = std::time::Duration::from_millis(500);
     // Commit a batch as a consumer would, then "crash" before publishing: its rows are
     // leased to a publisher that never comes.
-    let shared = coordinator::runtime::Shared::new(settings.clone(), env.pool.clone());
+    let shared = coordinator::service::runtime::Shared::new(
+        settings.clone(),
+        env.pool.clone(),
+        coordinator::clock::system(),
+    );
     let mut eng = env.agent("eng-1", "engineering-director").await;
     let product = env.connect_as("product-1", "product-director").await;
     let e = product.envelope("requirements_ready", "wf-lease", json!({}));
     let body = serde_json::to_vec(&e).expect("json");
     let meta = e.meta(&e.agent_routing_key());
-    let inbound = coordinator::processor::Inbound {
+    let inbound = coordinator::engine::Inbound {
         body: &body,
         meta: &meta,
     };
     let publish_after =
-        coordinator::pipeline::publish_after(chrono::Utc::now(), settings.outbox.lease);
-    let out = coordinator::pipeline::apply_shared(&shared, &[inbound], publish_after)
+        coordinator::service::pipeline::publish_after(chrono::Utc::now(), settings.outbox.lease);
+    let out = coordinator::service::pipeline::apply_shared(&shared, &[inbound], publish_after)
         .await
         .expect("committed");
     assert_eq!(out.queued.len(), 1);
@@ -201,18 +205,22 @@ async fn a_message_no_queue_takes_is_given_up_after_its_time_and_on_call_is_told
     .execute(&env.pool)
     .await
     .expect("due");
-    let shared = coordinator::runtime::Shared::new(env.settings(), env.pool.clone());
+    let shared = coordinator::service::runtime::Shared::new(
+        env.settings(),
+        env.pool.clone(),
+        coordinator::clock::system(),
+    );
     let conn = coordinator::amqp::connect(&env.amqp_url, "test")
         .await
         .expect("connect");
-    let relay = coordinator::amqp::relay::Relay::new(&conn, &shared)
+    let relay = coordinator::service::relay::Relay::of(&conn, &shared)
         .await
         .expect("relay");
     let report = relay.step().await.expect("step");
     assert_eq!(report.claimed, 0, "{report:?}");
     assert_eq!(env.scalar_i64(&attempts).await, before);
     relay.close().await;
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close("done").await;
     assert_eq!(
         env.scalar_i64("SELECT count(*) FROM outbox WHERE message_type = 'message_undeliverable'")
             .await,
@@ -261,7 +269,7 @@ async fn what_the_broker_dead_letters_is_kept_in_dead_letters_with_its_x_death()
     assert_eq!(body["hello"], "qa");
     // Taken off the broker's dead-letter queue (acked) once stored.
     env.wait_queue_empty("agent.dead_letters").await;
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close("done").await;
     app.stop().await;
 }
 
@@ -288,15 +296,19 @@ async fn a_stopped_relay_flushes_within_its_bound_and_leaves_the_rest_for_after_
     let mut settings = env.settings();
     settings.outbox.batch_size = 10;
     settings.shutdown.flush_timeout = std::time::Duration::from_millis(300);
-    let shared = coordinator::runtime::Shared::new(settings, env.pool.clone());
-    let relay = coordinator::amqp::relay::Relay::new(&conn, &shared)
+    let shared = coordinator::service::runtime::Shared::new(
+        settings,
+        env.pool.clone(),
+        coordinator::clock::system(),
+    );
+    let relay = coordinator::service::relay::Relay::of(&conn, &shared)
         .await
         .expect("relay");
 
     // Stopped before it starts: it only flushes, and only for flush_timeout.
     let stop = tokio_util::sync::CancellationToken::new();
     stop.cancel();
-    tokio::time::timeout(common::WAIT, coordinator::amqp::relay::run(&relay, stop))
+    tokio::time::timeout(common::WAIT, coordinator::service::relay::run(&relay, stop))
         .await
         .expect("the relay returns once its flush time is up, though the backlog is not drained")
         .expect("the relay ran without error");
@@ -314,5 +326,5 @@ async fn a_stopped_relay_flushes_within_its_bound_and_leaves_the_rest_for_after_
         "nothing is marked sent until the settler runs; nothing is lost"
     );
     relay.close().await;
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close("done").await;
 }

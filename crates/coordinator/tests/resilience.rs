@@ -7,8 +7,8 @@ use std::time::Duration;
 use agent::Queue;
 use chrono::Utc;
 use common::{expect_next, expect_no_more, http_get, TestEnv};
-use coordinator::processor::{Inbound, Outcome};
-use coordinator::runtime::Shared;
+use coordinator::engine::{Inbound, Outcome};
+use coordinator::service::runtime::Shared;
 use protocol::envelope::DeliveryMeta;
 use serde_json::json;
 
@@ -138,7 +138,11 @@ async fn two_coordinators_on_one_database_and_vhost_cause_no_double_effect() {
 }
 
 fn shared_for(env: &TestEnv) -> Shared {
-    Shared::new(env.settings(), env.pool.clone())
+    Shared::new(
+        env.settings(),
+        env.pool.clone(),
+        coordinator::clock::system(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +169,7 @@ async fn the_same_message_applied_concurrently_by_two_batches_applies_once() {
                 body: &body,
                 meta: &meta,
             };
-            coordinator::pipeline::apply_shared(&shared, &[inbound], Utc::now())
+            coordinator::service::pipeline::apply_shared(&shared, &[inbound], Utc::now())
                 .await
                 .expect("applied")
                 .results[0]
@@ -205,7 +209,9 @@ async fn readiness_is_503_while_the_broker_is_unreachable_and_health_stays_200()
     let env = TestEnv::new().await;
     let mut s = env.settings();
     s.amqp.url = "amqp://guest:guest@127.0.0.1:1/nowhere".into();
-    let app = coordinator::app::App::build(s).await.expect("build");
+    let app = coordinator::service::app::App::build(s)
+        .await
+        .expect("build");
     let addr = app.http_addr();
     let token = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(app.run(token.clone()));
@@ -255,7 +261,7 @@ async fn a_heartbeat_registers_an_unknown_agent_and_declares_its_queues() {
     let env = TestEnv::new().await;
     let app = env.start().await;
     let mut newcomer = env.connect_as("qa-new", "qa-director").await;
-    let probe = coordinator::amqp::connect(&env.amqp_url, "probe")
+    let probe = agent::connect(&env.amqp_url, "probe")
         .await
         .expect("connect");
     let started = std::time::Instant::now();
@@ -264,7 +270,7 @@ async fn a_heartbeat_registers_an_unknown_agent_and_declares_its_queues() {
         .await
         .expect("publish");
     // The protocol: an agent that heartbeats is registered, its queues usable, within 2 s.
-    let tasks = coordinator::amqp::topology::tasks_queue("qa-new");
+    let tasks = protocol::names::queues::tasks("qa-new");
     common::eventually("qa-new's tasks queue to exist", || async {
         // A passive declare of a missing queue closes its channel: one per try.
         let ch = probe.create_channel().await.expect("channel");
@@ -343,12 +349,12 @@ async fn a_rerun_after_a_crash_sends_the_same_message_ids() {
         body: &body,
         meta: &meta,
     };
-    let ctx = coordinator::pipeline::Context::of(&shared, Utc::now())
+    let ctx = coordinator::service::pipeline::Context::of(&shared, Utc::now())
         .await
         .expect("context");
     // First run: the process dies before commit (the transaction rolls back).
     let mut tx = env.pool.begin().await.expect("tx");
-    coordinator::pipeline::apply_uncommitted(&ctx, &mut tx, &[inbound], Utc::now())
+    coordinator::service::pipeline::apply_uncommitted(&ctx, &mut tx, &[inbound], Utc::now())
         .await
         .expect("first run");
     let first: Vec<String> = sqlx::query_scalar(outbox_ids)
@@ -359,7 +365,7 @@ async fn a_rerun_after_a_crash_sends_the_same_message_ids() {
 
     // The redelivery runs it again, later, and commits.
     let mut tx = env.pool.begin().await.expect("tx");
-    let p = coordinator::pipeline::apply_uncommitted(
+    let p = coordinator::service::pipeline::apply_uncommitted(
         &ctx,
         &mut tx,
         &[inbound],
@@ -479,12 +485,16 @@ async fn housekeeping_deletes_only_what_outlived_its_retention() {
     .execute(&env.pool)
     .await
     .expect("give up");
-    let swept = coordinator::housekeeping::step(&env.pool, &env.settings().retention)
-        .await
-        .expect("step");
+    let swept = coordinator::service::housekeeping::step(
+        &env.pool,
+        &env.settings().retention,
+        chrono::Utc::now(),
+    )
+    .await
+    .expect("step");
     assert_eq!(
         swept,
-        coordinator::housekeeping::Swept {
+        coordinator::service::housekeeping::Swept {
             outbox: 2,
             processed_messages: 1,
             dead_letters: 2,
@@ -526,9 +536,7 @@ async fn an_agent_registered_by_another_process_is_known_at_once() {
     assert!(!app.shared.agents.is_stale(std::time::Instant::now()));
 
     // `coordinator agent add`, as another process would run it.
-    coordinator::cli::add_agent(&env.settings(), &env.pool, "eng-1", "engineering-director")
-        .await
-        .expect("agent add");
+    common::add_agent(&env.settings(), &env.pool, "eng-1", "engineering-director").await;
     common::eventually(
         "the registration to reach the running coordinator",
         || async {

@@ -2,6 +2,7 @@
 //! fire, warnings, the escalation ladder and its acknowledgement, restarts, several
 //! coordinators, and operators moving deadlines.
 
+use coordinator::cli::{self, Command, EscalationCommand, SlaCommand};
 use test_support as common;
 
 use std::time::Duration;
@@ -131,9 +132,7 @@ async fn a_breach_reaches_oncall_once_with_its_routing_key_and_payload() {
 
     // Once: no second escalation (the ladder waits an hour), one row, clock breached,
     // also after the timer read its deadlines again from the database.
-    app.shared
-        .timers_changed
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    app.shared.signals.timers_changed();
     env.assert_nothing_more(&[&app], Utc::now(), &mut oncall, ONCALL)
         .await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM escalations").await, 1);
@@ -285,13 +284,15 @@ async fn an_operator_acknowledgement_from_the_cli_stops_the_ladder_at_level_one(
         &format!("SELECT next_level_at FROM escalations WHERE id = {id}"),
     )
     .await;
-    let out = coordinator::cli::acknowledge_escalation(&env.settings(), &env.pool, id, "alice")
-        .await
-        .expect("ack");
+    let ack = || Command::Escalation {
+        command: EscalationCommand::Ack {
+            id,
+            by: "alice".into(),
+        },
+    };
+    let out = cli::run(&env.settings(), ack()).await.expect("ack");
     assert!(out.contains("its ladder stops"), "{out}");
-    let again = coordinator::cli::acknowledge_escalation(&env.settings(), &env.pool, id, "alice")
-        .await
-        .expect("ack twice");
+    let again = cli::run(&env.settings(), ack()).await.expect("ack twice");
     assert!(again.contains("already acknowledged"), "{again}");
     env.assert_nothing_more(&[&app], level_two_due, &mut oncall, ONCALL)
         .await;
@@ -458,16 +459,18 @@ async fn operators_list_snooze_and_cancel_clocks_and_each_change_is_history() {
 
     // Snoozed an hour: its original deadline passes without a breach.
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
-    coordinator::cli::snooze(
-        &settings,
-        &env.pool,
-        feasibility,
-        later,
-        "waiting on vendor",
-        "alice",
-    )
-    .await
-    .expect("snooze");
+    let snooze = |clock: i64, until, reason: &str| Command::Sla {
+        command: SlaCommand::Snooze {
+            clock,
+            until: Some(until),
+            for_: None,
+            reason: reason.into(),
+            by: "alice".into(),
+        },
+    };
+    cli::run(&settings, snooze(feasibility, later, "waiting on vendor"))
+        .await
+        .expect("snooze");
     // Its original deadline was armed_at + 2 s.
     env.wait_count(
         &format!("SELECT count(*) FROM sla_clocks WHERE id = {feasibility} AND now() > armed_at + interval '2500 milliseconds'"),
@@ -478,7 +481,7 @@ async fn operators_list_snooze_and_cancel_clocks_and_each_change_is_history() {
 
     // Moved earlier, the effort clock fires promptly: timers reload on NOTIFY, not in 30 s.
     let soon = chrono::Utc::now() + chrono::Duration::milliseconds(300);
-    coordinator::cli::snooze(&settings, &env.pool, effort, soon, "pulled in", "alice")
+    cli::run(&settings, snooze(effort, soon, "pulled in"))
         .await
         .expect("snooze earlier");
     let (_, esc) = next_oncall(&mut oncall).await;

@@ -4,8 +4,8 @@
 use test_support as common;
 
 use common::{process_directly, TestEnv};
-use coordinator::processor::Outcome;
-use coordinator::runtime::Shared;
+use coordinator::engine::Outcome;
+use coordinator::service::runtime::Shared;
 use sqlx::Row;
 
 fn queries(doc: &str) -> Vec<String> {
@@ -31,7 +31,11 @@ fn queries(doc: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_query_in_docs_sql_md_runs_as_written() {
     let env = TestEnv::new().await;
-    let shared = Shared::new(env.settings(), env.pool.clone());
+    let shared = Shared::new(
+        env.settings(),
+        env.pool.clone(),
+        coordinator::clock::system(),
+    );
     let steps = [
         ("product-1", "product-director", "requirements_ready"),
         ("eng-1", "engineering-director", "handoff_acknowledged"),

@@ -36,7 +36,7 @@ async fn fallbacks_over_definitions(env: &TestEnv, amqp: &AmqpSettings) -> Vec<S
     declarer.fixed(&settings.inbox).await.expect("topology");
     let fallbacks = declarer.fallbacks().to_vec();
     declarer.close().await;
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close("done").await;
     fallbacks
 }
 
@@ -130,7 +130,7 @@ async fn an_events_queue_keeps_only_the_newest_events_past_its_bound() {
             .await
             .expect("publish");
     }
-    let conn = coordinator::amqp::connect(&env.amqp_url, "probe")
+    let conn = agent::connect(&env.amqp_url, "probe")
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");

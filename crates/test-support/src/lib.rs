@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::{AgentClient, Queue};
-use coordinator::app::App;
-use coordinator::runtime::Shared;
+use coordinator::service::app::App;
+use coordinator::service::runtime::Shared;
 use coordinator::settings::Settings;
 use protocol::envelope::Envelope;
 use protocol::names::exchanges;
@@ -51,6 +51,14 @@ pub fn coordinator_bin() -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Registers an agent and declares its queues, as `coordinator agent add` does.
+pub async fn add_agent(settings: &Settings, pool: &sqlx::PgPool, agent_id: &str, agent_type: &str) {
+    coordinator::service::ops::Ops::new(settings, pool, &coordinator::clock::SystemClock)
+        .add_agent(agent_id, agent_type)
+        .await
+        .unwrap_or_else(|e| panic!("agent add {agent_id}: {e:#}"));
 }
 
 pub fn pg_admin_url() -> String {
@@ -434,9 +442,7 @@ impl TestEnv {
         agent_id: &str,
         agent_type: &str,
     ) -> AgentClient {
-        coordinator::cli::add_agent(settings, &self.pool, agent_id, agent_type)
-            .await
-            .expect("agent add");
+        add_agent(settings, &self.pool, agent_id, agent_type).await;
         self.connect_as(agent_id, agent_type).await
     }
 
@@ -532,7 +538,7 @@ impl TestEnv {
     /// dead-letters it from every tasks queue of that role nobody consumes.
     pub async fn publish_expiring_task(&self, role: &str, message_id: &str) {
         use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-        let conn = coordinator::amqp::connect(&self.amqp_url, "test")
+        let conn = agent::connect(&self.amqp_url, "test")
             .await
             .expect("connect");
         let channel = conn.create_channel().await.expect("channel");
@@ -615,7 +621,7 @@ impl Running {
     pub async fn wait_timer_caught_up(&self, t: chrono::DateTime<chrono::Utc>) {
         let want = t.timestamp_micros() as f64 / 1e6;
         eventually(&format!("the timer to catch up to {t}"), || async {
-            self.shared.wake_timer.notify_one();
+            self.shared.signals.wake_timer.notify_one();
             (self.shared.metrics.timer_caught_up.get() >= want).then_some(())
         })
         .await
@@ -640,7 +646,7 @@ pub async fn process_directly(
     agent_type: &str,
     message_type: &str,
     wf: &str,
-) -> coordinator::processor::Outcome {
+) -> coordinator::engine::Outcome {
     let data = serde_json::json!({"epic_id": format!("EPIC-{wf}"), "title": "Example"});
     let e = Envelope::from_agent(
         agent_id,
@@ -652,11 +658,11 @@ pub async fn process_directly(
     );
     let body = serde_json::to_vec(&e).expect("json");
     let meta = e.meta(&e.agent_routing_key());
-    let inbound = coordinator::processor::Inbound {
+    let inbound = coordinator::engine::Inbound {
         body: &body,
         meta: &meta,
     };
-    let out = coordinator::pipeline::apply_shared(shared, &[inbound], chrono::Utc::now())
+    let out = coordinator::service::pipeline::apply_shared(shared, &[inbound], chrono::Utc::now())
         .await
         .expect("processed");
     out.results[0].outcome.clone()
@@ -664,7 +670,7 @@ pub async fn process_directly(
 
 /// A minimal HTTP/1.1 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    coordinator::http::probe(&addr.to_string(), path).await
+    agent::probe(&addr.to_string(), path).await
 }
 
 /// A sample's value from a coordinator's /metrics (`line_start` names the series and
@@ -757,7 +763,7 @@ pub async fn partition_of(env: &TestEnv, settings: &Settings, correlation_id: &s
     use lapin::options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
     };
-    let conn = coordinator::amqp::connect(&env.amqp_url, "probe")
+    let conn = agent::connect(&env.amqp_url, "probe")
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");

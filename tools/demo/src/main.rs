@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use agent::{AgentClient, Queue};
 use anyhow::{bail, Context};
-use coordinator::app::App;
-use coordinator::runtime::{Shared, Status};
+use coordinator::clock::SystemClock;
+use coordinator::service::app::App;
+use coordinator::service::ops::Ops;
+use coordinator::service::runtime::{Shared, Status};
 use coordinator::settings::Settings;
 use protocol::envelope::Envelope;
 use serde_json::{json, Value};
@@ -158,7 +160,9 @@ struct Demo {
 impl Demo {
     /// Registers an agent and starts printing what reaches its tasks and commands queues.
     async fn agent(&self, id: &str, role: &str) -> anyhow::Result<Agent> {
-        coordinator::cli::add_agent(&self.settings, &self.pool, id, role).await?;
+        Ops::new(&self.settings, &self.pool, &SystemClock)
+            .add_agent(id, role)
+            .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         for queue in [Queue::Tasks, Queue::Commands] {
             let mut listener = AgentClient::connect(&self.amqp_url, id, role).await?;
@@ -232,7 +236,8 @@ impl Demo {
                     .get("escalation_id")
                     .and_then(Value::as_i64);
                 if let (true, Some(id)) = (level >= 2, id) {
-                    match coordinator::cli::acknowledge_escalation(&settings, &pool, id, "pat (on-call)").await {
+                    let ops = Ops::new(&settings, &pool, &SystemClock);
+                    match ops.acknowledge_escalation(id, "pat (on-call)").await {
                         Ok(_) => narrator.line(
                             "pat",
                             "✓",

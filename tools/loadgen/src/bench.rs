@@ -155,7 +155,7 @@ impl Probe {
             at: Some(Instant::now()),
             ..Default::default()
         };
-        if let Some((200, text)) = coordinator::http::probe(http, "/metrics").await {
+        if let Some((200, text)) = agent::probe(http, "/metrics").await {
             for line in text.lines() {
                 let mut it = line.split_whitespace();
                 let (Some(name), Some(v)) = (it.next(), it.next().and_then(|v| v.parse().ok()))
@@ -326,11 +326,7 @@ impl Coordinator {
         let mut c = Coordinator { child, http };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if coordinator::http::probe(&c.http, "/readyz")
-                .await
-                .map(|r| r.0)
-                == Some(200)
-            {
+            if agent::probe(&c.http, "/readyz").await.map(|r| r.0) == Some(200) {
                 return Ok(c);
             }
             if let Ok(Some(status)) = c.child.try_wait() {
@@ -491,7 +487,9 @@ async fn one_in(
         .join(format!("coordinator-{profile}-{}.log", def.name));
     let coordinator = Coordinator::start(&opts.bin, &opts.config_dir, profile, fresh, &log).await?;
     for role in ROLES {
-        coordinator::cli::add_agent(&settings, &pool, &agent_id(role), role).await?;
+        coordinator::service::ops::Ops::new(&settings, &pool, &coordinator::clock::SystemClock)
+            .add_agent(&agent_id(role), role)
+            .await?;
     }
     let inbox_queues = inbox_queues(&fresh.vhost).await?;
     let rec = Arc::new(Recorder::default());

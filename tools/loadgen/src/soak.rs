@@ -334,7 +334,9 @@ async fn run_in(opts: &Options, fresh: &Fresh) -> anyhow::Result<Report> {
     };
     run.start_coordinator(opts, fresh).await?;
     for role in ROLES {
-        coordinator::cli::add_agent(&settings, &pool, &agent_id(role), role).await?;
+        coordinator::service::ops::Ops::new(&settings, &pool, &coordinator::clock::SystemClock)
+            .add_agent(&agent_id(role), role)
+            .await?;
     }
     let rec = Arc::new(Recorder::default());
     rec.recording

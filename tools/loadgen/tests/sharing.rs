@@ -31,9 +31,7 @@ async fn three_coordinators_share_the_partitions_and_survivors_take_over_after_s
     let mut s = env.settings();
     s.inbox.partitions = 6;
     for role in ROLES {
-        coordinator::cli::add_agent(&s, &env.pool, &agent_id(role), role)
-            .await
-            .expect("agent add");
+        test_support::add_agent(&s, &env.pool, &agent_id(role), role).await;
     }
     let extra = [
         ("COORDINATOR__INBOX__PARTITIONS", "6".to_string()),

@@ -1,31 +1,151 @@
-//! RabbitMQ: the one connection (owned by [`supervisor`]), the topology it declares,
-//! the inbox [`consumer`], the [`publisher`] of what batches commit, and the outbox
-//! [`relay`].
+//! RabbitMQ, and the only module that knows lapin: the connection, the topology it
+//! declares ([`topology`]), consumers of a queue and their deliveries ([`Consumer`],
+//! [`Delivery`]), and publishing with confirms ([`publisher`]). What the service does
+//! with them (the inbox, the relay, the dead-letter collector) is in `service`.
 
-pub mod consumer;
-pub mod dlx;
 pub mod publisher;
-pub mod relay;
-pub mod supervisor;
 pub mod topology;
 
-use lapin::{Connection, ConnectionProperties};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::ConnectionProperties;
+use protocol::envelope::{DeliveryMeta, CONTENT_TYPE};
+use serde_json::{json, Value};
 
-/// Opens a connection whose internal tasks run on the current tokio runtime.
-pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+/// What went wrong talking to the broker (its channel or connection failed, or it
+/// refused an operation).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Error(#[from] lapin::Error);
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One AMQP connection.
+pub struct Connection(lapin::Connection);
+
+/// Opens a connection whose internal tasks run on the current tokio runtime; `name`
+/// is what the broker's connection list shows.
+pub async fn connect(url: &str, name: &str) -> Result<Connection> {
     let props = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_connection_name(name.into());
-    Connection::connect(url, props).await
+    Ok(Connection(lapin::Connection::connect(url, props).await?))
+}
+
+impl Connection {
+    pub(crate) async fn channel(&self) -> Result<lapin::Channel> {
+        Ok(self.0.create_channel().await?)
+    }
+
+    /// Closes the connection (its channels with it).
+    pub async fn close(&self, reason: &str) -> Result<()> {
+        Ok(self.0.close(200, reason).await?)
+    }
+}
+
+/// Consumes one queue on a channel of its own, manual acks, at most `prefetch`
+/// deliveries unacknowledged at once.
+pub struct Consumer {
+    channel: lapin::Channel,
+    inner: lapin::Consumer,
+}
+
+impl Consumer {
+    pub async fn open(
+        conn: &Connection,
+        queue: &str,
+        tag: &str,
+        prefetch: u16,
+    ) -> Result<Consumer> {
+        let channel = conn.channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let inner = channel
+            .basic_consume(
+                queue,
+                tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Consumer { channel, inner })
+    }
+
+    /// The next delivery; `None` once the broker cancelled the consumer.
+    pub async fn next(&mut self) -> Option<Result<Delivery>> {
+        self.inner
+            .next()
+            .await
+            .map(|r| r.map(Delivery::from).map_err(Error::from))
+    }
+
+    /// A delivery already received, without waiting for one.
+    pub fn next_ready(&mut self) -> Option<Result<Delivery>> {
+        self.inner
+            .next()
+            .now_or_never()
+            .flatten()
+            .map(|r| r.map(Delivery::from).map_err(Error::from))
+    }
+
+    /// Closes the channel: deliveries not acknowledged return to the queue.
+    pub async fn close(self, reason: &str) {
+        let _ = self.channel.close(200, reason).await;
+    }
+}
+
+/// A message taken from a queue, not yet acknowledged.
+pub struct Delivery {
+    pub body: Vec<u8>,
+    /// The routing key and the properties the envelope is checked against.
+    pub meta: DeliveryMeta,
+    headers: Option<FieldTable>,
+    acker: lapin::acker::Acker,
+}
+
+impl From<lapin::message::Delivery> for Delivery {
+    fn from(d: lapin::message::Delivery) -> Delivery {
+        Delivery {
+            meta: delivery_meta(d.routing_key.as_str(), &d.properties),
+            headers: d.properties.headers().clone(),
+            body: d.data,
+            acker: d.acker,
+        }
+    }
+}
+
+impl Delivery {
+    /// Acknowledges this delivery and every earlier one on its channel.
+    pub async fn ack_through(&self) -> Result<()> {
+        Ok(self.acker.ack(BasicAckOptions { multiple: true }).await?)
+    }
+
+    /// Returns this delivery and every earlier unacknowledged one to the queue.
+    pub async fn requeue_through(&self) -> Result<()> {
+        Ok(self
+            .acker
+            .nack(BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            })
+            .await?)
+    }
+
+    /// A header's value as JSON (strings as text, timestamps as seconds).
+    pub fn header(&self, name: &str) -> Option<Value> {
+        self.headers
+            .as_ref()
+            .and_then(|h| h.inner().get(name))
+            .map(amqp_json)
+    }
 }
 
 /// The delivery's routing key and properties as plain data for validation.
-pub fn delivery_meta(
-    routing_key: &str,
-    props: &lapin::BasicProperties,
-) -> protocol::envelope::DeliveryMeta {
+pub fn delivery_meta(routing_key: &str, props: &lapin::BasicProperties) -> DeliveryMeta {
     let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_string());
-    protocol::envelope::DeliveryMeta {
+    DeliveryMeta {
         routing_key: routing_key.to_string(),
         message_id: s(props.message_id()),
         correlation_id: s(props.correlation_id()),
@@ -38,10 +158,10 @@ pub fn delivery_meta(
 
 /// AMQP properties repeating an envelope header (docs/protocol.md section 3): persistent,
 /// JSON, with message id, correlation id, type, app id and timestamp.
-pub fn properties(meta: &protocol::envelope::DeliveryMeta) -> lapin::BasicProperties {
+pub fn properties(meta: &DeliveryMeta) -> lapin::BasicProperties {
     let mut p = lapin::BasicProperties::default()
         .with_delivery_mode(2)
-        .with_content_type(protocol::envelope::CONTENT_TYPE.into());
+        .with_content_type(CONTENT_TYPE.into());
     if let Some(v) = &meta.message_id {
         p = p.with_message_id(v.as_str().into());
     }
@@ -58,4 +178,32 @@ pub fn properties(meta: &protocol::envelope::DeliveryMeta) -> lapin::BasicProper
         p = p.with_timestamp(v);
     }
     p
+}
+
+/// An AMQP header value as JSON (strings as text, timestamps as seconds).
+fn amqp_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Float(n) => json!(n),
+        AMQPValue::Double(n) => json!(n),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_json).collect()),
+        AMQPValue::FieldTable(t) => Value::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), amqp_json(v)))
+                .collect(),
+        ),
+        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
+        other => json!(format!("{other:?}")),
+    }
 }

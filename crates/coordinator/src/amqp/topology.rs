@@ -9,11 +9,13 @@ use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, ExchangeKind};
 
 use crate::settings::{AmqpSettings, InboxSettings, QueueType};
 use protocol::catalog::Catalog;
-use protocol::names::exchanges;
+use protocol::names::{exchanges, queues, routing};
+
+use super::Connection;
 
 /// The exchange type of RabbitMQ's consistent-hash plugin.
 pub const CONSISTENT_HASH: &str = "x-consistent-hash";
@@ -27,20 +29,6 @@ pub const ENABLE_PLUGIN: &str = "RabbitMQ does not know the exchange type x-cons
 fn unknown_exchange_type(e: &lapin::Error) -> bool {
     matches!(e, lapin::Error::ProtocolError(err)
         if err.get_id() == 503 || err.to_string().contains("unknown exchange type"))
-}
-
-/// The durable queue holding everything dead-lettered to `agent.dlx`.
-pub const DEAD_LETTER_QUEUE: &str = "agent.dead_letters";
-pub const ONCALL_QUEUE: &str = "oncall.escalations";
-
-pub fn tasks_queue(agent_id: &str) -> String {
-    format!("agent.{agent_id}.tasks")
-}
-pub fn commands_queue(agent_id: &str) -> String {
-    format!("agent.{agent_id}.commands")
-}
-pub fn events_queue(agent_id: &str) -> String {
-    format!("agent.{agent_id}.events")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +100,7 @@ impl<'a> Declarer<'a> {
         amqp: &AmqpSettings,
     ) -> Result<Declarer<'a>, TopologyError> {
         let channel = conn
+            .0
             .create_channel()
             .await
             .map_err(declare_error("a channel"))?;
@@ -141,13 +130,13 @@ impl<'a> Declarer<'a> {
             self.exchange(name, kind).await?;
         }
         // The dead-letter queue itself does not dead-letter (that would loop).
-        self.queue(DEAD_LETTER_QUEUE, Shape::default()).await?;
-        self.bind(DEAD_LETTER_QUEUE, exchanges::DLX, "").await?;
+        self.queue(queues::DEAD_LETTERS, Shape::default()).await?;
+        self.bind(queues::DEAD_LETTERS, exchanges::DLX, "").await?;
 
-        self.queue(ONCALL_QUEUE, Shape::DEAD_LETTERED).await?;
-        self.bind(ONCALL_QUEUE, exchanges::TOPIC, "escalation.#")
+        self.queue(queues::ONCALL, Shape::DEAD_LETTERED).await?;
+        self.bind(queues::ONCALL, exchanges::TOPIC, "escalation.#")
             .await?;
-        self.bind(ONCALL_QUEUE, exchanges::FANOUT, "").await?;
+        self.bind(queues::ONCALL, exchanges::FANOUT, "").await?;
 
         self.inbox(inbox).await
     }
@@ -235,6 +224,7 @@ impl<'a> Declarer<'a> {
                 // 404: it does not exist (the channel closed with the answer).
                 self.channel = self
                     .conn
+                    .0
                     .create_channel()
                     .await
                     .map_err(declare_error("a channel"))?;
@@ -250,18 +240,18 @@ impl<'a> Declarer<'a> {
         agent_type: &str,
         catalog: &Catalog,
     ) -> Result<(), TopologyError> {
-        let tasks = tasks_queue(agent_id);
+        let tasks = queues::tasks(agent_id);
         self.queue(&tasks, Shape::DEAD_LETTERED).await?;
-        self.bind(&tasks, exchanges::DIRECT, &format!("task.{agent_type}"))
+        self.bind(&tasks, exchanges::DIRECT, &routing::task(agent_type))
             .await?;
 
-        let commands = commands_queue(agent_id);
+        let commands = queues::commands(agent_id);
         self.queue(&commands, Shape::DEAD_LETTERED).await?;
-        self.bind(&commands, exchanges::DIRECT, &format!("command.{agent_id}"))
+        self.bind(&commands, exchanges::DIRECT, &routing::command(agent_id))
             .await?;
         self.bind(&commands, exchanges::FANOUT, "").await?;
 
-        let events = events_queue(agent_id);
+        let events = queues::events(agent_id);
         self.queue(
             &events,
             Shape {
@@ -374,6 +364,7 @@ impl<'a> Declarer<'a> {
         self.fallbacks.push(what.to_string());
         self.channel = self
             .conn
+            .0
             .create_channel()
             .await
             .map_err(declare_error("a channel"))?;

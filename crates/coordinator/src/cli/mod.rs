@@ -5,19 +5,17 @@ mod table;
 
 use std::fmt::Write as _;
 
+use crate::clock::SystemClock;
+use crate::db::{self, read, Pool as PgPool};
+use crate::domain::workflow::State;
+use crate::engine::escalations::Acknowledged;
+use crate::engine::{Outcome, Processed};
+use crate::service::ops::{self, Ops, Replayed};
+use crate::settings::Settings;
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::builder::PossibleValuesParser;
 use clap::{Parser, Subcommand};
-use sqlx::PgPool;
-
-use crate::amqp::topology::Declarer;
-use crate::amqp::{connect, properties};
-use crate::db::{self, read, store};
-use crate::domain::workflow::{self, Snapshot, State};
-use crate::settings::Settings;
-use protocol::catalog::valid_agent_id;
-use protocol::envelope::DeliveryMeta;
 use protocol::names::exchanges;
 use protocol::reject::Reason;
 use table::{Align, Table};
@@ -120,8 +118,23 @@ pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
 }
 
 /// Every "not found" answers alike: what was asked for, and how to list what exists.
-pub(crate) fn not_found(what: &str, id: impl std::fmt::Display, list: &str) -> anyhow::Error {
-    anyhow::anyhow!("no {what} {id} (list them with `coordinator {list}`)")
+pub(crate) fn not_found(
+    what: &'static str,
+    id: impl std::fmt::Display,
+    list: &'static str,
+) -> anyhow::Error {
+    ops::Error::NotFound {
+        what,
+        id: id.to_string(),
+        list,
+    }
+    .into()
+}
+
+/// True if `e` is a wrong argument (`main` exits 2 for it, as for clap's own errors).
+pub fn is_usage(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Usage>().is_some()
+        || matches!(e.downcast_ref::<ops::Error>(), Some(ops::Error::Usage(_)))
 }
 
 /// Every reason a dead letter can have: the rejection reasons, and what the broker
@@ -131,7 +144,7 @@ fn reason_parser() -> PossibleValuesParser {
         Reason::ALL
             .map(Reason::as_str)
             .into_iter()
-            .chain([crate::amqp::dlx::BROKER_DEAD_LETTERED]),
+            .chain([crate::service::collector::BROKER_DEAD_LETTERED]),
     )
 }
 
@@ -158,6 +171,9 @@ pub enum WorkflowCommand {
         /// Why (recorded in the workflow's history)
         #[arg(long)]
         reason: String,
+        /// Who (recorded in the workflow's history; default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
     },
     /// Mark a workflow failed: it becomes `failed` and its armed clocks are cancelled
     Fail {
@@ -166,6 +182,9 @@ pub enum WorkflowCommand {
         /// Why (recorded in the workflow's history)
         #[arg(long)]
         reason: String,
+        /// Who (recorded in the workflow's history; default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
     },
 }
 
@@ -314,6 +333,9 @@ pub enum DeadLetterCommand {
         /// Print what the coordinator would do with each now; commit and publish nothing
         #[arg(long)]
         dry_run: bool,
+        /// Who replays (recorded with the replay; default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
     },
     /// Set a dead letter aside for good, with a note saying why (it is no longer listed
     /// as unresolved)
@@ -340,14 +362,13 @@ fn since_parser(s: &str) -> Result<DateTime<Utc>, String> {
         .ok_or_else(|| format!("{s:?} is too long ago"))
 }
 
-/// Runs one of the non-serve commands, returning what to print.
-pub use oncall::{
-    acknowledge as acknowledge_escalation, raise as raise_emergency, show as show_emergency, snooze,
-};
-
+/// Runs one of the non-serve commands, returning what to print. The state-changing ones
+/// are operator use cases (`service::ops`); this only parses and prints.
 pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String> {
     let pool = db::pool(&settings.database)?;
     db::check_reachable(&settings.database).await?;
+    let clock = SystemClock;
+    let ops = Ops::new(settings, &pool, &clock);
     match command {
         Command::Serve => bail!("serve is run by main"),
         Command::Migrate => {
@@ -358,7 +379,13 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
             AgentCommand::Add {
                 agent_id,
                 agent_type,
-            } => add_agent(settings, &pool, &agent_id, &agent_type).await,
+            } => {
+                let added = ops.add_agent(&agent_id, &agent_type).await?;
+                Ok(format!(
+                    "{} agent {agent_id} ({agent_type}); queues agent.{agent_id}.tasks, .commands, .events declared\n",
+                    if added.created { "registered" } else { "already registered:" }
+                ))
+            }
             AgentCommand::List => list_agents(&pool).await,
         },
         Command::Workflow { command } => match command {
@@ -366,11 +393,13 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                 list_workflows(&pool, state.as_deref(), limit).await
             }
             WorkflowCommand::Show { id } => show_workflow(&pool, &id, Utc::now()).await,
-            WorkflowCommand::Cancel { id, reason } => {
-                close_workflow(&pool, &id, State::Cancelled, &reason).await
+            WorkflowCommand::Cancel { id, reason, by } => {
+                let c = ops.close_workflow(&id, State::Cancelled, &reason, &by).await?;
+                Ok(format!("workflow {id}: {} → {}\n", c.from, c.to))
             }
-            WorkflowCommand::Fail { id, reason } => {
-                close_workflow(&pool, &id, State::Failed, &reason).await
+            WorkflowCommand::Fail { id, reason, by } => {
+                let c = ops.close_workflow(&id, State::Failed, &reason, &by).await?;
+                Ok(format!("workflow {id}: {} → {}\n", c.from, c.to))
             }
         },
         Command::Sla { command } => match command {
@@ -391,10 +420,21 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                     (None, Some(d)) => crate::domain::sla::add(Utc::now(), d),
                     (None, None) => return Err(usage("give --until or --for")),
                 };
-                oncall::snooze(settings, &pool, clock, until, &reason, &by).await
+                let c = ops.snooze_clock(clock, until, &reason, &by).await?;
+                Ok(format!(
+                    "clock {clock} ({} of {}) now due {} (was {})\n",
+                    c.clock,
+                    c.workflow_id,
+                    ts(until),
+                    ts(c.was_due)
+                ))
             }
             SlaCommand::Cancel { clock, reason, by } => {
-                oncall::cancel(&pool, clock, &reason, &by).await
+                let c = ops.cancel_clock(clock, &reason, &by).await?;
+                Ok(format!(
+                    "clock {clock} ({} of {}) cancelled\n",
+                    c.clock, c.workflow_id
+                ))
             }
         },
         Command::Escalation { command } => match command {
@@ -404,7 +444,23 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                 limit,
             } => oncall::list_escalations(&pool, open, workflow.as_deref(), limit).await,
             EscalationCommand::Ack { id, by } => {
-                oncall::acknowledge(settings, &pool, id, &by).await
+                Ok(match ops.acknowledge_escalation(id, &by).await? {
+                    Acknowledged::Now {
+                        workflow_id,
+                        chain_id,
+                        ids,
+                    } => format!(
+                        "acknowledged escalation chain {chain_id} of {workflow_id} by {by} ({} escalation{}); its ladder stops\n",
+                        ids.len(),
+                        if ids.len() == 1 { "" } else { "s" }
+                    ),
+                    Acknowledged::Already {
+                        workflow_id,
+                        chain_id,
+                    } => format!(
+                        "escalation chain {chain_id} of {workflow_id} was already acknowledged; nothing changed\n"
+                    ),
+                })
             }
         },
         Command::Emergency { command } => match command {
@@ -413,7 +469,15 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                 description,
                 id,
                 by,
-            } => oncall::raise(settings, &pool, id, &severity, &description, &by).await,
+            } => {
+                let r = ops.raise_emergency(id, &severity, &description, &by).await?;
+                Ok(format!(
+                    "incident {} raised ({severity}): broadcast to every agent; {} acknowledgment{} awaited\n",
+                    r.id,
+                    r.awaited,
+                    if r.awaited == 1 { "" } else { "s" }
+                ))
+            }
             EmergencyCommand::Show { id } => oncall::show(&pool, &id).await,
         },
         Command::DeadLetter { command } => match command {
@@ -436,24 +500,12 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                 reason,
                 since,
                 dry_run,
+                by,
             } => {
                 let ids = match (id, reason) {
                     (Some(id), _) => vec![id],
-                    (None, reason) => {
-                        let filter = read::DeadLetterFilter {
-                            reason: reason.as_deref(),
-                            since,
-                            unresolved: true,
-                        };
-                        let mut ids: Vec<i64> = read::dead_letters(&pool, &filter, i64::MAX)
-                            .await?
-                            .iter()
-                            .map(|d| d.id)
-                            .collect();
-                        // Oldest first: the order they arrived in.
-                        ids.reverse();
-                        ids
-                    }
+                    (None, Some(reason)) => ops.unresolved_dead_letters(&reason, since).await?,
+                    (None, None) => return Err(usage("give a dead letter's id or --reason")),
                 };
                 if ids.is_empty() {
                     return Ok("no unresolved dead letter matches\n".into());
@@ -461,76 +513,62 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                 let mut out = String::new();
                 for id in ids {
                     let line = if dry_run {
-                        replay_dry_run(settings, &pool, id).await?
+                        dry_run_line(id, &ops.replay_dry_run(id).await?)
                     } else {
-                        replay(settings, &pool, id).await?
+                        replayed_line(&ops.replay_dead_letter(id, &by).await?)
                     };
                     out.push_str(&line);
                 }
                 Ok(out)
             }
-            DeadLetterCommand::Resolve { id, note } => resolve_dead_letter(&pool, id, &note).await,
+            DeadLetterCommand::Resolve { id, note } => {
+                ops.resolve_dead_letter(id, &note).await?;
+                Ok(format!("dead letter {id} resolved: {note}\n"))
+            }
         },
     }
 }
 
-pub async fn add_agent(
-    settings: &Settings,
-    pool: &PgPool,
-    agent_id: &str,
-    agent_type: &str,
-) -> anyhow::Result<String> {
-    if !valid_agent_id(agent_id) {
-        return Err(usage(format!(
-            "invalid value {agent_id:?} for <AGENT_ID>: use 1-200 letters, digits, '.', '_' or '-'"
-        )));
-    }
-    let catalog = settings.catalog();
-    if !catalog.is_role(agent_type) {
-        let roles: Vec<&str> = catalog.roles().map(|(r, _)| r).collect();
-        return Err(usage(format!(
-            "invalid value {agent_type:?} for <AGENT_TYPE>: not a configured role; roles: {}",
-            roles.join(", ")
-        )));
-    }
-    db::migrate(pool)
-        .await
-        .context("could not prepare the database")?;
-    // Both or neither: the registration commits only once the broker has declared the
-    // agent's queues, so a broker that is down leaves no half-registered agent.
-    let mut tx = pool
-        .begin()
-        .await
-        .context("could not connect to the database")?;
-    let created = store::register_agent(&mut tx, agent_id, agent_type, "cli").await?;
-    if !created {
-        let existing = store::agent_type(&mut tx, agent_id).await?;
-        if existing.as_deref() != Some(agent_type) {
-            bail!(
-                "agent {agent_id} is already registered as {}",
-                existing.unwrap_or_else(|| "?".into())
-            );
+/// What `dead-letter replay` did with one dead letter.
+fn replayed_line(r: &Replayed) -> String {
+    format!(
+        "dead letter {}{} published again to {} with routing key {}{}{}\n",
+        r.id,
+        r.message_id
+            .as_ref()
+            .map(|m| format!(" (message {m})"))
+            .unwrap_or_default(),
+        exchanges::TOPIC,
+        r.routing_key,
+        r.replayed_before
+            .map(|t| format!("; it had been replayed before, at {}", ts(t)))
+            .unwrap_or_default(),
+        if r.applied_before {
+            "; the message was applied since, so this copy changes nothing"
+        } else {
+            ""
         }
-    }
-    let amqp = connect(&settings.amqp.url, "coordinator-cli")
-        .await
-        .context("could not connect to RabbitMQ (amqp.url); the agent is not registered")?;
-    let declared = async {
-        let mut declarer = Declarer::new(&amqp, &settings.amqp).await?;
-        declarer.fixed(&settings.inbox).await?;
-        declarer.agent(agent_id, agent_type, &catalog).await?;
-        declarer.close().await;
-        Ok::<_, crate::amqp::topology::TopologyError>(())
-    }
-    .await;
-    let _ = amqp.close(200, "done").await;
-    declared.context("could not declare the agent's queues; the agent is not registered")?;
-    store::retry_now(&mut tx).await?;
-    tx.commit().await.context("could not record the agent")?;
-    Ok(format!(
-        "{} agent {agent_id} ({agent_type}); queues agent.{agent_id}.tasks, .commands, .events declared\n",
-        if created { "registered" } else { "already registered:" }
-    ))
+    )
+}
+
+/// What `dead-letter replay --dry-run` says of one dead letter.
+fn dry_run_line(id: i64, p: &Processed) -> String {
+    let what = match (&p.outcome, &p.transition) {
+        (Outcome::Rejected(r), _) => format!(
+            "would be rejected again: {}{}",
+            r.as_str(),
+            p.detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        ),
+        (_, Some((from, to))) => format!("would be {}: {from} → {to}", p.outcome.label()),
+        (Outcome::Duplicate, None) => {
+            "would change nothing: the message was applied since".to_string()
+        }
+        (o, None) => format!("would be {}", o.label()),
+    };
+    format!("dead letter {id} (dry run, nothing committed or published): {what}\n")
 }
 
 async fn list_agents(pool: &PgPool) -> anyhow::Result<String> {
@@ -720,56 +758,6 @@ pub async fn show_workflow(pool: &PgPool, id: &str, now: DateTime<Utc>) -> anyho
     Ok(out)
 }
 
-/// An operator closes a workflow as cancelled or failed.
-pub async fn close_workflow(
-    pool: &PgPool,
-    id: &str,
-    to: State,
-    reason: &str,
-) -> anyhow::Result<String> {
-    let mut tx = pool.begin().await?;
-    let Some(locked) = store::lock_workflow(&mut tx, id).await? else {
-        return Err(not_found("workflow", id, "workflow list"));
-    };
-    let state = State::parse(&locked.state)
-        .with_context(|| format!("workflow {id} has unknown state {}", locked.state))?;
-    if state.is_terminal() {
-        bail!("workflow {id} is already {state}");
-    }
-    let snap = Snapshot {
-        state,
-        round: locked.round,
-        armed: store::armed_clocks(&mut tx, id).await?,
-    };
-    let decision = workflow::close_all(&snap, to);
-    let now = Utc::now();
-    let mut cancelled = Vec::new();
-    for e in &decision.effects {
-        if let workflow::Effect::CancelClock(r) = e {
-            store::close_clock(&mut tx, id, r, "cancelled", Some("operator"), now).await?;
-            cancelled.push(serde_json::json!({"clock": r.clock, "round": r.round}));
-        }
-    }
-    store::update_workflow(&mut tx, id, to.as_str(), locked.round, true, now).await?;
-    let message_type = format!("operator_{}", to.as_str());
-    store::append_event(
-        &mut tx,
-        &store::NewEvent {
-            workflow_id: id,
-            message_id: None,
-            message_type: &message_type,
-            source_agent_id: Some("operator"),
-            from_state: Some(state.as_str()),
-            to_state: to.as_str(),
-            at: now,
-            detail: serde_json::json!({"reason": reason, "clocks_cancelled": cancelled}),
-        },
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(format!("workflow {id}: {state} → {to}\n"))
-}
-
 async fn list_dead_letters(
     pool: &PgPool,
     filter: &read::DeadLetterFilter<'_>,
@@ -807,127 +795,6 @@ async fn list_dead_letters(
         out.push_str("(no dead letters)\n");
     }
     Ok(out)
-}
-
-/// Publishes a dead letter again to `agent.topic` with its original properties. Its
-/// message id is forgotten first if it was not applied (so the copy is acted on anew);
-/// the replay is recorded. That bookkeeping commits only once the broker has confirmed
-/// the message: a replay that fails leaves no trace, and can be run again.
-pub async fn replay(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Result<String> {
-    let mut tx = pool.begin().await?;
-    let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
-        return Err(not_found("dead letter", id, "dead-letter list"));
-    };
-    let meta = replay_meta(&dl);
-    let applied_before = match &dl.message_id {
-        Some(mid) => {
-            !store::forget_unapplied(&mut tx, mid).await?
-                && store::was_processed(&mut tx, mid).await?
-        }
-        None => false,
-    };
-    store::mark_replayed(&mut tx, dl.id, &operator()).await?;
-
-    let amqp = connect(&settings.amqp.url, "coordinator-cli")
-        .await
-        .context("could not connect to RabbitMQ (amqp.url)")?;
-    let channel = amqp.create_channel().await?;
-    channel.confirm_select(Default::default()).await?;
-    let pending = channel
-        .basic_publish(
-            exchanges::TOPIC,
-            &dl.routing_key,
-            Default::default(),
-            &dl.body,
-            properties(&meta),
-        )
-        .await?;
-    let timeout = settings.amqp.confirm_timeout;
-    let confirm = tokio::time::timeout(timeout, pending)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the broker did not confirm the replayed message within {timeout:?} (amqp.confirm_timeout); run the command again"
-            )
-        })??;
-    let _ = amqp.close(200, "done").await;
-    if !confirm.is_ack() {
-        bail!("the broker did not accept the replayed message; run the command again");
-    }
-    tx.commit().await?;
-    Ok(format!(
-        "dead letter {id}{} published again to {} with routing key {}{}{}\n",
-        dl.message_id
-            .map(|m| format!(" (message {m})"))
-            .unwrap_or_default(),
-        exchanges::TOPIC,
-        dl.routing_key,
-        dl.replayed_at
-            .map(|t| format!("; it had been replayed before, at {}", ts(t)))
-            .unwrap_or_default(),
-        if applied_before {
-            "; the message was applied since, so this copy changes nothing"
-        } else {
-            ""
-        }
-    ))
-}
-
-/// What the coordinator would do with a dead letter if it were replayed now: applied in
-/// a transaction that is rolled back, nothing published.
-pub async fn replay_dry_run(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Result<String> {
-    let processor = crate::processor::Processor::from_settings(settings);
-    let ctx = crate::pipeline::Context {
-        pool,
-        processor: &processor,
-        agents: std::sync::Arc::new(crate::processor::Agents::default()),
-        instance: "cli-dry-run",
-        publish_after: Utc::now(),
-        retry: settings.retry_policies.default,
-    };
-    let mut tx = pool.begin().await?;
-    let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
-        return Err(not_found("dead letter", id, "dead-letter list"));
-    };
-    let meta = replay_meta(&dl);
-    if let Some(mid) = &dl.message_id {
-        store::forget_unapplied(&mut tx, mid).await?;
-    }
-    let inbound = crate::processor::Inbound {
-        body: &dl.body,
-        meta: &meta,
-    };
-    let results = crate::pipeline::apply_uncommitted(&ctx, &mut tx, &[inbound], Utc::now()).await?;
-    tx.rollback().await?;
-    let Some(p) = results.first() else {
-        bail!("dead letter {id}: the dry run produced no result");
-    };
-    let what = match (&p.outcome, &p.transition) {
-        (crate::processor::Outcome::Rejected(r), _) => format!(
-            "would be rejected again: {}{}",
-            r.as_str(),
-            p.detail
-                .as_deref()
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default()
-        ),
-        (_, Some((from, to))) => format!("would be {}: {from} → {to}", p.outcome.label()),
-        (crate::processor::Outcome::Duplicate, None) => {
-            "would change nothing: the message was applied since".to_string()
-        }
-        (o, None) => format!("would be {}", o.label()),
-    };
-    Ok(format!(
-        "dead letter {id} (dry run, nothing committed or published): {what}\n"
-    ))
-}
-
-/// The AMQP properties a dead letter was received with.
-fn replay_meta(dl: &store::DeadLetter) -> DeliveryMeta {
-    serde_json::from_value(dl.properties.clone()).unwrap_or_else(|_| DeliveryMeta {
-        routing_key: dl.routing_key.clone(),
-        ..Default::default()
-    })
 }
 
 async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
@@ -988,12 +855,4 @@ async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
         }
     }
     Ok(out)
-}
-
-async fn resolve_dead_letter(pool: &PgPool, id: i64, note: &str) -> anyhow::Result<String> {
-    let mut conn = pool.acquire().await?;
-    if !store::resolve_dead_letter(&mut conn, id, note).await? {
-        return Err(not_found("dead letter", id, "dead-letter list"));
-    }
-    Ok(format!("dead letter {id} resolved: {note}\n"))
 }

@@ -1,23 +1,15 @@
-//! On-call and operator commands: SLA clocks (list, snooze, cancel), escalations
-//! (list, acknowledge) and emergencies (raise, show).
+//! What on-call reads: SLA clocks, escalations and incidents. (What on-call changes —
+//! snooze, cancel, acknowledge, raise — is in `service::ops`.)
 
 use std::fmt::Write as _;
 
 use anyhow::bail;
-use chrono::{DateTime, Utc};
-use serde_json::json;
-use sqlx::PgPool;
-
-use super::{relative, ts};
-use crate::db::{read, store};
-use crate::domain::emergency;
-use crate::escalations::{Acknowledged, ESCALATION_ACKNOWLEDGED};
-use crate::pipeline;
-use crate::processor::{operator_alert, Outcome, Processor, OPERATOR};
-use crate::settings::Settings;
-use protocol::envelope::Envelope;
+use chrono::Utc;
 
 use super::table::{Align, Table};
+use super::{relative, ts};
+use crate::db::{read, Pool as PgPool};
+use crate::domain::emergency;
 
 pub async fn list_clocks(
     pool: &PgPool,
@@ -71,89 +63,6 @@ pub async fn list_clocks(
     Ok(out)
 }
 
-/// Moves an armed clock's deadline, with a reason, as a history row.
-pub async fn snooze(
-    settings: &Settings,
-    pool: &PgPool,
-    clock_id: i64,
-    until: DateTime<Utc>,
-    reason: &str,
-    by: &str,
-) -> anyhow::Result<String> {
-    let mut tx = pool.begin().await?;
-    let Some(c) = store::lock_clock(&mut tx, clock_id).await? else {
-        return Err(super::not_found("clock", clock_id, "sla list"));
-    };
-    if c.status != "armed" {
-        bail!(
-            "clock {clock_id} ({}) is {}, not armed: only an armed clock can be snoozed",
-            c.clock,
-            c.status
-        );
-    }
-    let warn_at = settings.clock_durations().warn_at(c.armed_at, until);
-    store::move_deadline(&mut tx, clock_id, until, warn_at).await?;
-    let detail = json!({"clock_id": clock_id, "clock": c.clock, "round": c.round, "from": c.due_at, "to": until, "reason": reason});
-    history(&mut tx, &c.workflow_id, "sla_snoozed", by, detail).await?;
-    store::notify_timers(&mut tx).await?;
-    tx.commit().await?;
-    Ok(format!(
-        "clock {clock_id} ({} of {}) now due {} (was {})\n",
-        c.clock,
-        c.workflow_id,
-        ts(until),
-        ts(c.due_at)
-    ))
-}
-
-pub async fn cancel(
-    pool: &PgPool,
-    clock_id: i64,
-    reason: &str,
-    by: &str,
-) -> anyhow::Result<String> {
-    let mut tx = pool.begin().await?;
-    let Some(c) = store::lock_clock(&mut tx, clock_id).await? else {
-        return Err(super::not_found("clock", clock_id, "sla list"));
-    };
-    if c.status != "armed" {
-        bail!("clock {clock_id} ({}) is already {}", c.clock, c.status);
-    }
-    store::cancel_clock(&mut tx, clock_id, by, Utc::now()).await?;
-    let detail = json!({"clock_id": clock_id, "clock": c.clock, "round": c.round, "due_at": c.due_at, "reason": reason});
-    history(&mut tx, &c.workflow_id, "sla_cancelled", by, detail).await?;
-    store::notify_timers(&mut tx).await?;
-    tx.commit().await?;
-    Ok(format!(
-        "clock {clock_id} ({} of {}) cancelled\n",
-        c.clock, c.workflow_id
-    ))
-}
-
-async fn history(
-    conn: &mut sqlx::PgConnection,
-    workflow_id: &str,
-    message_type: &str,
-    by: &str,
-    detail: serde_json::Value,
-) -> anyhow::Result<()> {
-    let state = store::workflow_state(conn, workflow_id)
-        .await?
-        .unwrap_or_default();
-    store::append_note(
-        conn,
-        workflow_id,
-        &state,
-        message_type,
-        by,
-        None,
-        detail,
-        Utc::now(),
-    )
-    .await?;
-    Ok(())
-}
-
 pub async fn list_escalations(
     pool: &PgPool,
     open: bool,
@@ -204,75 +113,6 @@ pub async fn list_escalations(
         out.push_str("(no escalations)\n");
     }
     Ok(out)
-}
-
-/// Acknowledges an escalation's chain as an operator: the same path as an agent's
-/// `escalation_acknowledged`.
-pub async fn acknowledge(
-    settings: &Settings,
-    pool: &PgPool,
-    escalation_id: i64,
-    by: &str,
-) -> anyhow::Result<String> {
-    let mut conn = pool.acquire().await?;
-    let Some((workflow_id, _)) = store::escalation_chain(&mut conn, escalation_id).await? else {
-        return Err(super::not_found(
-            "escalation",
-            escalation_id,
-            "escalation list --open",
-        ));
-    };
-    drop(conn);
-    let env = Envelope::from_agent(
-        by,
-        OPERATOR,
-        ESCALATION_ACKNOWLEDGED,
-        &workflow_id,
-        json!({"escalation_id": escalation_id}),
-        Utc::now(),
-    );
-    let processor = Processor::from_settings(settings);
-    let p = pipeline::apply_operator(pool, &processor, &env).await?;
-    match (p.outcome, p.acknowledged) {
-        (Outcome::Accepted, Some(Acknowledged::Now { chain_id, ids, .. })) => Ok(format!(
-            "acknowledged escalation chain {chain_id} of {workflow_id} by {by} ({} escalation{}); its ladder stops\n",
-            ids.len(),
-            if ids.len() == 1 { "" } else { "s" }
-        )),
-        (Outcome::Accepted, Some(Acknowledged::Already { chain_id, .. })) => Ok(format!(
-            "escalation chain {chain_id} of {workflow_id} was already acknowledged; nothing changed\n"
-        )),
-        _ => bail!(
-            "escalation {escalation_id} could not be acknowledged: {}",
-            p.detail.unwrap_or_default()
-        ),
-    }
-}
-
-pub async fn raise(
-    settings: &Settings,
-    pool: &PgPool,
-    id: Option<String>,
-    severity: &str,
-    description: &str,
-    by: &str,
-) -> anyhow::Result<String> {
-    let id = id.unwrap_or_else(|| format!("inc-{}", uuid::Uuid::new_v4()));
-    let processor = Processor::from_settings(settings);
-    let env = operator_alert(&id, severity, description, by, Utc::now());
-    let p = pipeline::apply_operator(pool, &processor, &env).await?;
-    if p.outcome != Outcome::Accepted {
-        bail!(
-            "{}",
-            p.detail
-                .unwrap_or_else(|| "the incident was not raised".into())
-        );
-    }
-    let agents = read::clock_count(pool, &id, emergency::ACKNOWLEDGMENT_CLOCK).await?;
-    Ok(format!(
-        "incident {id} raised ({severity}): broadcast to every agent; {agents} acknowledgment{} awaited\n",
-        if agents == 1 { "" } else { "s" }
-    ))
 }
 
 pub async fn show(pool: &PgPool, id: &str) -> anyhow::Result<String> {

@@ -10,10 +10,12 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
-use super::store::{OutboxMessage, OUTCOME_ACCEPTED};
+use crate::engine::rows::{
+    ArmedClockRow, ChainMember, InsertedClock, Loaded, LockedWorkflow, Needs, Queued, Writes,
+    Written, OUTCOME_ACCEPTED,
+};
 
 pub const CLAIM_AND_LOCK: &str = "WITH claimed AS (
            INSERT INTO processed_messages (message_id, outcome, processed_by)
@@ -33,7 +35,7 @@ pub async fn claim_and_lock(
     message_ids: &[&str],
     instance: &str,
     workflow_ids: &[&str],
-) -> sqlx::Result<(HashSet<String>, Vec<LockedWorkflow>)> {
+) -> super::Result<(HashSet<String>, Vec<LockedWorkflow>)> {
     if message_ids.is_empty() && workflow_ids.is_empty() {
         return Ok((HashSet::new(), Vec::new()));
     }
@@ -64,44 +66,60 @@ pub async fn claim_and_lock(
     Ok((claimed, locked))
 }
 
-/// A workflow row locked for the rest of the transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockedWorkflow {
-    pub id: String,
-    pub kind: String,
-    pub state: String,
-    pub round: i32,
-}
-
-/// An armed clock of a locked workflow.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct ArmedClockRow {
-    pub id: i64,
-    pub workflow_id: String,
-    pub clock: String,
-    pub round: i32,
-    pub owner_role: String,
-    pub owner_agent_id: Option<String>,
-    pub subject_agent_id: Option<String>,
-}
-
 // Sorted by the caller: an ORDER BY here lets a plan made on an empty table walk the
 // primary key instead of looking the workflows up.
 pub const ARMED_CLOCKS: &str =
-    "SELECT id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id
+    "SELECT id, workflow_id, clock, round, owner_role, owner_agent_id, subject_agent_id,
+            armed_at, due_at
          FROM sla_clocks WHERE workflow_id = ANY($1) AND closed_at IS NULL";
 
 pub async fn armed_clocks(
     conn: &mut PgConnection,
     workflow_ids: &[&str],
-) -> sqlx::Result<Vec<ArmedClockRow>> {
+) -> super::Result<Vec<ArmedClockRow>> {
     if workflow_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut rows: Vec<ArmedClockRow> = sqlx::query_as(ARMED_CLOCKS)
+    type Row = (
+        i64,
+        String,
+        String,
+        i32,
+        String,
+        Option<String>,
+        Option<String>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    );
+    let mut rows: Vec<ArmedClockRow> = sqlx::query_as::<_, Row>(ARMED_CLOCKS)
         .bind(workflow_ids)
         .fetch_all(conn)
-        .await?;
+        .await?
+        .into_iter()
+        .map(
+            |(
+                id,
+                workflow_id,
+                clock,
+                round,
+                owner_role,
+                owner_agent_id,
+                subject_agent_id,
+                armed_at,
+                due_at,
+            )| ArmedClockRow {
+                id,
+                workflow_id,
+                clock,
+                round,
+                owner_role,
+                owner_agent_id,
+                subject_agent_id,
+                armed_at,
+                due_at,
+            },
+        )
+        .collect();
     rows.sort_by_key(|r| r.id);
     Ok(rows)
 }
@@ -112,7 +130,7 @@ pub const AGENT_TYPES: &str = "SELECT agent_id, agent_type FROM agents WHERE age
 pub async fn agent_types(
     conn: &mut PgConnection,
     agent_ids: &[&str],
-) -> sqlx::Result<Vec<(String, String)>> {
+) -> super::Result<Vec<(String, String)>> {
     if agent_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -120,16 +138,7 @@ pub async fn agent_types(
         .bind(agent_ids)
         .fetch_all(conn)
         .await
-}
-
-/// An escalation of a chain that a message names.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct ChainMember {
-    pub id: i64,
-    pub workflow_id: String,
-    pub chain_id: i64,
-    /// Not yet acknowledged.
-    pub open: bool,
+        .map_err(super::Error::from)
 }
 
 // The chains first, then each chain's members by index (LATERAL with OFFSET 0 fixes that order
@@ -146,21 +155,30 @@ pub const ESCALATION_CHAINS: &str =
 pub async fn escalation_chains(
     conn: &mut PgConnection,
     escalation_ids: &[i64],
-) -> sqlx::Result<Vec<ChainMember>> {
+) -> super::Result<Vec<ChainMember>> {
     if escalation_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut rows: Vec<ChainMember> = sqlx::query_as(ESCALATION_CHAINS)
-        .bind(escalation_ids)
-        .fetch_all(conn)
-        .await?;
+    let mut rows: Vec<ChainMember> =
+        sqlx::query_as::<_, (i64, String, i64, bool)>(ESCALATION_CHAINS)
+            .bind(escalation_ids)
+            .fetch_all(conn)
+            .await?
+            .into_iter()
+            .map(|(id, workflow_id, chain_id, open)| ChainMember {
+                id,
+                workflow_id,
+                chain_id,
+                open,
+            })
+            .collect();
     rows.sort_by_key(|r| r.id);
     rows.dedup_by_key(|r| r.id);
     Ok(rows)
 }
 
 /// Reserves `n` escalation ids, so a batch can name them in the messages it queues.
-pub async fn reserve_escalation_ids(conn: &mut PgConnection, n: usize) -> sqlx::Result<Vec<i64>> {
+pub async fn reserve_escalation_ids(conn: &mut PgConnection, n: usize) -> super::Result<Vec<i64>> {
     if n == 0 {
         return Ok(Vec::new());
     }
@@ -170,170 +188,7 @@ pub async fn reserve_escalation_ids(conn: &mut PgConnection, n: usize) -> sqlx::
     .bind(i64::try_from(n).unwrap_or(i64::MAX))
     .fetch_all(conn)
     .await
-}
-
-/// A workflow (or incident) created by the batch, in the state the batch left it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewWorkflow {
-    pub id: String,
-    pub kind: String,
-    pub state: String,
-    pub epic_id: Option<String>,
-    pub title: Option<String>,
-    pub data: Value,
-    pub round: i32,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
-}
-
-/// An existing workflow's state after the batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkflowChange {
-    pub id: String,
-    pub state: String,
-    pub round: i32,
-    pub at: DateTime<Utc>,
-    pub terminal: bool,
-}
-
-/// A clock armed by the batch, with the status the batch left it in (a clock armed and
-/// met in the same batch is written once, already met).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewClock {
-    pub workflow_id: String,
-    pub clock: String,
-    pub round: i32,
-    pub owner_role: String,
-    pub owner_agent_id: Option<String>,
-    pub subject_agent_id: Option<String>,
-    pub severity: String,
-    pub armed_at: DateTime<Utc>,
-    pub warn_at: DateTime<Utc>,
-    pub due_at: DateTime<Utc>,
-    pub status: String,
-    pub closed_at: Option<DateTime<Utc>>,
-    pub closed_by: Option<String>,
-}
-
-/// A clock row as inserted: its id and what the timer needs.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct InsertedClock {
-    pub id: i64,
-    pub status: String,
-    pub warn_at: Option<DateTime<Utc>>,
-    pub due_at: DateTime<Utc>,
-}
-
-/// An armed clock the batch closed or gave an owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClockChange {
-    pub id: i64,
-    pub status: String,
-    pub closed_at: Option<DateTime<Utc>>,
-    pub closed_by: Option<String>,
-    pub owner_agent_id: Option<String>,
-}
-
-/// One raise of an escalation, its id reserved beforehand.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEscalation {
-    pub id: i64,
-    pub chain_id: i64,
-    pub workflow_id: String,
-    pub clock: String,
-    pub clock_id: Option<i64>,
-    pub owner_role: String,
-    pub agent_id: Option<String>,
-    pub level: i32,
-    pub target: String,
-    pub severity: String,
-    pub raised_at: DateTime<Utc>,
-    pub next_level_at: DateTime<Utc>,
-    pub message_id: String,
-}
-
-/// A chain acknowledged: its open escalations stop climbing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainAck {
-    pub chain_id: i64,
-    pub by: String,
-    pub at: DateTime<Utc>,
-}
-
-/// A history row. `ordinal` numbers the rows of one workflow within the batch (1, 2,
-/// …); the sequence number is the workflow's last one plus the ordinal, read when the
-/// statement runs, under the workflow's lock.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
-    pub workflow_id: String,
-    pub ordinal: i32,
-    pub message_id: Option<String>,
-    pub message_type: String,
-    pub source_agent_id: Option<String>,
-    pub from_state: Option<String>,
-    pub to_state: String,
-    pub at: DateTime<Utc>,
-    pub detail: Value,
-}
-
-/// An outbox row as written: its id, for marking it sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
-    pub id: i64,
-    pub message: OutboxMessage,
-}
-
-/// A delivery kept whole because it was rejected.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewDeadLetter {
-    pub message_id: Option<String>,
-    pub reason: String,
-    pub detail: String,
-    pub routing_key: String,
-    pub body: Vec<u8>,
-    pub body_json: Option<Value>,
-    pub properties: Value,
-    pub source_agent_id: Option<String>,
-    pub at: DateTime<Utc>,
-}
-
-/// What a batch must read once its message ids are claimed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Needs {
-    /// Workflows (and incidents) its messages name, to lock.
-    pub workflow_ids: Vec<String>,
-    /// Senders the agent cache does not hold.
-    pub agent_ids: Vec<String>,
-    /// Escalations named by acknowledgements.
-    pub escalation_ids: Vec<i64>,
-    /// An emergency is raised: every registered agent must acknowledge it.
-    pub all_agents: bool,
-    /// Escalation ids to reserve (messages that may raise one).
-    pub escalations: usize,
-}
-
-impl Needs {
-    /// The statements the claim and [`load`] run for these needs (the clocks are read
-    /// when workflows were locked, which it counts as likely).
-    pub fn statements(&self) -> usize {
-        1 + usize::from(!self.workflow_ids.is_empty())
-            + usize::from(!self.agent_ids.is_empty())
-            + usize::from(self.all_agents)
-            + usize::from(!self.escalation_ids.is_empty())
-            + usize::from(self.escalations > 0)
-    }
-}
-
-/// What a batch read under its locks.
-#[derive(Debug, Default, Clone)]
-pub struct Loaded {
-    pub workflows: Vec<LockedWorkflow>,
-    pub clocks: Vec<ArmedClockRow>,
-    pub agents: Vec<(String, String)>,
-    pub all_agents: Option<Vec<(String, String)>>,
-    pub chains: Vec<ChainMember>,
-    pub escalation_ids: Vec<i64>,
+    .map_err(super::Error::from)
 }
 
 /// Runs the reads of a batch after its claim and lock: a statement per kind of thing
@@ -343,7 +198,7 @@ pub async fn load(
     conn: &mut PgConnection,
     needs: &Needs,
     workflows: Vec<LockedWorkflow>,
-) -> sqlx::Result<Loaded> {
+) -> super::Result<Loaded> {
     let locked: Vec<&str> = workflows.iter().map(|w| w.id.as_str()).collect();
     let clocks = armed_clocks(conn, &locked).await?;
     let agent_ids: Vec<&str> = needs.agent_ids.iter().map(String::as_str).collect();
@@ -363,87 +218,6 @@ pub async fn load(
         chains,
         escalation_ids,
     })
-}
-
-/// Everything a batch (of messages or of timer deadlines) writes.
-#[derive(Debug, Default)]
-pub struct Writes {
-    pub new_workflows: Vec<NewWorkflow>,
-    pub workflow_changes: Vec<WorkflowChange>,
-    pub new_clocks: Vec<NewClock>,
-    pub clock_changes: Vec<ClockChange>,
-    pub escalations: Vec<NewEscalation>,
-    pub chain_acks: Vec<ChainAck>,
-    pub events: Vec<NewEvent>,
-    pub outbox: Vec<OutboxMessage>,
-    pub dead_letters: Vec<NewDeadLetter>,
-    pub outcomes: Vec<(String, &'static str)>,
-    /// Agents registered by heartbeat.
-    pub registrations: Vec<(String, String)>,
-    pub heartbeats: Vec<(String, DateTime<Utc>)>,
-}
-
-impl Writes {
-    /// The statements [`write`] runs for these rows: one, unless there is nothing to
-    /// write.
-    pub fn statements(&self) -> usize {
-        usize::from(self.kinds() > 0)
-    }
-
-    fn kinds(&self) -> usize {
-        [
-            !self.new_workflows.is_empty(),
-            !self.workflow_changes.is_empty(),
-            !self.new_clocks.is_empty(),
-            !self.clock_changes.is_empty(),
-            !self.escalations.is_empty(),
-            !self.chain_acks.is_empty(),
-            !self.events.is_empty(),
-            !self.dead_letters.is_empty(),
-            !self.outcomes.is_empty(),
-            !self.registrations.is_empty(),
-            !self.heartbeats.is_empty(),
-            !self.outbox.is_empty(),
-        ]
-        .into_iter()
-        .filter(|b| *b)
-        .count()
-    }
-}
-
-/// What the writes produced that only the database knows.
-#[derive(Debug, Default)]
-pub struct Written {
-    pub clocks: Vec<InsertedClock>,
-    pub queued: Vec<Queued>,
-    /// Agents that were not registered before.
-    pub registered: Vec<String>,
-}
-
-/// A write that the batch's own reads said could not fail did: a workflow id was taken
-/// between the lock and the insert by a transaction that did not hold the lock. The
-/// batch is retried; its reads then see the new row.
-#[derive(Debug, thiserror::Error)]
-#[error("workflow ids were created concurrently; the batch must be re-read")]
-pub struct Conflict;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    #[error(transparent)]
-    Conflict(#[from] Conflict),
-}
-
-impl From<WriteError> for sqlx::Error {
-    /// A conflict (someone created a workflow between our lock and our insert without
-    /// holding the lock) is a collision like a deadlock: retried the same way.
-    fn from(e: WriteError) -> sqlx::Error {
-        match e {
-            WriteError::Db(e) => e,
-            WriteError::Conflict(c) => sqlx::Error::Protocol(c.to_string()),
-        }
-    }
 }
 
 /// Every write of a batch in one statement: a data-modifying CTE per kind of row, all
@@ -476,9 +250,12 @@ clk_new AS (
   ON CONFLICT DO NOTHING RETURNING id, status, warn_at, due_at),
 clk_upd AS (
   UPDATE sla_clocks c SET status = u.status, closed_at = u.closed_at, closed_by = u.closed_by,
-         owner_agent_id = u.owner_agent_id
-  FROM unnest($29::bigint[], $30::text[], $31::timestamptz[], $32::text[], $33::text[])
-       AS u(id, status, closed_at, closed_by, owner_agent_id)
+         owner_agent_id = u.owner_agent_id, due_at = coalesce(u.due_at, c.due_at),
+         warn_at = coalesce(u.warn_at, c.warn_at),
+         warned_at = CASE WHEN u.warn_again THEN NULL ELSE c.warned_at END
+  FROM unnest($29::bigint[], $30::text[], $31::timestamptz[], $32::text[], $33::text[],
+              $84::timestamptz[], $85::timestamptz[], $86::bool[])
+       AS u(id, status, closed_at, closed_by, owner_agent_id, due_at, warn_at, warn_again)
   -- Still armed (an armed clock has no closed_at); said so rather than with status,
   -- whose partial indexes would tempt the planner to scan every armed clock.
   WHERE c.id = u.id AND c.id = ANY($29) AND c.closed_at IS NULL),
@@ -537,7 +314,7 @@ pub async fn write(
     conn: &mut PgConnection,
     w: Writes,
     publish_after: DateTime<Utc>,
-) -> Result<Written, WriteError> {
+) -> super::Result<Written> {
     if w.statements() == 0 {
         return Ok(Written::default());
     }
@@ -741,6 +518,9 @@ pub async fn write(
         .bind(ob.iter().map(|r| r.app_id.as_str()).collect::<Vec<_>>())
         .bind(ob.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
         .bind(publish_after)
+        .bind(cc.iter().map(|r| r.due_at).collect::<Vec<_>>())
+        .bind(cc.iter().map(|r| r.warn_at).collect::<Vec<_>>())
+        .bind(cc.iter().map(|r| r.warn_again).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
     let mut created = 0;
@@ -763,10 +543,14 @@ pub async fn write(
         }
     }
     if created != w.new_workflows.len() {
-        return Err(Conflict.into());
+        return Err(super::Error::Conflict);
     }
     if !written.registered.is_empty() {
         super::store::notify_agents(conn).await?;
+    }
+    // Deadlines moved: every coordinator's timer reads its window again.
+    if w.clock_changes.iter().any(|c| c.due_at.is_some()) {
+        super::store::notify_timers(conn).await?;
     }
     written.queued = w
         .outbox

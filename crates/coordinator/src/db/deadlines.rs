@@ -4,47 +4,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 
-/// A clock the timer has just breached or warned about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FiredClock {
-    pub id: i64,
-    pub workflow_id: String,
-    pub clock: String,
-    pub round: i32,
-    pub owner_role: String,
-    pub owner_agent_id: Option<String>,
-    pub subject_agent_id: Option<String>,
-    pub severity: String,
-    pub due_at: DateTime<Utc>,
-}
-
-/// An escalation whose ladder step the timer has just taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClimbedEscalation {
-    pub id: i64,
-    pub workflow_id: String,
-    pub chain_id: i64,
-    pub clock: String,
-    pub clock_id: Option<i64>,
-    pub owner_role: String,
-    pub agent_id: Option<String>,
-    pub level: i32,
-    pub severity: String,
-}
-
-/// What [`take_due`] took.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Taken {
-    /// The workflow of each deadline asked for that still exists: (is a clock, id,
-    /// workflow id).
-    pub wanted: Vec<(bool, i64, String)>,
-    /// The workflows locked (id, state); deadlines of other workflows were skipped
-    /// because another transaction held them.
-    pub workflows: Vec<(String, String)>,
-    pub warned: Vec<FiredClock>,
-    pub breached: Vec<FiredClock>,
-    pub climbed: Vec<ClimbedEscalation>,
-}
+use crate::engine::rows::{ClimbedEscalation, FiredClock, Taken};
 
 pub const TAKE_DUE: &str = "WITH
          wanted AS (
@@ -92,7 +52,7 @@ pub async fn take_due(
     breaches: &[i64],
     ladder: &[i64],
     now: DateTime<Utc>,
-) -> sqlx::Result<Taken> {
+) -> super::Result<Taken> {
     let rows = sqlx::query(TAKE_DUE)
         .bind(warnings)
         .bind(breaches)

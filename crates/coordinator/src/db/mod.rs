@@ -1,7 +1,10 @@
-//! PostgreSQL: the pool, the embedded migrations, and every SQL statement the service
-//! runs. `batch` holds the set-based statements of the hot path (a batch of messages or
-//! of timer deadlines), `store` the single-row writes of the relay and the operator
-//! commands, `read` the queries behind the manager-facing CLI.
+//! PostgreSQL, and the only module that knows SQL: the pool, the embedded migrations,
+//! and every statement the service runs. `batch` holds the set-based statements of the
+//! hot path (a batch of messages, of timer deadlines or of operator actions),
+//! `deadlines` the timers' window and take, `lease` the partition leases, `store` the
+//! relay's, housekeeping's and the operator commands' statements, `read` the queries
+//! behind the manager-facing CLI. What the rest of the service names of sqlx is the
+//! pool and connection types re-exported here, and [`Error`].
 
 pub mod batch;
 pub mod deadlines;
@@ -14,11 +17,53 @@ use sqlx::PgPool;
 
 use crate::settings::DatabaseSettings;
 
+/// The service's connection pool.
+pub type Pool = sqlx::PgPool;
+/// One connection (a pooled one, or a transaction's).
+pub type Conn = sqlx::PgConnection;
+/// An open transaction, rolled back if dropped uncommitted.
+pub type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// What a statement's failure means, typed so that callers decide by kind (retry, set
+/// the input aside, tell the operator), never by matching text.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Sql(#[from] sqlx::Error),
+    /// A write that the batch's own reads said could not fail did: a workflow id was
+    /// taken between the lock and the insert by a transaction that did not hold the
+    /// lock. Like a deadlock, the work is retried; its reads then see the new row.
+    #[error("workflow ids were created concurrently; the batch must be read again")]
+    Conflict,
+    /// Every membership key tried for the partition leases was taken.
+    #[error("could not take a free membership key for the partition leases")]
+    NoMembershipKey,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whose fault the failure was, which says what to do next.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::Sql(sqlx::Error::Database(db)) => match db.code() {
+                Some(c) if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
+                    Fault::Input
+                }
+                _ => Fault::Transient,
+            },
+            Error::Sql(_) | Error::Conflict | Error::NoMembershipKey => Fault::Transient,
+        }
+    }
+}
+
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
+/// Why the database could not be set up for use: the settings, the server, the
+/// migrations.
 #[derive(Debug, thiserror::Error)]
-pub enum DbError {
+pub enum SetupError {
     #[error("database.url is not a valid PostgreSQL URL")]
     BadUrl(#[source] sqlx::Error),
     #[error("could not apply migrations")]
@@ -34,9 +79,9 @@ pub enum DbError {
 /// Connects once, directly (not through a pool, whose timeout would hide the cause),
 /// so that a command run against a database that is down says where it looked and why
 /// it failed.
-pub async fn check_reachable(settings: &DatabaseSettings) -> Result<(), DbError> {
+pub async fn check_reachable(settings: &DatabaseSettings) -> Result<(), SetupError> {
     use sqlx::Connection;
-    let options: PgConnectOptions = settings.url.parse().map_err(DbError::BadUrl)?;
+    let options: PgConnectOptions = settings.url.parse().map_err(SetupError::BadUrl)?;
     let at = format!(
         "{}:{}/{}",
         options.get_host(),
@@ -54,15 +99,15 @@ pub async fn check_reachable(settings: &DatabaseSettings) -> Result<(), DbError>
             "no answer within database.acquire_timeout",
         )))
     })
-    .map_err(|source| DbError::Unreachable { at, source })?;
+    .map_err(|source| SetupError::Unreachable { at, source })?;
     let _ = conn.close().await;
     Ok(())
 }
 
 /// A pool that connects on first use, so the service can start (and report not ready)
 /// while the database is down.
-pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
-    let options: PgConnectOptions = settings.url.parse().map_err(DbError::BadUrl)?;
+pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, SetupError> {
+    let options: PgConnectOptions = settings.url.parse().map_err(SetupError::BadUrl)?;
     Ok(pool_with(settings, options))
 }
 
@@ -81,8 +126,8 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
 /// Its sessions also carry the timeouts of `database.*`, so no statement, lock wait or
 /// abandoned transaction holds the service (or rows other coordinators need) forever;
 /// a statement that hits one fails as [`Fault::Transient`] and its work is retried.
-pub fn service_pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
-    let options: PgConnectOptions = settings.url.parse().map_err(DbError::BadUrl)?;
+pub fn service_pool(settings: &DatabaseSettings) -> Result<PgPool, SetupError> {
+    let options: PgConnectOptions = settings.url.parse().map_err(SetupError::BadUrl)?;
     // Named, so that pg_stat_activity tells the service's sessions apart.
     let options = options
         .application_name("coordinator")
@@ -125,9 +170,32 @@ fn pool_with(settings: &DatabaseSettings, options: PgConnectOptions) -> PgPool {
 }
 
 /// Applies pending migrations (under sqlx's advisory lock, so concurrent starts are safe).
-pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+pub async fn migrate(pool: &PgPool) -> Result<(), SetupError> {
     MIGRATOR.run(pool).await?;
     Ok(())
+}
+
+/// LISTENs on notification channels on a connection of its own.
+pub struct Listener(sqlx::postgres::PgListener);
+
+impl Listener {
+    pub async fn listen(pool: &Pool, channels: &[&str]) -> Result<Listener> {
+        let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
+        l.listen_all(channels.iter().copied()).await?;
+        Ok(Listener(l))
+    }
+
+    /// The channel of the next notification.
+    pub async fn next(&mut self) -> Result<String> {
+        Ok(self.0.recv().await?.channel().to_string())
+    }
+}
+
+/// True if the database answers within `within`.
+pub async fn ping(pool: &Pool, within: std::time::Duration) -> bool {
+    tokio::time::timeout(within, sqlx::query("SELECT 1").execute(pool))
+        .await
+        .is_ok_and(|r| r.is_ok())
 }
 
 /// The statements the service runs on its hot path (batches, timers, relay), by name:
@@ -155,16 +223,4 @@ pub enum Fault {
     /// 23 integrity violation, 54 program limit such as an index row too large):
     /// retrying the same values cannot help, so find the input at fault and set it aside.
     Input,
-}
-
-pub fn classify(err: &sqlx::Error) -> Fault {
-    match err {
-        sqlx::Error::Database(db) => match db.code() {
-            Some(c) if c.starts_with("22") || c.starts_with("23") || c.starts_with("54") => {
-                Fault::Input
-            }
-            _ => Fault::Transient,
-        },
-        _ => Fault::Transient,
-    }
 }

@@ -26,7 +26,7 @@ pub async fn workflows(
     pool: &PgPool,
     state: Option<&str>,
     limit: i64,
-) -> sqlx::Result<Vec<WorkflowRow>> {
+) -> super::Result<Vec<WorkflowRow>> {
     sqlx::query_as(&format!(
         "SELECT {WORKFLOW_COLUMNS} FROM workflows w
          WHERE ($1::text IS NULL OR w.state = $1)
@@ -36,15 +36,17 @@ pub async fn workflows(
     .bind(limit)
     .fetch_all(pool)
     .await
+    .map_err(super::Error::from)
 }
 
-pub async fn workflow(pool: &PgPool, id: &str) -> sqlx::Result<Option<WorkflowRow>> {
+pub async fn workflow(pool: &PgPool, id: &str) -> super::Result<Option<WorkflowRow>> {
     sqlx::query_as(&format!(
         "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE w.id = $1"
     ))
     .bind(id)
     .fetch_optional(pool)
     .await
+    .map_err(super::Error::from)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -59,7 +61,7 @@ pub struct ClockRow {
     pub closed_at: Option<DateTime<Utc>>,
 }
 
-pub async fn clocks(pool: &PgPool, workflow_id: &str) -> sqlx::Result<Vec<ClockRow>> {
+pub async fn clocks(pool: &PgPool, workflow_id: &str) -> super::Result<Vec<ClockRow>> {
     sqlx::query_as(
         "SELECT clock, round, owner_role, owner_agent_id, armed_at, due_at, status, closed_at
          FROM sla_clocks WHERE workflow_id = $1 ORDER BY round, armed_at, id",
@@ -67,6 +69,7 @@ pub async fn clocks(pool: &PgPool, workflow_id: &str) -> sqlx::Result<Vec<ClockR
     .bind(workflow_id)
     .fetch_all(pool)
     .await
+    .map_err(super::Error::from)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -81,7 +84,7 @@ pub struct EventRow {
     pub detail: Value,
 }
 
-pub async fn events(pool: &PgPool, workflow_id: &str) -> sqlx::Result<Vec<EventRow>> {
+pub async fn events(pool: &PgPool, workflow_id: &str) -> super::Result<Vec<EventRow>> {
     sqlx::query_as(
         "SELECT seq, message_id, message_type, source_agent_id, from_state, to_state, occurred_at, detail
          FROM workflow_events WHERE workflow_id = $1 ORDER BY seq",
@@ -89,6 +92,7 @@ pub async fn events(pool: &PgPool, workflow_id: &str) -> sqlx::Result<Vec<EventR
     .bind(workflow_id)
     .fetch_all(pool)
     .await
+    .map_err(super::Error::from)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -103,7 +107,7 @@ pub struct EscalationRow {
     pub acknowledged_by: Option<String>,
 }
 
-pub async fn escalations(pool: &PgPool, workflow_id: &str) -> sqlx::Result<Vec<EscalationRow>> {
+pub async fn escalations(pool: &PgPool, workflow_id: &str) -> super::Result<Vec<EscalationRow>> {
     sqlx::query_as(
         "SELECT id, clock, owner_role, level, severity, raised_at, acknowledged_at, acknowledged_by
          FROM escalations WHERE workflow_id = $1 ORDER BY id",
@@ -111,6 +115,7 @@ pub async fn escalations(pool: &PgPool, workflow_id: &str) -> sqlx::Result<Vec<E
     .bind(workflow_id)
     .fetch_all(pool)
     .await
+    .map_err(super::Error::from)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -122,12 +127,13 @@ pub struct AgentRow {
     pub registered_via: String,
 }
 
-pub async fn agents(pool: &PgPool) -> sqlx::Result<Vec<AgentRow>> {
+pub async fn agents(pool: &PgPool) -> super::Result<Vec<AgentRow>> {
     sqlx::query_as(
         "SELECT agent_id, agent_type, registered_at, last_heartbeat_at, registered_via FROM agents ORDER BY agent_type, agent_id",
     )
     .fetch_all(pool)
     .await
+    .map_err(super::Error::from)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -157,7 +163,7 @@ pub async fn dead_letters(
     pool: &PgPool,
     filter: &DeadLetterFilter<'_>,
     limit: i64,
-) -> sqlx::Result<Vec<DeadLetterRow>> {
+) -> super::Result<Vec<DeadLetterRow>> {
     sqlx::query_as(
         "SELECT id, message_id, reason, detail, routing_key, source_agent_id, received_at,
                 replayed_at, resolved_at
@@ -173,6 +179,7 @@ pub async fn dead_letters(
     .bind(limit)
     .fetch_all(pool)
     .await
+    .map_err(super::Error::from)
 }
 
 /// One dead letter whole, for `dead-letter show`.
@@ -193,7 +200,7 @@ pub struct DeadLetterDetail {
     pub resolution: Option<String>,
 }
 
-pub async fn dead_letter(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetterDetail>> {
+pub async fn dead_letter(pool: &PgPool, id: i64) -> super::Result<Option<DeadLetterDetail>> {
     sqlx::query_as(
         "SELECT id, message_id, reason, detail, routing_key, body, body_json, properties,
                 source_agent_id, received_at, replayed_at, resolved_at, resolution
@@ -202,13 +209,14 @@ pub async fn dead_letter(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLett
     .bind(id)
     .fetch_optional(pool)
     .await
+    .map_err(super::Error::from)
 }
 
 /// The replays of a dead letter, oldest first: (when, by whom).
 pub async fn dead_letter_replays(
     pool: &PgPool,
     id: i64,
-) -> sqlx::Result<Vec<(DateTime<Utc>, String)>> {
+) -> super::Result<Vec<(DateTime<Utc>, String)>> {
     sqlx::query_as(
         "SELECT replayed_at, replayed_by FROM dead_letter_replays
          WHERE dead_letter_id = $1 ORDER BY id",
@@ -216,6 +224,7 @@ pub async fn dead_letter_replays(
     .bind(id)
     .fetch_all(pool)
     .await
+    .map_err(super::Error::from)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -241,7 +250,7 @@ pub async fn sla_clocks(
     overdue_only: bool,
     workflow_id: Option<&str>,
     limit: i64,
-) -> sqlx::Result<Vec<ClockListRow>> {
+) -> super::Result<Vec<ClockListRow>> {
     sqlx::query_as(
         "SELECT c.id, c.workflow_id, w.kind, c.clock, c.round, c.owner_role, c.owner_agent_id, c.subject_agent_id,
                 c.severity, c.status, c.due_at, c.closed_at
@@ -255,6 +264,20 @@ pub async fn sla_clocks(
     .bind(limit)
     .fetch_all(pool)
     .await
+    .map_err(super::Error::from)
+}
+
+/// One clock by its id, whatever its status.
+pub async fn clock(pool: &PgPool, id: i64) -> super::Result<Option<ClockListRow>> {
+    sqlx::query_as(
+        "SELECT c.id, c.workflow_id, w.kind, c.clock, c.round, c.owner_role, c.owner_agent_id, c.subject_agent_id,
+                c.severity, c.status, c.due_at, c.closed_at
+         FROM sla_clocks c JOIN workflows w ON w.id = c.workflow_id WHERE c.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(super::Error::from)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -279,7 +302,7 @@ pub async fn escalation_list(
     open_only: bool,
     workflow_id: Option<&str>,
     limit: i64,
-) -> sqlx::Result<Vec<EscalationListRow>> {
+) -> super::Result<Vec<EscalationListRow>> {
     sqlx::query_as(
         "SELECT id, chain_id, workflow_id, clock, owner_role, agent_id, level, target, severity, raised_at,
                 next_level_at, acknowledged_at, acknowledged_by
@@ -292,13 +315,15 @@ pub async fn escalation_list(
     .bind(limit)
     .fetch_all(pool)
     .await
+    .map_err(super::Error::from)
 }
 
 /// How many clocks of a name a workflow (or incident) has.
-pub async fn clock_count(pool: &PgPool, workflow_id: &str, clock: &str) -> sqlx::Result<i64> {
+pub async fn clock_count(pool: &PgPool, workflow_id: &str, clock: &str) -> super::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM sla_clocks WHERE workflow_id = $1 AND clock = $2")
         .bind(workflow_id)
         .bind(clock)
         .fetch_one(pool)
         .await
+        .map_err(super::Error::from)
 }

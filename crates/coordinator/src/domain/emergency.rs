@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::effect::{cancel_remaining, ClockRef, Effect};
 use super::sla::{ArmedClock, ClockDef, ClockDurations, Severity, OWNER_SUBJECT_AGENT};
-use super::workflow::{cancel_remaining, ClockRef, Effect};
 
 pub const KIND: &str = "emergency";
 pub const ALERT: &str = "emergency_alert";
@@ -202,6 +202,10 @@ fn meet_armed(inc: &Incident, clock: &str, subject: Option<&str>) -> Vec<Effect>
 mod tests {
     use super::*;
 
+    fn durations() -> ClockDurations {
+        ClockDurations::new(CLOCKS, 1.0, &std::collections::HashMap::new())
+    }
+
     fn now() -> DateTime<Utc> {
         "2026-01-01T00:00:00Z".parse().expect("time")
     }
@@ -233,7 +237,7 @@ mod tests {
 
     #[test]
     fn raising_broadcasts_and_arms_a_clock_per_agent_but_the_raiser() {
-        let d = raise(&agents(), Some("ops-1"), now(), &ClockDurations::default());
+        let d = raise(&agents(), Some("ops-1"), now(), &durations());
         assert_eq!(
             d.effects[0],
             Effect::Broadcast {
@@ -275,26 +279,12 @@ mod tests {
                 armed(ACKNOWLEDGMENT_CLOCK, 1, Some("eng-1")),
             ],
         };
-        let d = decide(
-            &inc,
-            ACKNOWLEDGED,
-            "qa-1",
-            now(),
-            &ClockDurations::default(),
-        )
-        .expect("accepted");
+        let d = decide(&inc, ACKNOWLEDGED, "qa-1", now(), &durations()).expect("accepted");
         assert_eq!(
             d.effects,
             vec![Effect::MeetClock(r(ACKNOWLEDGMENT_CLOCK, 1, Some("qa-1")))]
         );
-        let d = decide(
-            &inc,
-            ACKNOWLEDGED,
-            "stranger",
-            now(),
-            &ClockDurations::default(),
-        )
-        .expect("accepted");
+        let d = decide(&inc, ACKNOWLEDGED, "stranger", now(), &durations()).expect("accepted");
         assert!(
             d.effects.is_empty(),
             "a late or extra acknowledgment changes nothing"
@@ -311,14 +301,7 @@ mod tests {
                 armed(INITIAL_RESPONSE_CLOCK, 1, None),
             ],
         };
-        let d = decide(
-            &inc,
-            STATUS_UPDATE,
-            "ops-1",
-            now(),
-            &ClockDurations::default(),
-        )
-        .expect("accepted");
+        let d = decide(&inc, STATUS_UPDATE, "ops-1", now(), &durations()).expect("accepted");
         assert_eq!(d.round, 4);
         assert_eq!(
             d.effects[0],
@@ -332,8 +315,7 @@ mod tests {
                 ..
             }
         ));
-        let d =
-            decide(&inc, RESPONSE, "eng-1", now(), &ClockDurations::default()).expect("accepted");
+        let d = decide(&inc, RESPONSE, "eng-1", now(), &durations()).expect("accepted");
         assert_eq!(
             d.effects,
             vec![Effect::MeetClock(r(INITIAL_RESPONSE_CLOCK, 1, None))]
@@ -350,8 +332,7 @@ mod tests {
                 armed(ACKNOWLEDGMENT_CLOCK, 1, Some("eng-1")),
             ],
         };
-        let d =
-            decide(&inc, RESOLVED, "ops-1", now(), &ClockDurations::default()).expect("accepted");
+        let d = decide(&inc, RESOLVED, "ops-1", now(), &durations()).expect("accepted");
         assert_eq!(d.state, IncidentState::Resolved);
         assert_eq!(
             d.effects,
@@ -367,10 +348,10 @@ mod tests {
         };
         for m in INPUTS {
             assert!(
-                decide(&resolved, m, "ops-1", now(), &ClockDurations::default()).is_err(),
+                decide(&resolved, m, "ops-1", now(), &durations()).is_err(),
                 "{m}"
             );
         }
-        assert!(decide(&inc, ALERT, "ops-1", now(), &ClockDurations::default()).is_err());
+        assert!(decide(&inc, ALERT, "ops-1", now(), &durations()).is_err());
     }
 }

@@ -2,6 +2,8 @@
 //! emergency state machines, SLA clocks and the escalation ladder, rejection reasons
 //! and id derivation. Nothing in here does I/O or knows about lapin or sqlx.
 
+pub mod clocks;
+pub mod effect;
 pub mod emergency;
 pub mod escalation;
 pub mod ids;

@@ -26,17 +26,6 @@ pub struct ClockDef {
     pub met_by: &'static [&'static str],
 }
 
-/// Every clock the service knows.
-pub fn all_clocks() -> impl Iterator<Item = &'static ClockDef> {
-    super::workflow::CLOCKS
-        .iter()
-        .chain(super::emergency::CLOCKS.iter())
-}
-
-pub fn clock_def(name: &str) -> Option<&'static ClockDef> {
-    all_clocks().find(|c| c.name == name)
-}
-
 /// An armed clock as the state machines see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArmedClock {
@@ -98,16 +87,22 @@ pub struct ClockDurations {
 }
 
 impl ClockDurations {
-    /// The defaults, with `overrides` (real time) replacing some, all multiplied by
-    /// `time_scale`.
-    pub fn new(time_scale: f64, overrides: &HashMap<String, Duration>) -> Self {
-        let durations = all_clocks()
+    /// The clocks `defs` with their defaults, `overrides` (real time) replacing some,
+    /// all multiplied by `time_scale`.
+    pub fn new(
+        defs: impl IntoIterator<Item = &'static ClockDef>,
+        time_scale: f64,
+        overrides: &HashMap<String, Duration>,
+    ) -> Self {
+        let defs: Vec<&'static ClockDef> = defs.into_iter().collect();
+        let durations = defs
+            .iter()
             .map(|c| {
                 let base = overrides.get(c.name).copied().unwrap_or(c.default);
                 (c.name, base.mul_f64(time_scale))
             })
             .collect();
-        let severities = all_clocks().map(|c| (c.name, c.severity)).collect();
+        let severities = defs.iter().map(|c| (c.name, c.severity)).collect();
         ClockDurations {
             durations,
             severities,
@@ -117,8 +112,8 @@ impl ClockDurations {
 
     pub fn with_severities(mut self, overrides: &HashMap<String, Severity>) -> Self {
         for (name, sev) in overrides {
-            if let Some(def) = clock_def(name) {
-                self.severities.insert(def.name, *sev);
+            if let Some(slot) = self.severities.get_mut(name.as_str()) {
+                *slot = *sev;
             }
         }
         self
@@ -129,12 +124,9 @@ impl ClockDurations {
         self
     }
 
+    /// A known clock's effective duration (zero for a clock it was not given).
     pub fn get(&self, clock: &str) -> Duration {
-        self.durations
-            .get(clock)
-            .copied()
-            .or_else(|| clock_def(clock).map(|c| c.default))
-            .unwrap_or_default()
+        self.durations.get(clock).copied().unwrap_or_default()
     }
 
     pub fn severity(&self, clock: &str) -> Severity {
@@ -156,64 +148,10 @@ impl ClockDurations {
     }
 }
 
-impl Default for ClockDurations {
-    fn default() -> Self {
-        ClockDurations::new(1.0, &HashMap::new())
-    }
-}
-
 /// `t + d`, saturating at the largest representable time.
 pub fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| t.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        s.parse().expect("time")
-    }
-
-    #[test]
-    fn warning_is_at_the_configured_fraction_of_the_duration() {
-        let d = ClockDurations::default();
-        assert_eq!(
-            d.warn_at(t("2026-01-01T00:00:00Z"), t("2026-01-01T10:00:00Z")),
-            t("2026-01-01T08:00:00Z")
-        );
-        let d = d.with_warning_fraction(0.5);
-        assert_eq!(
-            d.warn_at(t("2026-01-01T00:00:00Z"), t("2026-01-01T10:00:00Z")),
-            t("2026-01-01T05:00:00Z")
-        );
-    }
-
-    #[test]
-    fn every_clock_has_one_definition_and_severities_can_be_overridden() {
-        let mut names: Vec<&str> = all_clocks().map(|c| c.name).collect();
-        let n = names.len();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), n, "clock names are unique");
-        let d = ClockDurations::default();
-        assert_eq!(d.severity("testing_start"), Severity::High);
-        assert_eq!(d.severity("acknowledgment"), Severity::Critical);
-        let mut o = HashMap::new();
-        o.insert("testing_start".to_string(), Severity::Low);
-        assert_eq!(
-            d.with_severities(&o).severity("testing_start"),
-            Severity::Low
-        );
-    }
-
-    #[test]
-    fn emergency_clocks_follow_the_time_scale_too() {
-        let d = ClockDurations::new(0.01, &HashMap::new());
-        assert_eq!(d.get("acknowledgment"), Duration::from_secs(3));
-        assert_eq!(d.get("status_update"), Duration::from_secs(18));
-    }
 }

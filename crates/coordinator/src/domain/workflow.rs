@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use super::sla::{clock_def, ArmedClock, ClockDef, ClockDurations, Severity};
+use super::effect::{cancel_remaining, ClockRef, Effect};
+use super::sla::{ArmedClock, ClockDef, ClockDurations, Severity};
 
 /// The roles the workflow names. The full list of roles is configuration
 /// ([`protocol::catalog`]); these are the ones the workflow itself depends on.
@@ -364,6 +365,11 @@ pub const STAGES: &[Stage] = &[
     },
 ];
 
+/// One of this workflow's clocks, by name.
+pub fn clock(name: &str) -> Option<&'static ClockDef> {
+    CLOCKS.iter().find(|c| c.name == name)
+}
+
 /// The stage row of a non-terminal state.
 pub fn stage(state: State) -> Option<&'static Stage> {
     STAGES.iter().find(|s| s.state == state)
@@ -407,68 +413,6 @@ pub struct Snapshot {
 pub struct Input<'a> {
     pub message_type: &'a str,
     pub sender_role: &'a str,
-}
-
-/// A side effect, to be persisted in the same transaction as the state change. Shared
-/// by the workflow and the emergency state machines.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// A task to every agent of a role (their task queues).
-    SendTask {
-        task: &'static str,
-        to_role: &'static str,
-    },
-    /// A notice to every agent of a role (their task queues).
-    Notify {
-        message_type: &'static str,
-        to_role: &'static str,
-    },
-    /// A message to every agent and on-call (`agent.fanout`).
-    Broadcast {
-        message_type: &'static str,
-    },
-    ArmClock {
-        clock: &'static str,
-        owner_role: String,
-        subject_agent_id: Option<String>,
-        round: i32,
-        due_at: DateTime<Utc>,
-    },
-    MeetClock(ClockRef),
-    CancelClock(ClockRef),
-    Escalate {
-        reason: String,
-        owner_role: String,
-        severity: Severity,
-    },
-}
-
-/// Names one armed clock row of a workflow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClockRef {
-    pub clock: String,
-    pub round: i32,
-    pub subject_agent_id: Option<String>,
-}
-
-impl From<&ArmedClock> for ClockRef {
-    fn from(a: &ArmedClock) -> Self {
-        ClockRef {
-            clock: a.clock.clone(),
-            round: a.round,
-            subject_agent_id: a.subject_agent_id.clone(),
-        }
-    }
-}
-
-impl Effect {
-    /// The clock this effect closes, if it closes one.
-    pub fn closes(&self) -> Option<&ClockRef> {
-        match self {
-            Effect::MeetClock(c) | Effect::CancelClock(c) => Some(c),
-            _ => None,
-        }
-    }
 }
 
 /// The outcome of an accepted message.
@@ -595,19 +539,9 @@ fn clocks_met(snap: &Snapshot, input: Input<'_>) -> Vec<Effect> {
     snap.armed
         .iter()
         .filter(|a| a.owner_role == input.sender_role)
-        .filter(|a| clock_def(&a.clock).is_some_and(|d| d.met_by.contains(&input.message_type)))
+        .filter(|a| clock(&a.clock).is_some_and(|d| d.met_by.contains(&input.message_type)))
         .map(|a| Effect::MeetClock(a.into()))
         .collect()
-}
-
-/// Cancels every armed clock not already closed by `effects`.
-pub fn cancel_remaining(effects: &mut Vec<Effect>, armed: &[ArmedClock]) {
-    for a in armed {
-        let r = ClockRef::from(a);
-        if !effects.iter().any(|e| e.closes() == Some(&r)) {
-            effects.push(Effect::CancelClock(r));
-        }
-    }
 }
 
 fn push_action(effects: &mut Vec<Effect>, action: Action, sender_role: &str, message_type: &str) {
@@ -641,7 +575,7 @@ fn arm_stage(
 ) {
     let Some(stage) = stage(state) else { return };
     for name in stage.arms {
-        let Some(def) = clock_def(name) else { continue };
+        let Some(def) = clock(name) else { continue };
         effects.push(Effect::ArmClock {
             clock: def.name,
             owner_role: def.owner.to_string(),
@@ -658,6 +592,10 @@ mod tests {
     use roles::*;
     use std::collections::HashMap;
 
+    fn durations() -> ClockDurations {
+        ClockDurations::new(CLOCKS, 1.0, &HashMap::new())
+    }
+
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-01-15T10:00:00Z")
             .map(|t| t.with_timezone(&Utc))
@@ -673,7 +611,7 @@ mod tests {
                 .map(|(c, r)| ArmedClock {
                     clock: c.to_string(),
                     round: *r,
-                    owner_role: clock_def(c).expect("known clock").owner.to_string(),
+                    owner_role: clock(c).expect("known clock").owner.to_string(),
                     subject_agent_id: None,
                 })
                 .collect(),
@@ -688,7 +626,7 @@ mod tests {
                 sender_role: sender,
             },
             now(),
-            &ClockDurations::default(),
+            &durations(),
         )
     }
 
@@ -872,7 +810,7 @@ mod tests {
 
     #[test]
     fn start_sends_requirements_to_engineering_and_arms_its_three_clocks() {
-        let d = start(now(), &ClockDurations::default());
+        let d = start(now(), &durations());
         assert_eq!(d.state, State::RequirementsHandoff);
         assert_eq!(d.round, 1);
         assert!(has(
@@ -908,7 +846,7 @@ mod tests {
     fn time_scale_and_overrides_shorten_every_clock() {
         let mut overrides = HashMap::new();
         overrides.insert("testing_start".to_string(), Duration::from_secs(100));
-        let d = ClockDurations::new(0.001, &overrides);
+        let d = ClockDurations::new(CLOCKS, 0.001, &overrides);
         assert_eq!(
             d.get("sprint_planning"),
             Duration::from_secs(168 * 3600).mul_f64(0.001)

@@ -1,5 +1,5 @@
 //! Registered agents as the batch sees them: a shared snapshot (the service's cache,
-//! [`crate::runtime::AgentDirectory`]) plus what this batch learned (agents the cache
+//! `service::runtime::AgentDirectory`) plus what this batch learned (agents the cache
 //! did not hold, found in the database or registered by a heartbeat).
 
 use std::collections::HashMap;

@@ -1,4 +1,7 @@
-//! Deciding a batch of inbound messages, without I/O.
+//! The engine: deciding, without I/O, what a batch of inputs changes — messages from
+//! the inbox, due deadlines, operator actions — as rows to write ([`rows`]) and messages
+//! to send ([`messages`]). `db` reads and writes those rows; `service` owns the
+//! transactions around them.
 //!
 //! [`check`] runs the pure checks on each delivery (parsed once). [`needs`] says what
 //! the batch must read once its message ids are claimed. A [`Batch`] then holds what
@@ -6,44 +9,43 @@
 //! dispatch (heartbeat, escalation acknowledgement, emergency, feature workflow, or an
 //! event the coordinator only observes), the pure state machine, and the rows its
 //! decision implies — so the next message of the same workflow sees what the previous
-//! one did. [`Batch::finish`] hands the collected rows to [`crate::pipeline`], which
-//! owns the transaction and writes them with a statement per kind of row.
+//! one did. [`Batch::finish`] hands the collected rows to the pipeline
+//! (`service::pipeline`), which owns the transaction and writes them in one statement.
+//! [`effects`] is the one interpreter of the state machines' effects; [`deadlines`]
+//! turns due deadlines into rows, [`escalations`] builds every escalation.
 //!
 //! A rejection is not an error: it becomes a `dead_letters` row and a `message_rejected`
 //! notice, and the batch goes on.
 
 pub mod agents;
 mod batch;
+pub mod deadlines;
 mod effects;
+pub mod escalations;
 mod feature;
 mod incident;
+pub mod messages;
 mod model;
+pub mod operator;
+pub mod rows;
 
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
-use crate::db::batch::Needs;
-use crate::db::store::OutboxMessage;
+use protocol::catalog::Catalog;
+use protocol::envelope::{self, DeliveryMeta, Envelope, Limits};
+use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
+use protocol::reject::{Reason, Rejected};
+
 use crate::domain::escalation::Ladders;
 use crate::domain::sla::ClockDurations;
 use crate::domain::{emergency, workflow};
-use crate::escalations::{self, Acknowledged};
-use crate::settings::Settings;
-use protocol::catalog::Catalog;
-use protocol::envelope::{self, DeliveryMeta, Destination, Envelope, Limits, Payload};
-use protocol::names::exchanges;
-use protocol::reject::{Reason, Rejected};
+use escalations::Acknowledged;
+use rows::Needs;
 
 pub use agents::{AgentView, Agents};
 pub use batch::{dead_letter, set_aside, Batch, Finished};
-pub use incident::operator_alert;
-
-pub const HEARTBEAT: &str = "heartbeat";
-pub const MESSAGE_REJECTED: &str = "message_rejected";
-/// The agent type of messages an operator makes with the CLI.
-pub const OPERATOR: &str = "operator";
 
 /// What happened to one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +127,7 @@ impl Checked {
     }
 }
 
-/// The service's processing settings.
+/// What deciding needs to know (built from the settings by `Settings::processor`).
 #[derive(Debug, Clone)]
 pub struct Processor {
     pub catalog: Catalog,
@@ -136,17 +138,6 @@ pub struct Processor {
 }
 
 impl Processor {
-    pub fn from_settings(settings: &Settings) -> Processor {
-        Processor {
-            catalog: settings.catalog(),
-            durations: settings.clock_durations(),
-            // Settings are validated on load, so the ladders build.
-            ladders: settings.ladders().unwrap_or_default(),
-            auto_register: settings.registration.auto_register,
-            limits: settings.limits.envelope(),
-        }
-    }
-
     /// The pure checks of one input.
     pub fn check(&self, input: Input<'_>, now: DateTime<Utc>) -> Checked {
         match input {
@@ -208,13 +199,16 @@ pub fn needs(checked: &[Checked], agents: &AgentView) -> Needs {
         if mt == HEARTBEAT {
             continue;
         }
-        if mt == escalations::ESCALATION_ACKNOWLEDGED {
+        if mt == ESCALATION_ACKNOWLEDGED {
             if let Some(id) = acknowledged_escalation(env) {
                 n.escalation_ids.push(id);
             }
         } else if mt == emergency::ALERT {
             n.all_agents = true;
-        } else if !(emergency::is_input(mt) || workflow::is_input(mt)) {
+        } else if !(emergency::is_input(mt)
+            || workflow::is_input(mt)
+            || c.trusted && operator::is_action(mt))
+        {
             continue;
         }
         n.workflow_ids.push(h.correlation_id.clone());
@@ -237,101 +231,6 @@ fn acknowledged_escalation(env: &Envelope) -> Option<i64> {
 /// A stable stand-in id for a body that carries none.
 pub(crate) fn body_digest(body: &[u8]) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, body).to_string()
-}
-
-/// An outbox row holding a message from the coordinator.
-#[allow(clippy::too_many_arguments)]
-pub fn outgoing(
-    message_id: String,
-    correlation_id: &str,
-    causation_id: Option<&str>,
-    message_type: &str,
-    exchange: &str,
-    routing_key: &str,
-    destination: Option<Destination>,
-    payload: Payload,
-    now: DateTime<Utc>,
-) -> OutboxMessage {
-    let env = Envelope::from_coordinator(
-        message_id.clone(),
-        correlation_id.to_string(),
-        causation_id.map(str::to_string),
-        message_type,
-        destination,
-        payload,
-        now,
-    );
-    OutboxMessage {
-        message_id,
-        exchange: exchange.to_string(),
-        routing_key: routing_key.to_string(),
-        message_type: message_type.to_string(),
-        correlation_id: correlation_id.to_string(),
-        causation_id: causation_id.map(str::to_string),
-        app_id: envelope::COORDINATOR_ID.to_string(),
-        // Serialising plain data cannot fail; an empty body would be rejected by receivers.
-        body: serde_json::to_vec(&env).unwrap_or_default(),
-    }
-}
-
-/// A message from the coordinator to every agent of a role (their task queues).
-#[allow(clippy::too_many_arguments)]
-pub fn to_role(
-    message_id: String,
-    correlation_id: &str,
-    causation_id: Option<&str>,
-    message_type: &str,
-    role: &str,
-    data: Value,
-    metadata: Value,
-    now: DateTime<Utc>,
-) -> OutboxMessage {
-    outgoing(
-        message_id,
-        correlation_id,
-        causation_id,
-        message_type,
-        exchanges::DIRECT,
-        &format!("task.{role}"),
-        Some(Destination {
-            agent_id: None,
-            agent_type: Some(role.to_string()),
-            broadcast: false,
-        }),
-        Payload { data, metadata },
-        now,
-    )
-}
-
-/// A message from the coordinator to one agent (its commands queue).
-#[allow(clippy::too_many_arguments)]
-pub fn to_agent(
-    message_id: String,
-    correlation_id: &str,
-    causation_id: Option<&str>,
-    message_type: &str,
-    agent_id: &str,
-    data: Value,
-    now: DateTime<Utc>,
-) -> OutboxMessage {
-    outgoing(
-        message_id,
-        correlation_id,
-        causation_id,
-        message_type,
-        exchanges::DIRECT,
-        &format!("command.{agent_id}"),
-        Some(Destination {
-            agent_id: Some(agent_id.to_string()),
-            agent_type: None,
-            broadcast: false,
-        }),
-        Payload {
-            data,
-            metadata: serde_json::json!({}),
-        },
-        now,
-    )
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
             round: d.round,
             terminal: false,
             effects: &d.effects,
+            closed_by: None,
+            note: None,
         },
     )
 }
@@ -56,6 +58,8 @@ pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
             round: d.round,
             terminal: d.state.is_terminal(),
             effects: &d.effects,
+            closed_by: None,
+            note: None,
         },
     )
 }

@@ -6,23 +6,23 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::db::batch::NewEscalation;
-use crate::db::store::{OutboxMessage, Undeliverable, UnresolvedDeadLetter};
-use crate::domain::escalation::Step;
-use crate::domain::sla::{Deadline, DeadlineKind, Severity};
-use crate::processor::outgoing;
 use protocol::envelope::Payload;
-use protocol::names::exchanges;
+use protocol::names::message_types::{
+    DEAD_LETTERS_UNRESOLVED, MESSAGE_SET_ASIDE, MESSAGE_UNDELIVERABLE,
+};
+use protocol::names::{exchanges, routing};
 use protocol::payloads;
 use protocol::reject::Reason;
 
-pub const SLA_BREACHED: &str = "sla_breached";
-pub const ESCALATION_RAISED: &str = "escalation_raised";
-pub const ESCALATION_ACKNOWLEDGED: &str = "escalation_acknowledged";
-/// Ops are told at once that a message was set aside after its retries.
-pub const MESSAGE_SET_ASIDE: &str = "message_set_aside";
-/// Management is told that dead letters stayed unresolved too long.
-pub const DEAD_LETTERS_UNRESOLVED: &str = "dead_letters_unresolved";
+use super::messages::outgoing;
+use super::rows::{NewEscalation, OutboxMessage, Undeliverable, UnresolvedDeadLetter};
+use crate::domain::escalation::Step;
+use crate::domain::ids;
+use crate::domain::sla::{Deadline, DeadlineKind, Severity};
+
+/// Who hears of a message set aside or undeliverable, and of dead letters nobody worked.
+const ONCALL: &str = "oncall";
+const MANAGEMENT: &str = "management";
 
 /// The notice to on-call (`escalation.high.oncall`) for a message set aside as
 /// `processing_failed` after its retries: it is in `dead_letters` now.
@@ -36,12 +36,12 @@ pub fn set_aside_notice(
 ) -> OutboxMessage {
     let subject = message_id.unwrap_or("(no message id)");
     outgoing(
-        crate::domain::ids::derived(subject, MESSAGE_SET_ASIDE),
+        ids::derived(subject, MESSAGE_SET_ASIDE),
         correlation_id.unwrap_or(""),
         message_id,
         MESSAGE_SET_ASIDE,
         exchanges::TOPIC,
-        &format!("escalation.{}.oncall", Severity::High.as_str()),
+        &routing::escalation(Severity::High, ONCALL),
         None,
         Payload {
             data: payloads::to_value(&payloads::MessageSetAside {
@@ -65,12 +65,12 @@ pub fn unresolved_notice(letters: &[UnresolvedDeadLetter], now: DateTime<Utc>) -
     let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
     let key = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     outgoing(
-        crate::domain::ids::derived(&key, DEAD_LETTERS_UNRESOLVED),
+        ids::derived(&key, DEAD_LETTERS_UNRESOLVED),
         "dead-letters",
         None,
         DEAD_LETTERS_UNRESOLVED,
         exchanges::TOPIC,
-        &format!("escalation.{}.management", Severity::High.as_str()),
+        &routing::escalation(Severity::High, MANAGEMENT),
         None,
         Payload {
             data: payloads::to_value(&payloads::DeadLettersUnresolved {
@@ -93,20 +93,17 @@ pub fn unresolved_notice(letters: &[UnresolvedDeadLetter], now: DateTime<Utc>) -
     )
 }
 
-/// On-call is told that a message the coordinator sent was given up.
-pub const MESSAGE_UNDELIVERABLE: &str = "message_undeliverable";
-
 /// The notice to on-call (`escalation.high.oncall`) for an outbox message given up:
 /// no queue took it (or the broker refused it) for `outbox.undeliverable_after`. Its id
 /// derives from the message's, so a notice sent again is recognisably the same.
 pub fn undeliverable_notice(u: &Undeliverable, now: DateTime<Utc>) -> OutboxMessage {
     outgoing(
-        crate::domain::ids::derived(&u.message_id, MESSAGE_UNDELIVERABLE),
+        ids::derived(&u.message_id, MESSAGE_UNDELIVERABLE),
         &u.correlation_id,
         Some(&u.message_id),
         MESSAGE_UNDELIVERABLE,
         exchanges::TOPIC,
-        &format!("escalation.{}.oncall", Severity::High.as_str()),
+        &routing::escalation(Severity::High, ONCALL),
         None,
         Payload {
             data: payloads::to_value(&payloads::MessageUndeliverable {
@@ -176,7 +173,7 @@ pub fn raise(r: Raise<'_>, id: i64) -> Raised {
         next_level_at: r.step.next_at,
         cause: r.cause,
     });
-    let routing_key = format!("escalation.{}.{}", r.severity.as_str(), r.step.target);
+    let routing_key = routing::escalation(r.severity, &r.step.target);
     let message = outgoing(
         r.message_id.clone(),
         r.workflow_id,

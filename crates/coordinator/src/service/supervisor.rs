@@ -1,22 +1,22 @@
 //! Owns the AMQP connection: connects, declares the topology, runs the outbox relay
 //! and a consumer for each inbox partition this coordinator holds a lease on
-//! ([`crate::partitions`]), and reconnects with a delay when the connection fails.
+//! ([`crate::service::partitions`]), and reconnects with a delay when the connection fails.
 //! lapin's own recovery is incomplete, so reconnection is ours.
 
 use std::collections::HashMap;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::consumer::{self, ConsumerError};
-use crate::amqp::publisher::Settler;
 use crate::amqp::topology::{Declarer, TopologyError};
-use crate::amqp::{connect, dlx, relay};
+use crate::amqp::{connect, Connection};
 use crate::db;
-use crate::partitions::Partitions;
-use crate::runtime::{Shared, Status};
+use crate::service::inbox::{self, ConsumerError};
+use crate::service::partitions::Partitions;
+use crate::service::publishing::Settler;
+use crate::service::runtime::{Shared, Status};
+use crate::service::{collector, relay};
 
 /// A problem no reconnect can fix: the broker or the settings must change.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ async fn session(shared: &Shared, shutdown: &CancellationToken) -> Result<(), Se
     }
     Status::set(&shared.status.topology_declared, true);
 
-    let relay = relay::Relay::new(&conn, shared).await?;
+    let relay = relay::Relay::of(&conn, shared).await?;
     let stop_relay = CancellationToken::new();
     let outcome = supervise(&conn, shared, &relay, shutdown, stop_relay).await;
     Status::set(&shared.status.consuming, false);
@@ -114,10 +114,13 @@ async fn supervise(
     tokio::pin!(settling);
     let mut settled = false;
     let stop_collector = CancellationToken::new();
-    let collecting = dlx::collect(conn, shared, stop_collector.clone());
+    let collecting = collector::collect(conn, shared, stop_collector.clone());
     tokio::pin!(collecting);
     let mut collector_ended = false;
-    let mut leases = Partitions::new(shared);
+    let mut leases = Partitions::new(
+        &shared.settings.database.url,
+        shared.settings.inbox.partitions,
+    );
     let mut running: HashMap<u32, CancellationToken> = HashMap::new();
     let mut workers = FuturesUnordered::new();
     let mut tick = tokio::time::interval(shared.settings.inbox.rebalance_interval);
@@ -226,7 +229,7 @@ async fn partition(
     p: u32,
     stop: CancellationToken,
 ) -> (u32, Result<(), ConsumerError>) {
-    (p, consumer::run(conn, shared, p, stop).await)
+    (p, inbox::run(conn, shared, p, stop).await)
 }
 
 /// The fixed topology and the queues of every known agent.
@@ -267,7 +270,7 @@ fn topology(e: TopologyError) -> SessionError {
 }
 
 async fn close(conn: &Connection) {
-    if let Err(e) = conn.close(200, "coordinator stopping").await {
+    if let Err(e) = conn.close("coordinator stopping").await {
         tracing::debug!(error = %e, "closing the connection");
     }
 }

@@ -6,10 +6,12 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::db::store::{self, Expired};
+use crate::db::{self, Pool};
 use crate::settings::RetentionSettings;
 
 /// Rows deleted by one step.
@@ -22,16 +24,16 @@ pub struct Swept {
 
 const BATCH: i64 = 5000;
 
-/// Deletes what has outlived its retention, at most `BATCH` rows per statement until
-/// none are left.
-pub async fn step(pool: &PgPool, r: &RetentionSettings) -> sqlx::Result<Swept> {
+/// Deletes what has outlived its retention at `now`, at most `BATCH` rows per
+/// statement until none are left.
+pub async fn step(pool: &Pool, r: &RetentionSettings, now: DateTime<Utc>) -> db::Result<Swept> {
     let all = |what: Expired, retention: Duration| async move {
         let mut total = 0;
         loop {
-            let n = store::delete_expired(pool, what, retention, BATCH).await?;
+            let n = store::delete_expired(pool, what, retention, BATCH, now).await?;
             total += n;
             if n < BATCH as u64 {
-                return Ok::<_, sqlx::Error>(total);
+                return Ok::<_, db::Error>(total);
             }
         }
     };
@@ -44,9 +46,9 @@ pub async fn step(pool: &PgPool, r: &RetentionSettings) -> sqlx::Result<Swept> {
 }
 
 /// Runs [`step`] every `interval` until `stop`.
-pub async fn run(pool: &PgPool, r: &RetentionSettings, stop: CancellationToken) {
+pub async fn run(pool: &Pool, r: &RetentionSettings, clock: &dyn Clock, stop: CancellationToken) {
     loop {
-        match step(pool, r).await {
+        match step(pool, r, clock.now()).await {
             Ok(s) if s != Swept::default() => tracing::info!(
                 outbox = s.outbox,
                 processed_messages = s.processed_messages,

@@ -1,17 +1,20 @@
-//! Turns a state machine's decision into the batch's rows: the workflow's new state,
-//! its history, clocks, escalations and the messages to send.
+//! The one interpreter of effects: turns a decision (a state machine's, or an
+//! operator's) into the batch's rows: the workflow's new state, its history, clocks,
+//! escalations and the messages to send.
 
 use serde_json::{json, Value};
 
 use super::batch::{Applied, Batch};
+use super::escalations::{self, Raise};
+use super::messages::{outgoing, to_role};
 use super::model::{Armed, Clock, ClockStatus};
-use super::{outgoing, to_role, Outcome, Processed};
-use crate::db::batch::NewEvent;
+use super::rows::{NewEvent, OutboxMessage};
+use super::{Outcome, Processed};
+use crate::domain::effect::Effect;
 use crate::domain::ids;
-use crate::domain::workflow::Effect;
-use crate::escalations::{self, Raise, ESCALATION_RAISED};
 use protocol::envelope::{Destination, Envelope, Payload};
 use protocol::names::exchanges;
+use protocol::names::message_types::ESCALATION_RAISED;
 use protocol::payloads;
 use protocol::reject::{Reason, Rejected};
 
@@ -23,6 +26,10 @@ pub(super) struct Change<'a> {
     pub round: i32,
     pub terminal: bool,
     pub effects: &'a [Effect],
+    /// Who closes the clocks the effects meet or cancel (by default the message id).
+    pub closed_by: Option<&'a str>,
+    /// What the history row records besides the effects (an operator's reason).
+    pub note: Option<&'a Value>,
 }
 
 impl Batch<'_> {
@@ -44,7 +51,11 @@ impl Batch<'_> {
                 "no escalation id was reserved for this message",
             ));
         }
-        let mut detail = EventDetail::default();
+        let mut detail = EventDetail {
+            note: c.note,
+            ..Default::default()
+        };
+        let closed_by = c.closed_by.unwrap_or(&h.message_id);
         for effect in c.effects {
             match effect {
                 Effect::SendTask {
@@ -116,6 +127,8 @@ impl Batch<'_> {
                             warn_at: self.p.durations.warn_at(now, *due_at),
                             due_at: *due_at,
                         }),
+                        loaded: None,
+                        moved: None,
                         status: ClockStatus::Armed,
                         closed_at: None,
                         closed_by: None,
@@ -128,7 +141,7 @@ impl Batch<'_> {
                 }
                 Effect::MeetClock(r) => {
                     if let Some(w) = self.workflows.get_mut(wf) {
-                        w.close(r, ClockStatus::Met, Some(&h.message_id), now);
+                        w.close(r, ClockStatus::Met, Some(closed_by), now);
                     }
                     detail.met.push(
                         json!({"clock": r.clock, "round": r.round, "agent": r.subject_agent_id}),
@@ -136,11 +149,18 @@ impl Batch<'_> {
                 }
                 Effect::CancelClock(r) => {
                     if let Some(w) = self.workflows.get_mut(wf) {
-                        w.close(r, ClockStatus::Cancelled, Some(&h.message_id), now);
+                        w.close(r, ClockStatus::Cancelled, Some(closed_by), now);
                     }
                     detail.cancelled.push(
                         json!({"clock": r.clock, "round": r.round, "agent": r.subject_agent_id}),
                     );
+                }
+                Effect::MoveClock { clock: r, due_at } => {
+                    let durations = &self.p.durations;
+                    let was = self.workflows.get_mut(wf).and_then(|w| {
+                        w.move_clock(r, *due_at, |a, d| durations.warn_at(a, d), now)
+                    });
+                    detail.moved.push(json!({"clock": r.clock, "round": r.round, "agent": r.subject_agent_id, "from": was, "to": due_at}));
                 }
                 Effect::Escalate {
                     reason,
@@ -223,7 +243,7 @@ fn role_message(
     role: &str,
     effect_key: &str,
     now: chrono::DateTime<chrono::Utc>,
-) -> crate::db::store::OutboxMessage {
+) -> OutboxMessage {
     let h = &cause.header;
     to_role(
         ids::derived(&h.message_id, effect_key),
@@ -247,27 +267,34 @@ fn role_message(
 
 /// What a history row says the message did.
 #[derive(Default)]
-struct EventDetail {
+struct EventDetail<'a> {
+    /// Fields of the input recorded as they are (an operator's reason).
+    note: Option<&'a Value>,
     sent: Vec<Value>,
     armed: Vec<Value>,
     met: Vec<Value>,
     cancelled: Vec<Value>,
+    moved: Vec<Value>,
     escalations: Vec<Value>,
 }
 
-impl EventDetail {
+impl EventDetail<'_> {
     fn sent(&mut self, message_type: &str, to: &str, message_id: &str) {
         self.sent
             .push(json!({"message_type": message_type, "to": to, "message_id": message_id}));
     }
 
     fn into_json(self) -> Value {
-        let mut o = serde_json::Map::new();
+        let mut o = match self.note {
+            Some(Value::Object(fields)) => fields.clone(),
+            _ => serde_json::Map::new(),
+        };
         for (k, v) in [
             ("sent", self.sent),
             ("clocks_armed", self.armed),
             ("clocks_met", self.met),
             ("clocks_cancelled", self.cancelled),
+            ("clocks_moved", self.moved),
             ("escalations", self.escalations),
         ] {
             if !v.is_empty() {

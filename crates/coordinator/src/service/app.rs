@@ -5,18 +5,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::activity;
-use crate::amqp::supervisor;
+use crate::clock::{self, SharedClock};
 use crate::db;
-use crate::housekeeping;
-use crate::notifications;
-use crate::runtime::{Shared, Status};
+use crate::service::activity;
+use crate::service::housekeeping;
+use crate::service::notifications;
+use crate::service::runtime::{Shared, Status};
+use crate::service::supervisor;
+use crate::service::timers;
 use crate::settings::Settings;
-use crate::timers;
 
 pub struct App {
     shared: Arc<Shared>,
@@ -27,12 +27,17 @@ impl App {
     /// Binds the HTTP listener and prepares the (lazy) database pool. Connecting to the
     /// database and the broker happens in [`App::run`], with retries.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        App::build_with_clock(settings, clock::system()).await
+    }
+
+    /// [`App::build`] on another clock.
+    pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<App> {
         let pool = db::service_pool(&settings.database)?;
         let listener = TcpListener::bind(&settings.http.addr)
             .await
             .with_context(|| format!("could not listen on http.addr {}", settings.http.addr))?;
         Ok(App {
-            shared: Arc::new(Shared::new(settings, pool)),
+            shared: Arc::new(Shared::new(settings, pool, clock)),
             listener,
         })
     }
@@ -43,7 +48,7 @@ impl App {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &db::Pool {
         &self.shared.pool
     }
 
@@ -101,7 +106,7 @@ impl App {
             timer_stop.cancel();
         };
         let timer_then_supervisor = async {
-            timers::run(&shared, timer_stop.clone()).await;
+            timers::run(timers::Parts::of(&shared), timer_stop.clone()).await;
             supervisor_stop.cancel();
         };
         let supervising = async {
@@ -111,12 +116,17 @@ impl App {
             }
             r
         };
-        let dead_letters = crate::dead_letters::Escalator::new(&shared);
+        let dead_letters = crate::service::dead_letters::Escalator::of(&shared);
         let ((), (), supervised, (), (), (), ()) = tokio::join!(
             stopper,
             timer_then_supervisor,
             supervising,
-            housekeeping::run(&shared.pool, &shared.settings.retention, timer_stop.clone()),
+            housekeeping::run(
+                &shared.pool,
+                &shared.settings.retention,
+                shared.clock.as_ref(),
+                timer_stop.clone()
+            ),
             dead_letters.run(timer_stop.clone()),
             notifications::run(&shared, timer_stop.clone()),
             activity::run(

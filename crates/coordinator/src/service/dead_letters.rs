@@ -5,35 +5,59 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::batch::{self, Writes};
-use crate::db::store;
-use crate::escalations;
-use crate::runtime::Shared;
+use crate::clock::Clock;
+use crate::db::{self, batch, store, Pool};
+use crate::engine::escalations;
+use crate::engine::rows::Writes;
+use crate::service::runtime::{Shared, Signals};
 
 /// Most dead letters named in one notice.
 const MOST: i64 = 100;
 
 pub struct Escalator<'a> {
-    shared: &'a Shared,
+    pool: &'a Pool,
+    clock: &'a dyn Clock,
+    signals: &'a Signals,
+    /// `dead_letters.escalate_after`.
+    after: Duration,
 }
 
 impl<'a> Escalator<'a> {
-    pub fn new(shared: &'a Shared) -> Escalator<'a> {
-        Escalator { shared }
+    pub fn new(
+        pool: &'a Pool,
+        clock: &'a dyn Clock,
+        signals: &'a Signals,
+        after: Duration,
+    ) -> Escalator<'a> {
+        Escalator {
+            pool,
+            clock,
+            signals,
+            after,
+        }
+    }
+
+    /// The running service's escalator.
+    pub fn of(shared: &'a Shared) -> Escalator<'a> {
+        Escalator::new(
+            &shared.pool,
+            shared.clock.as_ref(),
+            &shared.signals,
+            shared.settings.dead_letters.escalate_after,
+        )
     }
 
     /// Escalates what crossed the threshold since the last step; how many dead letters.
-    pub async fn step(&self) -> sqlx::Result<usize> {
-        let after = self.shared.settings.dead_letters.escalate_after;
-        let mut tx = self.shared.pool.begin().await?;
-        let letters = store::escalate_unresolved_dead_letters(&mut tx, after, MOST).await?;
+    pub async fn step(&self) -> db::Result<usize> {
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await?;
+        let letters =
+            store::escalate_unresolved_dead_letters(&mut tx, self.after, MOST, now).await?;
         if letters.is_empty() {
             return Ok(0);
         }
-        let now = Utc::now();
         let writes = Writes {
             outbox: vec![escalations::unresolved_notice(&letters, now)],
             ..Default::default()
@@ -44,14 +68,12 @@ impl<'a> Escalator<'a> {
             count = letters.len(),
             "dead letters unresolved for longer than dead_letters.escalate_after; management is told"
         );
-        self.shared.wake_relay.notify_one();
+        self.signals.wake_relay.notify_one();
         Ok(letters.len())
     }
-
     /// Steps every `escalate_after / 60` (between 1 s and 1 min) until `stop`.
     pub async fn run(&self, stop: CancellationToken) {
-        let every = (self.shared.settings.dead_letters.escalate_after / 60)
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let every = (self.after / 60).clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             match self.step().await {
                 Ok(n) if n as i64 == MOST => continue,

@@ -1,5 +1,7 @@
-//! State shared by the running service's tasks: readiness flags, metrics, the relay's
-//! wake-up signal, the processor and the agent cache.
+//! What the running service's parts share, in parts: readiness flags ([`Status`]),
+//! [`Metrics`], the wake-up [`Signals`] between them, the circuit [`Breakers`], the
+//! agent cache, confirmed ids waiting to be marked sent, and the clock. [`Shared`]
+//! holds them all for the app; a reconciler is handed only the parts it uses.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -9,12 +11,13 @@ use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
-use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::breaker::{Breaker, State as BreakerState};
+use crate::clock::SharedClock;
+use crate::db::Pool;
 use crate::domain::sla::{Deadline, DeadlineKind};
-use crate::processor::{Agents, Processor};
+use crate::engine::{Agents, Processor};
 use crate::settings::Settings;
 use protocol::catalog::Catalog;
 
@@ -24,8 +27,10 @@ pub struct Shared {
     /// (`processed_messages.processed_by`).
     pub instance: String,
     pub catalog: Catalog,
-    pub pool: PgPool,
+    pub pool: Pool,
     pub processor: Processor,
+    /// The time everything runs on.
+    pub clock: SharedClock,
     pub status: Status,
     pub metrics: Metrics,
     pub agents: AgentDirectory,
@@ -33,15 +38,7 @@ pub struct Shared {
     pub confirmed: Confirmed,
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
     pub batch_turns: tokio::sync::Semaphore,
-    /// Signalled after every commit that queued outgoing messages.
-    pub wake_relay: Notify,
-    /// Deadlines created by this process since the timer last looked; a std mutex, not
-    /// a tokio one, because nothing awaits while it is held.
-    pushed: Mutex<Vec<Deadline>>,
-    /// Signalled when deadlines are pushed.
-    pub wake_timer: Notify,
-    /// Set when an operator moved deadlines (the timer reads its window again).
-    pub timers_changed: AtomicBool,
+    pub signals: Signals,
     /// The circuit breakers around PostgreSQL and around publishing.
     pub breakers: Breakers,
     /// The step a shutdown is at, named when it overruns `shutdown.timeout`.
@@ -49,27 +46,27 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(settings: Settings, pool: PgPool) -> Shared {
+    pub fn new(settings: Settings, pool: Pool, clock: SharedClock) -> Shared {
         let catalog = settings.catalog();
-        let processor = Processor::from_settings(&settings);
+        let processor = settings.processor();
         let batch_turns = tokio::sync::Semaphore::new(settings.inbox.concurrency);
         let settings_breaker = settings.circuit_breaker;
+        let metrics = Metrics::new();
+        let breakers = Breakers::new(settings_breaker, &metrics);
         Shared {
             settings,
             instance: instance_id(),
             catalog,
             pool,
             processor,
+            clock,
             status: Status::default(),
-            metrics: Metrics::new(),
+            metrics,
             agents: AgentDirectory::default(),
             confirmed: Confirmed::default(),
             batch_turns,
-            wake_relay: Notify::new(),
-            pushed: Mutex::new(Vec::new()),
-            wake_timer: Notify::new(),
-            timers_changed: AtomicBool::new(false),
-            breakers: Breakers::new(settings_breaker),
+            signals: Signals::default(),
+            breakers,
             stopping: Mutex::new("not stopping"),
         }
     }
@@ -84,10 +81,26 @@ impl Shared {
     pub fn stopping_at(&self) -> &'static str {
         *self.stopping.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
+/// How the running parts wake each other.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// Signalled after every commit that queued outgoing messages.
+    pub wake_relay: Notify,
+    /// Signalled when deadlines are pushed, or an operator moved some.
+    pub wake_timer: Notify,
+    /// Set when an operator moved deadlines (the timer reads its window again).
+    pub timers_changed: AtomicBool,
+    /// Deadlines created by this process since the timer last looked; a std mutex, not
+    /// a tokio one, because nothing awaits while it is held.
+    pushed: Mutex<Vec<Deadline>>,
+}
+
+impl Signals {
     /// Hands deadlines created by a commit to the timer, so one due soon fires on time.
     pub fn schedule(&self, deadlines: impl IntoIterator<Item = Deadline>) {
-        let mut pushed = self.pushed_deadlines();
+        let mut pushed = self.pushed();
         let before = pushed.len();
         pushed.extend(deadlines);
         if pushed.len() > before {
@@ -96,7 +109,18 @@ impl Shared {
         }
     }
 
-    pub fn pushed_deadlines(&self) -> MutexGuard<'_, Vec<Deadline>> {
+    /// The deadlines pushed since the last call.
+    pub fn take_pushed(&self) -> Vec<Deadline> {
+        std::mem::take(&mut *self.pushed())
+    }
+
+    /// An operator moved deadlines: the timer reads its window again.
+    pub fn timers_changed(&self) {
+        self.timers_changed.store(true, Ordering::Relaxed);
+        self.wake_timer.notify_one();
+    }
+
+    fn pushed(&self) -> MutexGuard<'_, Vec<Deadline>> {
         // A poisoned lock only means a panic elsewhere while pushing; the Vec is fine.
         self.pushed.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -233,14 +257,33 @@ impl Guarded {
 pub struct Breakers {
     database: Mutex<Breaker>,
     publishing: Mutex<Breaker>,
+    /// `coordinator_circuit_breaker_state`.
+    gauge: IntGaugeVec,
 }
 
 impl Breakers {
-    fn new(settings: crate::breaker::BreakerSettings) -> Breakers {
+    fn new(settings: crate::breaker::BreakerSettings, metrics: &Metrics) -> Breakers {
         Breakers {
             database: Mutex::new(Breaker::new(settings)),
             publishing: Mutex::new(Breaker::new(settings)),
+            gauge: metrics.breaker_state.clone(),
         }
+    }
+
+    /// The guarded work went through.
+    pub fn succeeded(&self, which: Guarded) {
+        self.record(which, true);
+    }
+
+    /// The guarded work failed.
+    pub fn failed(&self, which: Guarded) {
+        self.record(which, false);
+    }
+
+    fn show(&self, which: Guarded, state: BreakerState) {
+        self.gauge
+            .with_label_values(&[which.as_str()])
+            .set(state.gauge());
     }
 
     fn lock(&self, which: Guarded) -> MutexGuard<'_, Breaker> {
@@ -251,7 +294,7 @@ impl Breakers {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record(&self, which: Guarded, ok: bool, metrics: &Metrics) {
+    fn record(&self, which: Guarded, ok: bool) {
         let now = Instant::now();
         let mut b = self.lock(which);
         let before = b.state(now);
@@ -269,17 +312,17 @@ impl Breakers {
                 BreakerState::HalfOpen => {}
             }
         }
-        metrics.set_breaker(which, after);
+        self.show(which, after);
     }
 
     /// The state of each breaker now.
-    pub fn states(&self, metrics: &Metrics) -> Vec<(Guarded, BreakerState)> {
+    pub fn states(&self) -> Vec<(Guarded, BreakerState)> {
         let now = Instant::now();
         Guarded::ALL
             .iter()
             .map(|&g| {
                 let s = self.lock(g).state(now);
-                metrics.set_breaker(g, s);
+                self.show(g, s);
                 (g, s)
             })
             .collect()
@@ -293,16 +336,6 @@ impl Breakers {
             .iter()
             .filter_map(|&g| self.lock(g).wait(now).map(|d| (g, d)))
             .max_by_key(|(_, d)| *d)
-    }
-}
-
-impl Shared {
-    pub fn succeeded(&self, which: Guarded) {
-        self.breakers.record(which, true, &self.metrics);
-    }
-
-    pub fn failed(&self, which: Guarded) {
-        self.breakers.record(which, false, &self.metrics);
     }
 }
 
@@ -492,7 +525,7 @@ impl Metrics {
         for g in Guarded::ALL {
             m.set_breaker(g, BreakerState::Closed);
         }
-        for outcome in crate::processor::Outcome::LABELS {
+        for outcome in crate::engine::Outcome::LABELS {
             m.messages.with_label_values(&[outcome]);
         }
         for reason in protocol::reject::Reason::ALL {

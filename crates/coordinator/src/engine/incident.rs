@@ -1,13 +1,12 @@
 //! Emergencies: `emergency_alert` (or `coordinator emergency raise`) opens an incident,
 //! the other emergency messages advance it through [`emergency::decide`].
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::batch::{Applied, Batch};
 use super::effects::Change;
-use super::OPERATOR;
 use crate::domain::emergency::{self, Incident, IncidentState};
-use protocol::envelope::{Envelope, Priority};
+use protocol::envelope::Envelope;
 use protocol::reject::{Reason, Rejected};
 
 pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
@@ -29,6 +28,8 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
             round: d.round,
             terminal: false,
             effects: &d.effects,
+            closed_by: None,
+            note: None,
         },
     )
 }
@@ -60,22 +61,8 @@ pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
             round: d.round,
             terminal: d.state == IncidentState::Resolved,
             effects: &d.effects,
+            closed_by: None,
+            note: None,
         },
     )
-}
-
-/// The message an operator raises an incident with (`coordinator emergency raise`): the
-/// same path as an agent's `emergency_alert`, from source `operator`.
-pub fn operator_alert(
-    incident_id: &str,
-    severity: &str,
-    description: &str,
-    raised_by: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Envelope {
-    let data = json!({"incident_id": incident_id, "severity": severity, "description": description, "raised_by": raised_by});
-    let mut env =
-        Envelope::from_agent(OPERATOR, OPERATOR, emergency::ALERT, incident_id, data, now);
-    env.header.priority = Priority::Critical;
-    env
 }

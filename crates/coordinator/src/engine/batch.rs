@@ -7,18 +7,22 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use super::escalations::{self, Acknowledged};
+use super::messages::to_agent;
 use super::model::Wf;
-use super::{
-    acknowledged_escalation, body_digest, feature, incident, to_agent, AgentView, Agents, Checked,
-    Inbound, Input, Outcome, Processed, Processor, HEARTBEAT, MESSAGE_REJECTED,
+use super::rows::{
+    ChainAck, ChainMember, Loaded, NewDeadLetter, NewEvent, OutboxMessage, Writes,
+    OUTCOME_OBSERVED, OUTCOME_REJECTED,
 };
-use crate::db::batch::{ChainAck, ChainMember, Loaded, NewDeadLetter, NewEvent, Writes};
-use crate::db::store::{OUTCOME_OBSERVED, OUTCOME_REJECTED};
+use super::{
+    acknowledged_escalation, body_digest, feature, incident, AgentView, Agents, Checked, Inbound,
+    Input, Outcome, Processed, Processor,
+};
 use crate::domain::sla::Deadline;
 use crate::domain::{emergency, ids, workflow};
-use crate::escalations::{Acknowledged, ESCALATION_ACKNOWLEDGED};
 use protocol::catalog::valid_agent_id;
 use protocol::envelope::{self, has_nul, Envelope};
+use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT, MESSAGE_REJECTED};
 use protocol::payloads;
 use protocol::reject::{Reason, Rejected};
 
@@ -136,6 +140,9 @@ impl<'p> Batch<'p> {
             }
         }
         let mt = h.message_type.as_str();
+        if trusted && super::operator::is_action(mt) {
+            return super::operator::apply(self, env);
+        }
         if mt == HEARTBEAT {
             return self.heartbeat(env, registered.is_none());
         }
@@ -451,7 +458,7 @@ fn rejection_notice(
     agent: &str,
     rej: &Rejected,
     now: DateTime<Utc>,
-) -> crate::db::store::OutboxMessage {
+) -> OutboxMessage {
     let cause = message_id.map_or_else(|| body_digest(d.body), str::to_string);
     let data = payloads::to_value(&payloads::MessageRejected {
         rejected_message_id: message_id.map(str::to_string),
@@ -542,7 +549,7 @@ pub fn set_aside(
         ));
     }
     // Ops hear of it at once: it failed every retry, so it needs a person.
-    w.outbox.push(crate::escalations::set_aside_notice(
+    w.outbox.push(escalations::set_aside_notice(
         checked.message_id.as_deref(),
         d.meta.correlation_id.as_deref(),
         sender,

@@ -5,19 +5,15 @@
 //! crash in between redelivers it, and its collection key (message id and x-death
 //! entry) keeps the second copy out.
 
-use chrono::Utc;
-use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::Connection;
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use protocol::names::queues;
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::delivery_meta;
-use crate::amqp::topology::DEAD_LETTER_QUEUE;
-use crate::db::batch::NewDeadLetter;
-use crate::db::store;
+use crate::amqp::{self, Connection, Consumer, Delivery};
+use crate::db::{self, store};
+use crate::engine::rows::NewDeadLetter;
+use crate::service::runtime::Shared;
 
 /// The `dead_letters.reason` of a message the broker dead-lettered.
 pub const BROKER_DEAD_LETTERED: &str = "broker_dead_lettered";
@@ -27,21 +23,11 @@ const BATCH: usize = 64;
 /// Consumes `agent.dead_letters` until `stop`, or until the channel fails.
 pub async fn collect(
     conn: &Connection,
-    shared: &crate::runtime::Shared,
+    shared: &Shared,
     stop: CancellationToken,
-) -> Result<(), lapin::Error> {
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(BATCH as u16, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            DEAD_LETTER_QUEUE,
-            &format!("{}-dlx", shared.instance),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+) -> Result<(), amqp::Error> {
+    let tag = format!("{}-dlx", shared.instance);
+    let mut consumer = Consumer::open(conn, queues::DEAD_LETTERS, &tag, BATCH as u16).await?;
     let result = loop {
         let first = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
@@ -53,13 +39,14 @@ pub async fn collect(
             None => break Ok(()),
         };
         while batch.len() < BATCH {
-            match consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => batch.push(d),
+            match consumer.next_ready() {
+                Some(Ok(d)) => batch.push(d),
                 _ => break,
             }
         }
         let Some(last) = batch.last() else { continue };
-        let rows: Vec<(NewDeadLetter, String)> = batch.iter().map(collected).collect();
+        let now = shared.clock.now();
+        let rows: Vec<(NewDeadLetter, String)> = batch.iter().map(|d| collected(d, now)).collect();
         let mut waits = shared.settings.retry_policies.critical_task.waits();
         let stored = loop {
             match store(shared, rows.clone()).await {
@@ -75,29 +62,21 @@ pub async fn collect(
             }
         };
         if !stored {
-            last.acker
-                .nack(BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                })
-                .await?;
+            last.requeue_through().await?;
             break Ok(());
         }
         crate::failpoint::crash(crate::failpoint::DLX_AFTER_COMMIT_BEFORE_ACK);
-        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        last.ack_through().await?;
         tracing::warn!(
             count = batch.len(),
             "messages dead-lettered by the broker kept in dead_letters as broker_dead_lettered"
         );
     };
-    let _ = channel.close(200, "collector stopping").await;
+    consumer.close("collector stopping").await;
     result
 }
 
-async fn store(
-    shared: &crate::runtime::Shared,
-    rows: Vec<(NewDeadLetter, String)>,
-) -> sqlx::Result<()> {
+async fn store(shared: &Shared, rows: Vec<(NewDeadLetter, String)>) -> db::Result<()> {
     let mut conn = shared.pool.acquire().await?;
     store::store_collected(&mut conn, &rows).await.map(|_| ())
 }
@@ -107,15 +86,9 @@ async fn store(
 /// many times. The key is derived from the message id (or the body) and that entry,
 /// which a redelivered copy repeats and a later dead-lettering of the same message
 /// (another count, another time) does not.
-fn collected(d: &Delivery) -> (NewDeadLetter, String) {
-    let meta = delivery_meta(d.routing_key.as_str(), &d.properties);
-    let x_death = d
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-death"))
-        .map(amqp_json)
-        .unwrap_or(Value::Null);
+fn collected(d: &Delivery, now: DateTime<Utc>) -> (NewDeadLetter, String) {
+    let meta = &d.meta;
+    let x_death = d.header("x-death").unwrap_or(Value::Null);
     let first = x_death.get(0).cloned().unwrap_or(Value::Null);
     let text = |k: &str| {
         first
@@ -130,7 +103,7 @@ fn collected(d: &Delivery) -> (NewDeadLetter, String) {
         text("queue"),
         first.get("count").and_then(Value::as_i64).unwrap_or(1)
     );
-    let mut properties = serde_json::to_value(&meta).unwrap_or(Value::Null);
+    let mut properties = serde_json::to_value(meta).unwrap_or(Value::Null);
     if let Some(p) = properties.as_object_mut() {
         p.insert("x_death".into(), x_death);
     }
@@ -138,48 +111,20 @@ fn collected(d: &Delivery) -> (NewDeadLetter, String) {
     let subject = meta
         .message_id
         .clone()
-        .unwrap_or_else(|| crate::processor::body_digest(&d.data));
+        .unwrap_or_else(|| crate::engine::body_digest(&d.body));
     let key = crate::domain::ids::derived(&format!("{subject} {first}"), BROKER_DEAD_LETTERED);
     let row = NewDeadLetter {
         message_id: meta.message_id.as_deref().map(clean),
         reason: BROKER_DEAD_LETTERED.into(),
         detail: clean(&detail),
         routing_key: clean(&meta.routing_key),
-        body: d.data.clone(),
-        body_json: serde_json::from_slice::<Value>(&d.data)
+        body: d.body.clone(),
+        body_json: serde_json::from_slice::<Value>(&d.body)
             .ok()
             .filter(|v| !v.to_string().contains("\\u0000")),
         properties,
         source_agent_id: meta.app_id.as_deref().map(clean),
-        at: Utc::now(),
+        at: now,
     };
     (row, key)
-}
-
-/// An AMQP header value as JSON (strings as text, timestamps as seconds).
-fn amqp_json(v: &AMQPValue) -> Value {
-    match v {
-        AMQPValue::Boolean(b) => json!(b),
-        AMQPValue::ShortShortInt(n) => json!(n),
-        AMQPValue::ShortShortUInt(n) => json!(n),
-        AMQPValue::ShortInt(n) => json!(n),
-        AMQPValue::ShortUInt(n) => json!(n),
-        AMQPValue::LongInt(n) => json!(n),
-        AMQPValue::LongUInt(n) => json!(n),
-        AMQPValue::LongLongInt(n) => json!(n),
-        AMQPValue::Float(n) => json!(n),
-        AMQPValue::Double(n) => json!(n),
-        AMQPValue::ShortString(s) => json!(s.as_str()),
-        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::Timestamp(t) => json!(t),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_json).collect()),
-        AMQPValue::FieldTable(t) => Value::Object(
-            t.inner()
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), amqp_json(v)))
-                .collect(),
-        ),
-        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
-        other => json!(format!("{other:?}")),
-    }
 }

@@ -1,9 +1,11 @@
 //! The timer service: fires every deadline (clock breach, warning, ladder step) at its
 //! time. Holds only the next window of deadlines in memory (a min-heap), reloaded
 //! every half window, on `NOTIFY coordinator_timers`, and at start; deadlines armed by
-//! this process inside the window are pushed in at once ([`crate::runtime::Shared::schedule`]).
+//! this process inside the window are pushed in at once (`Signals::schedule`).
 //! What firing does is in [`fire`] (many due deadlines per transaction); this module
-//! only decides *when*.
+//! only decides *when*, by its [`Clock`]: a test moves a manual clock through warnings,
+//! breaches and ladder steps without waiting, and the SQL guards compare with the
+//! same time.
 
 pub mod fire;
 
@@ -15,9 +17,13 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::store;
-use crate::domain::sla::{add, Deadline};
-use crate::runtime::Shared;
+use crate::clock::Clock;
+use crate::db::{self, store, Pool};
+use crate::domain::sla::{add, Deadline, DeadlineKind};
+use crate::engine::Processor;
+use crate::retry::RetryPolicy;
+use crate::service::runtime::{Metrics, Shared, Signals};
+use crate::settings::TimerSettings;
 
 /// What one pass of [`Timer::step`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -33,23 +39,52 @@ const SKIPPED_RETRY: Duration = Duration::from_millis(20);
 /// When a deadline whose batch failed is tried again.
 const FAILED_RETRY: Duration = Duration::from_millis(500);
 
+/// What the timer uses.
+#[derive(Clone, Copy)]
+pub struct Parts<'a> {
+    pub pool: &'a Pool,
+    pub clock: &'a dyn Clock,
+    pub settings: &'a TimerSettings,
+    /// The ladders and clock durations firing decides with.
+    pub processor: &'a Processor,
+    pub metrics: &'a Metrics,
+    pub signals: &'a Signals,
+    /// Waits between failed passes (the `default` retry policy).
+    pub retry: &'a RetryPolicy,
+}
+
+impl<'a> Parts<'a> {
+    /// The running service's.
+    pub fn of(shared: &'a Shared) -> Parts<'a> {
+        Parts {
+            pool: &shared.pool,
+            clock: shared.clock.as_ref(),
+            settings: &shared.settings.timers,
+            processor: &shared.processor,
+            metrics: &shared.metrics,
+            signals: &shared.signals,
+            retry: &shared.settings.retry_policies.default,
+        }
+    }
+}
+
 pub struct Timer<'a> {
-    shared: &'a Shared,
+    parts: Parts<'a>,
     heap: BinaryHeap<Reverse<Deadline>>,
     /// Deadlines before this are all in the heap (or were fired).
     window_end: DateTime<Utc>,
     /// When the window is read again from the database.
     reload_at: DateTime<Utc>,
     /// When deadlines tried again were first due (for their lateness).
-    first_due: std::collections::HashMap<(crate::domain::sla::DeadlineKind, i64), DateTime<Utc>>,
+    first_due: std::collections::HashMap<(DeadlineKind, i64), DateTime<Utc>>,
     /// Deadlines created by firing (next ladder steps), for the heap.
     next: Vec<Deadline>,
 }
 
 impl<'a> Timer<'a> {
-    pub fn new(shared: &'a Shared) -> Timer<'a> {
+    pub fn new(parts: Parts<'a>) -> Timer<'a> {
         Timer {
-            shared,
+            parts,
             heap: BinaryHeap::new(),
             window_end: DateTime::<Utc>::MIN_UTC,
             reload_at: DateTime::<Utc>::MIN_UTC,
@@ -73,10 +108,10 @@ impl<'a> Timer<'a> {
     }
 
     /// Reads the next window of deadlines from the database.
-    pub async fn reload(&mut self, now: DateTime<Utc>) -> sqlx::Result<()> {
-        let cfg = &self.shared.settings.timers;
+    pub async fn reload(&mut self, now: DateTime<Utc>) -> db::Result<()> {
+        let cfg = self.parts.settings;
         let until = add(now, cfg.window);
-        let mut conn = self.shared.pool.acquire().await?;
+        let mut conn = self.parts.pool.acquire().await?;
         let (deadlines, cut) = store::deadlines_before(&mut conn, until, cfg.max_in_memory).await?;
         self.window_end = match (cut, deadlines.last()) {
             (true, Some(last)) => last.at,
@@ -90,17 +125,18 @@ impl<'a> Timer<'a> {
     /// Takes deadlines pushed by this process; those inside the window join the heap,
     /// later ones are found by a later reload.
     fn take_pushed(&mut self) {
-        let pushed = std::mem::take(&mut *self.shared.pushed_deadlines());
-        for d in pushed {
+        for d in self.parts.signals.take_pushed() {
             if d.at < self.window_end {
                 self.heap.push(Reverse(d));
             }
         }
     }
 
-    /// Reloads if due, then fires every deadline that has come, in batches of
-    /// `timers.batch_size` (each one transaction), `timers.concurrency` at a time.
-    pub async fn step(&mut self, now: DateTime<Utc>) -> sqlx::Result<StepReport> {
+    /// Reloads if due, then fires every deadline that has come by the clock's time, in
+    /// batches of `timers.batch_size` (each one transaction), `timers.concurrency` at a
+    /// time.
+    pub async fn step(&mut self) -> db::Result<StepReport> {
+        let now = self.parts.clock.now();
         if now >= self.reload_at {
             self.reload(now).await?;
         }
@@ -118,28 +154,28 @@ impl<'a> Timer<'a> {
             self.caught_up(now);
             return Ok(report);
         }
-        let shared = self.shared;
-        let cfg = &shared.settings.timers;
+        let parts = self.parts;
+        let cfg = parts.settings;
         let chunks: Vec<Vec<Deadline>> = due
             .chunks(cfg.batch_size.max(1))
             .map(<[Deadline]>::to_vec)
             .collect();
         let mut results = futures_util::stream::iter(chunks)
             .map(|chunk| async move {
-                let fired = fire::fire(shared, &chunk, Utc::now()).await;
+                let fired = fire::fire(parts.pool, parts.processor, &chunk, now).await;
                 (chunk, fired)
             })
             .buffer_unordered(cfg.concurrency);
         let mut again = Vec::new();
         let mut queued = false;
         while let Some((chunk, res)) = results.next().await {
-            let fired_at = Utc::now();
+            let fired_at = parts.clock.now();
             match res {
                 Ok(f) => {
                     for d in &f.fired {
                         let due_at = self.first_due.remove(&(d.kind, d.id)).unwrap_or(d.at);
                         let lateness = (fired_at - due_at).to_std().unwrap_or_default();
-                        shared
+                        parts
                             .metrics
                             .timer_lateness
                             .with_label_values(&[d.kind.as_str()])
@@ -164,7 +200,7 @@ impl<'a> Timer<'a> {
         for (d, wait) in again {
             self.first_due.entry((d.kind, d.id)).or_insert(d.at);
             self.heap.push(Reverse(Deadline {
-                at: add(Utc::now(), wait),
+                at: add(parts.clock.now(), wait),
                 ..d
             }));
         }
@@ -180,7 +216,7 @@ impl<'a> Timer<'a> {
             self.caught_up(now);
         }
         if queued {
-            self.shared.wake_relay.notify_one();
+            parts.signals.wake_relay.notify_one();
         }
         Ok(report)
     }
@@ -189,7 +225,7 @@ impl<'a> Timer<'a> {
     /// and dashboards wait on it rather than on a guess of how long firing takes).
     fn caught_up(&self, now: DateTime<Utc>) {
         let secs = now.timestamp_micros() as f64 / 1e6;
-        self.shared.metrics.timer_caught_up.set(secs);
+        self.parts.metrics.timer_caught_up.set(secs);
     }
 
     /// When the next step is due.
@@ -199,22 +235,23 @@ impl<'a> Timer<'a> {
     }
 }
 
-/// Runs the timer until `stop`.
-pub async fn run(shared: &Shared, stop: CancellationToken) {
-    let mut timer = Timer::new(shared);
-    let mut waits = shared.settings.retry_policies.default.waits();
+/// Runs the timer until `stop`, sleeping until its next deadline by its clock.
+pub async fn run(parts: Parts<'_>, stop: CancellationToken) {
+    let mut timer = Timer::new(parts);
+    let mut waits = parts.retry.waits();
     loop {
         if stop.is_cancelled() {
             return;
         }
         // An operator moved a deadline (NOTIFY coordinator_timers): read the window again.
-        if shared
+        if parts
+            .signals
             .timers_changed
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
             timer.invalidate();
         }
-        match timer.step(Utc::now()).await {
+        match timer.step().await {
             Ok(_) => waits.reset(),
             Err(e) => {
                 let backoff = waits.next_persistent();
@@ -227,13 +264,13 @@ pub async fn run(shared: &Shared, stop: CancellationToken) {
                 continue;
             }
         }
-        let wait = (timer.next_wake() - Utc::now())
+        let wait = (timer.next_wake() - parts.clock.now())
             .to_std()
             .unwrap_or_default();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = shared.wake_timer.notified() => {}
+            _ = parts.signals.wake_timer.notified() => {}
         }
     }
 }

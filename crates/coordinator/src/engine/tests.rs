@@ -7,13 +7,17 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::rows::{ArmedClockRow, Loaded, LockedWorkflow};
 use super::*;
-use crate::db::batch::{ArmedClockRow, Loaded, LockedWorkflow};
+use crate::settings::Settings;
 use protocol::envelope::Envelope;
+use protocol::names::message_types::MESSAGE_REJECTED;
 
 fn processor() -> Processor {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config"));
-    Processor::from_settings(&Settings::load_from(&dir, None).expect("default settings"))
+    Settings::load_from(&dir, None)
+        .expect("default settings")
+        .processor()
 }
 
 fn now() -> DateTime<Utc> {
@@ -217,6 +221,8 @@ fn a_loaded_workflow_is_advanced_from_its_state_and_its_clocks_are_closed_by_id(
                 owner_role: "qa-director".into(),
                 owner_agent_id: None,
                 subject_agent_id: None,
+                armed_at: now(),
+                due_at: now(),
             })
             .collect(),
         ..Default::default()

@@ -5,11 +5,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::db::batch::{
+use super::rows::{
     ArmedClockRow, ClockChange, LockedWorkflow, NewClock, NewWorkflow, WorkflowChange,
 };
+use crate::domain::effect::ClockRef;
 use crate::domain::sla::ArmedClock;
-use crate::domain::workflow::ClockRef;
 
 /// What the batch does with the workflow row at the end.
 #[derive(Debug, Clone)]
@@ -51,6 +51,11 @@ pub(super) struct Clock {
     pub subject_agent_id: Option<String>,
     /// Set for clocks armed by this batch.
     pub armed: Option<Armed>,
+    /// A loaded clock's `armed_at` and `due_at` (as moved by this batch).
+    pub loaded: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// A loaded clock whose deadline this batch moved: its new warning time, and
+    /// whether that warning is still to come (it may fire again).
+    pub moved: Option<(DateTime<Utc>, bool)>,
     pub status: ClockStatus,
     pub closed_at: Option<DateTime<Utc>>,
     pub closed_by: Option<String>,
@@ -115,6 +120,8 @@ impl Wf {
             owner_agent_id: c.owner_agent_id,
             subject_agent_id: c.subject_agent_id,
             armed: None,
+            loaded: Some((c.armed_at, c.due_at)),
+            moved: None,
             status: ClockStatus::Armed,
             closed_at: None,
             closed_by: None,
@@ -134,6 +141,19 @@ impl Wf {
                 subject_agent_id: c.subject_agent_id.clone(),
             })
             .collect()
+    }
+
+    /// The armed clock with row id `id`, as the state machines see it.
+    pub fn armed_clock(&self, id: i64) -> Option<ArmedClock> {
+        self.clocks
+            .iter()
+            .find(|c| c.status == ClockStatus::Armed && c.id == Some(id))
+            .map(|c| ArmedClock {
+                clock: c.clock.clone(),
+                round: c.round,
+                owner_role: c.owner_role.clone(),
+                subject_agent_id: c.subject_agent_id.clone(),
+            })
     }
 
     /// Arms a clock; false if this batch already knows a clock of that name, round and
@@ -169,6 +189,33 @@ impl Wf {
             c.closed_by = by.map(str::to_string);
             c.dirty = true;
         }
+    }
+
+    /// Moves an armed clock's deadline to `due_at` and its warning to
+    /// `warn_at(armed_at, due_at)`; the deadline it had, if the clock is armed.
+    pub fn move_clock(
+        &mut self,
+        r: &ClockRef,
+        due_at: DateTime<Utc>,
+        warn_at: impl Fn(DateTime<Utc>, DateTime<Utc>) -> DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let c = self
+            .clocks
+            .iter_mut()
+            .find(|c| c.status == ClockStatus::Armed && c.is(r))?;
+        if let Some(a) = &mut c.armed {
+            let was = a.due_at;
+            a.due_at = due_at;
+            a.warn_at = warn_at(a.armed_at, due_at);
+            return Some(was);
+        }
+        let (armed_at, was) = c.loaded?;
+        let warn = warn_at(armed_at, due_at);
+        c.loaded = Some((armed_at, due_at));
+        c.moved = Some((warn, warn > now));
+        c.dirty = true;
+        Some(was)
     }
 
     /// The agent that acknowledged a handoff owns its role's armed clocks from then on.
@@ -256,6 +303,9 @@ impl Wf {
                     closed_at: c.closed_at,
                     closed_by: c.closed_by.clone(),
                     owner_agent_id: c.owner_agent_id.clone(),
+                    due_at: c.moved.and(c.loaded).map(|(_, due)| due),
+                    warn_at: c.moved.map(|(warn, _)| warn),
+                    warn_again: c.moved.is_some_and(|(_, again)| again),
                 }),
                 _ => {}
             }

@@ -1,7 +1,7 @@
 //! Sharing the inbox's partitions among the running coordinators.
 //!
 //! A reconciler: each [`Partitions::step`] reads who is a member and which partitions
-//! are held ([`crate::db::lease`]), works out this coordinator's fair share, and
+//! are held (`db::lease`), works out this coordinator's fair share, and
 //! returns the partitions to start consuming (whose leases it just took) and those to
 //! stop (it lets go of their leases once their consumers have finished, in
 //! [`Partitions::released`]). Shares are computed the same way by every member, from
@@ -14,11 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection};
-
-use crate::db::lease;
-use crate::runtime::Shared;
+use crate::db::{self, lease::Leases};
 
 /// How many of `partitions` the member `me` should hold among `members`.
 pub fn share(partitions: u32, members: &[i64], me: i64) -> u32 {
@@ -41,19 +37,21 @@ pub struct Plan {
 }
 
 pub struct Partitions<'a> {
-    shared: &'a Shared,
-    conn: Option<PgConnection>,
-    key: i32,
+    /// `database.url`: the leases are held on a connection of their own.
+    database_url: &'a str,
+    /// `inbox.partitions`.
+    partitions: u32,
+    leases: Option<Leases>,
     held: BTreeSet<u32>,
     stopping: BTreeSet<u32>,
 }
 
 impl<'a> Partitions<'a> {
-    pub fn new(shared: &'a Shared) -> Partitions<'a> {
+    pub fn new(database_url: &'a str, partitions: u32) -> Partitions<'a> {
         Partitions {
-            shared,
-            conn: None,
-            key: 0,
+            database_url,
+            partitions,
+            leases: None,
             held: BTreeSet::new(),
             stopping: BTreeSet::new(),
         }
@@ -65,14 +63,18 @@ impl<'a> Partitions<'a> {
     }
 
     /// Reads the members and the leases, and moves this coordinator toward its share.
-    pub async fn step(&mut self) -> sqlx::Result<Plan> {
-        let partitions = self.shared.settings.inbox.partitions;
-        self.connect().await?;
-        let key = self.key;
-        let Some(conn) = self.conn.as_mut() else {
+    pub async fn step(&mut self) -> db::Result<Plan> {
+        let partitions = self.partitions;
+        if self.leases.is_none() {
+            self.leases = Some(Leases::join(self.database_url).await?);
+            self.held.clear();
+            self.stopping.clear();
+        }
+        let Some(leases) = self.leases.as_mut() else {
             return Ok(Plan::default());
         };
-        let h = lease::holders(conn).await?;
+        let key = leases.key();
+        let h = leases.holders().await?;
         let target = share(partitions, &h.members, i64::from(key));
         let mut plan = Plan::default();
         let active: Vec<u32> = self.held.difference(&self.stopping).copied().collect();
@@ -100,7 +102,7 @@ impl<'a> Partitions<'a> {
                 continue;
             }
             let Ok(lock) = i32::try_from(p) else { continue };
-            if lease::acquire(conn, lock).await? {
+            if leases.acquire(lock).await? {
                 self.held.insert(p);
                 plan.start.push(p);
                 want -= 1;
@@ -111,13 +113,13 @@ impl<'a> Partitions<'a> {
     }
 
     /// A partition's consumer has stopped: its lease goes back.
-    pub async fn released(&mut self, partition: u32) -> sqlx::Result<()> {
+    pub async fn released(&mut self, partition: u32) -> db::Result<()> {
         self.stopping.remove(&partition);
         if !self.held.remove(&partition) {
             return Ok(());
         }
-        match (&mut self.conn, i32::try_from(partition)) {
-            (Some(conn), Ok(p)) => lease::release(conn, p).await,
+        match (&mut self.leases, i32::try_from(partition)) {
+            (Some(leases), Ok(p)) => leases.release(p).await,
             _ => Ok(()),
         }
     }
@@ -126,37 +128,9 @@ impl<'a> Partitions<'a> {
     pub async fn close(&mut self) {
         self.held.clear();
         self.stopping.clear();
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.close().await;
+        if let Some(leases) = self.leases.take() {
+            leases.close().await;
         }
-    }
-
-    /// Opens the lease connection and takes the membership, if not done yet.
-    async fn connect(&mut self) -> sqlx::Result<()> {
-        if self.conn.is_none() {
-            let options: PgConnectOptions = self.shared.settings.database.url.parse()?;
-            let options = options.application_name("coordinator partition leases");
-            let mut conn = PgConnection::connect_with(&options).await?;
-            let mut joined = false;
-            for _ in 0..8 {
-                let key =
-                    i32::try_from(uuid::Uuid::new_v4().as_u128() % (i32::MAX as u128)).unwrap_or(1);
-                if lease::join(&mut conn, key).await? {
-                    self.key = key;
-                    joined = true;
-                    break;
-                }
-            }
-            if !joined {
-                return Err(sqlx::Error::Protocol(
-                    "could not take a free membership key".into(),
-                ));
-            }
-            self.held.clear();
-            self.stopping.clear();
-            self.conn = Some(conn);
-        }
-        Ok(())
     }
 }
 

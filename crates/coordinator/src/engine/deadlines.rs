@@ -1,117 +1,33 @@
-//! What happens when deadlines come, many in one transaction: [`db::deadlines::take_due`]
-//! locks their workflows and takes the due warnings, breaches and ladder steps (each
-//! guarded, so a deadline fires once however many coordinators try), then [`rows`]
-//! turns what was taken into escalations, notices, on-call messages and history rows,
-//! written by the same single statement as a batch of messages.
-//!
-//! A clock that breaches raises an escalation at level 1 and tells its owner; a clock
-//! that warns tells its owner; an unacknowledged escalation climbs one level.
+//! What deadlines that came imply, without I/O: a warned clock tells its owner; a
+//! breached clock raises an escalation at level 1 and tells its owner; an escalation
+//! nobody acknowledged climbs one level. The rows are written by the same single
+//! statement as a batch of messages (the timer service in `service::timers` takes the
+//! due deadlines and owns the transaction).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use protocol::names::message_types::{ESCALATION_RAISED, SLA_BREACHED, SLA_WARNING};
+use protocol::payloads;
+use protocol::severity::Severity;
 use serde_json::json;
 
-use crate::db::batch::{self, NewEvent, Queued, Writes};
-use crate::db::deadlines::{self, ClimbedEscalation, FiredClock};
-use crate::db::store::OutboxMessage;
+use super::escalations::{self, Raise};
+use super::messages::{to_agent, to_role};
+use super::rows::{ClimbedEscalation, FiredClock, NewEvent, OutboxMessage, Taken, Writes};
+use super::Processor;
 use crate::domain::ids;
-use crate::domain::sla::{Deadline, DeadlineKind, Severity};
-use crate::escalations::{self, Raise, ESCALATION_RAISED, SLA_BREACHED};
-use crate::processor::{to_agent, to_role};
-use crate::runtime::Shared;
-use protocol::payloads;
+use crate::domain::sla::Deadline;
 
-pub const SLA_WARNING: &str = "sla_warning";
+/// The history row of an escalation that climbed a level.
 pub const ESCALATED: &str = "escalated";
 /// The history rows the timer writes name it as their source.
-pub const TIMER: &str = "coordinator";
-
-/// What firing a batch of deadlines did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Fired {
-    /// Deadlines that fired (with when they were due).
-    pub fired: Vec<Deadline>,
-    /// Deadlines whose workflow another transaction held: to try again shortly.
-    pub skipped: Vec<Deadline>,
-    /// Deadlines the firing created (next ladder steps).
-    pub next: Vec<Deadline>,
-    /// Outbox rows written.
-    pub queued: Vec<Queued>,
-}
-
-/// Fires due deadlines in one transaction. A deadline that no longer applies (met,
-/// snoozed, acknowledged, or fired by another coordinator) is dropped.
-pub async fn fire(shared: &Shared, due: &[Deadline], now: DateTime<Utc>) -> sqlx::Result<Fired> {
-    let mut out = Fired::default();
-    let (mut warnings, mut breaches, mut ladder) = (Vec::new(), Vec::new(), Vec::new());
-    for d in due {
-        match d.kind {
-            DeadlineKind::Warning => warnings.push(d.id),
-            DeadlineKind::Breach => breaches.push(d.id),
-            DeadlineKind::Ladder => ladder.push(d.id),
-        }
-    }
-    // A clock whose warning and breach are both due (after a restart) warns now and
-    // breaches in the next batch: one statement may change a row only once.
-    let warned_too: Vec<i64> = breaches
-        .iter()
-        .filter(|id| warnings.contains(id))
-        .copied()
-        .collect();
-    breaches.retain(|id| !warned_too.contains(id));
-    out.skipped.extend(
-        due.iter()
-            .filter(|d| d.kind == DeadlineKind::Breach && warned_too.contains(&d.id))
-            .copied(),
-    );
-
-    let mut tx = shared.pool.begin().await?;
-    let taken = deadlines::take_due(&mut tx, &warnings, &breaches, &ladder, now).await?;
-    let raises = taken.breached.len() + taken.climbed.len();
-    let escalation_ids = batch::reserve_escalation_ids(&mut tx, raises).await?;
-    let (writes, next) = rows(shared, &taken, &escalation_ids, now);
-    let written = batch::write(&mut tx, writes, now)
-        .await
-        .map_err(|e| match e {
-            batch::WriteError::Db(e) => e,
-            batch::WriteError::Conflict(c) => sqlx::Error::Protocol(c.to_string()),
-        })?;
-    tx.commit().await?;
-
-    let locked: std::collections::HashSet<&str> =
-        taken.workflows.iter().map(|(id, _)| id.as_str()).collect();
-    let fired: std::collections::HashSet<(DeadlineKind, i64)> = taken
-        .warned
-        .iter()
-        .map(|c| (DeadlineKind::Warning, c.id))
-        .chain(taken.breached.iter().map(|c| (DeadlineKind::Breach, c.id)))
-        .chain(taken.climbed.iter().map(|e| (DeadlineKind::Ladder, e.id)))
-        .collect();
-    let held_elsewhere: std::collections::HashSet<(bool, i64)> = taken
-        .wanted
-        .iter()
-        .filter(|(_, _, wf)| !locked.contains(wf.as_str()))
-        .map(|(is_clock, id, _)| (*is_clock, *id))
-        .collect();
-    for d in due {
-        if fired.contains(&(d.kind, d.id)) {
-            out.fired.push(*d);
-        } else if held_elsewhere.contains(&(d.kind != DeadlineKind::Ladder, d.id))
-            && !out.skipped.contains(d)
-        {
-            out.skipped.push(*d);
-        }
-    }
-    out.next = next;
-    out.queued = written.queued;
-    Ok(out)
-}
+pub const TIMER: &str = protocol::names::COORDINATOR_ID;
 
 /// The rows what was taken implies, and the next ladder deadlines. Pure.
 pub fn rows(
-    shared: &Shared,
-    taken: &deadlines::Taken,
+    p: &Processor,
+    taken: &Taken,
     escalation_ids: &[i64],
     now: DateTime<Utc>,
 ) -> (Writes, Vec<Deadline>) {
@@ -153,7 +69,7 @@ pub fn rows(
         });
         let message_id = ids::derived(&format!("clock:{}", c.id), "warning");
         w.outbox
-            .extend(owner_notice(shared, c, SLA_WARNING, message_id, data, now));
+            .extend(owner_notice(p, c, SLA_WARNING, message_id, data, now));
         note(
             &mut w,
             &c.workflow_id,
@@ -167,8 +83,7 @@ pub fn rows(
             break;
         };
         let severity = Severity::parse(&c.severity).unwrap_or(Severity::High);
-        let step = shared
-            .processor
+        let step = p
             .ladders
             .for_escalation(&c.clock, severity)
             .first(&c.owner_role, now);
@@ -213,7 +128,7 @@ pub fn rows(
         });
         w.outbox.push(raised.message);
         w.outbox.extend(owner_notice(
-            shared,
+            p,
             c,
             SLA_BREACHED,
             ids::derived(&cause, "breach_notice"),
@@ -232,7 +147,7 @@ pub fn rows(
 
     for e in &taken.climbed {
         let Some(id) = ids.next() else { break };
-        let raised = climb(shared, e, id, now);
+        let raised = climb(p, e, id, now);
         note(
             &mut w,
             &e.workflow_id,
@@ -247,14 +162,9 @@ pub fn rows(
 }
 
 /// An escalation nobody acknowledged, raised again one level up (or at the last).
-fn climb(
-    shared: &Shared,
-    e: &ClimbedEscalation,
-    id: i64,
-    now: DateTime<Utc>,
-) -> escalations::Raised {
+fn climb(p: &Processor, e: &ClimbedEscalation, id: i64, now: DateTime<Utc>) -> escalations::Raised {
     let severity = Severity::parse(&e.severity).unwrap_or(Severity::High);
-    let ladder = shared.processor.ladders.for_escalation(&e.clock, severity);
+    let ladder = p.ladders.for_escalation(&e.clock, severity);
     let step = ladder.next(e.level, &e.owner_role, now);
     let message_type = if e.clock_id.is_some() {
         SLA_BREACHED
@@ -289,7 +199,7 @@ fn climb(
 /// queue), else every agent of the owner role (their task queues). Clocks owned by
 /// on-call get no notice: on-call gets the escalation itself.
 fn owner_notice(
-    shared: &Shared,
+    p: &Processor,
     c: &FiredClock,
     message_type: &str,
     message_id: String,
@@ -306,7 +216,7 @@ fn owner_notice(
             data,
             now,
         )),
-        None if shared.catalog.is_role(&c.owner_role) => Some(to_role(
+        None if p.catalog.is_role(&c.owner_role) => Some(to_role(
             message_id,
             &c.workflow_id,
             None,

@@ -11,22 +11,25 @@
 //! the row after its lease, with the same message id (at least once).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::publisher::{self, settle, Publisher};
-use crate::db::store;
-use crate::runtime::Shared;
+use crate::amqp::publisher::{PublishError, Publisher};
+use crate::amqp::Connection;
+use crate::db::{self, store};
+use crate::service::publishing::Settling;
+use crate::service::runtime::Shared;
+use crate::settings::OutboxSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("the relay's channel failed")]
-    Amqp(#[from] lapin::Error),
+    Amqp(#[from] crate::amqp::Error),
     #[error("the relay could not publish")]
-    Publish(#[from] crate::amqp::publisher::PublishError),
+    Publish(#[from] PublishError),
     #[error("the relay could not read or update the outbox")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] db::Error),
 }
 
 /// What one step did.
@@ -39,28 +42,53 @@ pub struct StepReport {
 }
 
 pub struct Relay<'a> {
-    shared: &'a Shared,
+    /// The pool, the clock and what settling the broker's answers needs.
+    settling: Settling<'a>,
+    outbox: &'a OutboxSettings,
+    /// `shutdown.flush_timeout`: the longest the last flush takes.
+    flush_timeout: Duration,
     publisher: Publisher,
 }
 
 impl<'a> Relay<'a> {
-    pub async fn new(conn: &Connection, shared: &'a Shared) -> Result<Relay<'a>, RelayError> {
+    pub async fn new(
+        conn: &Connection,
+        settling: Settling<'a>,
+        outbox: &'a OutboxSettings,
+        confirm_timeout: Duration,
+        flush_timeout: Duration,
+    ) -> Result<Relay<'a>, RelayError> {
         Ok(Relay {
-            shared,
-            publisher: Publisher::open(conn, shared.settings.amqp.confirm_timeout).await?,
+            settling,
+            outbox,
+            flush_timeout,
+            publisher: Publisher::open(conn, confirm_timeout).await?,
         })
+    }
+
+    /// The running service's relay, on `conn`.
+    pub async fn of(conn: &Connection, shared: &'a Shared) -> Result<Relay<'a>, RelayError> {
+        Relay::new(
+            conn,
+            Settling::of(shared),
+            &shared.settings.outbox,
+            shared.settings.amqp.confirm_timeout,
+            shared.settings.shutdown.flush_timeout,
+        )
+        .await
     }
 
     /// Publishes one batch of due messages.
     pub async fn step(&self) -> Result<StepReport, RelayError> {
-        let cfg = &self.shared.settings.outbox;
+        let cfg = self.outbox;
+        let s = &self.settling;
         // While a breaker is open nothing is leased: the rows stay due.
-        if self.shared.breakers.wait().is_some() {
+        if s.breakers.wait().is_some() {
             return Ok(StepReport::default());
         }
         let rows = {
-            let mut conn = self.shared.pool.acquire().await?;
-            store::lease_due(&mut conn, cfg.batch_size, cfg.lease).await?
+            let mut conn = s.pool.acquire().await.map_err(db::Error::from)?;
+            store::lease_due(&mut conn, cfg.batch_size, cfg.lease, s.clock.now()).await?
         };
         let mut report = StepReport {
             claimed: rows.len(),
@@ -75,13 +103,13 @@ impl<'a> Relay<'a> {
             .publisher
             .publish(&queued, |id| attempts.get(&id).copied().unwrap_or(0))
             .await;
-        let p = publisher::record(self.shared, p)?;
-        settle(self.shared, &p).await?;
+        let p = s.record(p)?;
+        s.settle(&p).await?;
         report.published = p.sent.len();
         report.returned = p.failed.iter().filter(|f| f.returned).count();
         report.nacked = p.failed.len() - report.returned;
-        self.shared.metrics.published.inc_by(p.sent.len() as u64);
-        self.shared.metrics.returned.inc_by(report.returned as u64);
+        s.metrics.published.inc_by(p.sent.len() as u64);
+        s.metrics.returned.inc_by(report.returned as u64);
         Ok(report)
     }
 
@@ -93,16 +121,16 @@ impl<'a> Relay<'a> {
                 return Ok(());
             }
             let r = self.step().await?;
-            if r.claimed < self.shared.settings.outbox.batch_size as usize || r.published == 0 {
+            if r.claimed < self.outbox.batch_size as usize || r.published == 0 {
                 return Ok(());
             }
         }
     }
 
     async fn refresh_pending_gauge(&self) {
-        if let Ok(mut c) = self.shared.pool.acquire().await {
+        if let Ok(mut c) = self.settling.pool.acquire().await {
             if let Ok(n) = store::pending_count(&mut c).await {
-                self.shared.metrics.outbox_pending.set(n);
+                self.settling.metrics.outbox_pending.set(n);
             }
         }
     }
@@ -115,7 +143,7 @@ impl<'a> Relay<'a> {
 /// Runs the relay until `stop` (then flushes what is due and returns) or a broker error.
 /// Database errors are logged and retried at the next wake-up.
 pub async fn run(relay: &Relay<'_>, stop: CancellationToken) -> Result<(), RelayError> {
-    let poll = relay.shared.settings.outbox.poll_interval;
+    let poll = relay.outbox.poll_interval;
     // The relay wakes after every commit; counting the outbox that often would put a
     // query per batch on the hot path for a gauge, so refresh it once per poll interval.
     let mut gauge_due = std::time::Instant::now();
@@ -133,14 +161,14 @@ pub async fn run(relay: &Relay<'_>, stop: CancellationToken) -> Result<(), Relay
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = relay.shared.wake_relay.notified() => {}
+            _ = relay.settling.signals.wake_relay.notified() => {}
             _ = tokio::time::sleep(poll) => {}
         }
     }
     // Flush: whatever was committed before shutdown goes out now, within a bound (a
     // step cut short leaves its rows leased; they go out after their lease).
     crate::failpoint::stall(crate::failpoint::BEFORE_OUTBOX_FLUSH).await;
-    let deadline = relay.shared.settings.shutdown.flush_timeout;
+    let deadline = relay.flush_timeout;
     match tokio::time::timeout(deadline, relay.drain(None)).await {
         Ok(r) => r,
         Err(_) => {

@@ -4,7 +4,7 @@
 //! ```text
 //!  check (pure, JSON parsed once) ─▶ BEGIN ─▶ claim ids ─▶ lock workflows (id order)
 //!    ─▶ read their armed clocks, unknown senders, escalation chains
-//!    ─▶ decide each message in delivery order, in memory (processor::Batch)
+//!    ─▶ decide each message in delivery order, in memory (engine::Batch)
 //!    ─▶ write rows, a multi-row statement per table ─▶ COMMIT
 //! ```
 //!
@@ -22,14 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
 
-use crate::db::batch::{self, Queued, Written};
-use crate::db::{self, Fault};
+use crate::clock::Clock;
+use crate::db::batch;
+use crate::db::{self, Conn, Fault, Pool};
 use crate::domain::sla::{add, Deadline, DeadlineKind};
-use crate::processor::{self, Agents, Batch, Checked, Inbound, Input, Processed, Processor};
+use crate::engine::rows::{Queued, Written};
+use crate::engine::{self, Agents, Batch, Checked, Inbound, Input, Processed, Processor};
 use crate::retry::RetryPolicy;
-use crate::runtime::Shared;
+use crate::service::runtime::Shared;
 
 /// What a batch did, once committed.
 #[derive(Debug, Default)]
@@ -54,11 +55,13 @@ pub struct BatchOutput {
 
 #[derive(Debug, thiserror::Error)]
 #[error("the batch could not be committed (the database is unreachable or busy); it is retried")]
-pub struct Retry(#[source] pub sqlx::Error);
+pub struct Retry(#[source] pub db::Error);
 
 /// What a batch is applied with.
 pub struct Context<'a> {
-    pub pool: &'a PgPool,
+    pub pool: &'a Pool,
+    /// The time a batch is decided at.
+    pub clock: &'a dyn Clock,
     pub processor: &'a Processor,
     pub agents: Arc<Agents>,
     /// Recorded in `processed_messages.processed_by`.
@@ -72,9 +75,10 @@ pub struct Context<'a> {
 
 impl<'a> Context<'a> {
     /// The running service's settings and agent cache (reloaded first if stale).
-    pub async fn of(shared: &'a Shared, publish_after: DateTime<Utc>) -> sqlx::Result<Context<'a>> {
+    pub async fn of(shared: &'a Shared, publish_after: DateTime<Utc>) -> db::Result<Context<'a>> {
         Ok(Context {
             pool: &shared.pool,
+            clock: shared.clock.as_ref(),
             processor: &shared.processor,
             agents: agents(shared).await?,
             instance: &shared.instance,
@@ -100,7 +104,7 @@ pub async fn apply_shared(
 pub async fn apply(ctx: &Context<'_>, deliveries: &[Inbound<'_>]) -> Result<BatchOutput, Retry> {
     let inputs: Vec<Input<'_>> = deliveries.iter().map(|d| Input::Delivery(*d)).collect();
     let mut out = BatchOutput {
-        results: vec![Processed::new(processor::Outcome::Duplicate); inputs.len()],
+        results: vec![Processed::new(engine::Outcome::Duplicate); inputs.len()],
         ..Default::default()
     };
     // Ranges still to commit, in delivery order.
@@ -109,7 +113,7 @@ pub async fn apply(ctx: &Context<'_>, deliveries: &[Inbound<'_>]) -> Result<Batc
     while let Some(range) = todo.pop_front() {
         match commit(ctx, &inputs[range.clone()]).await {
             Ok(c) => c.merge_into(&mut out, range.start),
-            Err(e) if db::classify(&e) == Fault::Transient => return Err(Retry(e)),
+            Err(e) if e.fault() == Fault::Transient => return Err(Retry(e)),
             Err(e) if range.len() > 1 => {
                 let mid = range.start + range.len() / 2;
                 tracing::warn!(error = %e, size = range.len(), "the database refused a value in the batch; splitting it to find the message at fault");
@@ -137,16 +141,18 @@ pub async fn apply(ctx: &Context<'_>, deliveries: &[Inbound<'_>]) -> Result<Batc
 
 /// Applies one message an operator made with the CLI, in its own transaction.
 pub async fn apply_operator(
-    pool: &PgPool,
+    pool: &Pool,
     processor: &Processor,
+    clock: &dyn Clock,
     env: &protocol::envelope::Envelope,
-) -> sqlx::Result<Processed> {
+) -> db::Result<Processed> {
     let ctx = Context {
         pool,
+        clock,
         processor,
         agents: Arc::new(Agents::default()),
         instance: "cli",
-        publish_after: Utc::now(),
+        publish_after: clock.now(),
         retry: RetryPolicy {
             max_attempts: 1,
             ..RetryPolicy::default()
@@ -156,7 +162,7 @@ pub async fn apply_operator(
     Ok(c.results
         .into_iter()
         .next()
-        .unwrap_or_else(|| Processed::new(processor::Outcome::Duplicate)))
+        .unwrap_or_else(|| Processed::new(engine::Outcome::Duplicate)))
 }
 
 /// Retries a single message that the database refused; `Ok(Err(e))` once every
@@ -164,8 +170,8 @@ pub async fn apply_operator(
 async fn retry_one(
     ctx: &Context<'_>,
     input: &[Input<'_>],
-    first: sqlx::Error,
-) -> Result<Result<Committed, sqlx::Error>, Retry> {
+    first: db::Error,
+) -> Result<Result<Committed, db::Error>, Retry> {
     let mut last = first;
     let mut waits = ctx.retry.waits();
     while let Some(wait) = waits.next_attempt() {
@@ -173,7 +179,7 @@ async fn retry_one(
         tokio::time::sleep(wait).await;
         match commit(ctx, input).await {
             Ok(c) => return Ok(Ok(c)),
-            Err(e) if db::classify(&e) == Fault::Transient => return Err(Retry(e)),
+            Err(e) if e.fault() == Fault::Transient => return Err(Retry(e)),
             Err(e) => last = e,
         }
     }
@@ -226,9 +232,9 @@ impl Committed {
 }
 
 /// One transaction: claim, load, decide, write, commit.
-async fn commit(ctx: &Context<'_>, inputs: &[Input<'_>]) -> sqlx::Result<Committed> {
+async fn commit(ctx: &Context<'_>, inputs: &[Input<'_>]) -> db::Result<Committed> {
     let mut tx = ctx.pool.begin().await?;
-    let committed = stage(ctx, &mut tx, inputs, Utc::now()).await?;
+    let committed = stage(ctx, &mut tx, inputs, ctx.clock.now()).await?;
     crate::failpoint::stall(crate::failpoint::BEFORE_COMMIT).await;
     tx.commit().await?;
     Ok(committed)
@@ -239,10 +245,10 @@ async fn commit(ctx: &Context<'_>, inputs: &[Input<'_>]) -> sqlx::Result<Committ
 /// `dead-letter replay --dry-run`, which rolls it back.
 pub async fn apply_uncommitted(
     ctx: &Context<'_>,
-    conn: &mut PgConnection,
+    conn: &mut Conn,
     deliveries: &[Inbound<'_>],
     now: DateTime<Utc>,
-) -> sqlx::Result<Vec<Processed>> {
+) -> db::Result<Vec<Processed>> {
     let inputs: Vec<Input<'_>> = deliveries.iter().map(|d| Input::Delivery(*d)).collect();
     Ok(stage(ctx, conn, &inputs, now).await?.results)
 }
@@ -250,16 +256,16 @@ pub async fn apply_uncommitted(
 /// Everything but the commit.
 async fn stage(
     ctx: &Context<'_>,
-    conn: &mut PgConnection,
+    conn: &mut Conn,
     inputs: &[Input<'_>],
     now: DateTime<Utc>,
-) -> sqlx::Result<Committed> {
+) -> db::Result<Committed> {
     let checked: Vec<Checked> = inputs
         .iter()
         .map(|i| ctx.processor.check(*i, now))
         .collect();
-    let ids = processor::message_ids(&checked);
-    let needs = processor::needs(&checked, &processor::AgentView::new(ctx.agents.clone()));
+    let ids = engine::message_ids(&checked);
+    let needs = engine::needs(&checked, &engine::AgentView::new(ctx.agents.clone()));
     let mut wf_ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
     wf_ids.sort_unstable();
     wf_ids.dedup();
@@ -295,9 +301,9 @@ async fn stage(
 async fn set_aside(
     ctx: &Context<'_>,
     d: Inbound<'_>,
-    error: &sqlx::Error,
+    error: &db::Error,
 ) -> Result<Committed, Retry> {
-    let now = Utc::now();
+    let now = ctx.clock.now();
     let checked = ctx.processor.check(Input::Delivery(d), now);
     tracing::error!(
         message_id = checked.message_id.as_deref().unwrap_or(""),
@@ -315,10 +321,10 @@ async fn set_aside(
                     .is_empty(),
                 None => true,
             };
-            let mut result = Processed::new(processor::Outcome::Duplicate);
+            let mut result = Processed::new(engine::Outcome::Duplicate);
             let mut written = Written::default();
             if claimed {
-                let mut w = processor::set_aside(
+                let mut w = engine::set_aside(
                     ctx.processor,
                     d,
                     &checked,
@@ -335,13 +341,13 @@ async fn set_aside(
                     }
                 }
                 written = batch::write(&mut tx, w, ctx.publish_after).await?;
-                result = Processed::new(processor::Outcome::Rejected(
+                result = Processed::new(engine::Outcome::Rejected(
                     protocol::reject::Reason::ProcessingFailed,
                 ));
                 result.detail = Some(error.to_string());
             }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(Committed {
+            Ok::<_, db::Error>(Committed {
                 results: vec![result],
                 written,
                 deadlines: Vec::new(),
@@ -353,7 +359,7 @@ async fn set_aside(
     };
     match attempt(false).await {
         Ok(c) => Ok(c),
-        Err(e) if db::classify(&e) == Fault::Input => attempt(true).await.map_err(Retry),
+        Err(e) if e.fault() == Fault::Input => attempt(true).await.map_err(Retry),
         Err(e) => Err(Retry(e)),
     }
 }
@@ -364,7 +370,7 @@ pub fn publish_after(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 }
 
 /// The agent cache, reloaded first when it is stale.
-pub async fn agents(shared: &Shared) -> sqlx::Result<Arc<Agents>> {
+pub async fn agents(shared: &Shared) -> db::Result<Arc<Agents>> {
     if shared.agents.is_stale(Instant::now()) {
         let mut conn = shared.pool.acquire().await?;
         let rows = db::store::all_agents(&mut conn).await?;

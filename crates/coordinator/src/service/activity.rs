@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Metrics;
+use crate::service::runtime::Metrics;
 
 /// Counters as they stood at one moment.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]

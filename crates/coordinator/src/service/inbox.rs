@@ -1,35 +1,31 @@
 //! Consumes one partition of the inbox: takes what is ready (up to `inbox.batch_size`)
-//! into one batch ([`crate::pipeline`]), which commits, then acks (`multiple`) and hands
+//! into one batch ([`crate::service::pipeline`]), which commits, then acks (`multiple`) and hands
 //! what the batch queued to this partition's publisher. Deliveries are applied in the
 //! order received.
 
 use std::time::Instant;
 
 use chrono::Utc;
-use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::Connection;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::delivery_meta;
-use crate::amqp::publisher::{self, Handed, Publisher};
+use crate::amqp::publisher::{PublishError, Publisher};
 use crate::amqp::topology::Declarer;
+use crate::amqp::{self, Connection, Consumer, Delivery};
 use crate::db;
-use crate::pipeline;
-use crate::processor::{Inbound, Outcome};
-use crate::runtime::{Guarded, Shared};
-use tokio::sync::mpsc;
+use crate::engine::{Inbound, Outcome};
+use crate::service::pipeline;
+use crate::service::publishing::{self, Handed, Settling};
+use crate::service::runtime::{Guarded, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
     #[error("the inbox consumer failed")]
-    Amqp(#[from] lapin::Error),
+    Amqp(#[from] amqp::Error),
     #[error("the publisher of committed messages stopped")]
     Publisher,
     #[error("the publisher of committed messages failed")]
-    Publish(#[from] publisher::PublishError),
+    Publish(#[from] PublishError),
     #[error("the broker closed the inbox consumer")]
     Closed,
     #[error("could not declare queues for a new agent")]
@@ -48,7 +44,7 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(64);
     let (consumed, published) = tokio::join!(
         consume(conn, shared, partition, stop, tx),
-        publisher::run(publisher, shared, rx)
+        publishing::run(publisher, Settling::of(shared), rx)
     );
     consumed?;
     published?;
@@ -63,19 +59,8 @@ async fn consume(
     published: mpsc::Sender<Handed>,
 ) -> Result<(), ConsumerError> {
     let queue = shared.settings.inbox.queue(partition);
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(shared.settings.inbox.prefetch, BasicQosOptions::default())
-        .await?;
     let tag = format!("{}-p{partition}", shared.instance);
-    let mut consumer = channel
-        .basic_consume(
-            &queue,
-            &tag,
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = Consumer::open(conn, &queue, &tag, shared.settings.inbox.prefetch).await?;
     tracing::info!(%queue, prefetch = shared.settings.inbox.prefetch, "consuming an inbox partition");
 
     let result = loop {
@@ -104,13 +89,13 @@ async fn consume(
             .observe(received.elapsed().as_secs_f64());
         let mut failed = None;
         while batch.len() < shared.settings.inbox.batch_size {
-            match consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => batch.push(d),
-                Some(Some(Err(e))) => {
+            match consumer.next_ready() {
+                Some(Ok(d)) => batch.push(d),
+                Some(Err(e)) => {
                     failed = Some(e);
                     break;
                 }
-                _ => break,
+                None => break,
             }
         }
         if !handle_batch(conn, shared, &batch, turn, &stop, &published).await? {
@@ -121,7 +106,7 @@ async fn consume(
         }
     };
     // Unacked prefetched deliveries go back to the queue when the channel closes.
-    let _ = channel.close(200, "consumer stopping").await;
+    consumer.close("consumer stopping").await;
     tracing::info!(%queue, "stopped consuming an inbox partition");
     result
 }
@@ -157,16 +142,11 @@ async fn handle_batch(
     let Some(last) = batch.last() else {
         return Ok(true);
     };
-    let metas: Vec<_> = batch
-        .iter()
-        .map(|d| delivery_meta(d.routing_key.as_str(), &d.properties))
-        .collect();
     let inbound: Vec<Inbound<'_>> = batch
         .iter()
-        .zip(&metas)
-        .map(|(d, meta)| Inbound {
-            body: &d.data,
-            meta,
+        .map(|d| Inbound {
+            body: &d.body,
+            meta: &d.meta,
         })
         .collect();
     // A database outage is never the batch's fault: it is retried without end.
@@ -178,7 +158,7 @@ async fn handle_batch(
         let publish_after = pipeline::publish_after(Utc::now(), shared.settings.outbox.lease);
         match pipeline::apply_shared(shared, &inbound, publish_after).await {
             Ok(out) => {
-                shared.succeeded(Guarded::Database);
+                shared.breakers.succeeded(Guarded::Database);
                 shared
                     .metrics
                     .batch_seconds
@@ -192,7 +172,7 @@ async fn handle_batch(
                 break out;
             }
             Err(e) => {
-                shared.failed(Guarded::Database);
+                shared.breakers.failed(Guarded::Database);
                 let backoff = waits.next_persistent();
                 tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), size = batch.len(), retry_in = ?backoff, "batch not committed; will retry");
                 let waited = tokio::select! {
@@ -200,12 +180,7 @@ async fn handle_batch(
                     _ = tokio::time::sleep(backoff) => let_through(shared, stop).await,
                 };
                 if !waited {
-                    last.acker
-                        .nack(BasicNackOptions {
-                            multiple: true,
-                            requeue: true,
-                        })
-                        .await?;
+                    last.requeue_through().await?;
                     return Ok(false);
                 }
             }
@@ -224,9 +199,9 @@ async fn handle_batch(
     }
     // Acked only after the commit: a crash before this line redelivers, and the
     // redelivery is a duplicate that changes nothing.
-    last.acker.ack(BasicAckOptions { multiple: true }).await?;
+    last.ack_through().await?;
 
-    for (p, meta) in out.results.iter().zip(&metas) {
+    for (p, meta) in out.results.iter().zip(batch.iter().map(|d| &d.meta)) {
         tracing::debug!(
             message_id = meta.message_id.as_deref().unwrap_or(""),
             workflow_id = meta.correlation_id.as_deref().unwrap_or(""),
@@ -254,7 +229,7 @@ async fn handle_batch(
                 .inc();
         }
     }
-    shared.schedule(out.deadlines.iter().copied());
+    shared.signals.schedule(out.deadlines.iter().copied());
     if !out.registered.is_empty() {
         let mut declarer = Declarer::new(conn, &shared.settings.amqp).await?;
         for (agent_id, agent_type) in &out.registered {
@@ -266,9 +241,9 @@ async fn handle_batch(
         declarer.close().await;
         // Messages for the new agent's role may have been returned before its queue existed.
         if let Ok(mut c) = shared.pool.acquire().await {
-            let _ = db::store::retry_now(&mut c).await;
+            let _ = db::store::retry_now(&mut c, shared.clock.now()).await;
         }
-        shared.wake_relay.notify_one();
+        shared.signals.wake_relay.notify_one();
     }
     Ok(true)
 }

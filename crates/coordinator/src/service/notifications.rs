@@ -4,21 +4,16 @@
 //! it reconnects with backoff, and after every (re)connect treats both as changed,
 //! since notifications sent while it was away are lost.
 
-use std::sync::atomic::Ordering;
-
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::store::{AGENTS_CHANNEL, TIMERS_CHANNEL};
-use crate::runtime::Shared;
+use crate::db::{self, Listener};
+use crate::service::runtime::Shared;
 
 /// Acts on one notification's channel.
 pub fn dispatch(shared: &Shared, channel: &str) {
     match channel {
-        TIMERS_CHANNEL => {
-            shared.timers_changed.store(true, Ordering::Relaxed);
-            shared.wake_timer.notify_one();
-        }
+        TIMERS_CHANNEL => shared.signals.timers_changed(),
         AGENTS_CHANNEL => shared.agents.invalidate(),
         _ => {}
     }
@@ -50,13 +45,12 @@ pub async fn run(shared: &Shared, stop: CancellationToken) {
 }
 
 /// Listens and dispatches until the connection fails.
-async fn listen(shared: &Shared) -> sqlx::Result<std::convert::Infallible> {
-    let mut l = PgListener::connect_with(&shared.pool).await?;
-    l.listen_all([TIMERS_CHANNEL, AGENTS_CHANNEL]).await?;
+async fn listen(shared: &Shared) -> db::Result<std::convert::Infallible> {
+    let mut l = Listener::listen(&shared.pool, &[TIMERS_CHANNEL, AGENTS_CHANNEL]).await?;
     dispatch(shared, TIMERS_CHANNEL);
     dispatch(shared, AGENTS_CHANNEL);
     loop {
-        let n = l.recv().await?;
-        dispatch(shared, n.channel());
+        let channel = l.next().await?;
+        dispatch(shared, &channel);
     }
 }

@@ -1,0 +1,33 @@
+//! The running service: everything that owns a transaction, a channel or a loop.
+//!
+//! - [`app`]: `App::build(settings)` and `run(shutdown)`, the one way it is assembled.
+//! - [`runtime`]: what the running parts share (status, metrics, signals, breakers, the
+//!   agent cache), each part handed only what it uses.
+//! - [`pipeline`]: applies a batch of inputs in one transaction (claim, lock, load,
+//!   decide with the engine, write, commit); operator actions go through it too.
+//! - [`inbox`]: consumes a partition of the inbox into batches, then publishes and acks.
+//! - [`publishing`]: a partition's publisher, settling what the broker said, the settler.
+//! - [`supervisor`]: the broker connection, reconnects, and the partition consumers.
+//! - Reconcilers, each a `step` that can be called directly and a `run` loop:
+//!   [`timers`], [`relay`], [`housekeeping`], [`partitions`], [`dead_letters`],
+//!   [`collector`] (what the broker dead-letters), [`notifications`].
+//! - [`ops`]: the operator's use cases (close a workflow, snooze or cancel a clock,
+//!   acknowledge an escalation, raise an emergency, replay or resolve a dead letter,
+//!   register an agent).
+//! - [`activity`]: a line a second of what the service did.
+
+pub mod activity;
+pub mod app;
+pub mod collector;
+pub mod dead_letters;
+pub mod housekeeping;
+pub mod inbox;
+pub mod notifications;
+pub mod ops;
+pub mod partitions;
+pub mod pipeline;
+pub mod publishing;
+pub mod relay;
+pub mod runtime;
+pub mod supervisor;
+pub mod timers;

@@ -1,0 +1,427 @@
+//! The operator's use cases: every state-changing command of the CLI is one function
+//! here, and the CLI only parses its arguments and prints what comes back.
+//!
+//! What changes a workflow (close it, snooze or cancel a clock, acknowledge an
+//! escalation, raise an emergency) is an operator's message (`engine::operator`)
+//! applied by the batch pipeline: the same claim, locks, effect interpreter, write
+//! statement and commit as an agent's message. Registering an agent and replaying or
+//! resolving a dead letter change no workflow; they are transactions of their own
+//! here. Errors are typed ([`Error`]): what was not found, what the coordinator refused
+//! and why, a wrong argument, or the database or broker failing.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use protocol::catalog::{valid_agent_id, Catalog};
+use protocol::envelope::{DeliveryMeta, Envelope};
+use protocol::names::exchanges;
+use protocol::reject::Reason;
+
+use crate::amqp::publisher::{PublishError, Publisher};
+use crate::amqp::topology::{Declarer, TopologyError};
+use crate::amqp::{self, connect};
+use crate::clock::Clock;
+use crate::db::{self, read, store, Pool};
+use crate::domain::emergency;
+use crate::domain::workflow::State;
+use crate::engine::escalations::Acknowledged;
+use crate::engine::{operator, Agents, Inbound, Outcome, Processed, Processor};
+use crate::service::pipeline;
+use crate::settings::Settings;
+
+/// Why an operator's action did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// What it names does not exist.
+    #[error("no {what} {id} (list them with `coordinator {list}`)")]
+    NotFound {
+        what: &'static str,
+        id: String,
+        list: &'static str,
+    },
+    /// The coordinator refused it: the workflow, clock or escalation is not in a state
+    /// that allows it.
+    #[error("{0}")]
+    Refused(String),
+    /// An argument is wrong in a way the command line could not tell (it depends on the
+    /// configuration).
+    #[error("{0}")]
+    Usage(String),
+    #[error("the database failed")]
+    Db(#[from] db::Error),
+    #[error("could not set up the database")]
+    Setup(#[from] db::SetupError),
+    #[error("could not reach RabbitMQ (amqp.url){0}")]
+    Broker(&'static str, #[source] amqp::Error),
+    #[error("could not declare the agent's queues; the agent is not registered")]
+    Topology(#[from] TopologyError),
+    #[error("the replayed message was not confirmed; run the command again")]
+    Publish(#[from] PublishError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An agent registered (or found registered already).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentAdded {
+    pub created: bool,
+}
+
+/// A workflow an operator closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub from: String,
+    pub to: String,
+}
+
+/// A clock an operator moved or cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClockChanged {
+    pub clock: String,
+    pub workflow_id: String,
+    /// The deadline it had.
+    pub was_due: DateTime<Utc>,
+}
+
+/// An incident raised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Raised {
+    pub id: String,
+    /// Acknowledgments awaited: one per registered agent but the raiser.
+    pub awaited: i64,
+}
+
+/// A dead letter published again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    pub id: i64,
+    pub message_id: Option<String>,
+    pub routing_key: String,
+    /// When it had been replayed before, if it had.
+    pub replayed_before: Option<DateTime<Utc>>,
+    /// The message was applied since it was dead-lettered: this copy changes nothing.
+    pub applied_before: bool,
+}
+
+/// The operator's use cases, on one database and configuration.
+pub struct Ops<'a> {
+    settings: &'a Settings,
+    pool: &'a Pool,
+    clock: &'a dyn Clock,
+    processor: Processor,
+}
+
+impl<'a> Ops<'a> {
+    pub fn new(settings: &'a Settings, pool: &'a Pool, clock: &'a dyn Clock) -> Ops<'a> {
+        Ops {
+            settings,
+            pool,
+            clock,
+            processor: settings.processor(),
+        }
+    }
+
+    /// Records an agent and declares its queues and bindings; both or neither: the
+    /// registration commits only once the broker has declared the queues.
+    pub async fn add_agent(&self, agent_id: &str, agent_type: &str) -> Result<AgentAdded> {
+        if !valid_agent_id(agent_id) {
+            return Err(Error::Usage(format!(
+                "invalid value {agent_id:?} for <AGENT_ID>: use 1-200 letters, digits, '.', '_' or '-'"
+            )));
+        }
+        let catalog: Catalog = self.settings.catalog();
+        if !catalog.is_role(agent_type) {
+            let roles: Vec<&str> = catalog.roles().map(|(r, _)| r).collect();
+            return Err(Error::Usage(format!(
+                "invalid value {agent_type:?} for <AGENT_TYPE>: not a configured role; roles: {}",
+                roles.join(", ")
+            )));
+        }
+        db::migrate(self.pool).await?;
+        let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
+        let created = store::register_agent(&mut tx, agent_id, agent_type, "cli").await?;
+        if !created {
+            let existing = store::agent_type(&mut tx, agent_id).await?;
+            if existing.as_deref() != Some(agent_type) {
+                return Err(Error::Refused(format!(
+                    "agent {agent_id} is already registered as {}",
+                    existing.unwrap_or_else(|| "?".into())
+                )));
+            }
+        }
+        let conn = connect(&self.settings.amqp.url, "coordinator-cli")
+            .await
+            .map_err(|e| Error::Broker("; the agent is not registered", e))?;
+        let declared = async {
+            let mut declarer = Declarer::new(&conn, &self.settings.amqp).await?;
+            declarer.fixed(&self.settings.inbox).await?;
+            declarer.agent(agent_id, agent_type, &catalog).await?;
+            declarer.close().await;
+            Ok::<_, TopologyError>(())
+        }
+        .await;
+        let _ = conn.close("done").await;
+        declared?;
+        // Messages for the role may have been returned before its queues existed.
+        store::retry_now(&mut tx, self.clock.now()).await?;
+        tx.commit().await.map_err(db::Error::from)?;
+        Ok(AgentAdded { created })
+    }
+
+    /// Closes a feature workflow as cancelled or failed; its armed clocks are cancelled.
+    pub async fn close_workflow(
+        &self,
+        id: &str,
+        to: State,
+        reason: &str,
+        by: &str,
+    ) -> Result<Closed> {
+        let env = operator::close(id, to, reason, by, self.clock.now());
+        let p = self
+            .apply(&env, || not_found("workflow", id, "workflow list"))
+            .await?;
+        let (from, to) = p.transition.unwrap_or_default();
+        Ok(Closed { from, to })
+    }
+
+    /// Moves an armed clock's deadline (and its warning) to `until`.
+    pub async fn snooze_clock(
+        &self,
+        clock_id: i64,
+        until: DateTime<Utc>,
+        reason: &str,
+        by: &str,
+    ) -> Result<ClockChanged> {
+        let c = self.armed_clock(clock_id, "snoozed").await?;
+        let env = operator::snooze(
+            &c.workflow_id,
+            clock_id,
+            until,
+            reason,
+            by,
+            self.clock.now(),
+        );
+        self.apply(&env, || not_found("clock", clock_id, "sla list"))
+            .await?;
+        Ok(c)
+    }
+
+    /// Cancels an armed clock: it will not breach.
+    pub async fn cancel_clock(
+        &self,
+        clock_id: i64,
+        reason: &str,
+        by: &str,
+    ) -> Result<ClockChanged> {
+        let c = self.armed_clock(clock_id, "cancelled").await?;
+        let env = operator::cancel_clock(&c.workflow_id, clock_id, reason, by, self.clock.now());
+        self.apply(&env, || not_found("clock", clock_id, "sla list"))
+            .await?;
+        Ok(c)
+    }
+
+    /// Acknowledges an escalation's whole chain: its ladder stops.
+    pub async fn acknowledge_escalation(
+        &self,
+        escalation_id: i64,
+        by: &str,
+    ) -> Result<Acknowledged> {
+        let mut conn = self.pool.acquire().await.map_err(db::Error::from)?;
+        let chain = store::escalation_chain(&mut conn, escalation_id).await?;
+        drop(conn);
+        let Some((workflow_id, _)) = chain else {
+            return Err(not_found(
+                "escalation",
+                escalation_id,
+                "escalation list --open",
+            ));
+        };
+        let env = operator::acknowledge(&workflow_id, escalation_id, by, self.clock.now());
+        let p = self
+            .apply(&env, || {
+                not_found("escalation", escalation_id, "escalation list --open")
+            })
+            .await?;
+        p.acknowledged.ok_or_else(|| {
+            Error::Refused(format!(
+                "escalation {escalation_id} could not be acknowledged"
+            ))
+        })
+    }
+
+    /// Raises an incident: broadcast to every agent and on-call, an acknowledgment clock
+    /// armed for every registered agent.
+    pub async fn raise_emergency(
+        &self,
+        id: Option<String>,
+        severity: &str,
+        description: &str,
+        by: &str,
+    ) -> Result<Raised> {
+        let id = id.unwrap_or_else(|| format!("inc-{}", uuid::Uuid::new_v4()));
+        let env = operator::raise_alert(&id, severity, description, by, self.clock.now());
+        self.apply(&env, || {
+            Error::Refused(format!("incident {id} was not raised"))
+        })
+        .await?;
+        let awaited = read::clock_count(self.pool, &id, emergency::ACKNOWLEDGMENT_CLOCK).await?;
+        Ok(Raised { id, awaited })
+    }
+
+    /// Publishes a dead letter again to `agent.topic` with its original properties, so
+    /// the coordinator processes it anew. Its message id is forgotten first if it was
+    /// not applied; the replay is recorded. That bookkeeping commits only once the
+    /// broker has confirmed the message: a replay that fails leaves no trace.
+    pub async fn replay_dead_letter(&self, id: i64, by: &str) -> Result<Replayed> {
+        let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
+        let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
+            return Err(not_found("dead letter", id, "dead-letter list"));
+        };
+        let meta = replay_meta(&dl);
+        let applied_before = match &dl.message_id {
+            Some(mid) => {
+                !store::forget_unapplied(&mut tx, mid).await?
+                    && store::was_processed(&mut tx, mid).await?
+            }
+            None => false,
+        };
+        store::mark_replayed(&mut tx, dl.id, by, self.clock.now()).await?;
+        let conn = connect(&self.settings.amqp.url, "coordinator-cli")
+            .await
+            .map_err(|e| Error::Broker("", e))?;
+        let published = async {
+            let publisher = Publisher::open(&conn, self.settings.amqp.confirm_timeout).await?;
+            let acked = publisher
+                .publish_one(exchanges::TOPIC, &dl.routing_key, &dl.body, &meta)
+                .await;
+            publisher.close().await;
+            acked
+        }
+        .await;
+        let _ = conn.close("done").await;
+        if !published? {
+            return Err(Error::Refused(
+                "the broker did not accept the replayed message; run the command again".into(),
+            ));
+        }
+        tx.commit().await.map_err(db::Error::from)?;
+        Ok(Replayed {
+            id,
+            message_id: dl.message_id,
+            routing_key: dl.routing_key,
+            replayed_before: dl.replayed_at,
+            applied_before,
+        })
+    }
+
+    /// The unresolved dead letters with `reason` (received since `since`), oldest
+    /// first: what `dead-letter replay --reason` replays.
+    pub async fn unresolved_dead_letters(
+        &self,
+        reason: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<i64>> {
+        let filter = read::DeadLetterFilter {
+            reason: Some(reason),
+            since,
+            unresolved: true,
+        };
+        let mut ids: Vec<i64> = read::dead_letters(self.pool, &filter, i64::MAX)
+            .await?
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        ids.reverse();
+        Ok(ids)
+    }
+
+    /// What the coordinator would do with a dead letter if it were replayed now: applied
+    /// in a transaction that is rolled back, nothing published.
+    pub async fn replay_dry_run(&self, id: i64) -> Result<Processed> {
+        let ctx = pipeline::Context {
+            pool: self.pool,
+            clock: self.clock,
+            processor: &self.processor,
+            agents: Arc::new(Agents::default()),
+            instance: "cli-dry-run",
+            publish_after: self.clock.now(),
+            retry: self.settings.retry_policies.default,
+        };
+        let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
+        let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
+            return Err(not_found("dead letter", id, "dead-letter list"));
+        };
+        let meta = replay_meta(&dl);
+        if let Some(mid) = &dl.message_id {
+            store::forget_unapplied(&mut tx, mid).await?;
+        }
+        let inbound = Inbound {
+            body: &dl.body,
+            meta: &meta,
+        };
+        let results =
+            pipeline::apply_uncommitted(&ctx, &mut tx, &[inbound], self.clock.now()).await?;
+        tx.rollback().await.map_err(db::Error::from)?;
+        results.into_iter().next().ok_or_else(|| {
+            Error::Refused(format!("dead letter {id}: the dry run produced no result"))
+        })
+    }
+
+    /// Sets a dead letter aside for good, with a note saying why.
+    pub async fn resolve_dead_letter(&self, id: i64, note: &str) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(db::Error::from)?;
+        if !store::resolve_dead_letter(&mut conn, id, note, self.clock.now()).await? {
+            return Err(not_found("dead letter", id, "dead-letter list"));
+        }
+        Ok(())
+    }
+
+    /// The clock, if it is armed; what an operator is told otherwise.
+    async fn armed_clock(&self, clock_id: i64, verb: &str) -> Result<ClockChanged> {
+        let Some(c) = read::clock(self.pool, clock_id).await? else {
+            return Err(not_found("clock", clock_id, "sla list"));
+        };
+        if c.status != "armed" {
+            return Err(Error::Refused(format!(
+                "clock {clock_id} ({}) is {}, not armed: only an armed clock can be {verb}",
+                c.clock, c.status
+            )));
+        }
+        Ok(ClockChanged {
+            clock: c.clock,
+            workflow_id: c.workflow_id,
+            was_due: c.due_at,
+        })
+    }
+
+    /// Applies an operator's message through the batch pipeline: what it did, or why
+    /// not (`missing` when the workflow it names does not exist).
+    async fn apply(&self, env: &Envelope, missing: impl FnOnce() -> Error) -> Result<Processed> {
+        let p = pipeline::apply_operator(self.pool, &self.processor, self.clock, env).await?;
+        match &p.outcome {
+            Outcome::Accepted => Ok(p),
+            Outcome::Rejected(Reason::UnknownWorkflow) => Err(missing()),
+            Outcome::Rejected(_) | Outcome::Observed | Outcome::Duplicate => {
+                Err(Error::Refused(p.detail.unwrap_or_else(|| {
+                    format!("{} was not applied", env.header.message_type)
+                })))
+            }
+        }
+    }
+}
+
+fn not_found(what: &'static str, id: impl std::fmt::Display, list: &'static str) -> Error {
+    Error::NotFound {
+        what,
+        id: id.to_string(),
+        list,
+    }
+}
+
+/// The AMQP properties a dead letter was received with.
+fn replay_meta(dl: &store::DeadLetter) -> DeliveryMeta {
+    serde_json::from_value(dl.properties.clone()).unwrap_or_else(|_| DeliveryMeta {
+        routing_key: dl.routing_key.clone(),
+        ..Default::default()
+    })
+}
