@@ -15,12 +15,13 @@
 //! - [`service`]: the running service: the batch pipeline that owns transactions, the
 //!   inbox consumers, publishing, the reconcilers (timers, relay, housekeeping,
 //!   partitions, dead letters), operator use cases ([`service::ops`]), and
-//!   [`service::app`] that assembles them.
+//!   [`app`] that assembles them.
 //! - [`http`] and [`cli`]: what operators and probes reach.
 //!
 //! The wire contract is the `protocol` crate.
 
 pub mod amqp;
+pub mod app;
 pub mod breaker;
 pub mod cli;
 pub mod clock;

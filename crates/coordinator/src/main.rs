@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use coordinator::app::App;
 use coordinator::cli::{self, Cli, Command};
-use coordinator::service::app::App;
 use coordinator::settings::Settings;
 use coordinator::telemetry;
 

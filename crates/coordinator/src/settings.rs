@@ -2,7 +2,7 @@
 //! environment variables `COORDINATOR__SECTION__KEY`. The shipped files are compiled
 //! in, so the binary runs from any directory; files in the configuration folder layer
 //! over them. Loaded once by `main` (or by a test) and handed to
-//! [`crate::service::app::App::build`].
+//! [`crate::app::App::build`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

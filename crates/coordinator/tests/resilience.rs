@@ -209,9 +209,7 @@ async fn readiness_is_503_while_the_broker_is_unreachable_and_health_stays_200()
     let env = TestEnv::new().await;
     let mut s = env.settings();
     s.amqp.url = "amqp://guest:guest@127.0.0.1:1/nowhere".into();
-    let app = coordinator::service::app::App::build(s)
-        .await
-        .expect("build");
+    let app = coordinator::app::App::build(s).await.expect("build");
     let addr = app.http_addr();
     let token = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(app.run(token.clone()));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::{AgentClient, Queue};
-use coordinator::service::app::App;
+use coordinator::app::App;
 use coordinator::service::runtime::Shared;
 use coordinator::settings::Settings;
 use protocol::envelope::Envelope;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use agent::{AgentClient, Queue};
 use anyhow::{bail, Context};
+use coordinator::app::App;
 use coordinator::clock::SystemClock;
-use coordinator::service::app::App;
 use coordinator::service::ops::Ops;
 use coordinator::service::runtime::{Shared, Status};
 use coordinator::settings::Settings;

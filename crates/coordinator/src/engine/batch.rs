@@ -1,5 +1,6 @@
-//! A batch of messages applied in memory, in delivery order, against what the batch
-//! read under lock; the rows to write are collected as it goes.
+//! A batch of inputs applied in memory, in delivery order, against what the batch read
+//! under lock; the rows to write are collected as it goes. What each kind of input does
+//! is in `dispatch` (and the modules it sends inputs to); this holds the batch's state.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -7,22 +8,17 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::escalations::{self, Acknowledged};
+use super::escalations;
 use super::messages::to_agent;
 use super::model::Wf;
 use super::rows::{
-    ChainAck, ChainMember, Loaded, NewDeadLetter, NewEvent, OutboxMessage, Writes,
-    OUTCOME_OBSERVED, OUTCOME_REJECTED,
+    ChainMember, Loaded, NewDeadLetter, NewEvent, OutboxMessage, Writes, OUTCOME_REJECTED,
 };
-use super::{
-    acknowledged_escalation, body_digest, feature, incident, AgentView, Agents, Checked, Inbound,
-    Input, Outcome, Processed, Processor,
-};
+use super::{body_digest, AgentView, Agents, Checked, Inbound, Outcome, Processed, Processor};
+use crate::domain::ids;
 use crate::domain::sla::Deadline;
-use crate::domain::{emergency, ids, workflow};
-use protocol::catalog::valid_agent_id;
 use protocol::envelope::{self, has_nul, Envelope};
-use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT, MESSAGE_REJECTED};
+use protocol::names::message_types::MESSAGE_REJECTED;
 use protocol::payloads;
 use protocol::reject::{Reason, Rejected};
 
@@ -32,13 +28,13 @@ pub(super) type Applied = Result<Processed, Rejected>;
 pub struct Batch<'p> {
     pub(super) p: &'p Processor,
     pub(super) now: DateTime<Utc>,
-    claimed: HashSet<String>,
+    pub(super) claimed: HashSet<String>,
     /// Message ids applied so far: a repeat later in the batch is a duplicate.
-    seen: HashSet<String>,
+    pub(super) seen: HashSet<String>,
     pub(super) workflows: HashMap<String, Wf>,
     pub(super) agents: AgentView,
     all_agents: Option<Vec<(String, String)>>,
-    chains: Vec<ChainMember>,
+    pub(super) chains: Vec<ChainMember>,
     escalation_ids: VecDeque<i64>,
     pub(super) out: Writes,
     /// Ladder deadlines of the escalations raised (their ids are known before writing).
@@ -88,193 +84,6 @@ impl<'p> Batch<'p> {
             out: Writes::default(),
             deadlines: Vec::new(),
         }
-    }
-
-    /// Applies one input (in delivery order).
-    pub fn apply(&mut self, input: Input<'_>, checked: Checked) -> Processed {
-        if let Some(id) = &checked.message_id {
-            if !self.claimed.contains(id) || !self.seen.insert(id.clone()) {
-                return Processed::new(Outcome::Duplicate);
-            }
-        }
-        let applied = match &checked.envelope {
-            Ok(env) => self.accept(env, checked.trusted),
-            Err(rej) => Err(rej.clone()),
-        };
-        match (applied, input) {
-            (Ok(p), _) => p,
-            (Err(rej), Input::Delivery(d)) => self.reject(d, &checked, rej),
-            (Err(rej), Input::Operator(_)) => {
-                let mut p = Processed::new(Outcome::Rejected(rej.reason));
-                p.detail = Some(rej.detail);
-                p
-            }
-        }
-    }
-
-    /// Everything after the pure checks.
-    fn accept(&mut self, env: &Envelope, trusted: bool) -> Applied {
-        let h = &env.header;
-        let registered = self.agents.type_of(&h.source.agent_id).map(str::to_string);
-        if !trusted {
-            match &registered {
-                Some(t) if *t != h.source.agent_type => {
-                    return Err(Rejected::new(
-                        Reason::AgentTypeMismatch,
-                        format!(
-                            "agent {} is registered as {t:?} but header.source.agent_type is {:?}",
-                            h.source.agent_id, h.source.agent_type
-                        ),
-                    ))
-                }
-                None if !self.p.auto_register => {
-                    return Err(Rejected::new(
-                        Reason::UnknownAgent,
-                        format!(
-                            "agent {} is not registered (register it with `coordinator agent add`)",
-                            h.source.agent_id
-                        ),
-                    ))
-                }
-                _ => {}
-            }
-        }
-        let mt = h.message_type.as_str();
-        if trusted && super::operator::is_action(mt) {
-            return super::operator::apply(self, env);
-        }
-        if mt == HEARTBEAT {
-            return self.heartbeat(env, registered.is_none());
-        }
-        if mt == ESCALATION_ACKNOWLEDGED {
-            return self.acknowledge(env);
-        }
-        if mt == emergency::ALERT {
-            return incident::start(self, env);
-        }
-        if emergency::is_input(mt) {
-            return incident::advance(self, env);
-        }
-        if mt == workflow::START_MESSAGE {
-            return feature::start(self, env);
-        }
-        if workflow::is_input(mt) {
-            return feature::advance(self, env);
-        }
-        self.out
-            .outcomes
-            .push((h.message_id.clone(), OUTCOME_OBSERVED));
-        Ok(Processed::new(Outcome::Observed))
-    }
-
-    fn heartbeat(&mut self, env: &Envelope, unregistered: bool) -> Applied {
-        let h = &env.header;
-        if h.correlation_id != h.source.agent_id {
-            return Err(Rejected::new(
-                Reason::InvalidField,
-                format!(
-                    "a heartbeat's header.correlation_id must be its agent id {:?}, got {:?}",
-                    h.source.agent_id, h.correlation_id
-                ),
-            ));
-        }
-        if unregistered {
-            if !valid_agent_id(&h.source.agent_id) {
-                return Err(Rejected::new(
-                    Reason::InvalidField,
-                    format!(
-                        "header.source.agent_id {:?} cannot name queues: use 1-200 letters, digits, '.', '_' or '-'",
-                        h.source.agent_id
-                    ),
-                ));
-            }
-            let (id, ty) = (h.source.agent_id.clone(), h.source.agent_type.clone());
-            self.agents.add(id.clone(), ty.clone());
-            self.out.registrations.push((id, ty));
-        }
-        self.out
-            .heartbeats
-            .push((h.source.agent_id.clone(), h.timestamp.min(self.now)));
-        Ok(Processed::new(Outcome::Accepted))
-    }
-
-    /// `escalation_acknowledged`: acknowledges the chain of the escalation named in
-    /// `payload.data.escalation_id`, an escalation of the message's workflow.
-    fn acknowledge(&mut self, env: &Envelope) -> Applied {
-        let h = &env.header;
-        let Some(escalation_id) = acknowledged_escalation(env) else {
-            return Err(Rejected::new(
-                Reason::InvalidField,
-                "payload.data.escalation_id must be the id of the escalation (a number)",
-            ));
-        };
-        let Some(state) = self
-            .workflows
-            .get(&h.correlation_id)
-            .map(|w| w.state.clone())
-        else {
-            return Err(Rejected::new(
-                Reason::UnknownWorkflow,
-                format!(
-                    "header.correlation_id {:?} names no workflow",
-                    h.correlation_id
-                ),
-            ));
-        };
-        let Some(chain_id) = self
-            .chains
-            .iter()
-            .find(|c| c.id == escalation_id && c.workflow_id == h.correlation_id)
-            .map(|c| c.chain_id)
-        else {
-            return Err(Rejected::new(
-                Reason::UnknownEscalation,
-                format!(
-                    "escalation {escalation_id} is not an escalation of {}",
-                    h.correlation_id
-                ),
-            ));
-        };
-        let mut ids = Vec::new();
-        for c in self
-            .chains
-            .iter_mut()
-            .filter(|c| c.chain_id == chain_id && c.open)
-        {
-            c.open = false;
-            ids.push(c.id);
-        }
-        let workflow_id = h.correlation_id.clone();
-        let acknowledged = if ids.is_empty() {
-            Acknowledged::Already {
-                workflow_id,
-                chain_id,
-            }
-        } else {
-            self.out.chain_acks.push(ChainAck {
-                chain_id,
-                by: h.source.agent_id.clone(),
-                at: self.now,
-            });
-            let detail =
-                json!({"escalation_id": escalation_id, "chain_id": chain_id, "acknowledged": ids});
-            self.note(
-                &workflow_id,
-                &state,
-                ESCALATION_ACKNOWLEDGED,
-                &h.source.agent_id,
-                Some(&h.message_id),
-                detail,
-            );
-            Acknowledged::Now {
-                workflow_id,
-                chain_id,
-                ids,
-            }
-        };
-        let mut p = Processed::new(Outcome::Accepted);
-        p.acknowledged = Some(acknowledged);
-        Ok(p)
     }
 
     /// Appends a history row that changes no state.
@@ -395,7 +204,7 @@ impl<'p> Batch<'p> {
     }
 
     /// Dead-letters a delivery and tells its sender, if known.
-    fn reject(&mut self, d: Inbound<'_>, c: &Checked, rej: Rejected) -> Processed {
+    pub(super) fn reject(&mut self, d: Inbound<'_>, c: &Checked, rej: Rejected) -> Processed {
         tracing::warn!(
             message_id = c.message_id.as_deref().unwrap_or(""),
             workflow_id = d.meta.correlation_id.as_deref().unwrap_or(""),

@@ -20,6 +20,7 @@
 pub mod agents;
 mod batch;
 pub mod deadlines;
+mod dispatch;
 mod effects;
 pub mod escalations;
 mod feature;

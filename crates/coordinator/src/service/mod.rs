@@ -1,6 +1,5 @@
 //! The running service: everything that owns a transaction, a channel or a loop.
 //!
-//! - [`app`]: `App::build(settings)` and `run(shutdown)`, the one way it is assembled.
 //! - [`runtime`]: what the running parts share (status, metrics, signals, breakers, the
 //!   agent cache), each part handed only what it uses.
 //! - [`pipeline`]: applies a batch of inputs in one transaction (claim, lock, load,
@@ -17,7 +16,6 @@
 //! - [`activity`]: a line a second of what the service did.
 
 pub mod activity;
-pub mod app;
 pub mod collector;
 pub mod dead_letters;
 pub mod housekeeping;

@@ -1,0 +1,206 @@
+//! What each input of a batch does: dedupe, the sender's identity, then dispatch by
+//! message type to a heartbeat, an escalation acknowledgement, an emergency
+//! (`incident`), the feature workflow (`feature`), an operator's action (`operator`),
+//! or an event the coordinator only observes.
+
+use serde_json::json;
+
+use super::batch::{Applied, Batch};
+use super::escalations::Acknowledged;
+use super::rows::{ChainAck, OUTCOME_OBSERVED};
+use super::{acknowledged_escalation, feature, incident, operator};
+use super::{Checked, Input, Outcome, Processed};
+use crate::domain::{emergency, workflow};
+use protocol::catalog::valid_agent_id;
+use protocol::envelope::Envelope;
+use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
+use protocol::reject::{Reason, Rejected};
+
+impl Batch<'_> {
+    /// Applies one input (in delivery order).
+    pub fn apply(&mut self, input: Input<'_>, checked: Checked) -> Processed {
+        if let Some(id) = &checked.message_id {
+            if !self.claimed.contains(id) || !self.seen.insert(id.clone()) {
+                return Processed::new(Outcome::Duplicate);
+            }
+        }
+        let applied = match &checked.envelope {
+            Ok(env) => self.accept(env, checked.trusted),
+            Err(rej) => Err(rej.clone()),
+        };
+        match (applied, input) {
+            (Ok(p), _) => p,
+            (Err(rej), Input::Delivery(d)) => self.reject(d, &checked, rej),
+            (Err(rej), Input::Operator(_)) => {
+                let mut p = Processed::new(Outcome::Rejected(rej.reason));
+                p.detail = Some(rej.detail);
+                p
+            }
+        }
+    }
+
+    /// Everything after the pure checks.
+    fn accept(&mut self, env: &Envelope, trusted: bool) -> Applied {
+        let h = &env.header;
+        let registered = self.agents.type_of(&h.source.agent_id).map(str::to_string);
+        if !trusted {
+            match &registered {
+                Some(t) if *t != h.source.agent_type => {
+                    return Err(Rejected::new(
+                        Reason::AgentTypeMismatch,
+                        format!(
+                            "agent {} is registered as {t:?} but header.source.agent_type is {:?}",
+                            h.source.agent_id, h.source.agent_type
+                        ),
+                    ))
+                }
+                None if !self.p.auto_register => {
+                    return Err(Rejected::new(
+                        Reason::UnknownAgent,
+                        format!(
+                            "agent {} is not registered (register it with `coordinator agent add`)",
+                            h.source.agent_id
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let mt = h.message_type.as_str();
+        if trusted && operator::is_action(mt) {
+            return operator::apply(self, env);
+        }
+        if mt == HEARTBEAT {
+            return self.heartbeat(env, registered.is_none());
+        }
+        if mt == ESCALATION_ACKNOWLEDGED {
+            return self.acknowledge(env);
+        }
+        if mt == emergency::ALERT {
+            return incident::start(self, env);
+        }
+        if emergency::is_input(mt) {
+            return incident::advance(self, env);
+        }
+        if mt == workflow::START_MESSAGE {
+            return feature::start(self, env);
+        }
+        if workflow::is_input(mt) {
+            return feature::advance(self, env);
+        }
+        self.out
+            .outcomes
+            .push((h.message_id.clone(), OUTCOME_OBSERVED));
+        Ok(Processed::new(Outcome::Observed))
+    }
+
+    fn heartbeat(&mut self, env: &Envelope, unregistered: bool) -> Applied {
+        let h = &env.header;
+        if h.correlation_id != h.source.agent_id {
+            return Err(Rejected::new(
+                Reason::InvalidField,
+                format!(
+                    "a heartbeat's header.correlation_id must be its agent id {:?}, got {:?}",
+                    h.source.agent_id, h.correlation_id
+                ),
+            ));
+        }
+        if unregistered {
+            if !valid_agent_id(&h.source.agent_id) {
+                return Err(Rejected::new(
+                    Reason::InvalidField,
+                    format!(
+                        "header.source.agent_id {:?} cannot name queues: use 1-200 letters, digits, '.', '_' or '-'",
+                        h.source.agent_id
+                    ),
+                ));
+            }
+            let (id, ty) = (h.source.agent_id.clone(), h.source.agent_type.clone());
+            self.agents.add(id.clone(), ty.clone());
+            self.out.registrations.push((id, ty));
+        }
+        self.out
+            .heartbeats
+            .push((h.source.agent_id.clone(), h.timestamp.min(self.now)));
+        Ok(Processed::new(Outcome::Accepted))
+    }
+
+    /// `escalation_acknowledged`: acknowledges the chain of the escalation named in
+    /// `payload.data.escalation_id`, an escalation of the message's workflow.
+    fn acknowledge(&mut self, env: &Envelope) -> Applied {
+        let h = &env.header;
+        let Some(escalation_id) = acknowledged_escalation(env) else {
+            return Err(Rejected::new(
+                Reason::InvalidField,
+                "payload.data.escalation_id must be the id of the escalation (a number)",
+            ));
+        };
+        let Some(state) = self
+            .workflows
+            .get(&h.correlation_id)
+            .map(|w| w.state.clone())
+        else {
+            return Err(Rejected::new(
+                Reason::UnknownWorkflow,
+                format!(
+                    "header.correlation_id {:?} names no workflow",
+                    h.correlation_id
+                ),
+            ));
+        };
+        let Some(chain_id) = self
+            .chains
+            .iter()
+            .find(|c| c.id == escalation_id && c.workflow_id == h.correlation_id)
+            .map(|c| c.chain_id)
+        else {
+            return Err(Rejected::new(
+                Reason::UnknownEscalation,
+                format!(
+                    "escalation {escalation_id} is not an escalation of {}",
+                    h.correlation_id
+                ),
+            ));
+        };
+        let mut ids = Vec::new();
+        for c in self
+            .chains
+            .iter_mut()
+            .filter(|c| c.chain_id == chain_id && c.open)
+        {
+            c.open = false;
+            ids.push(c.id);
+        }
+        let workflow_id = h.correlation_id.clone();
+        let acknowledged = if ids.is_empty() {
+            Acknowledged::Already {
+                workflow_id,
+                chain_id,
+            }
+        } else {
+            self.out.chain_acks.push(ChainAck {
+                chain_id,
+                by: h.source.agent_id.clone(),
+                at: self.now,
+            });
+            let detail =
+                json!({"escalation_id": escalation_id, "chain_id": chain_id, "acknowledged": ids});
+            self.note(
+                &workflow_id,
+                &state,
+                ESCALATION_ACKNOWLEDGED,
+                &h.source.agent_id,
+                Some(&h.message_id),
+                detail,
+            );
+            Acknowledged::Now {
+                workflow_id,
+                chain_id,
+                ids,
+            }
+        };
+        let mut p = Processed::new(Outcome::Accepted);
+        p.acknowledged = Some(acknowledged);
+        Ok(p)
+    }
+}
