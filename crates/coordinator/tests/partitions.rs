@@ -244,4 +244,22 @@ async fn a_partition_queue_beyond_the_configured_count_stops_serve() {
         stderr.contains("coordinator.inbox.4") && stderr.contains("docs/scaling.md"),
         "{stderr}"
     );
+
+    // The procedure followed (the extra partitions drained and deleted): it starts,
+    // and remembers the inbox has four partitions now.
+    for p in 4..8 {
+        let (vhost, queue) = (env.vhost.clone(), eight.inbox.queue(p));
+        tokio::task::spawn_blocking(move || common::broker::delete_queue(&vhost, &queue))
+            .await
+            .expect("deleted");
+    }
+    let serve = Serve::spawn(&env, &[("COORDINATOR__INBOX__PARTITIONS", "4".to_string())]);
+    serve.wait_ready().await;
+    assert_eq!(
+        env.scalar_i64("SELECT partitions::int8 FROM inbox_partitions")
+            .await,
+        4
+    );
+    serve.signal("-TERM");
+    assert_eq!(serve.wait_exit().await.0, Some(0));
 }

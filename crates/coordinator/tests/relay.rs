@@ -21,7 +21,10 @@ async fn qa_only_broker(env: &TestEnv) -> (coordinator::amqp::Connection, Vec<Qu
     let mut declarer = Declarer::new(&conn, &settings.amqp)
         .await
         .expect("declarer");
-    declarer.fixed(&settings.inbox).await.expect("topology");
+    declarer
+        .fixed(&settings.inbox, None)
+        .await
+        .expect("topology");
     declarer
         .agent("qa-1", "qa-director", &settings.catalog())
         .await

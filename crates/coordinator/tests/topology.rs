@@ -33,7 +33,10 @@ async fn fallbacks_over_definitions(env: &TestEnv, amqp: &AmqpSettings) -> Vec<S
         .await
         .expect("connect");
     let mut declarer = Declarer::new(&conn, amqp).await.expect("declarer");
-    declarer.fixed(&settings.inbox).await.expect("topology");
+    declarer
+        .fixed(&settings.inbox, None)
+        .await
+        .expect("topology");
     let fallbacks = declarer.fallbacks().to_vec();
     declarer.close().await;
     let _ = conn.close("done").await;

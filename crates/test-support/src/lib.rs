@@ -272,6 +272,21 @@ pub mod broker {
         }
     }
 
+    /// Deletes a queue of the vhost, as an operator following a procedure would.
+    pub fn delete_queue(vhost: &str, queue: &str) {
+        match std::env::var(RABBITMQ_API_VAR) {
+            Ok(api) => {
+                management(
+                    &api,
+                    "DELETE",
+                    &format!("/api/queues/{}/{}", segment(vhost), segment(queue)),
+                    "",
+                );
+            }
+            Err(_) => rabbitmqctl(&["delete_queue", "-p", vhost, queue]),
+        }
+    }
+
     /// Closes every client connection to the vhost, as a broker going away would.
     pub fn close_connections(vhost: &str) {
         match std::env::var(RABBITMQ_API_VAR) {

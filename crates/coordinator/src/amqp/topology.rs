@@ -120,7 +120,14 @@ impl<'a> Declarer<'a> {
     }
 
     /// The fixed exchanges, the dead-letter and on-call queues, and the inbox.
-    pub async fn fixed(&mut self, inbox: &InboxSettings) -> Result<(), TopologyError> {
+    /// `recorded` is how many partitions the inbox was last declared with (kept in
+    /// PostgreSQL, `None` before the first declaration): only when it is more than
+    /// configured is the broker asked whether the extra partitions still exist.
+    pub async fn fixed(
+        &mut self,
+        inbox: &InboxSettings,
+        recorded: Option<u32>,
+    ) -> Result<(), TopologyError> {
         for (name, kind) in [
             (exchanges::DIRECT, ExchangeKind::Direct),
             (exchanges::TOPIC, ExchangeKind::Topic),
@@ -138,14 +145,18 @@ impl<'a> Declarer<'a> {
             .await?;
         self.bind(queues::ONCALL, exchanges::FANOUT, "").await?;
 
-        self.inbox(inbox).await
+        self.inbox(inbox, recorded).await
     }
 
     /// The partitioned inbox: agent.topic → the consistent-hash exchange (hashing the
     /// correlation_id property) → one single-active-consumer queue per partition.
     /// Partitions are bound in order, so partition `i` is bucket `i` of the ring, and
     /// adding partitions appends buckets (moving only the workflows the new ones take).
-    async fn inbox(&mut self, inbox: &InboxSettings) -> Result<(), TopologyError> {
+    async fn inbox(
+        &mut self,
+        inbox: &InboxSettings,
+        recorded: Option<u32>,
+    ) -> Result<(), TopologyError> {
         let mut args = FieldTable::default();
         args.insert(
             "hash-property".into(),
@@ -187,7 +198,9 @@ impl<'a> Declarer<'a> {
                 inbox.exchange,
                 exchanges::TOPIC
             )))?;
-        self.refuse_shrinking(inbox).await?;
+        if recorded.is_some_and(|n| n > inbox.partitions) {
+            self.refuse_shrinking(inbox).await?;
+        }
         for p in 0..inbox.partitions {
             let queue = inbox.queue(p);
             self.queue(
@@ -204,7 +217,9 @@ impl<'a> Declarer<'a> {
         Ok(())
     }
 
-    /// Refuses to go on if the partition after the last configured one exists.
+    /// Refuses to go on if the partition after the last configured one exists. Asked
+    /// only while shrinking: the broker answers a missing queue by closing the channel,
+    /// which lapin logs as an error.
     async fn refuse_shrinking(&mut self, inbox: &InboxSettings) -> Result<(), TopologyError> {
         let queue = inbox.queue(inbox.partitions);
         let passive = QueueDeclareOptions {

@@ -541,3 +541,36 @@ pub async fn store_collected(
     .await?;
     Ok(res.rows_affected())
 }
+
+/// How many partitions the inbox behind `exchange` was last declared with.
+pub async fn recorded_partitions(
+    conn: &mut PgConnection,
+    exchange: &str,
+) -> super::Result<Option<u32>> {
+    let n: Option<i32> =
+        sqlx::query_scalar("SELECT partitions FROM inbox_partitions WHERE exchange = $1")
+            .bind(exchange)
+            .fetch_optional(conn)
+            .await?;
+    Ok(n.and_then(|n| u32::try_from(n).ok()))
+}
+
+/// Records that the inbox behind `exchange` now has `partitions` partitions.
+pub async fn record_partitions(
+    conn: &mut PgConnection,
+    exchange: &str,
+    partitions: u32,
+    now: DateTime<Utc>,
+) -> super::Result<()> {
+    sqlx::query(
+        "INSERT INTO inbox_partitions (exchange, partitions, changed_at) VALUES ($1, $2, $3)
+         ON CONFLICT (exchange) DO UPDATE SET partitions = $2, changed_at = $3
+         WHERE inbox_partitions.partitions <> $2",
+    )
+    .bind(exchange)
+    .bind(i32::try_from(partitions).unwrap_or(i32::MAX))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -27,6 +27,7 @@ use crate::domain::workflow::State;
 use crate::engine::escalations::Acknowledged;
 use crate::engine::{operator, Agents, Inbound, Outcome, Processed, Processor};
 use crate::service::pipeline;
+use crate::service::supervisor::{declare_fixed, DeclareError};
 use crate::settings::Settings;
 
 /// Why an operator's action did not happen.
@@ -154,14 +155,24 @@ impl<'a> Ops<'a> {
             .map_err(|e| Error::Broker("; the agent is not registered", e))?;
         let declared = async {
             let mut declarer = Declarer::new(&conn, &self.settings.amqp).await?;
-            declarer.fixed(&self.settings.inbox).await?;
+            declare_fixed(
+                &mut declarer,
+                self.pool,
+                &self.settings.inbox,
+                self.clock.now(),
+            )
+            .await?;
             declarer.agent(agent_id, agent_type, &catalog).await?;
             declarer.close().await;
-            Ok::<_, TopologyError>(())
+            Ok::<_, DeclareError>(())
         }
         .await;
         let _ = conn.close("done").await;
-        declared?;
+        match declared {
+            Ok(()) => {}
+            Err(DeclareError::Topology(e)) => return Err(e.into()),
+            Err(DeclareError::Db(e)) => return Err(e.into()),
+        }
         // Messages for the role may have been returned before its queues existed.
         store::retry_now(&mut tx, self.clock.now()).await?;
         tx.commit().await.map_err(db::Error::from)?;

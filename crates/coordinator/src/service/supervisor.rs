@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::topology::{Declarer, TopologyError};
 use crate::amqp::{connect, Connection};
-use crate::db;
+use crate::db::{self, Pool};
 use crate::service::inbox::{self, ConsumerError};
 use crate::service::partitions::Partitions;
 use crate::service::publishing::Settler;
 use crate::service::runtime::{Shared, Status};
 use crate::service::{collector, relay};
+use crate::settings::InboxSettings;
+use chrono::{DateTime, Utc};
 
 /// A problem no reconnect can fix: the broker or the settings must change.
 #[derive(Debug, thiserror::Error)]
@@ -232,16 +234,57 @@ async fn partition(
     (p, inbox::run(conn, shared, p, stop).await)
 }
 
+/// Why the fixed topology could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum DeclareError {
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("could not read or record how many partitions the inbox has")]
+    Db(#[from] db::Error),
+}
+
+/// Declares the fixed topology, the inbox's partitions checked against how many it had
+/// (remembered in PostgreSQL), and records how many it has now.
+pub async fn declare_fixed(
+    declarer: &mut Declarer<'_>,
+    pool: &Pool,
+    inbox: &InboxSettings,
+    now: DateTime<Utc>,
+) -> Result<(), DeclareError> {
+    let mut c = pool.acquire().await.map_err(db::Error::from)?;
+    let recorded = db::store::recorded_partitions(&mut c, &inbox.exchange).await?;
+    declarer.fixed(inbox, recorded).await?;
+    if recorded != Some(inbox.partitions) {
+        db::store::record_partitions(&mut c, &inbox.exchange, inbox.partitions, now).await?;
+        if recorded.is_some() {
+            tracing::info!(
+                from = recorded,
+                to = inbox.partitions,
+                "the inbox's number of partitions changed"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The fixed topology and the queues of every known agent.
 async fn declare_all(conn: &Connection, shared: &Shared) -> Result<(), SessionError> {
     use anyhow::Context;
     let mut declarer = Declarer::new(conn, &shared.settings.amqp)
         .await
         .map_err(topology)?;
-    declarer
-        .fixed(&shared.settings.inbox)
-        .await
-        .map_err(topology)?;
+    match declare_fixed(
+        &mut declarer,
+        &shared.pool,
+        &shared.settings.inbox,
+        shared.clock.now(),
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(DeclareError::Topology(e)) => return Err(topology(e)),
+        Err(e) => return Err(SessionError::Other(e.into())),
+    }
     let mut c = shared
         .pool
         .acquire()

@@ -1,0 +1,66 @@
+//! A healthy start logs nothing above INFO: a WARN or ERROR line is for something an
+//! operator must look at, and a newcomer's first `make run` must not greet them with
+//! one. `coordinator serve` is started as `make run` starts it (the shipped default
+//! settings and log filter), and again as production is (quorum queues), each on a
+//! fresh database and vhost, then restarted on the same ones; stopped with SIGTERM.
+
+use test_support::{repo_root, Serve, TestEnv};
+
+/// Lines of a text log above INFO.
+fn above_info(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect()
+}
+
+/// Starts serve with `profile`'s settings and log filter, waits until it is ready,
+/// stops it; what it logged.
+async fn start_and_stop(env: &TestEnv, profile: Option<&str>) -> String {
+    let settings = coordinator::settings::Settings::load_from(&repo_root().join("config"), profile)
+        .expect("settings");
+    let mut extra = vec![
+        ("RUST_LOG", settings.log.filter.clone()),
+        ("COORDINATOR_ENV", profile.unwrap_or_default().to_string()),
+    ];
+    // The shipped profiles log as text (colourless, since stderr is a pipe).
+    extra.push(("COORDINATOR__LOG__FORMAT", "text".to_string()));
+    let serve = Serve::spawn(env, &extra);
+    serve.wait_ready().await;
+    serve.signal("-TERM");
+    let (code, log) = serve.wait_exit().await;
+    assert_eq!(code, Some(0), "{log}");
+    log
+}
+
+async fn assert_clean(profile: Option<&str>) {
+    let env = TestEnv::new().await;
+    for start in ["first start", "restart"] {
+        let log = start_and_stop(&env, profile).await;
+        assert!(
+            log.contains("topology declared") && log.contains("consuming an inbox partition"),
+            "{start} ({profile:?}) logged no INFO lines to judge by:\n{log}"
+        );
+        let loud = above_info(&log);
+        assert!(
+            loud.is_empty(),
+            "{start} ({profile:?}) logged above INFO:\n{}",
+            loud.join("\n")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_start_with_the_default_settings_logs_nothing_above_info() {
+    assert_clean(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_start_with_the_production_settings_logs_nothing_above_info() {
+    assert_clean(Some("production")).await;
+}
+
+#[test]
+fn the_judge_sees_warnings_and_errors() {
+    let log = "2026-12-02T10:00:00Z  INFO coordinator: ok\n2026-12-02T10:00:00Z  WARN x: y\n2026-12-02T10:00:00Z ERROR lapin::channel: z";
+    assert_eq!(above_info(log).len(), 2);
+}
