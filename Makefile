@@ -9,7 +9,7 @@ run: services
 	$(CARGO) run --release -p coordinator --bin coordinator -- serve
 
 ## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ;
-## then, one at a time, the fault-injection tests (they stop the broker and the database)
+## then, one at a time, the fault-injection tests (on a cluster and a node of their own)
 test: services python-venv
 	COORDINATOR_ENV=test $(CARGO) test --workspace --features coordinator/fail-points --lib --bins --tests
 	COORDINATOR_ENV=test $(CARGO) test -p coordinator --features fail-points --test faults -- --ignored --test-threads=1

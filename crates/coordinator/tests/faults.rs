@@ -4,20 +4,22 @@
 //! in flight. In each, every workflow completes, every copy the coordinator sent again
 //! carries the same message id, and nothing is applied twice.
 //!
-//! These disturb the broker and the database every other test uses, so they are
-//! `#[ignore]`d in the parallel run, and `make test` runs them afterwards one at a time
-//! (`--ignored --test-threads=1`). Each restores what it stopped, also when it fails.
-//! The fail points exist only with the `fail-points` feature (src/failpoint.rs).
+//! The tests that stop the broker or the database stop a RabbitMQ node and a PostgreSQL
+//! cluster of their own (`test_support::isolated`, on spare ports, in a temporary
+//! folder), never the services other tests and people use; the others kill only the
+//! coordinators they started. They are heavy and timing-sensitive, so they are
+//! `#[ignore]`d in the parallel run and `make test` runs them afterwards one at a time
+//! (`--ignored --test-threads=1`). The fail points exist only with the `fail-points`
+//! feature (src/failpoint.rs).
 
 use test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent::{AgentClient, Queue};
-use common::{eventually, http_get, metric, Serve, TestEnv};
+use common::{eventually, http_get, isolated, metric, Serve, TestEnv};
 use protocol::envelope::Envelope;
 use serde_json::json;
 use sqlx::PgPool;
@@ -428,66 +430,59 @@ fn assert_tasks_delivered_alike(wfs: &[String], received: &[Received]) -> usize 
     received.len() - distinct
 }
 
-/// The local services' control commands; a failure names the command and its output.
-fn control(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A PostgreSQL cluster and a RabbitMQ node of the test's own, and a database and a
+/// vhost on them: what a test that stops the services stops. (Fields drop in order:
+/// the database and vhost first, then the node and the cluster.)
+struct Own {
+    env: TestEnv,
+    rabbit: isolated::Rabbit,
+    pg: isolated::Postgres,
 }
 
-/// Stops the RabbitMQ application; starts it again when dropped (also on a failure).
-struct BrokerStopped;
+async fn own_services() -> Own {
+    let (pg, rabbit) = tokio::task::spawn_blocking(|| {
+        (
+            isolated::Postgres::start(),
+            isolated::Rabbit::start(&["rabbitmq_consistent_hash_exchange"]),
+        )
+    })
+    .await
+    .expect("services started");
+    let env = TestEnv::isolated(&pg, &rabbit).await;
+    Own { env, rabbit, pg }
+}
 
-impl BrokerStopped {
-    fn now() -> BrokerStopped {
-        control("rabbitmqctl", &["stop_app"]);
-        BrokerStopped
+/// Stops the RabbitMQ application of the test's own node; starts it again when dropped
+/// (also on a failure).
+struct BrokerStopped<'a>(&'a isolated::Rabbit);
+
+impl<'a> BrokerStopped<'a> {
+    fn now(rabbit: &'a isolated::Rabbit) -> BrokerStopped<'a> {
+        rabbit.stop_app();
+        BrokerStopped(rabbit)
     }
 }
 
-impl Drop for BrokerStopped {
+impl Drop for BrokerStopped<'_> {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").output();
-        let _ = Command::new("rabbitmqctl").arg("await_startup").output();
+        self.0.start_app();
     }
 }
 
-fn pg_cluster() -> (String, String) {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .ok()
-        .and_then(|d| d.filter_map(Result::ok).next())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .expect("a PostgreSQL cluster under /etc/postgresql");
-    (version, "main".to_string())
-}
+/// Stops the test's own PostgreSQL cluster; starts it again when dropped (also on a
+/// failure).
+struct DatabaseStopped<'a>(&'a isolated::Postgres);
 
-/// Stops PostgreSQL; starts it again when dropped (also on a failure).
-struct DatabaseStopped;
-
-impl DatabaseStopped {
-    fn now() -> DatabaseStopped {
-        let (v, c) = pg_cluster();
-        control(
-            "pg_ctlcluster",
-            &["--skip-systemctl-redirect", &v, &c, "stop", "-m", "fast"],
-        );
-        DatabaseStopped
+impl<'a> DatabaseStopped<'a> {
+    fn now(pg: &'a isolated::Postgres) -> DatabaseStopped<'a> {
+        pg.stop();
+        DatabaseStopped(pg)
     }
 }
 
-impl Drop for DatabaseStopped {
+impl Drop for DatabaseStopped<'_> {
     fn drop(&mut self) {
-        let (v, c) = pg_cluster();
-        let _ = Command::new("pg_ctlcluster")
-            .args(["--skip-systemctl-redirect", &v, &c, "start"])
-            .output();
+        self.0.start_again();
     }
 }
 
@@ -534,12 +529,13 @@ async fn under_way(env: &TestEnv, extra: &[(&'static str, String)]) -> (Serve, S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stops the shared broker: make test runs it alone, after the rest"]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
 async fn fault_broker_stopped_and_started_mid_stream() {
-    let env = TestEnv::new().await;
-    let (serve, stream) = under_way(&env, &serve_env()).await;
+    let own = own_services().await;
+    let env = &own.env;
+    let (serve, stream) = under_way(env, &serve_env()).await;
     {
-        let _stopped = BrokerStopped::now();
+        let _stopped = BrokerStopped::now(&own.rabbit);
         eventually("readiness to say the broker is gone", || async {
             (readyz(serve.http).await == Some(503)).then_some(())
         })
@@ -549,7 +545,7 @@ async fn fault_broker_stopped_and_started_mid_stream() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     serve.wait_ready().await;
-    let resent = stream.finish(&env).await;
+    let resent = stream.finish(env).await;
     eprintln!("tasks received again after the broker restart: {resent}");
     assert!(
         metric(serve.http, "coordinator_broker_connects_total ").await >= 2.0,
@@ -558,7 +554,7 @@ async fn fault_broker_stopped_and_started_mid_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kills coordinators mid-stream: make test runs it alone, after the rest"]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
 async fn fault_coordinator_killed_mid_stream() {
     let env = TestEnv::new().await;
     let (serve, stream) = under_way(&env, &serve_env()).await;
@@ -603,7 +599,7 @@ async fn killed_at(env: &TestEnv, fail_point: &str, after: u32) -> (Serve, usize
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kills coordinators mid-stream: make test runs it alone, after the rest"]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
 async fn fault_killed_after_the_commit_before_the_ack() {
     let env = TestEnv::new().await;
     let (replacement, resent) =
@@ -622,7 +618,7 @@ async fn fault_killed_after_the_commit_before_the_ack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kills coordinators mid-stream: make test runs it alone, after the rest"]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
 async fn fault_killed_after_the_confirm_before_the_outbox_row_is_marked_sent() {
     let env = TestEnv::new().await;
     let (_replacement, resent) = killed_at(
@@ -640,7 +636,7 @@ async fn fault_killed_after_the_confirm_before_the_outbox_row_is_marked_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "terminates database sessions: make test runs it alone, after the rest"]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
 async fn fault_database_sessions_terminated_mid_batch() {
     let env = TestEnv::new().await;
     // Every batch waits 100 ms before its commit, so sessions are caught inside one.
@@ -670,12 +666,13 @@ async fn fault_database_sessions_terminated_mid_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stops the shared PostgreSQL: make test runs it alone, after the rest"]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
 async fn fault_database_stopped_for_seconds_readiness_503_then_200() {
-    let env = TestEnv::new().await;
-    let (serve, stream) = under_way(&env, &serve_env()).await;
+    let own = own_services().await;
+    let env = &own.env;
+    let (serve, stream) = under_way(env, &serve_env()).await;
     {
-        let _stopped = DatabaseStopped::now();
+        let _stopped = DatabaseStopped::now(&own.pg);
         eventually("readiness to say the database is gone", || async {
             (readyz(serve.http).await == Some(503)).then_some(())
         })
@@ -688,12 +685,12 @@ async fn fault_database_stopped_for_seconds_readiness_503_then_200() {
         );
     }
     serve.wait_ready().await;
-    let resent = stream.finish(&env).await;
+    let resent = stream.finish(env).await;
     eprintln!("tasks received again after the database came back: {resent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stops coordinators mid-stream: make test runs it alone, after the rest"]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
 async fn fault_sigterm_with_work_in_flight_flushes_the_outbox_and_exits_0() {
     let env = TestEnv::new().await;
     // A relay that would otherwise wait: only the shutdown's flush sends what is left.
@@ -726,7 +723,7 @@ async fn fault_sigterm_with_work_in_flight_flushes_the_outbox_and_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stops coordinators mid-stream: make test runs it alone, after the rest"]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
 async fn fault_shutdown_stuck_past_its_timeout_exits_1_naming_the_step() {
     let env = TestEnv::new().await;
     let mut extra = with(serve_env(), "COORDINATOR__SHUTDOWN__TIMEOUT", "2s");
@@ -757,7 +754,7 @@ async fn fault_shutdown_stuck_past_its_timeout_exits_1_naming_the_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kills coordinators: make test runs it alone, after the rest"]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
 async fn fault_dead_letter_collector_killed_after_the_commit_before_the_ack_stores_once() {
     let env = TestEnv::new().await;
     let doomed = Serve::spawn(

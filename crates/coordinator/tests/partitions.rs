@@ -8,7 +8,7 @@ use test_support as common;
 use std::collections::BTreeMap;
 
 use agent::Queue;
-use common::{eventually, expect_next, http_get, partition_of, Serve, TestEnv};
+use common::{expect_next, http_get, partition_of, Serve, TestEnv};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,78 +139,14 @@ async fn a_poison_message_is_set_aside_the_sender_told_and_the_inbox_keeps_flowi
     app.stop().await;
 }
 
-/// A RabbitMQ node of its own, without any plugin, on free ports; stopped and deleted
-/// on drop.
-struct PluginlessBroker {
-    node: String,
-    dir: std::path::PathBuf,
-    port: u16,
-}
-
-impl PluginlessBroker {
-    async fn start() -> PluginlessBroker {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port()
-        };
-        let (port, dist) = (free(), free());
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let node = format!("coordtest{}@localhost", &id[..8]);
-        let dir = std::env::temp_dir().join(format!("coordtest-{}", &id[..8]));
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
-        )
-        .expect("config");
-        // The broker runs as the rabbitmq user: it must write here.
-        let _ = std::process::Command::new("chmod")
-            .args(["-R", "777"])
-            .arg(&dir)
-            .status();
-        let status = std::process::Command::new("rabbitmq-server")
-            .arg("-detached")
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_DIST_PORT", dist.to_string())
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
-            .env("RABBITMQ_PID_FILE", dir.join("pid"))
-            .status()
-            .expect("rabbitmq-server runs");
-        assert!(status.success(), "rabbitmq-server -detached failed");
-        let b = PluginlessBroker { node, dir, port };
-        let url = b.url();
-        eventually("the plugin-less broker to accept connections", || async {
-            agent::connect(&url, "probe").await.ok().map(drop)
-        })
-        .await;
-        b
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-}
-
-impl Drop for PluginlessBroker {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-n", &self.node, "stop"])
-            .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_a_broker_without_the_consistent_hash_plugin_stops_and_says_how_to_enable_it() {
     let env = TestEnv::new().await;
-    let broker = PluginlessBroker::start().await;
-    let serve = Serve::spawn(&env, &[("COORDINATOR__AMQP__URL", broker.url())]);
+    let broker = tokio::task::spawn_blocking(|| common::isolated::Rabbit::start(&[]))
+        .await
+        .expect("a node without plugins");
+    let url = format!("{}/%2f", broker.amqp_base());
+    let serve = Serve::spawn(&env, &[("COORDINATOR__AMQP__URL", url)]);
     let (code, stderr) = serve.wait_exit().await;
     assert_ne!(code, Some(0), "{stderr}");
     assert!(

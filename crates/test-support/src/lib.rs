@@ -65,12 +65,11 @@ pub fn pg_admin_url() -> String {
     std::env::var("COORDINATOR_TEST_PG_URL").unwrap_or_else(|_| PG_ADMIN_DEFAULT.into())
 }
 
-/// The admin URL with another database.
-pub fn pg_url(database: &str) -> String {
-    let admin = pg_admin_url();
+/// A PostgreSQL URL with another database.
+pub fn url_with_database(admin: &str, database: &str) -> String {
     let (base, query) = admin
         .split_once('?')
-        .map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
+        .map_or((admin, None), |(b, q)| (b, Some(q)));
     let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
     match query {
         Some(q) => format!("{server}/{database}?{q}"),
@@ -92,6 +91,9 @@ pub struct TestEnv {
     pub db_url: String,
     pub amqp_url: String,
     pub pool: PgPool,
+    /// Where the database was made (and is dropped).
+    admin_url: String,
+    broker: BrokerCtl,
 }
 
 fn rabbitmqctl(args: &[&str]) {
@@ -116,7 +118,31 @@ fn amqp_user() -> String {
         .to_string()
 }
 
-fn create_vhost(vhost: &str) {
+/// Which RabbitMQ a test's vhost lives on: the shared one (through `rabbitmqctl` or,
+/// with `COORDINATOR_TEST_RABBITMQ_API`, its management API), or a node of the test's
+/// own ([`isolated::Rabbit`]).
+#[derive(Debug, Clone)]
+enum BrokerCtl {
+    Shared,
+    Node(String),
+}
+
+fn create_vhost(ctl: &BrokerCtl, vhost: &str) {
+    if let BrokerCtl::Node(node) = ctl {
+        rabbitmqctl(&["-n", node, "add_vhost", vhost]);
+        rabbitmqctl(&[
+            "-n",
+            node,
+            "set_permissions",
+            "-p",
+            vhost,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        return;
+    }
     let user = amqp_user();
     match std::env::var(RABBITMQ_API_VAR) {
         Ok(api) => {
@@ -135,7 +161,13 @@ fn create_vhost(vhost: &str) {
     }
 }
 
-fn delete_vhost(vhost: &str) {
+fn delete_vhost(ctl: &BrokerCtl, vhost: &str) {
+    if let BrokerCtl::Node(node) = ctl {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", node, "delete_vhost", vhost])
+            .output();
+        return;
+    }
     match std::env::var(RABBITMQ_API_VAR) {
         Ok(api) => {
             management(
@@ -198,6 +230,8 @@ fn segment(s: &str) -> String {
 
 /// The broker's own view of a test's vhost: through the management API when
 /// `COORDINATOR_TEST_RABBITMQ_API` is set, else `rabbitmqctl` on this machine.
+pub mod isolated;
+
 pub mod broker {
     use super::*;
 
@@ -332,84 +366,67 @@ pub mod broker {
     }
 }
 
-/// The template's name changes with the migrations, so a stale template is never used.
-fn template_name() -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for m in coordinator::db::MIGRATOR.iter() {
-        for b in m.checksum.iter() {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("coordinator_test_template_{h:016x}")
-}
-
-async fn create_database(name: &str) {
-    let mut admin = PgConnection::connect(&pg_admin_url())
+/// Creates a database and applies the migrations to it. (Cloning a migrated template
+/// saved next to nothing, and the template outlived the test run.)
+async fn create_database(admin_url: &str, name: &str) {
+    let mut admin = PgConnection::connect(admin_url)
         .await
-        .expect("connect as postgres");
-    // One creator at a time (across test processes): CREATE DATABASE … TEMPLATE fails if
-    // another session is using the template.
-    sqlx::query("SELECT pg_advisory_lock(727274)")
+        .unwrap_or_else(|e| panic!("connect to {admin_url}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
         .execute(&mut admin)
         .await
-        .expect("lock");
-    let template = template_name();
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&template)
-            .fetch_one(&mut admin)
-            .await
-            .expect("query templates");
-    if !exists {
-        sqlx::query(&format!("CREATE DATABASE \"{template}\""))
-            .execute(&mut admin)
-            .await
-            .expect("create template");
-        let url = pg_url(&template);
-        let mut conn = PgConnection::connect(&url)
-            .await
-            .expect("connect to template");
-        coordinator::db::MIGRATOR
-            .run(&mut conn)
-            .await
-            .expect("migrate template");
-        conn.close().await.expect("close template connection");
-    }
-    sqlx::query(&format!(
-        "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
-    ))
-    .execute(&mut admin)
-    .await
-    .expect("create test database");
-    sqlx::query("SELECT pg_advisory_unlock(727274)")
-        .execute(&mut admin)
-        .await
-        .expect("unlock");
+        .expect("create test database");
     let _ = admin.close().await;
+    let mut conn = PgConnection::connect(&url_with_database(admin_url, name))
+        .await
+        .expect("connect to the test database");
+    coordinator::db::MIGRATOR
+        .run(&mut conn)
+        .await
+        .expect("migrate the test database");
+    let _ = conn.close().await;
 }
 
 impl TestEnv {
+    /// A database and a vhost of its own on the shared PostgreSQL and RabbitMQ.
     pub async fn new() -> TestEnv {
+        TestEnv::on(pg_admin_url(), amqp_base(), BrokerCtl::Shared).await
+    }
+
+    /// A database and a vhost of its own on a PostgreSQL cluster and a RabbitMQ node of
+    /// the test's own, which it may stop and start without disturbing anyone.
+    pub async fn isolated(pg: &isolated::Postgres, rabbit: &isolated::Rabbit) -> TestEnv {
+        TestEnv::on(
+            pg.admin_url(),
+            rabbit.amqp_base(),
+            BrokerCtl::Node(rabbit.node().to_string()),
+        )
+        .await
+    }
+
+    async fn on(admin_url: String, amqp_base: String, broker: BrokerCtl) -> TestEnv {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("coord_test_{id}");
         let vhost = format!("coord_test_{id}");
-        create_database(&db_name).await;
-        let vh = vhost.clone();
-        tokio::task::spawn_blocking(move || create_vhost(&vh))
+        create_database(&admin_url, &db_name).await;
+        let (ctl, vh) = (broker.clone(), vhost.clone());
+        tokio::task::spawn_blocking(move || create_vhost(&ctl, &vh))
             .await
             .expect("vhost created");
-        let db_url = pg_url(&db_name);
+        let db_url = url_with_database(&admin_url, &db_name);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .connect(&db_url)
             .await
             .expect("connect to test database");
         TestEnv {
-            amqp_url: format!("{}/{vhost}", amqp_base()),
+            amqp_url: format!("{amqp_base}/{vhost}"),
             db_name,
             vhost,
             db_url,
             pool,
+            admin_url,
+            broker,
         }
     }
 
@@ -602,15 +619,16 @@ impl Drop for TestEnv {
         let pool = self.pool.clone();
         let db = self.db_name.clone();
         let vhost = self.vhost.clone();
+        let (admin, broker) = (self.admin_url.clone(), self.broker.clone());
         // Drop may run inside the runtime; do the blocking clean-up on a plain thread.
         let _ = std::thread::spawn(move || {
             drop(pool);
             let _ = Command::new("psql")
-                .arg(pg_admin_url())
+                .arg(admin)
                 .arg("-qc")
                 .arg(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
                 .output();
-            delete_vhost(&vhost);
+            delete_vhost(&broker, &vhost);
         })
         .join();
     }
