@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{self, SharedClock};
+use crate::clock;
 use crate::db;
 use crate::service::activity;
 use crate::service::housekeeping;
@@ -27,17 +27,12 @@ impl App {
     /// Binds the HTTP listener and prepares the (lazy) database pool. Connecting to the
     /// database and the broker happens in [`App::run`], with retries.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        App::build_with_clock(settings, clock::system()).await
-    }
-
-    /// [`App::build`] on another clock.
-    pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<App> {
         let pool = db::service_pool(&settings.database)?;
         let listener = TcpListener::bind(&settings.http.addr)
             .await
             .with_context(|| format!("could not listen on http.addr {}", settings.http.addr))?;
         Ok(App {
-            shared: Arc::new(Shared::new(settings, pool, clock)),
+            shared: Arc::new(Shared::new(settings, pool, clock::system())),
             listener,
         })
     }
@@ -46,10 +41,6 @@ impl App {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
-    }
-
-    pub fn pool(&self) -> &db::Pool {
-        &self.shared.pool
     }
 
     pub fn shared(&self) -> Arc<Shared> {

@@ -8,8 +8,23 @@ use test_support as common;
 
 use common::TestEnv;
 use coordinator::db::store::Expired;
-use coordinator::db::{HOT_STATEMENTS, SERVICE_PLANNER};
+use coordinator::db::{batch, deadlines, store, SERVICE_PLANNER};
 use serde_json::Value;
+
+/// The statements the service runs on its hot path (batches, timers, relay), by name:
+/// each must find its rows through an index whatever the tables hold.
+const HOT_STATEMENTS: &[(&str, &str)] = &[
+    ("claim and lock", batch::CLAIM_AND_LOCK),
+    ("armed clocks", batch::ARMED_CLOCKS),
+    ("agent types", batch::AGENT_TYPES),
+    ("escalation chains", batch::ESCALATION_CHAINS),
+    ("write", batch::WRITE),
+    ("take due deadlines", deadlines::TAKE_DUE),
+    ("deadlines before", store::DEADLINES_BEFORE),
+    ("lease due outbox rows", store::LEASE_DUE),
+    ("mark sent", store::MARK_SENT),
+    ("mark failed", store::MARK_FAILED),
+];
 
 /// What in a plan reads more than the rows asked for: a sequential scan of a table, or
 /// an index scanned without a condition.

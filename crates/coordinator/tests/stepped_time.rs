@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use coordinator::clock::{Clock, ManualClock};
+use coordinator::clock::Clock;
 use coordinator::engine::{Inbound, Outcome};
 use coordinator::service::ops::Ops;
 use coordinator::service::runtime::Shared;
 use coordinator::service::{pipeline, timers};
 use protocol::envelope::Envelope;
 use serde_json::json;
-use test_support::TestEnv;
+use test_support::{ManualClock, TestEnv};
 
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().expect("a time")

@@ -230,7 +230,10 @@ fn segment(s: &str) -> String {
 
 /// The broker's own view of a test's vhost: through the management API when
 /// `COORDINATOR_TEST_RABBITMQ_API` is set, else `rabbitmqctl` on this machine.
+pub mod clock;
 pub mod isolated;
+
+pub use clock::ManualClock;
 
 pub mod broker {
     use super::*;

@@ -198,21 +198,6 @@ pub async fn ping(pool: &Pool, within: std::time::Duration) -> bool {
         .is_ok_and(|r| r.is_ok())
 }
 
-/// The statements the service runs on its hot path (batches, timers, relay), by name:
-/// each must find its rows through an index whatever the tables hold (tests/plans.rs).
-pub const HOT_STATEMENTS: &[(&str, &str)] = &[
-    ("claim and lock", batch::CLAIM_AND_LOCK),
-    ("armed clocks", batch::ARMED_CLOCKS),
-    ("agent types", batch::AGENT_TYPES),
-    ("escalation chains", batch::ESCALATION_CHAINS),
-    ("write", batch::WRITE),
-    ("take due deadlines", deadlines::TAKE_DUE),
-    ("deadlines before", store::DEADLINES_BEFORE),
-    ("lease due outbox rows", store::LEASE_DUE),
-    ("mark sent", store::MARK_SENT),
-    ("mark failed", store::MARK_FAILED),
-];
-
 /// Whose fault a failed statement was, which says what to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

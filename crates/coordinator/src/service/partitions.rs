@@ -57,11 +57,6 @@ impl<'a> Partitions<'a> {
         }
     }
 
-    /// The partitions this coordinator holds (consuming or stopping).
-    pub fn held(&self) -> impl Iterator<Item = u32> + '_ {
-        self.held.iter().copied()
-    }
-
     /// Reads the members and the leases, and moves this coordinator toward its share.
     pub async fn step(&mut self) -> db::Result<Plan> {
         let partitions = self.partitions;

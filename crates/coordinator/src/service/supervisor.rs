@@ -299,8 +299,9 @@ async fn declare_all(conn: &Connection, shared: &Shared) -> Result<(), SessionEr
             .await
             .map_err(topology)?;
     }
+    let used_as_found = declarer.fallbacks().len();
     declarer.close().await;
-    tracing::info!(agents = agents.len(), "topology declared");
+    tracing::info!(agents = agents.len(), used_as_found, "topology declared");
     Ok(())
 }
 

@@ -93,15 +93,6 @@ impl<'a> Timer<'a> {
         }
     }
 
-    /// Deadlines held in memory.
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
-    }
-
     /// Forces a reload at the next step.
     pub fn invalidate(&mut self) {
         self.reload_at = DateTime::<Utc>::MIN_UTC;
