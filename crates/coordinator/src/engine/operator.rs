@@ -80,12 +80,7 @@ pub fn snooze(
     by: &str,
     now: DateTime<Utc>,
 ) -> Envelope {
-    let data = json!(ClockAction {
-        clock_id,
-        until: Some(until),
-        reason: reason.into()
-    });
-    from_operator(by, SLA_SNOOZED, workflow_id, data, now)
+    clock_action(SLA_SNOOZED, workflow_id, clock_id, Some(until), reason, by, now)
 }
 
 /// Cancels an armed clock: it will not breach.
@@ -96,12 +91,24 @@ pub fn cancel_clock(
     by: &str,
     now: DateTime<Utc>,
 ) -> Envelope {
+    clock_action(SLA_CANCELLED, workflow_id, clock_id, None, reason, by, now)
+}
+
+fn clock_action(
+    message_type: &str,
+    workflow_id: &str,
+    clock_id: i64,
+    until: Option<DateTime<Utc>>,
+    reason: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Envelope {
     let data = json!(ClockAction {
         clock_id,
-        until: None,
+        until,
         reason: reason.into()
     });
-    from_operator(by, SLA_CANCELLED, workflow_id, data, now)
+    from_operator(by, message_type, workflow_id, data, now)
 }
 
 /// Acknowledges an escalation's chain: the same message an agent sends.
