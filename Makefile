@@ -38,6 +38,7 @@ schemas:
 
 ## demo: the coordinator and simulated agents, three workflows and an emergency in compressed time
 demo: services
+	$(CARGO) build --release -p coordinator --bins
 	$(CARGO) run --release -p demo
 
 ## bench: the load scenarios, closed loop and timer workload, default and production settings (docs/performance.md)

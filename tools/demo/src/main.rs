@@ -322,6 +322,10 @@ async fn run() -> anyhow::Result<()> {
     println!("coordinator demo: one second here is one hour of SLA time.");
     println!("database {db_url}, vhost {name}");
     let app = App::build(settings.clone()).await?;
+    println!(
+        "while it runs: http://{}/metrics and /readyz",
+        app.http_addr()
+    );
     let shared = app.shared();
     let token = CancellationToken::new();
     let handle = tokio::spawn(app.run(token.clone()));
@@ -486,8 +490,12 @@ async fn run() -> anyhow::Result<()> {
     handle.await.context("coordinator task")??;
     summary(&demo.pool).await?;
     println!("\nExplore further (the demo's database and vhost are kept):");
-    println!("  COORDINATOR__DATABASE__URL={db_url} cargo run -- workflow show wf-102");
-    println!("  COORDINATOR__DATABASE__URL={db_url} cargo run -- emergency show inc-7");
+    println!(
+        "  COORDINATOR__DATABASE__URL={db_url} target/release/coordinator workflow show wf-102"
+    );
+    println!(
+        "  COORDINATOR__DATABASE__URL={db_url} target/release/coordinator emergency show inc-7"
+    );
     println!("  psql {db_url}   (queries: docs/sql.md)");
     Ok(())
 }

@@ -80,7 +80,15 @@ pub fn snooze(
     by: &str,
     now: DateTime<Utc>,
 ) -> Envelope {
-    clock_action(SLA_SNOOZED, workflow_id, clock_id, Some(until), reason, by, now)
+    clock_action(
+        SLA_SNOOZED,
+        workflow_id,
+        clock_id,
+        Some(until),
+        reason,
+        by,
+        now,
+    )
 }
 
 /// Cancels an armed clock: it will not breach.
