@@ -1,6 +1,7 @@
-//! `docs/asyncapi.yaml` is AsyncAPI 3.0, every reference in it resolves, and it names
-//! every exchange, queue, message type of the catalog and schema. Pure file reading,
-//! no services.
+//! `docs/asyncapi.yaml` is accepted by the AsyncAPI project's own parser
+//! (`@asyncapi/parser`, installed by `make asyncapi-parser`) with every operation,
+//! message and queue channel resolved; every reference in it resolves; and it names
+//! every exchange, queue, message type of the catalog and schema. No services.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -124,4 +125,27 @@ fn asyncapi_names_every_message_type_exchange_and_queue() {
     ] {
         assert!(text.contains(name), "asyncapi.yaml does not name {name}");
     }
+}
+
+#[test]
+fn the_asyncapi_projects_parser_accepts_the_document_with_every_operation_resolved() {
+    let root = test_support::repo_root();
+    let installed = root.join("target/asyncapi");
+    assert!(
+        installed.join("node_modules/@asyncapi/parser").is_dir(),
+        "the AsyncAPI parser is not installed: run `make asyncapi-parser` (make test does)"
+    );
+    let out = std::process::Command::new("node")
+        .arg(root.join("crates/coordinator/tests/asyncapi/check.mjs"))
+        .arg(docs().join("asyncapi.yaml"))
+        .arg(&installed)
+        .output()
+        .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("0 problems"), "{text}");
 }
