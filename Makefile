@@ -42,9 +42,9 @@ $(ASYNCAPI)/.installed: crates/coordinator/tests/asyncapi/package.json crates/co
 	cd $(ASYNCAPI) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
-## schemas: regenerate docs/schemas/ from the Rust types (then review the diff)
+## schemas: regenerate docs/schemas/ and protocol.md's payload fields from the Rust types (then review the diff)
 schemas:
-	UPDATE_SCHEMAS=1 $(CARGO) test -p coordinator-protocol --test schemas the_json_schemas
+	UPDATE_SCHEMAS=1 $(CARGO) test -p coordinator-protocol --test schemas -- the_json_schemas the_payload_fields
 
 ## demo: the coordinator and simulated agents, three workflows and an emergency in compressed time
 demo: services

@@ -113,7 +113,7 @@ class Agent:
             "message_id": str(uuid.uuid4()),
             "correlation_id": correlation_id,
             "timestamp": _now().isoformat().replace("+00:00", "Z"),
-            "version": "1.0",
+            "version": "1.1",
             "source": {"agent_id": self.agent_id, "agent_type": self.agent_type},
             "message_type": message_type,
             "priority": "normal",

@@ -5,6 +5,7 @@ use test_support as common;
 
 use agent::Queue;
 use common::{expect_next, TestEnv, WAIT};
+use protocol::envelope::Priority;
 use serde_json::json;
 
 fn short_acknowledgment(env: &TestEnv) -> coordinator::settings::Settings {
@@ -48,6 +49,11 @@ async fn an_alert_reaches_everyone_and_a_missing_acknowledgment_escalates_naming
             Some(alert.header.message_id.as_str())
         );
         assert_eq!(b.payload.data["description"], "payments down");
+        assert_eq!(
+            b.header.priority,
+            Some(Priority::Critical),
+            "broadcasts are critical"
+        );
     }
     let (_, b) = oncall
         .next_with_key("oncall.escalations", WAIT)
@@ -75,15 +81,17 @@ async fn an_alert_reaches_everyone_and_a_missing_acknowledgment_escalates_naming
     assert_eq!(esc.payload.data["clock"], "acknowledgment");
     assert_eq!(esc.payload.data["agent_id"], "devops-1");
     assert_eq!(esc.payload.data["severity"], "critical");
-    // devops-1 hears it on its own commands queue (a warning first).
+    assert_eq!(esc.header.priority, Some(Priority::Critical));
+    // devops-1 hears it on its own commands queue (a warning first), as critical.
     let mut types = Vec::new();
     for _ in 0..2 {
-        types.push(
-            expect_next(&mut devops, Queue::Commands)
-                .await
-                .header
-                .message_type,
+        let notice = expect_next(&mut devops, Queue::Commands).await;
+        assert_eq!(
+            notice.header.priority,
+            Some(Priority::Critical),
+            "emergency notices are critical"
         );
+        types.push(notice.header.message_type);
     }
     assert_eq!(types, ["sla_warning", "sla_breached"]);
 

@@ -48,6 +48,7 @@ async fn qa_only_broker(env: &TestEnv) -> (coordinator::amqp::Connection, Vec<Qu
                     role,
                     json!({"i": i}),
                     json!({}),
+                    protocol::envelope::Priority::Normal,
                     now,
                 ),
             }

@@ -11,6 +11,7 @@ use agent::{AgentClient, Queue};
 use chrono::{DateTime, Utc};
 use common::{expect_next, TestEnv, WAIT};
 use coordinator::settings::Settings;
+use protocol::envelope::Priority;
 use serde_json::json;
 
 const ONCALL: &str = "oncall.escalations";
@@ -96,17 +97,18 @@ async fn a_breach_reaches_oncall_once_with_its_routing_key_and_payload() {
         .send("requirements_ready", "wf-late", json!({}))
         .await
         .expect("publish");
-    assert_eq!(
-        expect_next(&mut eng, Queue::Tasks)
-            .await
-            .header
-            .message_type,
-        "requirements_handoff"
-    );
+    let task = expect_next(&mut eng, Queue::Tasks).await;
+    assert_eq!(task.header.message_type, "requirements_handoff");
+    assert_eq!(task.header.priority, Some(Priority::Normal));
 
     let (key, esc) = next_oncall(&mut oncall).await;
     assert_eq!(key, "escalation.high.engineering-director");
     assert_eq!(esc.header.message_type, "sla_breached");
+    assert_eq!(
+        esc.header.priority,
+        Some(Priority::High),
+        "as urgent as its severity"
+    );
     assert_eq!(esc.header.correlation_id, "wf-late");
     let d = &esc.payload.data;
     assert_eq!(d["workflow_id"], "wf-late");

@@ -24,7 +24,7 @@ const NON_BLANK: &str = r"^[^\x00]*[^\s\x00][^\x00]*$";
 const ROUTING_WORD: &str = r"^[^\x00.*#]*[^\s\x00.*#][^\x00.*#]*$";
 
 /// The contract version this coordinator writes (docs/protocol.md, "Versioning").
-pub const VERSION: &str = "1.0";
+pub const VERSION: &str = "1.1";
 /// The contract's major versions this coordinator reads: `1.x`.
 pub const SUPPORTED_MAJOR_VERSIONS: &[u32] = &[1];
 /// AMQP short strings (message_id, correlation_id, type, app_id) hold at most 255 bytes.
@@ -40,29 +40,42 @@ pub struct Envelope {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Header {
-    /// Unique per message: the deduplication key.
+    /// Unique per message: the deduplication key. At most 255 bytes of UTF-8
+    /// (`maxLength` counts characters; the coordinator counts bytes).
     #[schemars(length(max = 255), regex(pattern = NON_BLANK))]
     pub message_id: String,
-    /// The workflow (or incident) id; for `heartbeat`, the agent id.
+    /// The workflow (or incident) id; for `heartbeat`, the agent id. At most 255 bytes
+    /// of UTF-8.
     #[schemars(length(max = 255), regex(pattern = NON_BLANK))]
     pub correlation_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
     pub timestamp: DateTime<Utc>,
-    /// The contract version, `MAJOR.MINOR`; this coordinator reads `1.x`.
+    /// The contract version, `MAJOR.MINOR` (or `MAJOR.MINOR.PATCH`, as the source
+    /// documents write it); this coordinator reads `1.x`.
     #[serde(default = "default_version")]
-    #[schemars(regex(pattern = r"^0*1\.[0-9]+$"))]
+    #[schemars(regex(pattern = r"^0*1\.[0-9]+(\.[0-9]+)?$"))]
     pub version: String,
     pub source: Source,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Destination>,
-    /// A type of the catalog; part of the routing key, so no `.`, `*` or `#`.
+    /// A type of the catalog; part of the routing key, so no `.`, `*` or `#`. At most
+    /// 255 bytes of UTF-8.
     #[schemars(length(max = 255), regex(pattern = ROUTING_WORD))]
     pub message_type: String,
-    #[serde(default)]
-    pub priority: Priority,
+    /// How urgent (absent: `normal`). Also read from `routing.priority`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// Seconds after `timestamp` past which the message is not acted on. Also read
+    /// from `routing.ttl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
+    /// The source documents' shape: `priority` and `ttl` nested here are read as if
+    /// they were the header's own (if both are given they must agree);
+    /// `retry_count` and `max_retries` are the sender's bookkeeping, carried and not
+    /// acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_guarantee: Option<DeliveryGuarantee>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,8 +88,22 @@ fn default_version() -> String {
     VERSION.to_string()
 }
 
+/// `header.routing`, as the source documents nest it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Routing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Source {
+    /// At most 255 bytes of UTF-8.
     #[schemars(length(max = 255), regex(pattern = NON_BLANK))]
     pub agent_id: String,
     /// A configured role; part of the routing key, so no `.`, `*` or `#`.
@@ -106,6 +133,17 @@ pub enum Priority {
     Normal,
     High,
     Critical,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -225,8 +263,9 @@ impl Envelope {
                 },
                 destination,
                 message_type: message_type.to_string(),
-                priority: Priority::Normal,
+                priority: Some(Priority::Normal),
                 ttl: None,
+                routing: None,
                 delivery_guarantee: Some(DeliveryGuarantee::AtLeastOnce),
                 tracing: None,
                 security: None,
@@ -258,8 +297,9 @@ impl Envelope {
                 },
                 destination: None,
                 message_type: message_type.to_string(),
-                priority: Priority::Normal,
+                priority: None,
                 ttl: None,
+                routing: None,
                 delivery_guarantee: None,
                 tracing: None,
                 security: None,
@@ -323,6 +363,7 @@ pub fn parse(body: &[u8]) -> Result<Envelope, Rejected> {
                 .map(|()| env)
                 .map_err(|e| Rejected::new(Reason::MalformedJson, format!("body is not JSON: {e}")))
         })?;
+    let env = with_routing(env)?;
     if env.has_nul() {
         return Err(Rejected::new(
             Reason::InvalidField,
@@ -363,6 +404,41 @@ pub fn parse(body: &[u8]) -> Result<Envelope, Rejected> {
                 format!("{field} {value:?} may not contain '.', '*' or '#' (it is part of a routing key)"),
             ));
         }
+    }
+    Ok(env)
+}
+
+/// Reads `header.routing.priority` and `.ttl` as the header's own, so that a message
+/// written the source documents' way expires and ranks as it says; refuses the two
+/// when they disagree, naming the fields.
+fn with_routing(mut env: Envelope) -> Result<Envelope, Rejected> {
+    let h = &mut env.header;
+    let Some(r) = h.routing.clone() else {
+        return Ok(env);
+    };
+    match (h.priority, r.priority) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Rejected::new(
+                Reason::InvalidField,
+                format!(
+                "header.priority is {} but header.routing.priority is {}; give one, or the same",
+                a.as_str(),
+                b.as_str()
+            ),
+            ))
+        }
+        (None, Some(b)) => h.priority = Some(b),
+        _ => {}
+    }
+    match (h.ttl, r.ttl) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Rejected::new(
+                Reason::InvalidField,
+                format!("header.ttl is {a} but header.routing.ttl is {b}; give one, or the same"),
+            ))
+        }
+        (None, Some(b)) => h.ttl = Some(b),
+        _ => {}
     }
     Ok(env)
 }
@@ -577,18 +653,20 @@ pub fn validate_within(
     Ok(env)
 }
 
-/// `header.version` must be `MAJOR.MINOR` with a major version this coordinator
-/// speaks; within a major version changes are additive, so any minor is read.
+/// `header.version` must be `MAJOR.MINOR` (or `MAJOR.MINOR.PATCH`) with a major
+/// version this coordinator speaks; within a major version changes are additive, so
+/// any minor is read.
 pub fn check_version(env: &Envelope) -> Result<(), Rejected> {
     let v = env.header.version.as_str();
-    let major = v
-        .split_once('.')
-        .filter(|(major, minor)| {
-            [major, minor]
-                .iter()
-                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .and_then(|(major, _)| major.parse::<u32>().ok());
+    let parts: Vec<&str> = v.split('.').collect();
+    let numeric = (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let major = parts
+        .first()
+        .filter(|_| numeric)
+        .and_then(|m| m.parse::<u32>().ok());
     match major {
         Some(m) if SUPPORTED_MAJOR_VERSIONS.contains(&m) => Ok(()),
         _ => Err(Rejected::new(

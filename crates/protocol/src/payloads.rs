@@ -20,7 +20,6 @@ pub fn to_value<T: Serialize>(payload: &T) -> Value {
 
 /// `sla_warning`, to a clock's owner before its deadline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct SlaWarning {
     pub workflow_id: String,
     pub clock: String,
@@ -34,7 +33,6 @@ pub struct SlaWarning {
 
 /// `sla_breached` as a notice to the clock's owner (on `agent.direct`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct SlaBreachedNotice {
     pub workflow_id: String,
     pub clock: String,
@@ -102,7 +100,6 @@ pub struct EscalationCause {
 
 /// `message_rejected`, to the sender of a message the coordinator could not act on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct MessageRejected {
     /// Absent (null) when the message carried no readable id.
     pub rejected_message_id: Option<String>,
@@ -115,7 +112,6 @@ pub struct MessageRejected {
 /// `message_set_aside`, to on-call: a message retried alone kept failing and is in
 /// `dead_letters` as `processing_failed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct MessageSetAside {
     pub message_id: Option<String>,
     pub correlation_id: Option<String>,
@@ -129,7 +125,6 @@ pub struct MessageSetAside {
 /// `message_undeliverable`, to on-call: a message the coordinator sent was taken by no
 /// queue for `outbox.undeliverable_after` and is given up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct MessageUndeliverable {
     pub outbox_id: i64,
     pub message_id: String,
@@ -146,7 +141,6 @@ pub struct MessageUndeliverable {
 /// `dead_letters_unresolved`, to management: dead letters nobody replayed or resolved
 /// within `dead_letters.escalate_after`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct DeadLettersUnresolved {
     pub count: usize,
     pub dead_letters: Vec<UnresolvedDeadLetter>,
@@ -154,7 +148,6 @@ pub struct DeadLettersUnresolved {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct UnresolvedDeadLetter {
     pub id: i64,
     pub reason: String,
@@ -165,7 +158,6 @@ pub struct UnresolvedDeadLetter {
 /// `payload.metadata` of a task (and of `feature_deployed`); its `payload.data` is the
 /// data of the message that caused it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct TaskMetadata {
     pub workflow_id: String,
     /// The workflow's state once the causing message was applied.
@@ -175,7 +167,6 @@ pub struct TaskMetadata {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct CausedBy {
     pub message_type: String,
     pub agent_id: String,
@@ -184,7 +175,6 @@ pub struct CausedBy {
 /// `payload.metadata` of the `emergency_alert` the coordinator broadcasts; its
 /// `payload.data` is the alert's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
 pub struct BroadcastMetadata {
     pub incident_id: String,
     pub raised_by: String,
@@ -201,15 +191,20 @@ pub struct EscalationAcknowledged {
 /// `epic_id` and `title` (or `epic_title`) and passes everything on in the task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RequirementsReady {
+    /// At most `limits.max_key_bytes` (255) bytes of UTF-8 (`maxLength` counts
+    /// characters; the coordinator counts bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 255))]
     pub epic_id: Option<String>,
+    /// At most `limits.max_text_bytes` (8192) bytes of UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8192))]
     pub title: Option<String>,
+    /// Read as `title` when there is none. At most 8192 bytes of UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8192))]
     pub epic_title: Option<String>,
+    /// At most 8192 bytes of UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8192))]
     pub description: Option<String>,
@@ -220,17 +215,24 @@ pub struct RequirementsReady {
 pub struct EmergencyAlert {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity: Option<Severity>,
-    /// Stored as the incident's title.
+    /// Stored as the incident's title. At most 8192 bytes of UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8192))]
     pub description: Option<String>,
+    /// The source documents' name for `description`, read when there is none. At most
+    /// 8192 bytes of UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub incident_description: Option<String>,
 }
 
 /// Every JSON Schema of the contract: its file name under `docs/schemas/`, and the
 /// schema, generated from the types above and the envelope's.
 pub fn schemas() -> Vec<(&'static str, Value)> {
     fn of<T: JsonSchema>() -> Value {
-        to_value(&schemars::schema_for!(T))
+        let mut schema = to_value(&schemars::schema_for!(T));
+        standard_formats_only(&mut schema);
+        schema
     }
     vec![
         ("envelope.json", of::<crate::envelope::Envelope>()),
@@ -257,6 +259,149 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ("metadata/task.json", of::<TaskMetadata>()),
         ("metadata/broadcast.json", of::<BroadcastMetadata>()),
     ]
+}
+
+/// Which schema each message's `payload.data` and `payload.metadata` follow: (the
+/// messages, as docs/protocol.md names them; the data schema; the metadata schema).
+pub const DOCUMENTED: &[(&str, &str, Option<&str>)] = &[
+    (
+        "`requirements_ready` (product → coordinator)",
+        "data/requirements_ready.json",
+        None,
+    ),
+    (
+        "`escalation_acknowledged` (any agent → coordinator)",
+        "data/escalation_acknowledged.json",
+        None,
+    ),
+    (
+        "`emergency_alert` (any agent → coordinator; broadcast to everyone as it is)",
+        "data/emergency_alert.json",
+        Some("metadata/broadcast.json"),
+    ),
+    (
+        "the tasks: `requirements_handoff`, `feature_handoff`, `bug_report`, `clarification_request`, `release_handoff`, `feature_deployed` (the data of the message that caused them)",
+        "data/free_form.json",
+        Some("metadata/task.json"),
+    ),
+    ("`sla_warning` (to a clock's owner)", "data/sla_warning.json", None),
+    (
+        "`sla_breached` notice (to a clock's owner)",
+        "data/sla_breached_notice.json",
+        None,
+    ),
+    (
+        "`sla_breached` and `escalation_raised` escalations (`escalation.{severity}.{target}`)",
+        "data/escalation.json",
+        None,
+    ),
+    (
+        "`message_rejected` (to the sender)",
+        "data/message_rejected.json",
+        None,
+    ),
+    (
+        "`message_set_aside` (to on-call)",
+        "data/message_set_aside.json",
+        None,
+    ),
+    (
+        "`message_undeliverable` (to on-call)",
+        "data/message_undeliverable.json",
+        None,
+    ),
+    (
+        "`dead_letters_unresolved` (to management)",
+        "data/dead_letters_unresolved.json",
+        None,
+    ),
+];
+
+/// The table of every payload's fields, as docs/protocol.md shows it (generated, so the
+/// documentation and the types cannot disagree).
+pub fn fields_table() -> String {
+    let all = schemas();
+    let fields = |file: &str| -> String {
+        let Some((_, schema)) = all.iter().find(|(f, _)| *f == file) else {
+            return String::new();
+        };
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut optional: Vec<&str> = schema["properties"]
+            .as_object()
+            .map(|p| {
+                p.keys()
+                    .map(String::as_str)
+                    .filter(|k| !required.contains(k))
+                    .collect()
+            })
+            .unwrap_or_default();
+        optional.sort_unstable();
+        let mut out: Vec<String> = required.iter().map(|f| format!("`{f}`")).collect();
+        out.extend(optional.iter().map(|f| format!("`{f}`?")));
+        if out.is_empty() {
+            "any object".to_string()
+        } else {
+            out.join(", ")
+        }
+    };
+    let mut t = String::from(
+        "| message | `payload.data` | its fields (`?`: may be absent) | `payload.metadata` |\n|---|---|---|---|\n",
+    );
+    for (messages, data, metadata) in DOCUMENTED {
+        let meta = metadata.map_or_else(
+            || "`{}`".to_string(),
+            |m| format!("[{m}](schemas/{m}): {}", fields(m)),
+        );
+        t.push_str(&format!(
+            "| {messages} | [{data}](schemas/{data}) | {} | {meta} |\n",
+            fields(data)
+        ));
+    }
+    t
+}
+
+/// The formats JSON Schema 2020-12 defines; schemars also writes `uint32`, `uint64`
+/// and the like for unsigned integers, which strict validators refuse (the `minimum: 0`
+/// it writes beside them says the same in standard terms).
+const STANDARD_FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+fn standard_formats_only(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| !STANDARD_FORMATS.contains(&f))
+            {
+                o.remove("format");
+            }
+            o.values_mut().for_each(standard_formats_only);
+        }
+        Value::Array(a) => a.iter_mut().for_each(standard_formats_only),
+        _ => {}
+    }
 }
 
 /// The `payload.data` of a message whose content the coordinator does not read: any

@@ -40,4 +40,15 @@ impl Severity {
     pub fn parse(s: &str) -> Option<Severity> {
         Severity::ALL.into_iter().find(|v| v.as_str() == s)
     }
+
+    /// The `header.priority` of a message about something this severe.
+    pub fn priority(self) -> crate::envelope::Priority {
+        use crate::envelope::Priority;
+        match self {
+            Severity::Low => Priority::Low,
+            Severity::Medium => Priority::Normal,
+            Severity::High => Priority::High,
+            Severity::Critical => Priority::Critical,
+        }
+    }
 }

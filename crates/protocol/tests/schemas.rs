@@ -85,3 +85,29 @@ fn the_rust_validator_gives_every_corpus_envelope_its_expected_verdict() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// docs/protocol.md's table of every payload's fields is the one the types generate
+/// (between its `payload-fields` markers; `make schemas` rewrites it).
+#[test]
+fn the_payload_fields_table_in_protocol_md_is_the_one_the_types_generate() {
+    let path = docs().join("protocol.md");
+    let text = std::fs::read_to_string(&path).expect("protocol.md");
+    let (start, end) = (
+        "<!-- payload-fields: generated from the Rust types by `make schemas` -->\n",
+        "<!-- /payload-fields -->",
+    );
+    let (before, rest) = text.split_once(start).expect("the start marker");
+    let (_, after) = rest.split_once(end).expect("the end marker");
+    let want = format!(
+        "{before}{start}{}{end}{after}",
+        protocol::payloads::fields_table()
+    );
+    if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+        std::fs::write(&path, &want).expect("write");
+        return;
+    }
+    assert!(
+        text == want,
+        "docs/protocol.md's payload fields drifted from the Rust types (regenerate with `make schemas`)"
+    );
+}

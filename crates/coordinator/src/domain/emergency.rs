@@ -54,6 +54,12 @@ pub fn is_input(message_type: &str) -> bool {
     INPUTS.contains(&message_type)
 }
 
+/// True for the emergency's own clocks (what is said of them is as urgent as the
+/// emergency).
+pub fn is_clock(name: &str) -> bool {
+    CLOCKS.iter().any(|c| c.name == name)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncidentState {
     Active,

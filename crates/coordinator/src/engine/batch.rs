@@ -17,7 +17,7 @@ use super::rows::{
 use super::{body_digest, AgentView, Agents, Checked, Inbound, Outcome, Processed, Processor};
 use crate::domain::ids;
 use crate::domain::sla::Deadline;
-use protocol::envelope::{self, has_nul, Envelope};
+use protocol::envelope::{self, has_nul, Envelope, Priority};
 use protocol::names::message_types::MESSAGE_REJECTED;
 use protocol::payloads;
 use protocol::reject::{Reason, Rejected};
@@ -287,6 +287,7 @@ fn rejection_notice(
         MESSAGE_REJECTED,
         agent,
         data,
+        Priority::Normal,
         now,
     )
 }

@@ -206,6 +206,8 @@ fn owner_notice(
     data: serde_json::Value,
     now: DateTime<Utc>,
 ) -> Option<OutboxMessage> {
+    let severity = Severity::parse(&c.severity).unwrap_or(Severity::High);
+    let priority = escalations::urgency(&c.clock, severity);
     match &c.subject_agent_id {
         Some(agent) => Some(to_agent(
             message_id,
@@ -214,6 +216,7 @@ fn owner_notice(
             message_type,
             agent,
             data,
+            priority,
             now,
         )),
         None if p.catalog.is_role(&c.owner_role) => Some(to_role(
@@ -224,6 +227,7 @@ fn owner_notice(
             &c.owner_role,
             data,
             json!({}),
+            priority,
             now,
         )),
         None => None,

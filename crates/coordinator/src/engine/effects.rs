@@ -12,7 +12,7 @@ use super::rows::{NewEvent, OutboxMessage};
 use super::{Outcome, Processed};
 use crate::domain::effect::Effect;
 use crate::domain::ids;
-use protocol::envelope::{Destination, Envelope, Payload};
+use protocol::envelope::{Destination, Envelope, Payload, Priority};
 use protocol::names::exchanges;
 use protocol::names::message_types::ESCALATION_RAISED;
 use protocol::payloads;
@@ -95,6 +95,8 @@ impl Batch<'_> {
                                 raised_by: h.source.agent_id.clone(),
                             }),
                         },
+                        // Everyone is told of an emergency at once.
+                        Priority::Critical,
                         now,
                     );
                     detail.sent(message_type, "everyone", &m.message_id);
@@ -261,6 +263,7 @@ fn role_message(
                 agent_id: h.source.agent_id.clone(),
             },
         }),
+        Priority::Normal,
         now,
     )
 }

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use protocol::envelope::Payload;
+use protocol::envelope::{Payload, Priority};
 use protocol::names::message_types::{
     DEAD_LETTERS_UNRESOLVED, MESSAGE_SET_ASIDE, MESSAGE_UNDELIVERABLE,
 };
@@ -16,6 +16,7 @@ use protocol::reject::Reason;
 
 use super::messages::outgoing;
 use super::rows::{NewEscalation, OutboxMessage, Undeliverable, UnresolvedDeadLetter};
+use crate::domain::emergency;
 use crate::domain::escalation::Step;
 use crate::domain::ids;
 use crate::domain::sla::{Deadline, DeadlineKind, Severity};
@@ -55,6 +56,7 @@ pub fn set_aside_notice(
             }),
             metadata: json!({}),
         },
+        Severity::High.priority(),
         now,
     )
 }
@@ -89,6 +91,7 @@ pub fn unresolved_notice(letters: &[UnresolvedDeadLetter], now: DateTime<Utc>) -
             }),
             metadata: json!({}),
         },
+        Severity::High.priority(),
         now,
     )
 }
@@ -120,6 +123,7 @@ pub fn undeliverable_notice(u: &Undeliverable, now: DateTime<Utc>) -> OutboxMess
             }),
             metadata: json!({}),
         },
+        Severity::High.priority(),
         now,
     )
 }
@@ -186,6 +190,7 @@ pub fn raise(r: Raise<'_>, id: i64) -> Raised {
             data,
             metadata: json!({}),
         },
+        urgency(r.clock, r.severity),
         r.now,
     );
     Raised {
@@ -210,6 +215,16 @@ pub fn raise(r: Raise<'_>, id: i64) -> Raised {
             kind: DeadlineKind::Ladder,
             id,
         },
+    }
+}
+
+/// How urgent a message about `clock` is: an emergency's are critical, others as
+/// severe as the escalation.
+pub fn urgency(clock: &str, severity: Severity) -> Priority {
+    if emergency::is_clock(clock) {
+        Priority::Critical
+    } else {
+        severity.priority()
     }
 }
 

@@ -2,7 +2,7 @@
 //! coordinator, with a derived message id), its exchange and routing key.
 
 use chrono::{DateTime, Utc};
-use protocol::envelope::{self, Destination, Envelope, Payload};
+use protocol::envelope::{self, Destination, Envelope, Payload, Priority};
 use protocol::names::{exchanges, routing};
 use serde_json::Value;
 
@@ -19,9 +19,10 @@ pub fn outgoing(
     routing_key: &str,
     destination: Option<Destination>,
     payload: Payload,
+    priority: Priority,
     now: DateTime<Utc>,
 ) -> OutboxMessage {
-    let env = Envelope::from_coordinator(
+    let mut env = Envelope::from_coordinator(
         message_id.clone(),
         correlation_id.to_string(),
         causation_id.map(str::to_string),
@@ -30,6 +31,7 @@ pub fn outgoing(
         payload,
         now,
     );
+    env.header.priority = Some(priority);
     OutboxMessage {
         message_id,
         exchange: exchange.to_string(),
@@ -53,6 +55,7 @@ pub fn to_role(
     role: &str,
     data: Value,
     metadata: Value,
+    priority: Priority,
     now: DateTime<Utc>,
 ) -> OutboxMessage {
     outgoing(
@@ -68,6 +71,7 @@ pub fn to_role(
             broadcast: false,
         }),
         Payload { data, metadata },
+        priority,
         now,
     )
 }
@@ -81,6 +85,7 @@ pub fn to_agent(
     message_type: &str,
     agent_id: &str,
     data: Value,
+    priority: Priority,
     now: DateTime<Utc>,
 ) -> OutboxMessage {
     outgoing(
@@ -99,6 +104,7 @@ pub fn to_agent(
             data,
             metadata: serde_json::json!({}),
         },
+        priority,
         now,
     )
 }

@@ -141,7 +141,7 @@ pub fn raise_alert(
     let data = json!({"incident_id": incident_id, "severity": severity, "description": description, "raised_by": by});
     let mut env =
         Envelope::from_agent(OPERATOR, OPERATOR, emergency::ALERT, incident_id, data, now);
-    env.header.priority = Priority::Critical;
+    env.header.priority = Some(Priority::Critical);
     env
 }
 

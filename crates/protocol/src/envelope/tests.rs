@@ -63,7 +63,7 @@ fn a_good_envelope_validates() {
     let env = check(&v, &meta_for(&v)).expect("valid");
     assert_eq!(env.header.message_id, "m-1");
     assert_eq!(env.payload.data["feature_id"], "F-1");
-    assert_eq!(env.header.priority, Priority::Normal);
+    assert_eq!(env.header.priority, None, "absent means normal");
 }
 
 #[test]
@@ -136,7 +136,8 @@ fn wrong_types_and_values_are_invalid_fields_with_their_path() {
 
 #[test]
 fn versions_of_the_supported_major_are_read_and_others_rejected() {
-    for ok in ["1.0", "1.7", "1.10"] {
+    // MAJOR.MINOR, or MAJOR.MINOR.PATCH as the source documents write it.
+    for ok in ["1.0", "1.7", "1.10", "1.0.0", "1.1.3"] {
         let mut v = good();
         v["header"]["version"] = json!(ok);
         assert!(check(&v, &meta_for(&v)).is_ok(), "{ok}");
@@ -148,7 +149,9 @@ fn versions_of_the_supported_major_are_read_and_others_rejected() {
         .expect("header")
         .remove("version");
     assert!(check(&v, &meta_for(&v)).is_ok());
-    for bad in ["2.0", "0.9", "1", "1.x", "v1.0", "", "1.0.0", "one"] {
+    for bad in [
+        "2.0", "0.9", "1", "1.x", "v1.0", "", "1.0.0.0", "2.0.0", "1..0", "one",
+    ] {
         let mut v = good();
         v["header"]["version"] = json!(bad);
         let rej = check(&v, &meta_for(&v)).expect_err(bad);
@@ -357,4 +360,49 @@ proptest! {
             Err(e) => prop_assert!(!e.detail.is_empty()),
         }
     }
+}
+
+/// An envelope written the source documents' way nests priority and ttl in
+/// `header.routing`: they are read, never ignored.
+#[test]
+fn the_source_documents_routing_block_is_read_as_the_headers_own() {
+    let mut v = good();
+    let h = v["header"].as_object_mut().expect("header");
+    h.remove("ttl");
+    h.insert("version".into(), json!("1.0.0"));
+    h.insert(
+        "routing".into(),
+        json!({"priority": "high", "ttl": 60, "retry_count": 0, "max_retries": 3}),
+    );
+    let meta = meta_for(&v);
+    let env = check(&v, &meta).expect("valid");
+    assert_eq!(env.header.priority, Some(Priority::High));
+    assert_eq!(env.header.ttl, Some(60));
+    let r = env.header.routing.as_ref().expect("routing carried");
+    assert_eq!((r.retry_count, r.max_retries), (Some(0), Some(3)));
+    // Its ttl counts: an hour later the message has expired.
+    let later = now() + chrono::Duration::hours(1);
+    let rej = validate(v.to_string().as_bytes(), &meta, &catalog(), later).expect_err("expired");
+    assert_eq!(rej.reason, Reason::Expired, "{}", rej.detail);
+
+    // Given twice, they must agree; the refusal names both fields.
+    for (flat, nested, field) in [
+        (
+            ("priority", json!("low")),
+            ("priority", json!("high")),
+            "header.routing.priority",
+        ),
+        (("ttl", json!(30)), ("ttl", json!(60)), "header.routing.ttl"),
+    ] {
+        let mut v = good();
+        v["header"][flat.0] = flat.1;
+        v["header"]["routing"] = json!({ nested.0: nested.1 });
+        let rej = check(&v, &meta_for(&v)).expect_err("disagree");
+        assert_eq!(rej.reason, Reason::InvalidField);
+        assert!(rej.detail.contains(field), "{}", rej.detail);
+    }
+    // The same value twice is fine.
+    let mut v = good();
+    v["header"]["routing"] = json!({"ttl": 60});
+    assert_eq!(check(&v, &meta_for(&v)).expect("same").header.ttl, Some(60));
 }
