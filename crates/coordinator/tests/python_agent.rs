@@ -1,7 +1,8 @@
 //! Interoperability: agents written in Python from docs/agents.md and docs/schemas/
 //! alone (`examples/python/`) take a feature through the real coordinator, get a
 //! rejection and an SLA warning, and validate everything they receive; and the JSON
-//! Schema of the envelope agrees with the Rust validator on the shared corpus. The
+//! Schema of the envelope agrees with the Rust validator on the shared corpus, and every
+//! JSON example of the documentation is valid against its schema. The
 //! virtualenv comes from `make python-venv` (part of `make test`).
 
 use test_support as common;
@@ -100,4 +101,21 @@ async fn the_envelope_schema_gives_every_corpus_envelope_its_expected_verdict() 
     )
     .await;
     assert!(out.status.success(), "{}", show(&out));
+}
+
+/// Every JSON example in docs/ and the README parses and is valid against the schema
+/// it names (jsonschema, as the Python agent validates what it receives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_json_example_in_the_docs_is_valid_against_its_schema() {
+    let out = run_python(
+        &root().join("crates/coordinator/tests/docs_examples.py"),
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 problems"),
+        "{}",
+        show(&out)
+    );
 }
