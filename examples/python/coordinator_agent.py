@@ -1,28 +1,52 @@
 """A small agent for the coordinator, written from docs/agents.md and the JSON Schemas in
-docs/schemas/ alone: it registers with a heartbeat, publishes envelopes with the AMQP
-properties the contract asks for, and validates everything it receives.
+docs/schemas/ alone, to copy into your own agent: it registers with a heartbeat,
+consumes its queues with manual acks, publishes envelopes with the AMQP properties the
+contract asks for, and validates everything it receives.
 
     agent = Agent("qa-py-1", "qa-director", "amqp://guest:guest@127.0.0.1:5672/%2f")
     agent.register()
     task = agent.wait_for("tasks", "feature_handoff")
     agent.publish("testing_started", task["header"]["correlation_id"],
                   causation_id=task["header"]["message_id"])
+    agent.ack(task)
+
+Copy this file anywhere. It needs the contract's schemas (the coordinator repository's
+docs/schemas/ folder), found in this order: the `schemas` argument of Agent, the
+COORDINATOR_SCHEMAS environment variable, a `schemas/` folder beside this file, and
+the repository's docs/schemas/ when the file is still in examples/python/. Its Python
+dependencies are in requirements.txt (pika, jsonschema, rfc3339-validator).
+
+What it does with what it receives (docs/agents.md, "Your queues"):
+- a body that is not JSON, or an envelope or payload its schema refuses: rejected
+  without requeue, so the broker moves it to agent.dead_letters, where the coordinator
+  keeps it for an operator (`coordinator dead-letter list`); never left unacknowledged;
+- a message type it does not know (a newer coordinator's): acknowledged and ignored;
+  fields it does not know are allowed by the schemas (contract section 12);
+- a copy of a message it has already taken (same header.message_id): acknowledged and
+  skipped (delivery is at least once).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import sys
 import time
 import uuid
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pika
 import pika.exceptions
 from jsonschema import Draft202012Validator, FormatChecker
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+CONTRACT_VERSION = "1.1"
+
+# How many deliveries the broker hands over before an ack: enough for a burst of tasks
+# and notices, few enough that a slow agent does not hoard work.
+PREFETCH = 20
 
 # What arrives on an agent's tasks and commands queues, and the schemas of its
 # payload.data and payload.metadata (docs/protocol.md, "Message catalog").
@@ -39,43 +63,77 @@ RECEIVED = {
     "message_rejected": ("data/message_rejected.json", None),
     "emergency_alert": ("data/emergency_alert.json", "metadata/broadcast.json"),
 }
+CONSUMED = ("tasks", "commands")
 
 
 class ContractError(Exception):
     """A received message that does not match the contract's schemas."""
 
 
-def _validator(relative: str) -> Draft202012Validator:
-    schema = json.loads((SCHEMAS / relative).read_text())
+class SchemasNotFound(Exception):
+    """The contract's JSON Schemas are not where this agent looks for them."""
+
+
+def find_schemas(explicit: str | Path | None = None) -> Path:
+    """The folder holding envelope.json, data/ and metadata/ (see the module's doc)."""
+    here = Path(__file__).resolve().parent
+    candidates: list[tuple[str, Path]] = []
+    if explicit is not None:
+        candidates.append(("the schemas argument", Path(explicit)))
+    if os.environ.get("COORDINATOR_SCHEMAS"):
+        candidates.append(("COORDINATOR_SCHEMAS", Path(os.environ["COORDINATOR_SCHEMAS"])))
+    candidates.append(("beside the agent", here / "schemas"))
+    if len(here.parents) >= 2:
+        candidates.append(("the repository", here.parents[1] / "docs" / "schemas"))
+    for _, folder in candidates:
+        if (folder / "envelope.json").is_file():
+            return folder
+    tried = "; ".join(f"{name}: {folder}" for name, folder in candidates)
+    raise SchemasNotFound(
+        "no envelope.json in any of the places tried "
+        f"({tried}). Copy the coordinator repository's docs/schemas/ folder beside "
+        f"{Path(__file__).name} as schemas/, or set COORDINATOR_SCHEMAS to it."
+    )
+
+
+def _validator(folder: Path, relative: str) -> Draft202012Validator:
+    schema = json.loads((folder / relative).read_text())
     return Draft202012Validator(schema, format_checker=FormatChecker())
+
+
+def _errors(validator: Draft202012Validator, instance: Any) -> list[str]:
+    return [
+        f"{'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
+        for e in validator.iter_errors(instance)
+    ]
 
 
 class Contract:
     """The envelope schema and the payload schemas, loaded once."""
 
-    def __init__(self) -> None:
-        self.envelope = _validator("envelope.json")
+    def __init__(self, schemas: str | Path | None = None) -> None:
+        self.folder = find_schemas(schemas)
+        self.envelope = _validator(self.folder, "envelope.json")
         self._payloads: dict[str, Draft202012Validator] = {}
 
     def payload(self, relative: str) -> Draft202012Validator:
         if relative not in self._payloads:
-            self._payloads[relative] = _validator(relative)
+            self._payloads[relative] = _validator(self.folder, relative)
         return self._payloads[relative]
 
     def check(self, message: dict[str, Any]) -> None:
-        """Raises ContractError naming what is wrong."""
-        errors = [e.message for e in self.envelope.iter_errors(message)]
+        """Raises ContractError naming what is wrong and where. The caller has already
+        set aside message types it does not know."""
+        errors = _errors(self.envelope, message)
         if errors:
             raise ContractError(f"envelope: {errors}")
         message_type = message["header"]["message_type"]
-        if message_type not in RECEIVED:
-            raise ContractError(f"{message_type} is not a message an agent receives")
         data_schema, metadata_schema = RECEIVED[message_type]
         payload = message.get("payload", {})
         for part, relative in (("data", data_schema), ("metadata", metadata_schema)):
             if relative is None:
                 continue
-            errors = [e.message for e in self.payload(relative).iter_errors(payload.get(part, {}))]
+            errors = _errors(self.payload(relative), payload.get(part, {}))
             if errors:
                 raise ContractError(f"{message_type} payload.{part}: {errors}")
 
@@ -84,23 +142,54 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class Agent:
-    """One agent: its own connection, its three queues, publisher confirms."""
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
-    def __init__(self, agent_id: str, agent_type: str, amqp_url: str) -> None:
+
+def message_type_of(message: Any) -> str | None:
+    """header.message_type if the message has one that is a string."""
+    header = message.get("header") if isinstance(message, dict) else None
+    kind = header.get("message_type") if isinstance(header, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+class Agent:
+    """One agent: its own connection, its tasks and commands queues consumed with manual
+    acks, publisher confirms."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        agent_type: str,
+        amqp_url: str,
+        schemas: str | Path | None = None,
+    ) -> None:
         self.agent_id = agent_id
         self.agent_type = agent_type
-        self.contract = Contract()
+        self.contract = Contract(schemas)
         self.connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
         self.channel = self.connection.channel()
         # Publisher confirms: basic_publish returns once the broker has the message,
         # and raises if it was refused or (mandatory) routed nowhere.
         self.channel.confirm_delivery()
-        self.received: list[dict[str, Any]] = []
+        self.channel.basic_qos(prefetch_count=PREFETCH)
+        # Deliveries taken from the broker and not yet handed to the caller, per queue.
+        self._waiting: dict[str, deque[tuple[int, dict[str, Any]]]] = {
+            kind: deque() for kind in CONSUMED
+        }
+        # Delivery tags of messages handed out and not yet acked, by message id.
+        self._unacked: dict[str, int] = {}
         self._seen: set[str] = set()
+        self._consuming = False
+        self.received: list[dict[str, Any]] = []
+        # Why each set-aside message was dead-lettered, and the types ignored.
+        self.dead_lettered: list[str] = []
+        self.ignored: list[str] = []
 
     def queue(self, kind: str) -> str:
         return f"agent.{self.agent_id}.{kind}"
+
+    # --- publishing -------------------------------------------------------------------
 
     def envelope(
         self,
@@ -113,7 +202,7 @@ class Agent:
             "message_id": str(uuid.uuid4()),
             "correlation_id": correlation_id,
             "timestamp": _now().isoformat().replace("+00:00", "Z"),
-            "version": "1.1",
+            "version": CONTRACT_VERSION,
             "source": {"agent_id": self.agent_id, "agent_type": self.agent_type},
             "message_type": message_type,
             "priority": "normal",
@@ -156,6 +245,8 @@ class Agent:
         self.publish_envelope(envelope)
         return envelope
 
+    # --- registration -----------------------------------------------------------------
+
     def _queues_exist(self) -> bool:
         # A passive declare of a missing queue closes its channel: one channel per try.
         probe = self.connection.channel()
@@ -169,49 +260,114 @@ class Agent:
 
     def register(self, timeout: float = 10.0) -> None:
         """Heartbeats until its queues exist (automatic registration), as docs/agents.md
-        says to before listening."""
+        says to before listening, then starts consuming them."""
         deadline = time.monotonic() + timeout
         while True:
-            self.publish("heartbeat", self.agent_id, {"status": "healthy"})
+            self.heartbeat()
             if self._queues_exist():
-                return
+                break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.agent_id}: no queues {timeout}s after a heartbeat")
-            time.sleep(0.2)
+                raise TimeoutError(
+                    f"{self.agent_id}: its queues ({self.queue('tasks')}, …) do not exist "
+                    f"{timeout:g}s after a heartbeat. Automatic registration is probably "
+                    "off (it is in production: registration.auto_register = false). Ask "
+                    "the coordinator's operator to register this agent once with "
+                    f"`coordinator agent add {self.agent_id} {self.agent_type}`, or to "
+                    "list it in the configuration, then start it again."
+                )
+            self.connection.sleep(0.2)
+        self._consume()
 
-    def next(self, kind: str, timeout: float) -> dict[str, Any] | None:
-        """The next new message on one of its queues (tasks or commands), validated and
-        acked; None if nothing came within the timeout. A re-sent copy (a message id
-        seen before) is acked and skipped."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            method, _properties, body = self.channel.basic_get(self.queue(kind))
-            if method is None:
-                self.connection.sleep(0.05)
-                continue
-            message = json.loads(body)
-            self.contract.check(message)
-            self.channel.basic_ack(method.delivery_tag)
+    def heartbeat(self) -> None:
+        """Tells the coordinator it is alive (docs/agents.md: every 30 s or so)."""
+        self.publish("heartbeat", self.agent_id, {"status": "healthy"})
+
+    # --- receiving --------------------------------------------------------------------
+
+    def _consume(self) -> None:
+        if self._consuming:
+            return
+        for kind in CONSUMED:
+            self.channel.basic_consume(
+                self.queue(kind), self._on_delivery(kind), auto_ack=False
+            )
+        self._consuming = True
+
+    def _on_delivery(self, kind: str) -> Callable[..., None]:
+        def on_delivery(channel, method, _properties, body: bytes) -> None:
+            tag = method.delivery_tag
+            try:
+                message = json.loads(body)
+            except ValueError as e:
+                self._dead_letter(channel, tag, kind, f"not JSON ({e})")
+                return
+            message_type = message_type_of(message)
+            if message_type is not None and message_type not in RECEIVED:
+                # A type this agent does not know (a newer contract's): not an error.
+                channel.basic_ack(tag)
+                self.ignored.append(message_type)
+                _log(f"{self.agent_id}: ignored a {message_type} on {self.queue(kind)}")
+                return
+            try:
+                self.contract.check(message)
+            except ContractError as e:
+                self._dead_letter(channel, tag, kind, str(e))
+                return
             message_id = message["header"]["message_id"]
             if message_id in self._seen:
-                continue
+                channel.basic_ack(tag)
+                return
             self._seen.add(message_id)
-            self.received.append(message)
-            return message
-        return None
+            self._waiting[kind].append((tag, message))
+
+        return on_delivery
+
+    def _dead_letter(self, channel, tag: int, kind: str, why: str) -> None:
+        # requeue=False: the broker dead-letters it (agent.dlx); requeued, it would come
+        # straight back, forever.
+        channel.basic_reject(tag, requeue=False)
+        self.dead_lettered.append(why)
+        _log(f"{self.agent_id}: sent a message on {self.queue(kind)} to the dead letters: {why}")
+
+    def next(self, kind: str, timeout: float) -> dict[str, Any] | None:
+        """The next new message on its tasks or commands queue, validated; None if
+        nothing came within the timeout. Ack it with `ack` once handled."""
+        if kind not in CONSUMED:
+            raise ValueError(f"{kind}: an agent consumes {' and '.join(CONSUMED)}")
+        self._consume()
+        deadline = time.monotonic() + timeout
+        while not self._waiting[kind]:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.connection.process_data_events(time_limit=min(left, 1.0))
+        tag, message = self._waiting[kind].popleft()
+        self._unacked[message["header"]["message_id"]] = tag
+        self.received.append(message)
+        return message
+
+    def ack(self, message: dict[str, Any]) -> None:
+        """Acknowledges a message `next` or `wait_for` handed out: it is handled."""
+        tag = self._unacked.pop(message["header"]["message_id"], None)
+        if tag is not None:
+            self.channel.basic_ack(tag)
 
     def wait_for(self, kind: str, message_type: str, timeout: float = 20.0) -> dict[str, Any]:
-        """The first message of that type on that queue; others are kept in `received`."""
+        """The first message of that type on that queue, left for the caller to `ack`;
+        the others taken on the way are acked (they stay in `received`)."""
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            message = self.next(kind, max(left, 0.0)) if left > 0 else None
+            message = self.next(kind, max(deadline - time.monotonic(), 0.0))
             if message is None:
                 raise TimeoutError(
                     f"{self.agent_id}: no {message_type} on its {kind} queue within {timeout}s"
                 )
             if message["header"]["message_type"] == message_type:
                 return message
+            self.ack(message)
 
     def close(self) -> None:
-        self.connection.close()
+        """Closes the connection; what was handed out and not acked goes back to the
+        queue, for this agent's next start."""
+        if self.connection.is_open:
+            self.connection.close()

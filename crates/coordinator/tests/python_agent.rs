@@ -49,15 +49,17 @@ fn show(o: &Output) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_agents_take_a_feature_through_with_a_rejection_and_a_warning() {
+async fn python_agents_copied_out_of_the_repo_take_a_feature_through_and_dead_letter_junk() {
     let env = TestEnv::new().await;
     let mut settings = env.settings();
     // testing_start's 4 h become 7.2 s; its warning comes at 5.8 s.
     settings.sla.time_scale = 0.0005;
     let app = env.start_with(settings).await;
 
+    // As a user copies it: the two files and the schemas beside them, outside the repo.
+    let copy = CopiedExample::new();
     let out = run_python(
-        &root().join("examples/python/interop.py"),
+        &copy.dir.join("interop.py"),
         &["--amqp-url", &env.amqp_url, "--workflow", "wf-py-1"],
     )
     .await;
@@ -90,7 +92,86 @@ async fn python_agents_take_a_feature_through_with_a_rejection_and_a_warning() {
         4,
         "each Python agent registered itself with a heartbeat"
     );
+    // The body that was not JSON went to the dead letters, rejected by the agent; the
+    // message of an unknown type was acked, not dead-lettered.
+    let rejected_by_agent =
+        "SELECT count(*) FROM dead_letters WHERE reason = 'broker_dead_lettered' \
+         AND detail LIKE '%rejected in queue agent.qa-py.commands%'";
+    common::eventually("the agent's rejected message is collected", || async {
+        (env.scalar_i64(rejected_by_agent).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM dead_letters WHERE reason = 'broker_dead_lettered'")
+            .await,
+        1,
+        "only the body that was not JSON is dead-lettered"
+    );
     app.stop().await;
+}
+
+/// `examples/python/` copied to a fresh folder outside the repository, with the
+/// contract's schemas beside it as `schemas/` (where the agent looks first after its
+/// argument and COORDINATOR_SCHEMAS); removed on drop.
+struct CopiedExample {
+    dir: PathBuf,
+}
+
+impl CopiedExample {
+    fn new() -> CopiedExample {
+        let dir = std::env::temp_dir().join(format!("coordinator-agent-{}", uuid::Uuid::new_v4()));
+        for name in ["coordinator_agent.py", "interop.py"] {
+            std::fs::create_dir_all(&dir).expect("a temporary folder");
+            std::fs::copy(root().join("examples/python").join(name), dir.join(name))
+                .expect("the example copies");
+        }
+        copy_tree(&root().join("docs/schemas"), &dir.join("schemas"));
+        CopiedExample { dir }
+    }
+}
+
+impl Drop for CopiedExample {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("a folder");
+    for entry in std::fs::read_dir(from).expect("a readable folder") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("a file copies");
+        }
+    }
+}
+
+/// Outside the repository and without schemas, the agent says where it looked and
+/// what to do, instead of a Python traceback about a missing file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_agent_without_its_schemas_says_where_to_put_them() {
+    let copy = CopiedExample::new();
+    std::fs::remove_dir_all(copy.dir.join("schemas")).expect("schemas removed");
+    let out = run_python(
+        &copy.dir.join("interop.py"),
+        &[
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:1/%2f",
+            "--workflow",
+            "wf-x",
+        ],
+    )
+    .await;
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("COORDINATOR_SCHEMAS") && err.contains("docs/schemas"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
