@@ -40,10 +40,19 @@ pub enum SettingsError {
         dir.display()
     )]
     NoEnvironment { env: String, dir: PathBuf },
-    #[error("configuration could not be read")]
+    #[error("configuration could not be read: {0}{hint}", hint = load_hint(.0))]
     Load(#[from] config::ConfigError),
     #[error("configuration value {key} is invalid: {problem}")]
     Invalid { key: String, problem: String },
+}
+
+/// What to write instead, for the mistakes a bare error leaves a newcomer guessing at.
+fn load_hint(e: &config::ConfigError) -> &'static str {
+    if e.to_string().contains("expected a duration") {
+        " (a duration needs its unit: \"5s\", \"250ms\", \"2m\", \"1h 30m\")"
+    } else {
+        ""
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

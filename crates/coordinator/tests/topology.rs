@@ -37,7 +37,7 @@ async fn fallbacks_over_definitions(env: &TestEnv, amqp: &AmqpSettings) -> Vec<S
         .fixed(&settings.inbox, None)
         .await
         .expect("topology");
-    let fallbacks = declarer.fallbacks().to_vec();
+    let fallbacks = declarer.fallbacks();
     declarer.close().await;
     let _ = conn.close("done").await;
     fallbacks

@@ -901,6 +901,11 @@ impl Serve {
         self.child.id()
     }
 
+    /// What it has written to stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     /// Whether it has exited (without waiting).
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use coordinator::db::lease::PARTITION_CLASS;
+use coordinator::db::lease::{LEASES_APPLICATION, PARTITION_CLASS};
 use loadgen::stats::{Counters, Recorder};
 use loadgen::team::{agent_id, Team, MESSAGES_PER_WORKFLOW, ROLES};
 use test_support::{eventually, Serve, TestEnv};
@@ -51,6 +51,28 @@ async fn three_coordinators_share_the_partitions_and_survivors_take_over_after_s
         (l.len() == 3 && l.values().all(|n| *n == 2)).then_some(())
     })
     .await;
+    // The lease query of docs/scaling.md tells the three apart though they share a host:
+    // each lease session is named after its process.
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+         WHERE l.locktype = 'advisory' AND l.granted AND l.classid::int8 = $1
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(i64::from(PARTITION_CLASS))
+    .fetch_all(&env.pool)
+    .await
+    .expect("lease sessions");
+    assert_eq!(names.len(), 3, "{names:?}");
+    for serve in &serves {
+        let pid = format!("-{}-", serve.pid());
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(LEASES_APPLICATION) && n.contains(&pid)),
+            "no lease session names process {}: {names:?}",
+            serve.pid()
+        );
+    }
 
     // Workflows through the whole happy path, played by the bench agents.
     let rec = Arc::new(Recorder::default());

@@ -1,9 +1,10 @@
 //! The exchanges and queues of docs/protocol.md section 2, declared idempotently.
 //!
 //! Declaring is safe to repeat. If a queue already exists with other arguments (say an
-//! operator made it quorum by hand), RabbitMQ refuses the declaration and closes the
-//! channel; we then check the queue exists and carry on with a warning instead of
-//! refusing to start.
+//! operator made it quorum by hand, or `make run` declared classic queues on a vhost
+//! production settings now use), RabbitMQ refuses the declaration and closes the
+//! channel; we then carry on with it as it is, and say so in one warning for the whole
+//! declaration rather than one per queue.
 
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -90,8 +91,9 @@ pub struct Declarer<'a> {
     queue_type: QueueType,
     /// `x-max-length` of events queues (`amqp.events_max_length`; none when 0).
     events_max_length: Option<u32>,
-    /// What existed with other arguments and was used as it is.
-    fallbacks: Vec<String>,
+    /// What existed with other arguments and was used as it is, with the broker's
+    /// reason.
+    fallbacks: Vec<(String, String)>,
 }
 
 impl<'a> Declarer<'a> {
@@ -113,10 +115,18 @@ impl<'a> Declarer<'a> {
         })
     }
 
-    /// The exchanges and queues found declared with other arguments than configured
-    /// (each logged once as a warning and used as it is).
-    pub fn fallbacks(&self) -> &[String] {
-        &self.fallbacks
+    /// How many exchanges and queues were found declared with other arguments than
+    /// configured (used as they are; [`Declarer::close`] warns once about them all).
+    pub fn used_as_found(&self) -> usize {
+        self.fallbacks.len()
+    }
+
+    /// Their names (`queue agent.dead_letters`, …).
+    pub fn fallbacks(&self) -> Vec<String> {
+        self.fallbacks
+            .iter()
+            .map(|(what, _)| what.clone())
+            .collect()
     }
 
     /// The fixed exchanges, the dead-letter and on-call queues, and the inbox.
@@ -372,11 +382,11 @@ impl<'a> Declarer<'a> {
                 source: e,
             });
         }
-        tracing::warn!(
+        tracing::debug!(
             %what, error = %e,
             "exists with other arguments than configured; using it as it is"
         );
-        self.fallbacks.push(what.to_string());
+        self.fallbacks.push((what.to_string(), reply_text(&e)));
         self.channel = self
             .conn
             .0
@@ -386,7 +396,80 @@ impl<'a> Declarer<'a> {
         Ok(())
     }
 
+    /// Closes its channel; warns once if anything was used as found.
     pub async fn close(self) {
+        if let Some(warning) = used_as_found_warning(&self.fallbacks) {
+            tracing::warn!(used_as_found = self.fallbacks.len(), "{warning}");
+        }
         let _ = self.channel.close(200, "topology declared").await;
+    }
+}
+
+/// The broker's own words for a refused declaration (`inequivalent arg 'x-queue-type'
+/// for queue …: received 'quorum' but current is 'classic'`), without lapin's wrapping.
+fn reply_text(e: &lapin::Error) -> String {
+    match e {
+        lapin::Error::ProtocolError(err) => err
+            .get_message()
+            .as_str()
+            .trim_start_matches("PRECONDITION_FAILED - ")
+            .to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// One line for everything used as found: how many, the first few names, the first
+/// reason, and where the fix is documented.
+fn used_as_found_warning(fallbacks: &[(String, String)]) -> Option<String> {
+    const NAMED: usize = 4;
+    let (_, reason) = fallbacks.first()?;
+    let mut names: Vec<&str> = fallbacks
+        .iter()
+        .take(NAMED)
+        .map(|(w, _)| w.as_str())
+        .collect();
+    let more = fallbacks.len().saturating_sub(NAMED);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    names.sort_unstable();
+    Some(format!(
+        "{} exchanges or queues exist with other arguments than configured and are used as they are ({}{more}; the first: {reason}). \
+         To declare them as configured, see docs/scaling.md, \"Queues declared with other arguments\"",
+        fallbacks.len(),
+        names.join(", "),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::used_as_found_warning;
+
+    #[test]
+    fn queues_used_as_found_are_one_warning_naming_a_few_and_counting_the_rest() {
+        assert_eq!(used_as_found_warning(&[]), None);
+        let found: Vec<(String, String)> = (0..6)
+            .map(|i| {
+                (
+                    format!("queue coordinator.inbox.{i}"),
+                    "inequivalent arg 'x-queue-type': received 'quorum' but current is 'classic'"
+                        .to_string(),
+                )
+            })
+            .collect();
+        let warning = used_as_found_warning(&found).expect("a warning");
+        assert!(
+            warning.starts_with("6 exchanges or queues exist"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("queue coordinator.inbox.3 and 2 more"),
+            "{warning}"
+        );
+        assert!(!warning.contains("inbox.4"), "{warning}");
+        assert!(warning.contains("current is 'classic'"), "{warning}");
+        assert!(warning.contains("docs/scaling.md"), "{warning}");
     }
 }

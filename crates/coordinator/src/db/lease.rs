@@ -19,6 +19,9 @@ pub struct Holders {
     pub partitions: Vec<i64>,
 }
 
+/// The start of the lease connections' `application_name`.
+pub const LEASES_APPLICATION: &str = "coordinator leases";
+
 /// The connection that holds this coordinator's membership and partition locks.
 pub struct Leases {
     conn: PgConnection,
@@ -26,10 +29,13 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Connects to `database_url` and takes a free membership key.
-    pub async fn join(database_url: &str) -> super::Result<Leases> {
+    /// Connects to `database_url` and takes a free membership key. The session's
+    /// `application_name` is `coordinator leases <instance>` (host, pid and a random
+    /// suffix, as in `processed_messages.processed_by`), so `pg_stat_activity` tells two
+    /// coordinators on one host apart; PostgreSQL keeps its first 63 bytes.
+    pub async fn join(database_url: &str, instance: &str) -> super::Result<Leases> {
         let options: PgConnectOptions = database_url.parse()?;
-        let options = options.application_name("coordinator partition leases");
+        let options = options.application_name(&format!("{LEASES_APPLICATION} {instance}"));
         let mut conn = PgConnection::connect_with(&options).await?;
         for _ in 0..8 {
             let key =

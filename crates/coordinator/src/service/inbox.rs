@@ -174,7 +174,7 @@ async fn handle_batch(
             Err(e) => {
                 shared.breakers.failed(Guarded::Database);
                 let backoff = waits.next_persistent();
-                tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), size = batch.len(), retry_in = ?backoff, "batch not committed; will retry");
+                tracing::error!(error = %crate::telemetry::error_chain(&e), size = batch.len(), retry_in = ?backoff, "batch not committed; will retry");
                 let waited = tokio::select! {
                     _ = stop.cancelled() => false,
                     _ = tokio::time::sleep(backoff) => let_through(shared, stop).await,

@@ -39,6 +39,8 @@ pub struct Plan {
 pub struct Partitions<'a> {
     /// `database.url`: the leases are held on a connection of their own.
     database_url: &'a str,
+    /// This process (host, pid): the lease connection's `application_name`.
+    instance: &'a str,
     /// `inbox.partitions`.
     partitions: u32,
     leases: Option<Leases>,
@@ -47,9 +49,10 @@ pub struct Partitions<'a> {
 }
 
 impl<'a> Partitions<'a> {
-    pub fn new(database_url: &'a str, partitions: u32) -> Partitions<'a> {
+    pub fn new(database_url: &'a str, instance: &'a str, partitions: u32) -> Partitions<'a> {
         Partitions {
             database_url,
+            instance,
             partitions,
             leases: None,
             held: BTreeSet::new(),
@@ -61,7 +64,7 @@ impl<'a> Partitions<'a> {
     pub async fn step(&mut self) -> db::Result<Plan> {
         let partitions = self.partitions;
         if self.leases.is_none() {
-            self.leases = Some(Leases::join(self.database_url).await?);
+            self.leases = Some(Leases::join(self.database_url, self.instance).await?);
             self.held.clear();
             self.stopping.clear();
         }

@@ -5,7 +5,10 @@
 //! again after a backoff, or given up and on-call told) and tells the publishing
 //! breaker.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +20,7 @@ use crate::engine::escalations;
 use crate::engine::rows::{Queued, Writes};
 use crate::retry::RetryPolicy;
 use crate::service::runtime::{Breakers, Confirmed, Guarded, Metrics, Shared, Signals};
+use crate::telemetry::repeats::{Repeats, Said};
 use protocol::names::message_types::MESSAGE_UNDELIVERABLE;
 
 /// What settling the broker's answers uses.
@@ -32,6 +36,8 @@ pub struct Settling<'a> {
     pub retry: &'a RetryPolicy,
     /// `outbox.undeliverable_after`.
     pub undeliverable_after: Duration,
+    /// Why rows are retried, said at start, end and as a count in between.
+    pub repeats: &'a Mutex<Repeats>,
 }
 
 impl<'a> Settling<'a> {
@@ -46,6 +52,7 @@ impl<'a> Settling<'a> {
             signals: &shared.signals,
             retry: &shared.settings.retry_policies.default,
             undeliverable_after: shared.settings.outbox.undeliverable_after,
+            repeats: &shared.repeats,
         }
     }
 
@@ -66,6 +73,8 @@ impl<'a> Settling<'a> {
     /// again after a wait from the retry policy, by the row's attempts.
     pub async fn settle(&self, p: &Published) -> db::Result<()> {
         self.confirmed.add(&p.sent);
+        let now = self.clock.now();
+        self.resolved(&p.sent, now);
         if p.failed.is_empty() {
             return Ok(());
         }
@@ -74,11 +83,17 @@ impl<'a> Settling<'a> {
             .iter()
             .map(|f| {
                 let wait = self.retry.wait_after(f.attempts.max(0) as u32 + 1);
-                tracing::warn!(outbox_id = f.id, attempts = f.attempts + 1, retry_in = ?wait, "{}; kept in the outbox", f.why);
                 (f.id, f.why.clone(), wait)
             })
             .collect();
-        let now = self.clock.now();
+        {
+            let mut repeats = lock(self.repeats);
+            for (id, why, wait) in &retries {
+                for (key, said) in repeats.occurred(why, *id, now) {
+                    say(&key, &said, repeats.every(), Some((*id, *wait)));
+                }
+            }
+        }
         let mut tx = self.pool.begin().await?;
         let given_up = store::mark_failed(&mut tx, &retries, self.undeliverable_after, now).await?;
         // A notice that is itself undeliverable is not noticed again.
@@ -99,11 +114,65 @@ impl<'a> Settling<'a> {
         for u in &given_up {
             tracing::error!(outbox_id = u.id, message_id = %u.message_id, message_type = %u.message_type, routing_key = %u.routing_key, attempts = u.attempts, "no queue took this message within outbox.undeliverable_after; it is marked undeliverable and on-call is told");
         }
+        let given_up_ids: Vec<i64> = given_up.iter().map(|u| u.id).collect();
+        self.resolved(&given_up_ids, now);
         self.metrics.undeliverable.inc_by(given_up.len() as u64);
         if noticed {
             self.signals.wake_relay.notify_one();
         }
         Ok(())
+    }
+}
+
+impl Settling<'_> {
+    /// Rows that no longer wait (sent, or given up): a condition they were the last
+    /// members of is over.
+    fn resolved(&self, ids: &[i64], now: DateTime<Utc>) {
+        let mut repeats = lock(self.repeats);
+        if repeats.is_empty() {
+            return;
+        }
+        for id in ids {
+            if let Some((key, said)) = repeats.resolved(*id, now) {
+                say(&key, &said, repeats.every(), None);
+            }
+        }
+    }
+}
+
+fn lock(repeats: &Mutex<Repeats>) -> std::sync::MutexGuard<'_, Repeats> {
+    repeats.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Logs what [`Repeats`] says about why outbox rows wait: the start and the count in
+/// between as warnings, the end as information.
+fn say(why: &str, said: &Said, every: Duration, row: Option<(i64, Duration)>) {
+    match said {
+        Said::Started => {
+            let (outbox_id, retry_in) = row.unwrap_or_default();
+            tracing::warn!(
+                outbox_id,
+                retry_in = ?retry_in,
+                "{why}; kept in the outbox and retried with backoff (logged again as a count every {}, and when it is over)",
+                humantime::format_duration(every)
+            )
+        }
+        Said::Continuing {
+            times,
+            members,
+            since,
+        } => tracing::warn!(
+            retries = times,
+            messages_waiting = members,
+            since = %since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "{why}: still, {times} retries in the last {} for {members} waiting messages",
+            humantime::format_duration(every)
+        ),
+        Said::Ended { times, lasted } => tracing::info!(
+            retries = times,
+            "{why}: over, no message waits for it any more ({times} failed attempts over {})",
+            humantime::format_duration(Duration::from_secs(lasted.as_secs()))
+        ),
     }
 }
 

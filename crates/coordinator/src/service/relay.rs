@@ -19,8 +19,9 @@ use crate::amqp::publisher::{PublishError, Publisher};
 use crate::amqp::Connection;
 use crate::db::{self, store};
 use crate::service::publishing::Settling;
-use crate::service::runtime::Shared;
+use crate::service::runtime::{Shared, REPEATS_SAID_EVERY};
 use crate::settings::OutboxSettings;
+use crate::telemetry::repeats::{Repeats, Said};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -147,11 +148,34 @@ pub async fn run(relay: &Relay<'_>, stop: CancellationToken) -> Result<(), Relay
     // The relay wakes after every commit; counting the outbox that often would put a
     // query per batch on the hot path for a gauge, so refresh it once per poll interval.
     let mut gauge_due = std::time::Instant::now();
+    // An outage is said when it starts, as a count each minute, and when it ends.
+    let mut outage = Repeats::new(REPEATS_SAID_EVERY);
+    const OUTAGE: &str = "the relay cannot reach the database";
     loop {
+        let now = relay.settling.clock.now();
         match relay.drain(Some(&stop)).await {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some((_, Said::Ended { times, lasted })) = outage.resolved(0, now) {
+                    tracing::info!(
+                        failed_attempts = times,
+                        "{OUTAGE}: over, after {}",
+                        humantime::format_duration(Duration::from_secs(lasted.as_secs()))
+                    );
+                }
+            }
             Err(RelayError::Db(e)) => {
-                tracing::warn!(error = %e, "relay could not reach the database; will retry")
+                let every = humantime::format_duration(REPEATS_SAID_EVERY);
+                for (_, said) in outage.occurred(OUTAGE, 0, now) {
+                    match said {
+                        Said::Started => {
+                            tracing::warn!(error = %e, "{OUTAGE}; will retry (logged again as a count every {every}, and when it is over)")
+                        }
+                        Said::Continuing { times, .. } => {
+                            tracing::warn!(error = %e, failed_attempts = times, "{OUTAGE}: still, {times} failed attempts in the last {every}")
+                        }
+                        Said::Ended { .. } => {}
+                    }
+                }
             }
             Err(e) => return Err(e),
         }

@@ -19,7 +19,11 @@ use crate::db::Pool;
 use crate::domain::sla::{Deadline, DeadlineKind};
 use crate::engine::{Agents, Processor};
 use crate::settings::Settings;
+use crate::telemetry::repeats::Repeats;
 use protocol::catalog::Catalog;
+
+/// How often a condition that goes on is logged again, as a count.
+pub const REPEATS_SAID_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Shared {
     pub settings: Settings,
@@ -41,6 +45,9 @@ pub struct Shared {
     pub signals: Signals,
     /// The circuit breakers around PostgreSQL and around publishing.
     pub breakers: Breakers,
+    /// Conditions that repeat (a message no queue takes), logged at start, end and as
+    /// a count in between.
+    pub repeats: Mutex<Repeats>,
     /// The step a shutdown is at, named when it overruns `shutdown.timeout`.
     stopping: Mutex<&'static str>,
 }
@@ -67,6 +74,7 @@ impl Shared {
             batch_turns,
             signals: Signals::default(),
             breakers,
+            repeats: Mutex::new(Repeats::new(REPEATS_SAID_EVERY)),
             stopping: Mutex::new("not stopping"),
         }
     }

@@ -121,6 +121,7 @@ async fn supervise(
     let mut collector_ended = false;
     let mut leases = Partitions::new(
         &shared.settings.database.url,
+        &shared.instance,
         shared.settings.inbox.partitions,
     );
     let mut running: HashMap<u32, CancellationToken> = HashMap::new();
@@ -193,7 +194,7 @@ async fn supervise(
     }
     while let Some((p, result)) = workers.next().await {
         if let Err(e) = result {
-            tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), partition = p, "an inbox partition stopped with an error");
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), partition = p, "an inbox partition stopped with an error");
         }
     }
     shared.stopping("releasing the partition leases");
@@ -299,7 +300,7 @@ async fn declare_all(conn: &Connection, shared: &Shared) -> Result<(), SessionEr
             .await
             .map_err(topology)?;
     }
-    let used_as_found = declarer.fallbacks().len();
+    let used_as_found = declarer.used_as_found();
     declarer.close().await;
     tracing::info!(agents = agents.len(), used_as_found, "topology declared");
     Ok(())
