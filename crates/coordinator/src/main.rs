@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            eprintln!("error: {}", telemetry::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -29,7 +29,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", telemetry::error_chain(e.as_ref()));
             if cli::is_usage(&e) {
                 ExitCode::from(2)
             } else {
@@ -58,14 +58,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         shutdown.cancelled().await;
         tokio::time::sleep(timeout).await;
     };
-    tokio::select! {
+    let result = tokio::select! {
         r = app.run(shutdown.clone()) => r,
-        () = overrun => Err(anyhow::anyhow!(
+        () = overrun => return Err(anyhow::anyhow!(
             "shutdown did not finish within shutdown.timeout ({}); it was {}. What was committed is kept; messages not yet sent go out after a restart",
             humantime::format_duration(timeout),
             shared.stopping_at()
         )),
-    }
+    };
+    // Each session closed with PostgreSQL's goodbye, not dropped at exit.
+    shared.stopping("closing the database connections");
+    coordinator::db::close(&shared.pool).await;
+    result
 }
 
 async fn wait_for_signal() {
@@ -81,15 +85,4 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }

@@ -304,6 +304,15 @@ async fn dead_letters_are_listed_by_filter_shown_whole_and_resolved_with_a_note(
     .execute(&env.pool)
     .await
     .expect("dead letters");
+    // The AMQP properties as the coordinator records them (DeliveryMeta).
+    sqlx::query(
+        "UPDATE dead_letters SET properties = '{\"routing_key\": \"qa-director.nonsense\", \"message_id\": \"m-new\",
+           \"kind\": \"nonsense\", \"app_id\": \"qa-1\", \"timestamp\": 1796000000, \"content_type\": null}'
+         WHERE message_id = 'm-new'",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("dead letters");
     let settings = env.settings();
     let run = |args: &[&str]| {
         let cli = Cli::try_parse_from(["coordinator", "dead-letter"].iter().chain(args.iter()))
@@ -334,6 +343,13 @@ async fn dead_letters_are_listed_by_filter_shown_whole_and_resolved_with_a_note(
         "body pretty-printed: {shown}"
     );
     assert!(shown.contains("replays:     none"), "{shown}");
+    // The AMQP type property is called type, and the timestamp is a time.
+    assert!(shown.contains("  type:           nonsense"), "{shown}");
+    assert!(!shown.contains("kind"), "{shown}");
+    assert!(
+        shown.contains("timestamp:      2026-11-30 00:53:20 (1796000000)"),
+        "{shown}"
+    );
 
     let out = run(&[
         "resolve",
@@ -351,6 +367,31 @@ async fn dead_letters_are_listed_by_filter_shown_whole_and_resolved_with_a_note(
     );
     let shown = run(&["show", &new_id.to_string()]).await.expect("show");
     assert!(shown.contains("agent fixed in v2"), "{shown}");
+    // Resolved once: a second note does not silently replace the first.
+    let again = run(&["resolve", &new_id.to_string(), "--note", "another reason"])
+        .await
+        .expect_err("already resolved");
+    assert!(
+        again.to_string().contains("agent fixed in v2") && again.to_string().contains("--replace"),
+        "{again}"
+    );
+    let shown = run(&["show", &new_id.to_string()]).await.expect("show");
+    assert!(shown.contains("agent fixed in v2"), "{shown}");
+    let out = run(&[
+        "resolve",
+        &new_id.to_string(),
+        "--note",
+        "agent fixed in v3",
+        "--replace",
+    ])
+    .await
+    .expect("resolve --replace");
+    assert!(
+        out.contains("replacing the note \"agent fixed in v2\""),
+        "{out}"
+    );
+    let shown = run(&["show", &new_id.to_string()]).await.expect("show");
+    assert!(shown.contains("agent fixed in v3"), "{shown}");
 
     let missing = run(&["show", "999999"]).await.expect_err("no such id");
     assert!(
@@ -421,10 +462,32 @@ async fn a_dry_run_says_what_a_replay_would_do_and_a_replay_by_reason_applies_ev
             by: "alice".into(),
         },
     };
-    let early = cli::run(&settings, dry_run()).await.expect("dry run");
+    // As an operator runs it: the binary, the shipped log filter. A dry run logs no
+    // warning (nothing is rejected, it only says what would be) and uses up no id.
+    let ids_used = "SELECT last_value FROM dead_letters_id_seq";
+    let ids_before = env.scalar_i64(ids_used).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["dead-letter", "replay", "--dry-run", &first.to_string()])
+        .env("COORDINATOR_ENV", "test")
+        .env("RUST_LOG", "info")
+        .env("COORDINATOR__DATABASE__URL", &env.db_url)
+        .env("COORDINATOR__AMQP__URL", &env.amqp_url)
+        .output()
+        .expect("the binary runs");
+    let (early, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{early}\n{log}");
     assert!(
         early.contains("would be rejected again: not_accepted_in_state"),
         "{early}"
+    );
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+    assert_eq!(
+        env.scalar_i64(ids_used).await,
+        ids_before,
+        "a dry run used up dead-letter ids"
     );
 
     for wf in wfs {
@@ -474,6 +537,30 @@ async fn a_dry_run_says_what_a_replay_would_do_and_a_replay_by_reason_applies_ev
         env.scalar_i64("SELECT count(*) FROM dead_letter_replays")
             .await,
         2
+    );
+
+    // A letter an operator resolved is replayed only with a word about it.
+    let resolve = Command::DeadLetter {
+        command: DeadLetterCommand::Resolve {
+            id: first,
+            note: "handled by hand".into(),
+            replace: false,
+        },
+    };
+    cli::run(&settings, resolve).await.expect("resolve");
+    let replay = Command::DeadLetter {
+        command: DeadLetterCommand::Replay {
+            id: Some(first),
+            reason: None,
+            since: None,
+            dry_run: false,
+            by: "alice".into(),
+        },
+    };
+    let out = cli::run(&settings, replay).await.expect("replay");
+    assert!(
+        out.contains("it had been resolved at") && out.contains("handled by hand"),
+        "{out}"
     );
     app.stop().await;
 }

@@ -136,6 +136,21 @@ fn wrong_arguments_and_bad_configuration_say_what_is_wrong() {
         err.contains("database.url") && err.contains("127.0.0.1:1/nowhere"),
         "{err}"
     );
+    // ... and says the cause once, not once per layer of libraries.
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+
+    // A bare number for a duration: the error says what to write instead.
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[("COORDINATOR__INBOX__REBALANCE_INTERVAL", "5")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("inbox.rebalance_interval") && err.contains("\"5s\""),
+        "{err}"
+    );
 
     // A negative or zero limit is refused by clap, naming the option.
     let o = coordinator(None, &["workflow", "list", "--limit=-3"], &[]);
@@ -369,4 +384,41 @@ async fn agent_add_registers_declares_and_refuses_bad_input() {
 
     let o = coordinator(Some(&env), &["agent", "list"], &[]);
     assert!(text(&o).0.contains("qa-9"));
+}
+
+/// A command closes its PostgreSQL sessions rather than dropping them: PostgreSQL counts
+/// a dropped one as abandoned (`pg_stat_database.sessions_abandoned`) and logs
+/// "could not receive data from client: Connection reset by peer" for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_close_their_database_sessions() {
+    let env = TestEnv::new().await;
+    let stats = "SELECT sessions::bigint, sessions_abandoned::bigint FROM pg_stat_database \
+                 WHERE datname = current_database()";
+    let read = || async {
+        sqlx::query_as::<_, (i64, i64)>(stats)
+            .fetch_one(&env.pool)
+            .await
+            .expect("pg_stat_database")
+    };
+    let (sessions_before, abandoned_before) = read().await;
+    let commands: [&[&str]; 3] = [&["workflow", "list"], &["agent", "list"], &["sla", "list"]];
+    for args in commands {
+        let o = coordinator(Some(&env), args, &[]);
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    // Each command opens at least two sessions (the reachability check, the pool);
+    // PostgreSQL counts them once they have ended.
+    let (sessions, abandoned) =
+        common::eventually("the commands' sessions to be counted", || async {
+            let (s, a) = read().await;
+            (s >= sessions_before + 6).then_some((s, a))
+        })
+        .await;
+    assert_eq!(
+        abandoned - abandoned_before,
+        0,
+        "{} of {} sessions were dropped, not closed",
+        abandoned - abandoned_before,
+        sessions - sessions_before
+    );
 }

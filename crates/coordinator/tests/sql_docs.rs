@@ -94,3 +94,84 @@ async fn every_query_in_docs_sql_md_runs_as_written() {
     let rounds: i32 = rows[8][0].try_get("rounds").expect("rounds");
     assert_eq!(rounds, 2);
 }
+
+/// The relations and columns a table in `doc` names: its first cell's relation, and the
+/// backticked names of its last cell outside parentheses (inside them are values and
+/// notes: `(`armed` / `met`)`).
+fn documented_columns(doc: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Some(first), Some(last)) = (cells.get(1), cells.iter().rev().nth(1)) else {
+            continue;
+        };
+        let Some(relation) = first.strip_prefix('`').and_then(|r| r.strip_suffix('`')) else {
+            continue;
+        };
+        let (mut depth, mut inside, mut name, mut columns) = (0, false, String::new(), Vec::new());
+        for ch in last.chars() {
+            match ch {
+                '(' if !inside => depth += 1,
+                ')' if !inside => depth -= 1,
+                '`' if inside => {
+                    if depth == 0 {
+                        columns.push(std::mem::take(&mut name));
+                    }
+                    name.clear();
+                    inside = false;
+                }
+                '`' => inside = true,
+                c if inside => name.push(c),
+                _ => {}
+            }
+        }
+        out.push((relation.to_string(), columns));
+    }
+    out
+}
+
+/// protocol.md section 10 and sql.md name only columns that exist, and name every
+/// column of the dead letters an operator works with (resolution included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_relations_have_the_documented_columns() {
+    let env = TestEnv::new().await;
+    for file in ["docs/protocol.md", "docs/sql.md"] {
+        let doc = std::fs::read_to_string(common::repo_root().join(file)).expect("the doc");
+        let tables = documented_columns(&doc);
+        assert!(
+            tables.iter().any(|(r, _)| r == "dead_letters"),
+            "{file}: no table of relations found"
+        );
+        for (relation, columns) in tables {
+            let actual: Vec<String> = sqlx::query_scalar(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = 'public' AND table_name = $1",
+            )
+            .bind(&relation)
+            .fetch_all(&env.pool)
+            .await
+            .expect("columns");
+            if actual.is_empty() {
+                continue; // a table of something else (message types, reasons)
+            }
+            for c in &columns {
+                assert!(actual.contains(c), "{file}: {relation}.{c} does not exist");
+            }
+            if relation.starts_with("dead_letter") {
+                // The collector's deduplication key and a replay's own id are not for
+                // managers.
+                let internal = |c: &str| {
+                    c == "collected_key" || (relation == "dead_letter_replays" && c == "id")
+                };
+                let missing: Vec<&String> = actual
+                    .iter()
+                    .filter(|c| !columns.contains(c) && !internal(c))
+                    .collect();
+                assert!(
+                    missing.is_empty(),
+                    "{file}: {relation} does not document {missing:?}"
+                );
+            }
+        }
+    }
+}

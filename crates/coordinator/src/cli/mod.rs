@@ -345,6 +345,9 @@ pub enum DeadLetterCommand {
         /// Why it needs nothing more (recorded with it)
         #[arg(long)]
         note: String,
+        /// Replace the note of a dead letter already resolved (refused without it)
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -367,6 +370,13 @@ fn since_parser(s: &str) -> Result<DateTime<Utc>, String> {
 pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String> {
     let pool = db::pool(&settings.database)?;
     db::check_reachable(&settings.database).await?;
+    let result = run_on(settings, &pool, command).await;
+    db::close(&pool).await;
+    result
+}
+
+async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow::Result<String> {
+    let pool = pool.clone();
     let clock = SystemClock;
     let ops = Ops::new(settings, &pool, &clock);
     match command {
@@ -521,9 +531,12 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
                 }
                 Ok(out)
             }
-            DeadLetterCommand::Resolve { id, note } => {
-                ops.resolve_dead_letter(id, &note).await?;
-                Ok(format!("dead letter {id} resolved: {note}\n"))
+            DeadLetterCommand::Resolve { id, note, replace } => {
+                let r = ops.resolve_dead_letter(id, &note, replace).await?;
+                Ok(match r.replaced {
+                    Some(old) => format!("dead letter {id} resolved: {note} (replacing the note {old:?})\n"),
+                    None => format!("dead letter {id} resolved: {note}\n"),
+                })
             }
         },
     }
@@ -532,7 +545,7 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
 /// What `dead-letter replay` did with one dead letter.
 fn replayed_line(r: &Replayed) -> String {
     format!(
-        "dead letter {}{} published again to {} with routing key {}{}{}\n",
+        "dead letter {}{} published again to {} with routing key {}{}{}{}\n",
         r.id,
         r.message_id
             .as_ref()
@@ -547,7 +560,15 @@ fn replayed_line(r: &Replayed) -> String {
             "; the message was applied since, so this copy changes nothing"
         } else {
             ""
-        }
+        },
+        r.resolved_before
+            .as_ref()
+            .map(|(t, note)| format!(
+                "; note: it had been resolved at {} ({:?}), and stays resolved",
+                ts(*t),
+                note.as_deref().unwrap_or_default()
+            ))
+            .unwrap_or_default()
     )
 }
 
@@ -797,6 +818,43 @@ async fn list_dead_letters(
     Ok(out)
 }
 
+/// A dead letter's stored `properties` as AMQP names them: `type` (stored as `kind`),
+/// the timestamp as a time (stored as seconds since the epoch), what the broker added
+/// (`x_death`) last.
+fn amqp_properties(properties: &serde_json::Value) -> String {
+    let mut out = String::from("AMQP properties:\n");
+    let Some(map) = properties.as_object() else {
+        return out + "  (none recorded)\n";
+    };
+    let mut later = String::new();
+    for (key, value) in map {
+        let shown = match (key.as_str(), value) {
+            (_, serde_json::Value::Null) => continue,
+            // The routing key is shown above, with the dead letter.
+            ("routing_key", _) => continue,
+            ("timestamp", v) => match v.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)) {
+                Some(t) => format!("{} ({v})", ts(t)),
+                None => v.to_string(),
+            },
+            ("x_death", v) => {
+                let _ = writeln!(
+                    later,
+                    "  x-death:        {}",
+                    serde_json::to_string_pretty(v)
+                        .unwrap_or_default()
+                        .replace('\n', "\n  ")
+                );
+                continue;
+            }
+            (_, serde_json::Value::String(text)) => text.clone(),
+            (_, v) => v.to_string(),
+        };
+        let name = if key == "kind" { "type" } else { key.as_str() };
+        let _ = writeln!(out, "  {:<15} {shown}", format!("{name}:"));
+    }
+    out + &later
+}
+
 async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
     let Some(d) = read::dead_letter(pool, id).await? else {
         return Err(not_found("dead letter", id, "dead-letter list"));
@@ -840,7 +898,7 @@ async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
         }
     }
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    let _ = writeln!(out, "properties:\n{}", pretty(&d.properties));
+    out.push_str(&amqp_properties(&d.properties));
     match &d.body_json {
         Some(body) => {
             let _ = writeln!(out, "body:\n{}", pretty(body));

@@ -169,6 +169,22 @@ fn pool_with(settings: &DatabaseSettings, options: PgConnectOptions) -> PgPool {
         .connect_lazy_with(options)
 }
 
+/// Closes every connection of the pool, each with PostgreSQL's goodbye (a dropped one is
+/// an abandoned session in `pg_stat_database` and, mid-read, a "connection reset by
+/// peer" in the server's log). sqlx's `close` can return while a connection that was
+/// being handed back (pinged, then put in the idle list) is still out, and that one
+/// would be dropped at exit: close again until none is left. Bounded (a connection
+/// still checked out by something that never returns it is left to the exit).
+pub async fn close(pool: &PgPool) {
+    let closing = async {
+        while pool.size() > 0 {
+            pool.close().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), closing).await;
+}
+
 /// Applies pending migrations (under sqlx's advisory lock, so concurrent starts are safe).
 pub async fn migrate(pool: &PgPool) -> Result<(), SetupError> {
     MIGRATOR.run(pool).await?;

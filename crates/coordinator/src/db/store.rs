@@ -371,6 +371,8 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
     pub properties: Value,
     pub replayed_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolution: Option<String>,
 }
 
 pub async fn lock_dead_letter(
@@ -378,7 +380,8 @@ pub async fn lock_dead_letter(
     id: i64,
 ) -> super::Result<Option<DeadLetter>> {
     let row = sqlx::query(
-        "SELECT id, message_id, routing_key, body, properties, replayed_at FROM dead_letters WHERE id = $1 FOR UPDATE",
+        "SELECT id, message_id, routing_key, body, properties, replayed_at, resolved_at, resolution
+         FROM dead_letters WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
     .fetch_optional(conn)
@@ -391,6 +394,8 @@ pub async fn lock_dead_letter(
             body: r.try_get("body")?,
             properties: r.try_get("properties")?,
             replayed_at: r.try_get("replayed_at")?,
+            resolved_at: r.try_get("resolved_at")?,
+            resolution: r.try_get("resolution")?,
         })
     })
     .transpose()

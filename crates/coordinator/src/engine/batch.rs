@@ -39,6 +39,8 @@ pub struct Batch<'p> {
     pub(super) out: Writes,
     /// Ladder deadlines of the escalations raised (their ids are known before writing).
     pub(super) deadlines: Vec<Deadline>,
+    /// A dry run: its rejections are reported, not logged.
+    quiet: bool,
 }
 
 /// What a finished batch hands to the pipeline.
@@ -83,6 +85,7 @@ impl<'p> Batch<'p> {
             escalation_ids: loaded.escalation_ids.into(),
             out: Writes::default(),
             deadlines: Vec::new(),
+            quiet: false,
         }
     }
 
@@ -203,15 +206,24 @@ impl<'p> Batch<'p> {
         self.escalation_ids.len()
     }
 
+    /// A batch whose rejections are not logged: what a dry run would do is reported by
+    /// its caller, and nothing of it happens.
+    pub fn quiet(mut self) -> Batch<'p> {
+        self.quiet = true;
+        self
+    }
+
     /// Dead-letters a delivery and tells its sender, if known.
     pub(super) fn reject(&mut self, d: Inbound<'_>, c: &Checked, rej: Rejected) -> Processed {
-        tracing::warn!(
-            message_id = c.message_id.as_deref().unwrap_or(""),
-            workflow_id = d.meta.correlation_id.as_deref().unwrap_or(""),
-            reason = %rej.reason,
-            detail = %rej.detail,
-            "message rejected"
-        );
+        if !self.quiet {
+            tracing::warn!(
+                message_id = c.message_id.as_deref().unwrap_or(""),
+                workflow_id = d.meta.correlation_id.as_deref().unwrap_or(""),
+                reason = %rej.reason,
+                detail = %rej.detail,
+                "message rejected"
+            );
+        }
         let message_id = c.message_id.as_deref();
         let sender = c.sender.as_deref().filter(|s| !s.contains('\0'));
         self.out.dead_letters.push(dead_letter(

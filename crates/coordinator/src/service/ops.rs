@@ -102,6 +102,16 @@ pub struct Replayed {
     pub replayed_before: Option<DateTime<Utc>>,
     /// The message was applied since it was dead-lettered: this copy changes nothing.
     pub applied_before: bool,
+    /// When it had been resolved, and the note: an operator had decided it needed
+    /// nothing more.
+    pub resolved_before: Option<(DateTime<Utc>, Option<String>)>,
+}
+
+/// What `dead-letter resolve` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The note it replaced, when it had been resolved before.
+    pub replaced: Option<String>,
 }
 
 /// The operator's use cases, on one database and configuration.
@@ -322,6 +332,7 @@ impl<'a> Ops<'a> {
             routing_key: dl.routing_key,
             replayed_before: dl.replayed_at,
             applied_before,
+            resolved_before: dl.resolved_at.map(|t| (t, dl.resolution)),
         })
     }
 
@@ -370,21 +381,37 @@ impl<'a> Ops<'a> {
             body: &dl.body,
             meta: &meta,
         };
-        let results =
-            pipeline::apply_uncommitted(&ctx, &mut tx, &[inbound], self.clock.now()).await?;
+        let results = pipeline::dry_run(&ctx, &mut tx, &[inbound], self.clock.now()).await?;
         tx.rollback().await.map_err(db::Error::from)?;
         results.into_iter().next().ok_or_else(|| {
             Error::Refused(format!("dead letter {id}: the dry run produced no result"))
         })
     }
 
-    /// Sets a dead letter aside for good, with a note saying why.
-    pub async fn resolve_dead_letter(&self, id: i64, note: &str) -> Result<()> {
-        let mut conn = self.pool.acquire().await.map_err(db::Error::from)?;
-        if !store::resolve_dead_letter(&mut conn, id, note, self.clock.now()).await? {
+    /// Sets a dead letter aside for good, with a note saying why. One already resolved
+    /// keeps its note (and is refused, saying so) unless `replace`.
+    pub async fn resolve_dead_letter(
+        &self,
+        id: i64,
+        note: &str,
+        replace: bool,
+    ) -> Result<Resolved> {
+        let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
+        let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
             return Err(not_found("dead letter", id, "dead-letter list"));
+        };
+        if let (Some(at), false) = (dl.resolved_at, replace) {
+            return Err(Error::Refused(format!(
+                "dead letter {id} was resolved at {} with the note {:?}; give --replace to replace that note",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                dl.resolution.unwrap_or_default()
+            )));
         }
-        Ok(())
+        store::resolve_dead_letter(&mut tx, id, note, self.clock.now()).await?;
+        tx.commit().await.map_err(db::Error::from)?;
+        Ok(Resolved {
+            replaced: dl.resolved_at.and(dl.resolution),
+        })
     }
 
     /// The clock, if it is armed; what an operator is told otherwise.

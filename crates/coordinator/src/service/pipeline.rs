@@ -253,13 +253,35 @@ pub async fn apply_uncommitted(
     Ok(stage(ctx, conn, &inputs, now).await?.results)
 }
 
-/// Everything but the commit.
-async fn stage(
+/// What applying `deliveries` would do, and nothing written: the claim and the locks
+/// are taken (the caller rolls them back), no row is inserted (so no id of a sequence
+/// is used up), and a rejection is not logged as one. `dead-letter replay --dry-run`.
+pub async fn dry_run(
+    ctx: &Context<'_>,
+    conn: &mut Conn,
+    deliveries: &[Inbound<'_>],
+    now: DateTime<Utc>,
+) -> db::Result<Vec<Processed>> {
+    let inputs: Vec<Input<'_>> = deliveries.iter().map(|d| Input::Delivery(*d)).collect();
+    Ok(decide(ctx, conn, &inputs, now, Mode::DryRun).await?.0)
+}
+
+/// Whether a decision will be written, or only reported.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Apply,
+    DryRun,
+}
+
+/// Claims, locks and loads what the inputs need and applies them: the results, the
+/// rows to write, and how many statements the reads took.
+async fn decide(
     ctx: &Context<'_>,
     conn: &mut Conn,
     inputs: &[Input<'_>],
     now: DateTime<Utc>,
-) -> db::Result<Committed> {
+    mode: Mode,
+) -> db::Result<(Vec<Processed>, engine::Finished, usize)> {
     let checked: Vec<Checked> = inputs
         .iter()
         .map(|i| ctx.processor.check(*i, now))
@@ -273,12 +295,25 @@ async fn stage(
     let statements_read = needs.statements();
     let loaded = batch::load(conn, &needs, locked).await?;
     let mut b = Batch::new(ctx.processor, loaded, claimed, ctx.agents.clone(), now);
+    if mode == Mode::DryRun {
+        b = b.quiet();
+    }
     let results: Vec<Processed> = inputs
         .iter()
         .zip(checked)
         .map(|(i, c)| b.apply(*i, c))
         .collect();
-    let finished = b.finish();
+    Ok((results, b.finish(), statements_read))
+}
+
+/// Everything but the commit.
+async fn stage(
+    ctx: &Context<'_>,
+    conn: &mut Conn,
+    inputs: &[Input<'_>],
+    now: DateTime<Utc>,
+) -> db::Result<Committed> {
+    let (results, finished, statements_read) = decide(ctx, conn, inputs, now, Mode::Apply).await?;
     let registrations = finished.writes.registrations.clone();
     let statements_written = finished.writes.statements();
     let written = batch::write(conn, finished.writes, ctx.publish_after).await?;
