@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::drive::{self, Load, Observed, Spec};
 use super::stats::{peak_rss_mib, Recorder};
-use super::team::{agent_id, Team, MESSAGES_PER_WORKFLOW, ROLES};
-use super::{ceiling, envelope_bytes};
+use super::team::{self, Team, MESSAGES_PER_WORKFLOW, ROLES};
+use super::{ceiling, envelope_bytes, report};
 use agent::connect;
 use coordinator::settings::Settings;
 
@@ -103,6 +103,8 @@ pub struct Options {
     pub timer_clocks: i64,
     pub big_workflows: i64,
     pub big_clocks: i64,
+    /// Agents per role in every run (`--agents-per-role`), instead of each run's own.
+    pub agents_per_role: Option<usize>,
     /// Where coordinator logs and the report go.
     pub out_dir: PathBuf,
 }
@@ -119,6 +121,8 @@ pub struct Row {
     pub timers: Option<TimerResult>,
     pub inside: Option<Inside>,
     pub backlog_grows: bool,
+    /// A closed loop keeps its work in flight constant: no backlog to judge.
+    pub closed_loop: bool,
     pub error: Option<String>,
 }
 
@@ -380,6 +384,7 @@ fn settings_for(opts: &Options, profile: &str, fresh: &Fresh) -> anyhow::Result<
 /// Runs the suite and returns its rows (also printed as they complete).
 pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
     std::fs::create_dir_all(&opts.out_dir)?;
+    let provenance = report::Provenance::gather(opts).await;
     let mut rows = Vec::new();
     let mut hops: Vec<(String, super::stats::Percentiles)> = Vec::new();
     for profile in &opts.profiles {
@@ -418,38 +423,48 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
                 Err(e) => Row {
                     profile: profile.clone(),
                     run: def.name.to_string(),
-                    offered: offered(&def.load),
+                    offered: offered(opts, &def),
                     observed: None,
                     ceiling,
                     coordinator_peak_rss_mib: None,
                     timers: None,
                     inside: None,
                     backlog_grows: false,
+                    closed_loop: matches!(def.load, Load::Closed { .. }),
                     error: Some(format!("{e:#}")),
                 },
             };
-            println!("{}", format_row(&row));
+            println!("{}", report::format_row(&row));
             rows.push(row);
         }
     }
-    let mut report = report(opts, &rows);
+    let mut hop_lines = String::new();
     for (profile, hop) in &hops {
-        report.push_str(&format!(
-            "One broker hop ({profile}), publish with confirm → delivery, at 1,000 msg/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.\n",
+        hop_lines.push_str(&format!(
+            "\nOne broker hop ({profile}), publish with confirm → delivery, at 1,000 msg/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.\n",
             hop.p50, hop.p99, hop.max
         ));
     }
-    let path = opts.out_dir.join("report.md");
-    std::fs::write(&path, &report)?;
+    let report = report::report(opts, &provenance, &rows, &hop_lines);
+    let path = report::write(&opts.out_dir, &report)?;
     println!("\n{report}\nreport written to {}", path.display());
     Ok(rows)
 }
 
-fn offered(load: &Load) -> String {
-    match load {
-        Load::Open { msg_per_s } => format!("{msg_per_s:.0} msg/s"),
-        Load::Closed { in_flight } => format!("{in_flight} in flight"),
+/// What a run offers: its load and its agents.
+fn offered(opts: &Options, def: &RunDef) -> String {
+    let agents = per_role(opts, def) * ROLES.len();
+    match def.load {
+        Load::Open { msg_per_s } => format!("{msg_per_s:.0} msg/s, {agents} agents"),
+        Load::Closed { in_flight } => format!("{in_flight} in flight, {agents} agents"),
     }
+}
+
+/// Agents per role in a run: the scenario's count, unless `--agents-per-role` says.
+fn per_role(opts: &Options, def: &RunDef) -> usize {
+    opts.agents_per_role
+        .unwrap_or(def.agents / ROLES.len())
+        .max(1)
 }
 
 async fn one(opts: &Options, profile: &str, def: &RunDef, ceiling: f64) -> anyhow::Result<Row> {
@@ -486,16 +501,12 @@ async fn one_in(
         .out_dir
         .join(format!("coordinator-{profile}-{}.log", def.name));
     let coordinator = Coordinator::start(&opts.bin, &opts.config_dir, profile, fresh, &log).await?;
-    for role in ROLES {
-        coordinator::service::ops::Ops::new(&settings, &pool, &coordinator::clock::SystemClock)
-            .add_agent(&agent_id(role), role)
-            .await?;
-    }
+    let per_role = opts.agents_per_role.unwrap_or(def.agents / ROLES.len());
+    team::register(&settings, &pool, per_role).await?;
     let inbox_queues = inbox_queues(&fresh.vhost).await?;
     let rec = Arc::new(Recorder::default());
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let instances = def.agents / ROLES.len();
-    let team = Team::start(&fresh.amqp_url(), instances, 50, rec.clone(), done_tx).await?;
+    let team = Team::start(&fresh.amqp_url(), per_role, 50, rec.clone(), done_tx).await?;
     let depth_conn = connect(&fresh.amqp_url(), "bench-depth").await?;
     let depth_ch = depth_conn.create_channel().await?;
     let spec = Spec {
@@ -572,13 +583,14 @@ async fn one_in(
     Ok(Row {
         profile: profile.to_string(),
         run: def.name.to_string(),
-        offered: offered(&def.load),
+        offered: offered(opts, def),
         observed: Some(observed),
         ceiling,
         coordinator_peak_rss_mib: rss,
         timers,
         inside,
         backlog_grows,
+        closed_loop: matches!(def.load, Load::Closed { .. }),
         error: None,
     })
 }
@@ -705,137 +717,4 @@ async fn timer_result(pool: &PgPool, n: i64) -> anyhow::Result<TimerResult> {
         p99_ms: p99.unwrap_or(f64::NAN),
         max_ms: max.unwrap_or(f64::NAN),
     })
-}
-
-fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
-}
-
-pub fn format_row(r: &Row) -> String {
-    let Some(o) = &r.observed else {
-        return format!(
-            "[{}] {}: FAILED: {}",
-            r.profile,
-            r.run,
-            r.error.as_deref().unwrap_or("?")
-        );
-    };
-    let (mid, end) = o.in_flight_mid_end();
-    let (inbox_max, inbox_end) = o.inbox_max_end();
-    let mut s = format!(
-        "[{}] {} ({}): {:.1} wf/s, {:.0} agent msg/s ({:.0}% of ceiling); handoff ms p50 {:.1} p99 {:.1} max {:.1}; workflow ms p50 {:.1} p99 {:.1}; \
-         coordinator CPU {} s ({} cores), peak RSS {} MiB; loadgen CPU {} s; in flight mid/end {mid}/{end}, inbox max/end {}/{}{}",
-        r.profile,
-        r.run,
-        r.offered,
-        o.workflows_per_s(),
-        o.messages_per_s(),
-        100.0 * o.messages_per_s() / r.ceiling,
-        o.handoff.p50,
-        o.handoff.p99,
-        o.handoff.max,
-        o.workflow.p50,
-        o.workflow.p99,
-        opt(o.coordinator_cpu_s, 1),
-        opt(o.coordinator_cpu_s.map(|c| c / o.window_s), 2),
-        opt(r.coordinator_peak_rss_mib, 0),
-        opt(o.loadgen_cpu_s, 1),
-        opt(inbox_max.map(|v| v as f64), 0),
-        opt(inbox_end.map(|v| v as f64), 0),
-        if r.backlog_grows { " — BACKLOG GROWS" } else { "" },
-    );
-    if let Some(t) = &r.timers {
-        s.push_str(&format!(
-            "; timers: fired {}/{} (escalations {}, distinct clocks {}), lateness ms p50 {:.1} p99 {:.1} max {:.1}",
-            t.fired, t.expected, t.escalations, t.distinct_clocks, t.p50_ms, t.p99_ms, t.max_ms
-        ));
-    }
-    s.push_str(&format!(
-        "; CPU s: RabbitMQ {:.1}, PostgreSQL {:.1}, machine {:.1} of {:.1} ({:.0}% busy)",
-        o.cpu.broker,
-        o.cpu.database,
-        o.cpu.machine_busy,
-        o.cpu.machine_total,
-        100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9)
-    ));
-    if let Some(i) = &r.inside {
-        s.push_str(&format!(
-            "; inside: {:.0} batches/s of {:.1} msgs, {:.1} ms and {:.1} statements each, {:.1} ms waiting for a turn, {:.1} ms from commit to publish; PostgreSQL {:.0} commits/s",
-            i.batches_per_s, i.messages_per_batch, i.ms_per_batch, i.statements_per_batch, i.ms_waiting, i.ms_to_publish, i.commits_per_s
-        ));
-    }
-    if o.unfinished > 0 {
-        s.push_str(&format!(
-            "; {} workflows unfinished after the drain",
-            o.unfinished
-        ));
-    }
-    s
-}
-
-/// The report as a Markdown table.
-pub fn report(opts: &Options, rows: &[Row]) -> String {
-    let mut out = format!(
-        "Window {:?} after {:?} warm-up; {} cores.\n\n\
-         | profile | run | offered | wf/s | agent msg/s | % ceiling | handoff p50/p99/max ms | workflow p50/p99 ms | coord CPU s (cores) | coord peak RSS MiB | loadgen CPU s | RabbitMQ / PostgreSQL CPU s | machine busy | backlog | timers fired, lateness p50/p99/max ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        opts.window,
-        opts.warmup,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    for r in rows {
-        let Some(o) = &r.observed else {
-            out.push_str(&format!(
-                "| {} | {} | {} | failed: {} |\n",
-                r.profile,
-                r.run,
-                r.offered,
-                r.error.as_deref().unwrap_or("?")
-            ));
-            continue;
-        };
-        let (mid, end) = o.in_flight_mid_end();
-        let timers = r.timers.map_or_else(
-            || "-".to_string(),
-            |t| {
-                format!(
-                    "{}/{} ({} esc.), {:.1}/{:.1}/{:.1}",
-                    t.fired, t.expected, t.escalations, t.p50_ms, t.p99_ms, t.max_ms
-                )
-            },
-        );
-        out.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.0}% | {:.1}/{:.1}/{:.1} | {:.0}/{:.0} | {} ({}) | {} | {} | {:.1} / {:.1} | {:.0}% | {} in flight mid/end {mid}/{end} | {timers} |\n",
-            r.profile,
-            r.run,
-            r.offered,
-            o.workflows_per_s(),
-            o.messages_per_s(),
-            100.0 * o.messages_per_s() / r.ceiling,
-            o.handoff.p50,
-            o.handoff.p99,
-            o.handoff.max,
-            o.workflow.p50,
-            o.workflow.p99,
-            opt(o.coordinator_cpu_s, 1),
-            opt(o.coordinator_cpu_s.map(|c| c / o.window_s), 2),
-            opt(r.coordinator_peak_rss_mib, 0),
-            opt(o.loadgen_cpu_s, 1),
-            o.cpu.broker,
-            o.cpu.database,
-            100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9),
-            if r.backlog_grows { "GROWS" } else { "steady" },
-        ));
-    }
-    let mut ceilings: Vec<(String, f64)> = rows
-        .iter()
-        .map(|r| (r.profile.clone(), r.ceiling))
-        .collect();
-    ceilings.dedup_by(|a, b| a.0 == b.0);
-    for (p, c) in ceilings {
-        out.push_str(&format!(
-            "\nCeiling ({p}): {c:.0} msg/s through one queue.\n"
-        ));
-    }
-    out
 }

@@ -75,11 +75,42 @@ impl Observed {
         let end = self.backlog.last().and_then(|s| s.inbox);
         (max, end)
     }
-    /// A backlog grows if what is in flight at the end of the window is well above what
-    /// was in flight at its middle (beyond one second of offered work).
+    /// How fast the work in flight grew over the window, in workflows per second: the
+    /// least-squares slope of the per-second samples (two points, the middle and the
+    /// end, are at the mercy of one batch more or less in flight).
+    pub fn in_flight_growth(&self) -> f64 {
+        slope(
+            &self
+                .backlog
+                .iter()
+                .map(|s| (s.at_s, s.in_flight as f64))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// An open-loop run's backlog grows if what is in flight grew faster than 1
+    /// workflow/s or 2 % of the offered workflows/s over the window.
     pub fn backlog_grows(&self, offered_wf_per_s: f64) -> bool {
-        let (mid, end) = self.in_flight_mid_end();
-        end as f64 > mid as f64 * 1.5 + offered_wf_per_s.max(10.0)
+        self.in_flight_growth() > (offered_wf_per_s * 0.02).max(1.0)
+    }
+}
+
+/// The least-squares slope of `(x, y)` points; 0 for fewer than two distinct x.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), (x, y)| {
+        (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))
+    });
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
     }
 }
 
@@ -202,5 +233,52 @@ where
         cpu,
         backlog,
         unfinished,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(in_flight: impl Fn(f64) -> f64) -> Observed {
+        Observed {
+            window_s: 60.0,
+            started: 0,
+            completed: 0,
+            published: 0,
+            handoff: Percentiles::default(),
+            workflow: Percentiles::default(),
+            coordinator_cpu_s: None,
+            loadgen_cpu_s: None,
+            cpu: CpuSplit::default(),
+            backlog: (0..=60)
+                .map(|s| BacklogSample {
+                    at_s: f64::from(s),
+                    in_flight: in_flight(f64::from(s)).max(0.0) as u64,
+                    inbox: None,
+                })
+                .collect(),
+            unfinished: 0,
+        }
+    }
+
+    #[test]
+    fn in_flight_work_that_climbs_through_the_window_is_a_growing_backlog() {
+        // The stress run the newcomer saw labelled "steady": 1,643 → 2,210 in flight.
+        let o = observed(|s| 1076.0 + 18.9 * s);
+        assert!(
+            (o.in_flight_growth() - 18.9).abs() < 0.1,
+            "{}",
+            o.in_flight_growth()
+        );
+        assert!(o.backlog_grows(5000.0 / 11.0));
+    }
+
+    #[test]
+    fn in_flight_work_that_wobbles_around_a_level_is_steady() {
+        // Peak: a few dozen in flight, up and down by a batch.
+        let o = observed(|s| 40.0 + if (s as u64) % 2 == 0 { 25.0 } else { -25.0 });
+        assert!(o.in_flight_growth().abs() < 1.0, "{}", o.in_flight_growth());
+        assert!(!o.backlog_grows(1000.0 / 11.0));
     }
 }

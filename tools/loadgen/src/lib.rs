@@ -1,18 +1,21 @@
 //! The load generator behind `make bench` (binary `loadgen`). It plays the five roles
-//! of the happy path exactly as agents do — publisher confirms, manual acks, one agent
-//! per role with several consumer instances — and measures what the coordinator does.
+//! of the happy path exactly as agents do — publisher confirms, manual acks, as many
+//! agents as each scenario names — and measures what the coordinator does.
 //!
 //! - [`team`]: the bench agents and what each publishes on a task.
 //! - [`drive`]: one run, open loop (offered rate) or closed loop (workflows in flight).
 //! - [`ceiling`]: the broker's own ceiling on this machine, without the coordinator.
 //! - [`stats`]: latency percentiles, and CPU and memory of a process from `/proc`.
 //! - [`bench`]: the suite: a fresh database and vhost per run, the release coordinator
-//!   as a child process, the report.
+//!   as a child process.
+//! - [`report`]: what the suite says: a breakdown per run, and `report.md` with the
+//!   commit, versions and machine, the summary and the results against the targets.
 //! - [`soak`]: a steady load for many minutes with one fault a minute (`make soak`).
 
 pub mod bench;
 pub mod ceiling;
 pub mod drive;
+pub mod report;
 pub mod soak;
 pub mod stats;
 pub mod team;
@@ -21,7 +24,7 @@ pub mod team;
 pub fn envelope_bytes() -> usize {
     let data = serde_json::json!({"t": stats::now_ns(), "t0": stats::now_ns()});
     let e = protocol::envelope::Envelope::from_agent(
-        &team::agent_id(coordinator::domain::workflow::roles::QA),
+        &team::agent_id(coordinator::domain::workflow::roles::QA, 0),
         coordinator::domain::workflow::roles::QA,
         "testing_started",
         "peak-1a2b3c-12345",

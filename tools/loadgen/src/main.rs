@@ -53,6 +53,10 @@ enum Command {
         /// Armed clocks preloaded for the big-tables run
         #[arg(long, default_value_t = 1_000_000)]
         big_clocks: i64,
+        /// Agents per role in every run, instead of each scenario's own count (10, 50
+        /// or 100 agents: 2, 10 or 20 per role); 1 is the lightest load on the broker
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
+        agents_per_role: Option<u16>,
     },
     /// A steady load through the happy path with one fault a minute (coordinator SIGKILL,
     /// sessions terminated, PostgreSQL stopped, coordinator SIGTERM, RabbitMQ stopped),
@@ -119,6 +123,7 @@ async fn main() -> ExitCode {
             timer_clocks,
             big_workflows,
             big_clocks,
+            agents_per_role,
         } => {
             if let Err(code) = built(&bin) {
                 return code;
@@ -134,6 +139,7 @@ async fn main() -> ExitCode {
                 timer_clocks,
                 big_workflows,
                 big_clocks,
+                agents_per_role: agents_per_role.map(usize::from),
                 out_dir: out,
             };
             bench::run(&opts).await.map(|_| ())

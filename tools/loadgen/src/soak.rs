@@ -19,7 +19,10 @@ use tokio::sync::mpsc;
 
 use super::bench::{rabbitmqctl, Coordinator, Fresh};
 use super::stats::{rss_mib, Counters, Recorder};
-use super::team::{agent_id, Team, MESSAGES_PER_WORKFLOW, ROLES};
+use super::team::{self, Team, MESSAGES_PER_WORKFLOW};
+
+/// Ten agents, as the source documents' normal scenario.
+const AGENTS_PER_ROLE: usize = 2;
 use coordinator::settings::Settings;
 
 pub struct Options {
@@ -200,7 +203,7 @@ impl Running {
     async fn start_team(&self, url: &str, rec: &Arc<Recorder>) -> anyhow::Result<()> {
         // Completion is read from the database, not from the team's own count.
         let (done, _) = mpsc::unbounded_channel();
-        let team = Team::start(url, 2, 50, rec.clone(), done).await?;
+        let team = Team::start(url, AGENTS_PER_ROLE, 50, rec.clone(), done).await?;
         if let Ok(mut a) = self.agents.lock() {
             *a = Some(team);
         }
@@ -333,11 +336,7 @@ async fn run_in(opts: &Options, fresh: &Fresh) -> anyhow::Result<Report> {
         restarts: 0,
     };
     run.start_coordinator(opts, fresh).await?;
-    for role in ROLES {
-        coordinator::service::ops::Ops::new(&settings, &pool, &coordinator::clock::SystemClock)
-            .add_agent(&agent_id(role), role)
-            .await?;
-    }
+    team::register(&settings, &pool, AGENTS_PER_ROLE).await?;
     let rec = Arc::new(Recorder::default());
     rec.recording
         .store(true, std::sync::atomic::Ordering::Relaxed);

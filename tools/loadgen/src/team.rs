@@ -1,16 +1,19 @@
-//! The bench agents: one agent per role of the happy path, each with several consumer
-//! instances on its task queue (competing consumers, manual acks). An instance that
-//! receives a task publishes the replies the protocol expects, waits for the broker to
-//! confirm them, and only then acks the task — as a careful agent would. An instance
-//! works on the tasks it has prefetched concurrently, so waiting for confirms does not
-//! make the bench agents the bottleneck.
+//! The bench agents: `per_role` agents of each role of the happy path, each its own
+//! identity (`bench-{role}-{k}`), connection and queues, as the source documents'
+//! scenarios count them (10, 50, 100 agents). Tasks are routed by role, so every agent
+//! of a role receives a copy of each task; the agents of a role agree who takes which
+//! workflow (the one whose number is the workflow's hash modulo `per_role`, as
+//! docs/agents.md suggests) and ack the other copies. An agent that takes a task
+//! publishes the replies the protocol expects, waits for the broker to confirm them,
+//! and only then acks the task — as a careful agent would — working on the tasks it
+//! has prefetched concurrently, so waiting for confirms does not make the bench agents
+//! the bottleneck.
 //!
 //! Every message carries `t` (when it was published, [`now_ns`]) and `t0` (when its
 //! workflow started) in `payload.data`. The coordinator copies the causing message's
 //! data into the task it sends, so the receiving agent measures the handoff latency
 //! without any shared bookkeeping.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -40,9 +43,54 @@ pub const ROLES: [&str; 5] = [PRODUCT, ENGINEERING, QA, DEVOPS, MARKETING];
 /// Agent messages in one workflow of the happy path (requirements_ready and the replies).
 pub const MESSAGES_PER_WORKFLOW: u64 = 11;
 
-/// The bench agent of a role.
-pub fn agent_id(role: &str) -> String {
-    format!("bench-{role}")
+/// The `k`-th bench agent of a role.
+pub fn agent_id(role: &str, k: usize) -> String {
+    format!("bench-{role}-{k}")
+}
+
+/// Every agent of a team of `per_role` agents per role, with its role: what must be
+/// registered before the team starts.
+pub fn agents(per_role: usize) -> Vec<(String, &'static str)> {
+    ROLES
+        .iter()
+        .flat_map(|role| (0..per_role.max(1)).map(move |k| (agent_id(role, k), *role)))
+        .collect()
+}
+
+/// Registers every agent of a team of `per_role` agents per role (queues declared), as
+/// `coordinator agent add` does.
+pub async fn register(
+    settings: &coordinator::settings::Settings,
+    pool: &sqlx::PgPool,
+    per_role: usize,
+) -> Result<(), coordinator::service::ops::Error> {
+    let ops = coordinator::service::ops::Ops::new(settings, pool, &coordinator::clock::SystemClock);
+    for (id, role) in agents(per_role) {
+        ops.add_agent(&id, role).await?;
+    }
+    Ok(())
+}
+
+/// Which of a role's `per_role` agents takes a workflow's tasks.
+pub fn owner(workflow_id: &str, per_role: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    // FNV-1a: the same answer in every process, unlike the standard library's hasher.
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    workflow_id.hash(&mut h);
+    (h.finish() % per_role.max(1) as u64) as usize
+}
+
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// What an agent of `role` publishes on receiving `task`, in order.
@@ -76,7 +124,7 @@ fn ends_handoff(message_type: &str) -> bool {
     )
 }
 
-/// Message ids of the tasks an agent has handled (shared by its instances).
+/// Message ids of the tasks an agent has handled.
 #[derive(Debug, Clone, Default)]
 struct Seen(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
 
@@ -93,52 +141,57 @@ impl Seen {
 pub struct Team {
     conns: Vec<Connection>,
     tasks: Vec<JoinHandle<()>>,
+    /// One per product agent, in agent order: who starts a workflow is its owner.
     starters: Vec<mpsc::UnboundedSender<String>>,
-    next: AtomicUsize,
 }
 
 impl Team {
-    /// Connects one agent per role with `instances` consumers each. Every completed
-    /// workflow is reported on `done`. The agents must be registered (queues declared).
+    /// Connects `per_role` agents of each role ([`agents`]), each consuming its own
+    /// queues. Every completed workflow is reported on `done`. The agents must be
+    /// registered (queues declared).
     pub async fn start(
         url: &str,
-        instances: usize,
+        per_role: usize,
         prefetch: u16,
         rec: Arc<Recorder>,
         done: mpsc::UnboundedSender<()>,
     ) -> Result<Team, lapin::Error> {
-        let instances = instances.max(1);
+        let per_role = per_role.max(1);
         let mut team = Team {
             conns: Vec::new(),
             tasks: Vec::new(),
             starters: Vec::new(),
-            next: AtomicUsize::new(0),
         };
-        for role in ROLES {
-            let id = agent_id(role);
+        for (role, k) in ROLES
+            .iter()
+            .flat_map(|r| (0..per_role).map(move |k| (*r, k)))
+        {
+            let id = agent_id(role, k);
             let conn = connect(url, &id).await?;
-            let seen = Seen::default();
-            for i in 0..instances {
+            let ch = confirm_channel(&conn).await?;
+            ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            let consumer = consume(&ch, &queues::tasks(&id), &id).await?;
+            let me = Me {
+                role,
+                agent_id: id.clone(),
+                k,
+                per_role,
+            };
+            let finished = (role == PRODUCT).then(|| done.clone());
+            team.tasks.push(tokio::spawn(serve_tasks(
+                me,
+                ch,
+                consumer,
+                rec.clone(),
+                finished,
+                Seen::default(),
+            )));
+            if role == PRODUCT {
                 let ch = confirm_channel(&conn).await?;
-                ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-                let consumer = consume(&ch, &queues::tasks(&id), &format!("{id}-{i}")).await?;
-                let done = (role == PRODUCT).then(|| done.clone());
-                team.tasks.push(tokio::spawn(serve_tasks(
-                    role,
-                    id.clone(),
-                    ch,
-                    consumer,
-                    rec.clone(),
-                    done,
-                    seen.clone(),
-                )));
-                if role == PRODUCT {
-                    let ch = confirm_channel(&conn).await?;
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    team.starters.push(tx);
-                    team.tasks
-                        .push(tokio::spawn(starter(ch, id.clone(), rx, rec.clone())));
-                }
+                let (tx, rx) = mpsc::unbounded_channel();
+                team.starters.push(tx);
+                team.tasks
+                    .push(tokio::spawn(starter(ch, id.clone(), rx, rec.clone())));
             }
             // What agents only observe: other roles' events and notices to this agent.
             let ch = conn.create_channel().await?;
@@ -155,7 +208,7 @@ impl Team {
                     Counters::inc(&r.counters.rejected)
                 }
             })));
-            if role == PRODUCT {
+            if role == PRODUCT && k == 0 {
                 let oncall = consume(&ch, ONCALL_QUEUE, "bench-oncall").await?;
                 let r = rec.clone();
                 team.tasks.push(tokio::spawn(drain(oncall, move |_| {
@@ -167,10 +220,10 @@ impl Team {
         Ok(team)
     }
 
-    /// Starts a workflow: product publishes `requirements_ready` for it.
+    /// Starts a workflow: the product agent that owns it publishes `requirements_ready`.
     pub fn start_workflow(&self, workflow_id: String) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.starters.len().max(1);
-        if let Some(tx) = self.starters.get(i) {
+        let k = owner(&workflow_id, self.starters.len());
+        if let Some(tx) = self.starters.get(k) {
             let _ = tx.send(workflow_id);
         }
     }
@@ -184,6 +237,14 @@ impl Team {
             let _ = c.close(200, "bench done").await;
         }
     }
+}
+
+/// One bench agent: its role, identity, and place among its role's agents.
+struct Me {
+    role: &'static str,
+    agent_id: String,
+    k: usize,
+    per_role: usize,
 }
 
 async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
@@ -224,11 +285,10 @@ fn confirmed(c: Result<Confirmation, lapin::Error>) -> bool {
     matches!(c, Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested))
 }
 
-/// Handles the tasks of one consumer instance concurrently (up to its prefetch): each
-/// is acked once its replies are confirmed.
+/// Handles the tasks of one agent concurrently (up to its prefetch): each is acked once
+/// its replies are confirmed.
 async fn serve_tasks(
-    role: &'static str,
-    agent_id: String,
+    me: Me,
     channel: Channel,
     mut consumer: Consumer,
     rec: Arc<Recorder>,
@@ -240,7 +300,7 @@ async fn serve_tasks(
         tokio::select! {
             delivery = consumer.next() => {
                 let Some(Ok(delivery)) = delivery else { break };
-                handling.push(handle_task(role, &agent_id, &channel, delivery, &rec, done.as_ref(), &seen));
+                handling.push(handle_task(&me, &channel, delivery, &rec, done.as_ref(), &seen));
             }
             Some(()) = handling.next() => {}
         }
@@ -249,8 +309,7 @@ async fn serve_tasks(
 }
 
 async fn handle_task(
-    role: &'static str,
-    agent_id: &str,
+    me: &Me,
     channel: &Channel,
     delivery: lapin::message::Delivery,
     rec: &Recorder,
@@ -258,6 +317,7 @@ async fn handle_task(
     seen: &Seen,
 ) {
     let c = &rec.counters;
+    let (role, agent_id) = (me.role, me.agent_id.as_str());
     let env: Envelope = match serde_json::from_slice(&delivery.data) {
         Ok(e) => e,
         Err(_) => {
@@ -265,8 +325,13 @@ async fn handle_task(
             return;
         }
     };
+    // Another agent of this role takes this workflow: its copy is acked and left.
+    if owner(&env.header.correlation_id, me.per_role) != me.k {
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        return;
+    }
     // The coordinator sends at least once, with stable message ids: a task seen
-    // before (another instance of this agent may have had it) is acked and skipped.
+    // before is acked and skipped.
     if !seen.first(&env.header.message_id) {
         Counters::inc(&c.redelivered);
         let _ = delivery.acker.ack(BasicAckOptions::default()).await;
@@ -392,6 +457,24 @@ mod tests {
         .sum();
         assert_eq!(1 + sent as u64, MESSAGES_PER_WORKFLOW);
         assert!(replies(PRODUCT, "feature_deployed").is_empty());
+    }
+
+    #[test]
+    fn every_workflow_has_one_owner_among_its_roles_agents_and_the_work_spreads() {
+        assert_eq!(agents(10).len(), 50);
+        assert_eq!(agents(2)[1], (agent_id(PRODUCT, 1), PRODUCT));
+        let mut per_agent = [0u32; 10];
+        for i in 0..10_000 {
+            let wf = format!("peak-1a2b3c-{i}");
+            let k = owner(&wf, 10);
+            assert_eq!(k, owner(&wf, 10), "stable");
+            per_agent[k] += 1;
+        }
+        assert!(
+            per_agent.iter().all(|n| (800..1200).contains(n)),
+            "{per_agent:?}"
+        );
+        assert_eq!(owner("anything", 1), 0);
     }
 
     #[test]

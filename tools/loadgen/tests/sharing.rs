@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use coordinator::db::lease::{LEASES_APPLICATION, PARTITION_CLASS};
 use loadgen::stats::{Counters, Recorder};
-use loadgen::team::{agent_id, Team, MESSAGES_PER_WORKFLOW, ROLES};
+use loadgen::team::{self, Team, MESSAGES_PER_WORKFLOW};
 use test_support::{eventually, Serve, TestEnv};
 
 /// Partitions held per backend pid, as pg_locks shows them.
@@ -30,9 +30,9 @@ async fn three_coordinators_share_the_partitions_and_survivors_take_over_after_s
     let env = TestEnv::new().await;
     let mut s = env.settings();
     s.inbox.partitions = 6;
-    for role in ROLES {
-        test_support::add_agent(&s, &env.pool, &agent_id(role), role).await;
-    }
+    team::register(&s, &env.pool, 2)
+        .await
+        .expect("agents registered");
     let extra = [
         ("COORDINATOR__INBOX__PARTITIONS", "6".to_string()),
         (

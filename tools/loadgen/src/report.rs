@@ -1,0 +1,486 @@
+//! What `loadgen bench` says: a line per run as it completes (the breakdown), and
+//! `report.md`: where and on what it ran (commit, date, versions, machine), the summary
+//! table, each run's breakdown, and the results against the targets the issues set.
+
+use std::path::Path;
+
+use crate::bench::{Options, Row};
+use crate::team::ROLES;
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+pub fn format_row(r: &Row) -> String {
+    let Some(o) = &r.observed else {
+        return format!(
+            "[{}] {}: FAILED: {}",
+            r.profile,
+            r.run,
+            r.error.as_deref().unwrap_or("?")
+        );
+    };
+    let (mid, end) = o.in_flight_mid_end();
+    let (inbox_max, inbox_end) = o.inbox_max_end();
+    let mut s = format!(
+        "[{}] {} ({}): {:.1} wf/s, {:.0} agent msg/s ({:.0}% of ceiling); handoff ms p50 {:.1} p99 {:.1} max {:.1}; workflow ms p50 {:.1} p99 {:.1}; \
+         coordinator CPU {} s ({} cores), peak RSS {} MiB; loadgen CPU {} s; in flight mid/end {mid}/{end}, inbox max/end {}/{}{}",
+        r.profile,
+        r.run,
+        r.offered,
+        o.workflows_per_s(),
+        o.messages_per_s(),
+        100.0 * o.messages_per_s() / r.ceiling,
+        o.handoff.p50,
+        o.handoff.p99,
+        o.handoff.max,
+        o.workflow.p50,
+        o.workflow.p99,
+        opt(o.coordinator_cpu_s, 1),
+        opt(o.coordinator_cpu_s.map(|c| c / o.window_s), 2),
+        opt(r.coordinator_peak_rss_mib, 0),
+        opt(o.loadgen_cpu_s, 1),
+        opt(inbox_max.map(|v| v as f64), 0),
+        opt(inbox_end.map(|v| v as f64), 0),
+        if r.backlog_grows {
+            format!(" — BACKLOG GROWS ({:+.1} wf/s in flight)", o.in_flight_growth())
+        } else {
+            String::new()
+        },
+    );
+    if let Some(t) = &r.timers {
+        s.push_str(&format!(
+            "; timers: fired {}/{} (escalations {}, distinct clocks {}), lateness ms p50 {:.1} p99 {:.1} max {:.1}",
+            t.fired, t.expected, t.escalations, t.distinct_clocks, t.p50_ms, t.p99_ms, t.max_ms
+        ));
+    }
+    s.push_str(&format!(
+        "; CPU s: RabbitMQ {:.1}, PostgreSQL {:.1}, machine {:.1} of {:.1} ({:.0}% busy)",
+        o.cpu.broker,
+        o.cpu.database,
+        o.cpu.machine_busy,
+        o.cpu.machine_total,
+        100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9)
+    ));
+    if let Some(i) = &r.inside {
+        s.push_str(&format!(
+            "; inside: {:.0} batches/s of {:.1} msgs, {:.1} ms and {:.1} statements each, {:.1} ms waiting for a turn, {:.1} ms from commit to publish; PostgreSQL {:.0} commits/s",
+            i.batches_per_s, i.messages_per_batch, i.ms_per_batch, i.statements_per_batch, i.ms_waiting, i.ms_to_publish, i.commits_per_s
+        ));
+    }
+    if o.unfinished > 0 {
+        s.push_str(&format!(
+            "; {} workflows unfinished after the drain",
+            o.unfinished
+        ));
+    }
+    s
+}
+
+/// The summary as a Markdown table.
+fn table(opts: &Options, rows: &[Row]) -> String {
+    let mut out = format!(
+        "Window {:?} after {:?} warm-up; {} cores.\n\n\
+         | profile | run | offered | wf/s | agent msg/s | % ceiling | handoff p50/p99/max ms | workflow p50/p99 ms | coord CPU s (cores) | coord peak RSS MiB | loadgen CPU s | RabbitMQ / PostgreSQL CPU s | machine busy | backlog | timers fired, lateness p50/p99/max ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        opts.window,
+        opts.warmup,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for r in rows {
+        let Some(o) = &r.observed else {
+            out.push_str(&format!(
+                "| {} | {} | {} | failed: {} |\n",
+                r.profile,
+                r.run,
+                r.offered,
+                r.error.as_deref().unwrap_or("?")
+            ));
+            continue;
+        };
+        let (mid, end) = o.in_flight_mid_end();
+        let timers = r.timers.map_or_else(
+            || "-".to_string(),
+            |t| {
+                format!(
+                    "{}/{} ({} esc.), {:.1}/{:.1}/{:.1}",
+                    t.fired, t.expected, t.escalations, t.p50_ms, t.p99_ms, t.max_ms
+                )
+            },
+        );
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.0} | {:.0}% | {:.1}/{:.1}/{:.1} | {:.0}/{:.0} | {} ({}) | {} | {} | {:.1} / {:.1} | {:.0}% | {} in flight mid/end {mid}/{end} | {timers} |\n",
+            r.profile,
+            r.run,
+            r.offered,
+            o.workflows_per_s(),
+            o.messages_per_s(),
+            100.0 * o.messages_per_s() / r.ceiling,
+            o.handoff.p50,
+            o.handoff.p99,
+            o.handoff.max,
+            o.workflow.p50,
+            o.workflow.p99,
+            opt(o.coordinator_cpu_s, 1),
+            opt(o.coordinator_cpu_s.map(|c| c / o.window_s), 2),
+            opt(r.coordinator_peak_rss_mib, 0),
+            opt(o.loadgen_cpu_s, 1),
+            o.cpu.broker,
+            o.cpu.database,
+            100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9),
+            backlog(r),
+        ));
+    }
+    let mut ceilings: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| (r.profile.clone(), r.ceiling))
+        .collect();
+    ceilings.dedup_by(|a, b| a.0 == b.0);
+    for (p, c) in ceilings {
+        out.push_str(&format!(
+            "\nCeiling ({p}): {c:.0} msg/s through one queue.\n"
+        ));
+    }
+    out
+}
+
+/// The backlog column: how in-flight work moved over the window.
+fn backlog(r: &Row) -> String {
+    let Some(o) = &r.observed else {
+        return "-".into();
+    };
+    if r.closed_loop {
+        return "closed loop".into();
+    }
+    let growth = o.in_flight_growth();
+    if r.backlog_grows {
+        format!("GROWS {growth:+.1} wf/s")
+    } else {
+        format!("steady ({growth:+.1} wf/s)")
+    }
+}
+
+/// Where, when and on what the suite ran.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    pub commit: String,
+    pub date: String,
+    pub coordinator: String,
+    pub loadgen: String,
+    pub rabbitmq: String,
+    pub postgresql: String,
+    pub machine: String,
+}
+
+impl Provenance {
+    /// Asks git, the coordinator binary, the broker and the database; what cannot be
+    /// learned is said as unknown rather than failing the report.
+    pub async fn gather(opts: &Options) -> Provenance {
+        let run = |cmd: &'static str, args: &'static [&'static str]| async move {
+            tokio::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .await
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let commit = match run("git", &["rev-parse", "--short=12", "HEAD"]).await {
+            Some(c) => {
+                let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"])
+                    .await
+                    .is_some_and(|s| !s.is_empty());
+                if dirty {
+                    format!("{c} (with uncommitted changes)")
+                } else {
+                    c
+                }
+            }
+            None => "unknown (not a git checkout)".into(),
+        };
+        let coordinator = tokio::process::Command::new(&opts.bin)
+            .arg("--version")
+            .output()
+            .await
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let postgresql = postgres_version().await.unwrap_or_else(|| "unknown".into());
+        Provenance {
+            commit,
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            coordinator: format!("{coordinator} ({})", opts.bin.display()),
+            loadgen: env!("CARGO_PKG_VERSION").to_string(),
+            rabbitmq: run("rabbitmqctl", &["version"])
+                .await
+                .unwrap_or_else(|| "unknown".into()),
+            postgresql,
+            machine: machine(),
+        }
+    }
+
+    fn render(&self) -> String {
+        format!(
+            "- commit: {}\n- date: {}\n- coordinator: {}\n- loadgen: {}\n- RabbitMQ: {}\n- PostgreSQL: {}\n- machine: {}\n",
+            self.commit, self.date, self.coordinator, self.loadgen, self.rabbitmq, self.postgresql, self.machine
+        )
+    }
+}
+
+async fn postgres_version() -> Option<String> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(crate::bench::PG_ADMIN)
+        .await
+        .ok()?;
+    let v: Option<String> = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut c)
+        .await
+        .ok();
+    let _ = c.close().await;
+    v
+}
+
+/// Cores and memory, from the standard library and /proc.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or_else(|| "?".into(), |kb| format!("{:.0}", kb / 1024.0 / 1024.0));
+    format!("{cores} cores, {mem_gib} GiB")
+}
+
+/// A target one of the issues set, and how a run is judged against it.
+struct Target {
+    run: &'static str,
+    target: &'static str,
+    judge: fn(&Row) -> Option<(String, bool)>,
+}
+
+/// The targets (docs/performance.md, "Against the targets"). A run that was not part
+/// of this suite's selection is left out.
+const TARGETS: &[Target] = &[
+    Target {
+        run: "peak",
+        target: "handoff p99 ≤ 20 ms, no growing backlog",
+        judge: |r| {
+            let o = r.observed.as_ref()?;
+            Some((
+                format!("p99 {:.1} ms, backlog {}", o.handoff.p99, backlog(r)),
+                o.handoff.p99 <= 20.0 && !r.backlog_grows,
+            ))
+        },
+    },
+    Target {
+        run: "stress",
+        target: "≥ 2,500 agent msg/s applied",
+        judge: |r| {
+            let o = r.observed.as_ref()?;
+            Some((
+                format!("{:.0} msg/s", o.messages_per_s()),
+                o.messages_per_s() >= 2500.0,
+            ))
+        },
+    },
+    Target {
+        run: "closed-200",
+        target: "≥ 300 workflows/s (aim 500)",
+        judge: |r| {
+            let o = r.observed.as_ref()?;
+            Some((
+                format!("{:.1} wf/s", o.workflows_per_s()),
+                o.workflows_per_s() >= 300.0,
+            ))
+        },
+    },
+    Target {
+        run: "peak+timers",
+        target: "timer lateness p99 ≤ 100 ms, each clock fired once",
+        judge: timers_on_time,
+    },
+    Target {
+        run: "big+peak+timers",
+        target: "the same with 100,000 workflows and 1,000,000 armed clocks",
+        judge: timers_on_time,
+    },
+    Target {
+        run: "big+peak+timers",
+        target: "coordinator RSS ≤ 100 MB with 100,000 active workflows",
+        judge: |r| {
+            let rss = r.coordinator_peak_rss_mib?;
+            Some((format!("{rss:.0} MiB peak"), rss * 1.048_576 <= 100.0))
+        },
+    },
+];
+
+fn timers_on_time(r: &Row) -> Option<(String, bool)> {
+    let t = r.timers?;
+    Some((
+        format!(
+            "p99 {:.0} ms, {}/{} fired, {} distinct clocks escalated",
+            t.p99_ms, t.fired, t.expected, t.distinct_clocks
+        ),
+        t.p99_ms <= 100.0 && t.fired == t.expected && t.distinct_clocks == t.expected,
+    ))
+}
+
+/// Each target against every run of its name (one per profile).
+fn against_targets(rows: &[Row]) -> String {
+    let mut out = String::from("| profile | run | target | result | |\n|---|---|---|---|---|\n");
+    let mut any = false;
+    for t in TARGETS {
+        for r in rows.iter().filter(|r| r.run == t.run) {
+            any = true;
+            let (result, verdict) = match (t.judge)(r) {
+                Some((result, true)) => (result, "met"),
+                Some((result, false)) => (result, "**not met**"),
+                None => ("no result".to_string(), "**not met**"),
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {result} | {verdict} |\n",
+                r.profile, r.run, t.target
+            ));
+        }
+    }
+    if any {
+        out
+    } else {
+        "(none of the runs with a target was part of this selection)\n".into()
+    }
+}
+
+/// The whole report.
+pub fn report(opts: &Options, provenance: &Provenance, rows: &[Row], hops: &str) -> String {
+    let mut out = String::from("# Benchmark report\n\n");
+    out.push_str(&provenance.render());
+    let agents = match opts.agents_per_role {
+        Some(n) => format!("{} agents in every run ({n} per role, --agents-per-role)", n * ROLES.len()),
+        None => "agents per scenario as the source documents name them (normal 10, peak 50, stress 100; the others 50)".into(),
+    };
+    out.push_str(&format!(
+        "- runs: {}; {agents}\n\n",
+        opts.profiles.join(" and ")
+    ));
+    out.push_str("## Summary\n\n");
+    out.push_str(&table(opts, rows));
+    out.push_str(hops);
+    out.push_str("\n## Against the targets\n\n");
+    out.push_str(&against_targets(rows));
+    out.push_str("\n## Each run\n\n");
+    for r in rows {
+        out.push_str(&format!("- {}\n", format_row(r)));
+    }
+    out
+}
+
+/// Writes the report beside the coordinators' logs.
+pub fn write(dir: &Path, report: &str) -> std::io::Result<std::path::PathBuf> {
+    let path = dir.join("report.md");
+    std::fs::write(&path, report)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drive::{BacklogSample, Observed};
+    use crate::stats::{CpuSplit, Percentiles};
+
+    fn row(run: &str, p99: f64, msgs: u64, growth: f64) -> Row {
+        let observed = Observed {
+            window_s: 10.0,
+            started: 0,
+            completed: msgs / 11,
+            published: msgs,
+            handoff: Percentiles {
+                p99,
+                ..Default::default()
+            },
+            workflow: Percentiles::default(),
+            coordinator_cpu_s: None,
+            loadgen_cpu_s: None,
+            cpu: CpuSplit::default(),
+            backlog: (0..=10)
+                .map(|s| BacklogSample {
+                    at_s: f64::from(s),
+                    in_flight: (20.0 + growth * f64::from(s)) as u64,
+                    inbox: None,
+                })
+                .collect(),
+            unfinished: 0,
+        };
+        let backlog_grows = observed.backlog_grows(90.0);
+        Row {
+            profile: "production".into(),
+            run: run.into(),
+            offered: "1000 msg/s".into(),
+            observed: Some(observed),
+            ceiling: 10_000.0,
+            coordinator_peak_rss_mib: Some(30.0),
+            timers: None,
+            inside: None,
+            backlog_grows,
+            closed_loop: false,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn each_target_is_judged_by_its_run_and_a_miss_is_said() {
+        let rows = [
+            row("peak", 12.0, 10_000, 0.0),
+            row("stress", 900.0, 20_000, 30.0),
+        ];
+        let t = against_targets(&rows);
+        assert!(
+            t.contains("| production | peak | handoff p99 ≤ 20 ms, no growing backlog | p99 12.0 ms, backlog steady (+0.0 wf/s) | met |"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "| production | stress | ≥ 2,500 agent msg/s applied | 2000 msg/s | **not met** |"
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("closed-200"), "{t}");
+        let slow = [row("peak", 12.0, 10_000, 30.0)];
+        assert!(against_targets(&slow).contains("GROWS +30.0 wf/s | **not met**"));
+    }
+
+    #[test]
+    fn the_report_says_where_it_ran_and_breaks_each_run_down() {
+        let opts = Options {
+            bin: "target/release/coordinator".into(),
+            config_dir: "config".into(),
+            profiles: vec!["production".into()],
+            only: Vec::new(),
+            warmup: std::time::Duration::from_secs(5),
+            window: std::time::Duration::from_secs(15),
+            timer_clocks: 1,
+            big_workflows: 1,
+            big_clocks: 1,
+            agents_per_role: None,
+            out_dir: "target/bench".into(),
+        };
+        let provenance = Provenance {
+            commit: "abc123".into(),
+            date: "2026-12-02 16:00 UTC".into(),
+            ..Default::default()
+        };
+        let rows = [row("peak", 12.0, 10_000, 0.0)];
+        let r = report(&opts, &provenance, &rows, "");
+        assert!(
+            r.contains("- commit: abc123") && r.contains("- date: 2026-12-02"),
+            "{r}"
+        );
+        assert!(
+            r.contains("## Against the targets") && r.contains("## Each run"),
+            "{r}"
+        );
+        assert!(r.contains(&format_row(&rows[0])), "{r}");
+    }
+}
