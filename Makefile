@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: python-venv asyncapi-parser schemas test-via-api run test soak bench bench-quick bench-timers demo services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: python-venv asyncapi-parser schemas test-via-api run test soak bench bench-quick bench-timers cluster-test demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
@@ -70,6 +70,14 @@ bench-timers: services
 soak: services
 	$(CARGO) build --release -p coordinator -p loadgen --bins
 	target/release/loadgen soak
+
+## cluster-test: two coordinators on a three-node RabbitMQ cluster of its own (quorum
+## queues) under load; the node leading most inbox partitions is stopped and started
+## again; nothing may be lost, applied twice or fire twice (~3 minutes, not in make test;
+## figures in target/cluster/report.md)
+cluster-test: services
+	$(CARGO) build --release -p coordinator --bin coordinator
+	COORDINATOR_ENV=test $(CARGO) test --release -p loadgen --test cluster -- --ignored --nocapture
 
 ## services: start PostgreSQL and RabbitMQ if installed but stopped
 services:

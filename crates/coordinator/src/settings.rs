@@ -122,6 +122,10 @@ impl QueueType {
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     pub url: String,
+    /// Other nodes of the same cluster (same vhost and credentials), tried in order when
+    /// `url` cannot be reached: a coordinator whose node stops reconnects to another.
+    #[serde(default)]
+    pub fallback_urls: Vec<String>,
     pub queue_type: QueueType,
     /// The longest a publisher waits for the broker to confirm a message before it gives
     /// its channel up (the message is sent again after its lease).
@@ -131,6 +135,15 @@ pub struct AmqpSettings {
     /// (`x-max-length`, `x-overflow: drop-head`), so an agent that never reads its
     /// events cannot grow the queue without end. 0: unbounded.
     pub events_max_length: u32,
+}
+
+impl AmqpSettings {
+    /// `url`, then each of `fallback_urls`: the order connections are tried in.
+    pub fn urls(&self) -> Vec<&str> {
+        std::iter::once(self.url.as_str())
+            .chain(self.fallback_urls.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 /// What becomes of dead letters nobody works.
@@ -370,7 +383,10 @@ impl Settings {
                 config::Environment::with_prefix("COORDINATOR")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    // COORDINATOR__AMQP__FALLBACK_URLS="amqp://…,amqp://…"
+                    .list_separator(",")
+                    .with_list_parse_key("amqp.fallback_urls"),
             )
             .build()?;
         let settings: Settings = built.try_deserialize()?;

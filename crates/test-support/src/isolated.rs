@@ -180,6 +180,7 @@ pub struct Rabbit {
     node: String,
     dir: PathBuf,
     port: u16,
+    dist: u16,
 }
 
 impl Rabbit {
@@ -201,18 +202,57 @@ impl Rabbit {
         .expect("config");
         // The broker runs as the rabbitmq user: it must write here.
         run(Command::new("chmod").arg("-R").arg("777").arg(&dir));
+        let rabbit = Rabbit {
+            node,
+            dir,
+            port,
+            dist,
+        };
+        rabbit.launch();
+        rabbit
+    }
+
+    /// `n` nodes of their own, clustered: the second and later join the first. Every
+    /// node runs as the `rabbitmq` user of the machine's installation, so they share its
+    /// Erlang cookie.
+    pub fn cluster(n: usize, plugins: &[&str]) -> Vec<Rabbit> {
+        let nodes: Vec<Rabbit> = (0..n).map(|_| Rabbit::start(plugins)).collect();
+        if let Some((seed, others)) = nodes.split_first() {
+            for node in others {
+                node.ctl(&["stop_app"]);
+                node.ctl(&["join_cluster", seed.node()]);
+                node.start_app();
+            }
+        }
+        nodes
+    }
+
+    /// Runs `rabbitmq-server` for this node (again, after [`Rabbit::stop_node`]) and
+    /// waits until it has booted.
+    fn launch(&self) {
         run(Command::new("rabbitmq-server")
             .arg("-detached")
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_DIST_PORT", dist.to_string())
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
-            .env("RABBITMQ_PID_FILE", dir.join("pid")));
-        let rabbit = Rabbit { node, dir, port };
-        rabbit.await_startup();
-        rabbit
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_DIST_PORT", self.dist.to_string())
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_PID_FILE", self.dir.join("pid")));
+        self.await_startup();
+    }
+
+    /// Stops the whole node (its Erlang VM), as a host that goes down; its data stays.
+    pub fn stop_node(&self) {
+        self.ctl(&["stop", &self.dir.join("pid").to_string_lossy()]);
+    }
+
+    /// Starts a node stopped by [`Rabbit::stop_node`] again; it rejoins its cluster.
+    pub fn start_node(&self) {
+        self.launch();
     }
 
     pub fn node(&self) -> &str {

@@ -407,6 +407,17 @@ impl TestEnv {
         .await
     }
 
+    /// A database of its own on the shared PostgreSQL and a vhost of its own on a
+    /// RabbitMQ node (or cluster) of the test's own; `amqp_url` points at that node.
+    pub async fn on_broker(rabbit: &isolated::Rabbit) -> TestEnv {
+        TestEnv::on(
+            pg_admin_url(),
+            rabbit.amqp_base(),
+            BrokerCtl::Node(rabbit.node().to_string()),
+        )
+        .await
+    }
+
     async fn on(admin_url: String, amqp_base: String, broker: BrokerCtl) -> TestEnv {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("coord_test_{id}");

@@ -656,7 +656,7 @@ async fn preload(pool: &PgPool, workflows: i64, clocks: i64) -> anyhow::Result<(
 
 /// `n` workflows with one armed clock each, due evenly over the next 3 to 13 seconds;
 /// the running timers are told to reload.
-async fn arm_due_clocks(pool: &PgPool, n: i64) -> anyhow::Result<()> {
+pub async fn arm_due_clocks(pool: &PgPool, n: i64) -> anyhow::Result<()> {
     exec(
         pool,
         &format!(

@@ -33,6 +33,18 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection> {
     Ok(Connection(lapin::Connection::connect(url, props).await?))
 }
 
+/// Connects to the first of `urls` that answers (a cluster's nodes, in order); the
+/// error of the last one if none does.
+pub async fn connect_any(urls: &[&str], name: &str) -> Result<Connection> {
+    let mut result = connect(urls.first().copied().unwrap_or_default(), name).await;
+    for url in urls.iter().skip(1) {
+        let Err(e) = &result else { break };
+        tracing::debug!(error = %e, "a node of amqp.url / amqp.fallback_urls did not answer; trying the next");
+        result = connect(url, name).await;
+    }
+    result
+}
+
 impl Connection {
     pub(crate) async fn channel(&self) -> Result<lapin::Channel> {
         Ok(self.0.create_channel().await?)

@@ -19,7 +19,7 @@ use protocol::reject::Reason;
 
 use crate::amqp::publisher::{PublishError, Publisher};
 use crate::amqp::topology::{Declarer, TopologyError};
-use crate::amqp::{self, connect};
+use crate::amqp::{self, connect_any};
 use crate::clock::Clock;
 use crate::db::{self, read, store, Pool};
 use crate::domain::emergency;
@@ -160,7 +160,7 @@ impl<'a> Ops<'a> {
                 )));
             }
         }
-        let conn = connect(&self.settings.amqp.url, "coordinator-cli")
+        let conn = connect_any(&self.settings.amqp.urls(), "coordinator-cli")
             .await
             .map_err(|e| Error::Broker("; the agent is not registered", e))?;
         let declared = async {
@@ -307,7 +307,7 @@ impl<'a> Ops<'a> {
             None => false,
         };
         store::mark_replayed(&mut tx, dl.id, by, self.clock.now()).await?;
-        let conn = connect(&self.settings.amqp.url, "coordinator-cli")
+        let conn = connect_any(&self.settings.amqp.urls(), "coordinator-cli")
             .await
             .map_err(|e| Error::Broker("", e))?;
         let published = async {

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::topology::{Declarer, TopologyError};
-use crate::amqp::{connect, Connection};
+use crate::amqp::{connect_any, Connection};
 use crate::db::{self, Pool};
 use crate::service::inbox::{self, ConsumerError};
 use crate::service::partitions::Partitions;
@@ -73,9 +73,15 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
 async fn session(shared: &Shared, shutdown: &CancellationToken) -> Result<(), SessionError> {
     use anyhow::Context;
     let cfg = &shared.settings.amqp;
-    let conn = connect(&cfg.url, &format!("coordinator {}", shared.instance))
+    let conn = connect_any(&cfg.urls(), &format!("coordinator {}", shared.instance))
         .await
-        .context("could not connect to RabbitMQ (amqp.url)")?;
+        .with_context(|| match cfg.fallback_urls.len() {
+            0 => "could not connect to RabbitMQ (amqp.url)".to_string(),
+            n => format!(
+                "could not connect to any of the {} RabbitMQ nodes (amqp.url, amqp.fallback_urls)",
+                n + 1
+            ),
+        })?;
     shared.metrics.broker_connects.inc();
     Status::set(&shared.status.broker_connected, true);
     if let Err(e) = declare_all(&conn, shared).await {
