@@ -381,6 +381,23 @@ async fn agent_add_registers_declares_and_refuses_bad_input() {
         0,
         "no half-registered agent"
     );
+    // A node that does not answer is passed over for the next of amqp.fallback_urls
+    // (a list in one environment variable).
+    let o = coordinator(
+        Some(&env),
+        &["agent", "add", "qa-10", "qa-director"],
+        &[
+            (
+                "COORDINATOR__AMQP__URL",
+                "amqp://guest:guest@127.0.0.1:1/%2f",
+            ),
+            (
+                "COORDINATOR__AMQP__FALLBACK_URLS",
+                &format!("amqp://guest:guest@127.0.0.1:2/%2f,{}", env.amqp_url),
+            ),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
 
     let o = coordinator(Some(&env), &["agent", "list"], &[]);
     assert!(text(&o).0.contains("qa-9"));
