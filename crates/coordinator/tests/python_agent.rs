@@ -200,3 +200,34 @@ async fn every_json_example_in_the_docs_is_valid_against_its_schema() {
         show(&out)
     );
 }
+
+/// With automatic registration off (production), the agent's heartbeat registers
+/// nothing: it gives up after its timeout and says who must run what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_agent_unknown_to_a_coordinator_without_auto_registration_says_what_to_do() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    settings.registration.auto_register = false;
+    let app = env.start_with(settings).await;
+    let copy = CopiedExample::new();
+    let script = copy.dir.join("register_only.py");
+    std::fs::write(
+        &script,
+        "import sys\n\
+         from coordinator_agent import Agent\n\
+         agent = Agent('qa-unknown', 'qa-director', sys.argv[1])\n\
+         try:\n    agent.register(timeout=2.0)\n\
+         except TimeoutError as e:\n    print(e)\n    sys.exit(3)\n",
+    )
+    .expect("script written");
+    let out = run_python(&script, &[&env.amqp_url]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("registration")
+            && said.contains("coordinator agent add qa-unknown qa-director"),
+        "{}",
+        show(&out)
+    );
+    app.stop().await;
+}
