@@ -58,6 +58,16 @@ if command -v rabbitmq-plugins >/dev/null 2>&1; then
   fi
 fi
 
+# `coordinator agent add --credentials` and `agent remove` manage per-agent broker users
+# through the management API (http://127.0.0.1:15672); also idempotent, no restart.
+if command -v rabbitmq-plugins >/dev/null 2>&1; then
+  if ! rabbitmq-plugins list --enabled --minimal 2>/dev/null | grep -qx rabbitmq_management; then
+    echo "ensure-services: enabling rabbitmq_management"
+    rabbitmq-plugins enable rabbitmq_management >/dev/null
+  fi
+  wait_port "RabbitMQ's management API" 127.0.0.1 15672
+fi
+
 if ! psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -Atqc \
      "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'" | grep -q 1; then
   echo "ensure-services: creating database $DB_NAME"

@@ -50,6 +50,9 @@ impl Queue {
 pub struct AgentClient {
     pub agent_id: String,
     pub agent_type: String,
+    /// The AMQP `user_id` every publish carries (the broker refuses one that is not the
+    /// connection's user): set where senders are authenticated.
+    user_id: Option<String>,
     conn: Connection,
     channel: Channel,
     consumers: Vec<(String, Consumer)>,
@@ -69,10 +72,18 @@ impl AgentClient {
         Ok(AgentClient {
             agent_id: agent_id.to_string(),
             agent_type: agent_type.to_string(),
+            user_id: None,
             conn,
             channel,
             consumers: Vec::new(),
         })
+    }
+
+    /// Publishes with the AMQP `user_id` set to the agent id, as an agent connected as
+    /// its own broker user does where sender authentication is on (docs/security.md).
+    pub fn authenticated(mut self) -> Self {
+        self.user_id = Some(self.agent_id.clone());
+        self
     }
 
     /// A new envelope from this agent (fresh message id, timestamp now, ttl 1 h).
@@ -105,8 +116,9 @@ impl AgentClient {
     pub async fn publish(&self, env: &Envelope) -> Result<(), AgentError> {
         let body = serde_json::to_vec(env).map_err(|e| AgentError::NotConfirmed(e.to_string()))?;
         let key = env.agent_routing_key();
-        self.publish_raw(exchanges::TOPIC, &key, &body, &env.meta(&key))
-            .await
+        let mut meta = env.meta(&key);
+        meta.user_id = self.user_id.clone();
+        self.publish_raw(exchanges::TOPIC, &key, &body, &meta).await
     }
 
     /// Publishes any bytes with any properties (for testing bad input).
@@ -268,6 +280,9 @@ pub fn properties(meta: &DeliveryMeta) -> lapin::BasicProperties {
     }
     if let Some(v) = meta.timestamp {
         p = p.with_timestamp(v);
+    }
+    if let Some(v) = &meta.user_id {
+        p = p.with_user_id(v.as_str().into());
     }
     p
 }

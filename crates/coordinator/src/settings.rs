@@ -13,8 +13,9 @@ use serde::Deserialize;
 use crate::domain::clocks;
 use crate::domain::escalation::{Ladder, Ladders};
 use crate::domain::sla::{ClockDurations, Severity};
-use crate::engine::Processor;
+use crate::engine::{Processor, Security};
 use protocol::catalog::{Catalog, RoleSpec};
+use protocol::envelope::Window;
 
 /// Environment variable naming the environment file to layer on the defaults.
 pub const ENV_VAR: &str = "COORDINATOR_ENV";
@@ -75,6 +76,7 @@ pub struct Settings {
     pub retry_policies: crate::retry::RetryPolicies,
     pub dead_letters: DeadLetterSettings,
     pub shutdown: ShutdownSettings,
+    pub security: SecuritySettings,
     /// The breakers around PostgreSQL and around publishing.
     pub circuit_breaker: crate::breaker::BreakerSettings,
     #[serde(default)]
@@ -135,15 +137,108 @@ pub struct AmqpSettings {
     /// (`x-max-length`, `x-overflow: drop-head`), so an agent that never reads its
     /// events cannot grow the queue without end. 0: unbounded.
     pub events_max_length: u32,
+    /// RabbitMQ's management API, where `agent add --credentials` and `agent remove`
+    /// create and delete agents' broker users (as the user of `url`, which must be an
+    /// administrator).
+    pub management_url: String,
 }
 
 impl AmqpSettings {
+    /// The broker user of `url` (`guest` when the URL names none, as RabbitMQ's
+    /// clients assume): the coordinator's own identity on the broker.
+    pub fn user(&self) -> String {
+        broker_user(&self.url)
+    }
+
+    /// The password of `url` (`guest` when it names no user, as RabbitMQ's clients
+    /// assume).
+    pub fn password(&self) -> String {
+        authority(&self.url)
+            .and_then(|a| a.rsplit_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map_or_else(|| "guest".to_string(), |(_, p)| percent_decode(p))
+    }
+
+    /// The vhost of `url`: its path, percent-decoded (`/` when it has none).
+    pub fn vhost(&self) -> String {
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        match rest.split_once('/') {
+            Some((_, path)) if !path.is_empty() => {
+                percent_decode(path.split(['?', '#']).next().unwrap_or(""))
+            }
+            _ => "/".to_string(),
+        }
+    }
+
     /// `url`, then each of `fallback_urls`: the order connections are tried in.
     pub fn urls(&self) -> Vec<&str> {
         std::iter::once(self.url.as_str())
             .chain(self.fallback_urls.iter().map(String::as_str))
             .collect()
     }
+}
+
+/// The user named in an AMQP URI's authority (percent-decoded), else `guest`.
+fn broker_user(url: &str) -> String {
+    let user = authority(url)
+        .unwrap_or("")
+        .rsplit_once('@')
+        .map(|(userinfo, _)| userinfo.split(':').next().unwrap_or(""))
+        .filter(|u| !u.is_empty());
+    user.map_or_else(|| "guest".to_string(), percent_decode)
+}
+
+/// The part of a URL between `://` and the path.
+fn authority(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Who may send what, and how fresh it must be (docs/security.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// A message whose `header.timestamp` is older than this is refused (`stale`).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// A message whose `header.timestamp` is further ahead of the coordinator's clock
+    /// than this is refused (`from_the_future`).
+    #[serde(with = "humantime_serde")]
+    pub max_ahead: Duration,
+    /// The AMQP `user_id` property must be the envelope's `source.agent_id`
+    /// (`unauthenticated` otherwise). Needs one broker user per agent.
+    pub authenticate_senders: bool,
+    /// Roles that may acknowledge an escalation whatever level its chain has reached
+    /// (besides the role that level pages).
+    pub escalation_acknowledgers: Vec<String>,
+    /// Roles that may resolve an emergency (`emergency_resolved`).
+    pub emergency_resolvers: Vec<String>,
 }
 
 /// What becomes of dead letters nobody works.
@@ -403,7 +498,70 @@ impl Settings {
             ladders: self.ladders().unwrap_or_default(),
             auto_register: self.registration.auto_register,
             limits: self.limits.envelope(),
+            security: self.security_checks(),
         }
+    }
+
+    /// The checks `[security]` asks of every delivery.
+    pub fn security_checks(&self) -> Security {
+        let s = &self.security;
+        let signed = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        Security {
+            window: Window {
+                max_age: signed(s.max_age),
+                max_ahead: signed(s.max_ahead),
+            },
+            authenticate_senders: s.authenticate_senders,
+            own_user: self.amqp.user(),
+            escalation_acknowledgers: s.escalation_acknowledgers.iter().cloned().collect(),
+            emergency_resolvers: s.emergency_resolvers.iter().cloned().collect(),
+        }
+    }
+
+    fn validate_security(&self) -> Result<(), SettingsError> {
+        let s = &self.security;
+        let invalid = |key: &str, problem: String| SettingsError::Invalid {
+            key: format!("security.{key}"),
+            problem,
+        };
+        if s.max_age.is_zero() {
+            return Err(invalid("max_age", "must be above zero".into()));
+        }
+        if s.max_age >= self.retention.processed_messages {
+            return Err(invalid(
+                "max_age",
+                format!(
+                    "must be shorter than retention.processed_messages ({}), or a message                      could be replayed once its id is forgotten but while it is still fresh",
+                    humantime::format_duration(self.retention.processed_messages)
+                ),
+            ));
+        }
+        // A role that may acknowledge or resolve is a configured role or a level of an
+        // escalation ladder (`oncall`, `management`), which becomes a role once
+        // configured under [roles].
+        let levels: std::collections::BTreeSet<&str> = std::iter::once(&self.escalation.levels)
+            .chain(self.escalation.severity.values().map(|l| &l.levels))
+            .chain(self.escalation.clock.values().map(|l| &l.levels))
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        for (key, names) in [
+            ("escalation_acknowledgers", &s.escalation_acknowledgers),
+            ("emergency_resolvers", &s.emergency_resolvers),
+        ] {
+            for name in names {
+                if !self.roles.contains_key(name) && !levels.contains(name.as_str()) {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{name:?} is neither a configured role nor an escalation level; roles: {}",
+                            self.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks what types alone cannot: ranges and names.
@@ -530,9 +688,17 @@ impl Settings {
         if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
             return Err(invalid(
                 "amqp.url",
+                // Not the URL itself: it may hold a password.
                 format!(
-                    "must start with amqp:// or amqps://, got {:?}",
-                    self.amqp.url
+                    "must start with amqp:// or amqps://, got one starting {:?}",
+                    self.amqp
+                        .url
+                        .split("://")
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .take(12)
+                        .collect::<String>()
                 ),
             ));
         }
@@ -547,6 +713,7 @@ impl Settings {
         if self.roles.is_empty() {
             return Err(invalid("roles", "no roles are configured".into()));
         }
+        self.validate_security()?;
         for agent in &self.agents {
             if !self.roles.contains_key(&agent.agent_type) {
                 return Err(invalid(

@@ -98,6 +98,16 @@ async fn every_kind_of_bad_input_is_dead_lettered_with_its_reason_and_the_sender
             v["header"]["ttl"] = json!(60);
             m.timestamp = Some(then.timestamp() as u64);
         }),
+        bad_envelope("stale", &ok("testing_started"), |v, m| {
+            let then = Utc::now() - chrono::Duration::minutes(10);
+            v["header"]["timestamp"] = json!(then);
+            m.timestamp = Some(then.timestamp() as u64);
+        }),
+        bad_envelope("from_the_future", &ok("testing_started"), |v, m| {
+            let then = Utc::now() + chrono::Duration::minutes(10);
+            v["header"]["timestamp"] = json!(then);
+            m.timestamp = Some(then.timestamp() as u64);
+        }),
         bad_envelope("not_accepted_in_state", &ok("testing_started"), |_, _| {}),
         bad_envelope(
             "unknown_workflow",
@@ -545,9 +555,17 @@ async fn a_dry_run_says_what_a_replay_would_do_and_a_replay_by_reason_applies_ev
             id: first,
             note: "handled by hand".into(),
             replace: false,
+            by: "bob".into(),
         },
     };
     cli::run(&settings, resolve).await.expect("resolve");
+    let by: Option<String> =
+        sqlx::query_scalar("SELECT resolved_by FROM dead_letters WHERE id = $1")
+            .bind(first)
+            .fetch_one(&env.pool)
+            .await
+            .expect("row");
+    assert_eq!(by.as_deref(), Some("bob"), "the operator is recorded");
     let replay = Command::DeadLetter {
         command: DeadLetterCommand::Replay {
             id: Some(first),

@@ -205,12 +205,14 @@ async fn under_a_time_scale_the_owner_is_warned_once_and_a_met_clock_never_fires
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ladder_climbs_to_level_two_and_stops_when_acknowledged() {
     let env = TestEnv::new().await;
-    let app = env
-        .start_with(fast(&env, &[("testing_start", "300ms")], "1500ms"))
-        .await;
+    // On-call acknowledges over AMQP as an agent of a role named after its ladder level.
+    let mut settings = fast(&env, &[("testing_start", "300ms")], "1500ms");
+    settings.roles.insert("oncall".into(), Default::default());
+    let app = env.start_with(settings.clone()).await;
     let product = env.agent("product-1", "product-director").await;
     let eng = env.agent("eng-1", "engineering-director").await;
     let mut qa = env.agent("qa-1", "qa-director").await;
+    let pager = env.agent_with(&settings, "pager-1", "oncall").await;
     let mut oncall = env.connect_as("pager", "qa-director").await;
     to_feature_handoff(&product, &eng, &mut qa, "wf-ladder").await;
 
@@ -234,6 +236,7 @@ async fn the_ladder_climbs_to_level_two_and_stops_when_acknowledged() {
         ),
     )
     .await;
+    // Level two paged on-call: the owner role may no longer acknowledge, on-call may.
     qa.send(
         "escalation_acknowledged",
         "wf-ladder",
@@ -242,7 +245,20 @@ async fn the_ladder_climbs_to_level_two_and_stops_when_acknowledged() {
     .await
     .expect("publish");
     env.wait_count(
-        "SELECT count(*) FROM escalations WHERE acknowledged_by = 'qa-1'",
+        "SELECT count(*) FROM dead_letters WHERE reason = 'unauthorized' AND source_agent_id = 'qa-1'",
+        1,
+    )
+    .await;
+    pager
+        .send(
+            "escalation_acknowledged",
+            "wf-ladder",
+            json!({"escalation_id": l2.payload.data["escalation_id"]}),
+        )
+        .await
+        .expect("publish");
+    env.wait_count(
+        "SELECT count(*) FROM escalations WHERE acknowledged_by = 'pager-1'",
         2,
     )
     .await;

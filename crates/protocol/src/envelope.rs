@@ -24,7 +24,7 @@ const NON_BLANK: &str = r"^[^\x00]*[^\s\x00][^\x00]*$";
 const ROUTING_WORD: &str = r"^[^\x00.*#]*[^\s\x00.*#][^\x00.*#]*$";
 
 /// The contract version this coordinator writes (docs/protocol.md, "Versioning").
-pub const VERSION: &str = "1.1";
+pub const VERSION: &str = "1.2";
 /// The contract's major versions this coordinator reads: `1.x`.
 pub const SUPPORTED_MAJOR_VERSIONS: &[u32] = &[1];
 /// AMQP short strings (message_id, correlation_id, type, app_id) hold at most 255 bytes.
@@ -206,6 +206,15 @@ pub struct DeliveryMeta {
     /// The AMQP `timestamp` property, seconds since the epoch.
     pub timestamp: Option<u64>,
     pub content_type: Option<String>,
+    /// The AMQP `user_id` property: RabbitMQ refuses a publish whose `user_id` is not
+    /// the connection's user, so when present it names the sender's broker identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The `x-replay-of` header: the dead letter an operator replayed
+    /// (`coordinator dead-letter replay`). Trusted only from the coordinator's own
+    /// broker user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<i64>,
 }
 
 impl Envelope {
@@ -326,6 +335,8 @@ impl Envelope {
             app_id: Some(self.header.source.agent_id.clone()),
             timestamp: u64::try_from(self.header.timestamp.timestamp()).ok(),
             content_type: Some(CONTENT_TYPE.to_string()),
+            user_id: None,
+            replay_of: None,
         }
     }
 }
@@ -559,6 +570,79 @@ pub fn check_fresh(env: &Envelope, now: DateTime<Utc>) -> Result<(), Rejected> {
         ));
     }
     Ok(())
+}
+
+/// How far `header.timestamp` may be from the receiver's clock: replay protection
+/// (docs/security.md). Message ids are remembered for longer than `max_age`, so a
+/// captured message can be replayed neither inside the window nor after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub max_age: chrono::Duration,
+    pub max_ahead: chrono::Duration,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            max_age: chrono::Duration::minutes(5),
+            max_ahead: chrono::Duration::minutes(1),
+        }
+    }
+}
+
+/// `header.timestamp` must be within the window around `now`.
+pub fn check_window(env: &Envelope, now: DateTime<Utc>, window: &Window) -> Result<(), Rejected> {
+    let t = env.header.timestamp;
+    let age = now.signed_duration_since(t);
+    if age > window.max_age {
+        return Err(Rejected::new(
+            Reason::Stale,
+            format!(
+                "header.timestamp {} is {} s old; messages older than {} s are refused \
+                 (replay protection): send a new message, with a new message_id, stamped now",
+                t.to_rfc3339(),
+                age.num_seconds(),
+                window.max_age.num_seconds()
+            ),
+        ));
+    }
+    if -age > window.max_ahead {
+        return Err(Rejected::new(
+            Reason::FromTheFuture,
+            format!(
+                "header.timestamp {} is {} s ahead of the coordinator's clock ({}); at most \
+                 {} s is allowed: check the sender's clock (NTP)",
+                t.to_rfc3339(),
+                (-age).num_seconds(),
+                now.to_rfc3339(),
+                window.max_ahead.num_seconds()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Sender authentication: the AMQP `user_id` property, which the broker checks against
+/// the connection's user, must be `header.source.agent_id`.
+pub fn check_sender(env: &Envelope, meta: &DeliveryMeta) -> Result<(), Rejected> {
+    let agent = &env.header.source.agent_id;
+    match meta.user_id.as_deref() {
+        Some(user) if user == agent => Ok(()),
+        Some(user) => Err(Rejected::new(
+            Reason::Unauthenticated,
+            format!(
+                "the AMQP user_id property is {user:?} but header.source.agent_id is {agent:?}: \
+                 an agent publishes only as itself, connected as its own broker user"
+            ),
+        )),
+        None => Err(Rejected::new(
+            Reason::Unauthenticated,
+            format!(
+                "no AMQP user_id property: sender authentication is on, so connect as the \
+                 broker user {agent:?} (coordinator agent add --credentials) and set user_id to it"
+            ),
+        )),
+    }
 }
 
 /// Size limits on what is stored: the body as a whole (it is kept whole in

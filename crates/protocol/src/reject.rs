@@ -38,6 +38,19 @@ pub enum Reason {
     UnknownEscalation,
     /// The body, or a field stored in its own column, is over its size limit.
     TooLarge,
+    /// `header.timestamp` is older than the freshness window (`security.max_age`).
+    Stale,
+    /// `header.timestamp` is further ahead of the coordinator's clock than
+    /// `security.max_ahead`.
+    FromTheFuture,
+    /// Sender authentication is on and the AMQP `user_id` property (which RabbitMQ
+    /// checks against the connection's user) is absent or is not `source.agent_id`.
+    Unauthenticated,
+    /// The sender's role may not do this to this workflow (acknowledge this
+    /// escalation, resolve this emergency).
+    Unauthorized,
+    /// The message id was already used by a different sender.
+    DuplicateIdConflict,
     /// The database refused to store what the message asked for, on every attempt
     /// (a value out of range, or too long for an index): the message is set aside so
     /// that the rest of the inbox flows.
@@ -45,7 +58,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 22] = [
         Reason::MalformedJson,
         Reason::MissingField,
         Reason::InvalidField,
@@ -62,6 +75,11 @@ impl Reason {
         Reason::NotAcceptedInState,
         Reason::UnknownEscalation,
         Reason::TooLarge,
+        Reason::Stale,
+        Reason::FromTheFuture,
+        Reason::Unauthenticated,
+        Reason::Unauthorized,
+        Reason::DuplicateIdConflict,
         Reason::ProcessingFailed,
     ];
 
@@ -83,6 +101,11 @@ impl Reason {
             Reason::NotAcceptedInState => "not_accepted_in_state",
             Reason::UnknownEscalation => "unknown_escalation",
             Reason::TooLarge => "too_large",
+            Reason::Stale => "stale",
+            Reason::FromTheFuture => "from_the_future",
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::Unauthorized => "unauthorized",
+            Reason::DuplicateIdConflict => "duplicate_id_conflict",
             Reason::ProcessingFailed => "processing_failed",
         }
     }

@@ -94,6 +94,8 @@ pub struct TestEnv {
     /// Where the database was made (and is dropped).
     admin_url: String,
     broker: BrokerCtl,
+    /// Broker users made by [`TestEnv::agent_user`], deleted on drop.
+    users: std::sync::Mutex<Vec<String>>,
 }
 
 fn rabbitmqctl(args: &[&str]) {
@@ -441,6 +443,7 @@ impl TestEnv {
             pool,
             admin_url,
             broker,
+            users: Default::default(),
         }
     }
 
@@ -628,8 +631,39 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Deletes this broker user when the test ends (users are global to the broker,
+    /// not part of the test's vhost).
+    pub fn delete_user_on_drop(&self, user: &str) {
+        self.users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(user.to_string());
+    }
+
+    /// The AMQP URL of this test's vhost as another broker user.
+    pub fn amqp_url_as(&self, user: &str, password: &str) -> String {
+        let base = amqp_base();
+        let host = base
+            .split_once('@')
+            .map_or(base.as_str(), |(_, h)| h)
+            .trim_start_matches("amqp://");
+        format!("amqp://{user}:{password}@{host}/{}", self.vhost)
+    }
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        for user in self
+            .users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = Command::new("rabbitmqctl")
+                .args(["delete_user", &user])
+                .output();
+        }
         let pool = self.pool.clone();
         let db = self.db_name.clone();
         let vhost = self.vhost.clone();

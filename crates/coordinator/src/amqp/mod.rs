@@ -3,6 +3,7 @@
 //! [`Delivery`]), and publishing with confirms ([`publisher`]). What the service does
 //! with them (the inbox, the relay, the dead-letter collector) is in `service`.
 
+pub mod management;
 pub mod publisher;
 pub mod topology;
 
@@ -165,8 +166,21 @@ pub fn delivery_meta(routing_key: &str, props: &lapin::BasicProperties) -> Deliv
         app_id: s(props.app_id()),
         timestamp: *props.timestamp(),
         content_type: s(props.content_type()),
+        user_id: s(props.user_id()),
+        replay_of: props
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(REPLAY_OF_HEADER))
+            .and_then(|v| match amqp_json(v) {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            }),
     }
 }
+
+/// The header that marks an operator's replay of a dead letter (its id).
+pub const REPLAY_OF_HEADER: &str = "x-replay-of";
 
 /// AMQP properties repeating an envelope header (docs/protocol.md section 3): persistent,
 /// JSON, with message id, correlation id, type, app id and timestamp.
@@ -188,6 +202,15 @@ pub fn properties(meta: &DeliveryMeta) -> lapin::BasicProperties {
     }
     if let Some(v) = meta.timestamp {
         p = p.with_timestamp(v);
+    }
+    // The broker refuses a `user_id` that is not this connection's user.
+    if let Some(v) = &meta.user_id {
+        p = p.with_user_id(v.as_str().into());
+    }
+    if let Some(id) = meta.replay_of {
+        let mut headers = FieldTable::default();
+        headers.insert(REPLAY_OF_HEADER.into(), AMQPValue::LongLongInt(id));
+        p = p.with_headers(headers);
     }
     p
 }

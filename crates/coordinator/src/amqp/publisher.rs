@@ -86,6 +86,8 @@ impl Publisher {
                 app_id: Some(m.app_id.clone()),
                 timestamp: None,
                 content_type: None,
+                user_id: None,
+                replay_of: None,
             };
             let confirm = self
                 .channel

@@ -92,6 +92,17 @@ pub enum AgentCommand {
         /// engineering-director, qa-director, devops-manager, creative-director,
         /// marketing-director)
         agent_type: String,
+        /// Also create the agent's own broker user (through RabbitMQ's management API,
+        /// amqp.management_url) and print its password, once: it may read only its own
+        /// queues and publish only its role's routing keys on agent.topic
+        #[arg(long)]
+        credentials: bool,
+    },
+    /// Revoke an agent: delete its broker user (its connections are closed) and its
+    /// registration; its queues stay
+    Remove {
+        /// The agent's id
+        agent_id: String,
     },
     /// List registered agents
     List,
@@ -188,8 +199,12 @@ pub enum WorkflowCommand {
     },
 }
 
+/// The OS user running the command: who `--by` records unless told otherwise.
 fn operator() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "operator".into())
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -265,8 +280,8 @@ pub enum EscalationCommand {
     Ack {
         /// The escalation's id (any level of the chain)
         id: i64,
-        /// Who acknowledges (recorded in escalations.acknowledged_by)
-        #[arg(long)]
+        /// Who acknowledges (recorded in escalations.acknowledged_by; default: $USER)
+        #[arg(long, default_value_t = operator())]
         by: String,
     },
 }
@@ -348,6 +363,9 @@ pub enum DeadLetterCommand {
         /// Replace the note of a dead letter already resolved (refused without it)
         #[arg(long)]
         replace: bool,
+        /// Who resolves (recorded in dead_letters.resolved_by; default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
     },
 }
 
@@ -389,11 +407,29 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
             AgentCommand::Add {
                 agent_id,
                 agent_type,
+                credentials,
             } => {
                 let added = ops.add_agent(&agent_id, &agent_type).await?;
-                Ok(format!(
+                let mut out = format!(
                     "{} agent {agent_id} ({agent_type}); queues agent.{agent_id}.tasks, .commands, .events declared\n",
                     if added.created { "registered" } else { "already registered:" }
+                );
+                if credentials {
+                    let password = ops.add_agent_credentials(&agent_id, &agent_type).await?;
+                    let _ = writeln!(
+                        out,
+                        "broker user {agent_id} on vhost {:?}; its password (shown once, keep it in your secret store):\n{password}",
+                        settings.amqp.vhost()
+                    );
+                }
+                Ok(out)
+            }
+            AgentCommand::Remove { agent_id } => {
+                let removed = ops.remove_agent(&agent_id).await?;
+                Ok(format!(
+                    "agent {agent_id}: {}; {}\n",
+                    if removed.user_deleted { "broker user deleted (its connections closed)" } else { "had no broker user" },
+                    if removed.registered { "registration deleted (its queues stay)" } else { "was not registered" }
                 ))
             }
             AgentCommand::List => list_agents(&pool).await,
@@ -531,8 +567,13 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 }
                 Ok(out)
             }
-            DeadLetterCommand::Resolve { id, note, replace } => {
-                let r = ops.resolve_dead_letter(id, &note, replace).await?;
+            DeadLetterCommand::Resolve {
+                id,
+                note,
+                replace,
+                by,
+            } => {
+                let r = ops.resolve_dead_letter(id, &note, replace, &by).await?;
                 Ok(match r.replaced {
                     Some(old) => format!("dead letter {id} resolved: {note} (replacing the note {old:?})\n"),
                     None => format!("dead letter {id} resolved: {note}\n"),

@@ -7,63 +7,71 @@
 //! (sorted by id, so two batches never deadlock), then read what the locked workflows
 //! own. Writes follow in the order of the foreign keys.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 
 use crate::engine::rows::{
-    ArmedClockRow, ChainMember, InsertedClock, Loaded, LockedWorkflow, Needs, Queued, Writes,
-    Written, OUTCOME_ACCEPTED,
+    ArmedClockRow, ChainMember, Claims, InsertedClock, Loaded, LockedWorkflow, Needs, Queued,
+    Writes, Written, OUTCOME_ACCEPTED,
 };
 
+// `earlier` reads the snapshot the statement started with, so it sees the ids claimed
+// before it and none of those `claimed` inserts.
 pub const CLAIM_AND_LOCK: &str = "WITH claimed AS (
-           INSERT INTO processed_messages (message_id, outcome, processed_by)
-           SELECT id, $2::text, $3::text FROM unnest($1::text[]) AS u(id)
+           INSERT INTO processed_messages (message_id, outcome, processed_by, sender)
+           SELECT id, $2::text, $3::text, sender FROM unnest($1::text[], $5::text[]) AS u(id, sender)
            ON CONFLICT DO NOTHING RETURNING message_id),
          locked AS (
-           SELECT id, kind, state, round FROM workflows WHERE id = ANY($4::text[]) ORDER BY id FOR UPDATE)
-         SELECT message_id AS id, NULL AS kind, NULL AS state, NULL::int AS round FROM claimed
-         UNION ALL SELECT id, kind, state, round FROM locked";
+           SELECT id, kind, state, round FROM workflows WHERE id = ANY($4::text[]) ORDER BY id FOR UPDATE),
+         earlier AS (
+           SELECT message_id, sender FROM processed_messages WHERE message_id = ANY($1::text[]) AND sender IS NOT NULL)
+         SELECT 'claimed' AS src, message_id AS id, NULL AS kind, NULL AS state, NULL::int AS round FROM claimed
+         UNION ALL SELECT 'locked', id, kind, state, round FROM locked
+         UNION ALL SELECT 'earlier', message_id, NULL, sender, NULL FROM earlier";
 
-/// Claims message ids (the deduplication keys) and locks the workflows that exist
-/// among `workflow_ids`, in id order, in one statement. Returns the ids claimed (an id
-/// another transaction holds uncommitted waits for it, then is not claimed) and the
-/// locked workflows.
+/// Claims message ids (the deduplication keys, each with its sender) and locks the
+/// workflows that exist among `workflow_ids`, in id order, in one statement. Returns
+/// the ids claimed (an id another transaction holds uncommitted waits for it, then is
+/// not claimed), the senders of ids claimed before, and the locked workflows.
 pub async fn claim_and_lock(
     conn: &mut PgConnection,
     message_ids: &[&str],
+    senders: &[Option<&str>],
     instance: &str,
     workflow_ids: &[&str],
-) -> super::Result<(HashSet<String>, Vec<LockedWorkflow>)> {
+) -> super::Result<(Claims, Vec<LockedWorkflow>)> {
     if message_ids.is_empty() && workflow_ids.is_empty() {
-        return Ok((HashSet::new(), Vec::new()));
+        return Ok((Claims::default(), Vec::new()));
     }
     let rows = sqlx::query(CLAIM_AND_LOCK)
         .bind(message_ids)
         .bind(OUTCOME_ACCEPTED)
         .bind(instance)
         .bind(workflow_ids)
+        .bind(senders)
         .fetch_all(conn)
         .await?;
-    let mut claimed = HashSet::new();
+    let mut claims = Claims::default();
     let mut locked = Vec::new();
     for r in rows {
         let id: String = r.try_get("id")?;
-        match r.try_get::<Option<String>, _>("kind")? {
-            None => {
-                claimed.insert(id);
+        match r.try_get::<&str, _>("src")? {
+            "claimed" => {
+                claims.claimed.insert(id);
             }
-            Some(kind) => locked.push(LockedWorkflow {
+            "earlier" => {
+                claims.earlier.insert(id, r.try_get("state")?);
+            }
+            _ => locked.push(LockedWorkflow {
                 id,
-                kind,
+                kind: r.try_get("kind")?,
                 state: r.try_get("state")?,
                 round: r.try_get("round")?,
             }),
         }
     }
     locked.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok((claimed, locked))
+    Ok((claims, locked))
 }
 
 // Sorted by the caller: an ORDER BY here lets a plan made on an empty table walk the
@@ -146,9 +154,9 @@ pub async fn agent_types(
 // the chain index). Two ids of one chain list it twice: sorted and deduplicated by the
 // caller.
 pub const ESCALATION_CHAINS: &str =
-    "SELECT e.id, e.workflow_id, e.chain_id, e.acknowledged_at IS NULL AS open
+    "SELECT e.id, e.workflow_id, e.chain_id, e.acknowledged_at IS NULL AS open, e.level, e.target
          FROM (SELECT chain_id FROM escalations WHERE id = ANY($1)) c,
-              LATERAL (SELECT id, workflow_id, chain_id, acknowledged_at FROM escalations x
+              LATERAL (SELECT id, workflow_id, chain_id, acknowledged_at, level, target FROM escalations x
                        WHERE x.chain_id = c.chain_id OFFSET 0) e";
 
 /// Every escalation of the chains the given escalations belong to.
@@ -160,17 +168,21 @@ pub async fn escalation_chains(
         return Ok(Vec::new());
     }
     let mut rows: Vec<ChainMember> =
-        sqlx::query_as::<_, (i64, String, i64, bool)>(ESCALATION_CHAINS)
+        sqlx::query_as::<_, (i64, String, i64, bool, i32, String)>(ESCALATION_CHAINS)
             .bind(escalation_ids)
             .fetch_all(conn)
             .await?
             .into_iter()
-            .map(|(id, workflow_id, chain_id, open)| ChainMember {
-                id,
-                workflow_id,
-                chain_id,
-                open,
-            })
+            .map(
+                |(id, workflow_id, chain_id, open, level, target)| ChainMember {
+                    id,
+                    workflow_id,
+                    chain_id,
+                    open,
+                    level,
+                    target,
+                },
+            )
             .collect();
     rows.sort_by_key(|r| r.id);
     rows.dedup_by_key(|r| r.id);

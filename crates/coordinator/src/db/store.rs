@@ -58,6 +58,16 @@ pub async fn register_agent(
     Ok(new)
 }
 
+/// Deletes an agent's registration and tells every running coordinator.
+pub async fn delete_agent(conn: &mut PgConnection, agent_id: &str) -> super::Result<bool> {
+    let res = sqlx::query("DELETE FROM agents WHERE agent_id = $1")
+        .bind(agent_id)
+        .execute(&mut *conn)
+        .await?;
+    notify_agents(conn).await?;
+    Ok(res.rows_affected() == 1)
+}
+
 /// The LISTEN/NOTIFY channel agent caches reload on.
 pub const AGENTS_CHANNEL: &str = "coordinator_agents";
 
@@ -476,14 +486,17 @@ pub async fn resolve_dead_letter(
     conn: &mut PgConnection,
     id: i64,
     note: &str,
+    by: &str,
     now: DateTime<Utc>,
 ) -> super::Result<bool> {
     Ok(sqlx::query(
-        "UPDATE dead_letters SET resolved_at = coalesce(resolved_at, $3), resolution = $2 WHERE id = $1",
+        "UPDATE dead_letters SET resolved_at = coalesce(resolved_at, $3), resolution = $2, resolved_by = $4
+         WHERE id = $1",
     )
     .bind(id)
     .bind(note)
     .bind(now)
+    .bind(by)
     .execute(conn)
     .await?
     .rows_affected()

@@ -2,7 +2,7 @@
 //! under lock; the rows to write are collected as it goes. What each kind of input does
 //! is in `dispatch` (and the modules it sends inputs to); this holds the batch's state.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use super::escalations;
 use super::messages::to_agent;
 use super::model::Wf;
 use super::rows::{
-    ChainMember, Loaded, NewDeadLetter, NewEvent, OutboxMessage, Writes, OUTCOME_REJECTED,
+    ChainMember, Claims, Loaded, NewDeadLetter, NewEvent, OutboxMessage, Writes, OUTCOME_REJECTED,
 };
 use super::{body_digest, AgentView, Agents, Checked, Inbound, Outcome, Processed, Processor};
 use crate::domain::ids;
@@ -28,9 +28,10 @@ pub(super) type Applied = Result<Processed, Rejected>;
 pub struct Batch<'p> {
     pub(super) p: &'p Processor,
     pub(super) now: DateTime<Utc>,
-    pub(super) claimed: HashSet<String>,
-    /// Message ids applied so far: a repeat later in the batch is a duplicate.
-    pub(super) seen: HashSet<String>,
+    pub(super) claims: Claims,
+    /// Message ids applied so far, with their senders: a repeat later in the batch is a
+    /// duplicate (or a conflict, from another sender).
+    pub(super) seen: HashMap<String, Option<String>>,
     pub(super) workflows: HashMap<String, Wf>,
     pub(super) agents: AgentView,
     all_agents: Option<Vec<(String, String)>>,
@@ -55,7 +56,7 @@ impl<'p> Batch<'p> {
     pub fn new(
         p: &'p Processor,
         loaded: Loaded,
-        claimed: HashSet<String>,
+        claims: Claims,
         agents: Arc<Agents>,
         now: DateTime<Utc>,
     ) -> Batch<'p> {
@@ -76,8 +77,8 @@ impl<'p> Batch<'p> {
         Batch {
             p,
             now,
-            claimed,
-            seen: HashSet::new(),
+            claims,
+            seen: HashMap::new(),
             workflows,
             agents: view,
             all_agents: loaded.all_agents,
@@ -215,6 +216,29 @@ impl<'p> Batch<'p> {
 
     /// Dead-letters a delivery and tells its sender, if known.
     pub(super) fn reject(&mut self, d: Inbound<'_>, c: &Checked, rej: Rejected) -> Processed {
+        self.reject_as(d, c, rej, true)
+    }
+
+    /// A message whose id another sender used first: kept and its sender told, but the
+    /// id's outcome stays the first message's.
+    pub(super) fn conflict(&mut self, d: Inbound<'_>, c: &Checked, first: &str) -> Processed {
+        let rej = Rejected::new(
+            Reason::DuplicateIdConflict,
+            format!(
+                "message_id {:?} was already used by {first:?}; every message needs an id of its own (a UUID)",
+                c.message_id.as_deref().unwrap_or("")
+            ),
+        );
+        self.reject_as(d, c, rej, false)
+    }
+
+    fn reject_as(
+        &mut self,
+        d: Inbound<'_>,
+        c: &Checked,
+        rej: Rejected,
+        owns_id: bool,
+    ) -> Processed {
         if !self.quiet {
             tracing::warn!(
                 message_id = c.message_id.as_deref().unwrap_or(""),
@@ -234,13 +258,19 @@ impl<'p> Batch<'p> {
             self.p.limits.max_body_bytes,
             self.now,
         ));
-        if let Some(id) = message_id {
+        if let (Some(id), true) = (message_id, owns_id) {
             self.out.outcomes.push((id.to_string(), OUTCOME_REJECTED));
         }
         if let Some(agent) = sender {
-            self.out
-                .outbox
-                .push(rejection_notice(d, message_id, agent, &rej, self.now));
+            // A conflict's notice is named after its sender too: the id is not its own.
+            let cause = match (message_id, owns_id) {
+                (Some(id), true) => id.to_string(),
+                (Some(id), false) => format!("{id} from {agent}"),
+                (None, _) => body_digest(d.body),
+            };
+            self.out.outbox.push(rejection_notice(
+                d, &cause, message_id, agent, &rej, self.now,
+            ));
         }
         let mut p = Processed::new(Outcome::Rejected(rej.reason));
         p.detail = Some(rej.detail);
@@ -275,12 +305,12 @@ impl<'p> Batch<'p> {
 /// A `message_rejected` notice to the sender's commands queue.
 fn rejection_notice(
     d: Inbound<'_>,
+    cause: &str,
     message_id: Option<&str>,
     agent: &str,
     rej: &Rejected,
     now: DateTime<Utc>,
 ) -> OutboxMessage {
-    let cause = message_id.map_or_else(|| body_digest(d.body), str::to_string);
     let data = payloads::to_value(&payloads::MessageRejected {
         rejected_message_id: message_id.map(str::to_string),
         reason: rej.reason.as_str().to_string(),
@@ -293,7 +323,7 @@ fn rejection_notice(
         .filter(|c| !c.is_empty() && c.len() <= envelope::MAX_ID_LEN && !c.contains('\0'))
         .unwrap_or_else(|| agent.to_string());
     to_agent(
-        ids::derived(&cause, "rejected"),
+        ids::derived(cause, "rejected"),
         &correlation,
         message_id,
         MESSAGE_REJECTED,
@@ -362,8 +392,13 @@ pub fn set_aside(
         now,
     ));
     if let Some(agent) = sender {
+        let cause = checked
+            .message_id
+            .clone()
+            .unwrap_or_else(|| body_digest(d.body));
         w.outbox.push(rejection_notice(
             d,
+            &cause,
             checked.message_id.as_deref(),
             agent,
             &rej,

@@ -16,13 +16,32 @@ use protocol::envelope::Envelope;
 use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
 use protocol::reject::{Reason, Rejected};
 
+/// `["a", "b"]` as `a, b`, or `no role` when empty.
+fn listed(roles: &std::collections::BTreeSet<String>) -> String {
+    if roles.is_empty() {
+        "no role".into()
+    } else {
+        roles.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
 impl Batch<'_> {
     /// Applies one input (in delivery order).
     pub fn apply(&mut self, input: Input<'_>, checked: Checked) -> Processed {
         if let Some(id) = &checked.message_id {
-            if !self.claimed.contains(id) || !self.seen.insert(id.clone()) {
-                return Processed::new(Outcome::Duplicate);
+            if !self.claims.claimed.contains(id) || self.seen.contains_key(id) {
+                let first = match self.seen.get(id) {
+                    Some(in_batch) => in_batch.clone(),
+                    None => self.claims.earlier.get(id).cloned(),
+                };
+                return match (first, &checked.sender, input) {
+                    (Some(first), Some(sender), Input::Delivery(d)) if first != *sender => {
+                        self.conflict(d, &checked, &first)
+                    }
+                    _ => Processed::new(Outcome::Duplicate),
+                };
             }
+            self.seen.insert(id.clone(), checked.sender.clone());
         }
         let applied = match &checked.envelope {
             Ok(env) => self.accept(env, checked.trusted),
@@ -74,7 +93,24 @@ impl Batch<'_> {
             return self.heartbeat(env, registered.is_none());
         }
         if mt == ESCALATION_ACKNOWLEDGED {
-            return self.acknowledge(env);
+            return self.acknowledge(env, trusted);
+        }
+        if mt == emergency::RESOLVED
+            && !trusted
+            && !self
+                .p
+                .security
+                .emergency_resolvers
+                .contains(&h.source.agent_type)
+        {
+            return Err(Rejected::new(
+                Reason::Unauthorized,
+                format!(
+                    "role {:?} may not resolve an emergency; security.emergency_resolvers allows {}",
+                    h.source.agent_type,
+                    listed(&self.p.security.emergency_resolvers)
+                ),
+            ));
         }
         if mt == emergency::ALERT {
             return incident::start(self, env);
@@ -126,8 +162,10 @@ impl Batch<'_> {
     }
 
     /// `escalation_acknowledged`: acknowledges the chain of the escalation named in
-    /// `payload.data.escalation_id`, an escalation of the message's workflow.
-    fn acknowledge(&mut self, env: &Envelope) -> Applied {
+    /// `payload.data.escalation_id`, an escalation of the message's workflow, when the
+    /// sender's role may: the role the chain's last level paged, or one of
+    /// `security.escalation_acknowledgers` (an operator always may).
+    fn acknowledge(&mut self, env: &Envelope, trusted: bool) -> Applied {
         let h = &env.header;
         let Some(escalation_id) = acknowledged_escalation(env) else {
             return Err(Rejected::new(
@@ -162,6 +200,9 @@ impl Batch<'_> {
                 ),
             ));
         };
+        if !trusted {
+            self.may_acknowledge(&h.source.agent_type, escalation_id, chain_id)?;
+        }
         let mut ids = Vec::new();
         for c in self
             .chains
@@ -202,5 +243,36 @@ impl Batch<'_> {
         let mut p = Processed::new(Outcome::Accepted);
         p.acknowledged = Some(acknowledged);
         Ok(p)
+    }
+
+    fn may_acknowledge(
+        &self,
+        role: &str,
+        escalation_id: i64,
+        chain_id: i64,
+    ) -> Result<(), Rejected> {
+        let Some(reached) = self
+            .chains
+            .iter()
+            .filter(|c| c.chain_id == chain_id)
+            .max_by_key(|c| c.level)
+        else {
+            return Ok(());
+        };
+        let acknowledgers = &self.p.security.escalation_acknowledgers;
+        if reached.target == role || acknowledgers.contains(role) {
+            return Ok(());
+        }
+        Err(Rejected::new(
+            Reason::Unauthorized,
+            format!(
+                "role {role:?} may not acknowledge escalation {escalation_id}: its chain has reached \
+                 level {} ({}); {} or security.escalation_acknowledgers ({}) may",
+                reached.level,
+                reached.target,
+                reached.target,
+                listed(acknowledgers)
+            ),
+        ))
     }
 }

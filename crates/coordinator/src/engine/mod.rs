@@ -30,12 +30,12 @@ mod model;
 pub mod operator;
 pub mod rows;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 
 use protocol::catalog::Catalog;
-use protocol::envelope::{self, DeliveryMeta, Envelope, Limits};
+use protocol::envelope::{self, DeliveryMeta, Envelope, Limits, Window};
 use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
 use protocol::reject::{Reason, Rejected};
 
@@ -136,6 +136,46 @@ pub struct Processor {
     pub ladders: Ladders,
     pub auto_register: bool,
     pub limits: Limits,
+    pub security: Security,
+}
+
+/// What `[security]` asks of every delivery and of the acknowledgements and
+/// resolutions it authorises (docs/security.md).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub window: Window,
+    pub authenticate_senders: bool,
+    /// The coordinator's own broker user: an operator's replay of a dead letter, which
+    /// the CLI publishes as that user, is exempt from the window and from sender
+    /// authentication.
+    pub own_user: String,
+    pub escalation_acknowledgers: BTreeSet<String>,
+    pub emergency_resolvers: BTreeSet<String>,
+}
+
+impl Security {
+    /// The checks a delivery that passed validation still faces.
+    fn check(
+        &self,
+        env: &Envelope,
+        meta: &DeliveryMeta,
+        now: DateTime<Utc>,
+    ) -> Result<(), Rejected> {
+        if self.is_operator_replay(meta) {
+            return Ok(());
+        }
+        envelope::check_window(env, now, &self.window)?;
+        if self.authenticate_senders {
+            envelope::check_sender(env, meta)?;
+        }
+        Ok(())
+    }
+
+    /// Marked as a replay and published by the coordinator's own broker user (which the
+    /// broker vouches for).
+    fn is_operator_replay(&self, meta: &DeliveryMeta) -> bool {
+        meta.replay_of.is_some() && meta.user_id.as_deref() == Some(self.own_user.as_str())
+    }
 }
 
 impl Processor {
@@ -149,7 +189,10 @@ impl Processor {
                 trusted: true,
             },
             Input::Delivery(d) => {
-                match envelope::validate_within(d.body, d.meta, &self.catalog, &self.limits, now) {
+                let valid =
+                    envelope::validate_within(d.body, d.meta, &self.catalog, &self.limits, now)
+                        .and_then(|env| self.security.check(&env, d.meta, now).map(|()| env));
+                match valid {
                     Ok(env) => Checked {
                         message_id: Some(env.header.message_id.clone()),
                         sender: Some(env.header.source.agent_id.clone()),
@@ -176,14 +219,15 @@ impl Processor {
     }
 }
 
-/// The message ids to claim, each once, in delivery order.
-pub fn message_ids(checked: &[Checked]) -> Vec<&str> {
+/// The message ids to claim, each once, in delivery order, and the sender of each
+/// (the first to use it in the batch).
+pub fn message_ids(checked: &[Checked]) -> (Vec<&str>, Vec<Option<&str>>) {
     let mut seen = HashSet::new();
     checked
         .iter()
-        .filter_map(|c| c.message_id.as_deref())
-        .filter(|id| seen.insert(*id))
-        .collect()
+        .filter_map(|c| Some((c.message_id.as_deref()?, c.sender.as_deref())))
+        .filter(|(id, _)| seen.insert(*id))
+        .unzip()
 }
 
 /// What a batch must read (before its ids are claimed: a duplicate costs a lock it did

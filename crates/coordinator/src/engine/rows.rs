@@ -43,6 +43,9 @@ pub struct ChainMember {
     pub chain_id: i64,
     /// Not yet acknowledged.
     pub open: bool,
+    pub level: i32,
+    /// The role this level paged (the clock's owner role at level one).
+    pub target: String,
 }
 
 /// A workflow (or incident) created by the batch, in the state the batch left it.
@@ -174,6 +177,16 @@ pub struct NewDeadLetter {
     pub properties: Value,
     pub source_agent_id: Option<String>,
     pub at: DateTime<Utc>,
+}
+
+/// What claiming a batch's message ids found.
+#[derive(Debug, Default, Clone)]
+pub struct Claims {
+    /// The ids this batch claimed.
+    pub claimed: std::collections::HashSet<String>,
+    /// Ids claimed before this batch, with the sender that used them (where recorded):
+    /// the same id from another sender is a conflict, not a duplicate.
+    pub earlier: std::collections::HashMap<String, String>,
 }
 
 /// What a batch must read once its message ids are claimed.

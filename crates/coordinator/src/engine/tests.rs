@@ -30,6 +30,8 @@ fn agents() -> Arc<Agents> {
             ("product-1", "product-director"),
             ("eng-1", "engineering-director"),
             ("qa-1", "qa-director"),
+            ("mkt-1", "marketing-director"),
+            ("ops-1", "devops-manager"),
         ]
         .map(|(a, t)| (a.to_string(), t.to_string())),
     ))
@@ -61,10 +63,14 @@ fn inbound(m: &Msg) -> Inbound<'_> {
 fn run(p: &Processor, msgs: &[&Msg], loaded: Loaded) -> (Vec<Processed>, Finished, Needs) {
     let inputs: Vec<Input<'_>> = msgs.iter().map(|m| Input::Delivery(inbound(m))).collect();
     let checked: Vec<Checked> = inputs.iter().map(|i| p.check(*i, now())).collect();
-    let claimed: HashSet<String> = message_ids(&checked)
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    let claimed = rows::Claims {
+        claimed: message_ids(&checked)
+            .0
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        earlier: Default::default(),
+    };
     let needs = needs(&checked, &AgentView::new(agents()));
     let mut b = Batch::new(p, loaded, claimed, agents(), now());
     let results = inputs
@@ -354,4 +360,199 @@ fn every_message_that_may_escalate_is_known_to_the_batch() {
         }
     }
     assert!(!workflow::may_escalate("testing_started"));
+}
+
+/// A workflow in `state` with one escalation chain (id 7) that has reached `levels`.
+fn escalated(wf: &str, levels: &[(i32, &str)]) -> Loaded {
+    Loaded {
+        workflows: vec![LockedWorkflow {
+            id: wf.into(),
+            kind: "feature_delivery".into(),
+            state: "feature_handoff".into(),
+            round: 1,
+        }],
+        chains: levels
+            .iter()
+            .map(|(level, target)| rows::ChainMember {
+                id: 6 + i64::from(*level),
+                workflow_id: wf.into(),
+                chain_id: 7,
+                open: true,
+                level: *level,
+                target: target.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn ack(agent: &str, role: &str, wf: &str, escalation_id: i64) -> Msg {
+    msg(
+        agent,
+        role,
+        "escalation_acknowledged",
+        wf,
+        json!({"escalation_id": escalation_id}),
+    )
+}
+
+#[test]
+fn an_escalation_is_acknowledged_only_by_the_role_its_chain_reached_or_the_configured_ones() {
+    let p = processor();
+    // Level one pages the clock's owner role: QA may acknowledge, marketing may not.
+    let by_marketing = ack("mkt-1", "marketing-director", "wf-a", 7);
+    let by_qa = ack("qa-1", "qa-director", "wf-a", 7);
+    let (results, f, _) = run(
+        &p,
+        &[&by_marketing, &by_qa],
+        escalated("wf-a", &[(1, "qa-director")]),
+    );
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Rejected(protocol::reject::Reason::Unauthorized)
+    );
+    let detail = results[0].detail.as_deref().unwrap_or("");
+    assert!(
+        detail.contains("marketing-director")
+            && detail.contains("security.escalation_acknowledgers"),
+        "{detail}"
+    );
+    assert_eq!(results[1].outcome, Outcome::Accepted);
+    assert_eq!(f.writes.chain_acks.len(), 1);
+    assert_eq!(f.writes.chain_acks[0].by, "qa-1");
+    assert_eq!(f.writes.dead_letters.len(), 1, "the refusal is kept");
+    assert!(f
+        .writes
+        .outbox
+        .iter()
+        .any(|m| m.message_type == MESSAGE_REJECTED && m.routing_key == "command.mkt-1"));
+
+    // Once the chain has reached on-call, the owner role no longer may; on-call may.
+    let mut p = processor();
+    p.catalog = {
+        let mut roles: std::collections::BTreeMap<_, _> = p
+            .catalog
+            .roles()
+            .map(|(r, s)| (r.to_string(), s.clone()))
+            .collect();
+        roles.insert("oncall".into(), Default::default());
+        protocol::catalog::Catalog::new(roles, ["escalation_acknowledged".to_string()])
+    };
+    let by_qa = ack("qa-1", "qa-director", "wf-b", 8);
+    let by_oncall = ack("pager-1", "oncall", "wf-b", 8);
+    let levels = escalated("wf-b", &[(1, "qa-director"), (2, "oncall")]);
+    let (results, f, _) = run(&p, &[&by_qa, &by_oncall], levels);
+    assert_eq!(
+        outcomes(&results),
+        ["rejected", "accepted"],
+        "{:?}",
+        results[0].detail
+    );
+    assert_eq!(f.writes.chain_acks[0].by, "pager-1");
+}
+
+#[test]
+fn an_emergency_is_resolved_only_by_a_configured_role() {
+    let p = processor();
+    let loaded = Loaded {
+        workflows: vec![LockedWorkflow {
+            id: "inc-1".into(),
+            kind: "emergency".into(),
+            state: "active".into(),
+            round: 1,
+        }],
+        ..Default::default()
+    };
+    let by_marketing = msg(
+        "mkt-1",
+        "marketing-director",
+        "emergency_resolved",
+        "inc-1",
+        json!({}),
+    );
+    let by_devops = msg(
+        "ops-1",
+        "devops-manager",
+        "emergency_resolved",
+        "inc-1",
+        json!({}),
+    );
+    let (results, f, _) = run(&p, &[&by_marketing, &by_devops], loaded);
+    assert_eq!(outcomes(&results), ["rejected", "accepted"]);
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Rejected(protocol::reject::Reason::Unauthorized)
+    );
+    assert!(results[0]
+        .detail
+        .as_deref()
+        .is_some_and(|d| d.contains("security.emergency_resolvers")));
+    assert_eq!(f.writes.workflow_changes[0].state, "resolved");
+}
+
+#[test]
+fn a_message_id_another_sender_used_is_a_conflict_not_a_duplicate() {
+    let p = processor();
+    let first = msg(
+        "product-1",
+        "product-director",
+        "requirements_ready",
+        "wf-c",
+        json!({"epic_id": "E-C", "title": "conflict"}),
+    );
+    // The same id from engineering, in the same batch and in a later one.
+    let mut v: serde_json::Value = serde_json::from_slice(&first.body).expect("json");
+    v["header"]["source"] = json!({"agent_id": "eng-1", "agent_type": "engineering-director"});
+    v["header"]["message_type"] = json!("handoff_acknowledged");
+    v["payload"]["data"] = json!({});
+    let env: Envelope = serde_json::from_value(v).expect("envelope");
+    let other = Msg {
+        body: serde_json::to_vec(&env).expect("json"),
+        meta: env.meta(&env.agent_routing_key()),
+    };
+    let same_again = Msg {
+        body: first.body.clone(),
+        meta: first.meta.clone(),
+    };
+    let (results, f, _) = run(&p, &[&first, &other, &same_again], Loaded::default());
+    assert_eq!(outcomes(&results), ["accepted", "rejected", "duplicate"]);
+    assert_eq!(
+        results[1].outcome,
+        Outcome::Rejected(protocol::reject::Reason::DuplicateIdConflict)
+    );
+    assert!(results[1]
+        .detail
+        .as_deref()
+        .is_some_and(|d| d.contains("\"product-1\"")));
+    assert_eq!(
+        f.writes.dead_letters.len(),
+        1,
+        "the conflicting message is kept"
+    );
+    assert!(
+        f.writes.outcomes.is_empty(),
+        "the id's outcome stays the first message's: {:?}",
+        f.writes.outcomes
+    );
+    assert!(f
+        .writes
+        .outbox
+        .iter()
+        .any(|m| m.message_type == MESSAGE_REJECTED && m.routing_key == "command.eng-1"));
+
+    // An id claimed by an earlier batch: from its sender a duplicate, from another a conflict.
+    let inputs: Vec<Input<'_>> = [&same_again, &other]
+        .iter()
+        .map(|m| Input::Delivery(inbound(m)))
+        .collect();
+    for (input, want) in inputs.iter().zip(["duplicate", "rejected"]) {
+        let checked = p.check(*input, now());
+        let id = checked.message_id.clone().expect("id");
+        let claims = rows::Claims {
+            claimed: HashSet::new(),
+            earlier: [(id, "product-1".to_string())].into(),
+        };
+        let mut b = Batch::new(&p, Loaded::default(), claims, agents(), now());
+        assert_eq!(b.apply(*input, checked).outcome.label(), want);
+    }
 }

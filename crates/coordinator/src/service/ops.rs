@@ -9,6 +9,7 @@
 //! here. Errors are typed ([`Error`]): what was not found, what the coordinator refused
 //! and why, a wrong argument, or the database or broker failing.
 
+use crate::amqp::management::{AgentPermissions, Management, ManagementError};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -58,6 +59,8 @@ pub enum Error {
     Topology(#[from] TopologyError),
     #[error("the replayed message was not confirmed; run the command again")]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Management(#[from] ManagementError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -66,6 +69,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentAdded {
     pub created: bool,
+}
+
+/// An agent revoked: whether it was registered, and whether it had a broker user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRemoved {
+    pub registered: bool,
+    pub user_deleted: bool,
 }
 
 /// A workflow an operator closed.
@@ -189,6 +199,49 @@ impl<'a> Ops<'a> {
         Ok(AgentAdded { created })
     }
 
+    /// Gives a registered agent a broker user of its own (a new password, returned
+    /// once): it may read only its own queues and publish only to `agent.topic` under its
+    /// role's routing keys. Run again, it replaces the password.
+    pub async fn add_agent_credentials(&self, agent_id: &str, agent_type: &str) -> Result<String> {
+        let management = Management::new(&self.settings.amqp)?;
+        let password = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        management
+            .put_agent_user(
+                &self.settings.amqp.vhost(),
+                agent_id,
+                &password,
+                &AgentPermissions::for_agent(agent_id, agent_type),
+            )
+            .await?;
+        Ok(password)
+    }
+
+    /// Revokes an agent: deletes its broker user (the broker closes its connections)
+    /// and its registration. Its queues stay, with what they hold.
+    pub async fn remove_agent(&self, agent_id: &str) -> Result<AgentRemoved> {
+        let registered = {
+            let mut conn = self.pool.acquire().await.map_err(db::Error::from)?;
+            store::agent_type(&mut conn, agent_id).await?
+        };
+        let management = Management::new(&self.settings.amqp)?;
+        let user_deleted = management.delete_user(agent_id).await?;
+        if registered.is_none() && !user_deleted {
+            return Err(not_found("agent", agent_id, "agent list"));
+        }
+        if registered.is_some() {
+            let mut conn = self.pool.acquire().await.map_err(db::Error::from)?;
+            store::delete_agent(&mut conn, agent_id).await?;
+        }
+        Ok(AgentRemoved {
+            registered: registered.is_some(),
+            user_deleted,
+        })
+    }
+
     /// Closes a feature workflow as cancelled or failed; its armed clocks are cancelled.
     pub async fn close_workflow(
         &self,
@@ -298,7 +351,7 @@ impl<'a> Ops<'a> {
         let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
             return Err(not_found("dead letter", id, "dead-letter list"));
         };
-        let meta = replay_meta(&dl);
+        let meta = replay_meta(&dl, &self.settings.amqp.user());
         let applied_before = match &dl.message_id {
             Some(mid) => {
                 !store::forget_unapplied(&mut tx, mid).await?
@@ -373,7 +426,7 @@ impl<'a> Ops<'a> {
         let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
             return Err(not_found("dead letter", id, "dead-letter list"));
         };
-        let meta = replay_meta(&dl);
+        let meta = replay_meta(&dl, &self.settings.amqp.user());
         if let Some(mid) = &dl.message_id {
             store::forget_unapplied(&mut tx, mid).await?;
         }
@@ -395,6 +448,7 @@ impl<'a> Ops<'a> {
         id: i64,
         note: &str,
         replace: bool,
+        by: &str,
     ) -> Result<Resolved> {
         let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
         let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
@@ -407,7 +461,7 @@ impl<'a> Ops<'a> {
                 dl.resolution.unwrap_or_default()
             )));
         }
-        store::resolve_dead_letter(&mut tx, id, note, self.clock.now()).await?;
+        store::resolve_dead_letter(&mut tx, id, note, by, self.clock.now()).await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok(Resolved {
             replaced: dl.resolved_at.and(dl.resolution),
@@ -457,9 +511,15 @@ fn not_found(what: &'static str, id: impl std::fmt::Display, list: &'static str)
 }
 
 /// The AMQP properties a dead letter was received with.
-fn replay_meta(dl: &store::DeadLetter) -> DeliveryMeta {
-    serde_json::from_value(dl.properties.clone()).unwrap_or_else(|_| DeliveryMeta {
+/// The replayed message's properties: the original's, marked as this dead letter's
+/// replay, published as the coordinator's own broker user (so that it is judged by what
+/// it says, not by how old it is or who first sent it).
+fn replay_meta(dl: &store::DeadLetter, own_user: &str) -> DeliveryMeta {
+    let mut meta = serde_json::from_value(dl.properties.clone()).unwrap_or_else(|_| DeliveryMeta {
         routing_key: dl.routing_key.clone(),
         ..Default::default()
-    })
+    });
+    meta.replay_of = Some(dl.id);
+    meta.user_id = Some(own_user.to_string());
+    meta
 }

@@ -286,12 +286,13 @@ async fn decide(
         .iter()
         .map(|i| ctx.processor.check(*i, now))
         .collect();
-    let ids = engine::message_ids(&checked);
+    let (ids, senders) = engine::message_ids(&checked);
     let needs = engine::needs(&checked, &engine::AgentView::new(ctx.agents.clone()));
     let mut wf_ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
     wf_ids.sort_unstable();
     wf_ids.dedup();
-    let (claimed, locked) = batch::claim_and_lock(conn, &ids, ctx.instance, &wf_ids).await?;
+    let (claimed, locked) =
+        batch::claim_and_lock(conn, &ids, &senders, ctx.instance, &wf_ids).await?;
     let statements_read = needs.statements();
     let loaded = batch::load(conn, &needs, locked).await?;
     let mut b = Batch::new(ctx.processor, loaded, claimed, ctx.agents.clone(), now);
@@ -350,10 +351,14 @@ async fn set_aside(
         async move {
             let mut tx = ctx.pool.begin().await?;
             let claimed = match &checked.message_id {
-                Some(id) => !batch::claim_and_lock(&mut tx, &[id.as_str()], ctx.instance, &[])
-                    .await?
-                    .0
-                    .is_empty(),
+                Some(id) => {
+                    let sender = checked.sender.as_deref();
+                    !batch::claim_and_lock(&mut tx, &[id.as_str()], &[sender], ctx.instance, &[])
+                        .await?
+                        .0
+                        .claimed
+                        .is_empty()
+                }
                 None => true,
             };
             let mut result = Processed::new(engine::Outcome::Duplicate);

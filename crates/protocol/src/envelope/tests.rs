@@ -406,3 +406,35 @@ fn the_source_documents_routing_block_is_read_as_the_headers_own() {
     v["header"]["routing"] = json!({"ttl": 60});
     assert_eq!(check(&v, &meta_for(&v)).expect("same").header.ttl, Some(60));
 }
+
+#[test]
+fn a_timestamp_outside_the_window_is_stale_or_from_the_future() {
+    let env: Envelope = serde_json::from_value(good()).expect("envelope");
+    let t = env.header.timestamp;
+    let w = Window::default();
+    check_window(&env, t, &w).expect("now is fresh");
+    check_window(&env, t + chrono::Duration::minutes(5), &w).expect("5 min old is still fresh");
+    let stale = check_window(&env, t + chrono::Duration::minutes(6), &w).expect_err("stale");
+    assert_eq!(stale.reason, Reason::Stale);
+    assert!(stale.detail.contains("360 s old"), "{}", stale.detail);
+    check_window(&env, t - chrono::Duration::seconds(60), &w).expect("a minute ahead is allowed");
+    let ahead = check_window(&env, t - chrono::Duration::minutes(2), &w).expect_err("future");
+    assert_eq!(ahead.reason, Reason::FromTheFuture);
+    assert!(ahead.detail.contains("NTP"), "{}", ahead.detail);
+}
+
+#[test]
+fn sender_authentication_wants_the_user_id_property_to_be_the_agent_id() {
+    let v = good();
+    let env: Envelope = serde_json::from_value(v.clone()).expect("envelope");
+    let mut meta = meta_for(&v);
+    let none = check_sender(&env, &meta).expect_err("no user_id");
+    assert_eq!(none.reason, Reason::Unauthenticated);
+    assert!(none.detail.contains("no AMQP user_id"), "{}", none.detail);
+    meta.user_id = Some("eng-1".into());
+    let other = check_sender(&env, &meta).expect_err("another user");
+    assert_eq!(other.reason, Reason::Unauthenticated);
+    assert!(other.detail.contains("\"eng-1\""), "{}", other.detail);
+    meta.user_id = Some(env.header.source.agent_id.clone());
+    check_sender(&env, &meta).expect("its own user");
+}
