@@ -150,6 +150,12 @@ impl AmqpSettings {
         broker_user(&self.url)
     }
 
+    /// `url` as another broker user: how an agent connected as its own user reaches
+    /// the same node and vhost.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        with_login(&self.url, user, password)
+    }
+
     /// The password of `url` (`guest` when it names no user, as RabbitMQ's clients
     /// assume).
     pub fn password(&self) -> String {
@@ -195,6 +201,35 @@ fn broker_user(url: &str) -> String {
 fn authority(url: &str) -> Option<&str> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.split('/').next()
+}
+
+/// `url` with another broker user's login in it (an agent's own user, say).
+pub fn with_login(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    let (auth, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+    let path = path.map(|p| format!("/{p}")).unwrap_or_default();
+    format!(
+        "{scheme}://{}:{}@{host}{path}",
+        percent_encode(user),
+        percent_encode(password)
+    )
+}
+
+/// Every byte but RFC 3986's unreserved characters as `%XX`: a user name or vhost as one
+/// segment of a URL or a path.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn percent_decode(s: &str) -> String {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use agent::{AgentClient, Queue};
 use coordinator::app::App;
 use coordinator::service::runtime::Shared;
-use coordinator::settings::Settings;
+use coordinator::settings::{percent_encode, with_login, Settings};
 use protocol::envelope::Envelope;
 use protocol::names::exchanges;
 use sqlx::postgres::PgPoolOptions;
@@ -148,11 +148,20 @@ fn create_vhost(ctl: &BrokerCtl, vhost: &str) {
     let user = amqp_user();
     match std::env::var(RABBITMQ_API_VAR) {
         Ok(api) => {
-            management(&api, "PUT", &format!("/api/vhosts/{}", segment(vhost)), "");
             management(
                 &api,
                 "PUT",
-                &format!("/api/permissions/{}/{}", segment(vhost), segment(&user)),
+                &format!("/api/vhosts/{}", percent_encode(vhost)),
+                "",
+            );
+            management(
+                &api,
+                "PUT",
+                &format!(
+                    "/api/permissions/{}/{}",
+                    percent_encode(vhost),
+                    percent_encode(&user)
+                ),
                 r#"{"configure":".*","write":".*","read":".*"}"#,
             );
         }
@@ -175,7 +184,7 @@ fn delete_vhost(ctl: &BrokerCtl, vhost: &str) {
             management(
                 &api,
                 "DELETE",
-                &format!("/api/vhosts/{}", segment(vhost)),
+                &format!("/api/vhosts/{}", percent_encode(vhost)),
                 "",
             );
         }
@@ -217,19 +226,6 @@ fn management(api: &str, method: &str, path: &str, body: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A path segment for the management API (vhost and connection names hold `/`, spaces).
-fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// The broker's own view of a test's vhost: through the management API when
 /// `COORDINATOR_TEST_RABBITMQ_API` is set, else `rabbitmqctl` on this machine.
 pub mod clock;
@@ -252,7 +248,12 @@ pub mod broker {
     pub fn queues(vhost: &str) -> Vec<QueueInfo> {
         match std::env::var(RABBITMQ_API_VAR) {
             Ok(api) => {
-                let body = management(&api, "GET", &format!("/api/queues/{}", segment(vhost)), "");
+                let body = management(
+                    &api,
+                    "GET",
+                    &format!("/api/queues/{}", percent_encode(vhost)),
+                    "",
+                );
                 let list: Vec<serde_json::Value> =
                     serde_json::from_str(&body).expect("queues as JSON");
                 list.iter()
@@ -318,7 +319,11 @@ pub mod broker {
                 management(
                     &api,
                     "DELETE",
-                    &format!("/api/queues/{}/{}", segment(vhost), segment(queue)),
+                    &format!(
+                        "/api/queues/{}/{}",
+                        percent_encode(vhost),
+                        percent_encode(queue)
+                    ),
                     "",
                 );
             }
@@ -337,7 +342,7 @@ pub mod broker {
                     let body = management(
                         &api,
                         "GET",
-                        &format!("/api/vhosts/{}/connections", segment(vhost)),
+                        &format!("/api/vhosts/{}/connections", percent_encode(vhost)),
                         "",
                     );
                     let list: Vec<serde_json::Value> =
@@ -356,7 +361,7 @@ pub mod broker {
                     management(
                         &api,
                         "DELETE",
-                        &format!("/api/connections/{}", segment(&name)),
+                        &format!("/api/connections/{}", percent_encode(&name)),
                         "",
                     );
                 }
@@ -643,12 +648,7 @@ impl TestEnv {
 
     /// The AMQP URL of this test's vhost as another broker user.
     pub fn amqp_url_as(&self, user: &str, password: &str) -> String {
-        let base = amqp_base();
-        let host = base
-            .split_once('@')
-            .map_or(base.as_str(), |(_, h)| h)
-            .trim_start_matches("amqp://");
-        format!("amqp://{user}:{password}@{host}/{}", self.vhost)
+        with_login(&self.amqp_url, user, password)
     }
 }
 

@@ -502,11 +502,19 @@ async fn one_in(
         .join(format!("coordinator-{profile}-{}.log", def.name));
     let coordinator = Coordinator::start(&opts.bin, &opts.config_dir, profile, fresh, &log).await?;
     let per_role = opts.agents_per_role.unwrap_or(def.agents / ROLES.len());
-    team::register(&settings, &pool, per_role).await?;
+    let logins = team::register(&settings, &pool, per_role).await?;
     let inbox_queues = inbox_queues(&fresh.vhost).await?;
     let rec = Arc::new(Recorder::default());
     let (done_tx, done_rx) = mpsc::unbounded_channel();
-    let team = Team::start(&fresh.amqp_url(), per_role, 50, rec.clone(), done_tx).await?;
+    let team = Team::start(
+        &fresh.amqp_url(),
+        &logins,
+        per_role,
+        50,
+        rec.clone(),
+        done_tx,
+    )
+    .await?;
     let depth_conn = connect(&fresh.amqp_url(), "bench-depth").await?;
     let depth_ch = depth_conn.create_channel().await?;
     let spec = Spec {
@@ -571,6 +579,7 @@ async fn one_in(
     let inside = probes.await.ok().flatten();
     let rss = coordinator.pid().and_then(peak_rss_mib);
     team.close().await;
+    logins.remove(&settings).await;
     let _ = depth_conn.close(200, "done").await;
     coordinator.stop().await;
     pool.close().await;

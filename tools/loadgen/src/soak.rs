@@ -203,7 +203,15 @@ impl Running {
     async fn start_team(&self, url: &str, rec: &Arc<Recorder>) -> anyhow::Result<()> {
         // Completion is read from the database, not from the team's own count.
         let (done, _) = mpsc::unbounded_channel();
-        let team = Team::start(url, AGENTS_PER_ROLE, 50, rec.clone(), done).await?;
+        let team = Team::start(
+            url,
+            &team::Logins::default(),
+            AGENTS_PER_ROLE,
+            50,
+            rec.clone(),
+            done,
+        )
+        .await?;
         if let Ok(mut a) = self.agents.lock() {
             *a = Some(team);
         }

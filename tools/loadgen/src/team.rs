@@ -59,16 +59,54 @@ pub fn agents(per_role: usize) -> Vec<(String, &'static str)> {
 
 /// Registers every agent of a team of `per_role` agents per role (queues declared), as
 /// `coordinator agent add` does.
+/// With sender authentication on (production), each agent is also given a broker user
+/// of its own, as `coordinator agent add --credentials` gives one: the logins returned.
 pub async fn register(
     settings: &coordinator::settings::Settings,
     pool: &sqlx::PgPool,
     per_role: usize,
-) -> Result<(), coordinator::service::ops::Error> {
+) -> Result<Logins, coordinator::service::ops::Error> {
     let ops = coordinator::service::ops::Ops::new(settings, pool, &coordinator::clock::SystemClock);
+    let mut logins = Logins::default();
     for (id, role) in agents(per_role) {
         ops.add_agent(&id, role).await?;
+        if settings.security.authenticate_senders {
+            let password = ops.add_agent_credentials(&id, role).await?;
+            logins.own.insert(id, password);
+        }
     }
-    Ok(())
+    Ok(logins)
+}
+
+/// How the team's agents log in to the broker: all as the URL's user, or each as its
+/// own broker user, publishing with the AMQP `user_id` set to its agent id.
+#[derive(Debug, Clone, Default)]
+pub struct Logins {
+    own: std::collections::HashMap<String, String>,
+}
+
+impl Logins {
+    /// Where agent `id` connects: `url`, as its own user when it has one.
+    fn url(&self, url: &str, id: &str) -> String {
+        match self.own.get(id) {
+            Some(password) => coordinator::settings::with_login(url, id, password),
+            None => url.to_string(),
+        }
+    }
+
+    fn authenticated(&self, id: &str) -> bool {
+        self.own.contains_key(id)
+    }
+
+    /// Deletes the agents' own broker users (users are not per vhost: they outlive it).
+    pub async fn remove(&self, settings: &coordinator::settings::Settings) {
+        let Ok(management) = coordinator::amqp::management::Management::new(&settings.amqp) else {
+            return;
+        };
+        for id in self.own.keys() {
+            let _ = management.delete_user(id).await;
+        }
+    }
 }
 
 /// Which of a role's `per_role` agents takes a workflow's tasks.
@@ -151,6 +189,7 @@ impl Team {
     /// registered (queues declared).
     pub async fn start(
         url: &str,
+        logins: &Logins,
         per_role: usize,
         prefetch: u16,
         rec: Arc<Recorder>,
@@ -167,7 +206,8 @@ impl Team {
             .flat_map(|r| (0..per_role).map(move |k| (*r, k)))
         {
             let id = agent_id(role, k);
-            let conn = connect(url, &id).await?;
+            let conn = connect(&logins.url(url, &id), &id).await?;
+            let authenticated = logins.authenticated(&id);
             let ch = confirm_channel(&conn).await?;
             ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
             let consumer = consume(&ch, &queues::tasks(&id), &id).await?;
@@ -176,6 +216,7 @@ impl Team {
                 agent_id: id.clone(),
                 k,
                 per_role,
+                authenticated,
             };
             let finished = (role == PRODUCT).then(|| done.clone());
             team.tasks.push(tokio::spawn(serve_tasks(
@@ -190,8 +231,13 @@ impl Team {
                 let ch = confirm_channel(&conn).await?;
                 let (tx, rx) = mpsc::unbounded_channel();
                 team.starters.push(tx);
-                team.tasks
-                    .push(tokio::spawn(starter(ch, id.clone(), rx, rec.clone())));
+                team.tasks.push(tokio::spawn(starter(
+                    ch,
+                    id.clone(),
+                    authenticated,
+                    rx,
+                    rec.clone(),
+                )));
             }
             // What agents only observe: other roles' events and notices to this agent.
             let ch = conn.create_channel().await?;
@@ -208,15 +254,18 @@ impl Team {
                     Counters::inc(&r.counters.rejected)
                 }
             })));
-            if role == PRODUCT && k == 0 {
-                let oncall = consume(&ch, ONCALL_QUEUE, "bench-oncall").await?;
-                let r = rec.clone();
-                team.tasks.push(tokio::spawn(drain(oncall, move |_| {
-                    Counters::inc(&r.counters.escalations)
-                })));
-            }
             team.conns.push(conn);
         }
+        // The on-call pager is on-call tooling, not an agent: it reads as the URL's user.
+        let conn = connect(url, "bench-oncall").await?;
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(500, BasicQosOptions::default()).await?;
+        let oncall = consume(&ch, ONCALL_QUEUE, "bench-oncall").await?;
+        let r = rec.clone();
+        team.tasks.push(tokio::spawn(drain(oncall, move |_| {
+            Counters::inc(&r.counters.escalations)
+        })));
+        team.conns.push(conn);
         Ok(team)
     }
 
@@ -245,6 +294,8 @@ struct Me {
     agent_id: String,
     k: usize,
     per_role: usize,
+    /// Connected as its own broker user: publishes carry `user_id`.
+    authenticated: bool,
 }
 
 async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
@@ -264,19 +315,28 @@ async fn consume(ch: &Channel, queue: &str, tag: &str) -> Result<Consumer, lapin
 }
 
 /// Publishes as an agent does: `agent.topic`, `{agent_type}.{message_type}`, persistent,
-/// properties repeating the header.
-pub async fn publish(channel: &Channel, env: &Envelope) -> Result<PublisherConfirm, lapin::Error> {
+/// properties repeating the header; `authenticated`, with `user_id` the sending agent
+/// (connected as its own broker user).
+pub async fn publish(
+    channel: &Channel,
+    env: &Envelope,
+    authenticated: bool,
+) -> Result<PublisherConfirm, lapin::Error> {
     let body = serde_json::to_vec(env).map_err(|e| {
         lapin::Error::IOError(std::sync::Arc::new(std::io::Error::other(e.to_string())))
     })?;
     let key = env.agent_routing_key();
+    let mut meta = env.meta(&key);
+    if authenticated {
+        meta.user_id = Some(env.header.source.agent_id.clone());
+    }
     channel
         .basic_publish(
             exchanges::TOPIC,
             &key,
             BasicPublishOptions::default(),
             &body,
-            properties(&env.meta(&key)),
+            properties(&meta),
         )
         .await
 }
@@ -370,7 +430,7 @@ async fn handle_task(
             Utc::now(),
         );
         e.header.message_id = reply_id(&env.header.message_id, reply);
-        match publish(channel, &e).await {
+        match publish(channel, &e, me.authenticated).await {
             Ok(confirm) => confirms.push(confirm),
             Err(_) => Counters::inc(&c.publish_failures),
         }
@@ -401,6 +461,7 @@ pub fn reply_id(task_message_id: &str, reply: &str) -> String {
 async fn starter(
     channel: Channel,
     agent_id: String,
+    authenticated: bool,
     mut rx: mpsc::UnboundedReceiver<String>,
     rec: Arc<Recorder>,
 ) {
@@ -414,7 +475,7 @@ async fn starter(
                 let t = now_ns();
                 let data = json!({"epic_id": format!("EPIC-{wf}"), "title": "bench", "t": t, "t0": t});
                 let e = Envelope::from_agent(&agent_id, PRODUCT, "requirements_ready", &wf, data, Utc::now());
-                match publish(&channel, &e).await {
+                match publish(&channel, &e, authenticated).await {
                     Ok(confirm) => pending.push(async move { (wf, confirm.await) }),
                     Err(_) => Counters::inc(&c.publish_failures),
                 }

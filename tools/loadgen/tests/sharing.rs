@@ -30,7 +30,7 @@ async fn three_coordinators_share_the_partitions_and_survivors_take_over_after_s
     let env = TestEnv::new().await;
     let mut s = env.settings();
     s.inbox.partitions = 6;
-    team::register(&s, &env.pool, 2)
+    let logins = team::register(&s, &env.pool, 2)
         .await
         .expect("agents registered");
     let extra = [
@@ -77,7 +77,7 @@ async fn three_coordinators_share_the_partitions_and_survivors_take_over_after_s
     // Workflows through the whole happy path, played by the bench agents.
     let rec = Arc::new(Recorder::default());
     let (done_tx, _done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let team = Team::start(&env.amqp_url, 2, 20, rec.clone(), done_tx)
+    let team = Team::start(&env.amqp_url, &logins, 2, 20, rec.clone(), done_tx)
         .await
         .expect("team");
     // Half the workflows before the kill (it strikes while they are in flight), half

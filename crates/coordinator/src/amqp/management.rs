@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::settings::AmqpSettings;
+use crate::settings::{percent_encode, AmqpSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagementError {
@@ -69,19 +69,6 @@ fn escape(s: &str) -> String {
                 .then_some('\\')
                 .into_iter()
                 .chain(std::iter::once(c))
-        })
-        .collect()
-}
-
-/// A path segment: vhosts and user names may hold `/` and other reserved characters.
-fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
         })
         .collect()
 }
@@ -152,8 +139,8 @@ impl Management {
         password: &str,
         permissions: &AgentPermissions,
     ) -> Result<(), ManagementError> {
-        let user = segment(agent_id);
-        let vh = segment(vhost);
+        let user = percent_encode(agent_id);
+        let vh = percent_encode(vhost);
         let put = reqwest::Method::PUT;
         self.call(
             put.clone(),
@@ -193,7 +180,7 @@ impl Management {
         let status = self
             .call(
                 reqwest::Method::DELETE,
-                &format!("/api/users/{}", segment(agent_id)),
+                &format!("/api/users/{}", percent_encode(agent_id)),
                 None,
                 &format!("deleting user {agent_id}"),
             )
