@@ -108,7 +108,18 @@ impl App {
             r
         };
         let dead_letters = crate::service::dead_letters::Escalator::of(&shared);
-        let ((), (), supervised, (), (), (), ()) = tokio::join!(
+        let anchoring = async {
+            if shared.settings.security.audit {
+                crate::service::audit::anchor_every(
+                    &shared.pool,
+                    shared.settings.security.audit_anchor_interval,
+                    shared.clock.as_ref(),
+                    timer_stop.clone(),
+                )
+                .await;
+            }
+        };
+        let ((), (), supervised, (), (), (), (), ()) = tokio::join!(
             stopper,
             timer_then_supervisor,
             supervising,
@@ -124,7 +135,8 @@ impl App {
                 &shared.metrics,
                 shared.settings.log.activity_interval,
                 timer_stop.clone()
-            )
+            ),
+            anchoring
         );
         if let Err(e) = supervised {
             shutdown.cancel();

@@ -274,6 +274,12 @@ pub struct SecuritySettings {
     pub escalation_acknowledgers: Vec<String>,
     /// Roles that may resolve an emergency (`emergency_resolved`).
     pub emergency_resolvers: Vec<String>,
+    /// Every message applied or refused and every operator command appends a row to
+    /// the hash-chained `audit_log` (`coordinator audit verify`).
+    pub audit: bool,
+    /// How often the chains' heads are recorded in the anchor chain.
+    #[serde(with = "humantime_serde")]
+    pub audit_anchor_interval: Duration,
 }
 
 /// What becomes of dead letters nobody works.
@@ -550,6 +556,7 @@ impl Settings {
             own_user: self.amqp.user(),
             escalation_acknowledgers: s.escalation_acknowledgers.iter().cloned().collect(),
             emergency_resolvers: s.emergency_resolvers.iter().cloned().collect(),
+            audit: s.audit,
         }
     }
 

@@ -88,7 +88,7 @@ async fn a_batch_applies_several_messages_of_one_workflow_in_order_and_a_repeat_
         json!({}),
     );
     let batch = inbound(&[&start, &ack, &sprint, &ack, &done]);
-    let out = pipeline::apply_shared(&shared, &batch, Utc::now())
+    let out = pipeline::apply_shared(&shared, 0, &batch, Utc::now())
         .await
         .expect("applied");
 
@@ -149,7 +149,7 @@ async fn a_batch_applies_several_messages_of_one_workflow_in_order_and_a_repeat_
         "requirements_handoff and feature_handoff, once each"
     );
     // The repeat, in a later batch, is a duplicate too.
-    let again = pipeline::apply_shared(&shared, &inbound(&[&ack]), Utc::now())
+    let again = pipeline::apply_shared(&shared, 0, &inbound(&[&ack]), Utc::now())
         .await
         .expect("applied");
     assert_eq!(again.results[0].outcome, Outcome::Duplicate);
@@ -182,7 +182,7 @@ async fn a_message_the_database_refuses_is_set_aside_and_its_neighbours_commit()
         json!({"epic_id": incompressible(6000)}),
     );
     let batch = inbound(&[&a, &b, &poison, &c, &d]);
-    let out = pipeline::apply_shared(&shared, &batch, Utc::now())
+    let out = pipeline::apply_shared(&shared, 0, &batch, Utc::now())
         .await
         .expect("the batch is not held back");
 
@@ -235,7 +235,7 @@ async fn a_message_the_database_refuses_is_set_aside_and_its_neighbours_commit()
         .await,
         1
     );
-    let again = pipeline::apply_shared(&shared, &inbound(&[&poison]), Utc::now())
+    let again = pipeline::apply_shared(&shared, 0, &inbound(&[&poison]), Utc::now())
         .await
         .expect("applied");
     assert_eq!(
@@ -261,7 +261,7 @@ async fn a_database_outage_sets_nothing_aside() {
         "wf-x",
         json!({}),
     );
-    let err = pipeline::apply_shared(&shared, &inbound(&[&m]), Utc::now())
+    let err = pipeline::apply_shared(&shared, 0, &inbound(&[&m]), Utc::now())
         .await
         .expect_err("the database is unreachable");
     assert!(err.to_string().contains("retried"), "{err}");
@@ -304,7 +304,7 @@ async fn a_batch_that_waits_too_long_for_a_lock_fails_to_be_retried_and_sets_not
         "wf-locked",
         json!({}),
     );
-    pipeline::apply_shared(&shared, &inbound(&[&start]), Utc::now())
+    pipeline::apply_shared(&shared, 0, &inbound(&[&start]), Utc::now())
         .await
         .expect("workflow started");
 
@@ -321,7 +321,7 @@ async fn a_batch_that_waits_too_long_for_a_lock_fails_to_be_retried_and_sets_not
         "wf-locked",
         json!({}),
     );
-    let err = pipeline::apply_shared(&shared, &inbound(&[&next]), Utc::now())
+    let err = pipeline::apply_shared(&shared, 0, &inbound(&[&next]), Utc::now())
         .await
         .expect_err("the lock is not granted within lock_timeout");
     assert!(err.to_string().contains("retried"), "{err}");
@@ -329,7 +329,7 @@ async fn a_batch_that_waits_too_long_for_a_lock_fails_to_be_retried_and_sets_not
 
     // Once the lock is given back, the same batch commits.
     holder.rollback().await.expect("rollback");
-    let out = pipeline::apply_shared(&shared, &inbound(&[&next]), Utc::now())
+    let out = pipeline::apply_shared(&shared, 0, &inbound(&[&next]), Utc::now())
         .await
         .expect("applied after the lock is free");
     assert!(

@@ -133,7 +133,7 @@ async fn what_a_batch_committed_but_never_published_is_sent_by_the_relay_after_i
     };
     let publish_after =
         coordinator::service::pipeline::publish_after(chrono::Utc::now(), settings.outbox.lease);
-    let out = coordinator::service::pipeline::apply_shared(&shared, &[inbound], publish_after)
+    let out = coordinator::service::pipeline::apply_shared(&shared, 0, &[inbound], publish_after)
         .await
         .expect("committed");
     assert_eq!(out.queued.len(), 1);

@@ -169,7 +169,7 @@ async fn the_same_message_applied_concurrently_by_two_batches_applies_once() {
                 body: &body,
                 meta: &meta,
             };
-            coordinator::service::pipeline::apply_shared(&shared, &[inbound], Utc::now())
+            coordinator::service::pipeline::apply_shared(&shared, 0, &[inbound], Utc::now())
                 .await
                 .expect("applied")
                 .results[0]
@@ -347,7 +347,7 @@ async fn a_rerun_after_a_crash_sends_the_same_message_ids() {
         body: &body,
         meta: &meta,
     };
-    let ctx = coordinator::service::pipeline::Context::of(&shared, Utc::now())
+    let ctx = coordinator::service::pipeline::Context::of(&shared, 0, Utc::now())
         .await
         .expect("context");
     // First run: the process dies before commit (the transaction rolls back).

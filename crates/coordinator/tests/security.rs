@@ -195,6 +195,7 @@ async fn an_agent_with_its_own_broker_user_is_applied_and_can_neither_pose_as_no
                     agent_id: id.clone(),
                     agent_type: role.into(),
                     credentials: true,
+                    by: "alice".into(),
                 },
             },
         )
@@ -279,6 +280,7 @@ async fn an_agent_with_its_own_broker_user_is_applied_and_can_neither_pose_as_no
         Command::Agent {
             command: AgentCommand::Remove {
                 agent_id: qa_id.clone(),
+                by: "alice".into(),
             },
         },
     )
@@ -295,5 +297,14 @@ async fn an_agent_with_its_own_broker_user_is_applied_and_can_neither_pose_as_no
         .await,
         0
     );
+    // Each command is in the audit log under its operator.
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_log WHERE chain = 'operator' AND actor = 'alice' AND target = $1 ORDER BY seq",
+    )
+    .bind(&qa_id)
+    .fetch_all(&env.pool)
+    .await
+    .expect("audit rows");
+    assert_eq!(audited, ["agent_add", "agent_credentials", "agent_remove"]);
     app.stop().await;
 }

@@ -74,7 +74,7 @@ async fn every_query_in_docs_sql_md_runs_as_written() {
     let doc =
         std::fs::read_to_string(common::repo_root().join("docs/sql.md")).expect("docs/sql.md");
     let qs = queries(&doc);
-    assert_eq!(qs.len(), 10, "docs/sql.md promises ten queries");
+    assert_eq!(qs.len(), 11, "docs/sql.md promises eleven queries");
     let mut rows = Vec::new();
     for q in &qs {
         let r = sqlx::query(q)
@@ -93,6 +93,13 @@ async fn every_query_in_docs_sql_md_runs_as_written() {
     assert_eq!(reason, "not_accepted_in_state");
     let rounds: i32 = rows[8][0].try_get("rounds").expect("rounds");
     assert_eq!(rounds, 2);
+    assert_eq!(
+        rows[10].len(),
+        16,
+        "fifteen messages applied and one refused"
+    );
+    let refused: String = rows[10][15].try_get("result").expect("result");
+    assert_eq!(refused, "rejected:not_accepted_in_state");
 }
 
 /// The relations and columns a table in `doc` names: its first cell's relation, and the

@@ -66,6 +66,7 @@ async fn a_manual_clock_steps_a_clock_through_warning_breach_and_the_ladder_with
     let meta = start.meta(&start.agent_routing_key());
     let out = pipeline::apply_shared(
         &shared,
+        0,
         &[Inbound {
             body: &body,
             meta: &meta,

@@ -10,7 +10,9 @@
 //! - [`catalog`]: roles, what each may publish and subscribes to.
 //! - [`names`]: exchanges, queues, routing keys and the coordinator's message types.
 //! - [`severity`]: escalation severities.
+//! - [`canonical`]: the canonical JSON form that hashes and signatures are computed over.
 
+pub mod canonical;
 pub mod catalog;
 pub mod envelope;
 pub mod names;

@@ -56,7 +56,7 @@ pub fn coordinator_bin() -> std::path::PathBuf {
 /// Registers an agent and declares its queues, as `coordinator agent add` does.
 pub async fn add_agent(settings: &Settings, pool: &sqlx::PgPool, agent_id: &str, agent_type: &str) {
     coordinator::service::ops::Ops::new(settings, pool, &coordinator::clock::SystemClock)
-        .add_agent(agent_id, agent_type)
+        .add_agent(agent_id, agent_type, "test")
         .await
         .unwrap_or_else(|e| panic!("agent add {agent_id}: {e:#}"));
 }
@@ -743,9 +743,10 @@ pub async fn process_directly(
         body: &body,
         meta: &meta,
     };
-    let out = coordinator::service::pipeline::apply_shared(shared, &[inbound], chrono::Utc::now())
-        .await
-        .expect("processed");
+    let out =
+        coordinator::service::pipeline::apply_shared(shared, 0, &[inbound], chrono::Utc::now())
+            .await
+            .expect("processed");
     out.results[0].outcome.clone()
 }
 

@@ -161,7 +161,7 @@ impl Demo {
     /// Registers an agent and starts printing what reaches its tasks and commands queues.
     async fn agent(&self, id: &str, role: &str) -> anyhow::Result<Agent> {
         Ops::new(&self.settings, &self.pool, &SystemClock)
-            .add_agent(id, role)
+            .add_agent(id, role, "demo")
             .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         for queue in [Queue::Tasks, Queue::Commands] {

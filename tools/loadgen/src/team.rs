@@ -69,9 +69,9 @@ pub async fn register(
     let ops = coordinator::service::ops::Ops::new(settings, pool, &coordinator::clock::SystemClock);
     let mut logins = Logins::default();
     for (id, role) in agents(per_role) {
-        ops.add_agent(&id, role).await?;
+        ops.add_agent(&id, role, "loadgen").await?;
         if settings.security.authenticate_senders {
-            let password = ops.add_agent_credentials(&id, role).await?;
+            let password = ops.add_agent_credentials(&id, role, "loadgen").await?;
             logins.own.insert(id, password);
         }
     }

@@ -80,6 +80,18 @@ pub enum Command {
         #[command(subcommand)]
         command: DeadLetterCommand,
     },
+    /// Check the tamper-evident audit log
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every chain of audit_log and report the first row altered, inserted
+    /// or removed (exit 1), or that it is intact
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,12 +109,18 @@ pub enum AgentCommand {
         /// queues and publish only its role's routing keys on agent.topic
         #[arg(long)]
         credentials: bool,
+        /// Who (recorded in the audit log; default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
     },
     /// Revoke an agent: delete its broker user (its connections are closed) and its
     /// registration; its queues stay
     Remove {
         /// The agent's id
         agent_id: String,
+        /// Who (recorded in the audit log; default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
     },
     /// List registered agents
     List,
@@ -408,14 +426,15 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 agent_id,
                 agent_type,
                 credentials,
+                by,
             } => {
-                let added = ops.add_agent(&agent_id, &agent_type).await?;
+                let added = ops.add_agent(&agent_id, &agent_type, &by).await?;
                 let mut out = format!(
                     "{} agent {agent_id} ({agent_type}); queues agent.{agent_id}.tasks, .commands, .events declared\n",
                     if added.created { "registered" } else { "already registered:" }
                 );
                 if credentials {
-                    let password = ops.add_agent_credentials(&agent_id, &agent_type).await?;
+                    let password = ops.add_agent_credentials(&agent_id, &agent_type, &by).await?;
                     let _ = writeln!(
                         out,
                         "broker user {agent_id} on vhost {:?}; its password (shown once, keep it in your secret store):\n{password}",
@@ -424,8 +443,8 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 }
                 Ok(out)
             }
-            AgentCommand::Remove { agent_id } => {
-                let removed = ops.remove_agent(&agent_id).await?;
+            AgentCommand::Remove { agent_id, by } => {
+                let removed = ops.remove_agent(&agent_id, &by).await?;
                 Ok(format!(
                     "agent {agent_id}: {}; {}\n",
                     if removed.user_deleted { "broker user deleted (its connections closed)" } else { "had no broker user" },
@@ -525,6 +544,15 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 ))
             }
             EmergencyCommand::Show { id } => oncall::show(&pool, &id).await,
+        },
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => match crate::service::audit::verify(&pool).await? {
+            Ok(v) => Ok(format!(
+                "audit log intact: {} rows in {} chains, every hash and link checked\n",
+                v.rows, v.chains
+            )),
+            Err(b) => bail!("the audit log was tampered with: {b}"),
         },
         Command::DeadLetter { command } => match command {
             DeadLetterCommand::List {

@@ -10,6 +10,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 
+use crate::domain::audit;
 use crate::engine::rows::{
     ArmedClockRow, ChainMember, Claims, InsertedClock, Loaded, LockedWorkflow, Needs, Queued,
     Writes, Written, OUTCOME_ACCEPTED,
@@ -17,7 +18,9 @@ use crate::engine::rows::{
 
 // `earlier` reads the snapshot the statement started with, so it sees the ids claimed
 // before it and none of those `claimed` inserts.
-pub const CLAIM_AND_LOCK: &str = "WITH claimed AS (
+pub const CLAIM_AND_LOCK: &str = "WITH head AS (
+           SELECT chain, seq, hash FROM audit_heads WHERE chain = $6 FOR UPDATE),
+         claimed AS (
            INSERT INTO processed_messages (message_id, outcome, processed_by, sender)
            SELECT id, $2::text, $3::text, sender FROM unnest($1::text[], $5::text[]) AS u(id, sender)
            ON CONFLICT DO NOTHING RETURNING message_id),
@@ -25,23 +28,36 @@ pub const CLAIM_AND_LOCK: &str = "WITH claimed AS (
            SELECT id, kind, state, round FROM workflows WHERE id = ANY($4::text[]) ORDER BY id FOR UPDATE),
          earlier AS (
            SELECT message_id, sender FROM processed_messages WHERE message_id = ANY($1::text[]) AND sender IS NOT NULL)
-         SELECT 'claimed' AS src, message_id AS id, NULL AS kind, NULL AS state, NULL::int AS round FROM claimed
-         UNION ALL SELECT 'locked', id, kind, state, round FROM locked
-         UNION ALL SELECT 'earlier', message_id, NULL, sender, NULL FROM earlier";
+         SELECT 'head' AS src, chain AS id, NULL AS kind, NULL AS state, NULL::int AS round, seq, hash FROM head
+         UNION ALL SELECT 'claimed', message_id, NULL, NULL, NULL, NULL, NULL FROM claimed
+         UNION ALL SELECT 'locked', id, kind, state, round, NULL, NULL FROM locked
+         UNION ALL SELECT 'earlier', message_id, NULL, sender, NULL, NULL, NULL FROM earlier";
 
-/// Claims message ids (the deduplication keys, each with its sender) and locks the
-/// workflows that exist among `workflow_ids`, in id order, in one statement. Returns
-/// the ids claimed (an id another transaction holds uncommitted waits for it, then is
-/// not claimed), the senders of ids claimed before, and the locked workflows.
+/// What claiming a batch's ids and locking its workflows found.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub claims: Claims,
+    pub locked: Vec<LockedWorkflow>,
+    /// The audit chain's head, locked; none when no chain was asked for or the chain
+    /// has no head row yet ([`super::audit::lock_new_head`]).
+    pub audit_head: Option<audit::Head>,
+}
+
+/// Claims message ids (the deduplication keys, each with its sender), locks the audit
+/// chain's head (first, so that two batches of a chain queue there) and the workflows
+/// that exist among `workflow_ids`, in id order, in one statement. Returns the ids
+/// claimed (an id another transaction holds uncommitted waits for it, then is not
+/// claimed), the senders of ids claimed before, and what was locked.
 pub async fn claim_and_lock(
     conn: &mut PgConnection,
     message_ids: &[&str],
     senders: &[Option<&str>],
     instance: &str,
     workflow_ids: &[&str],
-) -> super::Result<(Claims, Vec<LockedWorkflow>)> {
-    if message_ids.is_empty() && workflow_ids.is_empty() {
-        return Ok((Claims::default(), Vec::new()));
+    audit_chain: Option<&str>,
+) -> super::Result<Claimed> {
+    if message_ids.is_empty() && workflow_ids.is_empty() && audit_chain.is_none() {
+        return Ok(Claimed::default());
     }
     let rows = sqlx::query(CLAIM_AND_LOCK)
         .bind(message_ids)
@@ -49,20 +65,27 @@ pub async fn claim_and_lock(
         .bind(instance)
         .bind(workflow_ids)
         .bind(senders)
+        .bind(audit_chain)
         .fetch_all(conn)
         .await?;
-    let mut claims = Claims::default();
-    let mut locked = Vec::new();
+    let mut c = Claimed::default();
     for r in rows {
         let id: String = r.try_get("id")?;
         match r.try_get::<&str, _>("src")? {
+            "head" => {
+                c.audit_head = Some(audit::Head {
+                    chain: id,
+                    seq: r.try_get("seq")?,
+                    hash: r.try_get("hash")?,
+                })
+            }
             "claimed" => {
-                claims.claimed.insert(id);
+                c.claims.claimed.insert(id);
             }
             "earlier" => {
-                claims.earlier.insert(id, r.try_get("state")?);
+                c.claims.earlier.insert(id, r.try_get("state")?);
             }
-            _ => locked.push(LockedWorkflow {
+            _ => c.locked.push(LockedWorkflow {
                 id,
                 kind: r.try_get("kind")?,
                 state: r.try_get("state")?,
@@ -70,8 +93,8 @@ pub async fn claim_and_lock(
             }),
         }
     }
-    locked.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok((claims, locked))
+    c.locked.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(c)
 }
 
 // Sorted by the caller: an ORDER BY here lets a plan made on an empty table walk the
@@ -210,6 +233,7 @@ pub async fn load(
     conn: &mut PgConnection,
     needs: &Needs,
     workflows: Vec<LockedWorkflow>,
+    audit_head: Option<audit::Head>,
 ) -> super::Result<Loaded> {
     let locked: Vec<&str> = workflows.iter().map(|w| w.id.as_str()).collect();
     let clocks = armed_clocks(conn, &locked).await?;
@@ -229,6 +253,7 @@ pub async fn load(
         all_agents,
         chains,
         escalation_ids,
+        audit_head,
     })
 }
 
@@ -315,7 +340,15 @@ ob AS (
                       app_id, body, next_attempt_at)
   SELECT u.*, $83 FROM unnest($75::text[], $76::text[], $77::text[], $78::text[], $79::text[], $80::text[],
                              $81::text[], $82::bytea[]) AS u
-  ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id)
+  ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id),
+aud AS (
+  INSERT INTO audit_log (chain, seq, at, actor, action, target, result, context, metadata, prev_hash, hash)
+  SELECT * FROM unnest($87::text[], $88::bigint[], $89::timestamptz[], $90::text[], $91::text[], $92::text[],
+                       $93::text[], $94::jsonb[], $95::jsonb[], $96::bytea[], $97::bytea[])),
+aud_head AS (
+  UPDATE audit_heads h SET seq = u.seq, hash = u.hash
+  FROM unnest($98::text[], $99::bigint[], $100::bytea[]) AS u(chain, seq, hash)
+  WHERE h.chain = u.chain AND h.chain = ANY($98))
 SELECT 'workflow' AS kind, NULL::bigint AS id, id AS name, NULL::timestamptz AS warn_at, NULL::timestamptz AS due_at FROM wf_new
 UNION ALL SELECT 'clock', id, status, warn_at, due_at FROM clk_new
 UNION ALL SELECT 'outbox', id, message_id, NULL, NULL FROM ob
@@ -350,6 +383,7 @@ pub async fn write(
         &w.dead_letters,
         &w.outbox,
     );
+    let (au, heads) = (&w.audit, w.audit_head.iter().collect::<Vec<_>>());
     let rows = sqlx::query(WRITE)
         .bind(nw.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
         .bind(nw.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
@@ -533,6 +567,40 @@ pub async fn write(
         .bind(cc.iter().map(|r| r.due_at).collect::<Vec<_>>())
         .bind(cc.iter().map(|r| r.warn_at).collect::<Vec<_>>())
         .bind(cc.iter().map(|r| r.warn_again).collect::<Vec<_>>())
+        .bind(au.iter().map(|r| r.chain.as_str()).collect::<Vec<_>>())
+        .bind(au.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .bind(au.iter().map(|r| r.at).collect::<Vec<_>>())
+        .bind(
+            au.iter()
+                .map(|r| r.entry.actor.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            au.iter()
+                .map(|r| r.entry.action.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            au.iter()
+                .map(|r| r.entry.target.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            au.iter()
+                .map(|r| r.entry.result.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(au.iter().map(|r| &r.entry.context).collect::<Vec<_>>())
+        .bind(au.iter().map(|r| &r.entry.metadata).collect::<Vec<_>>())
+        .bind(
+            au.iter()
+                .map(|r| r.prev_hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(au.iter().map(|r| r.hash.as_slice()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.chain.as_str()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.seq).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.hash.as_slice()).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
     let mut created = 0;

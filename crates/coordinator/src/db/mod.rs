@@ -6,6 +6,7 @@
 //! behind the manager-facing CLI. What the rest of the service names of sqlx is the
 //! pool and connection types re-exported here, and [`Error`].
 
+pub mod audit;
 pub mod batch;
 pub mod deadlines;
 pub mod lease;

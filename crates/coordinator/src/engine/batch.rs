@@ -42,6 +42,10 @@ pub struct Batch<'p> {
     pub(super) deadlines: Vec<Deadline>,
     /// A dry run: its rejections are reported, not logged.
     quiet: bool,
+    /// The audit entries of its inputs, when the batch audits (the audit log is on and
+    /// its chain's head is locked).
+    pub(super) audit: Option<Vec<crate::domain::audit::Entry>>,
+    audit_head: Option<crate::domain::audit::Head>,
 }
 
 /// What a finished batch hands to the pipeline.
@@ -87,6 +91,8 @@ impl<'p> Batch<'p> {
             out: Writes::default(),
             deadlines: Vec::new(),
             quiet: false,
+            audit: (p.security.audit && loaded.audit_head.is_some()).then(Vec::new),
+            audit_head: loaded.audit_head,
         }
     }
 
@@ -289,6 +295,9 @@ impl<'p> Batch<'p> {
                 super::model::WorkflowRow::New(n) => self.out.new_workflows.push(n),
             }
             w.clock_rows(&mut self.out.new_clocks, &mut self.out.clock_changes);
+        }
+        if let Some(entries) = self.audit.take() {
+            self.out.audit(self.audit_head.as_ref(), self.now, entries);
         }
         Finished {
             agents: self

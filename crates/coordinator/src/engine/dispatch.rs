@@ -5,6 +5,7 @@
 
 use serde_json::json;
 
+use super::audit::Seen;
 use super::batch::{Applied, Batch};
 use super::escalations::Acknowledged;
 use super::rows::{ChainAck, OUTCOME_OBSERVED};
@@ -26,8 +27,20 @@ fn listed(roles: &std::collections::BTreeSet<String>) -> String {
 }
 
 impl Batch<'_> {
-    /// Applies one input (in delivery order).
+    /// Applies one input (in delivery order), audited when the batch audits.
     pub fn apply(&mut self, input: Input<'_>, checked: Checked) -> Processed {
+        let Some(_) = self.audit else {
+            return self.apply_checked(input, checked);
+        };
+        let seen = Seen::of(input, &checked);
+        let p = self.apply_checked(input, checked);
+        if let Some(entries) = &mut self.audit {
+            entries.push(seen.entry(&p));
+        }
+        p
+    }
+
+    fn apply_checked(&mut self, input: Input<'_>, checked: Checked) -> Processed {
         if let Some(id) = &checked.message_id {
             if !self.claims.claimed.contains(id) || self.seen.contains_key(id) {
                 let first = match self.seen.get(id) {

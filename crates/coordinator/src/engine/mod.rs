@@ -18,6 +18,7 @@
 //! notice, and the batch goes on.
 
 pub mod agents;
+mod audit;
 mod batch;
 pub mod deadlines;
 mod dispatch;
@@ -47,6 +48,15 @@ use rows::Needs;
 
 pub use agents::{AgentView, Agents};
 pub use batch::{dead_letter, set_aside, Batch, Finished};
+
+/// The audit entry of an input applied outside a batch (a message set aside).
+pub fn audit_entry(
+    input: Input<'_>,
+    checked: &Checked,
+    p: &Processed,
+) -> crate::domain::audit::Entry {
+    audit::Seen::of(input, checked).entry(p)
+}
 
 /// What happened to one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +161,8 @@ pub struct Security {
     pub own_user: String,
     pub escalation_acknowledgers: BTreeSet<String>,
     pub emergency_resolvers: BTreeSet<String>,
+    /// Each input applied is audited (`domain::audit`).
+    pub audit: bool,
 }
 
 impl Security {

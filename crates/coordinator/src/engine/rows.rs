@@ -5,6 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::domain::audit;
+
 /// `processed_messages.outcome` of a message applied to a workflow or incident.
 pub const OUTCOME_ACCEPTED: &str = "accepted";
 /// `processed_messages.outcome` of a message kept in `dead_letters`.
@@ -225,6 +227,9 @@ pub struct Loaded {
     pub all_agents: Option<Vec<(String, String)>>,
     pub chains: Vec<ChainMember>,
     pub escalation_ids: Vec<i64>,
+    /// The head of the audit chain the batch appends to, locked (none when the audit
+    /// log is off).
+    pub audit_head: Option<audit::Head>,
 }
 
 /// Everything a batch (of messages or of timer deadlines) writes.
@@ -243,6 +248,29 @@ pub struct Writes {
     /// Agents registered by heartbeat.
     pub registrations: Vec<(String, String)>,
     pub heartbeats: Vec<(String, DateTime<Utc>)>,
+    /// Audit rows, linked after the chain's head, and the chain's new head.
+    pub audit: Vec<audit::Record>,
+    pub audit_head: Option<audit::Head>,
+}
+
+impl Writes {
+    /// Appends `entries` to the audit chain whose locked head is `head`.
+    pub fn audit(
+        &mut self,
+        head: Option<&audit::Head>,
+        at: DateTime<Utc>,
+        entries: Vec<audit::Entry>,
+    ) {
+        let Some(head) = self.audit_head.as_ref().or(head) else {
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let (rows, new_head) = audit::link(head, at, entries);
+        self.audit.extend(rows);
+        self.audit_head = Some(new_head);
+    }
 }
 
 impl Writes {
@@ -266,6 +294,7 @@ impl Writes {
             !self.registrations.is_empty(),
             !self.heartbeats.is_empty(),
             !self.outbox.is_empty(),
+            !self.audit.is_empty(),
         ]
         .into_iter()
         .filter(|b| *b)

@@ -98,7 +98,7 @@ async fn consume(
                 None => break,
             }
         }
-        if !handle_batch(conn, shared, &batch, turn, &stop, &published).await? {
+        if !handle_batch(conn, shared, partition, &batch, turn, &stop, &published).await? {
             break Ok(());
         }
         if let Some(e) = failed {
@@ -134,6 +134,7 @@ async fn let_through(shared: &Shared, stop: &CancellationToken) -> bool {
 async fn handle_batch(
     conn: &Connection,
     shared: &Shared,
+    partition: u32,
     batch: &[Delivery],
     turn: tokio::sync::SemaphorePermit<'_>,
     stop: &CancellationToken,
@@ -156,7 +157,7 @@ async fn handle_batch(
         // The batch's messages are this consumer's to publish for one lease; after
         // that (a crash) the relay takes them.
         let publish_after = pipeline::publish_after(Utc::now(), shared.settings.outbox.lease);
-        match pipeline::apply_shared(shared, &inbound, publish_after).await {
+        match pipeline::apply_shared(shared, partition, &inbound, publish_after).await {
             Ok(out) => {
                 shared.breakers.succeeded(Guarded::Database);
                 shared

@@ -16,6 +16,7 @@
 //! - [`activity`]: a line a second of what the service did.
 
 pub mod activity;
+pub mod audit;
 pub mod collector;
 pub mod dead_letters;
 pub mod housekeeping;

@@ -17,14 +17,15 @@ use protocol::catalog::{valid_agent_id, Catalog};
 use protocol::envelope::{DeliveryMeta, Envelope};
 use protocol::names::exchanges;
 use protocol::reject::Reason;
+use serde_json::json;
 
 use crate::amqp::publisher::{PublishError, Publisher};
 use crate::amqp::topology::{Declarer, TopologyError};
 use crate::amqp::{self, connect_any};
 use crate::clock::Clock;
 use crate::db::{self, read, store, Pool};
-use crate::domain::emergency;
 use crate::domain::workflow::State;
+use crate::domain::{audit, emergency};
 use crate::engine::escalations::Acknowledged;
 use crate::engine::{operator, Agents, Inbound, Outcome, Processed, Processor};
 use crate::service::pipeline;
@@ -144,7 +145,12 @@ impl<'a> Ops<'a> {
 
     /// Records an agent and declares its queues and bindings; both or neither: the
     /// registration commits only once the broker has declared the queues.
-    pub async fn add_agent(&self, agent_id: &str, agent_type: &str) -> Result<AgentAdded> {
+    pub async fn add_agent(
+        &self,
+        agent_id: &str,
+        agent_type: &str,
+        by: &str,
+    ) -> Result<AgentAdded> {
         if !valid_agent_id(agent_id) {
             return Err(Error::Usage(format!(
                 "invalid value {agent_id:?} for <AGENT_ID>: use 1-200 letters, digits, '.', '_' or '-'"
@@ -195,6 +201,20 @@ impl<'a> Ops<'a> {
         }
         // Messages for the role may have been returned before its queues existed.
         store::retry_now(&mut tx, self.clock.now()).await?;
+        let result = if created {
+            "registered"
+        } else {
+            "already registered"
+        };
+        self.audit(
+            &mut tx,
+            by,
+            "agent_add",
+            agent_id,
+            result,
+            json!({"agent_type": agent_type}),
+        )
+        .await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok(AgentAdded { created })
     }
@@ -202,7 +222,12 @@ impl<'a> Ops<'a> {
     /// Gives a registered agent a broker user of its own (a new password, returned
     /// once): it may read only its own queues and publish only to `agent.topic` under its
     /// role's routing keys. Run again, it replaces the password.
-    pub async fn add_agent_credentials(&self, agent_id: &str, agent_type: &str) -> Result<String> {
+    pub async fn add_agent_credentials(
+        &self,
+        agent_id: &str,
+        agent_type: &str,
+        by: &str,
+    ) -> Result<String> {
         let management = Management::new(&self.settings.amqp)?;
         let password = format!(
             "{}{}",
@@ -217,12 +242,24 @@ impl<'a> Ops<'a> {
                 &AgentPermissions::for_agent(agent_id, agent_type),
             )
             .await?;
+        let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
+        let context = json!({"agent_type": agent_type, "vhost": self.settings.amqp.vhost()});
+        self.audit(
+            &mut tx,
+            by,
+            "agent_credentials",
+            agent_id,
+            "broker user set",
+            context,
+        )
+        .await?;
+        tx.commit().await.map_err(db::Error::from)?;
         Ok(password)
     }
 
     /// Revokes an agent: deletes its broker user (the broker closes its connections)
     /// and its registration. Its queues stay, with what they hold.
-    pub async fn remove_agent(&self, agent_id: &str) -> Result<AgentRemoved> {
+    pub async fn remove_agent(&self, agent_id: &str, by: &str) -> Result<AgentRemoved> {
         let registered = {
             let mut conn = self.pool.acquire().await.map_err(db::Error::from)?;
             store::agent_type(&mut conn, agent_id).await?
@@ -232,10 +269,14 @@ impl<'a> Ops<'a> {
         if registered.is_none() && !user_deleted {
             return Err(not_found("agent", agent_id, "agent list"));
         }
+        let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
         if registered.is_some() {
-            let mut conn = self.pool.acquire().await.map_err(db::Error::from)?;
-            store::delete_agent(&mut conn, agent_id).await?;
+            store::delete_agent(&mut tx, agent_id).await?;
         }
+        let context = json!({"user_deleted": user_deleted, "registered": registered});
+        self.audit(&mut tx, by, "agent_remove", agent_id, "removed", context)
+            .await?;
+        tx.commit().await.map_err(db::Error::from)?;
         Ok(AgentRemoved {
             registered: registered.is_some(),
             user_deleted,
@@ -378,6 +419,16 @@ impl<'a> Ops<'a> {
                 "the broker did not accept the replayed message; run the command again".into(),
             ));
         }
+        let context = json!({"message_id": dl.message_id, "routing_key": dl.routing_key});
+        self.audit(
+            &mut tx,
+            by,
+            "dead_letter_replay",
+            &format!("dead_letter:{id}"),
+            "published",
+            context,
+        )
+        .await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok(Replayed {
             id,
@@ -421,6 +472,8 @@ impl<'a> Ops<'a> {
             instance: "cli-dry-run",
             publish_after: self.clock.now(),
             retry: self.settings.retry_policies.default,
+            // Nothing of a dry run is kept.
+            audit_chain: None,
         };
         let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
         let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
@@ -462,10 +515,46 @@ impl<'a> Ops<'a> {
             )));
         }
         store::resolve_dead_letter(&mut tx, id, note, by, self.clock.now()).await?;
+        let context = json!({"message_id": dl.message_id, "note": note, "replaced": dl.resolution});
+        self.audit(
+            &mut tx,
+            by,
+            "dead_letter_resolve",
+            &format!("dead_letter:{id}"),
+            "resolved",
+            context,
+        )
+        .await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok(Resolved {
             replaced: dl.resolved_at.and(dl.resolution),
         })
+    }
+
+    /// Appends an operator's command to the operator chain of the audit log, in the
+    /// command's own transaction (when the audit log is on).
+    async fn audit(
+        &self,
+        tx: &mut db::Conn,
+        by: &str,
+        action: &str,
+        target: &str,
+        result: &str,
+        context: serde_json::Value,
+    ) -> Result<()> {
+        if !self.settings.security.audit {
+            return Ok(());
+        }
+        let entry = audit::Entry {
+            actor: by.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            result: result.to_string(),
+            context,
+            metadata: json!({"via": "cli"}),
+        };
+        db::audit::append(tx, audit::OPERATOR_CHAIN, vec![entry], self.clock.now()).await?;
+        Ok(())
     }
 
     /// The clock, if it is armed; what an operator is told otherwise.

@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use crate::clock::Clock;
 use crate::db::batch;
 use crate::db::{self, Conn, Fault, Pool};
+use crate::domain::audit;
 use crate::domain::sla::{add, Deadline, DeadlineKind};
 use crate::engine::rows::{Queued, Written};
 use crate::engine::{self, Agents, Batch, Checked, Inbound, Input, Processed, Processor};
@@ -71,12 +72,24 @@ pub struct Context<'a> {
     pub publish_after: DateTime<Utc>,
     /// How a message the database refuses is retried before it is set aside.
     pub retry: RetryPolicy,
+    /// The audit chain this context's batches append to (none: the audit log is off).
+    pub audit_chain: Option<String>,
 }
 
 impl<'a> Context<'a> {
-    /// The running service's settings and agent cache (reloaded first if stale).
-    pub async fn of(shared: &'a Shared, publish_after: DateTime<Utc>) -> db::Result<Context<'a>> {
+    /// The running service's settings and agent cache (reloaded first if stale), for
+    /// a batch of inbox partition `partition`.
+    pub async fn of(
+        shared: &'a Shared,
+        partition: u32,
+        publish_after: DateTime<Utc>,
+    ) -> db::Result<Context<'a>> {
         Ok(Context {
+            audit_chain: shared
+                .processor
+                .security
+                .audit
+                .then(|| audit::inbox_chain(partition)),
             pool: &shared.pool,
             clock: shared.clock.as_ref(),
             processor: &shared.processor,
@@ -88,13 +101,17 @@ impl<'a> Context<'a> {
     }
 }
 
-/// Applies a batch of deliveries with the running service's settings and agent cache.
+/// Applies a batch of deliveries of inbox partition `partition` with the running
+/// service's settings and agent cache.
 pub async fn apply_shared(
     shared: &Shared,
+    partition: u32,
     deliveries: &[Inbound<'_>],
     publish_after: DateTime<Utc>,
 ) -> Result<BatchOutput, Retry> {
-    let ctx = Context::of(shared, publish_after).await.map_err(Retry)?;
+    let ctx = Context::of(shared, partition, publish_after)
+        .await
+        .map_err(Retry)?;
     let out = apply(&ctx, deliveries).await?;
     shared.agents.learn(&out.learned);
     Ok(out)
@@ -157,6 +174,10 @@ pub async fn apply_operator(
             max_attempts: 1,
             ..RetryPolicy::default()
         },
+        audit_chain: processor
+            .security
+            .audit
+            .then(|| audit::OPERATOR_CHAIN.to_string()),
     };
     let c = commit(&ctx, &[Input::Operator(env)]).await?;
     Ok(c.results
@@ -291,11 +312,25 @@ async fn decide(
     let mut wf_ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
     wf_ids.sort_unstable();
     wf_ids.dedup();
-    let (claimed, locked) =
-        batch::claim_and_lock(conn, &ids, &senders, ctx.instance, &wf_ids).await?;
-    let statements_read = needs.statements();
-    let loaded = batch::load(conn, &needs, locked).await?;
-    let mut b = Batch::new(ctx.processor, loaded, claimed, ctx.agents.clone(), now);
+    let claimed = batch::claim_and_lock(
+        conn,
+        &ids,
+        &senders,
+        ctx.instance,
+        &wf_ids,
+        ctx.audit_chain.as_deref(),
+    )
+    .await?;
+    let mut statements_read = needs.statements();
+    let audit_head = audit_head(ctx, conn, claimed.audit_head, &mut statements_read).await?;
+    let loaded = batch::load(conn, &needs, claimed.locked, audit_head).await?;
+    let mut b = Batch::new(
+        ctx.processor,
+        loaded,
+        claimed.claims,
+        ctx.agents.clone(),
+        now,
+    );
     if mode == Mode::DryRun {
         b = b.quiet();
     }
@@ -305,6 +340,23 @@ async fn decide(
         .map(|(i, c)| b.apply(*i, c))
         .collect();
     Ok((results, b.finish(), statements_read))
+}
+
+/// The audit chain's locked head: as the claim found it, or created the first time
+/// the chain is appended to.
+async fn audit_head(
+    ctx: &Context<'_>,
+    conn: &mut Conn,
+    found: Option<audit::Head>,
+    statements: &mut usize,
+) -> db::Result<Option<audit::Head>> {
+    match (&ctx.audit_chain, found) {
+        (Some(chain), None) => {
+            *statements += 2;
+            Ok(Some(db::audit::lock_new_head(conn, chain).await?))
+        }
+        (_, found) => Ok(found),
+    }
 }
 
 /// Everything but the commit.
@@ -350,17 +402,19 @@ async fn set_aside(
         let checked = checked.clone();
         async move {
             let mut tx = ctx.pool.begin().await?;
-            let claimed = match &checked.message_id {
-                Some(id) => {
-                    let sender = checked.sender.as_deref();
-                    !batch::claim_and_lock(&mut tx, &[id.as_str()], &[sender], ctx.instance, &[])
-                        .await?
-                        .0
-                        .claimed
-                        .is_empty()
-                }
-                None => true,
-            };
+            let id = checked.message_id.as_deref();
+            let c = batch::claim_and_lock(
+                &mut tx,
+                id.as_slice(),
+                &[checked.sender.as_deref()],
+                ctx.instance,
+                &[],
+                ctx.audit_chain.as_deref(),
+            )
+            .await?;
+            let claimed = id.is_none_or(|id| c.claims.claimed.contains(id));
+            let mut statements = 1;
+            let head = audit_head(ctx, &mut tx, c.audit_head, &mut statements).await?;
             let mut result = Processed::new(engine::Outcome::Duplicate);
             let mut written = Written::default();
             if claimed {
@@ -380,11 +434,13 @@ async fn set_aside(
                         dl.detail = dl.detail.chars().filter(char::is_ascii).collect();
                     }
                 }
-                written = batch::write(&mut tx, w, ctx.publish_after).await?;
                 result = Processed::new(engine::Outcome::Rejected(
                     protocol::reject::Reason::ProcessingFailed,
                 ));
                 result.detail = Some(error.to_string());
+                let entry = engine::audit_entry(Input::Delivery(d), &checked, &result);
+                w.audit(head.as_ref(), now, vec![entry]);
+                written = batch::write(&mut tx, w, ctx.publish_after).await?;
             }
             tx.commit().await?;
             Ok::<_, db::Error>(Committed {
@@ -393,7 +449,7 @@ async fn set_aside(
                 deadlines: Vec::new(),
                 registered: Vec::new(),
                 learned: Vec::new(),
-                statements: 4,
+                statements: statements + 3,
             })
         }
     };
