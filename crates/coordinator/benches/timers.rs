@@ -174,7 +174,7 @@ async fn main() {
 
     let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config"));
     let mut settings = Settings::load_from(dir, None).expect("settings");
-    settings.database.url = url;
+    settings.database.url = url.into();
     let shared = Arc::new(Shared::new(
         settings.clone(),
         pool.clone(),

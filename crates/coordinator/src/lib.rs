@@ -31,6 +31,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod http;
 pub mod retry;
+pub mod secret;
 pub mod service;
 pub mod settings;
 pub mod telemetry;

@@ -14,6 +14,7 @@ use crate::domain::clocks;
 use crate::domain::escalation::{Ladder, Ladders};
 use crate::domain::sla::{ClockDurations, Severity};
 use crate::engine::{Processor, Security};
+pub use crate::secret::SecretUrl;
 use protocol::catalog::{Catalog, RoleSpec};
 use protocol::envelope::Window;
 
@@ -88,7 +89,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    pub url: String,
+    /// `?sslmode=verify-full&sslrootcert=/path/ca.pem` for TLS that checks the server.
+    pub url: SecretUrl,
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
@@ -123,11 +125,15 @@ impl QueueType {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    pub url: String,
+    pub url: SecretUrl,
     /// Other nodes of the same cluster (same vhost and credentials), tried in order when
     /// `url` cannot be reached: a coordinator whose node stops reconnects to another.
     #[serde(default)]
-    pub fallback_urls: Vec<String>,
+    pub fallback_urls: Vec<SecretUrl>,
+    /// The CA certificates (PEM) an amqps:// broker's certificate is checked against;
+    /// none: the system's.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     pub queue_type: QueueType,
     /// The longest a publisher waits for the broker to confirm a message before it gives
     /// its channel up (the message is sent again after its lease).
@@ -140,26 +146,26 @@ pub struct AmqpSettings {
     /// RabbitMQ's management API, where `agent add --credentials` and `agent remove`
     /// create and delete agents' broker users (as the user of `url`, which must be an
     /// administrator).
-    pub management_url: String,
+    pub management_url: SecretUrl,
 }
 
 impl AmqpSettings {
     /// The broker user of `url` (`guest` when the URL names none, as RabbitMQ's
     /// clients assume): the coordinator's own identity on the broker.
     pub fn user(&self) -> String {
-        broker_user(&self.url)
+        broker_user(self.url.expose())
     }
 
     /// `url` as another broker user: how an agent connected as its own user reaches
     /// the same node and vhost.
     pub fn url_as(&self, user: &str, password: &str) -> String {
-        with_login(&self.url, user, password)
+        with_login(self.url.expose(), user, password)
     }
 
     /// The password of `url` (`guest` when it names no user, as RabbitMQ's clients
     /// assume).
     pub fn password(&self) -> String {
-        authority(&self.url)
+        authority(self.url.expose())
             .and_then(|a| a.rsplit_once('@'))
             .and_then(|(userinfo, _)| userinfo.split_once(':'))
             .map_or_else(|| "guest".to_string(), |(_, p)| percent_decode(p))
@@ -167,10 +173,8 @@ impl AmqpSettings {
 
     /// The vhost of `url`: its path, percent-decoded (`/` when it has none).
     pub fn vhost(&self) -> String {
-        let rest = self
-            .url
-            .split_once("://")
-            .map_or(self.url.as_str(), |(_, r)| r);
+        let url = self.url.expose();
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
         match rest.split_once('/') {
             Some((_, path)) if !path.is_empty() => {
                 percent_decode(path.split(['?', '#']).next().unwrap_or(""))
@@ -181,8 +185,8 @@ impl AmqpSettings {
 
     /// `url`, then each of `fallback_urls`: the order connections are tried in.
     pub fn urls(&self) -> Vec<&str> {
-        std::iter::once(self.url.as_str())
-            .chain(self.fallback_urls.iter().map(String::as_str))
+        std::iter::once(self.url.expose())
+            .chain(self.fallback_urls.iter().map(SecretUrl::expose))
             .collect()
     }
 }
@@ -280,6 +284,10 @@ pub struct SecuritySettings {
     /// How often the chains' heads are recorded in the anchor chain.
     #[serde(with = "humantime_serde")]
     pub audit_anchor_interval: Duration,
+    /// Connect to RabbitMQ and PostgreSQL without TLS. Off in production, where
+    /// `amqp://` and a database URL without `sslmode=require`/`verify-ca`/`verify-full`
+    /// are refused ([`Settings::refuse_plaintext`]).
+    pub allow_plaintext: bool,
 }
 
 /// What becomes of dead letters nobody works.
@@ -495,7 +503,27 @@ impl Settings {
     /// The compiled-in defaults, then `dir/default.toml` if there is one, then the
     /// environment's file from `dir` (or compiled in), then environment variables.
     pub fn load_from(dir: &Path, env: Option<&str>) -> Result<Settings, SettingsError> {
+        Settings::load_with(dir, env, &[])
+    }
+
+    /// As [`Settings::load_from`], then `overrides`, named as environment variables
+    /// (`COORDINATOR__SECURITY__AUDIT`), over everything: what a process started with
+    /// those variables would read.
+    pub fn load_with(
+        dir: &Path,
+        env: Option<&str>,
+        overrides: &[(&str, &str)],
+    ) -> Result<Settings, SettingsError> {
         use config::{File, FileFormat};
+        let environment = || {
+            config::Environment::with_prefix("COORDINATOR")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                // COORDINATOR__AMQP__FALLBACK_URLS="amqp://…,amqp://…"
+                .list_separator(",")
+                .with_list_parse_key("amqp.fallback_urls")
+        };
         let file = |name: &str| dir.join(format!("{name}.toml"));
         let mut builder =
             config::Config::builder().add_source(File::from_str(SHIPPED_DEFAULT, FileFormat::Toml));
@@ -514,20 +542,57 @@ impl Settings {
                 });
             }
         }
-        let built = builder
-            .add_source(
-                config::Environment::with_prefix("COORDINATOR")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    // COORDINATOR__AMQP__FALLBACK_URLS="amqp://…,amqp://…"
-                    .list_separator(",")
-                    .with_list_parse_key("amqp.fallback_urls"),
-            )
-            .build()?;
+        let mut builder = builder.add_source(environment());
+        if !overrides.is_empty() {
+            let vars = overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            builder = builder.add_source(environment().source(Some(vars)));
+        }
+        let built = builder.build()?;
         let settings: Settings = built.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// With `security.allow_plaintext = false`: an error naming that setting if a
+    /// connection would travel unencrypted (checked when a command starts, not when
+    /// settings are read, so that tools can read production's settings).
+    pub fn refuse_plaintext(&self) -> Result<(), SettingsError> {
+        if self.security.allow_plaintext {
+            return Ok(());
+        }
+        let refuse = |problem: String| SettingsError::Invalid {
+            key: "security.allow_plaintext".into(),
+            problem,
+        };
+        let amqp = std::iter::once(("amqp.url", &self.amqp.url)).chain(
+            self.amqp
+                .fallback_urls
+                .iter()
+                .map(|u| ("amqp.fallback_urls", u)),
+        );
+        for (key, url) in amqp {
+            if !url.expose().starts_with("amqps://") {
+                return Err(refuse(format!(
+                    "is false, and {key} ({url}) is not amqps://: use amqps:// (amqp.tls_ca_file for a private CA) or set security.allow_plaintext = true"
+                )));
+            }
+        }
+        let db = self.database.url.expose();
+        let sslmode = db
+            .split_once('?')
+            .into_iter()
+            .flat_map(|(_, q)| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("sslmode="));
+        if !matches!(sslmode, Some("require" | "verify-ca" | "verify-full")) {
+            return Err(refuse(format!(
+                "is false, and database.url ({}) does not require TLS: add ?sslmode=verify-full&sslrootcert=<CA file> or set security.allow_plaintext = true",
+                self.database.url
+            )));
+        }
+        Ok(())
     }
 
     /// What the engine decides with: the catalog, clock durations, ladders, limits.
@@ -727,14 +792,14 @@ impl Settings {
         if self.outbox.batch_size <= 0 {
             return Err(invalid("outbox.batch_size", "must be at least 1".into()));
         }
-        if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
+        let amqp_url = self.amqp.url.expose();
+        if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
             return Err(invalid(
                 "amqp.url",
                 // Not the URL itself: it may hold a password.
                 format!(
                     "must start with amqp:// or amqps://, got one starting {:?}",
-                    self.amqp
-                        .url
+                    amqp_url
                         .split("://")
                         .next()
                         .unwrap_or("")
@@ -744,9 +809,16 @@ impl Settings {
                 ),
             ));
         }
-        if !self.database.url.starts_with("postgres://")
-            && !self.database.url.starts_with("postgresql://")
-        {
+        if let Some(f) = &self.amqp.tls_ca_file {
+            if let Err(e) = std::fs::read_to_string(f) {
+                return Err(invalid(
+                    "amqp.tls_ca_file",
+                    format!("cannot read {}: {e}", f.display()),
+                ));
+            }
+        }
+        let database_url = self.database.url.expose();
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
             return Err(invalid(
                 "database.url",
                 "must start with postgres://".into(),

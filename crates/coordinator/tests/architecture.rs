@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str], &[&str])] = &[
         "support",
         &[
             "settings",
+            "secret",
             "retry",
             "breaker",
             "clock",

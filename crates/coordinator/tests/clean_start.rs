@@ -1,9 +1,11 @@
 //! A healthy start logs nothing above INFO: a WARN or ERROR line is for something an
 //! operator must look at, and a newcomer's first `make run` must not greet them with
 //! one. `coordinator serve` is started as `make run` starts it (the shipped default
-//! settings and log filter), and again as production is (quorum queues), each on a
-//! fresh database and vhost, then restarted on the same ones; stopped with SIGTERM.
+//! settings and log filter), and again as production is (quorum queues, TLS to the
+//! broker and the database), each on a fresh database and vhost, then restarted on
+//! the same ones; stopped with SIGTERM.
 
+use test_support::tls::TlsFront;
 use test_support::{repo_root, Serve, TestEnv};
 
 /// Lines of a text log above INFO.
@@ -15,7 +17,7 @@ fn above_info(log: &str) -> Vec<&str> {
 
 /// Starts serve with `profile`'s settings and log filter, waits until it is ready,
 /// stops it; what it logged.
-async fn start_and_stop(env: &TestEnv, profile: Option<&str>) -> String {
+async fn start_and_stop(env: &TestEnv, profile: Option<&str>, tls: Option<&TlsFront>) -> String {
     let settings = coordinator::settings::Settings::load_from(&repo_root().join("config"), profile)
         .expect("settings");
     let mut extra = vec![
@@ -24,6 +26,14 @@ async fn start_and_stop(env: &TestEnv, profile: Option<&str>) -> String {
     ];
     // The shipped profiles log as text (colourless, since stderr is a pipe).
     extra.push(("COORDINATOR__LOG__FORMAT", "text".to_string()));
+    if let Some(front) = tls {
+        extra.push(("COORDINATOR__AMQP__URL", front.amqps_url(&env.vhost)));
+        extra.push((
+            "COORDINATOR__AMQP__TLS_CA_FILE",
+            front.ca_file.display().to_string(),
+        ));
+        extra.push(("COORDINATOR__DATABASE__URL", front.pg_url(&env.db_name)));
+    }
     let serve = Serve::spawn(env, &extra);
     serve.wait_ready().await;
     serve.signal("-TERM");
@@ -32,10 +42,10 @@ async fn start_and_stop(env: &TestEnv, profile: Option<&str>) -> String {
     log
 }
 
-async fn assert_clean(profile: Option<&str>) {
+async fn assert_clean(profile: Option<&str>, tls: Option<&TlsFront>) {
     let env = TestEnv::new().await;
     for start in ["first start", "restart"] {
-        let log = start_and_stop(&env, profile).await;
+        let log = start_and_stop(&env, profile, tls).await;
         assert!(
             log.contains("topology declared") && log.contains("consuming an inbox partition"),
             "{start} ({profile:?}) logged no INFO lines to judge by:\n{log}"
@@ -51,12 +61,19 @@ async fn assert_clean(profile: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_start_with_the_default_settings_logs_nothing_above_info() {
-    assert_clean(None).await;
+    assert_clean(None, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_start_with_the_production_settings_logs_nothing_above_info() {
-    assert_clean(Some("production")).await;
+    // Production refuses plaintext: TLS in front of the local broker and database.
+    let front = TlsFront::start().await;
+    assert_clean(Some("production"), Some(&front)).await;
+    assert_eq!(
+        front.pg_plain.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a database connection went without TLS"
+    );
 }
 
 #[test]

@@ -122,7 +122,7 @@ async fn a_confirm_that_never_comes_is_given_up_after_the_timeout_and_the_messag
     let env = TestEnv::new().await;
     let proxy = Proxy::start().await;
     let mut settings = env.settings();
-    settings.amqp.url = proxy.url(&env.vhost);
+    settings.amqp.url = proxy.url(&env.vhost).into();
     settings.amqp.confirm_timeout = Duration::from_secs(1);
     settings.outbox.lease = Duration::from_secs(1);
     let app = env.start_with(settings).await;

@@ -230,6 +230,7 @@ fn management(api: &str, method: &str, path: &str, body: &str) -> String {
 /// `COORDINATOR_TEST_RABBITMQ_API` is set, else `rabbitmqctl` on this machine.
 pub mod clock;
 pub mod isolated;
+pub mod tls;
 
 pub use clock::ManualClock;
 
@@ -456,8 +457,8 @@ impl TestEnv {
     pub fn settings(&self) -> Settings {
         let dir = repo_root().join("config");
         let mut s = Settings::load_from(&dir, Some("test")).expect("test settings load");
-        s.database.url = self.db_url.clone();
-        s.amqp.url = self.amqp_url.clone();
+        s.database.url = self.db_url.clone().into();
+        s.amqp.url = self.amqp_url.clone().into();
         s.http.addr = "127.0.0.1:0".into();
         s
     }

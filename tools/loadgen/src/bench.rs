@@ -320,10 +320,12 @@ impl Coordinator {
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
-        match profile {
-            "default" => cmd.env_remove(coordinator::settings::ENV_VAR),
-            p => cmd.env(coordinator::settings::ENV_VAR, p),
+        let (env, overrides) = profile_env(profile);
+        match env {
+            None => cmd.env_remove(coordinator::settings::ENV_VAR),
+            Some(e) => cmd.env(coordinator::settings::ENV_VAR, e),
         };
+        cmd.envs(overrides.iter().copied());
         let child = cmd
             .spawn()
             .with_context(|| format!("could not start {}", bin.display()))?;
@@ -373,11 +375,41 @@ impl Coordinator {
     }
 }
 
+/// Production's settings with the security mechanisms off, run beside `production` to
+/// show what security costs (docs/performance.md).
+pub const PRODUCTION_OPEN: &str = "production-open";
+
+/// Production as the bench runs it: this machine's broker and database speak plain
+/// TCP on loopback (TLS is not what the bench measures).
+const PRODUCTION: &[(&str, &str)] = &[("COORDINATOR__SECURITY__ALLOW_PLAINTEXT", "true")];
+
+/// What `PRODUCTION_OPEN` turns off, as the coordinator's environment variables.
+const SECURITY_OFF: &[(&str, &str)] = &[
+    ("COORDINATOR__SECURITY__ALLOW_PLAINTEXT", "true"),
+    ("COORDINATOR__SECURITY__AUDIT", "false"),
+    ("COORDINATOR__SECURITY__AUTHENTICATE_SENDERS", "false"),
+];
+
+/// A profile's settings environment (`COORDINATOR_ENV`) and the variables it sets
+/// over it.
+pub(crate) fn profile_env(
+    profile: &str,
+) -> (
+    Option<&'static str>,
+    &'static [(&'static str, &'static str)],
+) {
+    match profile {
+        "default" => (None, &[]),
+        PRODUCTION_OPEN => (Some("production"), SECURITY_OFF),
+        _ => (Some("production"), PRODUCTION),
+    }
+}
+
 fn settings_for(opts: &Options, profile: &str, fresh: &Fresh) -> anyhow::Result<Settings> {
-    let env = (profile != "default").then_some(profile);
-    let mut s = Settings::load_from(&opts.config_dir, env)?;
-    s.database.url = fresh.db_url();
-    s.amqp.url = fresh.amqp_url();
+    let (env, overrides) = profile_env(profile);
+    let mut s = Settings::load_with(&opts.config_dir, env, overrides)?;
+    s.database.url = fresh.db_url().into();
+    s.amqp.url = fresh.amqp_url().into();
     Ok(s)
 }
 

@@ -370,11 +370,60 @@ pub fn report(opts: &Options, provenance: &Provenance, rows: &[Row], hops: &str)
     out.push_str(hops);
     out.push_str("\n## Against the targets\n\n");
     out.push_str(&against_targets(rows));
+    out.push_str("\n## What security costs\n\n");
+    out.push_str(&security_cost(rows));
     out.push_str("\n## Each run\n\n");
     for r in rows {
         out.push_str(&format!("- {}\n", format_row(r)));
     }
     out
+}
+
+/// Each run with production's security on beside the same run with it off
+/// (`production-open`), against the security targets: closed-loop throughput at least
+/// 0.9× and peak handoff p99 at most 5 ms more.
+fn security_cost(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| run | wf/s on / off | ratio | handoff p99 ms on / off | p99 grows by | target | |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut any = false;
+    for on in rows.iter().filter(|r| r.profile == "production") {
+        let Some(off) = rows
+            .iter()
+            .find(|r| r.profile == crate::bench::PRODUCTION_OPEN && r.run == on.run)
+        else {
+            continue;
+        };
+        let (Some(a), Some(b)) = (&on.observed, &off.observed) else {
+            continue;
+        };
+        any = true;
+        let ratio = a.workflows_per_s() / b.workflows_per_s().max(f64::MIN_POSITIVE);
+        let grows = a.handoff.p99 - b.handoff.p99;
+        let (target, met) = match on.run.as_str() {
+            "closed-200" => ("throughput ≥ 0.9× off", Some(ratio >= 0.9)),
+            "peak" => ("p99 grows ≤ 5 ms", Some(grows <= 5.0)),
+            _ => ("-", None),
+        };
+        out.push_str(&format!(
+            "| {} | {:.1} / {:.1} | {ratio:.2} | {:.1} / {:.1} | {grows:+.1} | {target} | {} |\n",
+            on.run,
+            a.workflows_per_s(),
+            b.workflows_per_s(),
+            a.handoff.p99,
+            b.handoff.p99,
+            match met {
+                Some(true) => "met",
+                Some(false) => "**not met**",
+                None => "",
+            }
+        ));
+    }
+    if any {
+        out
+    } else {
+        "(run the production and production-open profiles to compare)\n".into()
+    }
 }
 
 /// Writes the report beside the coordinators' logs.
@@ -449,6 +498,25 @@ mod tests {
         assert!(!t.contains("closed-200"), "{t}");
         let slow = [row("peak", 12.0, 10_000, 30.0)];
         assert!(against_targets(&slow).contains("GROWS +30.0 wf/s | **not met**"));
+    }
+
+    #[test]
+    fn security_on_is_set_beside_security_off_and_judged() {
+        let mut off = row("closed-200", 10.0, 11_000, 0.0);
+        off.profile = crate::bench::PRODUCTION_OPEN.into();
+        let on = row("closed-200", 12.0, 9_900, 0.0);
+        let mut peak_off = row("peak", 10.0, 11_000, 0.0);
+        peak_off.profile = crate::bench::PRODUCTION_OPEN.into();
+        let peak_on = row("peak", 16.0, 11_000, 0.0);
+        let t = security_cost(&[on, off, peak_on, peak_off]);
+        assert!(
+            t.contains("| closed-200 | 90.0 / 100.0 | 0.90 | 12.0 / 10.0 | +2.0 | throughput ≥ 0.9× off | met |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| peak | 100.0 / 100.0 | 1.00 | 16.0 / 10.0 | +6.0 | p99 grows ≤ 5 ms | **not met** |"),
+            "{t}"
+        );
     }
 
     #[test]

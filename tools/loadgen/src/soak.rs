@@ -333,8 +333,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
 
 async fn run_in(opts: &Options, fresh: &Fresh) -> anyhow::Result<Report> {
     let mut settings = Settings::load_from(&opts.config_dir, None)?;
-    settings.database.url = fresh.db_url();
-    settings.amqp.url = fresh.amqp_url();
+    settings.database.url = fresh.db_url().into();
+    settings.amqp.url = fresh.amqp_url().into();
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect_lazy(&fresh.db_url())?;

@@ -106,6 +106,8 @@ async fn two_coordinators_on_three_nodes_lose_nothing_when_the_busiest_node_stop
                         "false".to_string(),
                     ),
                     ("COORDINATOR__LOG__FORMAT", "text".to_string()),
+                    // The cluster of its own speaks plain AMQP on loopback.
+                    ("COORDINATOR__SECURITY__ALLOW_PLAINTEXT", "true".to_string()),
                     ("COORDINATOR__AMQP__URL", urls[i].clone()),
                     ("COORDINATOR__AMQP__FALLBACK_URLS", fallbacks.join(",")),
                     (
@@ -122,8 +124,8 @@ async fn two_coordinators_on_three_nodes_lose_nothing_when_the_busiest_node_stop
     let mut production =
         coordinator::settings::Settings::load_from(&repo_root().join("config"), Some("production"))
             .expect("production settings");
-    production.database.url = env.db_url.clone();
-    production.amqp.url = urls[0].clone();
+    production.database.url = env.db_url.clone().into();
+    production.amqp.url = urls[0].clone().into();
     production.security.authenticate_senders = false;
     let per_role = 2;
     let logins = team::register(&production, &env.pool, per_role)

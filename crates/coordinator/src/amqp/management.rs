@@ -15,7 +15,7 @@ pub enum ManagementError {
          `rabbitmq-plugins enable rabbitmq_management` (make run does) or set amqp.management_url"
     )]
     Unreachable {
-        url: String,
+        url: crate::secret::SecretUrl,
         #[source]
         source: reqwest::Error,
     },
@@ -75,13 +75,17 @@ fn escape(s: &str) -> String {
 
 impl Management {
     pub fn new(amqp: &AmqpSettings) -> Result<Self, ManagementError> {
-        let base = amqp.management_url.trim_end_matches('/').to_string();
+        let base = amqp
+            .management_url
+            .expose()
+            .trim_end_matches('/')
+            .to_string();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()
             .map_err(|source| ManagementError::Unreachable {
-                url: base.clone(),
-                source,
+                url: amqp.management_url.clone(),
+                source: source.without_url(),
             })?;
         Ok(Management {
             client,
@@ -109,8 +113,9 @@ impl Management {
             .send()
             .await
             .map_err(|source| ManagementError::Unreachable {
-                url: self.base.clone(),
-                source,
+                url: self.base.as_str().into(),
+                // The request's URL may hold the management URL's password.
+                source: source.without_url(),
             })?;
         let status = answer.status().as_u16();
         if answer.status().is_success() || status == 404 {

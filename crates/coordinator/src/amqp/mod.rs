@@ -9,8 +9,11 @@ pub mod topology;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::ConnectionProperties;
+
+use crate::settings::AmqpSettings;
 use protocol::envelope::{DeliveryMeta, CONTENT_TYPE};
 use serde_json::{json, Value};
 
@@ -28,20 +31,39 @@ pub struct Connection(lapin::Connection);
 /// Opens a connection whose internal tasks run on the current tokio runtime; `name`
 /// is what the broker's connection list shows.
 pub async fn connect(url: &str, name: &str) -> Result<Connection> {
+    connect_with(url, name, None).await
+}
+
+/// `ca`: the PEM certificates an amqps:// broker is checked against (else the system's).
+async fn connect_with(url: &str, name: &str, ca: Option<&str>) -> Result<Connection> {
     let props = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_connection_name(name.into());
-    Ok(Connection(lapin::Connection::connect(url, props).await?))
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: ca.map(str::to_string),
+    };
+    Ok(Connection(
+        lapin::Connection::connect_with_config(url, props, tls).await?,
+    ))
 }
 
-/// Connects to the first of `urls` that answers (a cluster's nodes, in order); the
-/// error of the last one if none does.
-pub async fn connect_any(urls: &[&str], name: &str) -> Result<Connection> {
-    let mut result = connect(urls.first().copied().unwrap_or_default(), name).await;
+/// Connects to the first node of `amqp.url`, `amqp.fallback_urls` that answers (a
+/// cluster's nodes, in order), an amqps:// node's certificate checked against
+/// `amqp.tls_ca_file` when set; the error of the last one if none does.
+pub async fn connect_to(amqp: &AmqpSettings, name: &str) -> Result<Connection> {
+    // The settings refused a file they could not read.
+    let ca = amqp
+        .tls_ca_file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok());
+    let urls = amqp.urls();
+    let first = urls.first().copied().unwrap_or_default();
+    let mut result = connect_with(first, name, ca.as_deref()).await;
     for url in urls.iter().skip(1) {
         let Err(e) = &result else { break };
         tracing::debug!(error = %e, "a node of amqp.url / amqp.fallback_urls did not answer; trying the next");
-        result = connect(url, name).await;
+        result = connect_with(url, name, ca.as_deref()).await;
     }
     result
 }

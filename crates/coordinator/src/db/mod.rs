@@ -82,7 +82,7 @@ pub enum SetupError {
 /// it failed.
 pub async fn check_reachable(settings: &DatabaseSettings) -> Result<(), SetupError> {
     use sqlx::Connection;
-    let options: PgConnectOptions = settings.url.parse().map_err(SetupError::BadUrl)?;
+    let options: PgConnectOptions = settings.url.expose().parse().map_err(SetupError::BadUrl)?;
     let at = format!(
         "{}:{}/{}",
         options.get_host(),
@@ -108,7 +108,7 @@ pub async fn check_reachable(settings: &DatabaseSettings) -> Result<(), SetupErr
 /// A pool that connects on first use, so the service can start (and report not ready)
 /// while the database is down.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, SetupError> {
-    let options: PgConnectOptions = settings.url.parse().map_err(SetupError::BadUrl)?;
+    let options: PgConnectOptions = settings.url.expose().parse().map_err(SetupError::BadUrl)?;
     Ok(pool_with(settings, options))
 }
 
@@ -128,7 +128,7 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, SetupError> {
 /// abandoned transaction holds the service (or rows other coordinators need) forever;
 /// a statement that hits one fails as [`Fault::Transient`] and its work is retried.
 pub fn service_pool(settings: &DatabaseSettings) -> Result<PgPool, SetupError> {
-    let options: PgConnectOptions = settings.url.parse().map_err(SetupError::BadUrl)?;
+    let options: PgConnectOptions = settings.url.expose().parse().map_err(SetupError::BadUrl)?;
     // Named, so that pg_stat_activity tells the service's sessions apart.
     let options = options
         .application_name("coordinator")

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::amqp::publisher::{PublishError, Publisher};
 use crate::amqp::topology::{Declarer, TopologyError};
-use crate::amqp::{self, connect_any};
+use crate::amqp::{self, connect_to};
 use crate::clock::Clock;
 use crate::db::{self, read, store, Pool};
 use crate::domain::workflow::State;
@@ -176,7 +176,7 @@ impl<'a> Ops<'a> {
                 )));
             }
         }
-        let conn = connect_any(&self.settings.amqp.urls(), "coordinator-cli")
+        let conn = connect_to(&self.settings.amqp, "coordinator-cli")
             .await
             .map_err(|e| Error::Broker("; the agent is not registered", e))?;
         let declared = async {
@@ -401,7 +401,7 @@ impl<'a> Ops<'a> {
             None => false,
         };
         store::mark_replayed(&mut tx, dl.id, by, self.clock.now()).await?;
-        let conn = connect_any(&self.settings.amqp.urls(), "coordinator-cli")
+        let conn = connect_to(&self.settings.amqp, "coordinator-cli")
             .await
             .map_err(|e| Error::Broker("", e))?;
         let published = async {

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::topology::{Declarer, TopologyError};
-use crate::amqp::{connect_any, Connection};
+use crate::amqp::{connect_to, Connection};
 use crate::db::{self, Pool};
 use crate::service::inbox::{self, ConsumerError};
 use crate::service::partitions::Partitions;
@@ -73,7 +73,7 @@ impl<E: Into<anyhow::Error>> From<E> for SessionError {
 async fn session(shared: &Shared, shutdown: &CancellationToken) -> Result<(), SessionError> {
     use anyhow::Context;
     let cfg = &shared.settings.amqp;
-    let conn = connect_any(&cfg.urls(), &format!("coordinator {}", shared.instance))
+    let conn = connect_to(cfg, &format!("coordinator {}", shared.instance))
         .await
         .with_context(|| match cfg.fallback_urls.len() {
             0 => "could not connect to RabbitMQ (amqp.url)".to_string(),
@@ -126,7 +126,7 @@ async fn supervise(
     tokio::pin!(collecting);
     let mut collector_ended = false;
     let mut leases = Partitions::new(
-        &shared.settings.database.url,
+        shared.settings.database.url.expose(),
         &shared.instance,
         shared.settings.inbox.partitions,
     );
