@@ -24,6 +24,20 @@ What it does with what it receives (docs/agents.md, "Your queues"):
   fields it does not know are allowed by the schemas (contract section 12);
 - a copy of a message it has already taken (same header.message_id): acknowledged and
   skipped (delivery is at least once).
+
+Other roles' events (docs/security.md, "What an agent must check itself"): with
+`events=True` it consumes its events queue too. The broker copies an event there before
+the coordinator has judged it, so each is checked here first and dropped (acked,
+recorded in `refused_events`) if its AMQP `user_id` is not its sender (when
+`authenticated`: the broker vouches for `user_id`, the body is the sender's word), if it
+is more than 5 minutes old or a minute ahead, if it was seen before, or, given
+`sender_keys`, if its signature does not verify.
+
+Signatures (docs/security.md, docs/agents.md "Signing"): given `signing_key` (an
+Ed25519 private key) and its `key_id`, every envelope it publishes is signed; given
+`coordinator_key` (the coordinator's public key, `GET /keys`), every message the
+coordinator sends it must carry a signature that verifies, or it is dead-lettered
+like any message that breaks the contract.
 """
 
 from __future__ import annotations
@@ -38,8 +52,15 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+import base64
+
 import pika
 import pika.exceptions
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from jsonschema import Draft202012Validator, FormatChecker
 
 CONTRACT_VERSION = "1.1"
@@ -65,9 +86,93 @@ RECEIVED = {
 }
 CONSUMED = ("tasks", "commands")
 
+# The coordinator's freshness window (security.max_age, security.max_ahead).
+MAX_AGE = dt.timedelta(minutes=5)
+MAX_AHEAD = dt.timedelta(minutes=1)
+
+
+def event_problem(
+    message: dict[str, Any],
+    user_id: str | None,
+    authenticated: bool,
+    sender_keys: dict[str, dict[str, Ed25519PublicKey]] | None,
+    now: dt.datetime,
+) -> str | None:
+    """Why another agent's event must not be acted on (None if it may)."""
+    header = message.get("header") if isinstance(message, dict) else None
+    if not isinstance(header, dict):
+        return "no header"
+    source = (header.get("source") or {}).get("agent_id")
+    if authenticated and user_id != source:
+        return f"its AMQP user_id {user_id!r} is not its sender {source!r} (spoofed)"
+    try:
+        stamp = dt.datetime.fromisoformat(str(header.get("timestamp")).replace("Z", "+00:00"))
+    except ValueError:
+        return "its timestamp is not RFC 3339"
+    if now - stamp > MAX_AGE:
+        return f"stale: sent at {header.get('timestamp')}"
+    if stamp - now > MAX_AHEAD:
+        return f"from the future: sent at {header.get('timestamp')}"
+    if sender_keys is not None:
+        why = verify(message, sender_keys.get(source, {}))
+        if why is not None:
+            return why
+    return None
+
 
 class ContractError(Exception):
     """A received message that does not match the contract's schemas."""
+
+
+# --- signatures (docs/security.md) ------------------------------------------------------
+
+
+def signed_form(envelope: dict[str, Any]) -> bytes:
+    """The bytes a signature covers: the envelope without header.security.signature,
+    members sorted by key, no whitespace, non-ASCII as UTF-8."""
+    unsigned = json.loads(json.dumps(envelope))
+    security = unsigned.get("header", {}).get("security")
+    if isinstance(security, dict):
+        security.pop("signature", None)
+    return json.dumps(
+        unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def sign(envelope: dict[str, Any], key: Ed25519PrivateKey, key_id: str) -> None:
+    """Signs in place: header.security.key_id first (it is signed too), then the
+    signature over the signed form, standard base64."""
+    security = envelope["header"].setdefault("security", {})
+    security.pop("signature", None)
+    security["key_id"] = key_id
+    signature = key.sign(signed_form(envelope))
+    security["signature"] = base64.b64encode(signature).decode()
+
+
+def verify(envelope: dict[str, Any], keys: dict[str, Ed25519PublicKey]) -> str | None:
+    """Why the signature does not stand (None if it does), by the keys named by id."""
+    security = envelope.get("header", {}).get("security") or {}
+    signature, key_id = security.get("signature"), security.get("key_id")
+    if not isinstance(signature, str):
+        return "header.security.signature is missing"
+    key = keys.get(key_id) if isinstance(key_id, str) else None
+    if key is None:
+        return f"header.security.key_id {key_id!r} names no key this agent trusts"
+    try:
+        key.verify(base64.b64decode(signature), signed_form(envelope))
+    except (InvalidSignature, ValueError):
+        return f"the signature does not verify with key {key_id!r}"
+    return None
+
+
+def private_key(b64: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from standard base64 of its 32-byte seed."""
+    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(b64))
+
+
+def public_key(b64: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from standard base64 of its 32 bytes (`GET /keys`)."""
+    return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64))
 
 
 class SchemasNotFound(Exception):
@@ -163,8 +268,23 @@ class Agent:
         agent_type: str,
         amqp_url: str,
         schemas: str | Path | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
+        key_id: str | None = None,
+        coordinator_keys: dict[str, Ed25519PublicKey] | None = None,
+        events: bool = False,
+        authenticated: bool = False,
+        sender_keys: dict[str, dict[str, Ed25519PublicKey]] | None = None,
     ) -> None:
         self.agent_id = agent_id
+        # Connected as its own broker user: its publishes carry user_id, and so must
+        # the events it accepts.
+        self.authenticated = authenticated
+        self.sender_keys = sender_keys
+        self.consumed = CONSUMED + (("events",) if events else ())
+        # Why each event was dropped.
+        self.refused_events: list[str] = []
+        self.signing_key, self.key_id = signing_key, key_id
+        self.coordinator_keys = coordinator_keys
         self.agent_type = agent_type
         self.contract = Contract(schemas)
         self.connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
@@ -175,7 +295,7 @@ class Agent:
         self.channel.basic_qos(prefetch_count=PREFETCH)
         # Deliveries taken from the broker and not yet handed to the caller, per queue.
         self._waiting: dict[str, deque[tuple[int, dict[str, Any]]]] = {
-            kind: deque() for kind in CONSUMED
+            kind: deque() for kind in self.consumed
         }
         # Delivery tags of messages handed out and not yet acked, by message id.
         self._unacked: dict[str, int] = {}
@@ -224,8 +344,11 @@ class Agent:
             timestamp=int(stamp.timestamp()),
             delivery_mode=pika.DeliveryMode.Persistent,
             content_type="application/json",
+            user_id=self.agent_id if self.authenticated else None,
         )
         routing_key = f"{header['source']['agent_type']}.{header['message_type']}"
+        if self.signing_key is not None and self.key_id is not None:
+            sign(envelope, self.signing_key, self.key_id)
         self.channel.basic_publish(
             exchange="agent.topic",
             routing_key=routing_key,
@@ -291,7 +414,32 @@ class Agent:
             self.channel.basic_consume(
                 self.queue(kind), self._on_delivery(kind), auto_ack=False
             )
+        if "events" in self.consumed:
+            self.channel.basic_consume(self.queue("events"), self._on_event, auto_ack=False)
         self._consuming = True
+
+    def _on_event(self, channel, method, properties, body: bytes) -> None:
+        tag = method.delivery_tag
+        try:
+            message = json.loads(body)
+        except ValueError as e:
+            self._dead_letter(channel, tag, "events", f"not JSON ({e})")
+            return
+        why = event_problem(
+            message, properties.user_id, self.authenticated, self.sender_keys, _now()
+        )
+        if why is None:
+            message_id = message["header"].get("message_id")
+            if message_id in self._seen:
+                why = f"a copy of {message_id}, seen before"
+            else:
+                self._seen.add(message_id)
+        if why is not None:
+            channel.basic_ack(tag)
+            self.refused_events.append(why)
+            _log(f"{self.agent_id}: dropped an event: {why}")
+            return
+        self._waiting["events"].append((tag, message))
 
     def _on_delivery(self, kind: str) -> Callable[..., None]:
         def on_delivery(channel, method, _properties, body: bytes) -> None:
@@ -313,6 +461,11 @@ class Agent:
             except ContractError as e:
                 self._dead_letter(channel, tag, kind, str(e))
                 return
+            if self.coordinator_keys is not None:
+                why = verify(message, self.coordinator_keys)
+                if why is not None:
+                    self._dead_letter(channel, tag, kind, f"bad signature: {why}")
+                    return
             message_id = message["header"]["message_id"]
             if message_id in self._seen:
                 channel.basic_ack(tag)
@@ -332,8 +485,8 @@ class Agent:
     def next(self, kind: str, timeout: float) -> dict[str, Any] | None:
         """The next new message on its tasks or commands queue, validated; None if
         nothing came within the timeout. Ack it with `ack` once handled."""
-        if kind not in CONSUMED:
-            raise ValueError(f"{kind}: an agent consumes {' and '.join(CONSUMED)}")
+        if kind not in self.consumed:
+            raise ValueError(f"{kind}: this agent consumes {' and '.join(self.consumed)}")
         self._consume()
         deadline = time.monotonic() + timeout
         while not self._waiting[kind]:

@@ -53,6 +53,8 @@ pub struct AgentClient {
     /// The AMQP `user_id` every publish carries (the broker refuses one that is not the
     /// connection's user): set where senders are authenticated.
     user_id: Option<String>,
+    /// Signs every envelope it publishes (docs/agents.md).
+    signer: Option<protocol::signing::Signer>,
     conn: Connection,
     channel: Channel,
     consumers: Vec<(String, Consumer)>,
@@ -73,6 +75,7 @@ impl AgentClient {
             agent_id: agent_id.to_string(),
             agent_type: agent_type.to_string(),
             user_id: None,
+            signer: None,
             conn,
             channel,
             consumers: Vec::new(),
@@ -83,6 +86,13 @@ impl AgentClient {
     /// its own broker user does where sender authentication is on (docs/security.md).
     pub fn authenticated(mut self) -> Self {
         self.user_id = Some(self.agent_id.clone());
+        self
+    }
+
+    /// Signs every envelope it publishes with `key`, named `key_id` in
+    /// `header.security.key_id`.
+    pub fn signing(mut self, key: protocol::signing::SigningKey, key_id: &str) -> Self {
+        self.signer = Some(protocol::signing::Signer::new(key, key_id));
         self
     }
 
@@ -115,6 +125,10 @@ impl AgentClient {
     /// Publishes an envelope to `agent.topic` with matching AMQP properties.
     pub async fn publish(&self, env: &Envelope) -> Result<(), AgentError> {
         let body = serde_json::to_vec(env).map_err(|e| AgentError::NotConfirmed(e.to_string()))?;
+        let body = match &self.signer {
+            Some(s) => s.sign_body(&body).unwrap_or(body),
+            None => body,
+        };
         let key = env.agent_routing_key();
         let mut meta = env.meta(&key);
         meta.user_id = self.user_id.clone();

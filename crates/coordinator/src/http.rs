@@ -19,6 +19,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/keys", get(keys))
         .with_state(shared)
 }
 
@@ -30,6 +31,22 @@ pub async fn serve(
     axum::serve(listener, router(shared))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// The coordinator's public signing key: what agents verify its messages with.
+async fn keys(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let keys: Vec<serde_json::Value> = shared
+        .signer
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "key_id": s.key_id(),
+                "algorithm": "ed25519",
+                "public_key": protocol::signing::encode_public(&s.public_key()),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "keys": keys }))
 }
 
 async fn healthz() -> &'static str {

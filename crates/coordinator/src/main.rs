@@ -11,7 +11,7 @@ use coordinator::telemetry;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load().and_then(|s| s.refuse_plaintext().map(|()| s)) {
+    let settings = match Settings::load().and_then(|s| s.ready_to_start().map(|()| s)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {}", telemetry::error_chain(&e));

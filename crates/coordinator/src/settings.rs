@@ -13,10 +13,11 @@ use serde::Deserialize;
 use crate::domain::clocks;
 use crate::domain::escalation::{Ladder, Ladders};
 use crate::domain::sla::{ClockDurations, Severity};
-use crate::engine::{Processor, Security};
-pub use crate::secret::SecretUrl;
+use crate::engine::{Processor, Security, SignatureMode};
+pub use crate::secret::{Secret, SecretUrl};
 use protocol::catalog::{Catalog, RoleSpec};
 use protocol::envelope::Window;
+use protocol::signing::Signer;
 
 /// Environment variable naming the environment file to layer on the defaults.
 pub const ENV_VAR: &str = "COORDINATOR_ENV";
@@ -284,6 +285,17 @@ pub struct SecuritySettings {
     /// How often the chains' heads are recorded in the anchor chain.
     #[serde(with = "humantime_serde")]
     pub audit_anchor_interval: Duration,
+    /// Senders' signatures: `off`, `verify` (a bad or missing one is logged and counted,
+    /// the message applied) or `require` (refused: `bad_signature`,
+    /// `missing_signature`).
+    pub signatures: SignatureMode,
+    /// The coordinator's own Ed25519 private key (base64 of its 32-byte seed;
+    /// `coordinator key generate` makes one), from the environment
+    /// (`COORDINATOR__SECURITY__SIGNING_KEY`), never a file in a repository. With it,
+    /// everything the coordinator sends is signed; required when `signatures` is not
+    /// `off`.
+    #[serde(default)]
+    pub signing_key: Option<Secret>,
     /// Connect to RabbitMQ and PostgreSQL without TLS. Off in production, where
     /// `amqp://` and a database URL without `sslmode=require`/`verify-ca`/`verify-full`
     /// are refused ([`Settings::refuse_plaintext`]).
@@ -556,9 +568,25 @@ impl Settings {
         Ok(settings)
     }
 
+    /// What a command needs besides valid settings, checked when it starts (not when
+    /// settings are read, so that tools can read production's settings): no
+    /// plaintext where it is refused, a signing key where signatures are checked.
+    pub fn ready_to_start(&self) -> Result<(), SettingsError> {
+        self.refuse_plaintext()?;
+        if self.security.signatures != SignatureMode::Off && self.security.signing_key.is_none() {
+            return Err(SettingsError::Invalid {
+                key: "security.signing_key".into(),
+                problem: format!(
+                    "is not set, and security.signatures is {:?}: the coordinator signs what it sends; make a key with `coordinator key generate` and set COORDINATOR__SECURITY__SIGNING_KEY",
+                    self.security.signatures.as_str()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// With `security.allow_plaintext = false`: an error naming that setting if a
-    /// connection would travel unencrypted (checked when a command starts, not when
-    /// settings are read, so that tools can read production's settings).
+    /// connection would travel unencrypted.
     pub fn refuse_plaintext(&self) -> Result<(), SettingsError> {
         if self.security.allow_plaintext {
             return Ok(());
@@ -622,7 +650,17 @@ impl Settings {
             escalation_acknowledgers: s.escalation_acknowledgers.iter().cloned().collect(),
             emergency_resolvers: s.emergency_resolvers.iter().cloned().collect(),
             audit: s.audit,
+            signatures: s.signatures,
         }
+    }
+
+    /// The coordinator's signer (`security.signing_key`), if it has a key; the settings
+    /// refused a key that does not parse.
+    pub fn signer(&self) -> Option<std::sync::Arc<Signer>> {
+        let key =
+            protocol::signing::signing_key(self.security.signing_key.as_ref()?.expose()).ok()?;
+        let key_id = protocol::signing::default_key_id(&key.verifying_key());
+        Some(std::sync::Arc::new(Signer::new(key, key_id)))
     }
 
     fn validate_security(&self) -> Result<(), SettingsError> {
@@ -633,6 +671,15 @@ impl Settings {
         };
         if s.max_age.is_zero() {
             return Err(invalid("max_age", "must be above zero".into()));
+        }
+        if let Some(k) = &s.signing_key {
+            if let Err(e) = protocol::signing::signing_key(k.expose()) {
+                // Not the value: it is a secret.
+                return Err(invalid(
+                    "signing_key",
+                    format!("{e} (coordinator key generate makes one)"),
+                ));
+            }
         }
         if s.max_age >= self.retention.processed_messages {
             return Err(invalid(

@@ -33,6 +33,11 @@ async fn start_and_stop(env: &TestEnv, profile: Option<&str>, tls: Option<&TlsFr
             front.ca_file.display().to_string(),
         ));
         extra.push(("COORDINATOR__DATABASE__URL", front.pg_url(&env.db_name)));
+        // Production checks signatures, so it signs too: it needs its key.
+        extra.push((
+            "COORDINATOR__SECURITY__SIGNING_KEY",
+            protocol::signing::encode_private(&protocol::signing::generate()),
+        ));
     }
     let serve = Serve::spawn(env, &extra);
     serve.wait_ready().await;

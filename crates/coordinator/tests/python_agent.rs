@@ -110,6 +110,111 @@ async fn python_agents_copied_out_of_the_repo_take_a_feature_through_and_dead_le
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_agents_sign_with_cryptography_and_check_the_coordinators_signatures() {
+    use coordinator::engine::SignatureMode;
+    use protocol::signing;
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    settings.security.signatures = SignatureMode::Require;
+    settings.security.signing_key = Some(signing::encode_private(&signing::generate()).into());
+    let app = env.start_with(settings.clone()).await;
+    let ops =
+        coordinator::service::ops::Ops::new(&settings, &env.pool, &coordinator::clock::SystemClock);
+    let mut seeds = Vec::new();
+    for (id, role) in [
+        ("product-py", "product-director"),
+        ("eng-py", "engineering-director"),
+    ] {
+        let key = signing::generate();
+        ops.add_agent(id, role, "test").await.expect("agent add");
+        ops.add_agent_key(
+            id,
+            &signing::encode_public(&key.verifying_key()),
+            Some(&format!("{id}-1")),
+            None,
+            "test",
+        )
+        .await
+        .expect("key add");
+        seeds.push(signing::encode_private(&key));
+    }
+    let copy = CopiedExample::new();
+    let http = format!("http://{}", app.http);
+    let out = run_python(
+        &copy.dir.join("signed.py"),
+        &[
+            "--amqp-url",
+            &env.amqp_url,
+            "--http",
+            &http,
+            "--workflow",
+            "wf-py-signed",
+            "--product-key",
+            &seeds[0],
+            "--eng-key",
+            &seeds[1],
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", show(&out));
+    env.wait_state("wf-py-signed", "in_development").await;
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM dead_letters WHERE reason IN ('missing_signature', 'bad_signature') AND source_agent_id = 'eng-py'"
+        )
+        .await,
+        2,
+        "the unsigned and the wrongly signed message are kept"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_agent_drops_spoofed_and_stale_events_and_takes_the_genuine_one() {
+    let env = TestEnv::new().await;
+    let mut settings = env.settings();
+    settings.security.authenticate_senders = true;
+    let app = env.start_with(settings.clone()).await;
+    let ops =
+        coordinator::service::ops::Ops::new(&settings, &env.pool, &coordinator::clock::SystemClock);
+    let mut urls = Vec::new();
+    for (id, role) in [("qa-py", "qa-director"), ("eng-py", "engineering-director")] {
+        ops.add_agent(id, role, "test").await.expect("agent add");
+        env.delete_user_on_drop(id);
+        let password = ops
+            .add_agent_credentials(id, role, "test")
+            .await
+            .expect("credentials");
+        urls.push(env.amqp_url_as(id, &password));
+    }
+    let copy = CopiedExample::new();
+    let out = run_python(
+        &copy.dir.join("events.py"),
+        &[
+            "--qa-url",
+            &urls[0],
+            "--eng-url",
+            &urls[1],
+            "--spoof-url",
+            &env.amqp_url,
+            "--workflow",
+            "wf-py-events",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", show(&out));
+    // The coordinator refused the same two the agent dropped.
+    for reason in ["unauthenticated", "stale"] {
+        env.wait_count(
+            &format!("SELECT count(*) FROM dead_letters WHERE reason = '{reason}'"),
+            1,
+        )
+        .await;
+    }
+    app.stop().await;
+}
+
 /// `examples/python/` copied to a fresh folder outside the repository, with the
 /// contract's schemas beside it as `schemas/` (where the agent looks first after its
 /// argument and COORDINATOR_SCHEMAS); removed on drop.
@@ -120,7 +225,12 @@ struct CopiedExample {
 impl CopiedExample {
     fn new() -> CopiedExample {
         let dir = std::env::temp_dir().join(format!("coordinator-agent-{}", uuid::Uuid::new_v4()));
-        for name in ["coordinator_agent.py", "interop.py"] {
+        for name in [
+            "coordinator_agent.py",
+            "interop.py",
+            "signed.py",
+            "events.py",
+        ] {
             std::fs::create_dir_all(&dir).expect("a temporary folder");
             std::fs::copy(root().join("examples/python").join(name), dir.join(name))
                 .expect("the example copies");

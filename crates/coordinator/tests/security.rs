@@ -195,6 +195,8 @@ async fn an_agent_with_its_own_broker_user_is_applied_and_can_neither_pose_as_no
                     agent_id: id.clone(),
                     agent_type: role.into(),
                     credentials: true,
+                    public_key: None,
+                    key_id: None,
                     by: "alice".into(),
                 },
             },

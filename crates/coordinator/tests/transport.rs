@@ -54,7 +54,14 @@ async fn the_service_runs_over_amqps_and_verify_full_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_refuses_plaintext_urls_naming_the_setting() {
     let env = TestEnv::new().await;
-    let serve = Serve::spawn(&env, &[("COORDINATOR_ENV", "production".to_string())]);
+    let key = protocol::signing::encode_private(&protocol::signing::generate());
+    let serve = Serve::spawn(
+        &env,
+        &[
+            ("COORDINATOR_ENV", "production".to_string()),
+            ("COORDINATOR__SECURITY__SIGNING_KEY", key),
+        ],
+    );
     let (code, log) = serve.wait_exit().await;
     assert_eq!(code, Some(2), "{log}");
     assert!(

@@ -10,6 +10,7 @@
 //! - [`catalog`]: roles, what each may publish and subscribes to.
 //! - [`names`]: exchanges, queues, routing keys and the coordinator's message types.
 //! - [`severity`]: escalation severities.
+//! - [`signing`]: Ed25519 signatures over an envelope's signed form.
 //! - [`canonical`]: the canonical JSON form that hashes and signatures are computed over.
 
 pub mod canonical;
@@ -19,3 +20,4 @@ pub mod names;
 pub mod payloads;
 pub mod reject;
 pub mod severity;
+pub mod signing;

@@ -51,6 +51,12 @@ pub enum Reason {
     Unauthorized,
     /// The message id was already used by a different sender.
     DuplicateIdConflict,
+    /// Signatures are required (`security.signatures = "require"`) and
+    /// `header.security.signature` is absent.
+    MissingSignature,
+    /// The signature does not verify with the key `header.security.key_id` names among
+    /// the sender's registered keys (or names none of them).
+    BadSignature,
     /// The database refused to store what the message asked for, on every attempt
     /// (a value out of range, or too long for an index): the message is set aside so
     /// that the rest of the inbox flows.
@@ -58,7 +64,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 24] = [
         Reason::MalformedJson,
         Reason::MissingField,
         Reason::InvalidField,
@@ -80,6 +86,8 @@ impl Reason {
         Reason::Unauthenticated,
         Reason::Unauthorized,
         Reason::DuplicateIdConflict,
+        Reason::MissingSignature,
+        Reason::BadSignature,
         Reason::ProcessingFailed,
     ];
 
@@ -106,6 +114,8 @@ impl Reason {
             Reason::Unauthenticated => "unauthenticated",
             Reason::Unauthorized => "unauthorized",
             Reason::DuplicateIdConflict => "duplicate_id_conflict",
+            Reason::MissingSignature => "missing_signature",
+            Reason::BadSignature => "bad_signature",
             Reason::ProcessingFailed => "processing_failed",
         }
     }

@@ -325,7 +325,7 @@ impl Coordinator {
             None => cmd.env_remove(coordinator::settings::ENV_VAR),
             Some(e) => cmd.env(coordinator::settings::ENV_VAR, e),
         };
-        cmd.envs(overrides.iter().copied());
+        cmd.envs(overrides);
         let child = cmd
             .spawn()
             .with_context(|| format!("could not start {}", bin.display()))?;
@@ -380,34 +380,43 @@ impl Coordinator {
 pub const PRODUCTION_OPEN: &str = "production-open";
 
 /// Production as the bench runs it: this machine's broker and database speak plain
-/// TCP on loopback (TLS is not what the bench measures).
-const PRODUCTION: &[(&str, &str)] = &[("COORDINATOR__SECURITY__ALLOW_PLAINTEXT", "true")];
+/// TCP on loopback (TLS is not what the bench measures), and the coordinator signs
+/// with a key made for the run.
+fn production() -> Vec<(&'static str, String)> {
+    vec![
+        ("COORDINATOR__SECURITY__ALLOW_PLAINTEXT", "true".into()),
+        (
+            "COORDINATOR__SECURITY__SIGNING_KEY",
+            protocol::signing::encode_private(&protocol::signing::generate()),
+        ),
+    ]
+}
 
 /// What `PRODUCTION_OPEN` turns off, as the coordinator's environment variables.
 const SECURITY_OFF: &[(&str, &str)] = &[
-    ("COORDINATOR__SECURITY__ALLOW_PLAINTEXT", "true"),
     ("COORDINATOR__SECURITY__AUDIT", "false"),
     ("COORDINATOR__SECURITY__AUTHENTICATE_SENDERS", "false"),
+    ("COORDINATOR__SECURITY__SIGNATURES", "off"),
 ];
 
 /// A profile's settings environment (`COORDINATOR_ENV`) and the variables it sets
 /// over it.
-pub(crate) fn profile_env(
-    profile: &str,
-) -> (
-    Option<&'static str>,
-    &'static [(&'static str, &'static str)],
-) {
+pub(crate) fn profile_env(profile: &str) -> (Option<&'static str>, Vec<(&'static str, String)>) {
     match profile {
-        "default" => (None, &[]),
-        PRODUCTION_OPEN => (Some("production"), SECURITY_OFF),
-        _ => (Some("production"), PRODUCTION),
+        "default" => (None, Vec::new()),
+        PRODUCTION_OPEN => {
+            let mut vars = production();
+            vars.extend(SECURITY_OFF.iter().map(|(k, v)| (*k, v.to_string())));
+            (Some("production"), vars)
+        }
+        _ => (Some("production"), production()),
     }
 }
 
 fn settings_for(opts: &Options, profile: &str, fresh: &Fresh) -> anyhow::Result<Settings> {
     let (env, overrides) = profile_env(profile);
-    let mut s = Settings::load_with(&opts.config_dir, env, overrides)?;
+    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut s = Settings::load_with(&opts.config_dir, env, &overrides)?;
     s.database.url = fresh.db_url().into();
     s.amqp.url = fresh.amqp_url().into();
     Ok(s)

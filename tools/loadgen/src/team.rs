@@ -68,21 +68,33 @@ pub async fn register(
 ) -> Result<Logins, coordinator::service::ops::Error> {
     let ops = coordinator::service::ops::Ops::new(settings, pool, &coordinator::clock::SystemClock);
     let mut logins = Logins::default();
+    let signed = settings.security.signatures != coordinator::engine::SignatureMode::Off;
     for (id, role) in agents(per_role) {
         ops.add_agent(&id, role, "loadgen").await?;
         if settings.security.authenticate_senders {
             let password = ops.add_agent_credentials(&id, role, "loadgen").await?;
-            logins.own.insert(id, password);
+            logins.own.insert(id.clone(), password);
+        }
+        if signed {
+            let key = protocol::signing::generate();
+            let public = protocol::signing::encode_public(&key.verifying_key());
+            let (key_id, _) = ops
+                .add_agent_key(&id, &public, None, None, "loadgen")
+                .await?;
+            let signer = protocol::signing::Signer::new(key, key_id);
+            logins.keys.insert(id, Arc::new(signer));
         }
     }
     Ok(logins)
 }
 
 /// How the team's agents log in to the broker: all as the URL's user, or each as its
-/// own broker user, publishing with the AMQP `user_id` set to its agent id.
+/// own broker user, publishing with the AMQP `user_id` set to its agent id; and, where
+/// signatures are checked, the key each signs with.
 #[derive(Debug, Clone, Default)]
 pub struct Logins {
     own: std::collections::HashMap<String, String>,
+    keys: std::collections::HashMap<String, Arc<protocol::signing::Signer>>,
 }
 
 impl Logins {
@@ -94,8 +106,12 @@ impl Logins {
         }
     }
 
-    fn authenticated(&self, id: &str) -> bool {
-        self.own.contains_key(id)
+    /// How agent `id` publishes.
+    fn voice(&self, id: &str) -> Voice {
+        Voice {
+            authenticated: self.own.contains_key(id),
+            signer: self.keys.get(id).cloned(),
+        }
     }
 
     /// Deletes the agents' own broker users (users are not per vhost: they outlive it).
@@ -207,7 +223,7 @@ impl Team {
         {
             let id = agent_id(role, k);
             let conn = connect(&logins.url(url, &id), &id).await?;
-            let authenticated = logins.authenticated(&id);
+            let voice = logins.voice(&id);
             let ch = confirm_channel(&conn).await?;
             ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
             let consumer = consume(&ch, &queues::tasks(&id), &id).await?;
@@ -216,7 +232,7 @@ impl Team {
                 agent_id: id.clone(),
                 k,
                 per_role,
-                authenticated,
+                voice: voice.clone(),
             };
             let finished = (role == PRODUCT).then(|| done.clone());
             team.tasks.push(tokio::spawn(serve_tasks(
@@ -234,7 +250,7 @@ impl Team {
                 team.tasks.push(tokio::spawn(starter(
                     ch,
                     id.clone(),
-                    authenticated,
+                    voice,
                     rx,
                     rec.clone(),
                 )));
@@ -294,8 +310,14 @@ struct Me {
     agent_id: String,
     k: usize,
     per_role: usize,
-    /// Connected as its own broker user: publishes carry `user_id`.
-    authenticated: bool,
+    voice: Voice,
+}
+
+/// How an agent publishes: with `user_id` (connected as its own broker user), signed.
+#[derive(Debug, Clone, Default)]
+pub struct Voice {
+    pub authenticated: bool,
+    pub signer: Option<Arc<protocol::signing::Signer>>,
 }
 
 async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
@@ -315,19 +337,23 @@ async fn consume(ch: &Channel, queue: &str, tag: &str) -> Result<Consumer, lapin
 }
 
 /// Publishes as an agent does: `agent.topic`, `{agent_type}.{message_type}`, persistent,
-/// properties repeating the header; `authenticated`, with `user_id` the sending agent
-/// (connected as its own broker user).
+/// properties repeating the header; as `voice` says: with `user_id` the sending agent
+/// (connected as its own broker user), signed.
 pub async fn publish(
     channel: &Channel,
     env: &Envelope,
-    authenticated: bool,
+    voice: &Voice,
 ) -> Result<PublisherConfirm, lapin::Error> {
     let body = serde_json::to_vec(env).map_err(|e| {
         lapin::Error::IOError(std::sync::Arc::new(std::io::Error::other(e.to_string())))
     })?;
+    let body = match &voice.signer {
+        Some(s) => s.sign_body(&body).unwrap_or(body),
+        None => body,
+    };
     let key = env.agent_routing_key();
     let mut meta = env.meta(&key);
-    if authenticated {
+    if voice.authenticated {
         meta.user_id = Some(env.header.source.agent_id.clone());
     }
     channel
@@ -430,7 +456,7 @@ async fn handle_task(
             Utc::now(),
         );
         e.header.message_id = reply_id(&env.header.message_id, reply);
-        match publish(channel, &e, me.authenticated).await {
+        match publish(channel, &e, &me.voice).await {
             Ok(confirm) => confirms.push(confirm),
             Err(_) => Counters::inc(&c.publish_failures),
         }
@@ -461,7 +487,7 @@ pub fn reply_id(task_message_id: &str, reply: &str) -> String {
 async fn starter(
     channel: Channel,
     agent_id: String,
-    authenticated: bool,
+    voice: Voice,
     mut rx: mpsc::UnboundedReceiver<String>,
     rec: Arc<Recorder>,
 ) {
@@ -475,7 +501,7 @@ async fn starter(
                 let t = now_ns();
                 let data = json!({"epic_id": format!("EPIC-{wf}"), "title": "bench", "t": t, "t0": t});
                 let e = Envelope::from_agent(&agent_id, PRODUCT, "requirements_ready", &wf, data, Utc::now());
-                match publish(&channel, &e, authenticated).await {
+                match publish(&channel, &e, &voice).await {
                     Ok(confirm) => pending.push(async move { (wf, confirm.await) }),
                     Err(_) => Counters::inc(&c.publish_failures),
                 }

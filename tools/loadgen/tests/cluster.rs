@@ -108,6 +108,7 @@ async fn two_coordinators_on_three_nodes_lose_nothing_when_the_busiest_node_stop
                     ("COORDINATOR__LOG__FORMAT", "text".to_string()),
                     // The cluster of its own speaks plain AMQP on loopback.
                     ("COORDINATOR__SECURITY__ALLOW_PLAINTEXT", "true".to_string()),
+                    ("COORDINATOR__SECURITY__SIGNATURES", "off".to_string()),
                     ("COORDINATOR__AMQP__URL", urls[i].clone()),
                     ("COORDINATOR__AMQP__FALLBACK_URLS", fallbacks.join(",")),
                     (
@@ -127,6 +128,7 @@ async fn two_coordinators_on_three_nodes_lose_nothing_when_the_busiest_node_stop
     production.database.url = env.db_url.clone().into();
     production.amqp.url = urls[0].clone().into();
     production.security.authenticate_senders = false;
+    production.security.signatures = coordinator::engine::SignatureMode::Off;
     let per_role = 2;
     let logins = team::register(&production, &env.pool, per_role)
         .await

@@ -19,6 +19,8 @@ pub struct Publisher {
     channel: Channel,
     /// The longest the broker may take to confirm a message (`amqp.confirm_timeout`).
     confirm_timeout: Duration,
+    /// Signs each outbox message as it is sent (the coordinator's key).
+    signer: Option<std::sync::Arc<protocol::signing::Signer>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +58,14 @@ impl Publisher {
         Ok(Publisher {
             channel,
             confirm_timeout,
+            signer: None,
         })
+    }
+
+    /// Signs every outbox message it sends with `signer` (none: sends them as stored).
+    pub fn signed_by(mut self, signer: Option<std::sync::Arc<protocol::signing::Signer>>) -> Self {
+        self.signer = signer;
+        self
     }
 
     /// Publishes every message, then awaits every confirm. `attempts` gives each row's
@@ -78,6 +87,8 @@ impl Publisher {
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         for row in rows {
             let m = &row.message;
+            let signed = self.signer.as_ref().and_then(|s| s.sign_body(&m.body));
+            let body = signed.as_deref().unwrap_or(&m.body);
             let meta = DeliveryMeta {
                 routing_key: m.routing_key.clone(),
                 message_id: Some(m.message_id.clone()),
@@ -98,7 +109,7 @@ impl Publisher {
                         mandatory: true,
                         ..Default::default()
                     },
-                    &m.body,
+                    body,
                     properties(&meta),
                 )
                 .await?;

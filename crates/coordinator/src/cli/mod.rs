@@ -85,6 +85,21 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The coordinator's own signing key
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a new Ed25519 private key for security.signing_key, and print it with its
+    /// public key (nothing is stored)
+    Generate,
+    /// The public key and key id of the configured security.signing_key: what agents
+    /// verify the coordinator's messages with (also GET /keys)
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +124,41 @@ pub enum AgentCommand {
         /// queues and publish only its role's routing keys on agent.topic
         #[arg(long)]
         credentials: bool,
+        /// Register the agent's Ed25519 public key (base64 of its 32 bytes), which its
+        /// messages are signed with (docs/agents.md)
+        #[arg(long, value_name = "BASE64")]
+        public_key: Option<String>,
+        /// The key's name, which the agent puts in header.security.key_id (default:
+        /// ed25519- and the key's first 8 bytes in hex)
+        #[arg(long, requires = "public_key")]
+        key_id: Option<String>,
+        /// Who (recorded in the audit log; default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
+    },
+    /// Give an agent a new public key; its previous key stays valid until retired (or
+    /// until the next rotation), older ones are retired now
+    #[command(name = "rotate-key")]
+    RotateKey {
+        /// The agent's id
+        agent_id: String,
+        /// The new Ed25519 public key (base64 of its 32 bytes)
+        #[arg(long, value_name = "BASE64")]
+        public_key: String,
+        /// The new key's name (default: ed25519- and the key's first 8 bytes in hex)
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Who (recorded in the audit log; default: $USER)
+        #[arg(long, default_value_t = operator())]
+        by: String,
+    },
+    /// Retire one of an agent's keys: messages signed with it are refused from now on
+    #[command(name = "retire-key")]
+    RetireKey {
+        /// The agent's id
+        agent_id: String,
+        /// The key's name (header.security.key_id)
+        key_id: String,
         /// Who (recorded in the audit log; default: $USER)
         #[arg(long, default_value_t = operator())]
         by: String,
@@ -404,11 +454,39 @@ fn since_parser(s: &str) -> Result<DateTime<Utc>, String> {
 /// Runs one of the non-serve commands, returning what to print. The state-changing ones
 /// are operator use cases (`service::ops`); this only parses and prints.
 pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String> {
+    if let Command::Key { command } = &command {
+        return key(settings, command);
+    }
     let pool = db::pool(&settings.database)?;
     db::check_reachable(&settings.database).await?;
     let result = run_on(settings, &pool, command).await;
     db::close(&pool).await;
     result
+}
+
+/// `coordinator key …`: needs neither the database nor the broker.
+fn key(settings: &Settings, command: &KeyCommand) -> anyhow::Result<String> {
+    match command {
+        KeyCommand::Show => match settings.signer() {
+            Some(signer) => Ok(format!(
+                "key_id: {}\npublic_key: {}\nalgorithm: ed25519\n",
+                signer.key_id(),
+                protocol::signing::encode_public(&signer.public_key())
+            )),
+            None => Err(usage(
+                "security.signing_key is not set: make one with `coordinator key generate` and set COORDINATOR__SECURITY__SIGNING_KEY",
+            )),
+        },
+        KeyCommand::Generate => {
+            let key = protocol::signing::generate();
+            Ok(format!(
+                "private key (set it as COORDINATOR__SECURITY__SIGNING_KEY, keep it in your secret store; it is shown once):\n{}\npublic key (give it to agents; key id {}):\n{}\n",
+                protocol::signing::encode_private(&key),
+                protocol::signing::default_key_id(&key.verifying_key()),
+                protocol::signing::encode_public(&key.verifying_key())
+            ))
+        }
+    }
 }
 
 async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow::Result<String> {
@@ -426,6 +504,8 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 agent_id,
                 agent_type,
                 credentials,
+                public_key,
+                key_id,
                 by,
             } => {
                 let added = ops.add_agent(&agent_id, &agent_type, &by).await?;
@@ -433,6 +513,15 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                     "{} agent {agent_id} ({agent_type}); queues agent.{agent_id}.tasks, .commands, .events declared\n",
                     if added.created { "registered" } else { "already registered:" }
                 );
+                if let Some(key) = public_key {
+                    let (key_id, _) = ops
+                        .add_agent_key(&agent_id, &key, key_id.as_deref(), None, &by)
+                        .await?;
+                    let _ = writeln!(
+                        out,
+                        "public key {key_id} registered: the agent puts \"key_id\": \"{key_id}\" in header.security"
+                    );
+                }
                 if credentials {
                     let password = ops.add_agent_credentials(&agent_id, &agent_type, &by).await?;
                     let _ = writeln!(
@@ -449,6 +538,34 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                     "agent {agent_id}: {}; {}\n",
                     if removed.user_deleted { "broker user deleted (its connections closed)" } else { "had no broker user" },
                     if removed.registered { "registration deleted (its queues stay)" } else { "was not registered" }
+                ))
+            }
+            AgentCommand::RotateKey {
+                agent_id,
+                public_key,
+                key_id,
+                by,
+            } => {
+                let (key_id, retired) = ops
+                    .add_agent_key(&agent_id, &public_key, key_id.as_deref(), Some(2), &by)
+                    .await?;
+                Ok(format!(
+                    "agent {agent_id}: key {key_id} added; its previous key stays valid until `coordinator agent retire-key {agent_id} <key_id>`{}\n",
+                    if retired.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; retired: {}", retired.join(", "))
+                    }
+                ))
+            }
+            AgentCommand::RetireKey {
+                agent_id,
+                key_id,
+                by,
+            } => {
+                ops.retire_agent_key(&agent_id, &key_id, &by).await?;
+                Ok(format!(
+                    "agent {agent_id}: key {key_id} retired; messages signed with it are refused\n"
                 ))
             }
             AgentCommand::List => list_agents(&pool).await,
@@ -545,6 +662,7 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
             }
             EmergencyCommand::Show { id } => oncall::show(&pool, &id).await,
         },
+        Command::Key { command } => key(settings, &command),
         Command::Audit {
             command: AuditCommand::Verify,
         } => match crate::service::audit::verify(&pool).await? {

@@ -68,6 +68,64 @@ pub async fn delete_agent(conn: &mut PgConnection, agent_id: &str) -> super::Res
     Ok(res.rows_affected() == 1)
 }
 
+/// Adds a public key to an agent (replacing a key of the same id), and tells every
+/// running coordinator. False if the agent is not registered.
+pub async fn add_agent_key(
+    conn: &mut PgConnection,
+    agent_id: &str,
+    key_id: &str,
+    public_key: &[u8],
+    by: &str,
+) -> super::Result<bool> {
+    let res = sqlx::query(
+        "INSERT INTO agent_keys (agent_id, key_id, public_key, added_by)
+         SELECT agent_id, $2, $3, $4 FROM agents WHERE agent_id = $1
+         ON CONFLICT (agent_id, key_id) DO UPDATE SET public_key = excluded.public_key,
+             added_at = now(), added_by = excluded.added_by",
+    )
+    .bind(agent_id)
+    .bind(key_id)
+    .bind(public_key)
+    .bind(by)
+    .execute(&mut *conn)
+    .await?;
+    notify_agents(conn).await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Retires an agent's keys: those named, or (`keep_newest`) all but the newest
+/// `keep_newest`. The ids retired.
+pub async fn retire_agent_keys(
+    conn: &mut PgConnection,
+    agent_id: &str,
+    named: Option<&str>,
+    keep_newest: i64,
+) -> super::Result<Vec<String>> {
+    let retired: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM agent_keys WHERE agent_id = $1 AND ($2::text IS NULL OR key_id = $2)
+           AND ($2::text IS NOT NULL OR key_id NOT IN (
+                SELECT key_id FROM agent_keys WHERE agent_id = $1
+                ORDER BY added_at DESC, key_id DESC LIMIT $3))
+         RETURNING key_id",
+    )
+    .bind(agent_id)
+    .bind(named)
+    .bind(keep_newest)
+    .fetch_all(&mut *conn)
+    .await?;
+    notify_agents(conn).await?;
+    Ok(retired)
+}
+
+/// Every agent's public keys: (agent id, key id, key bytes).
+pub async fn agent_keys(conn: &mut PgConnection) -> super::Result<Vec<(String, String, Vec<u8>)>> {
+    Ok(sqlx::query_as(
+        "SELECT agent_id, key_id, public_key FROM agent_keys ORDER BY agent_id, added_at",
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 /// The LISTEN/NOTIFY channel agent caches reload on.
 pub const AGENTS_CHANNEL: &str = "coordinator_agents";
 

@@ -5,14 +5,33 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Agent id → agent type, and agents by role.
+use protocol::signing::VerifyingKey;
+
+/// Agent id → agent type, agents by role, and each agent's public keys (key id, key).
 #[derive(Debug, Clone, Default)]
 pub struct Agents {
     by_id: HashMap<String, String>,
     by_role: HashMap<String, Vec<String>>,
+    keys: HashMap<String, Vec<(String, VerifyingKey)>>,
 }
 
 impl Agents {
+    /// With the agents' public keys: (agent id, key id, key).
+    pub fn with_keys(
+        mut self,
+        keys: impl IntoIterator<Item = (String, String, VerifyingKey)>,
+    ) -> Agents {
+        for (agent, key_id, key) in keys {
+            self.keys.entry(agent).or_default().push((key_id, key));
+        }
+        self
+    }
+
+    /// The keys a message from `agent_id` may be signed with.
+    pub fn keys_of(&self, agent_id: &str) -> &[(String, VerifyingKey)] {
+        self.keys.get(agent_id).map_or(&[], Vec::as_slice)
+    }
+
     pub fn from_rows(rows: impl IntoIterator<Item = (String, String)>) -> Agents {
         let mut a = Agents::default();
         for (id, ty) in rows {

@@ -28,13 +28,19 @@ fn listed(roles: &std::collections::BTreeSet<String>) -> String {
 
 impl Batch<'_> {
     /// Applies one input (in delivery order), audited when the batch audits.
-    pub fn apply(&mut self, input: Input<'_>, checked: Checked) -> Processed {
-        let Some(_) = self.audit else {
-            return self.apply_checked(input, checked);
-        };
-        let seen = Seen::of(input, &checked);
-        let p = self.apply_checked(input, checked);
-        if let Some(entries) = &mut self.audit {
+    pub fn apply(&mut self, input: Input<'_>, mut checked: Checked) -> Processed {
+        let bad_signature = checked.bad_signature.take();
+        let seen = self.audit.is_some().then(|| Seen::of(input, &checked));
+        let mut p = self.apply_checked(input, checked);
+        if let Some(rej) = bad_signature {
+            tracing::warn!(
+                reason = %rej.reason,
+                detail = %rej.detail,
+                "a message's signature does not stand; applied all the same (security.signatures = \"verify\")"
+            );
+            p.bad_signature = true;
+        }
+        if let (Some(entries), Some(seen)) = (&mut self.audit, seen) {
             entries.push(seen.entry(&p));
         }
         p

@@ -39,6 +39,7 @@ use protocol::catalog::Catalog;
 use protocol::envelope::{self, DeliveryMeta, Envelope, Limits, Window};
 use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
 use protocol::reject::{Reason, Rejected};
+use protocol::signing::SignatureError;
 
 use crate::domain::escalation::Ladders;
 use crate::domain::sla::ClockDurations;
@@ -94,6 +95,9 @@ pub struct Processed {
     pub detail: Option<String>,
     /// What an escalation acknowledgement did.
     pub acknowledged: Option<Acknowledged>,
+    /// Applied although its signature is missing or bad (`security.signatures =
+    /// "verify"`).
+    pub bad_signature: bool,
 }
 
 impl Processed {
@@ -103,6 +107,7 @@ impl Processed {
             transition: None,
             detail: None,
             acknowledged: None,
+            bad_signature: false,
         }
     }
 }
@@ -130,6 +135,9 @@ pub struct Checked {
     pub sender: Option<String>,
     pub envelope: Result<Envelope, Rejected>,
     pub trusted: bool,
+    /// With `security.signatures = "verify"`: why the signature would have been
+    /// refused (the message is applied all the same).
+    pub bad_signature: Option<Rejected>,
 }
 
 impl Checked {
@@ -149,10 +157,35 @@ pub struct Processor {
     pub security: Security,
 }
 
+/// How senders' signatures are checked (`security.signatures`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureMode {
+    /// Not checked.
+    #[default]
+    Off,
+    /// Checked; a missing or bad signature is logged and counted, and the message
+    /// applied all the same (while agents are being given keys).
+    Verify,
+    /// A missing or bad signature is refused (`missing_signature`, `bad_signature`).
+    Require,
+}
+
+impl SignatureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureMode::Off => "off",
+            SignatureMode::Verify => "verify",
+            SignatureMode::Require => "require",
+        }
+    }
+}
+
 /// What `[security]` asks of every delivery and of the acknowledgements and
 /// resolutions it authorises (docs/security.md).
 #[derive(Debug, Clone, Default)]
 pub struct Security {
+    pub signatures: SignatureMode,
     pub window: Window,
     pub authenticate_senders: bool,
     /// The coordinator's own broker user: an operator's replay of a dead letter, which
@@ -166,6 +199,47 @@ pub struct Security {
 }
 
 impl Security {
+    /// The sender's signature, by the keys registered for it (`Ok` when signatures
+    /// are off, and for an operator's replay).
+    fn signature(
+        &self,
+        body: &[u8],
+        env: &Envelope,
+        meta: &DeliveryMeta,
+        keys: &Agents,
+    ) -> Result<(), Rejected> {
+        if self.signatures == SignatureMode::Off || self.is_operator_replay(meta) {
+            return Ok(());
+        }
+        let agent = &env.header.source.agent_id;
+        let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let registered = keys.keys_of(agent);
+        let verified =
+            protocol::signing::verify(&value, registered.iter().map(|(id, k)| (id.as_str(), k)));
+        match verified {
+            Ok(_) => Ok(()),
+            Err(SignatureError::Missing) => Err(Rejected::new(
+                Reason::MissingSignature,
+                "header.security.signature is missing and signatures are checked (docs/agents.md shows how to sign)",
+            )),
+            Err(e) => Err(Rejected::new(
+                Reason::BadSignature,
+                format!(
+                    "{e}; keys registered for {agent}: {}",
+                    if registered.is_empty() {
+                        "none (coordinator agent add --public-key)".to_string()
+                    } else {
+                        registered
+                            .iter()
+                            .map(|(id, _)| id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            )),
+        }
+    }
+
     /// The checks a delivery that passed validation still faces.
     fn check(
         &self,
@@ -191,25 +265,37 @@ impl Security {
 }
 
 impl Processor {
-    /// The pure checks of one input.
-    pub fn check(&self, input: Input<'_>, now: DateTime<Utc>) -> Checked {
+    /// The pure checks of one input; `keys` holds the senders' public keys.
+    pub fn check(&self, input: Input<'_>, now: DateTime<Utc>, keys: &Agents) -> Checked {
         match input {
             Input::Operator(env) => Checked {
                 message_id: Some(env.header.message_id.clone()),
                 sender: None,
                 envelope: Ok(env.clone()),
                 trusted: true,
+                bad_signature: None,
             },
             Input::Delivery(d) => {
+                let mut bad_signature = None;
                 let valid =
                     envelope::validate_within(d.body, d.meta, &self.catalog, &self.limits, now)
-                        .and_then(|env| self.security.check(&env, d.meta, now).map(|()| env));
+                        .and_then(|env| self.security.check(&env, d.meta, now).map(|()| env))
+                        .and_then(|env| {
+                            match self.security.signature(d.body, &env, d.meta, keys) {
+                                Err(rej) if self.security.signatures == SignatureMode::Verify => {
+                                    bad_signature = Some(rej);
+                                    Ok(env)
+                                }
+                                r => r.map(|()| env),
+                            }
+                        });
                 match valid {
                     Ok(env) => Checked {
                         message_id: Some(env.header.message_id.clone()),
                         sender: Some(env.header.source.agent_id.clone()),
                         envelope: Ok(env),
                         trusted: false,
+                        bad_signature,
                     },
                     Err(rej) => {
                         // Only a rejected body is read a second time, for its ids.
@@ -223,6 +309,7 @@ impl Processor {
                             sender,
                             envelope: Err(rej),
                             trusted: false,
+                            bad_signature: None,
                         }
                     }
                 }

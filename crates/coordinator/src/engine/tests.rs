@@ -62,7 +62,10 @@ fn inbound(m: &Msg) -> Inbound<'_> {
 /// what the database held.
 fn run(p: &Processor, msgs: &[&Msg], loaded: Loaded) -> (Vec<Processed>, Finished, Needs) {
     let inputs: Vec<Input<'_>> = msgs.iter().map(|m| Input::Delivery(inbound(m))).collect();
-    let checked: Vec<Checked> = inputs.iter().map(|i| p.check(*i, now())).collect();
+    let checked: Vec<Checked> = inputs
+        .iter()
+        .map(|i| p.check(*i, now(), &Agents::default()))
+        .collect();
     let claimed = rows::Claims {
         claimed: message_ids(&checked)
             .0
@@ -546,7 +549,7 @@ fn a_message_id_another_sender_used_is_a_conflict_not_a_duplicate() {
         .map(|m| Input::Delivery(inbound(m)))
         .collect();
     for (input, want) in inputs.iter().zip(["duplicate", "rejected"]) {
-        let checked = p.check(*input, now());
+        let checked = p.check(*input, now(), &Agents::default());
         let id = checked.message_id.clone().expect("id");
         let claims = rows::Claims {
             claimed: HashSet::new(),

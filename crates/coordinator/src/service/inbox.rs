@@ -40,7 +40,9 @@ pub async fn run(
     partition: u32,
     stop: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    let publisher = Publisher::open(conn, shared.settings.amqp.confirm_timeout).await?;
+    let publisher = Publisher::open(conn, shared.settings.amqp.confirm_timeout)
+        .await?
+        .signed_by(shared.signer.clone());
     let (tx, rx) = mpsc::channel(64);
     let (consumed, published) = tokio::join!(
         consume(conn, shared, partition, stop, tx),
@@ -170,6 +172,10 @@ async fn handle_batch(
                     .batch_statements
                     .inc_by(out.statements as u64);
                 shared.metrics.set_aside.inc_by(out.set_aside as u64);
+                shared
+                    .metrics
+                    .bad_signatures
+                    .inc_by(out.results.iter().filter(|r| r.bad_signature).count() as u64);
                 break out;
             }
             Err(e) => {

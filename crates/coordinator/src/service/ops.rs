@@ -257,6 +257,62 @@ impl<'a> Ops<'a> {
         Ok(password)
     }
 
+    /// Registers a public key for an agent (`key_id` by default derived from the key),
+    /// retiring all but the newest `keep` keys when given (a rotation keeps two: the
+    /// new and the previous). The key id and the ids retired.
+    pub async fn add_agent_key(
+        &self,
+        agent_id: &str,
+        public_key: &str,
+        key_id: Option<&str>,
+        keep: Option<i64>,
+        by: &str,
+    ) -> Result<(String, Vec<String>)> {
+        let key = protocol::signing::public_key(public_key)
+            .map_err(|e| Error::Usage(format!("invalid value for --public-key: {e}")))?;
+        let key_id = key_id
+            .map(str::to_string)
+            .unwrap_or_else(|| protocol::signing::default_key_id(&key));
+        let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
+        if !store::add_agent_key(&mut tx, agent_id, &key_id, &key.to_bytes(), by).await? {
+            return Err(not_found("agent", agent_id, "agent list"));
+        }
+        let retired = match keep {
+            Some(n) => store::retire_agent_keys(&mut tx, agent_id, None, n).await?,
+            None => Vec::new(),
+        };
+        let context =
+            json!({"key_id": key_id, "public_key": public_key.trim(), "retired": retired});
+        self.audit(&mut tx, by, "agent_key_add", agent_id, "key added", context)
+            .await?;
+        tx.commit().await.map_err(db::Error::from)?;
+        Ok((key_id, retired))
+    }
+
+    /// Retires one of an agent's keys: messages signed with it are refused from now on.
+    pub async fn retire_agent_key(&self, agent_id: &str, key_id: &str, by: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
+        let retired = store::retire_agent_keys(&mut tx, agent_id, Some(key_id), 0).await?;
+        if retired.is_empty() {
+            return Err(not_found(
+                "key",
+                format!("{key_id} of agent {agent_id}"),
+                "agent list",
+            ));
+        }
+        self.audit(
+            &mut tx,
+            by,
+            "agent_key_retire",
+            agent_id,
+            "key retired",
+            json!({"key_id": key_id}),
+        )
+        .await?;
+        tx.commit().await.map_err(db::Error::from)?;
+        Ok(())
+    }
+
     /// Revokes an agent: deletes its broker user (the broker closes its connections)
     /// and its registration. Its queues stay, with what they hold.
     pub async fn remove_agent(&self, agent_id: &str, by: &str) -> Result<AgentRemoved> {

@@ -305,7 +305,7 @@ async fn decide(
 ) -> db::Result<(Vec<Processed>, engine::Finished, usize)> {
     let checked: Vec<Checked> = inputs
         .iter()
-        .map(|i| ctx.processor.check(*i, now))
+        .map(|i| ctx.processor.check(*i, now, &ctx.agents))
         .collect();
     let (ids, senders) = engine::message_ids(&checked);
     let needs = engine::needs(&checked, &engine::AgentView::new(ctx.agents.clone()));
@@ -392,7 +392,7 @@ async fn set_aside(
     error: &db::Error,
 ) -> Result<Committed, Retry> {
     let now = ctx.clock.now();
-    let checked = ctx.processor.check(Input::Delivery(d), now);
+    let checked = ctx.processor.check(Input::Delivery(d), now, &ctx.agents);
     tracing::error!(
         message_id = checked.message_id.as_deref().unwrap_or(""),
         error = %error,
@@ -465,14 +465,27 @@ pub fn publish_after(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
     add(now, lease)
 }
 
+/// Agents' keys as stored, the ones that are keys (the table holds 32 bytes each).
+fn public_keys(
+    rows: Vec<(String, String, Vec<u8>)>,
+) -> impl Iterator<Item = (String, String, protocol::signing::VerifyingKey)> {
+    rows.into_iter().filter_map(|(agent, key_id, bytes)| {
+        let bytes: [u8; 32] = bytes.try_into().ok()?;
+        let key = protocol::signing::VerifyingKey::from_bytes(&bytes).ok()?;
+        Some((agent, key_id, key))
+    })
+}
+
 /// The agent cache, reloaded first when it is stale.
 pub async fn agents(shared: &Shared) -> db::Result<Arc<Agents>> {
     if shared.agents.is_stale(Instant::now()) {
         let mut conn = shared.pool.acquire().await?;
         let rows = db::store::all_agents(&mut conn).await?;
-        shared
-            .agents
-            .replace(Agents::from_rows(rows), Instant::now());
+        let keys = db::store::agent_keys(&mut conn).await?;
+        shared.agents.replace(
+            Agents::from_rows(rows).with_keys(public_keys(keys)),
+            Instant::now(),
+        );
     }
     Ok(shared.agents.snapshot())
 }

@@ -58,12 +58,15 @@ impl<'a> Relay<'a> {
         outbox: &'a OutboxSettings,
         confirm_timeout: Duration,
         flush_timeout: Duration,
+        signer: Option<std::sync::Arc<protocol::signing::Signer>>,
     ) -> Result<Relay<'a>, RelayError> {
         Ok(Relay {
             settling,
             outbox,
             flush_timeout,
-            publisher: Publisher::open(conn, confirm_timeout).await?,
+            publisher: Publisher::open(conn, confirm_timeout)
+                .await?
+                .signed_by(signer),
         })
     }
 
@@ -75,6 +78,7 @@ impl<'a> Relay<'a> {
             &shared.settings.outbox,
             shared.settings.amqp.confirm_timeout,
             shared.settings.shutdown.flush_timeout,
+            shared.signer.clone(),
         )
         .await
     }

@@ -38,6 +38,8 @@ pub struct Shared {
     pub status: Status,
     pub metrics: Metrics,
     pub agents: AgentDirectory,
+    /// Signs what the coordinator sends (`security.signing_key`).
+    pub signer: Option<std::sync::Arc<protocol::signing::Signer>>,
     /// Outbox rows the broker confirmed, to be marked sent together.
     pub confirmed: Confirmed,
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
@@ -60,6 +62,7 @@ impl Shared {
         let settings_breaker = settings.circuit_breaker;
         let metrics = Metrics::new();
         let breakers = Breakers::new(settings_breaker, &metrics);
+        let signer = settings.signer();
         Shared {
             settings,
             instance: instance_id(),
@@ -70,6 +73,7 @@ impl Shared {
             status: Status::default(),
             metrics,
             agents: AgentDirectory::default(),
+            signer,
             confirmed: Confirmed::default(),
             batch_turns,
             signals: Signals::default(),
@@ -385,6 +389,7 @@ pub struct Metrics {
     pub batch_statements: IntCounter,
     /// Messages set aside as processing_failed.
     pub set_aside: IntCounter,
+    pub bad_signatures: IntCounter,
     pub published: IntCounter,
     pub returned: IntCounter,
     /// Outbox messages given up (no queue took them for outbox.undeliverable_after).
@@ -443,6 +448,10 @@ impl Metrics {
             "coordinator_set_aside_total",
             "Messages the database refused on every attempt, set aside as processing_failed",
         );
+        let bad_signatures = IntCounter::new(
+            "coordinator_bad_signatures_total",
+            "Messages applied although their signature was missing or bad (security.signatures = verify)",
+        );
         let published = IntCounter::new(
             "coordinator_outbox_published_total",
             "Outbox messages confirmed by the broker",
@@ -497,6 +506,7 @@ impl Metrics {
             batch_size: batch_size.expect("valid metric"),
             batch_statements: batch_statements.expect("valid metric"),
             set_aside: set_aside.expect("valid metric"),
+            bad_signatures: bad_signatures.expect("valid metric"),
             published: published.expect("valid metric"),
             returned: returned.expect("valid metric"),
             undeliverable: undeliverable.expect("valid metric"),
@@ -517,6 +527,7 @@ impl Metrics {
             Box::new(m.batch_size.clone()),
             Box::new(m.batch_statements.clone()),
             Box::new(m.set_aside.clone()),
+            Box::new(m.bad_signatures.clone()),
             Box::new(m.published.clone()),
             Box::new(m.returned.clone()),
             Box::new(m.undeliverable.clone()),
