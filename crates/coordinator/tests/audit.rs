@@ -52,11 +52,7 @@ async fn messages_applied_and_refused_and_operator_commands_are_audited_and_veri
         .expect("publish");
     let notice = expect_next(&mut eng, Queue::Commands).await;
     assert_eq!(notice.payload.data["reason"], "sender_not_allowed");
-    let dl: i64 = sqlx::query_scalar("SELECT id FROM dead_letters WHERE message_id = $1")
-        .bind(&refused.header.message_id)
-        .fetch_one(&env.pool)
-        .await
-        .expect("dead letter");
+    let dl = env.dead_letter_id(&refused.header.message_id).await;
     cli::run(
         &env.settings(),
         Command::DeadLetter {

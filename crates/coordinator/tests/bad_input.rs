@@ -242,11 +242,7 @@ async fn a_replayed_dead_letter_is_processed_anew() {
         eng.send(m, &wf, json!({})).await.expect("publish");
     }
     env.wait_state(&wf, "feature_handoff").await;
-    let id: i64 = sqlx::query_scalar("SELECT id FROM dead_letters WHERE message_id = $1")
-        .bind(&early.header.message_id)
-        .fetch_one(&env.pool)
-        .await
-        .expect("dead letter");
+    let id = env.dead_letter_id(&early.header.message_id).await;
     let replay = || Command::DeadLetter {
         command: DeadLetterCommand::Replay {
             id: Some(id),

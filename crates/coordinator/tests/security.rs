@@ -12,19 +12,6 @@ use common::{expect_next, TestEnv};
 use protocol::envelope::Envelope;
 use serde_json::json;
 
-async fn dead_letter_id(env: &TestEnv, message_id: &str) -> i64 {
-    env.wait_count(
-        &format!("SELECT count(*) FROM dead_letters WHERE message_id = '{message_id}'"),
-        1,
-    )
-    .await;
-    sqlx::query_scalar("SELECT id FROM dead_letters WHERE message_id = $1")
-        .bind(message_id)
-        .fetch_one(&env.pool)
-        .await
-        .expect("dead letter")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captured_message_sent_later_is_stale_and_an_operators_replay_of_it_applies() {
     let env = TestEnv::new().await;
@@ -44,7 +31,7 @@ async fn a_captured_message_sent_later_is_stale_and_an_operators_replay_of_it_ap
     eng.publish(&old).await.expect("publish");
     let notice = expect_next(&mut eng, Queue::Commands).await;
     assert_eq!(notice.payload.data["reason"], "stale");
-    let id = dead_letter_id(&env, &old.header.message_id).await;
+    let id = env.dead_letter_id(&old.header.message_id).await;
     assert_eq!(
         env.workflow_state(&wf).await.as_deref(),
         Some("requirements_handoff")

@@ -532,6 +532,20 @@ impl TestEnv {
     }
 
     /// Waits until `sql` (a count) returns `n`.
+    /// The id of the dead letter kept for `message_id`, once there is one.
+    pub async fn dead_letter_id(&self, message_id: &str) -> i64 {
+        self.wait_count(
+            &format!("SELECT count(*) FROM dead_letters WHERE message_id = '{message_id}'"),
+            1,
+        )
+        .await;
+        sqlx::query_scalar("SELECT id FROM dead_letters WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("dead letter")
+    }
+
     pub async fn wait_count(&self, sql: &str, n: i64) {
         eventually(&format!("{sql} = {n}"), || async {
             (self.scalar_i64(sql).await == n).then_some(())
