@@ -33,16 +33,18 @@ pub async fn serve(
         .await
 }
 
-/// The coordinator's public signing key: what agents verify its messages with.
+/// The coordinator's public signing keys, the current one first: what agents verify
+/// its messages with.
 async fn keys(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let keys: Vec<serde_json::Value> = shared
-        .signer
+        .settings
+        .published_keys()
         .iter()
-        .map(|s| {
+        .map(|(key_id, key)| {
             serde_json::json!({
-                "key_id": s.key_id(),
+                "key_id": key_id,
                 "algorithm": "ed25519",
-                "public_key": protocol::signing::encode_public(&s.public_key()),
+                "public_key": protocol::signing::encode_public(key),
             })
         })
         .collect();

@@ -296,6 +296,11 @@ pub struct SecuritySettings {
     /// `off`.
     #[serde(default)]
     pub signing_key: Option<Secret>,
+    /// Public keys (base64) of the coordinator's earlier signing keys, still listed at
+    /// `GET /keys` so that agents trust messages signed before a rotation (and those
+    /// sent by coordinators not yet restarted with the new key).
+    #[serde(default)]
+    pub previous_public_keys: Vec<String>,
     /// Connect to RabbitMQ and PostgreSQL without TLS. Off in production, where
     /// `amqp://` and a database URL without `sslmode=require`/`verify-ca`/`verify-full`
     /// are refused ([`Settings::refuse_plaintext`]).
@@ -535,6 +540,7 @@ impl Settings {
                 // COORDINATOR__AMQP__FALLBACK_URLS="amqp://…,amqp://…"
                 .list_separator(",")
                 .with_list_parse_key("amqp.fallback_urls")
+                .with_list_parse_key("security.previous_public_keys")
         };
         let file = |name: &str| dir.join(format!("{name}.toml"));
         let mut builder =
@@ -654,6 +660,22 @@ impl Settings {
         }
     }
 
+    /// The public keys agents may trust the coordinator's messages by (`GET /keys`):
+    /// the signing key's, then `previous_public_keys`, each with its key id.
+    pub fn published_keys(&self) -> Vec<(String, protocol::signing::VerifyingKey)> {
+        let current = self.signer().map(|s| s.public_key());
+        let previous = self
+            .security
+            .previous_public_keys
+            .iter()
+            .filter_map(|k| protocol::signing::public_key(k).ok());
+        current
+            .into_iter()
+            .chain(previous)
+            .map(|k| (protocol::signing::default_key_id(&k), k))
+            .collect()
+    }
+
     /// The coordinator's signer (`security.signing_key`), if it has a key; the settings
     /// refused a key that does not parse.
     pub fn signer(&self) -> Option<std::sync::Arc<Signer>> {
@@ -671,6 +693,11 @@ impl Settings {
         };
         if s.max_age.is_zero() {
             return Err(invalid("max_age", "must be above zero".into()));
+        }
+        for (i, k) in s.previous_public_keys.iter().enumerate() {
+            if let Err(e) = protocol::signing::public_key(k) {
+                return Err(invalid(&format!("previous_public_keys[{i}]"), e));
+            }
         }
         if let Some(k) = &s.signing_key {
             if let Err(e) = protocol::signing::signing_key(k.expose()) {

@@ -250,3 +250,49 @@ async fn a_rotation_keeps_the_previous_key_valid_until_it_is_retired() {
     assert_eq!(refused(&mut second_now).await, "bad_signature");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_lists_the_signing_key_first_then_the_previous_ones() {
+    let env = TestEnv::new().await;
+    let mut s = settings(&env, SignatureMode::Require);
+    let previous = signing::generate().verifying_key();
+    s.security.previous_public_keys = vec![signing::encode_public(&previous)];
+    let app = env.start_with(s.clone()).await;
+    let (_, body) = common::http_get(app.http, "/keys").await.expect("/keys");
+    let keys: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let signer = s.signer().expect("a signing key");
+    let listed: Vec<(&str, &str)> = keys["keys"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|k| {
+            (
+                k["key_id"].as_str().unwrap_or(""),
+                k["public_key"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let current = signing::encode_public(&signer.public_key());
+    let old = signing::encode_public(&previous);
+    let old_id = signing::default_key_id(&previous);
+    assert_eq!(
+        listed,
+        [
+            (signer.key_id(), current.as_str()),
+            (old_id.as_str(), old.as_str())
+        ]
+    );
+    // A previous key that is not a key is refused when the settings are read.
+    let dir = common::repo_root().join("config");
+    let err = Settings::load_with(
+        &dir,
+        Some("test"),
+        &[("COORDINATOR__SECURITY__PREVIOUS_PUBLIC_KEYS", "AAAA")],
+    );
+    let err = err.map(|_| ()).expect_err("AAAA is not a key");
+    assert!(
+        err.to_string().contains("security.previous_public_keys[0]"),
+        "{err}"
+    );
+    app.stop().await;
+}
