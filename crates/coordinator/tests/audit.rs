@@ -39,12 +39,7 @@ async fn messages_applied_and_refused_and_operator_commands_are_audited_and_veri
     let app = env.start().await;
     let product = env.agent("product-1", "product-director").await;
     let mut eng = env.agent("eng-1", "engineering-director").await;
-    let wf = format!("wf-{}", uuid::Uuid::new_v4());
-    product
-        .send("requirements_ready", &wf, json!({}))
-        .await
-        .expect("publish");
-    env.wait_state(&wf, "requirements_handoff").await;
+    let wf = env.start_feature(&product).await;
     // Engineering may not start a workflow: refused, and audited as refused.
     let refused = eng
         .send("requirements_ready", &wf, json!({}))
@@ -118,12 +113,7 @@ async fn verify_reports_a_row_altered_a_row_removed_and_rows_removed_from_the_en
     let env = TestEnv::new().await;
     let app = env.start().await;
     let product = env.agent("product-1", "product-director").await;
-    let wf = format!("wf-{}", uuid::Uuid::new_v4());
-    product
-        .send("requirements_ready", &wf, json!({}))
-        .await
-        .expect("publish");
-    env.wait_state(&wf, "requirements_handoff").await;
+    let wf = env.start_feature(&product).await;
     // Four more rows on the same chain (the same workflow, so the same partition).
     for _ in 0..4 {
         product

@@ -72,12 +72,7 @@ async fn require_refuses_missing_and_bad_signatures_and_the_coordinator_signs_it
     let app = env.start_with(s.clone()).await;
     let (product, key, key_id) = signed_agent(&env, &s, "product-1", "product-director").await;
     let mut eng = env.agent_with(&s, "eng-1", "engineering-director").await;
-    let wf = format!("wf-{}", uuid::Uuid::new_v4());
-    product
-        .send("requirements_ready", &wf, json!({}))
-        .await
-        .expect("publish");
-    env.wait_state(&wf, "requirements_handoff").await;
+    let wf = env.start_feature(&product).await;
 
     // The task engineering receives is signed with the key GET /keys publishes.
     let task = expect_next(&mut eng, Queue::Tasks).await;
@@ -194,13 +189,7 @@ async fn a_rotation_keeps_the_previous_key_valid_until_it_is_retired() {
     };
     // Both keys are valid during the rotation.
     for (key, id) in [(&first, &first_id), (&second, &second_id)] {
-        let wf = format!("wf-{}", uuid::Uuid::new_v4());
-        with(key, id)
-            .await
-            .send("requirements_ready", &wf, json!({}))
-            .await
-            .expect("publish");
-        env.wait_state(&wf, "requirements_handoff").await;
+        env.start_feature(&with(key, id).await).await;
     }
     // The first key retired: refused; the second still applies.
     ops.retire_agent_key("product-1", &first_id, "alice")
@@ -214,13 +203,7 @@ async fn a_rotation_keeps_the_previous_key_valid_until_it_is_retired() {
     assert_eq!(refused(&mut old).await, "bad_signature");
     // Its consumer would take the next notice to product-1.
     old.close().await;
-    let wf = format!("wf-{}", uuid::Uuid::new_v4());
-    with(&second, &second_id)
-        .await
-        .send("requirements_ready", &wf, json!({}))
-        .await
-        .expect("publish");
-    env.wait_state(&wf, "requirements_handoff").await;
+    env.start_feature(&with(&second, &second_id).await).await;
     // A third rotation retires all but the two newest.
     let third = signing::generate();
     ops.add_agent_key(

@@ -7,7 +7,6 @@
 use std::process::Command;
 
 use coordinator::settings::Settings;
-use serde_json::json;
 use test_support::tls::TlsFront;
 use test_support::{coordinator_bin, repo_root, Serve, TestEnv};
 
@@ -25,12 +24,7 @@ async fn the_service_runs_over_amqps_and_verify_full_postgres() {
         .expect("TLS URLs are not plaintext");
     let app = env.start_with(settings.clone()).await;
     let product = env.agent("product-1", "product-director").await;
-    let wf = format!("wf-{}", uuid::Uuid::new_v4());
-    product
-        .send("requirements_ready", &wf, json!({}))
-        .await
-        .expect("publish");
-    env.wait_state(&wf, "requirements_handoff").await;
+    env.start_feature(&product).await;
     app.stop().await;
     let tls = front.pg_tls.load(std::sync::atomic::Ordering::SeqCst);
     let plain = front.pg_plain.load(std::sync::atomic::Ordering::SeqCst);
@@ -205,12 +199,7 @@ async fn no_password_appears_in_debug_errors_help_or_the_logs_of_a_run() {
     );
     serve.wait_ready().await;
     let product = env.agent("product-1", "product-director").await;
-    let wf = format!("wf-{}", uuid::Uuid::new_v4());
-    product
-        .send("requirements_ready", &wf, json!({}))
-        .await
-        .expect("publish");
-    env.wait_state(&wf, "requirements_handoff").await;
+    env.start_feature(&product).await;
     serve.signal("-TERM");
     let (code, log) = serve.wait_exit().await;
     assert_eq!(code, Some(0), "{log}");

@@ -532,6 +532,18 @@ impl TestEnv {
     }
 
     /// Waits until `sql` (a count) returns `n`.
+    /// Starts a feature workflow with a new id from `product` (a product director) and
+    /// waits until the coordinator has it in `requirements_handoff`: its id.
+    pub async fn start_feature(&self, product: &AgentClient) -> String {
+        let wf = format!("wf-{}", uuid::Uuid::new_v4());
+        product
+            .send("requirements_ready", &wf, serde_json::json!({}))
+            .await
+            .expect("publish");
+        self.wait_state(&wf, "requirements_handoff").await;
+        wf
+    }
+
     /// The id of the dead letter kept for `message_id`, once there is one.
     pub async fn dead_letter_id(&self, message_id: &str) -> i64 {
         self.wait_count(
