@@ -117,15 +117,20 @@ async fn nacked_publishes_open_the_publishing_breaker_and_the_messages_go_out_on
             .expect("publish");
     }
     expect_open(app.http, "publishing").await;
-    assert!(
-        env.scalar_i64(
-            "SELECT count(*) FROM outbox WHERE routing_key = 'task.engineering-director'
-             AND sent_at IS NULL AND last_error LIKE '%nack%'"
-        )
-        .await
-            >= 1,
-        "a nacked task is kept in the outbox to be sent again"
-    );
+    // The breaker opens as the nack is counted; the row's error is written just after.
+    common::eventually(
+        "a nacked task kept in the outbox to be sent again",
+        || async {
+            (env.scalar_i64(
+                "SELECT count(*) FROM outbox WHERE routing_key = 'task.engineering-director'
+             AND sent_at IS NULL AND last_error LIKE '%nack%'",
+            )
+            .await
+                >= 1)
+                .then_some(())
+        },
+    )
+    .await;
 
     // The broker takes messages again: the kept tasks go out, the breaker closes.
     ch.queue_delete("blackhole", Default::default())
