@@ -119,7 +119,18 @@ impl App {
                 .await;
             }
         };
-        let ((), (), supervised, (), (), (), (), ()) = tokio::join!(
+        // Buckets of agents quiet long enough to have full ones are dropped, so the
+        // limiter's memory follows the agents that are sending, not every id ever seen.
+        let idle_buckets = async {
+            while shared.rate_limits.enabled() {
+                tokio::select! {
+                    _ = timer_stop.cancelled() => return,
+                    _ = tokio::time::sleep(crate::service::rate_limits::NOTICE_WINDOW) => {}
+                }
+                shared.rate_limits.forget_idle();
+            }
+        };
+        let ((), (), supervised, (), (), (), (), (), ()) = tokio::join!(
             stopper,
             timer_then_supervisor,
             supervising,
@@ -136,7 +147,8 @@ impl App {
                 shared.settings.log.activity_interval,
                 timer_stop.clone()
             ),
-            anchoring
+            anchoring,
+            idle_buckets
         );
         if let Err(e) = supervised {
             shutdown.cancel();

@@ -305,6 +305,49 @@ pub struct SecuritySettings {
     /// `amqp://` and a database URL without `sslmode=require`/`verify-ca`/`verify-full`
     /// are refused ([`Settings::refuse_plaintext`]).
     pub allow_plaintext: bool,
+    /// Token buckets per sending agent (docs/architecture.md, "Rate limits").
+    pub rate_limits: RateLimitSettings,
+}
+
+/// How fast each agent may send. Over its limit an agent's further messages are
+/// delayed (kept in `deferred_messages`), not dropped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    /// Messages a minute each agent may send; its bucket refills at this rate.
+    pub per_minute: u32,
+    /// How many an agent may send at once, with a full bucket (default: its role's
+    /// messages a minute).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Per role, messages a minute instead of `per_minute` (0: that role is not
+    /// limited).
+    #[serde(default)]
+    pub roles: BTreeMap<String, u32>,
+    /// Messages of these types draw on a separate allowance: `emergency_burst` at
+    /// once, refilling at that many a minute.
+    pub emergency_types: Vec<String>,
+    pub emergency_burst: u32,
+    /// Every limited agent together, messages a minute (0: no such limit).
+    /// Emergency messages do not count against it.
+    pub all_per_minute: u32,
+}
+
+impl RateLimitSettings {
+    /// Messages a minute for an agent of `role`; `None` when it is not limited.
+    pub fn per_minute_for(&self, role: &str) -> Option<u32> {
+        if !self.enabled {
+            return None;
+        }
+        let n = self.roles.get(role).copied().unwrap_or(self.per_minute);
+        (n > 0).then_some(n)
+    }
+
+    /// The burst of an agent limited to `per_minute`.
+    pub fn burst_for(&self, per_minute: u32) -> u32 {
+        self.burst.unwrap_or(per_minute).max(1)
+    }
 }
 
 /// What becomes of dead letters nobody works.
@@ -694,6 +737,37 @@ impl Settings {
         if s.max_age.is_zero() {
             return Err(invalid("max_age", "must be above zero".into()));
         }
+        let limits = &s.rate_limits;
+        if limits.enabled {
+            if limits.per_minute == 0 {
+                return Err(invalid(
+                    "rate_limits.per_minute",
+                    "must be above zero when rate limits are enabled (0 in \
+                     security.rate_limits.roles leaves one role unlimited)"
+                        .into(),
+                ));
+            }
+            if limits.burst == Some(0) {
+                return Err(invalid("rate_limits.burst", "must be above zero".into()));
+            }
+            if limits.emergency_burst == 0 {
+                return Err(invalid(
+                    "rate_limits.emergency_burst",
+                    "must be above zero".into(),
+                ));
+            }
+            for role in limits.roles.keys() {
+                if !self.roles.contains_key(role) {
+                    return Err(invalid(
+                        &format!("rate_limits.roles.{role}"),
+                        format!(
+                            "{role:?} is not a configured role; roles: {}",
+                            self.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
         for (i, k) in s.previous_public_keys.iter().enumerate() {
             if let Err(e) = protocol::signing::public_key(k) {
                 return Err(invalid(&format!("previous_public_keys[{i}]"), e));
@@ -712,7 +786,8 @@ impl Settings {
             return Err(invalid(
                 "max_age",
                 format!(
-                    "must be shorter than retention.processed_messages ({}), or a message                      could be replayed once its id is forgotten but while it is still fresh",
+                    "must be shorter than retention.processed_messages ({}), or a message \
+                     could be replayed once its id is forgotten but while it is still fresh",
                     humantime::format_duration(self.retention.processed_messages)
                 ),
             ));

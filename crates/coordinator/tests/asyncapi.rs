@@ -96,6 +96,7 @@ fn asyncapi_names_every_message_type_exchange_and_queue() {
         "sla_breached",
         "escalation_raised",
         "message_rejected",
+        "rate_limited",
         "message_set_aside",
         "message_undeliverable",
         "dead_letters_unresolved",

@@ -69,6 +69,8 @@ pub mod message_types {
     pub const HEARTBEAT: &str = "heartbeat";
     /// To the sender of a message the coordinator refused.
     pub const MESSAGE_REJECTED: &str = "message_rejected";
+    /// To an agent over its rate limit, whose messages are delayed.
+    pub const RATE_LIMITED: &str = "rate_limited";
     /// A clock's owner: its deadline is near.
     pub const SLA_WARNING: &str = "sla_warning";
     /// A clock breached: to on-call, and to its owner.

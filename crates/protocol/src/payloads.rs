@@ -109,6 +109,20 @@ pub struct MessageRejected {
     pub detail: String,
 }
 
+/// `rate_limited`, to an agent over its rate limit: its further messages are delayed
+/// (not dropped) and applied, in order, as its allowance refills. Sent at most once a
+/// minute while the agent stays over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RateLimited {
+    /// The message that found the agent over its limit (the first held back).
+    pub held_message_id: String,
+    /// The agent's allowance, messages a minute (for its role, or the emergency one).
+    pub limit_per_minute: u32,
+    /// Roughly when the next message fits in the allowance, in milliseconds from when
+    /// this notice was written.
+    pub retry_after_ms: u64,
+}
+
 /// `message_set_aside`, to on-call: a message retried alone kept failing and is in
 /// `dead_letters` as `processing_failed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -241,6 +255,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
         ("data/escalation.json", of::<Escalation>()),
         ("data/message_rejected.json", of::<MessageRejected>()),
         ("data/message_set_aside.json", of::<MessageSetAside>()),
+        ("data/rate_limited.json", of::<RateLimited>()),
         (
             "data/message_undeliverable.json",
             of::<MessageUndeliverable>(),
@@ -298,6 +313,11 @@ pub const DOCUMENTED: &[(&str, &str, Option<&str>)] = &[
     (
         "`message_rejected` (to the sender)",
         "data/message_rejected.json",
+        None,
+    ),
+    (
+        "`rate_limited` (to the sender)",
+        "data/rate_limited.json",
         None,
     ),
     (

@@ -380,11 +380,21 @@ impl Coordinator {
 pub const PRODUCTION_OPEN: &str = "production-open";
 
 /// Production as the bench runs it: this machine's broker and database speak plain
-/// TCP on loopback (TLS is not what the bench measures), and the coordinator signs
-/// with a key made for the run.
+/// TCP on loopback (TLS is not what the bench measures), the coordinator signs with a
+/// key made for the run, and the rate limits stay on (every message is checked against
+/// its sender's bucket) with the seed's numbers raised for the load generator's agents,
+/// each of which sends far more than 100 messages a minute.
 fn production() -> Vec<(&'static str, String)> {
     vec![
         ("COORDINATOR__SECURITY__ALLOW_PLAINTEXT", "true".into()),
+        (
+            "COORDINATOR__SECURITY__RATE_LIMITS__PER_MINUTE",
+            "1000000".into(),
+        ),
+        (
+            "COORDINATOR__SECURITY__RATE_LIMITS__ALL_PER_MINUTE",
+            "10000000".into(),
+        ),
         (
             "COORDINATOR__SECURITY__SIGNING_KEY",
             protocol::signing::encode_private(&protocol::signing::generate()),
@@ -397,6 +407,7 @@ const SECURITY_OFF: &[(&str, &str)] = &[
     ("COORDINATOR__SECURITY__AUDIT", "false"),
     ("COORDINATOR__SECURITY__AUTHENTICATE_SENDERS", "false"),
     ("COORDINATOR__SECURITY__SIGNATURES", "off"),
+    ("COORDINATOR__SECURITY__RATE_LIMITS__ENABLED", "false"),
 ];
 
 /// A profile's settings environment (`COORDINATOR_ENV`) and the variables it sets

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod batch;
 pub mod deadlines;
+pub mod deferred;
 pub mod lease;
 pub mod read;
 pub mod store;

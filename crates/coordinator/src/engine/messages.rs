@@ -108,3 +108,30 @@ pub fn to_agent(
         now,
     )
 }
+
+/// A `rate_limited` notice to an agent whose message `held_message_id` was held back
+/// by limit `limit_per_minute` (room again after `retry_after`).
+pub fn rate_limited_notice(
+    agent_id: &str,
+    held_message_id: &str,
+    correlation_id: Option<&str>,
+    limit_per_minute: u32,
+    retry_after: std::time::Duration,
+    now: DateTime<Utc>,
+) -> OutboxMessage {
+    let data = protocol::payloads::to_value(&protocol::payloads::RateLimited {
+        held_message_id: held_message_id.to_string(),
+        limit_per_minute,
+        retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+    });
+    to_agent(
+        crate::domain::ids::derived(held_message_id, "rate_limited"),
+        correlation_id.unwrap_or(agent_id),
+        Some(held_message_id),
+        protocol::names::message_types::RATE_LIMITED,
+        agent_id,
+        data,
+        Priority::Normal,
+        now,
+    )
+}

@@ -14,9 +14,9 @@ use crate::amqp::topology::Declarer;
 use crate::amqp::{self, Connection, Consumer, Delivery};
 use crate::db;
 use crate::engine::{Inbound, Outcome};
-use crate::service::pipeline;
 use crate::service::publishing::{self, Handed, Settling};
 use crate::service::runtime::{Guarded, Shared};
+use crate::service::{pipeline, rate_limits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
@@ -62,13 +62,26 @@ async fn consume(
 ) -> Result<(), ConsumerError> {
     let queue = shared.settings.inbox.queue(partition);
     let tag = format!("{}-p{partition}", shared.instance);
+    let Some(mut backlog) = held_back(shared, partition, &stop).await else {
+        return Ok(());
+    };
     let mut consumer = Consumer::open(conn, &queue, &tag, shared.settings.inbox.prefetch).await?;
-    tracing::info!(%queue, prefetch = shared.settings.inbox.prefetch, "consuming an inbox partition");
+    tracing::info!(%queue, prefetch = shared.settings.inbox.prefetch, held_back = backlog.len(), "consuming an inbox partition");
+    // When to look again for held-back messages whose sender has room.
+    let mut release_at = (!backlog.is_empty()).then(tokio::time::Instant::now);
 
     let result = loop {
         let first = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
             next = consumer.next() => next,
+            _ = sleep_until(release_at) => {
+                match release(conn, shared, partition, &mut backlog, &stop, &published).await {
+                    Ok(Some(again)) => release_at = again,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+                continue;
+            }
         };
         let received = Instant::now();
         let mut batch = match first {
@@ -100,7 +113,34 @@ async fn consume(
                 None => break,
             }
         }
-        if !handle_batch(conn, shared, partition, &batch, turn, &stop, &published).await? {
+        let plan = backlog.plan(&shared.rate_limits, batch.iter().map(|d| &d.meta));
+        if plan.iter().any(Option::is_some) {
+            if !hold_back(
+                shared,
+                partition,
+                &batch,
+                &plan,
+                &mut backlog,
+                &stop,
+                &published,
+            )
+            .await?
+            {
+                break Ok(());
+            }
+            release_at = release_at.or_else(|| Some(tokio::time::Instant::now()));
+        }
+        let applied: Vec<&Delivery> = batch
+            .iter()
+            .zip(&plan)
+            .filter(|(_, p)| p.is_none())
+            .map(|(d, _)| d)
+            .collect();
+        if !handle_batch(
+            conn, shared, partition, &batch, &applied, turn, &stop, &published,
+        )
+        .await?
+        {
             break Ok(());
         }
         if let Some(e) = failed {
@@ -111,6 +151,208 @@ async fn consume(
     consumer.close("consumer stopping").await;
     tracing::info!(%queue, "stopped consuming an inbox partition");
     result
+}
+
+/// Sleeps until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What this partition holds back, as the table has it: where a consumer taking the
+/// partition starts. `None` if shutdown came first.
+async fn held_back(
+    shared: &Shared,
+    partition: u32,
+    stop: &CancellationToken,
+) -> Option<rate_limits::Backlog> {
+    let mut waits = shared.settings.retry_policies.critical_task.waits();
+    loop {
+        let held = async {
+            let mut c = shared.pool.acquire().await?;
+            db::deferred::held(&mut c, partition).await
+        };
+        match held.await {
+            Ok(rows) => return Some(rate_limits::Backlog::new(rows)),
+            Err(e) => {
+                let backoff = waits.next_persistent();
+                tracing::error!(error = %crate::telemetry::error_chain(&e), partition, retry_in = ?backoff, "could not read the partition's held-back messages; will retry");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Stores the deliveries `plan` holds back (acked with the batch once this commits)
+/// and queues one `rate_limited` notice a minute to each sender over its limit.
+/// False if shutdown came first (the batch is then requeued).
+#[allow(clippy::too_many_arguments)]
+async fn hold_back(
+    shared: &Shared,
+    partition: u32,
+    batch: &[Delivery],
+    plan: &[Option<rate_limits::Holding>],
+    backlog: &mut rate_limits::Backlog,
+    stop: &CancellationToken,
+    published: &mpsc::Sender<Handed>,
+) -> Result<bool, ConsumerError> {
+    let now = shared.clock.now();
+    let mut rows = Vec::new();
+    let mut notices = Vec::new();
+    for (d, holding) in batch.iter().zip(plan) {
+        let (Some(holding), Some(sender)) = (holding, rate_limits::Sender::of(&d.meta)) else {
+            continue;
+        };
+        let message_id = d.meta.message_id.as_deref().unwrap_or_default();
+        shared
+            .metrics
+            .rate_limited
+            .with_label_values(&[sender.role])
+            .inc();
+        if let Some((limit, wait)) = holding.over {
+            if shared.rate_limits.notice_due(sender.agent_id) {
+                tracing::warn!(agent_id = sender.agent_id, role = sender.role, limit_per_minute = limit, %message_id, "an agent is over its rate limit; its further messages are delayed (one notice a minute)");
+                notices.push(crate::engine::messages::rate_limited_notice(
+                    sender.agent_id,
+                    message_id,
+                    d.meta.correlation_id.as_deref(),
+                    limit,
+                    wait,
+                    now,
+                ));
+            }
+        }
+        rows.push(db::deferred::NewDeferred {
+            message_id,
+            sender: sender.agent_id,
+            sender_role: sender.role,
+            message_type: sender.message_type,
+            body: &d.body,
+            meta: &d.meta,
+        });
+    }
+    let mut waits = shared.settings.retry_policies.critical_task.waits();
+    let (held, written) = loop {
+        let publish_after = pipeline::publish_after(Utc::now(), shared.settings.outbox.lease);
+        let stored = async {
+            let mut c = shared.pool.acquire().await?;
+            db::deferred::hold(
+                &mut c,
+                partition,
+                &rows,
+                notices.clone(),
+                now,
+                publish_after,
+            )
+            .await
+        };
+        match stored.await {
+            Ok(done) => break done,
+            Err(e) => {
+                let backoff = waits.next_persistent();
+                tracing::error!(error = %crate::telemetry::error_chain(&e), held = rows.len(), retry_in = ?backoff, "could not hold back rate-limited messages; will retry");
+                let waited = back_off(shared, stop, backoff).await;
+                if !waited {
+                    if let Some(last) = batch.last() {
+                        last.requeue_through().await?;
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+    };
+    backlog.add(held);
+    if !written.queued.is_empty() {
+        let handed = Handed {
+            committed_at: Instant::now(),
+            rows: written.queued,
+        };
+        if published.send(handed).await.is_err() {
+            return Err(ConsumerError::Publisher);
+        }
+    }
+    Ok(true)
+}
+
+/// Applies held-back messages whose senders have room again, a batch at a time, and
+/// forgets them once committed. Returns when to look again (`Some(None)`: nothing is
+/// held), or `None` if shutdown came first.
+async fn release(
+    conn: &Connection,
+    shared: &Shared,
+    partition: u32,
+    backlog: &mut rate_limits::Backlog,
+    stop: &CancellationToken,
+    published: &mpsc::Sender<Handed>,
+) -> Result<Option<Option<tokio::time::Instant>>, ConsumerError> {
+    loop {
+        let due = backlog.due(&shared.rate_limits, shared.settings.inbox.batch_size);
+        let again = due
+            .again_in
+            .map(|d| tokio::time::Instant::now() + d.max(RELEASE_TICK));
+        if due.ids.is_empty() {
+            return Ok(Some(again));
+        }
+        let rows = async {
+            let mut c = shared.pool.acquire().await?;
+            db::deferred::bodies(&mut c, &due.ids).await
+        };
+        let rows = match rows.await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %crate::telemetry::error_chain(&e), "could not read held-back messages; will retry");
+                return Ok(Some(Some(tokio::time::Instant::now() + RELEASE_RETRY)));
+            }
+        };
+        let inbound: Vec<Inbound<'_>> = rows
+            .iter()
+            .map(|r| Inbound {
+                body: &r.body,
+                meta: &r.meta,
+            })
+            .collect();
+        let Ok(turn) = shared.batch_turns.acquire().await else {
+            return Ok(None);
+        };
+        let Some(out) = commit(shared, partition, &inbound, turn, stop, published).await? else {
+            return Ok(None);
+        };
+        let forgotten = async {
+            let mut c = shared.pool.acquire().await?;
+            db::deferred::forget(&mut c, &due.ids).await
+        };
+        if let Err(e) = forgotten.await {
+            // Applied again by the next consumer of the partition: duplicates, no effect.
+            tracing::warn!(error = %crate::telemetry::error_chain(&e), "applied held-back messages stay in deferred_messages; they will be seen as duplicates");
+        }
+        backlog.forget(&due.ids);
+        shared.metrics.released.inc_by(due.ids.len() as u64);
+        report(conn, shared, &out, rows.iter().map(|r| &r.meta)).await?;
+        if due.again_in != Some(std::time::Duration::ZERO) {
+            return Ok(Some(
+                (!backlog.is_empty()).then(|| again.unwrap_or_else(tokio::time::Instant::now)),
+            ));
+        }
+    }
+}
+
+/// Held-back messages are looked at no more often than this.
+const RELEASE_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+/// After the database failed to give back held-back messages.
+const RELEASE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sleeps before a retry, then waits while a circuit breaker is open. False if
+/// shutdown came first.
+async fn back_off(shared: &Shared, stop: &CancellationToken, wait: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => let_through(shared, stop).await,
+    }
 }
 
 /// Waits while a circuit breaker is open (the deliveries in hand stay unacknowledged on
@@ -130,14 +372,16 @@ async fn let_through(shared: &Shared, stop: &CancellationToken) -> bool {
     !stop.is_cancelled()
 }
 
-/// Applies a batch until it commits (retrying while the database is down), gives back
-/// the turn, hands what it queued to the publisher, then acks. Returns false if
-/// shutdown came first (the batch is then requeued, uncommitted).
+/// Applies the deliveries of `batch` that are not held back (`applied`) until they
+/// commit, hands what they queued to the publisher, then acks the whole batch. Returns
+/// false if shutdown came first (the batch is then requeued, uncommitted).
+#[allow(clippy::too_many_arguments)]
 async fn handle_batch(
     conn: &Connection,
     shared: &Shared,
     partition: u32,
     batch: &[Delivery],
+    applied: &[&Delivery],
     turn: tokio::sync::SemaphorePermit<'_>,
     stop: &CancellationToken,
     published: &mpsc::Sender<Handed>,
@@ -145,28 +389,58 @@ async fn handle_batch(
     let Some(last) = batch.last() else {
         return Ok(true);
     };
-    let inbound: Vec<Inbound<'_>> = batch
+    let inbound: Vec<Inbound<'_>> = applied
         .iter()
         .map(|d| Inbound {
             body: &d.body,
             meta: &d.meta,
         })
         .collect();
+    let out = if inbound.is_empty() {
+        drop(turn);
+        None
+    } else {
+        let Some(out) = commit(shared, partition, &inbound, turn, stop, published).await? else {
+            last.requeue_through().await?;
+            return Ok(false);
+        };
+        Some(out)
+    };
+    // Acked only after the commit (and after what is held back is stored): a crash
+    // before this line redelivers, and the redelivery is a duplicate that changes
+    // nothing.
+    last.ack_through().await?;
+    if let Some(out) = out {
+        report(conn, shared, &out, applied.iter().map(|d| &d.meta)).await?;
+    }
+    Ok(true)
+}
+
+/// Applies a batch until it commits (retrying while the database is down), gives back
+/// the turn and hands what it queued to the publisher. `None` if shutdown came first.
+async fn commit(
+    shared: &Shared,
+    partition: u32,
+    inbound: &[Inbound<'_>],
+    turn: tokio::sync::SemaphorePermit<'_>,
+    stop: &CancellationToken,
+    published: &mpsc::Sender<Handed>,
+) -> Result<Option<pipeline::BatchOutput>, ConsumerError> {
     // A database outage is never the batch's fault: it is retried without end.
     let mut waits = shared.settings.retry_policies.critical_task.waits();
-    let out = loop {
+    let mut out = loop {
         let started = Instant::now();
         // The batch's messages are this consumer's to publish for one lease; after
         // that (a crash) the relay takes them.
         let publish_after = pipeline::publish_after(Utc::now(), shared.settings.outbox.lease);
-        match pipeline::apply_shared(shared, partition, &inbound, publish_after).await {
+        match pipeline::apply_shared(shared, partition, inbound, publish_after).await {
             Ok(out) => {
                 shared.breakers.succeeded(Guarded::Database);
                 shared
                     .metrics
                     .batch_seconds
                     .observe(started.elapsed().as_secs_f64());
-                shared.metrics.batch_size.observe(batch.len() as f64);
+                shared.metrics.batch_size.observe(inbound.len() as f64);
                 shared
                     .metrics
                     .batch_statements
@@ -181,14 +455,10 @@ async fn handle_batch(
             Err(e) => {
                 shared.breakers.failed(Guarded::Database);
                 let backoff = waits.next_persistent();
-                tracing::error!(error = %crate::telemetry::error_chain(&e), size = batch.len(), retry_in = ?backoff, "batch not committed; will retry");
-                let waited = tokio::select! {
-                    _ = stop.cancelled() => false,
-                    _ = tokio::time::sleep(backoff) => let_through(shared, stop).await,
-                };
+                tracing::error!(error = %crate::telemetry::error_chain(&e), size = inbound.len(), retry_in = ?backoff, "batch not committed; will retry");
+                let waited = back_off(shared, stop, backoff).await;
                 if !waited {
-                    last.requeue_through().await?;
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
         }
@@ -199,16 +469,23 @@ async fn handle_batch(
     // The next agent's tasks first: handoff latency runs through here.
     let handed = Handed {
         committed_at: Instant::now(),
-        rows: out.queued,
+        rows: std::mem::take(&mut out.queued),
     };
     if !handed.rows.is_empty() && published.send(handed).await.is_err() {
         return Err(ConsumerError::Publisher);
     }
-    // Acked only after the commit: a crash before this line redelivers, and the
-    // redelivery is a duplicate that changes nothing.
-    last.ack_through().await?;
+    Ok(Some(out))
+}
 
-    for (p, meta) in out.results.iter().zip(batch.iter().map(|d| &d.meta)) {
+/// Logs and counts what a committed batch did, schedules its deadlines and declares
+/// the queues of agents it registered.
+async fn report<'m>(
+    conn: &Connection,
+    shared: &Shared,
+    out: &pipeline::BatchOutput,
+    metas: impl Iterator<Item = &'m protocol::envelope::DeliveryMeta>,
+) -> Result<(), ConsumerError> {
+    for (p, meta) in out.results.iter().zip(metas) {
         tracing::debug!(
             message_id = meta.message_id.as_deref().unwrap_or(""),
             workflow_id = meta.correlation_id.as_deref().unwrap_or(""),
@@ -252,5 +529,5 @@ async fn handle_batch(
         }
         shared.signals.wake_relay.notify_one();
     }
-    Ok(true)
+    Ok(())
 }

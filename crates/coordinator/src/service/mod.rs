@@ -4,7 +4,8 @@
 //!   agent cache), each part handed only what it uses.
 //! - [`pipeline`]: applies a batch of inputs in one transaction (claim, lock, load,
 //!   decide with the engine, write, commit); operator actions go through it too.
-//! - [`inbox`]: consumes a partition of the inbox into batches, then publishes and acks.
+//! - [`inbox`]: consumes a partition of the inbox into batches, then publishes and acks;
+//!   holds back what [`rate_limits`] says is over its sender's limit, and applies it later.
 //! - [`publishing`]: a partition's publisher, settling what the broker said, the settler.
 //! - [`supervisor`]: the broker connection, reconnects, and the partition consumers.
 //! - Reconcilers, each a `step` that can be called directly and a `run` loop:
@@ -26,6 +27,7 @@ pub mod ops;
 pub mod partitions;
 pub mod pipeline;
 pub mod publishing;
+pub mod rate_limits;
 pub mod relay;
 pub mod runtime;
 pub mod supervisor;

@@ -42,6 +42,8 @@ pub struct Shared {
     pub signer: Option<std::sync::Arc<protocol::signing::Signer>>,
     /// Outbox rows the broker confirmed, to be marked sent together.
     pub confirmed: Confirmed,
+    /// Every agent's rate-limit buckets (`security.rate_limits`).
+    pub rate_limits: crate::service::rate_limits::RateLimits,
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
     pub batch_turns: tokio::sync::Semaphore,
     pub signals: Signals,
@@ -63,6 +65,8 @@ impl Shared {
         let metrics = Metrics::new();
         let breakers = Breakers::new(settings_breaker, &metrics);
         let signer = settings.signer();
+        let rate_limits =
+            crate::service::rate_limits::RateLimits::new(&settings.security.rate_limits);
         Shared {
             settings,
             instance: instance_id(),
@@ -75,6 +79,7 @@ impl Shared {
             agents: AgentDirectory::default(),
             signer,
             confirmed: Confirmed::default(),
+            rate_limits,
             batch_turns,
             signals: Signals::default(),
             breakers,
@@ -390,6 +395,10 @@ pub struct Metrics {
     /// Messages set aside as processing_failed.
     pub set_aside: IntCounter,
     pub bad_signatures: IntCounter,
+    /// Messages a rate limit held back, by the sender's role.
+    pub rate_limited: IntCounterVec,
+    /// Held-back messages applied once their sender had room again.
+    pub released: IntCounter,
     pub published: IntCounter,
     pub returned: IntCounter,
     /// Outbox messages given up (no queue took them for outbox.undeliverable_after).
@@ -452,6 +461,17 @@ impl Metrics {
             "coordinator_bad_signatures_total",
             "Messages applied although their signature was missing or bad (security.signatures = verify)",
         );
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "coordinator_rate_limited_total",
+                "Messages held back because their sender was over its rate limit (security.rate_limits), by the sender's role",
+            ),
+            &["role"],
+        );
+        let released = IntCounter::new(
+            "coordinator_rate_limited_released_total",
+            "Held-back messages applied once their sender had room again",
+        );
         let published = IntCounter::new(
             "coordinator_outbox_published_total",
             "Outbox messages confirmed by the broker",
@@ -507,6 +527,8 @@ impl Metrics {
             batch_statements: batch_statements.expect("valid metric"),
             set_aside: set_aside.expect("valid metric"),
             bad_signatures: bad_signatures.expect("valid metric"),
+            rate_limited: rate_limited.expect("valid metric"),
+            released: released.expect("valid metric"),
             published: published.expect("valid metric"),
             returned: returned.expect("valid metric"),
             undeliverable: undeliverable.expect("valid metric"),
@@ -528,6 +550,8 @@ impl Metrics {
             Box::new(m.batch_statements.clone()),
             Box::new(m.set_aside.clone()),
             Box::new(m.bad_signatures.clone()),
+            Box::new(m.rate_limited.clone()),
+            Box::new(m.released.clone()),
             Box::new(m.published.clone()),
             Box::new(m.returned.clone()),
             Box::new(m.undeliverable.clone()),
