@@ -27,6 +27,7 @@ pub mod cli;
 pub mod clock;
 pub mod db;
 pub mod domain;
+pub mod encryption;
 pub mod engine;
 pub mod failpoint;
 pub mod http;

@@ -11,7 +11,15 @@ use coordinator::telemetry;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load().and_then(|s| s.ready_to_start().map(|()| s)) {
+    let serving = matches!(cli.command, Command::Serve);
+    let ready = |s: Settings| {
+        s.ready_to_start()?;
+        if serving {
+            s.ready_to_serve()?;
+        }
+        Ok(s)
+    };
+    let settings = match Settings::load().and_then(ready) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {}", telemetry::error_chain(&e));

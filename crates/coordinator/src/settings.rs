@@ -307,6 +307,27 @@ pub struct SecuritySettings {
     pub allow_plaintext: bool,
     /// Token buckets per sending agent (docs/architecture.md, "Rate limits").
     pub rate_limits: RateLimitSettings,
+    /// Payload fields stored encrypted.
+    pub encryption: EncryptionSettings,
+}
+
+/// Payload fields stored encrypted with AES-256-GCM (docs/security.md, "Encrypted
+/// fields").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSettings {
+    /// Paths of the fields to seal, each `payload.data.` and then member names joined
+    /// by dots (`payload.data.customer.email`).
+    pub fields: Vec<String>,
+    /// The key that seals (base64 of 32 bytes; `coordinator key generate-encryption`),
+    /// from `COORDINATOR__SECURITY__ENCRYPTION__KEY` only. Required by `serve` when
+    /// `fields` names any; the CLI shows sealed fields opened only when it has it.
+    #[serde(default)]
+    pub key: Option<Secret>,
+    /// Earlier keys, which still open what they sealed
+    /// (`COORDINATOR__SECURITY__ENCRYPTION__PREVIOUS_KEYS="k1,k2"`).
+    #[serde(default)]
+    pub previous_keys: Vec<Secret>,
 }
 
 /// How fast each agent may send. Over its limit an agent's further messages are
@@ -584,6 +605,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("amqp.fallback_urls")
                 .with_list_parse_key("security.previous_public_keys")
+                .with_list_parse_key("security.encryption.previous_keys")
+                .with_list_parse_key("security.encryption.fields")
         };
         let file = |name: &str| dir.join(format!("{name}.toml"));
         let mut builder =
@@ -628,6 +651,22 @@ impl Settings {
                 problem: format!(
                     "is not set, and security.signatures is {:?}: the coordinator signs what it sends; make a key with `coordinator key generate` and set COORDINATOR__SECURITY__SIGNING_KEY",
                     self.security.signatures.as_str()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// What `serve` needs besides [`Settings::ready_to_start`]: the key that seals the
+    /// configured payload fields (the CLI runs without it, and shows them sealed).
+    pub fn ready_to_serve(&self) -> Result<(), SettingsError> {
+        let e = &self.security.encryption;
+        if !e.fields.is_empty() && e.key.is_none() {
+            return Err(SettingsError::Invalid {
+                key: "security.encryption.key".into(),
+                problem: format!(
+                    "is not set, and security.encryption.fields names {} field(s): make a key with `coordinator key generate-encryption` and set COORDINATOR__SECURITY__ENCRYPTION__KEY",
+                    e.fields.len()
                 ),
             });
         }
@@ -728,6 +767,22 @@ impl Settings {
         Some(std::sync::Arc::new(Signer::new(key, key_id)))
     }
 
+    /// What seals and opens the configured payload fields; an error names what is
+    /// wrong with a key (never the key).
+    pub fn cipher(&self) -> Result<crate::encryption::FieldCipher, crate::encryption::CipherError> {
+        let e = &self.security.encryption;
+        let previous: Vec<String> = e
+            .previous_keys
+            .iter()
+            .map(|k| k.expose().to_string())
+            .collect();
+        crate::encryption::FieldCipher::new(
+            &e.fields,
+            e.key.as_ref().map(Secret::expose),
+            &previous,
+        )
+    }
+
     fn validate_security(&self) -> Result<(), SettingsError> {
         let s = &self.security;
         let invalid = |key: &str, problem: String| SettingsError::Invalid {
@@ -736,6 +791,22 @@ impl Settings {
         };
         if s.max_age.is_zero() {
             return Err(invalid("max_age", "must be above zero".into()));
+        }
+        for (i, f) in s.encryption.fields.iter().enumerate() {
+            let path = f.strip_prefix(crate::encryption::DATA_PREFIX);
+            if path.is_none_or(|p| p.split('.').any(str::is_empty)) {
+                return Err(invalid(
+                    &format!("encryption.fields[{i}]"),
+                    format!(
+                        "{f:?} is not a path into the payload's data: write payload.data. and \
+                         then member names joined by dots (payload.data.customer.email)"
+                    ),
+                ));
+            }
+        }
+        if let Err(e) = self.cipher() {
+            // Not the value: it is a secret.
+            return Err(invalid("encryption.key", e.to_string()));
         }
         let limits = &s.rate_limits;
         if limits.enabled {

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, &[&str], &[&str])] = &[
         &[
             "settings",
             "secret",
+            "encryption",
             "retry",
             "breaker",
             "clock",

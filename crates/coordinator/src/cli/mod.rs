@@ -100,6 +100,9 @@ pub enum KeyCommand {
     /// The public key and key id of the configured security.signing_key: what agents
     /// verify the coordinator's messages with (also GET /keys)
     Show,
+    /// Make a new AES-256 key for security.encryption.key, and print it with its key id
+    /// (nothing is stored)
+    GenerateEncryption,
 }
 
 #[derive(Debug, Subcommand)]
@@ -477,6 +480,12 @@ fn key(settings: &Settings, command: &KeyCommand) -> anyhow::Result<String> {
                 "security.signing_key is not set: make one with `coordinator key generate` and set COORDINATOR__SECURITY__SIGNING_KEY",
             )),
         },
+        KeyCommand::GenerateEncryption => {
+            let (key, id) = crate::encryption::generate();
+            Ok(format!(
+                "key (set it as COORDINATOR__SECURITY__ENCRYPTION__KEY, keep it in your secret store; it is shown once; sealed values name it as {id}):\n{key}\n"
+            ))
+        }
         KeyCommand::Generate => {
             let key = protocol::signing::generate();
             Ok(format!(
@@ -686,7 +695,7 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 };
                 list_dead_letters(&pool, &filter, limit).await
             }
-            DeadLetterCommand::Show { id } => show_dead_letter(&pool, id).await,
+            DeadLetterCommand::Show { id } => show_dead_letter(settings, &pool, id).await,
             DeadLetterCommand::Replay {
                 id,
                 reason,
@@ -1042,7 +1051,7 @@ fn amqp_properties(properties: &serde_json::Value) -> String {
     out + &later
 }
 
-async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
+async fn show_dead_letter(settings: &Settings, pool: &PgPool, id: i64) -> anyhow::Result<String> {
     let Some(d) = read::dead_letter(pool, id).await? else {
         return Err(not_found("dead letter", id, "dead-letter list"));
     };
@@ -1088,7 +1097,25 @@ async fn show_dead_letter(pool: &PgPool, id: i64) -> anyhow::Result<String> {
     out.push_str(&amqp_properties(&d.properties));
     match &d.body_json {
         Some(body) => {
-            let _ = writeln!(out, "body:\n{}", pretty(body));
+            // Sealed fields (security.encryption) opened when this command has the key.
+            let mut opened = body.clone();
+            let sealed = match settings.cipher().map(|c| c.open(&mut opened)) {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            match sealed {
+                None => {
+                    let _ = writeln!(out, "body:\n{}", pretty(&opened));
+                }
+                Some(why) => {
+                    let _ = writeln!(
+                        out,
+                        "body (sealed fields shown sealed: {why}):\n{}",
+                        pretty(body)
+                    );
+                }
+            }
         }
         None => {
             let _ = writeln!(

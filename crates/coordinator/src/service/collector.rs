@@ -46,7 +46,14 @@ pub async fn collect(
         }
         let Some(last) = batch.last() else { continue };
         let now = shared.clock.now();
-        let rows: Vec<(NewDeadLetter, String)> = batch.iter().map(|d| collected(d, now)).collect();
+        let rows: Vec<(NewDeadLetter, String)> = batch
+            .iter()
+            .map(|d| {
+                let (mut row, key) = collected(d, now);
+                shared.cipher.seal_dead_letter(&mut row);
+                (row, key)
+            })
+            .collect();
         let mut waits = shared.settings.retry_policies.critical_task.waits();
         let stored = loop {
             match store(shared, rows.clone()).await {

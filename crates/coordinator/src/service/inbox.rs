@@ -202,9 +202,15 @@ async fn hold_back(
     published: &mpsc::Sender<Handed>,
 ) -> Result<bool, ConsumerError> {
     let now = shared.clock.now();
+    // Held bodies are stored with their sealed fields sealed, and opened when applied.
+    let sealed: Vec<Option<Vec<u8>>> = batch
+        .iter()
+        .zip(plan)
+        .map(|(d, p)| p.and_then(|_| shared.cipher.seal_body(&d.body)))
+        .collect();
     let mut rows = Vec::new();
     let mut notices = Vec::new();
-    for (d, holding) in batch.iter().zip(plan) {
+    for ((d, holding), sealed) in batch.iter().zip(plan).zip(&sealed) {
         let (Some(holding), Some(sender)) = (holding, rate_limits::Sender::of(&d.meta)) else {
             continue;
         };
@@ -232,7 +238,7 @@ async fn hold_back(
             sender: sender.agent_id,
             sender_role: sender.role,
             message_type: sender.message_type,
-            body: &d.body,
+            body: sealed.as_deref().unwrap_or(&d.body),
             meta: &d.meta,
         });
     }
@@ -302,13 +308,22 @@ async fn release(
             let mut c = shared.pool.acquire().await?;
             db::deferred::bodies(&mut c, &due.ids).await
         };
-        let rows = match rows.await {
+        let mut rows = match rows.await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %crate::telemetry::error_chain(&e), "could not read held-back messages; will retry");
                 return Ok(Some(Some(tokio::time::Instant::now() + RELEASE_RETRY)));
             }
         };
+        for r in &mut rows {
+            match shared.cipher.open_body(&r.body) {
+                Ok(body) => r.body = body,
+                // Applied as stored: its sealed fields stay sealed where it is kept.
+                Err(e) => {
+                    tracing::error!(error = %e, held = r.id, "a held-back message's sealed fields cannot be opened; it is applied as stored")
+                }
+            }
+        }
         let inbound: Vec<Inbound<'_>> = rows
             .iter()
             .map(|r| Inbound {

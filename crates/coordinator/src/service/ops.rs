@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::db::{self, read, store, Pool};
 use crate::domain::workflow::State;
 use crate::domain::{audit, emergency};
+use crate::encryption::FieldCipher;
 use crate::engine::escalations::Acknowledged;
 use crate::engine::{operator, Agents, Inbound, Outcome, Processed, Processor};
 use crate::service::pipeline;
@@ -131,6 +132,7 @@ pub struct Ops<'a> {
     pool: &'a Pool,
     clock: &'a dyn Clock,
     processor: Processor,
+    cipher: FieldCipher,
 }
 
 impl<'a> Ops<'a> {
@@ -140,6 +142,8 @@ impl<'a> Ops<'a> {
             pool,
             clock,
             processor: settings.processor(),
+            // Validated with the settings: a bad key never gets this far.
+            cipher: settings.cipher().unwrap_or_default(),
         }
     }
 
@@ -449,6 +453,7 @@ impl<'a> Ops<'a> {
             return Err(not_found("dead letter", id, "dead-letter list"));
         };
         let meta = replay_meta(&dl, &self.settings.amqp.user());
+        let body = self.opened(&dl)?;
         let applied_before = match &dl.message_id {
             Some(mid) => {
                 !store::forget_unapplied(&mut tx, mid).await?
@@ -463,7 +468,7 @@ impl<'a> Ops<'a> {
         let published = async {
             let publisher = Publisher::open(&conn, self.settings.amqp.confirm_timeout).await?;
             let acked = publisher
-                .publish_one(exchanges::TOPIC, &dl.routing_key, &dl.body, &meta)
+                .publish_one(exchanges::TOPIC, &dl.routing_key, &body, &meta)
                 .await;
             publisher.close().await;
             acked
@@ -530,6 +535,7 @@ impl<'a> Ops<'a> {
             retry: self.settings.retry_policies.default,
             // Nothing of a dry run is kept.
             audit_chain: None,
+            cipher: &self.cipher,
         };
         let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
         let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
@@ -539,14 +545,26 @@ impl<'a> Ops<'a> {
         if let Some(mid) = &dl.message_id {
             store::forget_unapplied(&mut tx, mid).await?;
         }
+        let body = self.opened(&dl)?;
         let inbound = Inbound {
-            body: &dl.body,
+            body: &body,
             meta: &meta,
         };
         let results = pipeline::dry_run(&ctx, &mut tx, &[inbound], self.clock.now()).await?;
         tx.rollback().await.map_err(db::Error::from)?;
         results.into_iter().next().ok_or_else(|| {
             Error::Refused(format!("dead letter {id}: the dry run produced no result"))
+        })
+    }
+
+    /// A dead letter's body as it was received: its sealed fields opened (a replay
+    /// sends agents and the coordinator the message they would have had).
+    fn opened(&self, dl: &store::DeadLetter) -> Result<Vec<u8>> {
+        self.cipher.open_body(&dl.body).map_err(|e| {
+            Error::Refused(format!(
+                "dead letter {} cannot be replayed as received: {e}",
+                dl.id
+            ))
         })
     }
 
@@ -634,7 +652,8 @@ impl<'a> Ops<'a> {
     /// Applies an operator's message through the batch pipeline: what it did, or why
     /// not (`missing` when the workflow it names does not exist).
     async fn apply(&self, env: &Envelope, missing: impl FnOnce() -> Error) -> Result<Processed> {
-        let p = pipeline::apply_operator(self.pool, &self.processor, self.clock, env).await?;
+        let p = pipeline::apply_operator(self.pool, &self.processor, &self.cipher, self.clock, env)
+            .await?;
         match &p.outcome {
             Outcome::Accepted => Ok(p),
             Outcome::Rejected(Reason::UnknownWorkflow) => Err(missing()),

@@ -28,6 +28,7 @@ use crate::db::batch;
 use crate::db::{self, Conn, Fault, Pool};
 use crate::domain::audit;
 use crate::domain::sla::{add, Deadline, DeadlineKind};
+use crate::encryption::FieldCipher;
 use crate::engine::rows::{Queued, Written};
 use crate::engine::{self, Agents, Batch, Checked, Inbound, Input, Processed, Processor};
 use crate::retry::RetryPolicy;
@@ -74,6 +75,8 @@ pub struct Context<'a> {
     pub retry: RetryPolicy,
     /// The audit chain this context's batches append to (none: the audit log is off).
     pub audit_chain: Option<String>,
+    /// Seals the configured payload fields of the rows written.
+    pub cipher: &'a FieldCipher,
 }
 
 impl<'a> Context<'a> {
@@ -97,6 +100,7 @@ impl<'a> Context<'a> {
             instance: &shared.instance,
             publish_after,
             retry: shared.settings.retry_policies.default,
+            cipher: &shared.cipher,
         })
     }
 }
@@ -160,6 +164,7 @@ pub async fn apply(ctx: &Context<'_>, deliveries: &[Inbound<'_>]) -> Result<Batc
 pub async fn apply_operator(
     pool: &Pool,
     processor: &Processor,
+    cipher: &FieldCipher,
     clock: &dyn Clock,
     env: &protocol::envelope::Envelope,
 ) -> db::Result<Processed> {
@@ -178,6 +183,7 @@ pub async fn apply_operator(
             .security
             .audit
             .then(|| audit::OPERATOR_CHAIN.to_string()),
+        cipher,
     };
     let c = commit(&ctx, &[Input::Operator(env)]).await?;
     Ok(c.results
@@ -369,7 +375,9 @@ async fn stage(
     let (results, finished, statements_read) = decide(ctx, conn, inputs, now, Mode::Apply).await?;
     let registrations = finished.writes.registrations.clone();
     let statements_written = finished.writes.statements();
-    let written = batch::write(conn, finished.writes, ctx.publish_after).await?;
+    let mut writes = finished.writes;
+    ctx.cipher.seal_rows(&mut writes);
+    let written = batch::write(conn, writes, ctx.publish_after).await?;
     let registered = registrations
         .into_iter()
         .filter(|(id, _)| written.registered.contains(id))
@@ -440,6 +448,7 @@ async fn set_aside(
                 result.detail = Some(error.to_string());
                 let entry = engine::audit_entry(Input::Delivery(d), &checked, &result);
                 w.audit(head.as_ref(), now, vec![entry]);
+                ctx.cipher.seal_rows(&mut w);
                 written = batch::write(&mut tx, w, ctx.publish_after).await?;
             }
             tx.commit().await?;

@@ -42,6 +42,8 @@ pub struct Shared {
     pub signer: Option<std::sync::Arc<protocol::signing::Signer>>,
     /// Outbox rows the broker confirmed, to be marked sent together.
     pub confirmed: Confirmed,
+    /// Seals the configured payload fields (`security.encryption`).
+    pub cipher: crate::encryption::FieldCipher,
     /// Every agent's rate-limit buckets (`security.rate_limits`).
     pub rate_limits: crate::service::rate_limits::RateLimits,
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
@@ -67,6 +69,8 @@ impl Shared {
         let signer = settings.signer();
         let rate_limits =
             crate::service::rate_limits::RateLimits::new(&settings.security.rate_limits);
+        // Validated with the settings: a bad key never gets this far.
+        let cipher = settings.cipher().unwrap_or_default();
         Shared {
             settings,
             instance: instance_id(),
@@ -80,6 +84,7 @@ impl Shared {
             signer,
             confirmed: Confirmed::default(),
             rate_limits,
+            cipher,
             batch_turns,
             signals: Signals::default(),
             breakers,
