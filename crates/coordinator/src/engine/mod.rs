@@ -3,7 +3,8 @@
 //! to send ([`messages`]). `db` reads and writes those rows; `service` owns the
 //! transactions around them.
 //!
-//! [`check`] runs the pure checks on each delivery (parsed once). [`needs`] says what
+//! [`Processor::check_all`] runs the pure checks on each delivery (parsed once), the
+//! batch's signatures verified together. [`needs`] says what
 //! the batch must read once its message ids are claimed. A [`Batch`] then holds what
 //! was read under lock and applies each message in delivery order — dedupe, identity,
 //! dispatch (heartbeat, escalation acknowledgement, emergency, feature workflow, or an
@@ -39,7 +40,7 @@ use protocol::catalog::Catalog;
 use protocol::envelope::{self, DeliveryMeta, Envelope, Limits, Window};
 use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
 use protocol::reject::{Reason, Rejected};
-use protocol::signing::SignatureError;
+use protocol::signing::{self, Pending, SignatureError};
 
 use crate::domain::escalation::Ladders;
 use crate::domain::sla::ClockDurations;
@@ -199,30 +200,21 @@ pub struct Security {
 }
 
 impl Security {
-    /// The sender's signature, by the keys registered for it (`Ok` when signatures
-    /// are off, and for an operator's replay).
-    fn signature(
-        &self,
-        body: &[u8],
-        env: &Envelope,
-        meta: &DeliveryMeta,
-        keys: &Agents,
-    ) -> Result<(), Rejected> {
-        if self.signatures == SignatureMode::Off || self.is_operator_replay(meta) {
-            return Ok(());
-        }
-        let agent = &env.header.source.agent_id;
-        let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    /// Whether a delivery's signature is checked: not when signatures are off, nor for
+    /// an operator's replay.
+    fn checks_signature(&self, meta: &DeliveryMeta) -> bool {
+        self.signatures != SignatureMode::Off && !self.is_operator_replay(meta)
+    }
+
+    /// Why a sender's signature does not stand, naming the keys registered for it.
+    fn refusal(e: SignatureError, agent: &str, keys: &Agents) -> Rejected {
         let registered = keys.keys_of(agent);
-        let verified =
-            protocol::signing::verify(&value, registered.iter().map(|(id, k)| (id.as_str(), k)));
-        match verified {
-            Ok(_) => Ok(()),
-            Err(SignatureError::Missing) => Err(Rejected::new(
+        match e {
+            SignatureError::Missing => Rejected::new(
                 Reason::MissingSignature,
                 "header.security.signature is missing and signatures are checked (docs/agents.md shows how to sign)",
-            )),
-            Err(e) => Err(Rejected::new(
+            ),
+            e => Rejected::new(
                 Reason::BadSignature,
                 format!(
                     "{e}; keys registered for {agent}: {}",
@@ -236,7 +228,7 @@ impl Security {
                             .join(", ")
                     }
                 ),
-            )),
+            ),
         }
     }
 
@@ -264,54 +256,138 @@ impl Security {
     }
 }
 
+/// An input after the checks that come before its signature.
+struct Prechecked {
+    envelope: Result<Envelope, Rejected>,
+    /// The signature to verify, or why there is none to verify; `None` when it is not
+    /// checked.
+    signature: Option<Result<Pending, SignatureError>>,
+}
+
 impl Processor {
     /// The pure checks of one input; `keys` holds the senders' public keys.
     pub fn check(&self, input: Input<'_>, now: DateTime<Utc>, keys: &Agents) -> Checked {
-        match input {
-            Input::Operator(env) => Checked {
+        let pre = self.precheck(input, now, keys);
+        let verdict = pre.signature.as_ref().map(|s| match s {
+            Ok(pending) => pending.verify(),
+            Err(e) => Err(e.clone()),
+        });
+        self.finish_check(input, pre.envelope, verdict, keys)
+    }
+
+    /// [`Processor::check`] of each input, in order, with the batch's signatures
+    /// verified together (`signing::verify_all`: about half the cost of one at a time).
+    pub fn check_all(
+        &self,
+        inputs: &[Input<'_>],
+        now: DateTime<Utc>,
+        keys: &Agents,
+    ) -> Vec<Checked> {
+        let pre: Vec<Prechecked> = inputs
+            .iter()
+            .map(|i| self.precheck(*i, now, keys))
+            .collect();
+        let ready: Vec<&Pending> = pre
+            .iter()
+            .filter_map(|p| p.signature.as_ref()?.as_ref().ok())
+            .collect();
+        let mut verdicts = signing::verify_all(&ready).into_iter();
+        inputs
+            .iter()
+            .zip(pre)
+            .map(|(input, p)| {
+                let verdict = p.signature.map(|s| {
+                    s.and_then(|_| verdicts.next().unwrap_or(Err(SignatureError::Missing)))
+                });
+                self.finish_check(*input, p.envelope, verdict, keys)
+            })
+            .collect()
+    }
+
+    /// Validation, the window and the sender, and the signature made ready to verify.
+    fn precheck(&self, input: Input<'_>, now: DateTime<Utc>, keys: &Agents) -> Prechecked {
+        let d = match input {
+            Input::Operator(env) => {
+                return Prechecked {
+                    envelope: Ok(env.clone()),
+                    signature: None,
+                }
+            }
+            Input::Delivery(d) => d,
+        };
+        let envelope = envelope::validate_within(d.body, d.meta, &self.catalog, &self.limits, now)
+            .and_then(|env| self.security.check(&env, d.meta, now).map(|()| env));
+        let signature = match &envelope {
+            Ok(env) if self.security.checks_signature(d.meta) => {
+                let value: serde_json::Value = serde_json::from_slice(d.body).unwrap_or_default();
+                let registered = keys.keys_of(&env.header.source.agent_id);
+                Some(signing::prepare(
+                    &value,
+                    registered.iter().map(|(id, k)| (id.as_str(), k)),
+                ))
+            }
+            _ => None,
+        };
+        Prechecked {
+            envelope,
+            signature,
+        }
+    }
+
+    /// The checked input, given its signature's verdict.
+    fn finish_check(
+        &self,
+        input: Input<'_>,
+        envelope: Result<Envelope, Rejected>,
+        verdict: Option<Result<String, SignatureError>>,
+        keys: &Agents,
+    ) -> Checked {
+        let d = match input {
+            Input::Operator(env) => {
+                return Checked {
+                    message_id: Some(env.header.message_id.clone()),
+                    sender: None,
+                    envelope,
+                    trusted: true,
+                    bad_signature: None,
+                }
+            }
+            Input::Delivery(d) => d,
+        };
+        let mut bad_signature = None;
+        let valid = match (envelope, verdict) {
+            (Ok(env), Some(Err(e))) => {
+                let rej = Security::refusal(e, &env.header.source.agent_id, keys);
+                if self.security.signatures == SignatureMode::Verify {
+                    bad_signature = Some(rej);
+                    Ok(env)
+                } else {
+                    Err(rej)
+                }
+            }
+            (envelope, _) => envelope,
+        };
+        match valid {
+            Ok(env) => Checked {
                 message_id: Some(env.header.message_id.clone()),
-                sender: None,
-                envelope: Ok(env.clone()),
-                trusted: true,
-                bad_signature: None,
+                sender: Some(env.header.source.agent_id.clone()),
+                envelope: Ok(env),
+                trusted: false,
+                bad_signature,
             },
-            Input::Delivery(d) => {
-                let mut bad_signature = None;
-                let valid =
-                    envelope::validate_within(d.body, d.meta, &self.catalog, &self.limits, now)
-                        .and_then(|env| self.security.check(&env, d.meta, now).map(|()| env))
-                        .and_then(|env| {
-                            match self.security.signature(d.body, &env, d.meta, keys) {
-                                Err(rej) if self.security.signatures == SignatureMode::Verify => {
-                                    bad_signature = Some(rej);
-                                    Ok(env)
-                                }
-                                r => r.map(|()| env),
-                            }
-                        });
-                match valid {
-                    Ok(env) => Checked {
-                        message_id: Some(env.header.message_id.clone()),
-                        sender: Some(env.header.source.agent_id.clone()),
-                        envelope: Ok(env),
-                        trusted: false,
-                        bad_signature,
-                    },
-                    Err(rej) => {
-                        // Only a rejected body is read a second time, for its ids.
-                        let (message_id, sender) = if d.body.len() <= self.limits.max_body_bytes {
-                            envelope::best_effort_ids(d.body, d.meta)
-                        } else {
-                            (d.meta.message_id.clone(), d.meta.app_id.clone())
-                        };
-                        Checked {
-                            message_id: message_id.filter(|id| !id.contains('\0')),
-                            sender,
-                            envelope: Err(rej),
-                            trusted: false,
-                            bad_signature: None,
-                        }
-                    }
+            Err(rej) => {
+                // Only a rejected body is read a second time, for its ids.
+                let (message_id, sender) = if d.body.len() <= self.limits.max_body_bytes {
+                    envelope::best_effort_ids(d.body, d.meta)
+                } else {
+                    (d.meta.message_id.clone(), d.meta.app_id.clone())
+                };
+                Checked {
+                    message_id: message_id.filter(|id| !id.contains('\0')),
+                    sender,
+                    envelope: Err(rej),
+                    trusted: false,
+                    bad_signature: None,
                 }
             }
         }

@@ -559,3 +559,75 @@ fn a_message_id_another_sender_used_is_a_conflict_not_a_duplicate() {
         assert_eq!(b.apply(*input, checked).outcome.label(), want);
     }
 }
+
+/// A batch of signed deliveries, the second with a changed payload after signing.
+fn signed_batch() -> (Vec<Msg>, Agents) {
+    use protocol::signing::{self, SigningKey};
+    let keys: Vec<(&str, &str, SigningKey)> = vec![
+        ("qa-1", "qa-director", SigningKey::from_bytes(&[1; 32])),
+        (
+            "eng-1",
+            "engineering-director",
+            SigningKey::from_bytes(&[2; 32]),
+        ),
+        ("qa-1", "qa-director", SigningKey::from_bytes(&[1; 32])),
+    ];
+    let msgs = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (agent, role, key))| {
+            let env = Envelope::from_agent(
+                agent,
+                role,
+                "heartbeat",
+                &format!("wf-{i}"),
+                json!({}),
+                now(),
+            );
+            let mut value = serde_json::to_value(&env).expect("json");
+            signing::sign(&mut value, key, &format!("{agent}-k"));
+            if i == 1 {
+                value["payload"]["data"]["changed"] = json!(true);
+            }
+            Msg {
+                body: serde_json::to_vec(&value).expect("json"),
+                meta: env.meta(&env.agent_routing_key()),
+            }
+        })
+        .collect();
+    let agents = Agents::from_rows(
+        [("qa-1", "qa-director"), ("eng-1", "engineering-director")]
+            .map(|(a, t)| (a.to_string(), t.to_string())),
+    )
+    .with_keys(
+        keys.iter()
+            .take(2)
+            .map(|(agent, _, key)| (agent.to_string(), format!("{agent}-k"), key.verifying_key())),
+    );
+    (msgs, agents)
+}
+
+#[test]
+fn a_batch_checked_together_refuses_only_its_bad_signature() {
+    let (msgs, agents) = signed_batch();
+    let inputs: Vec<Input<'_>> = msgs.iter().map(|m| Input::Delivery(inbound(m))).collect();
+    let mut p = processor();
+    p.security.signatures = SignatureMode::Require;
+    let together = p.check_all(&inputs, now(), &agents);
+    let reasons: Vec<Option<Reason>> = together
+        .iter()
+        .map(|c| c.envelope.as_ref().err().map(|r| r.reason))
+        .collect();
+    assert_eq!(reasons, vec![None, Some(Reason::BadSignature), None]);
+    let alone: Vec<Option<Reason>> = inputs
+        .iter()
+        .map(|i| p.check(*i, now(), &agents).envelope.err().map(|r| r.reason))
+        .collect();
+    assert_eq!(alone, reasons, "one at a time and together agree");
+
+    p.security.signatures = SignatureMode::Verify;
+    let verified = p.check_all(&inputs, now(), &agents);
+    assert!(verified.iter().all(|c| c.envelope.is_ok()));
+    let flagged: Vec<bool> = verified.iter().map(|c| c.bad_signature.is_some()).collect();
+    assert_eq!(flagged, vec![false, true, false]);
+}

@@ -309,10 +309,7 @@ async fn decide(
     now: DateTime<Utc>,
     mode: Mode,
 ) -> db::Result<(Vec<Processed>, engine::Finished, usize)> {
-    let checked: Vec<Checked> = inputs
-        .iter()
-        .map(|i| ctx.processor.check(*i, now, &ctx.agents))
-        .collect();
+    let checked: Vec<Checked> = ctx.processor.check_all(inputs, now, &ctx.agents);
     let (ids, senders) = engine::message_ids(&checked);
     let needs = engine::needs(&checked, &engine::AgentView::new(ctx.agents.clone()));
     let mut wf_ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
