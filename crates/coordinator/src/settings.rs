@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::clocks;
+use crate::domain::definition::{self, Definition, DefinitionError};
 use crate::domain::escalation::{Ladder, Ladders};
 use crate::domain::sla::{ClockDurations, Severity};
 use crate::engine::{Processor, Security, SignatureMode};
@@ -34,6 +35,13 @@ const SHIPPED_ENVIRONMENTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The shipped workflow definitions, compiled in (file name, text); a file of the same
+/// name in the configuration folder's `workflows/` replaces one (docs/workflows.md).
+pub const SHIPPED_WORKFLOWS: &[(&str, &str)] = &[(
+    "feature_delivery.toml",
+    include_str!("../../../config/workflows/feature_delivery.toml"),
+)];
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("configuration folder {0} ({DIR_VAR}) is not a folder")]
@@ -47,6 +55,10 @@ pub enum SettingsError {
     Load(#[from] config::ConfigError),
     #[error("configuration value {key} is invalid: {problem}")]
     Invalid { key: String, problem: String },
+    #[error("{} workflow definition error(s):\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Workflows(Vec<DefinitionError>),
+    #[error("workflow definitions folder {}: {problem}", dir.display())]
+    WorkflowsFolder { dir: PathBuf, problem: String },
 }
 
 /// What to write instead, for the mistakes a bare error leaves a newcomer guessing at.
@@ -85,6 +97,72 @@ pub struct Settings {
     pub agents: Vec<StaticAgent>,
     #[serde(default)]
     pub roles: BTreeMap<String, RoleSpec>,
+    /// The workflow definitions: the shipped ones and the configuration folder's
+    /// `workflows/*.toml` (not a configuration key; read beside the files).
+    #[serde(skip)]
+    pub workflows: Workflows,
+}
+
+/// The workflow definitions the service runs, checked.
+#[derive(Debug, Clone, Default)]
+pub struct Workflows(pub Vec<&'static Definition>);
+
+impl Workflows {
+    /// The shipped definitions, with `dir`'s `*.toml` files replacing those of the same
+    /// name and adding the others (`dir` may be missing), each checked against
+    /// `catalog` and all of them together.
+    pub fn load(dir: &Path, catalog: &Catalog) -> Result<Workflows, SettingsError> {
+        let mut files: BTreeMap<String, (String, String)> = SHIPPED_WORKFLOWS
+            .iter()
+            .map(|(name, text)| {
+                (
+                    name.to_string(),
+                    (format!("(shipped) workflows/{name}"), text.to_string()),
+                )
+            })
+            .collect();
+        if dir.is_dir() {
+            let folder = |problem: String| SettingsError::WorkflowsFolder {
+                dir: dir.to_path_buf(),
+                problem,
+            };
+            let entries = std::fs::read_dir(dir).map_err(|e| folder(e.to_string()))?;
+            for entry in entries {
+                let path = entry.map_err(|e| folder(e.to_string()))?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if !name.ends_with(".toml") {
+                    continue;
+                }
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| folder(format!("{name}: {e}")))?;
+                files.insert(name.to_string(), (path.display().to_string(), text));
+            }
+        }
+        let mut defs = Vec::new();
+        let mut errors = Vec::new();
+        for (file, text) in files.values() {
+            match definition::parse(file, text, catalog) {
+                Ok(d) => defs.push(d),
+                Err(e) => errors.extend(e),
+            }
+        }
+        errors.extend(definition::check_together(&defs));
+        if errors.is_empty() {
+            Ok(Workflows(defs))
+        } else {
+            Err(SettingsError::Workflows(errors))
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'static Definition> {
+        self.0.iter().copied().find(|d| d.name == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'static Definition> + '_ {
+        self.0.iter().copied()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -635,8 +713,9 @@ impl Settings {
             builder = builder.add_source(environment().source(Some(vars)));
         }
         let built = builder.build()?;
-        let settings: Settings = built.try_deserialize()?;
+        let mut settings: Settings = built.try_deserialize()?;
         settings.validate()?;
+        settings.workflows = Workflows::load(&dir.join("workflows"), &settings.catalog())?;
         Ok(settings)
     }
 

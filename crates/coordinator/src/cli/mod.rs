@@ -268,6 +268,17 @@ pub enum WorkflowCommand {
         #[arg(long, default_value_t = operator())]
         by: String,
     },
+    /// Check workflow definitions as the service reads them: the shipped ones, with the
+    /// *.toml files of DIR (default: the configuration folder's workflows/) on top
+    Check {
+        /// A folder of workflow definitions (*.toml)
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Print a workflow definition as a Mermaid state diagram
+    Graph {
+        /// The workflow's name (`workflow check` lists them)
+        name: String,
+    },
 }
 
 /// The OS user running the command: who `--by` records unless told otherwise.
@@ -460,11 +471,61 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
     if let Command::Key { command } = &command {
         return key(settings, command);
     }
+    if let Command::Workflow {
+        command: command @ (WorkflowCommand::Check { .. } | WorkflowCommand::Graph { .. }),
+    } = &command
+    {
+        return definitions(settings, command);
+    }
     let pool = db::pool(&settings.database)?;
     db::check_reachable(&settings.database).await?;
     let result = run_on(settings, &pool, command).await;
     db::close(&pool).await;
     result
+}
+
+/// `coordinator workflow check|graph`: definitions only, no database.
+fn definitions(settings: &Settings, command: &WorkflowCommand) -> anyhow::Result<String> {
+    match command {
+        WorkflowCommand::Check { dir } => {
+            let workflows = match dir {
+                None => settings.workflows.clone(),
+                Some(dir) if !dir.is_dir() => {
+                    return Err(usage(format!("{} is not a folder", dir.display())))
+                }
+                Some(dir) => crate::settings::Workflows::load(dir, &settings.catalog())
+                    .map_err(|e| usage(e.to_string()))?,
+            };
+            let mut out = format!("ok: {} workflow definition(s)\n", workflows.0.len());
+            for d in workflows.iter() {
+                out.push_str(&format!(
+                    "  {} v{} ({} states, {} clocks, starts on {} from {}; sha256 {}) from {}\n",
+                    d.name,
+                    d.version,
+                    d.states.len(),
+                    d.clocks.len(),
+                    d.start.message,
+                    d.start.from,
+                    &d.hash[..12],
+                    d.file
+                ));
+            }
+            Ok(out)
+        }
+        WorkflowCommand::Graph { name } => match settings.workflows.get(name) {
+            Some(d) => Ok(crate::domain::graph::mermaid(d)),
+            None => Err(usage(format!(
+                "no workflow definition named {name:?}; defined: {}",
+                settings
+                    .workflows
+                    .iter()
+                    .map(|d| d.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        },
+        _ => Err(usage("not a definitions command")),
+    }
 }
 
 /// `coordinator key …`: needs neither the database nor the broker.
@@ -591,6 +652,9 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
             WorkflowCommand::Fail { id, reason, by } => {
                 let c = ops.close_workflow(&id, State::Failed, &reason, &by).await?;
                 Ok(format!("workflow {id}: {} → {}\n", c.from, c.to))
+            }
+            c @ (WorkflowCommand::Check { .. } | WorkflowCommand::Graph { .. }) => {
+                definitions(settings, &c)
             }
         },
         Command::Sla { command } => match command {

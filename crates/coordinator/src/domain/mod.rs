@@ -4,9 +4,11 @@
 
 pub mod audit;
 pub mod clocks;
+pub mod definition;
 pub mod effect;
 pub mod emergency;
 pub mod escalation;
+pub mod graph;
 pub mod ids;
 pub mod sla;
 pub mod workflow;

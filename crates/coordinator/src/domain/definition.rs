@@ -1,0 +1,859 @@
+//! Workflows as data: a workflow definition (one TOML file per workflow under
+//! `config/workflows/`, docs/workflows.md) read, checked against the role catalog, and
+//! compiled into the tables the pure state machine ([`super::workflow`]) walks.
+//!
+//! Definitions are read once when the service or a CLI command starts and live for
+//! the rest of the process: compiling one leaks it to `'static`, so that the effects
+//! it produces name its tasks and clocks without copying them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use protocol::catalog::{Catalog, Permission};
+
+use super::sla::{ClockDef, Severity};
+
+/// The states every workflow has besides its own: where an operator's
+/// `workflow cancel` and `workflow fail` take it.
+pub const CANCELLED: &str = "cancelled";
+pub const FAILED: &str = "failed";
+
+/// A compiled workflow definition.
+#[derive(Debug)]
+pub struct Definition {
+    pub name: &'static str,
+    pub version: u32,
+    pub title: &'static str,
+    /// The `payload.data` member that names the workflow's business object
+    /// (`epic_id` for feature delivery), stored in `workflows.business_key`.
+    pub key: Option<&'static str>,
+    /// Where it was read from, for errors.
+    pub file: &'static str,
+    /// SHA-256 of the file's text, hex.
+    pub hash: String,
+    pub start: Start,
+    pub clocks: Vec<ClockDef>,
+    /// Every state in the order a workflow meets them: the start state first, then
+    /// breadth first along the rules.
+    pub states: Vec<StateDef>,
+}
+
+/// What starts a workflow.
+#[derive(Debug)]
+pub struct Start {
+    pub message: &'static str,
+    pub from: &'static str,
+    pub state: &'static str,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug)]
+pub struct StateDef {
+    pub name: &'static str,
+    pub terminal: bool,
+    /// Clocks armed when the state is entered.
+    pub arms: Vec<&'static str>,
+    pub rules: Vec<Rule>,
+}
+
+/// "On message M from role R: do these, go to S."
+#[derive(Debug)]
+pub struct Rule {
+    pub message: &'static str,
+    pub from: &'static str,
+    pub goto: Option<&'static str>,
+    pub actions: Vec<Action>,
+}
+
+/// What a rule does besides changing the state and meeting clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start a new round (the clocks it arms are the round's).
+    NewRound,
+    /// Cancel this clock where it is armed (and not being met by the same message).
+    Cancel(&'static str),
+    /// A task to every agent of a role (their task queues).
+    SendTask {
+        task: &'static str,
+        to: &'static str,
+    },
+    /// A notice to every agent of a role.
+    Notify {
+        message: &'static str,
+        to: &'static str,
+    },
+    /// An escalation against the sender's role, at once.
+    Escalate { severity: Severity },
+}
+
+impl Definition {
+    pub fn state(&self, name: &str) -> Option<&StateDef> {
+        self.states.iter().find(|s| s.name == name)
+    }
+
+    pub fn clock(&self, name: &str) -> Option<&ClockDef> {
+        self.clocks.iter().find(|c| c.name == name)
+    }
+
+    /// A state's name as this definition spells it (`'static`), the operators' two
+    /// included.
+    pub fn state_name(&self, name: &str) -> Option<&'static str> {
+        self.state(name)
+            .map(|s| s.name)
+            .or_else(|| [CANCELLED, FAILED].into_iter().find(|s| *s == name))
+    }
+
+    pub fn is_terminal(&self, state: &str) -> bool {
+        state == CANCELLED || state == FAILED || self.state(state).is_some_and(|s| s.terminal)
+    }
+
+    /// Every message type the workflow consumes.
+    pub fn inputs(&self) -> impl Iterator<Item = &'static str> + '_ {
+        std::iter::once(self.start.message)
+            .chain(
+                self.states
+                    .iter()
+                    .flat_map(|s| s.rules.iter().map(|r| r.message)),
+            )
+            .chain(self.clocks.iter().flat_map(|c| c.met_by.iter().copied()))
+    }
+
+    /// True if `message` raises an escalation in some state.
+    pub fn may_escalate(&self, message: &str) -> bool {
+        self.states.iter().flat_map(|s| &s.rules).any(|r| {
+            r.message == message
+                && r.actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Escalate { .. }))
+        })
+    }
+}
+
+/// A definition that cannot be used, said so that a person can fix it: the file, the
+/// workflow, where in it, the key, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionError {
+    pub file: String,
+    pub workflow: String,
+    /// `state testing, rule 2 (bug_discovered)`, `clock testing_start`, `start`, …
+    pub at: String,
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: workflow {}", self.file, self.workflow)?;
+        if !self.at.is_empty() {
+            write!(f, ", {}", self.at)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ", key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl std::error::Error for DefinitionError {}
+
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    workflow: Header,
+    start: StartSpec,
+    #[serde(default)]
+    clocks: BTreeMap<String, ClockSpec>,
+    #[serde(default)]
+    states: BTreeMap<String, StateSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    name: String,
+    version: u32,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartSpec {
+    message: String,
+    from: String,
+    state: String,
+    #[serde(default)]
+    task: Option<TaskSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskSpec {
+    name: String,
+    to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifySpec {
+    message: String,
+    to: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClockSpec {
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    duration: Option<Duration>,
+    #[serde(default)]
+    severity: Option<Severity>,
+    #[serde(default)]
+    met_by: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateSpec {
+    #[serde(default)]
+    terminal: bool,
+    /// The role the rules hear from, unless a rule says otherwise.
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    arms: Vec<String>,
+    #[serde(default)]
+    on: Vec<RuleSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    message: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    goto: Option<String>,
+    #[serde(default)]
+    new_round: bool,
+    #[serde(default)]
+    cancel: Vec<String>,
+    #[serde(default)]
+    task: Option<TaskSpec>,
+    #[serde(default)]
+    notify: Option<NotifySpec>,
+    #[serde(default)]
+    escalate: Option<Severity>,
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn leak_all(v: Vec<String>) -> &'static [&'static str] {
+    Box::leak(
+        v.into_iter()
+            .map(leak)
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    )
+}
+
+/// Reads and checks one definition file's text; `file` names it in errors.
+pub fn parse(
+    file: &str,
+    text: &str,
+    catalog: &Catalog,
+) -> Result<&'static Definition, Vec<DefinitionError>> {
+    let stem = file
+        .rsplit('/')
+        .next()
+        .unwrap_or(file)
+        .trim_end_matches(".toml")
+        .to_string();
+    let raw: File = toml::from_str(text).map_err(|e| {
+        let before = e.span().and_then(|span| text.get(..span.start));
+        let at = before.map_or_else(String::new, |b| {
+            let line = b.matches('\n').count() + 1;
+            let column = b.len() - b.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        });
+        vec![DefinitionError {
+            file: file.to_string(),
+            workflow: stem.clone(),
+            at,
+            key: String::new(),
+            problem: e.message().trim_end().to_string(),
+        }]
+    })?;
+    let mut errors = Errors {
+        file: file.to_string(),
+        workflow: raw.workflow.name.clone(),
+        list: Vec::new(),
+    };
+    check(&raw, catalog, &mut errors);
+    if !errors.list.is_empty() {
+        return Err(errors.list);
+    }
+    Ok(Box::leak(Box::new(compile(file, text, raw))))
+}
+
+struct Errors {
+    file: String,
+    workflow: String,
+    list: Vec<DefinitionError>,
+}
+
+impl Errors {
+    fn push(&mut self, at: impl Into<String>, key: &str, problem: impl Into<String>) {
+        self.list.push(DefinitionError {
+            file: self.file.clone(),
+            workflow: self.workflow.clone(),
+            at: at.into(),
+            key: key.to_string(),
+            problem: problem.into(),
+        });
+    }
+
+    /// `role` is a role of the catalog.
+    fn role(&mut self, catalog: &Catalog, at: &str, key: &str, role: &str) {
+        if !catalog.is_role(role) {
+            let known: Vec<&str> = catalog.roles().map(|(r, _)| r).collect();
+            self.push(
+                at,
+                key,
+                format!("unknown role {role:?} (roles: {})", known.join(", ")),
+            );
+        }
+    }
+
+    /// `role` may publish `message` by the catalog.
+    fn publishes(&mut self, catalog: &Catalog, at: &str, key: &str, role: &str, message: &str) {
+        match catalog.may_publish(role, message) {
+            Permission::Allowed | Permission::UnknownRole => {}
+            Permission::UnknownMessageType => self.push(
+                at,
+                key,
+                format!("{message:?} is no message type any role publishes (config [roles.*].publishes)"),
+            ),
+            Permission::NotAllowed => self.push(
+                at,
+                key,
+                format!("{role} may not publish {message:?} (config [roles.{role}].publishes)"),
+            ),
+        }
+    }
+}
+
+fn check(raw: &File, catalog: &Catalog, e: &mut Errors) {
+    let states = &raw.states;
+    let known_state = |s: &str| states.contains_key(s) || s == CANCELLED || s == FAILED;
+    let state_list = || {
+        states
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    if raw.workflow.name.is_empty()
+        || !raw
+            .workflow
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        e.push(
+            "[workflow]",
+            "name",
+            "a workflow's name is lowercase letters, digits and _",
+        );
+    }
+    let s = &raw.start;
+    e.role(catalog, "[start]", "from", &s.from);
+    e.publishes(catalog, "[start]", "message", &s.from, &s.message);
+    if !states.contains_key(&s.state) {
+        e.push(
+            "[start]",
+            "state",
+            format!("no state named {:?} (states: {})", s.state, state_list()),
+        );
+    }
+    if let Some(t) = &s.task {
+        e.role(catalog, "[start]", "task.to", &t.to);
+    }
+    for name in [CANCELLED, FAILED] {
+        if states.contains_key(name) {
+            e.push(format!("state {name}"), "", format!("{name} is every workflow's own (an operator's workflow cancel/fail): do not define it"));
+        }
+    }
+
+    for (name, c) in &raw.clocks {
+        let at = format!("clock {name}");
+        match &c.owner {
+            None => e.push(&at, "owner", "a clock needs the role that must meet it"),
+            Some(o) => {
+                e.role(catalog, &at, "owner", o);
+                for m in &c.met_by {
+                    e.publishes(catalog, &at, "met_by", o, m);
+                }
+            }
+        }
+        match c.duration {
+            None => e.push(&at, "duration", "a clock needs a duration (e.g. \"4h\")"),
+            Some(d) if d.is_zero() => {
+                e.push(&at, "duration", "a clock of zero breaches as it is armed")
+            }
+            Some(_) => {}
+        }
+        if c.met_by.is_empty() {
+            e.push(
+                &at,
+                "met_by",
+                "nothing meets this clock: name the message types that do",
+            );
+        }
+    }
+
+    for (name, st) in states {
+        let at_state = format!("state {name}");
+        if st.terminal {
+            if !st.on.is_empty() || !st.arms.is_empty() {
+                e.push(
+                    &at_state,
+                    "terminal",
+                    "a terminal state has no rules and arms no clocks",
+                );
+            }
+            continue;
+        }
+        if let Some(from) = &st.from {
+            e.role(catalog, &at_state, "from", from);
+        }
+        for clock in &st.arms {
+            if !raw.clocks.contains_key(clock) {
+                e.push(&at_state, "arms", format!("no clock named {clock:?}"));
+            }
+        }
+        if !st
+            .on
+            .iter()
+            .any(|r| r.goto.as_ref().is_some_and(|g| g != name))
+        {
+            e.push(
+                &at_state,
+                "on",
+                "a state that is not terminal needs a rule that leaves it (goto)",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, r) in st.on.iter().enumerate() {
+            let at = format!("state {name}, rule {} ({})", i + 1, r.message);
+            let Some(from) = r.from.as_ref().or(st.from.as_ref()) else {
+                e.push(
+                    &at,
+                    "from",
+                    "which role sends it? (set `from` on the rule or the state)",
+                );
+                continue;
+            };
+            e.role(catalog, &at, "from", from);
+            e.publishes(catalog, &at, "message", from, &r.message);
+            if !seen.insert((from.as_str(), r.message.as_str())) {
+                e.push(
+                    &at,
+                    "message",
+                    format!("a second rule for {} from {from} in this state", r.message),
+                );
+            }
+            if let Some(g) = &r.goto {
+                if !known_state(g) {
+                    e.push(
+                        &at,
+                        "goto",
+                        format!("no state named {g:?} (states: {})", state_list()),
+                    );
+                }
+            }
+            for c in &r.cancel {
+                if !raw.clocks.contains_key(c) {
+                    e.push(&at, "cancel", format!("no clock named {c:?}"));
+                }
+            }
+            if let Some(t) = &r.task {
+                e.role(catalog, &at, "task.to", &t.to);
+            }
+            if let Some(n) = &r.notify {
+                for to in &n.to {
+                    e.role(catalog, &at, "notify.to", to);
+                }
+            }
+        }
+    }
+
+    // Reachable from the start state by the rules' gotos.
+    let mut reached = BTreeSet::from([s.state.as_str()]);
+    let mut frontier = vec![s.state.as_str()];
+    while let Some(at) = frontier.pop() {
+        let Some(st) = states.get(at) else { continue };
+        for g in st.on.iter().filter_map(|r| r.goto.as_deref()) {
+            if reached.insert(g) {
+                frontier.push(g);
+            }
+        }
+    }
+    for name in states.keys().filter(|n| !reached.contains(n.as_str())) {
+        e.push(
+            format!("state {name}"),
+            "",
+            format!(
+                "unreachable: no rule leads here from the start state {}",
+                s.state
+            ),
+        );
+    }
+}
+
+fn compile(file: &str, text: &str, raw: File) -> Definition {
+    let hash = hex::encode(Sha256::digest(text.as_bytes()));
+    let task = |t: TaskSpec| Action::SendTask {
+        task: leak(t.name),
+        to: leak(t.to),
+    };
+    let mut start_actions = Vec::new();
+    start_actions.extend(raw.start.task.map(task));
+    let start_state = raw.start.state.clone();
+    let clocks = raw
+        .clocks
+        .into_iter()
+        .map(|(name, c)| ClockDef {
+            name: leak(name),
+            owner: leak(c.owner.unwrap_or_default()),
+            default: c.duration.unwrap_or_default(),
+            severity: c.severity.unwrap_or(Severity::High),
+            met_by: leak_all(c.met_by),
+        })
+        .collect();
+    let mut states: Vec<StateDef> = raw
+        .states
+        .into_iter()
+        .map(|(name, st)| {
+            let default_from = st.from;
+            StateDef {
+                name: leak(name),
+                terminal: st.terminal,
+                arms: st.arms.into_iter().map(leak).collect(),
+                rules: st
+                    .on
+                    .into_iter()
+                    .map(|r| {
+                        let mut actions = Vec::new();
+                        if r.new_round {
+                            actions.push(Action::NewRound);
+                        }
+                        actions.extend(r.cancel.into_iter().map(|c| Action::Cancel(leak(c))));
+                        actions.extend(r.task.map(task));
+                        if let Some(n) = r.notify {
+                            let message = leak(n.message);
+                            actions.extend(n.to.into_iter().map(|to| Action::Notify {
+                                message,
+                                to: leak(to),
+                            }));
+                        }
+                        actions.extend(r.escalate.map(|severity| Action::Escalate { severity }));
+                        Rule {
+                            message: leak(r.message),
+                            from: leak(r.from.or_else(|| default_from.clone()).unwrap_or_default()),
+                            goto: r.goto.map(leak),
+                            actions,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    // In the order a workflow meets them: breadth first from the start, by the rules'
+    // order (every state is reachable: `check` refused the rest).
+    let mut order: Vec<String> = vec![start_state];
+    let mut i = 0;
+    while let Some(name) = order.get(i).cloned() {
+        let next = states
+            .iter()
+            .find(|s| s.name == name)
+            .into_iter()
+            .flat_map(|s| s.rules.iter().filter_map(|r| r.goto));
+        for g in next {
+            if !order.iter().any(|o| o == g) {
+                order.push(g.to_string());
+            }
+        }
+        i += 1;
+    }
+    states.sort_by_key(|s| order.iter().position(|o| o == s.name).unwrap_or(usize::MAX));
+    Definition {
+        name: leak(raw.workflow.name.clone()),
+        version: raw.workflow.version,
+        title: leak(raw.workflow.title.unwrap_or(raw.workflow.name)),
+        key: raw.workflow.key.map(leak),
+        file: leak(file.to_string()),
+        hash,
+        start: Start {
+            message: leak(raw.start.message),
+            from: leak(raw.start.from),
+            state: states.first().map_or("", |s| s.name),
+            actions: start_actions,
+        },
+        clocks,
+        states,
+    }
+}
+
+/// Checks what only shows across definitions: two claiming one start message, or one
+/// clock name.
+pub fn check_together(defs: &[&Definition]) -> Vec<DefinitionError> {
+    let mut errors = Vec::new();
+    let mut starts: HashMap<&str, &Definition> = HashMap::new();
+    let mut clocks: HashMap<&str, &Definition> = HashMap::new();
+    let mut names: HashMap<&str, &Definition> = HashMap::new();
+    for d in defs {
+        let err = |at: String, key: &str, problem: String| DefinitionError {
+            file: d.file.to_string(),
+            workflow: d.name.to_string(),
+            at,
+            key: key.to_string(),
+            problem,
+        };
+        if let Some(other) = names.insert(d.name, d) {
+            errors.push(err(
+                "[workflow]".into(),
+                "name",
+                format!("{} also defines workflow {}", other.file, d.name),
+            ));
+        }
+        if let Some(other) = starts.insert(d.start.message, d) {
+            errors.push(err(
+                "[start]".into(),
+                "message",
+                format!(
+                    "{} is already the start of workflow {} ({})",
+                    d.start.message, other.name, other.file
+                ),
+            ));
+        }
+        for c in &d.clocks {
+            if let Some(other) = clocks.insert(c.name, d) {
+                errors.push(err(
+                    format!("clock {}", c.name),
+                    "",
+                    format!("workflow {} ({}) has a clock of the same name: clock names are unique across workflows, as [sla] overrides them by name", other.name, other.file),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::workflow;
+    use std::path::PathBuf;
+
+    fn catalog() -> Catalog {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config"));
+        crate::settings::Settings::load_from(&dir, None)
+            .expect("default settings")
+            .catalog()
+    }
+
+    /// A small valid definition the tests edit.
+    const REVIEW: &str = include_str!("../../tests/fixtures/code_review.toml");
+
+    /// The errors of `REVIEW` with `from` replaced by `to`, as a person reads them.
+    fn errors_with(from: &str, to: &str) -> Vec<String> {
+        assert!(REVIEW.contains(from), "the test's edit applies: {from}");
+        match parse(
+            "workflows/code_review.toml",
+            &REVIEW.replace(from, to),
+            &catalog(),
+        ) {
+            Ok(_) => vec![],
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn one_error(from: &str, to: &str) -> String {
+        let errors = errors_with(from, to);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors.into_iter().next().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_valid_definition_compiles_with_its_start_state_first() {
+        let d = parse("workflows/code_review.toml", REVIEW, &catalog()).expect("valid");
+        assert_eq!(
+            (d.name, d.version, d.start.state),
+            ("code_review", 1, "reviewing")
+        );
+        assert_eq!(d.states[0].name, "reviewing");
+        assert!(d.is_terminal("done") && d.is_terminal(CANCELLED) && !d.is_terminal("reviewing"));
+        assert_eq!(
+            d.clock("review").map(|c| c.default),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(d.hash.len(), 64);
+    }
+
+    #[test]
+    fn each_error_names_the_file_the_workflow_the_place_and_the_key() {
+        assert_eq!(
+            one_error(r#"to = "qa-director""#, r#"to = "legal""#),
+            "workflows/code_review.toml: workflow code_review, [start], key `task.to`: unknown role \"legal\" (roles: creative-director, devops-manager, engineering-director, marketing-director, product-director, qa-director)"
+        );
+        assert_eq!(
+            one_error(r#"message = "quality_gate_status""#, r#"message = "deployment_started""#),
+            "workflows/code_review.toml: workflow code_review, state reviewing, rule 1 (deployment_started), key `message`: qa-director may not publish \"deployment_started\" (config [roles.qa-director].publishes)"
+        );
+        let missing = errors_with(r#"goto = "done""#, r#"goto = "finished""#);
+        assert!(
+            missing[0].ends_with("state reviewing, rule 1 (quality_gate_status), key `goto`: no state named \"finished\" (states: done, reviewing)"),
+            "{missing:#?}"
+        );
+        let no_way_out = errors_with(r#", goto = "done""#, "");
+        assert!(no_way_out.iter().any(|e| e.contains("state reviewing, key `on`: a state that is not terminal needs a rule that leaves it")), "{no_way_out:#?}");
+        assert!(
+            no_way_out
+                .iter()
+                .any(|e| e.contains("state done: unreachable")),
+            "{no_way_out:#?}"
+        );
+        let unreachable = one_error(
+            "[states.done]",
+            "[states.limbo]\nfrom = \"qa-director\"\non = [{ message = \"testing_started\", goto = \"done\" }]\n\n[states.done]",
+        );
+        assert!(
+            unreachable.ends_with(
+                "state limbo: unreachable: no rule leads here from the start state reviewing"
+            ),
+            "{unreachable}"
+        );
+        assert!(one_error("duration = \"2h\"\n", "")
+            .contains("clock review, key `duration`: a clock needs a duration"));
+        assert!(one_error("owner = \"qa-director\"\n", "")
+            .contains("clock review, key `owner`: a clock needs the role that must meet it"));
+        let typo = one_error("met_by =", "meet_by =");
+        assert!(
+            typo.starts_with(
+                "workflows/code_review.toml: workflow code_review, line 16, column 1: unknown field `meet_by`, expected one of"
+            ),
+            "{typo}"
+        );
+    }
+
+    #[test]
+    fn two_workflows_may_not_claim_one_start_message_or_one_clock() {
+        let a = parse("workflows/code_review.toml", REVIEW, &catalog()).expect("valid");
+        let b = parse(
+            "workflows/second_review.toml",
+            &REVIEW.replace("name = \"code_review\"", "name = \"second_review\""),
+            &catalog(),
+        )
+        .expect("valid");
+        let errors: Vec<String> = check_together(&[a, b])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_eq!(errors[0], "workflows/second_review.toml: workflow second_review, [start], key `message`: code_review_required is already the start of workflow code_review (workflows/code_review.toml)");
+        assert!(errors[1].starts_with("workflows/second_review.toml: workflow second_review, clock review: workflow code_review"));
+    }
+
+    /// Until the engine runs definitions, the shipped file must say what its tables do.
+    #[test]
+    fn the_shipped_feature_delivery_is_the_workflow_the_engine_runs() {
+        let text = include_str!("../../../../config/workflows/feature_delivery.toml");
+        let d = parse("feature_delivery.toml", text, &catalog()).expect("valid");
+        assert_eq!((d.name, d.key), (workflow::KIND, Some("epic_id")));
+        assert_eq!(
+            (d.start.message, d.start.from),
+            (workflow::START_MESSAGE, workflow::START_ROLE)
+        );
+        assert_eq!(d.start.state, workflow::State::RequirementsHandoff.as_str());
+        let workflow::Action::SendTask { task, to } = workflow::START_TASK else {
+            panic!("the start sends a task")
+        };
+        assert_eq!(d.start.actions, vec![Action::SendTask { task, to }]);
+        let clocks = |cs: &mut dyn Iterator<Item = &ClockDef>| {
+            let mut v: Vec<String> = cs.map(|c| format!("{c:?}")).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            clocks(&mut d.clocks.iter()),
+            clocks(&mut workflow::CLOCKS.iter())
+        );
+        let new_round_cancels =
+            workflow::stage(workflow::State::FeatureHandoff).map_or(&[][..], |s| s.arms);
+        for st in workflow::State::ALL {
+            let name = st.as_str();
+            if st.is_terminal() {
+                assert!(d.is_terminal(name), "{name}");
+                continue;
+            }
+            let (Some(stage), Some(def)) = (workflow::stage(st), d.state(name)) else {
+                panic!("state {name} in both")
+            };
+            assert_eq!(stage.arms, def.arms.as_slice(), "{name} arms");
+            let expected: Vec<(&str, &str, Option<&str>, Vec<Action>)> = stage
+                .accepts
+                .iter()
+                .map(|r| {
+                    let actions = match r.action {
+                        workflow::Action::None => vec![],
+                        workflow::Action::SendTask { task, to } => {
+                            vec![Action::SendTask { task, to }]
+                        }
+                        workflow::Action::NewRound { task, to } => {
+                            std::iter::once(Action::NewRound)
+                                .chain(new_round_cancels.iter().copied().map(Action::Cancel))
+                                .chain([Action::SendTask { task, to }])
+                                .collect()
+                        }
+                        workflow::Action::Escalate { severity } => {
+                            vec![Action::Escalate { severity }]
+                        }
+                        workflow::Action::Deployed { notify } => notify
+                            .iter()
+                            .map(|to| Action::Notify {
+                                message: "feature_deployed",
+                                to,
+                            })
+                            .collect(),
+                    };
+                    (
+                        r.message,
+                        stage.owner,
+                        r.goto.map(workflow::State::as_str),
+                        actions,
+                    )
+                })
+                .collect();
+            let actual: Vec<(&str, &str, Option<&str>, Vec<Action>)> = def
+                .rules
+                .iter()
+                .map(|r| (r.message, r.from, r.goto, r.actions.clone()))
+                .collect();
+            assert_eq!(actual, expected, "{name} rules");
+        }
+        assert_eq!(d.states.len(), 8, "seven stages and completed");
+    }
+}
