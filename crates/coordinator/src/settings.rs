@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::clocks;
-use crate::domain::definition::{self, Definition, DefinitionError};
+use crate::domain::definition::{self, DefinitionError, Definitions};
 use crate::domain::escalation::{Ladder, Ladders};
 use crate::domain::sla::{ClockDurations, Severity};
 use crate::engine::{Processor, Security, SignatureMode};
@@ -100,68 +100,54 @@ pub struct Settings {
     /// The workflow definitions: the shipped ones and the configuration folder's
     /// `workflows/*.toml` (not a configuration key; read beside the files).
     #[serde(skip)]
-    pub workflows: Workflows,
+    pub workflows: Definitions,
 }
 
-/// The workflow definitions the service runs, checked.
-#[derive(Debug, Clone, Default)]
-pub struct Workflows(pub Vec<&'static Definition>);
-
-impl Workflows {
-    /// The shipped definitions, with `dir`'s `*.toml` files replacing those of the same
-    /// name and adding the others (`dir` may be missing), each checked against
-    /// `catalog` and all of them together.
-    pub fn load(dir: &Path, catalog: &Catalog) -> Result<Workflows, SettingsError> {
-        let mut files: BTreeMap<String, (String, String)> = SHIPPED_WORKFLOWS
-            .iter()
-            .map(|(name, text)| {
-                (
-                    name.to_string(),
-                    (format!("(shipped) workflows/{name}"), text.to_string()),
-                )
-            })
-            .collect();
-        if dir.is_dir() {
-            let folder = |problem: String| SettingsError::WorkflowsFolder {
-                dir: dir.to_path_buf(),
-                problem,
+/// Reads the workflow definitions: the shipped ones, with `dir`'s `*.toml` files
+/// replacing those of the same name and adding the others (`dir` may be missing), each
+/// checked against `catalog` and all of them together.
+pub fn load_workflows(dir: &Path, catalog: &Catalog) -> Result<Definitions, SettingsError> {
+    let mut files: BTreeMap<String, (String, String)> = SHIPPED_WORKFLOWS
+        .iter()
+        .map(|(name, text)| {
+            (
+                name.to_string(),
+                (format!("(shipped) workflows/{name}"), text.to_string()),
+            )
+        })
+        .collect();
+    if dir.is_dir() {
+        let folder = |problem: String| SettingsError::WorkflowsFolder {
+            dir: dir.to_path_buf(),
+            problem,
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| folder(e.to_string()))?;
+        for entry in entries {
+            let path = entry.map_err(|e| folder(e.to_string()))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
             };
-            let entries = std::fs::read_dir(dir).map_err(|e| folder(e.to_string()))?;
-            for entry in entries {
-                let path = entry.map_err(|e| folder(e.to_string()))?.path();
-                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                    continue;
-                };
-                if !name.ends_with(".toml") {
-                    continue;
-                }
-                let text =
-                    std::fs::read_to_string(&path).map_err(|e| folder(format!("{name}: {e}")))?;
-                files.insert(name.to_string(), (path.display().to_string(), text));
+            if !name.ends_with(".toml") {
+                continue;
             }
-        }
-        let mut defs = Vec::new();
-        let mut errors = Vec::new();
-        for (file, text) in files.values() {
-            match definition::parse(file, text, catalog) {
-                Ok(d) => defs.push(d),
-                Err(e) => errors.extend(e),
-            }
-        }
-        errors.extend(definition::check_together(&defs));
-        if errors.is_empty() {
-            Ok(Workflows(defs))
-        } else {
-            Err(SettingsError::Workflows(errors))
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| folder(format!("{name}: {e}")))?;
+            files.insert(name.to_string(), (path.display().to_string(), text));
         }
     }
-
-    pub fn get(&self, name: &str) -> Option<&'static Definition> {
-        self.0.iter().copied().find(|d| d.name == name)
+    let mut defs = Vec::new();
+    let mut errors = Vec::new();
+    for (file, text) in files.values() {
+        match definition::parse(file, text, catalog) {
+            Ok(d) => defs.push(d),
+            Err(e) => errors.extend(e),
+        }
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = &'static Definition> + '_ {
-        self.0.iter().copied()
+    errors.extend(definition::check_together(&defs));
+    if errors.is_empty() {
+        Ok(Definitions(defs))
+    } else {
+        Err(SettingsError::Workflows(errors))
     }
 }
 
@@ -714,8 +700,8 @@ impl Settings {
         }
         let built = builder.build()?;
         let mut settings: Settings = built.try_deserialize()?;
+        settings.workflows = load_workflows(&dir.join("workflows"), &settings.catalog())?;
         settings.validate()?;
-        settings.workflows = Workflows::load(&dir.join("workflows"), &settings.catalog())?;
         Ok(settings)
     }
 
@@ -795,6 +781,7 @@ impl Settings {
         Processor {
             catalog: self.catalog(),
             durations: self.clock_durations(),
+            workflows: self.workflows.clone(),
             // Settings are validated on load, so the ladders build.
             ladders: self.ladders().unwrap_or_default(),
             auto_register: self.registration.auto_register,
@@ -982,9 +969,14 @@ impl Settings {
                 format!("must be a number above 0, got {}", self.sla.time_scale),
             ));
         }
-        let known = || clocks::all().map(|c| c.name).collect::<Vec<_>>().join(", ");
+        let known = || {
+            clocks::all(&self.workflows)
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         for name in self.sla.durations.keys() {
-            if clocks::def(name).is_none() {
+            if clocks::def(&self.workflows, name).is_none() {
                 return Err(invalid(
                     &format!("sla.durations.{name}"),
                     format!("no such clock; known clocks: {}", known()),
@@ -992,7 +984,7 @@ impl Settings {
             }
         }
         for (name, sev) in &self.sla.severity {
-            if clocks::def(name).is_none() {
+            if clocks::def(&self.workflows, name).is_none() {
                 return Err(invalid(
                     &format!("sla.severity.{name}"),
                     format!("no such clock; known clocks: {}", known()),
@@ -1158,7 +1150,7 @@ impl Settings {
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), Severity::parse(v)?)))
             .collect();
-        clocks::durations(self.sla.time_scale, &overrides)
+        clocks::durations(&self.workflows, self.sla.time_scale, &overrides)
             .with_severities(&severities)
             .with_warning_fraction(self.sla.warning_fraction)
     }
@@ -1190,7 +1182,7 @@ impl Settings {
         let mut by_clock = HashMap::new();
         for (name, l) in &e.clock {
             let key = format!("escalation.clock.{name}");
-            if clocks::def(name).is_none() {
+            if clocks::def(&self.workflows, name).is_none() {
                 return Err(SettingsError::Invalid {
                     key,
                     problem: "no such clock".into(),

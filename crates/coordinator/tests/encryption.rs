@@ -8,7 +8,7 @@ use std::process::Command;
 
 use chrono::Utc;
 use coordinator::clock::SystemClock;
-use coordinator::domain::workflow::State;
+use coordinator::domain::workflow::Closing;
 use coordinator::encryption::{self, SEALED};
 use coordinator::service::ops::Ops;
 use coordinator::settings::Settings;
@@ -133,7 +133,7 @@ async fn sensitive_fields_are_stored_sealed_and_only_the_key_opens_them() {
     // An operator's note under a sealed path is sealed in the workflow's history.
     ops.close_workflow(
         "wf-sealed",
-        State::Cancelled,
+        Closing::Cancelled,
         "customer alice@example.com asked",
         "alice",
     )

@@ -63,6 +63,18 @@ pub mod routing {
     }
 }
 
+/// The six orchestrator roles of the source documents (their `agent_type`s). Which
+/// roles exist, and what each may publish, is configuration (`[roles.*]`); these are
+/// the names the shipped configuration and workflow definitions use.
+pub mod roles {
+    pub const PRODUCT: &str = "product-director";
+    pub const ENGINEERING: &str = "engineering-director";
+    pub const QA: &str = "qa-director";
+    pub const DEVOPS: &str = "devops-manager";
+    pub const CREATIVE: &str = "creative-director";
+    pub const MARKETING: &str = "marketing-director";
+}
+
 /// Message types the coordinator sends, and those of its own protocol it reads.
 pub mod message_types {
     /// Every agent sends it; the first one registers the agent (when allowed).
@@ -79,6 +91,9 @@ pub mod message_types {
     pub const ESCALATION_RAISED: &str = "escalation_raised";
     /// Stops an escalation's ladder.
     pub const ESCALATION_ACKNOWLEDGED: &str = "escalation_acknowledged";
+    /// An agent took a handoff: it becomes the owner of its role's clocks in that
+    /// workflow (in any workflow whose state accepts it).
+    pub const HANDOFF_ACKNOWLEDGED: &str = "handoff_acknowledged";
     /// On-call: a message was set aside after its retries.
     pub const MESSAGE_SET_ASIDE: &str = "message_set_aside";
     /// Management: dead letters stayed unresolved too long.

@@ -455,8 +455,13 @@ impl TestEnv {
 
     /// `config/default.toml` + `config/test.toml`, pointed at this test's database and vhost.
     pub fn settings(&self) -> Settings {
-        let dir = repo_root().join("config");
-        let mut s = Settings::load_from(&dir, Some("test")).expect("test settings load");
+        self.settings_from(&repo_root().join("config"))
+    }
+
+    /// The test profile read from the configuration folder `dir` (its files and its
+    /// `workflows/` over the compiled-in ones), pointed at this test's database and vhost.
+    pub fn settings_from(&self, dir: &std::path::Path) -> Settings {
+        let mut s = Settings::load_from(dir, Some("test")).expect("test settings load");
         s.database.url = self.db_url.clone().into();
         s.amqp.url = self.amqp_url.clone().into();
         s.http.addr = "127.0.0.1:0".into();

@@ -24,8 +24,8 @@ pub mod team;
 pub fn envelope_bytes() -> usize {
     let data = serde_json::json!({"t": stats::now_ns(), "t0": stats::now_ns()});
     let e = protocol::envelope::Envelope::from_agent(
-        &team::agent_id(coordinator::domain::workflow::roles::QA, 0),
-        coordinator::domain::workflow::roles::QA,
+        &team::agent_id(protocol::names::roles::QA, 0),
+        protocol::names::roles::QA,
         "testing_started",
         "peak-1a2b3c-12345",
         data,

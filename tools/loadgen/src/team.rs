@@ -32,10 +32,10 @@ use tokio::task::JoinHandle;
 
 use super::stats::{now_ns, Counters, Recorder};
 use agent::{connect, properties};
-use coordinator::domain::workflow::roles::{DEVOPS, ENGINEERING, MARKETING, PRODUCT, QA};
 use protocol::envelope::Envelope;
 use protocol::names::exchanges;
 use protocol::names::queues::{self, ONCALL as ONCALL_QUEUE};
+use protocol::names::roles::{DEVOPS, ENGINEERING, MARKETING, PRODUCT, QA};
 
 /// The roles the happy path needs.
 pub const ROLES: [&str; 5] = [PRODUCT, ENGINEERING, QA, DEVOPS, MARKETING];

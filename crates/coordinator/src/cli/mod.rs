@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use crate::clock::SystemClock;
 use crate::db::{self, read, Pool as PgPool};
-use crate::domain::workflow::State;
+use crate::domain::workflow::Closing;
 use crate::engine::escalations::Acknowledged;
 use crate::engine::{Outcome, Processed};
 use crate::service::ops::{self, Ops, Replayed};
@@ -179,14 +179,18 @@ pub enum AgentCommand {
     List,
 }
 
-/// Every state of every workflow kind: feature deliveries and incidents.
-fn state_parser() -> PossibleValuesParser {
-    PossibleValuesParser::new(
-        State::ALL
-            .map(State::as_str)
-            .into_iter()
-            .chain(crate::domain::emergency::IncidentState::ALL.map(|s| s.as_str())),
-    )
+/// `--state`, checked against every state of every defined workflow and of incidents
+/// (they come from configuration, so clap cannot know them).
+fn check_state(settings: &Settings, state: &str) -> anyhow::Result<()> {
+    let mut known: Vec<&str> = settings.workflows.state_names().into_iter().collect();
+    known.extend(crate::domain::emergency::IncidentState::ALL.map(|s| s.as_str()));
+    if known.contains(&state) {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "invalid value '{state}' for '--state <STATE>' [possible values: {}]",
+        known.join(", ")
+    )))
 }
 
 /// A wrong argument or value that clap could not catch (it depends on configuration):
@@ -235,7 +239,7 @@ pub enum WorkflowCommand {
     /// List workflows, most recently changed first
     List {
         /// Only workflows in this state
-        #[arg(long, value_parser = state_parser())]
+        #[arg(long)]
         state: Option<String>,
         /// At most this many rows
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
@@ -477,6 +481,14 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
     {
         return definitions(settings, command);
     }
+    if let Command::Workflow {
+        command: WorkflowCommand::List {
+            state: Some(state), ..
+        },
+    } = &command
+    {
+        check_state(settings, state)?;
+    }
     let pool = db::pool(&settings.database)?;
     db::check_reachable(&settings.database).await?;
     let result = run_on(settings, &pool, command).await;
@@ -493,7 +505,7 @@ fn definitions(settings: &Settings, command: &WorkflowCommand) -> anyhow::Result
                 Some(dir) if !dir.is_dir() => {
                     return Err(usage(format!("{} is not a folder", dir.display())))
                 }
-                Some(dir) => crate::settings::Workflows::load(dir, &settings.catalog())
+                Some(dir) => crate::settings::load_workflows(dir, &settings.catalog())
                     .map_err(|e| usage(e.to_string()))?,
             };
             let mut out = format!("ok: {} workflow definition(s)\n", workflows.0.len());
@@ -646,11 +658,11 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
             }
             WorkflowCommand::Show { id } => show_workflow(&pool, &id, Utc::now()).await,
             WorkflowCommand::Cancel { id, reason, by } => {
-                let c = ops.close_workflow(&id, State::Cancelled, &reason, &by).await?;
+                let c = ops.close_workflow(&id, Closing::Cancelled, &reason, &by).await?;
                 Ok(format!("workflow {id}: {} → {}\n", c.from, c.to))
             }
             WorkflowCommand::Fail { id, reason, by } => {
-                let c = ops.close_workflow(&id, State::Failed, &reason, &by).await?;
+                let c = ops.close_workflow(&id, Closing::Failed, &reason, &by).await?;
                 Ok(format!("workflow {id}: {} → {}\n", c.from, c.to))
             }
             c @ (WorkflowCommand::Check { .. } | WorkflowCommand::Graph { .. }) => {

@@ -1,25 +1,30 @@
-//! Every SLA clock the service knows: the feature-delivery workflow's and the
+//! Every SLA clock the service knows: the workflows' (their definitions) and the
 //! emergency's, looked up by name, and their effective durations.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::definition::Definitions;
+use super::emergency;
 use super::sla::{ClockDef, ClockDurations};
-use super::{emergency, workflow};
 
 /// Every clock the service knows.
-pub fn all() -> impl Iterator<Item = &'static ClockDef> {
-    workflow::CLOCKS.iter().chain(emergency::CLOCKS.iter())
+pub fn all(workflows: &Definitions) -> impl Iterator<Item = &'static ClockDef> + '_ {
+    workflows.clocks().chain(emergency::CLOCKS.iter())
 }
 
 /// The clock named `name`.
-pub fn def(name: &str) -> Option<&'static ClockDef> {
-    all().find(|c| c.name == name)
+pub fn def(workflows: &Definitions, name: &str) -> Option<&'static ClockDef> {
+    all(workflows).find(|c| c.name == name)
 }
 
 /// Every clock's duration: its default or its override, times `time_scale`.
-pub fn durations(time_scale: f64, overrides: &HashMap<String, Duration>) -> ClockDurations {
-    ClockDurations::new(all(), time_scale, overrides)
+pub fn durations(
+    workflows: &Definitions,
+    time_scale: f64,
+    overrides: &HashMap<String, Duration>,
+) -> ClockDurations {
+    ClockDurations::new(all(workflows), time_scale, overrides)
 }
 
 #[cfg(test)]
@@ -27,6 +32,17 @@ mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
     use protocol::severity::Severity;
+
+    fn workflows() -> Definitions {
+        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config"));
+        crate::settings::Settings::load_from(&dir, None)
+            .expect("default settings")
+            .workflows
+    }
+
+    fn durations(time_scale: f64, overrides: &HashMap<String, Duration>) -> ClockDurations {
+        super::durations(&workflows(), time_scale, overrides)
+    }
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().expect("time")
@@ -48,7 +64,8 @@ mod tests {
 
     #[test]
     fn every_clock_has_one_definition_and_severities_can_be_overridden() {
-        let mut names: Vec<&str> = all().map(|c| c.name).collect();
+        let w = workflows();
+        let mut names: Vec<&str> = all(&w).map(|c| c.name).collect();
         let n = names.len();
         names.sort_unstable();
         names.dedup();

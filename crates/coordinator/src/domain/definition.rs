@@ -133,6 +133,49 @@ impl Definition {
     }
 }
 
+/// The workflow definitions a service runs, checked together.
+#[derive(Debug, Clone, Default)]
+pub struct Definitions(pub Vec<&'static Definition>);
+
+impl Definitions {
+    pub fn get(&self, name: &str) -> Option<&'static Definition> {
+        self.0.iter().copied().find(|d| d.name == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'static Definition> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// The workflow `message` starts.
+    pub fn started_by(&self, message: &str) -> Option<&'static Definition> {
+        self.iter().find(|d| d.start.message == message)
+    }
+
+    /// True if some workflow consumes `message`.
+    pub fn is_input(&self, message: &str) -> bool {
+        self.iter().any(|d| d.inputs().any(|m| m == message))
+    }
+
+    /// True if `message` raises an escalation in some state of some workflow (a batch
+    /// reserves an escalation id for each such message before deciding it).
+    pub fn may_escalate(&self, message: &str) -> bool {
+        self.iter().any(|d| d.may_escalate(message))
+    }
+
+    /// Every clock of every workflow.
+    pub fn clocks(&self) -> impl Iterator<Item = &'static ClockDef> + '_ {
+        self.iter().flat_map(|d| d.clocks.iter())
+    }
+
+    /// Every state of every workflow, the operators' two included, each once.
+    pub fn state_names(&self) -> BTreeSet<&'static str> {
+        self.iter()
+            .flat_map(|d| d.states.iter().map(|s| s.name))
+            .chain([CANCELLED, FAILED])
+            .collect()
+    }
+}
+
 /// A definition that cannot be used, said so that a person can fix it: the file, the
 /// workflow, where in it, the key, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -665,7 +708,6 @@ pub fn check_together(defs: &[&Definition]) -> Vec<DefinitionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::workflow;
     use std::path::PathBuf;
 
     fn catalog() -> Catalog {
@@ -775,85 +817,5 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:#?}");
         assert_eq!(errors[0], "workflows/second_review.toml: workflow second_review, [start], key `message`: code_review_required is already the start of workflow code_review (workflows/code_review.toml)");
         assert!(errors[1].starts_with("workflows/second_review.toml: workflow second_review, clock review: workflow code_review"));
-    }
-
-    /// Until the engine runs definitions, the shipped file must say what its tables do.
-    #[test]
-    fn the_shipped_feature_delivery_is_the_workflow_the_engine_runs() {
-        let text = include_str!("../../../../config/workflows/feature_delivery.toml");
-        let d = parse("feature_delivery.toml", text, &catalog()).expect("valid");
-        assert_eq!((d.name, d.key), (workflow::KIND, Some("epic_id")));
-        assert_eq!(
-            (d.start.message, d.start.from),
-            (workflow::START_MESSAGE, workflow::START_ROLE)
-        );
-        assert_eq!(d.start.state, workflow::State::RequirementsHandoff.as_str());
-        let workflow::Action::SendTask { task, to } = workflow::START_TASK else {
-            panic!("the start sends a task")
-        };
-        assert_eq!(d.start.actions, vec![Action::SendTask { task, to }]);
-        let clocks = |cs: &mut dyn Iterator<Item = &ClockDef>| {
-            let mut v: Vec<String> = cs.map(|c| format!("{c:?}")).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(
-            clocks(&mut d.clocks.iter()),
-            clocks(&mut workflow::CLOCKS.iter())
-        );
-        let new_round_cancels =
-            workflow::stage(workflow::State::FeatureHandoff).map_or(&[][..], |s| s.arms);
-        for st in workflow::State::ALL {
-            let name = st.as_str();
-            if st.is_terminal() {
-                assert!(d.is_terminal(name), "{name}");
-                continue;
-            }
-            let (Some(stage), Some(def)) = (workflow::stage(st), d.state(name)) else {
-                panic!("state {name} in both")
-            };
-            assert_eq!(stage.arms, def.arms.as_slice(), "{name} arms");
-            let expected: Vec<(&str, &str, Option<&str>, Vec<Action>)> = stage
-                .accepts
-                .iter()
-                .map(|r| {
-                    let actions = match r.action {
-                        workflow::Action::None => vec![],
-                        workflow::Action::SendTask { task, to } => {
-                            vec![Action::SendTask { task, to }]
-                        }
-                        workflow::Action::NewRound { task, to } => {
-                            std::iter::once(Action::NewRound)
-                                .chain(new_round_cancels.iter().copied().map(Action::Cancel))
-                                .chain([Action::SendTask { task, to }])
-                                .collect()
-                        }
-                        workflow::Action::Escalate { severity } => {
-                            vec![Action::Escalate { severity }]
-                        }
-                        workflow::Action::Deployed { notify } => notify
-                            .iter()
-                            .map(|to| Action::Notify {
-                                message: "feature_deployed",
-                                to,
-                            })
-                            .collect(),
-                    };
-                    (
-                        r.message,
-                        stage.owner,
-                        r.goto.map(workflow::State::as_str),
-                        actions,
-                    )
-                })
-                .collect();
-            let actual: Vec<(&str, &str, Option<&str>, Vec<Action>)> = def
-                .rules
-                .iter()
-                .map(|r| (r.message, r.from, r.goto, r.actions.clone()))
-                .collect();
-            assert_eq!(actual, expected, "{name} rules");
-        }
-        assert_eq!(d.states.len(), 8, "seven stages and completed");
     }
 }

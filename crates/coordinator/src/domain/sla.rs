@@ -1,6 +1,6 @@
 //! SLA clocks in general: every clock's definition (owner, default duration, severity,
 //! what meets it), the effective durations after configuration and time scale, and
-//! when a clock warns. The workflow's clocks are in [`super::workflow::CLOCKS`], the
+//! when a clock warns. The workflows' clocks are in their definitions, the
 //! emergency's in [`super::emergency::CLOCKS`]; this module looks across both.
 
 use std::collections::HashMap;

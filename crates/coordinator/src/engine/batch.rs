@@ -15,6 +15,7 @@ use super::rows::{
     ChainMember, Claims, Loaded, NewDeadLetter, NewEvent, OutboxMessage, Writes, OUTCOME_REJECTED,
 };
 use super::{body_digest, AgentView, Agents, Checked, Inbound, Outcome, Processed, Processor};
+use crate::domain::definition::Definition;
 use crate::domain::ids;
 use crate::domain::sla::Deadline;
 use protocol::envelope::{self, has_nul, Envelope, Priority};
@@ -168,7 +169,7 @@ impl<'p> Batch<'p> {
         &self,
         env: &Envelope,
         kind: &str,
-        parse: fn(&str) -> Option<S>,
+        parse: impl Fn(&str) -> Option<S>,
     ) -> Result<(S, i32), Rejected> {
         let h = &env.header;
         let Some(w) = self.workflows.get(&h.correlation_id) else {
@@ -189,6 +190,26 @@ impl<'p> Batch<'p> {
                     h.correlation_id, w.kind, w.state, h.message_type
                 ),
             )),
+        }
+    }
+
+    /// The message's workflow, checked to be of a defined kind in a state of its
+    /// definition: the definition, the state and the round, or why the message does
+    /// not apply to it (no such workflow; an incident).
+    pub(super) fn locked_defined(
+        &self,
+        env: &Envelope,
+    ) -> Result<(&'static Definition, &'static str, i32), Rejected> {
+        let def = self
+            .workflows
+            .get(&env.header.correlation_id)
+            .and_then(|w| self.p.workflows.get(&w.kind));
+        let (state, round) = self.locked(env, def.map_or("", |d| d.name), |s| {
+            def.and_then(|d| d.state_name(s))
+        })?;
+        match def {
+            Some(def) => Ok((def, state, round)),
+            None => Err(Rejected::new(Reason::UnknownWorkflow, "no such workflow")),
         }
     }
 

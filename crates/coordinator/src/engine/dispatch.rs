@@ -1,6 +1,6 @@
 //! What each input of a batch does: dedupe, the sender's identity, then dispatch by
 //! message type to a heartbeat, an escalation acknowledgement, an emergency
-//! (`incident`), the feature workflow (`feature`), an operator's action (`operator`),
+//! (`incident`), a defined workflow (`workflows`), an operator's action (`operator`),
 //! or an event the coordinator only observes.
 
 use serde_json::json;
@@ -9,9 +9,9 @@ use super::audit::Seen;
 use super::batch::{Applied, Batch};
 use super::escalations::Acknowledged;
 use super::rows::{ChainAck, OUTCOME_OBSERVED};
-use super::{acknowledged_escalation, feature, incident, operator};
+use super::{acknowledged_escalation, incident, operator, workflows};
 use super::{Checked, Input, Outcome, Processed};
-use crate::domain::{emergency, workflow};
+use crate::domain::emergency;
 use protocol::catalog::valid_agent_id;
 use protocol::envelope::Envelope;
 use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
@@ -137,11 +137,11 @@ impl Batch<'_> {
         if emergency::is_input(mt) {
             return incident::advance(self, env);
         }
-        if mt == workflow::START_MESSAGE {
-            return feature::start(self, env);
+        if let Some(def) = self.p.workflows.started_by(mt) {
+            return workflows::start(self, env, def);
         }
-        if workflow::is_input(mt) {
-            return feature::advance(self, env);
+        if self.p.workflows.is_input(mt) {
+            return workflows::advance(self, env);
         }
         self.out
             .outcomes

@@ -38,7 +38,7 @@ impl Batch<'_> {
         let wf = h.correlation_id.as_str();
         let now = self.now;
         // The batch reserves an escalation id for every message that may escalate
-        // (workflow::may_escalate); checked before anything is collected, so a shortfall
+        // (Definitions::may_escalate); checked before anything is collected, so a shortfall
         // (a bug, not input) leaves nothing half-applied.
         let escalating = c
             .effects

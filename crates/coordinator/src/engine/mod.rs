@@ -7,7 +7,7 @@
 //! batch's signatures verified together. [`needs`] says what
 //! the batch must read once its message ids are claimed. A [`Batch`] then holds what
 //! was read under lock and applies each message in delivery order — dedupe, identity,
-//! dispatch (heartbeat, escalation acknowledgement, emergency, feature workflow, or an
+//! dispatch (heartbeat, escalation acknowledgement, emergency, a defined workflow, or an
 //! event the coordinator only observes), the pure state machine, and the rows its
 //! decision implies — so the next message of the same workflow sees what the previous
 //! one did. [`Batch::finish`] hands the collected rows to the pipeline
@@ -25,12 +25,12 @@ pub mod deadlines;
 mod dispatch;
 mod effects;
 pub mod escalations;
-mod feature;
 mod incident;
 pub mod messages;
 mod model;
 pub mod operator;
 pub mod rows;
+mod workflows;
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -42,9 +42,10 @@ use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
 use protocol::reject::{Reason, Rejected};
 use protocol::signing::{self, Pending, SignatureError};
 
+use crate::domain::definition::Definitions;
+use crate::domain::emergency;
 use crate::domain::escalation::Ladders;
 use crate::domain::sla::ClockDurations;
-use crate::domain::{emergency, workflow};
 use escalations::Acknowledged;
 use rows::Needs;
 
@@ -151,6 +152,8 @@ impl Checked {
 #[derive(Debug, Clone)]
 pub struct Processor {
     pub catalog: Catalog,
+    /// The workflow definitions ([`crate::domain::definition`]).
+    pub workflows: Definitions,
     pub durations: ClockDurations,
     pub ladders: Ladders,
     pub auto_register: bool,
@@ -405,38 +408,40 @@ pub fn message_ids(checked: &[Checked]) -> (Vec<&str>, Vec<Option<&str>>) {
         .unzip()
 }
 
-/// What a batch must read (before its ids are claimed: a duplicate costs a lock it did
-/// not need, which is rare), given the agents the cache holds.
-pub fn needs(checked: &[Checked], agents: &AgentView) -> Needs {
-    let mut n = Needs::default();
-    for c in checked {
-        let Some(env) = c.valid() else { continue };
-        let h = &env.header;
-        if !c.trusted && agents.type_of(&h.source.agent_id).is_none() {
-            n.agent_ids.push(h.source.agent_id.clone());
-        }
-        let mt = h.message_type.as_str();
-        if mt == HEARTBEAT {
-            continue;
-        }
-        if mt == ESCALATION_ACKNOWLEDGED {
-            if let Some(id) = acknowledged_escalation(env) {
-                n.escalation_ids.push(id);
+impl Processor {
+    /// What a batch must read (before its ids are claimed: a duplicate costs a lock it did
+    /// not need, which is rare), given the agents the cache holds.
+    pub fn needs(&self, checked: &[Checked], agents: &AgentView) -> Needs {
+        let mut n = Needs::default();
+        for c in checked {
+            let Some(env) = c.valid() else { continue };
+            let h = &env.header;
+            if !c.trusted && agents.type_of(&h.source.agent_id).is_none() {
+                n.agent_ids.push(h.source.agent_id.clone());
             }
-        } else if mt == emergency::ALERT {
-            n.all_agents = true;
-        } else if !(emergency::is_input(mt)
-            || workflow::is_input(mt)
-            || c.trusted && operator::is_action(mt))
-        {
-            continue;
+            let mt = h.message_type.as_str();
+            if mt == HEARTBEAT {
+                continue;
+            }
+            if mt == ESCALATION_ACKNOWLEDGED {
+                if let Some(id) = acknowledged_escalation(env) {
+                    n.escalation_ids.push(id);
+                }
+            } else if mt == emergency::ALERT {
+                n.all_agents = true;
+            } else if !(emergency::is_input(mt)
+                || self.workflows.is_input(mt)
+                || c.trusted && operator::is_action(mt))
+            {
+                continue;
+            }
+            n.workflow_ids.push(h.correlation_id.clone());
+            if self.workflows.may_escalate(mt) {
+                n.escalations += 1;
+            }
         }
-        n.workflow_ids.push(h.correlation_id.clone());
-        if workflow::may_escalate(mt) {
-            n.escalations += 1;
-        }
+        n
     }
-    n
 }
 
 /// `escalation_acknowledged` names an escalation of the chain in

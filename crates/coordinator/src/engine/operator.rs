@@ -15,7 +15,7 @@ use super::batch::{Applied, Batch};
 use super::effects::Change;
 use crate::domain::effect::operator as decide;
 use crate::domain::emergency;
-use crate::domain::workflow::{self, Snapshot, State};
+use crate::domain::workflow::{self, Closing, Snapshot};
 
 /// An operator cancelled a workflow (its history row's message type).
 pub const CANCELLED: &str = "operator_cancelled";
@@ -58,12 +58,17 @@ fn from_operator(
     Envelope::from_agent(by, OPERATOR, message_type, workflow_id, data, now)
 }
 
-/// Closes a feature workflow as cancelled or failed; its armed clocks are cancelled.
-pub fn close(workflow_id: &str, to: State, reason: &str, by: &str, now: DateTime<Utc>) -> Envelope {
-    let message_type = if to == State::Failed {
-        FAILED
-    } else {
-        CANCELLED
+/// Closes a workflow as cancelled or failed; its armed clocks are cancelled.
+pub fn close(
+    workflow_id: &str,
+    to: Closing,
+    reason: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Envelope {
+    let message_type = match to {
+        Closing::Failed => FAILED,
+        Closing::Cancelled => CANCELLED,
     };
     let data = json!(Close {
         reason: reason.into()
@@ -151,12 +156,12 @@ pub(super) fn apply(b: &mut Batch<'_>, env: &Envelope) -> Applied {
     match h.message_type.as_str() {
         CANCELLED | FAILED => {
             let to = if h.message_type == FAILED {
-                State::Failed
+                Closing::Failed
             } else {
-                State::Cancelled
+                Closing::Cancelled
             };
-            let (state, round) = b.locked(env, workflow::KIND, State::parse)?;
-            if state.is_terminal() {
+            let (def, state, round) = b.locked_defined(env)?;
+            if def.is_terminal(state) {
                 return Err(Rejected::new(
                     Reason::NotAcceptedInState,
                     format!("workflow {} is already {state}", h.correlation_id),
@@ -178,8 +183,8 @@ pub(super) fn apply(b: &mut Batch<'_>, env: &Envelope) -> Applied {
             b.persist(
                 env,
                 Change {
-                    from: Some(state.as_str()),
-                    to: to.as_str(),
+                    from: Some(state),
+                    to: to.state(),
                     round,
                     terminal: true,
                     effects: &d.effects,

@@ -74,7 +74,7 @@ fn run(p: &Processor, msgs: &[&Msg], loaded: Loaded) -> (Vec<Processed>, Finishe
             .collect(),
         earlier: Default::default(),
     };
-    let needs = needs(&checked, &AgentView::new(agents()));
+    let needs = p.needs(&checked, &AgentView::new(agents()));
     let mut b = Batch::new(p, loaded, claimed, agents(), now());
     let results = inputs
         .iter()
@@ -355,14 +355,23 @@ fn unknown_senders_are_looked_up_and_bad_input_is_rejected_before_any_read() {
 
 #[test]
 fn every_message_that_may_escalate_is_known_to_the_batch() {
-    for stage in crate::domain::workflow::STAGES {
-        for rule in stage.accepts {
-            if let crate::domain::workflow::Action::Escalate { .. } = rule.action {
-                assert!(workflow::may_escalate(rule.message), "{}", rule.message);
+    use crate::domain::definition::Action;
+    let p = processor();
+    let mut escalating = 0;
+    for def in p.workflows.iter() {
+        for rule in def.states.iter().flat_map(|s| &s.rules) {
+            if rule
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Escalate { .. }))
+            {
+                assert!(p.workflows.may_escalate(rule.message), "{}", rule.message);
+                escalating += 1;
             }
         }
     }
-    assert!(!workflow::may_escalate("testing_started"));
+    assert_eq!(escalating, 4, "feature delivery's four escalating messages");
+    assert!(!p.workflows.may_escalate("testing_started"));
 }
 
 /// A workflow in `state` with one escalation chain (id 7) that has reached `levels`.

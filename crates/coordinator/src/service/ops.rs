@@ -24,7 +24,7 @@ use crate::amqp::topology::{Declarer, TopologyError};
 use crate::amqp::{self, connect_to};
 use crate::clock::Clock;
 use crate::db::{self, read, store, Pool};
-use crate::domain::workflow::State;
+use crate::domain::workflow::Closing;
 use crate::domain::{audit, emergency};
 use crate::encryption::FieldCipher;
 use crate::engine::escalations::Acknowledged;
@@ -343,11 +343,11 @@ impl<'a> Ops<'a> {
         })
     }
 
-    /// Closes a feature workflow as cancelled or failed; its armed clocks are cancelled.
+    /// Closes a workflow as cancelled or failed; its armed clocks are cancelled.
     pub async fn close_workflow(
         &self,
         id: &str,
-        to: State,
+        to: Closing,
         reason: &str,
         by: &str,
     ) -> Result<Closed> {

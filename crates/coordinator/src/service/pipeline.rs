@@ -311,7 +311,9 @@ async fn decide(
 ) -> db::Result<(Vec<Processed>, engine::Finished, usize)> {
     let checked: Vec<Checked> = ctx.processor.check_all(inputs, now, &ctx.agents);
     let (ids, senders) = engine::message_ids(&checked);
-    let needs = engine::needs(&checked, &engine::AgentView::new(ctx.agents.clone()));
+    let needs = ctx
+        .processor
+        .needs(&checked, &engine::AgentView::new(ctx.agents.clone()));
     let mut wf_ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
     wf_ids.sort_unstable();
     wf_ids.dedup();

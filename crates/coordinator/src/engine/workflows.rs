@@ -1,26 +1,28 @@
-//! The feature-delivery workflow: `requirements_ready` starts one, the other workflow
-//! messages advance it through [`workflow::decide`].
+//! The defined workflows: a workflow's start message starts one of its kind, the other
+//! messages it consumes advance it through [`workflow::decide`] with the definition it
+//! was started with.
 
 use serde_json::Value;
 
 use super::batch::{Applied, Batch};
 use super::effects::Change;
-use crate::domain::workflow::{self, Input, Snapshot, State};
+use crate::domain::definition::Definition;
+use crate::domain::workflow::{self, Input, Snapshot};
 use protocol::envelope::Envelope;
+use protocol::names::message_types::HANDOFF_ACKNOWLEDGED;
 use protocol::reject::{Reason, Rejected};
 
-pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
+pub(super) fn start(b: &mut Batch<'_>, env: &Envelope, def: &'static Definition) -> Applied {
     let data = &env.payload.data;
     let text = |k: &str| data.get(k).and_then(Value::as_str);
     let title = text("title").or_else(|| text("epic_title"));
-    let state = State::RequirementsHandoff.as_str();
-    b.create(env, workflow::KIND, state, text("epic_id"), title)?;
-    let d = workflow::start(b.now, &b.p.durations);
+    b.create(env, def.name, def.start.state, text("epic_id"), title)?;
+    let d = workflow::start(def, b.now, &b.p.durations);
     b.persist(
         env,
         Change {
             from: None,
-            to: d.state.as_str(),
+            to: d.state,
             round: d.round,
             terminal: false,
             effects: &d.effects,
@@ -32,7 +34,7 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
 
 pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
     let h = &env.header;
-    let (state, round) = b.locked(env, workflow::KIND, State::parse)?;
+    let (def, state, round) = b.locked_defined(env)?;
     let Some(w) = b.workflows.get_mut(&h.correlation_id) else {
         return Err(Rejected::new(Reason::UnknownWorkflow, "no such workflow"));
     };
@@ -45,18 +47,18 @@ pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
         message_type: &h.message_type,
         sender_role: &h.source.agent_type,
     };
-    let d = workflow::decide(&snap, input, b.now, &b.p.durations)
+    let d = workflow::decide(def, &snap, input, b.now, &b.p.durations)
         .map_err(|r| Rejected::new(Reason::NotAcceptedInState, r.to_string()))?;
-    if h.message_type == "handoff_acknowledged" {
+    if h.message_type == HANDOFF_ACKNOWLEDGED {
         w.assign_owner(&h.source.agent_type, &h.source.agent_id);
     }
     b.persist(
         env,
         Change {
-            from: Some(state.as_str()),
-            to: d.state.as_str(),
+            from: Some(state),
+            to: d.state,
             round: d.round,
-            terminal: d.state.is_terminal(),
+            terminal: def.is_terminal(d.state),
             effects: &d.effects,
             closed_by: None,
             note: None,

@@ -1,0 +1,113 @@
+//! A workflow nobody wrote Rust for: the test invents a definition (engineering asks QA
+//! for a code review; QA answers with its quality gate within a clock), writes it into
+//! a temporary configuration folder, starts the coordinator on that folder and drives
+//! the workflow with agents over the real broker: the task, the clock's breach and its
+//! escalation, the answer that completes it, and the rows managers' SQL reads.
+
+use test_support as common;
+
+use std::time::Duration;
+
+use agent::Queue;
+use common::{expect_next, TestEnv, WAIT};
+use serde_json::json;
+
+const ONCALL: &str = "oncall.escalations";
+
+/// The tests' code-review definition, its clock shortened to a second.
+const REVIEW: &str = include_str!("fixtures/code_review.toml");
+
+/// A temporary configuration folder, removed when dropped.
+struct ConfigDir(std::path::PathBuf);
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config_with(file: &str, text: &str) -> ConfigDir {
+    let dir = std::env::temp_dir().join(format!("coordinator-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("workflows")).expect("config dir");
+    std::fs::write(dir.join("workflows").join(file), text).expect("write definition");
+    ConfigDir(dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_defined_in_a_file_sends_its_task_breaches_its_clock_and_completes() {
+    let env = TestEnv::new().await;
+    assert!(REVIEW.contains("duration = \"2h\""));
+    let config = config_with(
+        "code_review.toml",
+        &REVIEW.replace("duration = \"2h\"", "duration = \"1s\""),
+    );
+    let mut settings = env.settings_from(&config.0);
+    let hour: humantime_serde::Serde<Duration> = Duration::from_secs(3600).into();
+    settings.escalation.waits = vec![hour; 3];
+    settings.escalation.severity.clear();
+    assert!(
+        settings.workflows.get("code_review").is_some(),
+        "the folder's definition is read"
+    );
+    let _app = env.start_with(settings).await;
+
+    let eng = env.agent("eng-1", "engineering-director").await;
+    let mut qa = env.agent("qa-1", "qa-director").await;
+    let mut oncall = env.connect_as("pager", "qa-director").await;
+
+    eng.send("code_review_required", "cr-1", json!({"change_id": "CH-7"}))
+        .await
+        .expect("publish");
+    let task = expect_next(&mut qa, Queue::Tasks).await;
+    assert_eq!(task.header.message_type, "code_review");
+    assert_eq!(task.header.correlation_id, "cr-1");
+
+    let (key, breach) = oncall
+        .next_with_key(ONCALL, WAIT)
+        .await
+        .expect("read on-call")
+        .unwrap_or_else(|| panic!("no breach reached {ONCALL} within {WAIT:?}"));
+    assert_eq!(key, "escalation.high.qa-director");
+    assert_eq!(breach.header.message_type, "sla_breached");
+    assert_eq!(breach.payload.data["clock"], "review");
+    assert_eq!(breach.payload.data["owner_role"], "qa-director");
+    assert_eq!(breach.payload.data["workflow_id"], "cr-1");
+
+    // The rows a manager reads: the workflow of its own kind, its breached clock, the
+    // escalation against QA.
+    env.wait_count(
+        "SELECT count(*) FROM workflows WHERE id = 'cr-1' AND kind = 'code_review' AND state = 'reviewing'",
+        1,
+    )
+    .await;
+    env.wait_count(
+        "SELECT count(*) FROM sla_clocks WHERE workflow_id = 'cr-1' AND clock = 'review'
+           AND owner_role = 'qa-director' AND status = 'breached'",
+        1,
+    )
+    .await;
+    env.wait_count(
+        "SELECT count(*) FROM escalations WHERE workflow_id = 'cr-1' AND clock = 'review'
+           AND owner_role = 'qa-director' AND level = 1",
+        1,
+    )
+    .await;
+
+    // QA's answer takes it to its terminal state.
+    qa.send("quality_gate_status", "cr-1", json!({"passed": true}))
+        .await
+        .expect("publish");
+    env.wait_count(
+        "SELECT count(*) FROM workflows WHERE id = 'cr-1' AND state = 'done' AND completed_at IS NOT NULL",
+        1,
+    )
+    .await;
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM workflow_events WHERE workflow_id = 'cr-1'
+               AND message_type IN ('code_review_required', 'quality_gate_status')"
+        )
+        .await,
+        2
+    );
+}
