@@ -70,6 +70,33 @@ impl App {
         }
         Status::set(&shared.status.migrated, true);
         tracing::info!("migrations applied");
+        let refused = std::sync::Mutex::new(None);
+        let catalog = shared.settings.catalog();
+        let resolve = || async {
+            let defs = &shared.processor.workflows;
+            if let Err(refusal) =
+                crate::service::definitions::resolve(&shared.pool, defs, &catalog).await?
+            {
+                if let Ok(mut r) = refused.lock() {
+                    *r = Some(refusal);
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        if !retry_until_ok(
+            "record the workflow definitions",
+            &shared.settings.retry_policies.critical_task,
+            &shutdown,
+            resolve,
+        )
+        .await
+        {
+            return finish(http).await;
+        }
+        if let Some(refusal) = refused.lock().ok().and_then(|mut r| r.take()) {
+            http.abort();
+            anyhow::bail!("{refusal}");
+        }
         let register = || register_configured_agents(&shared);
         if !retry_until_ok(
             "register configured agents",

@@ -145,7 +145,7 @@ pub fn load_workflows(dir: &Path, catalog: &Catalog) -> Result<Definitions, Sett
     }
     errors.extend(definition::check_together(&defs));
     if errors.is_empty() {
-        Ok(Definitions(defs))
+        Ok(Definitions::new(defs))
     } else {
         Err(SettingsError::Workflows(errors))
     }

@@ -111,3 +111,102 @@ async fn a_workflow_defined_in_a_file_sends_its_task_breaches_its_clock_and_comp
         2
     );
 }
+
+/// The fixture as version 2: its terminal state renamed.
+fn version_2() -> String {
+    REVIEW
+        .replace("version = 1", "version = 2")
+        .replace("goto = \"done\"", "goto = \"approved\"")
+        .replace("[states.done]", "[states.approved]")
+}
+
+async fn state_of(env: &TestEnv, id: &str, state: &str) {
+    env.wait_count(
+        &format!("SELECT count(*) FROM workflows WHERE id = '{id}' AND state = '{state}'"),
+        1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_definition_changes_only_workflows_started_afterwards_and_one_in_use_cannot_go() {
+    let env = TestEnv::new().await;
+    let v1 = config_with("code_review.toml", REVIEW);
+    let app = env.start_with(env.settings_from(&v1.0)).await;
+    let eng = env.agent("eng-1", "engineering-director").await;
+    let qa = env.agent("qa-1", "qa-director").await;
+    eng.send("code_review_required", "cr-old", json!({}))
+        .await
+        .expect("publish");
+    state_of(&env, "cr-old", "reviewing").await;
+    app.stop().await;
+
+    // The file is edited; the service restarts on it.
+    let v2 = config_with("code_review.toml", &version_2());
+    let settings = env.settings_from(&v2.0);
+    let app = env.start_with(settings.clone()).await;
+    eng.send("code_review_required", "cr-new", json!({}))
+        .await
+        .expect("publish");
+    state_of(&env, "cr-new", "reviewing").await;
+    for id in ["cr-old", "cr-new"] {
+        qa.send("quality_gate_status", id, json!({}))
+            .await
+            .expect("publish");
+    }
+    state_of(&env, "cr-old", "done").await;
+    state_of(&env, "cr-new", "approved").await;
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM workflows WHERE (id, definition_version) IN (('cr-old', 1), ('cr-new', 2))
+               AND definition_hash IS NOT NULL"
+        )
+        .await,
+        2,
+        "each workflow keeps the version it started with"
+    );
+
+    // `workflow definitions` lists both versions and what uses them.
+    eng.send("code_review_required", "cr-live", json!({}))
+        .await
+        .expect("publish");
+    state_of(&env, "cr-live", "reviewing").await;
+    let listed = coordinator::cli::run(
+        &settings,
+        coordinator::cli::Command::Workflow {
+            command: coordinator::cli::WorkflowCommand::Definitions,
+        },
+    )
+    .await
+    .expect("workflow definitions");
+    let line = |version: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with("code_review") && l.split_whitespace().nth(1) == Some(version))
+            .unwrap_or_else(|| panic!("no code_review version {version} in\n{listed}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    // WORKFLOW VERSION HASH FIRST-RUN(date time) LIVE STARTED [current]
+    assert_eq!(&line("1")[5..7], &["0", "1"], "{listed}");
+    assert_eq!(&line("2")[5..], &["1", "2", "current"], "{listed}");
+    app.stop().await;
+
+    // Without the file, the live workflow's definition is gone: the service refuses to
+    // start, naming the workflow and what to do.
+    let none = config_with("unrelated.txt", "");
+    let app = coordinator::app::App::build(env.settings_from(&none.0))
+        .await
+        .expect("app builds");
+    let err = app
+        .run(tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("refuses to start");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains(
+            "workflow definition \"code_review\" is gone, and 1 live workflow(s) use it (cr-live)"
+        ) && err.contains("config/workflows/code_review.toml"),
+        "{err}"
+    );
+}

@@ -278,6 +278,9 @@ pub enum WorkflowCommand {
         /// A folder of workflow definitions (*.toml)
         dir: Option<std::path::PathBuf>,
     },
+    /// List every version of every workflow definition the service has run, with how
+    /// many workflows started with it and how many of those are live
+    Definitions,
     /// Print a workflow definition as a Mermaid state diagram
     Graph {
         /// The workflow's name (`workflow check` lists them)
@@ -508,7 +511,7 @@ fn definitions(settings: &Settings, command: &WorkflowCommand) -> anyhow::Result
                 Some(dir) => crate::settings::load_workflows(dir, &settings.catalog())
                     .map_err(|e| usage(e.to_string()))?,
             };
-            let mut out = format!("ok: {} workflow definition(s)\n", workflows.0.len());
+            let mut out = format!("ok: {} workflow definition(s)\n", workflows.len());
             for d in workflows.iter() {
                 out.push_str(&format!(
                     "  {} v{} ({} states, {} clocks, starts on {} from {}; sha256 {}) from {}\n",
@@ -668,6 +671,7 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
             c @ (WorkflowCommand::Check { .. } | WorkflowCommand::Graph { .. }) => {
                 definitions(settings, &c)
             }
+            WorkflowCommand::Definitions => list_definitions(settings, &pool).await,
         },
         Command::Sla { command } => match command {
             SlaCommand::List {
@@ -862,6 +866,50 @@ fn dry_run_line(id: i64, p: &Processed) -> String {
         (o, None) => format!("would be {}", o.label()),
     };
     format!("dead letter {id} (dry run, nothing committed or published): {what}\n")
+}
+
+async fn list_definitions(settings: &Settings, pool: &PgPool) -> anyhow::Result<String> {
+    let stored = crate::db::definitions::list(pool).await?;
+    let mut t = Table::new(&[
+        ("WORKFLOW", Align::Left),
+        ("VERSION", Align::Right),
+        ("HASH", Align::Left),
+        ("FIRST RUN", Align::Left),
+        ("LIVE", Align::Right),
+        ("STARTED", Align::Right),
+        ("", Align::Left),
+    ]);
+    let current =
+        |name: &str, hash: &str| settings.workflows.get(name).is_some_and(|d| d.hash == hash);
+    for d in &stored {
+        t.row(vec![
+            d.name.clone(),
+            d.version.to_string(),
+            d.hash[..d.hash.len().min(12)].to_string(),
+            ts(d.first_seen_at),
+            d.live.to_string(),
+            d.started.to_string(),
+            if current(&d.name, &d.hash) {
+                "current".into()
+            } else {
+                String::new()
+            },
+        ]);
+    }
+    for d in settings.workflows.iter() {
+        if !stored.iter().any(|s| s.hash == d.hash) {
+            t.row(vec![
+                d.name.into(),
+                d.version.to_string(),
+                d.hash[..12].to_string(),
+                "-".into(),
+                "0".into(),
+                "0".into(),
+                "current, not run yet".into(),
+            ]);
+        }
+    }
+    Ok(t.render())
 }
 
 async fn list_agents(pool: &PgPool) -> anyhow::Result<String> {

@@ -25,13 +25,14 @@ pub const CLAIM_AND_LOCK: &str = "WITH head AS (
            SELECT id, $2::text, $3::text, sender FROM unnest($1::text[], $5::text[]) AS u(id, sender)
            ON CONFLICT DO NOTHING RETURNING message_id),
          locked AS (
-           SELECT id, kind, state, round FROM workflows WHERE id = ANY($4::text[]) ORDER BY id FOR UPDATE),
+           SELECT id, kind, state, round, definition_hash FROM workflows WHERE id = ANY($4::text[]) ORDER BY id FOR UPDATE),
          earlier AS (
            SELECT message_id, sender FROM processed_messages WHERE message_id = ANY($1::text[]) AND sender IS NOT NULL)
-         SELECT 'head' AS src, chain AS id, NULL AS kind, NULL AS state, NULL::int AS round, seq, hash FROM head
-         UNION ALL SELECT 'claimed', message_id, NULL, NULL, NULL, NULL, NULL FROM claimed
-         UNION ALL SELECT 'locked', id, kind, state, round, NULL, NULL FROM locked
-         UNION ALL SELECT 'earlier', message_id, NULL, sender, NULL, NULL, NULL FROM earlier";
+         SELECT 'head' AS src, chain AS id, NULL AS kind, NULL AS state, NULL::int AS round, seq, hash,
+                NULL AS definition_hash FROM head
+         UNION ALL SELECT 'claimed', message_id, NULL, NULL, NULL, NULL, NULL, NULL FROM claimed
+         UNION ALL SELECT 'locked', id, kind, state, round, NULL, NULL, definition_hash FROM locked
+         UNION ALL SELECT 'earlier', message_id, NULL, sender, NULL, NULL, NULL, NULL FROM earlier";
 
 /// What claiming a batch's ids and locking its workflows found.
 #[derive(Debug, Default)]
@@ -90,6 +91,7 @@ pub async fn claim_and_lock(
                 kind: r.try_get("kind")?,
                 state: r.try_get("state")?,
                 round: r.try_get("round")?,
+                definition_hash: r.try_get("definition_hash")?,
             }),
         }
     }
@@ -268,9 +270,11 @@ pub async fn load(
 pub const WRITE: &str = "
 WITH
 wf_new AS (
-  INSERT INTO workflows (id, kind, state, epic_id, title, data, round, created_at, updated_at, completed_at)
+  INSERT INTO workflows (id, kind, state, epic_id, title, data, round, created_at, updated_at, completed_at,
+                         definition_version, definition_hash)
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                       $7::int[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+                       $7::int[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+                       $101::int[], $102::text[])
   ON CONFLICT DO NOTHING RETURNING id),
 wf_upd AS (
   UPDATE workflows w SET state = u.state, round = u.round, updated_at = u.at,
@@ -601,6 +605,16 @@ pub async fn write(
         .bind(heads.iter().map(|h| h.chain.as_str()).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.seq).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.hash.as_slice()).collect::<Vec<_>>())
+        .bind(
+            nw.iter()
+                .map(|r| r.definition.as_ref().map(|d| d.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            nw.iter()
+                .map(|r| r.definition.as_ref().map(|d| d.1.as_str()))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *conn)
         .await?;
     let mut created = 0;

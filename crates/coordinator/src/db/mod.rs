@@ -10,6 +10,7 @@ pub mod audit;
 pub mod batch;
 pub mod deadlines;
 pub mod deferred;
+pub mod definitions;
 pub mod lease;
 pub mod read;
 pub mod store;

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -26,15 +27,17 @@ pub const FAILED: &str = "failed";
 #[derive(Debug)]
 pub struct Definition {
     pub name: &'static str,
-    pub version: u32,
+    pub version: i32,
     pub title: &'static str,
     /// The `payload.data` member that names the workflow's business object
     /// (`epic_id` for feature delivery), stored in `workflows.business_key`.
     pub key: Option<&'static str>,
     /// Where it was read from, for errors.
     pub file: &'static str,
-    /// SHA-256 of the file's text, hex.
+    /// SHA-256 of the file's text, hex: the version a workflow keeps.
     pub hash: String,
+    /// The file's text (kept with the workflows that use it, `workflow_definitions`).
+    pub source: &'static str,
     pub start: Start,
     pub clocks: Vec<ClockDef>,
     /// Every state in the order a workflow meets them: the start state first, then
@@ -133,17 +136,70 @@ impl Definition {
     }
 }
 
-/// The workflow definitions a service runs, checked together.
+/// The workflow definitions a service runs, checked together: the current one of each
+/// workflow (what new workflows start with), and the earlier versions live workflows
+/// still use, learnt from the database at start.
 #[derive(Debug, Clone, Default)]
-pub struct Definitions(pub Vec<&'static Definition>);
+pub struct Definitions {
+    current: Vec<&'static Definition>,
+    /// Shared by every clone (the processor's and the settings'), so that what the
+    /// service learns at start is seen by all; read only for a workflow whose version
+    /// is not the current one.
+    earlier: Arc<RwLock<Vec<&'static Definition>>>,
+}
 
 impl Definitions {
-    pub fn get(&self, name: &str) -> Option<&'static Definition> {
-        self.0.iter().copied().find(|d| d.name == name)
+    pub fn new(current: Vec<&'static Definition>) -> Definitions {
+        Definitions {
+            current,
+            earlier: Arc::default(),
+        }
     }
 
+    /// The current definition of workflow `name`.
+    pub fn get(&self, name: &str) -> Option<&'static Definition> {
+        self.current.iter().copied().find(|d| d.name == name)
+    }
+
+    /// The current definitions.
     pub fn iter(&self) -> impl Iterator<Item = &'static Definition> + '_ {
-        self.0.iter().copied()
+        self.current.iter().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.current.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.current.is_empty()
+    }
+
+    /// The definition a workflow of kind `name` started with: the one of `hash`, or
+    /// the current one when it has none (started before versions were kept) or its
+    /// version was not learnt (a CLI process closing it).
+    pub fn version_of(&self, name: &str, hash: Option<&str>) -> Option<&'static Definition> {
+        let current = self.get(name);
+        let Some(hash) = hash else { return current };
+        if current.is_some_and(|d| d.hash == hash) {
+            return current;
+        }
+        let Ok(earlier) = self.earlier.read() else {
+            return current;
+        };
+        earlier
+            .iter()
+            .copied()
+            .find(|d| d.hash == hash && d.name == name)
+            .or(current)
+    }
+
+    /// Adds an earlier version that live workflows still use.
+    pub fn learn(&self, def: &'static Definition) {
+        if let Ok(mut earlier) = self.earlier.write() {
+            if !earlier.iter().any(|d| d.hash == def.hash) {
+                earlier.push(def);
+            }
+        }
     }
 
     /// The workflow `message` starts.
@@ -220,7 +276,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct Header {
     name: String,
-    version: u32,
+    version: i32,
     #[serde(default)]
     title: Option<String>,
     #[serde(default)]
@@ -419,6 +475,13 @@ fn check(raw: &File, catalog: &Catalog, e: &mut Errors) {
             "[workflow]",
             "name",
             "a workflow's name is lowercase letters, digits and _",
+        );
+    }
+    if raw.workflow.version < 1 {
+        e.push(
+            "[workflow]",
+            "version",
+            "a version is a whole number from 1",
         );
     }
     let s = &raw.start;
@@ -649,6 +712,7 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
         key: raw.workflow.key.map(leak),
         file: leak(file.to_string()),
         hash,
+        source: leak(text.to_string()),
         start: Start {
             message: leak(raw.start.message),
             from: leak(raw.start.from),
@@ -799,6 +863,35 @@ mod tests {
             ),
             "{typo}"
         );
+    }
+
+    #[test]
+    fn a_workflow_finds_the_version_it_started_with_once_learnt() {
+        let v1 = parse("workflows/code_review.toml", REVIEW, &catalog()).expect("valid");
+        let v2 = parse(
+            "workflows/code_review.toml",
+            &REVIEW.replace("version = 1", "version = 2"),
+            &catalog(),
+        )
+        .expect("valid");
+        assert_ne!(v1.hash, v2.hash);
+        let defs = Definitions::new(vec![v2]);
+        let shared = defs.clone();
+        let version = |hash: Option<&str>| defs.version_of("code_review", hash).map(|d| d.version);
+        assert_eq!(version(None), Some(2), "no version kept: the current one");
+        assert_eq!(version(Some(&v2.hash)), Some(2));
+        assert_eq!(
+            version(Some(&v1.hash)),
+            Some(2),
+            "not learnt yet: the current one"
+        );
+        shared.learn(v1);
+        assert_eq!(version(Some(&v1.hash)), Some(1), "learnt through a clone");
+        assert_eq!(
+            defs.version_of("other", Some(&v1.hash)).map(|d| d.name),
+            None
+        );
+        assert_eq!(defs.len(), 1, "an earlier version is not a current one");
     }
 
     #[test]

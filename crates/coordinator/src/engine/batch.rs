@@ -132,6 +132,7 @@ impl<'p> Batch<'p> {
         state: &str,
         epic_id: Option<&str>,
         title: Option<&str>,
+        definition: Option<&Definition>,
     ) -> Result<(), Rejected> {
         let h = &env.header;
         if self.workflows.contains_key(&h.correlation_id) {
@@ -158,6 +159,8 @@ impl<'p> Batch<'p> {
             completed_at: None,
             clocks: Vec::new(),
             events: 0,
+            definition: definition
+                .map_or((None, None), |d| (Some(d.version), Some(d.hash.clone()))),
         };
         self.workflows.insert(h.correlation_id.clone(), wf);
         Ok(())
@@ -203,7 +206,11 @@ impl<'p> Batch<'p> {
         let def = self
             .workflows
             .get(&env.header.correlation_id)
-            .and_then(|w| self.p.workflows.get(&w.kind));
+            .and_then(|w| {
+                self.p
+                    .workflows
+                    .version_of(&w.kind, w.definition.1.as_deref())
+            });
         let (state, round) = self.locked(env, def.map_or("", |d| d.name), |s| {
             def.and_then(|d| d.state_name(s))
         })?;

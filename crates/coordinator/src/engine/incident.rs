@@ -17,7 +17,7 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
         .or_else(|| data.get("incident_description"))
         .and_then(Value::as_str);
     let state = IncidentState::Active.as_str();
-    b.create(env, emergency::KIND, state, None, description)?;
+    b.create(env, emergency::KIND, state, None, description, None)?;
     let agents = b.all_agents();
     let d = emergency::raise(&agents, Some(&h.source.agent_id), b.now, &b.p.durations);
     b.persist(

@@ -38,6 +38,9 @@ pub(super) struct Wf {
     pub clocks: Vec<Clock>,
     /// History rows written for it so far in this batch.
     pub events: i32,
+    /// The version and hash of the definition it started with (the version is known
+    /// only for a workflow this batch creates).
+    pub definition: (Option<i32>, Option<String>),
 }
 
 /// A clock: loaded armed, or armed by this batch (`id` is `None` until written).
@@ -108,6 +111,7 @@ impl Wf {
             completed_at: None,
             clocks: Vec::new(),
             events: 0,
+            definition: (None, w.definition_hash),
         }
     }
 
@@ -274,6 +278,10 @@ impl Wf {
                 created_at: *created_at,
                 updated_at: self.updated_at,
                 completed_at: self.completed_at,
+                definition: match &self.definition {
+                    (Some(version), Some(hash)) => Some((*version, hash.clone())),
+                    _ => None,
+                },
             }),
         }
     }

@@ -21,6 +21,9 @@ pub struct LockedWorkflow {
     pub kind: String,
     pub state: String,
     pub round: i32,
+    /// The SHA-256 of the definition it started with (none for incidents, and for
+    /// workflows started before definitions were versioned).
+    pub definition_hash: Option<String>,
 }
 
 /// An armed clock of a locked workflow.
@@ -63,6 +66,8 @@ pub struct NewWorkflow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The version and hash of the definition it started with (none for incidents).
+    pub definition: Option<(i32, String)>,
 }
 
 /// An existing workflow's state after the batch.

@@ -218,6 +218,7 @@ fn a_loaded_workflow_is_advanced_from_its_state_and_its_clocks_are_closed_by_id(
             kind: "feature_delivery".into(),
             state: "feature_handoff".into(),
             round: 1,
+            definition_hash: None,
         }],
         clocks: ["testing_start", "initial_feedback", "testing_completion"]
             .iter()
@@ -277,6 +278,7 @@ fn a_message_that_escalates_uses_a_reserved_id_and_without_one_changes_nothing()
             kind: "feature_delivery".into(),
             state: "in_development".into(),
             round: 1,
+            definition_hash: None,
         }],
         ..Default::default()
     };
@@ -382,6 +384,7 @@ fn escalated(wf: &str, levels: &[(i32, &str)]) -> Loaded {
             kind: "feature_delivery".into(),
             state: "feature_handoff".into(),
             round: 1,
+            definition_hash: None,
         }],
         chains: levels
             .iter()
@@ -472,6 +475,7 @@ fn an_emergency_is_resolved_only_by_a_configured_role() {
             kind: "emergency".into(),
             state: "active".into(),
             round: 1,
+            definition_hash: None,
         }],
         ..Default::default()
     };

@@ -16,7 +16,14 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope, def: &'static Definition)
     let data = &env.payload.data;
     let text = |k: &str| data.get(k).and_then(Value::as_str);
     let title = text("title").or_else(|| text("epic_title"));
-    b.create(env, def.name, def.start.state, text("epic_id"), title)?;
+    b.create(
+        env,
+        def.name,
+        def.start.state,
+        text("epic_id"),
+        title,
+        Some(def),
+    )?;
     let d = workflow::start(def, b.now, &b.p.durations);
     b.persist(
         env,

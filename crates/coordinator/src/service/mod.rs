@@ -20,6 +20,7 @@ pub mod activity;
 pub mod audit;
 pub mod collector;
 pub mod dead_letters;
+pub mod definitions;
 pub mod housekeeping;
 pub mod inbox;
 pub mod notifications;
