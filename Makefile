@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: python-venv asyncapi-parser schemas test-via-api run test soak bench bench-quick bench-timers cluster-test demo services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: python-venv asyncapi-parser mermaid-parser schemas test-via-api run test soak bench bench-quick bench-timers cluster-test demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
@@ -10,13 +10,13 @@ run: services
 
 ## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ;
 ## then, one at a time, the fault-injection tests (on a cluster and a node of their own)
-test: services python-venv asyncapi-parser
+test: services python-venv asyncapi-parser mermaid-parser
 	COORDINATOR_ENV=test $(CARGO) test --workspace --features coordinator/fail-points --lib --bins --tests
 	COORDINATOR_ENV=test $(CARGO) test -p coordinator --features fail-points --test faults -- --ignored --test-threads=1
 
 ## test-via-api: the tests (not the fault phase) with vhosts, queue listings, definitions
 ## and connections handled through RabbitMQ's management API, as against a remote broker
-test-via-api: services python-venv asyncapi-parser
+test-via-api: services python-venv asyncapi-parser mermaid-parser
 	rabbitmq-plugins enable rabbitmq_management >/dev/null
 	@for _ in $$(seq 30); do (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && break; sleep 1; done
 	COORDINATOR_ENV=test COORDINATOR_TEST_RABBITMQ_API=http://guest:guest@127.0.0.1:15672 \
@@ -40,6 +40,16 @@ $(ASYNCAPI)/.installed: crates/coordinator/tests/asyncapi/package.json crates/co
 	mkdir -p $(ASYNCAPI)
 	cp $^ $(ASYNCAPI)/
 	cd $(ASYNCAPI) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
+## mermaid-parser: Mermaid's own parser (from npm, pinned by its lock file), for the
+## test that the workflow diagrams (`coordinator workflow graph`) parse
+MERMAID := target/mermaid
+mermaid-parser: $(MERMAID)/.installed
+$(MERMAID)/.installed: crates/coordinator/tests/mermaid/package.json crates/coordinator/tests/mermaid/package-lock.json
+	mkdir -p $(MERMAID)
+	cp $^ $(MERMAID)/
+	cd $(MERMAID) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
 ## schemas: regenerate docs/schemas/ and protocol.md's payload fields from the Rust types (then review the diff)

@@ -76,7 +76,8 @@ async fn a_workflow_defined_in_a_file_sends_its_task_breaches_its_clock_and_comp
     // The rows a manager reads: the workflow of its own kind, its breached clock, the
     // escalation against QA.
     env.wait_count(
-        "SELECT count(*) FROM workflows WHERE id = 'cr-1' AND kind = 'code_review' AND state = 'reviewing'",
+        "SELECT count(*) FROM workflows WHERE id = 'cr-1' AND kind = 'code_review' AND state = 'reviewing'
+           AND business_key = 'CH-7'",
         1,
     )
     .await;

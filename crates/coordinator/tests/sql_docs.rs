@@ -87,6 +87,8 @@ async fn every_query_in_docs_sql_md_runs_as_written() {
     assert_eq!(rows[0].len(), 1, "one workflow in testing");
     assert_eq!(rows[3].len(), 15, "wf-example-1 has fifteen history rows");
     assert!(!rows[4].is_empty(), "SLA compliance has clocks");
+    let workflow: String = rows[4][0].try_get("workflow").expect("workflow");
+    assert_eq!(workflow, "feature_delivery", "compliance is per workflow");
     assert!(!rows[5].is_empty(), "time in state");
     assert_eq!(rows[6].len(), 1, "the deployment_failed escalation is open");
     let reason: String = rows[7][0].try_get("reason").expect("reason");

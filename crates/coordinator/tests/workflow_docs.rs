@@ -131,3 +131,45 @@ fn the_diagrams_in_docs_workflows_md_are_what_graph_prints() {
     assert!(stderr(&out)
         .contains("no workflow definition named \"no_such\"; defined: feature_delivery"));
 }
+
+#[test]
+fn every_diagram_parses_with_mermaids_own_parser_and_a_broken_one_does_not() {
+    let root = test_support::repo_root();
+    let installed = root.join("target/mermaid");
+    assert!(
+        installed.join("node_modules/mermaid").is_dir(),
+        "Mermaid's parser is not installed: run `make mermaid-parser` (make test does)"
+    );
+    // The shipped definitions and the tests' invented one, as `workflow graph` draws them.
+    let config = TempDir::new("coordinator-graphs");
+    std::fs::create_dir_all(config.0.join("workflows")).expect("workflows dir");
+    std::fs::write(config.0.join("workflows/code_review.toml"), REVIEW).expect("write");
+    let mut files = Vec::new();
+    for name in ["feature_delivery", "code_review"] {
+        let out = coordinator(&["workflow", "graph", name], Some(&config.0));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let file = config.0.join(format!("{name}.mmd"));
+        std::fs::write(&file, stdout(&out)).expect("write diagram");
+        files.push(file);
+    }
+    let broken = config.0.join("broken.mmd");
+    std::fs::write(&broken, "stateDiagram-v2\n    reviewing --> : no target\n").expect("write");
+
+    let parse = |files: &[PathBuf]| {
+        let out = Command::new("node")
+            .arg(root.join("crates/coordinator/tests/mermaid/check.mjs"))
+            .arg(&installed)
+            .args(files)
+            .output()
+            .expect("node runs");
+        (
+            out.status.success(),
+            format!("{}{}", stdout(&out), stderr(&out)),
+        )
+    };
+    let (ok, text) = parse(&files);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches(": stateDiagram").count(), 2, "{text}");
+    let (ok, text) = parse(&[broken]);
+    assert!(!ok && text.contains("Parse error"), "{text}");
+}

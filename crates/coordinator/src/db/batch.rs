@@ -271,10 +271,10 @@ pub const WRITE: &str = "
 WITH
 wf_new AS (
   INSERT INTO workflows (id, kind, state, epic_id, title, data, round, created_at, updated_at, completed_at,
-                         definition_version, definition_hash)
+                         definition_version, definition_hash, business_key)
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
                        $7::int[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
-                       $101::int[], $102::text[])
+                       $101::int[], $102::text[], $103::text[])
   ON CONFLICT DO NOTHING RETURNING id),
 wf_upd AS (
   UPDATE workflows w SET state = u.state, round = u.round, updated_at = u.at,
@@ -613,6 +613,11 @@ pub async fn write(
         .bind(
             nw.iter()
                 .map(|r| r.definition.as_ref().map(|d| d.1.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            nw.iter()
+                .map(|r| r.business_key.as_deref())
                 .collect::<Vec<_>>(),
         )
         .fetch_all(&mut *conn)

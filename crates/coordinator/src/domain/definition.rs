@@ -859,7 +859,7 @@ mod tests {
         let typo = one_error("met_by =", "meet_by =");
         assert!(
             typo.starts_with(
-                "workflows/code_review.toml: workflow code_review, line 16, column 1: unknown field `meet_by`, expected one of"
+                "workflows/code_review.toml: workflow code_review, line 17, column 1: unknown field `meet_by`, expected one of"
             ),
             "{typo}"
         );

@@ -144,6 +144,15 @@ impl<'p> Batch<'p> {
                 ),
             ));
         }
+        // The member of payload.data its definition names as the business key.
+        let business_key = definition
+            .and_then(|d| d.key)
+            .and_then(|k| env.payload.data.get(k))
+            .and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
         let wf = Wf {
             id: h.correlation_id.clone(),
             kind: kind.to_string(),
@@ -151,6 +160,7 @@ impl<'p> Batch<'p> {
             round: 1,
             origin: super::model::Origin::New {
                 epic_id: epic_id.map(str::to_string),
+                business_key,
                 title: title.map(str::to_string),
                 data: env.payload.data.clone(),
                 created_at: self.now,

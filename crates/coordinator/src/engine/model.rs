@@ -19,6 +19,7 @@ pub(super) enum Origin {
     /// Created by this batch.
     New {
         epic_id: Option<String>,
+        business_key: Option<String>,
         title: Option<String>,
         data: Value,
         created_at: DateTime<Utc>,
@@ -264,6 +265,7 @@ impl Wf {
             }),
             Origin::New {
                 epic_id,
+                business_key,
                 title,
                 data,
                 created_at,
@@ -272,6 +274,7 @@ impl Wf {
                 kind: self.kind.clone(),
                 state: self.state.clone(),
                 epic_id: epic_id.clone(),
+                business_key: business_key.clone(),
                 title: title.clone(),
                 data: data.clone(),
                 round: self.round,

@@ -60,6 +60,8 @@ pub struct NewWorkflow {
     pub kind: String,
     pub state: String,
     pub epic_id: Option<String>,
+    /// The `payload.data` member its definition names as `key`.
+    pub business_key: Option<String>,
     pub title: Option<String>,
     pub data: Value,
     pub round: i32,
