@@ -32,25 +32,28 @@ $(VENV)/.installed: examples/python/requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
+# A pinned npm package (its package.json and lock file) installed into the target's
+# folder with `npm ci`; the target is that folder's .installed stamp.
+define npm-ci
+	mkdir -p $(@D)
+	cp $^ $(@D)/
+	cd $(@D) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+endef
+
 ## asyncapi-parser: the AsyncAPI project's parser (from npm, pinned by its lock file), for
 ## the test that docs/asyncapi.yaml parses without an error
 ASYNCAPI := target/asyncapi
 asyncapi-parser: $(ASYNCAPI)/.installed
 $(ASYNCAPI)/.installed: crates/coordinator/tests/asyncapi/package.json crates/coordinator/tests/asyncapi/package-lock.json
-	mkdir -p $(ASYNCAPI)
-	cp $^ $(ASYNCAPI)/
-	cd $(ASYNCAPI) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
-	touch $@
+	$(npm-ci)
 
 ## mermaid-parser: Mermaid's own parser (from npm, pinned by its lock file), for the
 ## test that the workflow diagrams (`coordinator workflow graph`) parse
 MERMAID := target/mermaid
 mermaid-parser: $(MERMAID)/.installed
 $(MERMAID)/.installed: crates/coordinator/tests/mermaid/package.json crates/coordinator/tests/mermaid/package-lock.json
-	mkdir -p $(MERMAID)
-	cp $^ $(MERMAID)/
-	cd $(MERMAID) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
-	touch $@
+	$(npm-ci)
 
 ## schemas: regenerate docs/schemas/ and protocol.md's payload fields from the Rust types (then review the diff)
 schemas:

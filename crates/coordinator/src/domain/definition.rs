@@ -724,8 +724,9 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
     }
 }
 
-/// Checks what only shows across definitions: two claiming one start message, or one
-/// clock name.
+/// Checks what only shows across definitions: two with one name, two claiming one start
+/// message, a start message another workflow consumes (it would always start a new
+/// workflow, never advance the other), or one clock name.
 pub fn check_together(defs: &[&Definition]) -> Vec<DefinitionError> {
     let mut errors = Vec::new();
     let mut starts: HashMap<&str, &Definition> = HashMap::new();
@@ -756,6 +757,23 @@ pub fn check_together(defs: &[&Definition]) -> Vec<DefinitionError> {
                 ),
             ));
         }
+        for other in defs.iter().filter(|o| o.name != d.name) {
+            // Two with one start message are said once, above.
+            let consumed = other
+                .inputs()
+                .filter(|m| *m != other.start.message)
+                .any(|m| m == d.start.message);
+            if consumed {
+                errors.push(err(
+                    "[start]".into(),
+                    "message",
+                    format!(
+                        "{} is consumed by workflow {} ({}): as a start message it would start a {} every time instead",
+                        d.start.message, other.name, other.file, d.name
+                    ),
+                ));
+            }
+        }
         for c in &d.clocks {
             if let Some(other) = clocks.insert(c.name, d) {
                 errors.push(err(
@@ -779,6 +797,26 @@ mod tests {
         crate::settings::Settings::load_from(&dir, None)
             .expect("default settings")
             .catalog()
+    }
+
+    #[test]
+    fn a_start_message_another_workflow_consumes_is_refused() {
+        let feature = include_str!("../../../../config/workflows/feature_delivery.toml");
+        let feature = parse("feature_delivery.toml", feature, &catalog()).expect("valid");
+        let acks = parse(
+            "workflows/code_review.toml",
+            &REVIEW.replace("code_review_required", "effort_estimated"),
+            &catalog(),
+        )
+        .expect("valid on its own");
+        let errors: Vec<String> = check_together(&[feature, acks])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errors,
+            vec!["workflows/code_review.toml: workflow code_review, [start], key `message`: effort_estimated is consumed by workflow feature_delivery (feature_delivery.toml): as a start message it would start a code_review every time instead"]
+        );
     }
 
     /// A small valid definition the tests edit.
