@@ -19,6 +19,11 @@ pub async fn resolve(
     catalog: &Catalog,
 ) -> db::Result<Result<(), Refusal>> {
     db::definitions::register(pool, &defs.iter().collect::<Vec<_>>()).await?;
+    let running: Vec<String> = defs
+        .iter()
+        .map(|d| format!("{} v{} ({})", d.name, d.version, &d.hash[..12]))
+        .collect();
+    tracing::info!(workflows = %running.join(", "), "running these workflow definitions");
     let mut refusals = Vec::new();
     for live in db::definitions::live(pool).await? {
         let Some(current) = defs.get(&live.kind) else {
@@ -41,7 +46,16 @@ pub async fn resolve(
             &hash[..hash.len().min(12)]
         );
         match live.source.as_deref().map(|text| definition::parse(&file, text, catalog)) {
-            Some(Ok(def)) => defs.learn(def),
+            Some(Ok(def)) => {
+                tracing::info!(
+                    workflow = def.name,
+                    version = def.version,
+                    hash = &def.hash[..12],
+                    live = live.count,
+                    "live workflows keep an earlier version of their definition"
+                );
+                defs.learn(def);
+            }
             Some(Err(errors)) => refusals.push(format!(
                 "{} live {} workflow(s) ({}) use an earlier version of the definition that the configuration no longer accepts: {}",
                 live.count,
