@@ -37,10 +37,28 @@ const SHIPPED_ENVIRONMENTS: &[(&str, &str)] = &[
 
 /// The shipped workflow definitions, compiled in (file name, text); a file of the same
 /// name in the configuration folder's `workflows/` replaces one (docs/workflows.md).
-pub const SHIPPED_WORKFLOWS: &[(&str, &str)] = &[(
-    "feature_delivery.toml",
-    include_str!("../../../config/workflows/feature_delivery.toml"),
-)];
+pub const SHIPPED_WORKFLOWS: &[(&str, &str)] = &[
+    (
+        "feature_delivery.toml",
+        include_str!("../../../config/workflows/feature_delivery.toml"),
+    ),
+    (
+        "design_handoff.toml",
+        include_str!("../../../config/workflows/design_handoff.toml"),
+    ),
+    (
+        "brand_handoff.toml",
+        include_str!("../../../config/workflows/brand_handoff.toml"),
+    ),
+    (
+        "launch_handoff.toml",
+        include_str!("../../../config/workflows/launch_handoff.toml"),
+    ),
+    (
+        "insights_handoff.toml",
+        include_str!("../../../config/workflows/insights_handoff.toml"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {

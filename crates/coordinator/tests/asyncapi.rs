@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use coordinator::domain::definition::Action;
 use protocol::payloads::schemas;
 
 fn docs() -> PathBuf {
@@ -85,13 +86,23 @@ fn asyncapi_names_every_message_type_exchange_and_queue() {
     for role in settings.roles.values() {
         catalog.extend(role.publishes.iter().cloned());
     }
+    // Every task and notice of the shipped workflow definitions.
+    for def in settings.workflows.iter() {
+        let actions = def
+            .states
+            .iter()
+            .flat_map(|s| s.rules.iter().flat_map(|r| &r.actions))
+            .chain(&def.start.actions);
+        for action in actions {
+            match action {
+                Action::SendTask { task, .. } => catalog.insert(task.to_string()),
+                Action::Notify { message, .. } => catalog.insert(message.to_string()),
+                _ => false,
+            };
+        }
+    }
+    assert!(catalog.contains("design_request") && catalog.contains("feature_deployed"));
     for sent in [
-        "requirements_handoff",
-        "feature_handoff",
-        "bug_report",
-        "clarification_request",
-        "release_handoff",
-        "feature_deployed",
         "sla_warning",
         "sla_breached",
         "escalation_raised",

@@ -53,11 +53,16 @@ fn check_passes_the_shipped_definitions_and_names_each_one() {
     let out = coordinator(&["workflow", "check"], None);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with("ok: 1 workflow definition(s)"), "{text}");
-    assert!(
-        text.contains("feature_delivery v1 (8 states, 9 clocks, starts on requirements_ready from product-director;"),
-        "{text}"
-    );
+    assert!(text.starts_with("ok: 5 workflow definition(s)"), "{text}");
+    for line in [
+        "feature_delivery v1 (8 states, 9 clocks, starts on requirements_ready from product-director;",
+        "design_handoff v1 (2 states, 2 clocks, starts on design_requirements from product-director;",
+        "brand_handoff v1 (2 states, 1 clock, starts on brand_requirements from marketing-director;",
+        "launch_handoff v1 (2 states, 1 clock, starts on feature_announced from product-director;",
+        "insights_handoff v1 (2 states, 1 clock, starts on market_insights from marketing-director;",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
 }
 
 #[test]
@@ -103,7 +108,7 @@ fn a_broken_definition_is_refused_by_check_and_by_the_service_with_exit_2() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).starts_with("ok: 2 workflow definition(s)"),
+        stdout(&out).starts_with("ok: 6 workflow definition(s)"),
         "{}",
         stdout(&out)
     );
@@ -129,7 +134,7 @@ fn the_diagrams_in_docs_workflows_md_are_what_graph_prints() {
     let out = coordinator(&["workflow", "graph", "no_such"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out)
-        .contains("no workflow definition named \"no_such\"; defined: feature_delivery"));
+        .contains("no workflow definition named \"no_such\"; defined: brand_handoff, design_handoff, feature_delivery, insights_handoff, launch_handoff"));
 }
 
 #[test]
@@ -144,8 +149,12 @@ fn every_diagram_parses_with_mermaids_own_parser_and_a_broken_one_does_not() {
     let config = TempDir::new("coordinator-graphs");
     std::fs::create_dir_all(config.0.join("workflows")).expect("workflows dir");
     std::fs::write(config.0.join("workflows/code_review.toml"), REVIEW).expect("write");
+    let shipped = coordinator::settings::SHIPPED_WORKFLOWS
+        .iter()
+        .map(|(file, _)| file.trim_end_matches(".toml"));
+    let names: Vec<&str> = shipped.chain(["code_review"]).collect();
     let mut files = Vec::new();
-    for name in ["feature_delivery", "code_review"] {
+    for name in &names {
         let out = coordinator(&["workflow", "graph", name], Some(&config.0));
         assert!(out.status.success(), "{}", stderr(&out));
         let file = config.0.join(format!("{name}.mmd"));
@@ -169,7 +178,11 @@ fn every_diagram_parses_with_mermaids_own_parser_and_a_broken_one_does_not() {
     };
     let (ok, text) = parse(&files);
     assert!(ok, "{text}");
-    assert_eq!(text.matches(": stateDiagram").count(), 2, "{text}");
+    assert_eq!(
+        text.matches(": stateDiagram").count(),
+        names.len(),
+        "{text}"
+    );
     let (ok, text) = parse(&[broken]);
     assert!(!ok && text.contains("Parse error"), "{text}");
 }

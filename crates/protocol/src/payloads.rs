@@ -295,7 +295,7 @@ pub const DOCUMENTED: &[(&str, &str, Option<&str>)] = &[
         Some("metadata/broadcast.json"),
     ),
     (
-        "the tasks: `requirements_handoff`, `feature_handoff`, `bug_report`, `clarification_request`, `release_handoff`, `feature_deployed` (the data of the message that caused them)",
+        "the tasks and notices of the shipped workflows: `requirements_handoff`, `feature_handoff`, `bug_report`, `clarification_request`, `release_handoff`, `feature_deployed`; `design_request`, `design_constraints`, `design_assets`, `design_delivered`, `brand_request`, `brand_assets_delivered`, `launch_request`, `insights_review` (the data of the message that caused them)",
         "data/free_form.json",
         Some("metadata/task.json"),
     ),

@@ -1,6 +1,7 @@
 //! `make demo`: the coordinator and a team of simulated agents running a few workflows
 //! in compressed time (an hour of SLA time per second): one on time, one where QA is
-//! late and gets escalated, one with a bug loop, and an emergency. Prints a live account
+//! late and gets escalated, one with a bug loop, a design handoff to creative beside
+//! them, and an emergency. Prints a live account
 //! of handoffs, warnings, escalations and acknowledgements, then the SQL summary a
 //! manager would see. Leaves its database and vhost (`coordinator_demo`) to explore.
 
@@ -345,9 +346,10 @@ async fn run() -> anyhow::Result<()> {
     let mut qa = demo.agent("qa-1", "qa-director").await?;
     let mut devops = demo.agent("devops-1", "devops-manager").await?;
     let mut marketing = demo.agent("marketing-1", "marketing-director").await?;
+    let mut creative = demo.agent("creative-1", "creative-director").await?;
     demo.pager().await?;
     println!(
-        "agents: product-1, eng-1, qa-1, devops-1, marketing-1; on-call reads oncall.escalations"
+        "agents: product-1, eng-1, qa-1, devops-1, marketing-1, creative-1; on-call reads oncall.escalations"
     );
 
     narrator.heading("1. wf-101 \"Single sign-on\": every handoff on time");
@@ -451,7 +453,36 @@ async fn run() -> anyhow::Result<()> {
     deploy(&mut devops, wf).await?;
     product.expect("feature_deployed", wf).await?;
 
-    narrator.heading("4. inc-7 \"Payments API down\": an emergency, one agent never acknowledges");
+    narrator.heading("4. dh-201 \"Saved searches\" design: a design handoff to creative");
+    let dh = "dh-201";
+    product
+        .say(
+            "design_requirements",
+            dh,
+            json!({"epic_id": "EPIC-103", "screens": ["search results", "saved list"]}),
+        )
+        .await?;
+    creative.expect("design_request", dh).await?;
+    creative.say("handoff_acknowledged", dh, json!({})).await?;
+    eng.say(
+        "technical_constraints",
+        dh,
+        json!({"max_bundle_kb": 200, "no_web_fonts": true}),
+    )
+    .await?;
+    creative.expect("design_constraints", dh).await?;
+    creative
+        .say("assets_ready", dh, json!({"icons": "search-v2"}))
+        .await?;
+    eng.expect("design_assets", dh).await?;
+    creative
+        .say("design_ready", dh, json!({"spec": "saved-searches-v1"}))
+        .await?;
+    product.expect("design_delivered", dh).await?;
+    eng.expect("design_delivered", dh).await?;
+    wait_state(&demo.pool, dh, "delivered").await?;
+
+    narrator.heading("5. inc-7 \"Payments API down\": an emergency, one agent never acknowledges");
     let inc = "inc-7";
     devops
         .say(
@@ -460,10 +491,16 @@ async fn run() -> anyhow::Result<()> {
             json!({"severity": "critical", "description": "Payments API down"}),
         )
         .await?;
-    for agent in [&mut product, &mut eng, &mut qa, &mut marketing] {
+    for agent in [
+        &mut product,
+        &mut eng,
+        &mut qa,
+        &mut marketing,
+        &mut creative,
+    ] {
         agent.expect("emergency_alert", inc).await?;
     }
-    for agent in [&product, &eng, &qa] {
+    for agent in [&product, &eng, &qa, &creative] {
         agent.say("emergency_acknowledged", inc, json!({})).await?;
     }
     narrator.line("marketing-1", "…", "(offline: never acknowledges)", inc, "");

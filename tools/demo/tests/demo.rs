@@ -4,7 +4,7 @@
 use std::process::Command;
 
 #[test]
-fn the_demo_runs_its_four_scenarios_and_prints_the_manager_summary() {
+fn the_demo_runs_its_five_scenarios_and_prints_the_manager_summary() {
     let name = format!("coordinator_demo_test_{}", uuid::Uuid::new_v4().simple());
     let out = Command::new(env!("CARGO_BIN_EXE_demo"))
         .env("DEMO_NAME", &name)
@@ -30,6 +30,10 @@ fn the_demo_runs_its_four_scenarios_and_prints_the_manager_summary() {
         "the ladder stops",
         "bug_report",
         "round 2",
+        "creative-1   ← design_request",
+        "eng-1        ← design_assets",
+        "product-1    ← design_delivered",
+        "design_handoff",
         "[fanout] \"Payments API down\"",
         "acknowledgment, marketing-1: level 1 → marketing-director (critical)",
         "What a manager sees in SQL",

@@ -513,12 +513,16 @@ fn definitions(settings: &Settings, command: &WorkflowCommand) -> anyhow::Result
             };
             let mut out = format!("ok: {} workflow definition(s)\n", workflows.len());
             for d in workflows.iter() {
+                let plural = |n: usize, one: &str| match n {
+                    1 => format!("1 {one}"),
+                    n => format!("{n} {one}s"),
+                };
                 out.push_str(&format!(
-                    "  {} v{} ({} states, {} clocks, starts on {} from {}; sha256 {}) from {}\n",
+                    "  {} v{} ({}, {}, starts on {} from {}; sha256 {}) from {}\n",
                     d.name,
                     d.version,
-                    d.states.len(),
-                    d.clocks.len(),
+                    plural(d.states.len(), "state"),
+                    plural(d.clocks.len(), "clock"),
                     d.start.message,
                     d.start.from,
                     &d.hash[..12],

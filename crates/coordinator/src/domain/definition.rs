@@ -32,6 +32,8 @@ pub struct Definition {
     /// The `payload.data` member that names the workflow's business object
     /// (`epic_id` for feature delivery), stored in `workflows.business_key`.
     pub key: Option<&'static str>,
+    /// What becomes of its messages that find no workflow of its kind to apply to.
+    pub unmatched: Unmatched,
     /// Where it was read from, for errors.
     pub file: &'static str,
     /// SHA-256 of the file's text, hex: the version a workflow keeps.
@@ -43,6 +45,22 @@ pub struct Definition {
     /// Every state in the order a workflow meets them: the start state first, then
     /// breadth first along the rules.
     pub states: Vec<StateDef>,
+}
+
+/// What becomes of a workflow's message whose correlation_id names no workflow of its
+/// kind (no workflow, one of another kind, or an incident; for its start message, one
+/// of another kind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// Refused: `unknown_workflow`, `not_accepted_in_state`, or `workflow_exists`.
+    #[default]
+    Refuse,
+    /// Accepted and recorded as an event the coordinator observes: for message types
+    /// that were only observed before a workflow consumed them, so that agents sending
+    /// them as before are not refused. Where several workflows consume a message type,
+    /// it is observed only if all of them say so.
+    Observe,
 }
 
 /// What starts a workflow.
@@ -125,6 +143,11 @@ impl Definition {
             .chain(self.clocks.iter().flat_map(|c| c.met_by.iter().copied()))
     }
 
+    /// True if the workflow consumes `message`.
+    pub fn consumes(&self, message: &str) -> bool {
+        self.inputs().any(|m| m == message)
+    }
+
     /// True if `message` raises an escalation in some state.
     pub fn may_escalate(&self, message: &str) -> bool {
         self.states.iter().flat_map(|s| &s.rules).any(|r| {
@@ -142,6 +165,9 @@ impl Definition {
 #[derive(Debug, Clone, Default)]
 pub struct Definitions {
     current: Vec<&'static Definition>,
+    /// What the current definitions do with each message type they consume, looked up
+    /// for every message of a batch.
+    routes: Arc<HashMap<&'static str, Route>>,
     /// Shared by every clone (the processor's and the settings'), so that what the
     /// service learns at start is seen by all; read only for a workflow whose version
     /// is not the current one.
@@ -150,8 +176,24 @@ pub struct Definitions {
 
 impl Definitions {
     pub fn new(current: Vec<&'static Definition>) -> Definitions {
+        let mut routes: HashMap<&'static str, Route> = HashMap::new();
+        for d in &current {
+            for m in d.inputs() {
+                let r = routes.entry(m).or_insert(Route {
+                    starts: None,
+                    escalates: false,
+                    observe_unmatched: true,
+                });
+                if m == d.start.message {
+                    r.starts = Some(d);
+                }
+                r.escalates |= d.may_escalate(m);
+                r.observe_unmatched &= d.unmatched == Unmatched::Observe;
+            }
+        }
         Definitions {
             current,
+            routes: Arc::new(routes),
             earlier: Arc::default(),
         }
     }
@@ -204,18 +246,26 @@ impl Definitions {
 
     /// The workflow `message` starts.
     pub fn started_by(&self, message: &str) -> Option<&'static Definition> {
-        self.iter().find(|d| d.start.message == message)
+        self.routes.get(message).and_then(|r| r.starts)
     }
 
     /// True if some workflow consumes `message`.
     pub fn is_input(&self, message: &str) -> bool {
-        self.iter().any(|d| d.inputs().any(|m| m == message))
+        self.routes.contains_key(message)
     }
 
     /// True if `message` raises an escalation in some state of some workflow (a batch
     /// reserves an escalation id for each such message before deciding it).
     pub fn may_escalate(&self, message: &str) -> bool {
-        self.iter().any(|d| d.may_escalate(message))
+        self.routes.get(message).is_some_and(|r| r.escalates)
+    }
+
+    /// True if every workflow that consumes `message` observes it where it finds no
+    /// workflow of its kind ([`Unmatched::Observe`]).
+    pub fn observes_unmatched(&self, message: &str) -> bool {
+        self.routes
+            .get(message)
+            .is_some_and(|r| r.observe_unmatched)
     }
 
     /// Every clock of every workflow.
@@ -230,6 +280,13 @@ impl Definitions {
             .chain([CANCELLED, FAILED])
             .collect()
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    starts: Option<&'static Definition>,
+    escalates: bool,
+    observe_unmatched: bool,
 }
 
 /// A definition that cannot be used, said so that a person can fix it: the file, the
@@ -281,6 +338,8 @@ struct Header {
     title: Option<String>,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    unmatched: Unmatched,
 }
 
 #[derive(Deserialize)]
@@ -710,6 +769,7 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
         version: raw.workflow.version,
         title: leak(raw.workflow.title.unwrap_or(raw.workflow.name)),
         key: raw.workflow.key.map(leak),
+        unmatched: raw.workflow.unmatched,
         file: leak(file.to_string()),
         hash,
         source: leak(text.to_string()),

@@ -12,3 +12,6 @@ pub mod graph;
 pub mod ids;
 pub mod sla;
 pub mod workflow;
+
+#[cfg(test)]
+mod tests;

@@ -143,10 +143,15 @@ impl Batch<'_> {
         if self.p.workflows.is_input(mt) {
             return workflows::advance(self, env);
         }
+        Ok(self.observed(env))
+    }
+
+    /// An event the coordinator only records as seen.
+    pub(super) fn observed(&mut self, env: &Envelope) -> Processed {
         self.out
             .outcomes
-            .push((h.message_id.clone(), OUTCOME_OBSERVED));
-        Ok(Processed::new(Outcome::Observed))
+            .push((env.header.message_id.clone(), OUTCOME_OBSERVED));
+        Processed::new(Outcome::Observed)
     }
 
     fn heartbeat(&mut self, env: &Envelope, unregistered: bool) -> Applied {

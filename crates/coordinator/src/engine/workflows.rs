@@ -1,18 +1,27 @@
 //! The defined workflows: a workflow's start message starts one of its kind, the other
 //! messages it consumes advance it through [`workflow::decide`] with the definition it
-//! was started with.
+//! was started with. A message of a workflow that says `unmatched = "observe"` and
+//! finds no workflow of that kind to apply to is observed instead
+//! ([`Unmatched::Observe`]).
 
 use serde_json::Value;
 
 use super::batch::{Applied, Batch};
 use super::effects::Change;
-use crate::domain::definition::Definition;
+use crate::domain::definition::{Definition, Unmatched};
 use crate::domain::workflow::{self, Input, Snapshot};
 use protocol::envelope::Envelope;
 use protocol::names::message_types::HANDOFF_ACKNOWLEDGED;
 use protocol::reject::{Reason, Rejected};
 
 pub(super) fn start(b: &mut Batch<'_>, env: &Envelope, def: &'static Definition) -> Applied {
+    let other_kind = b
+        .workflows
+        .get(&env.header.correlation_id)
+        .is_some_and(|w| w.kind != def.name);
+    if other_kind && def.unmatched == Unmatched::Observe {
+        return Ok(b.observed(env));
+    }
     let data = &env.payload.data;
     let text = |k: &str| data.get(k).and_then(Value::as_str);
     let title = text("title").or_else(|| text("epic_title"));
@@ -41,6 +50,16 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope, def: &'static Definition)
 
 pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
     let h = &env.header;
+    if b.p.workflows.observes_unmatched(&h.message_type) {
+        let consumed = b
+            .workflows
+            .get(&h.correlation_id)
+            .and_then(|w| b.p.workflows.version_of(&w.kind, w.definition.1.as_deref()))
+            .is_some_and(|d| d.consumes(&h.message_type));
+        if !consumed {
+            return Ok(b.observed(env));
+        }
+    }
     let (def, state, round) = b.locked_defined(env)?;
     let Some(w) = b.workflows.get_mut(&h.correlation_id) else {
         return Err(Rejected::new(Reason::UnknownWorkflow, "no such workflow"));
