@@ -32,6 +32,28 @@ pub(super) struct Change<'a> {
     pub note: Option<&'a Value>,
 }
 
+impl<'a> Change<'a> {
+    /// A state machine's decision on an agent's message: the clocks it meets or cancels
+    /// are closed by the message, and the history row records no note.
+    pub(super) fn decided(
+        from: Option<&'a str>,
+        to: &'a str,
+        round: i32,
+        terminal: bool,
+        effects: &'a [Effect],
+    ) -> Change<'a> {
+        Change {
+            from,
+            to,
+            round,
+            terminal,
+            effects,
+            closed_by: None,
+            note: None,
+        }
+    }
+}
+
 impl Batch<'_> {
     pub(super) fn persist(&mut self, env: &Envelope, c: Change<'_>) -> Applied {
         let h = &env.header;

@@ -22,15 +22,7 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
     let d = emergency::raise(&agents, Some(&h.source.agent_id), b.now, &b.p.durations);
     b.persist(
         env,
-        Change {
-            from: None,
-            to: d.state.as_str(),
-            round: d.round,
-            terminal: false,
-            effects: &d.effects,
-            closed_by: None,
-            note: None,
-        },
+        Change::decided(None, d.state.as_str(), d.round, false, &d.effects),
     )
 }
 
@@ -55,14 +47,12 @@ pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
     .map_err(|e| Rejected::new(Reason::NotAcceptedInState, e.to_string()))?;
     b.persist(
         env,
-        Change {
-            from: Some(state.as_str()),
-            to: d.state.as_str(),
-            round: d.round,
-            terminal: d.state == IncidentState::Resolved,
-            effects: &d.effects,
-            closed_by: None,
-            note: None,
-        },
+        Change::decided(
+            Some(state.as_str()),
+            d.state.as_str(),
+            d.round,
+            d.state == IncidentState::Resolved,
+            &d.effects,
+        ),
     )
 }

@@ -36,15 +36,7 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope, def: &'static Definition)
     let d = workflow::start(def, b.now, &b.p.durations);
     b.persist(
         env,
-        Change {
-            from: None,
-            to: d.state,
-            round: d.round,
-            terminal: false,
-            effects: &d.effects,
-            closed_by: None,
-            note: None,
-        },
+        Change::decided(None, d.state, d.round, false, &d.effects),
     )
 }
 
@@ -80,14 +72,12 @@ pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
     }
     b.persist(
         env,
-        Change {
-            from: Some(state),
-            to: d.state,
-            round: d.round,
-            terminal: def.is_terminal(d.state),
-            effects: &d.effects,
-            closed_by: None,
-            note: None,
-        },
+        Change::decided(
+            Some(state),
+            d.state,
+            d.round,
+            def.is_terminal(d.state),
+            &d.effects,
+        ),
     )
 }
