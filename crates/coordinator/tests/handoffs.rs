@@ -135,7 +135,7 @@ async fn the_brand_handoff_breaches_on_creatives_ladder_and_hands_the_assets_to_
     settings.escalation.waits = vec![hour; 3];
     settings.escalation.severity.clear();
     let _app = env.start_with(settings).await;
-    let marketing = env.agent("marketing-1", "marketing-director").await;
+    let mut marketing = env.agent("marketing-1", "marketing-director").await;
     let mut creative = env.agent("creative-1", "creative-director").await;
     let mut oncall = env.connect_as("pager", "creative-director").await;
     let wf = "bh-1";
@@ -158,7 +158,6 @@ async fn the_brand_handoff_breaches_on_creatives_ladder_and_hands_the_assets_to_
     assert_eq!(breach.payload.data["level"], 1);
 
     // Late, but the rule still takes the assets to marketing.
-    let mut marketing = marketing;
     creative
         .send("brand_assets_ready", wf, json!({"logo": "v2"}))
         .await
@@ -247,32 +246,22 @@ async fn handoff_messages_sent_as_before_under_another_workflow_are_still_only_o
     let feature = env.start_feature(&product).await;
     task(&mut eng, "requirements_handoff", &feature).await;
 
-    // Under the feature's correlation_id, as a 1.4 agent would send them.
-    for (agent, message) in [
-        (&product, "design_requirements"),
-        (&eng, "technical_constraints"),
-        (&creative, "assets_ready"),
-        (&creative, "design_ready"),
-        (&marketing, "brand_requirements"),
-        (&product, "feature_announced"),
-        (&marketing, "market_insights"),
+    // Under the feature's correlation_id, as a 1.4 agent would send them; and under an
+    // id that names no workflow, the handoffs' messages that do not start one.
+    let nowhere = "nowhere";
+    for (agent, message, id) in [
+        (&product, "design_requirements", feature.as_str()),
+        (&eng, "technical_constraints", &feature),
+        (&creative, "assets_ready", &feature),
+        (&creative, "design_ready", &feature),
+        (&marketing, "brand_requirements", &feature),
+        (&product, "feature_announced", &feature),
+        (&marketing, "market_insights", &feature),
+        (&eng, "technical_constraints", nowhere),
+        (&creative, "brand_assets_ready", nowhere),
+        (&marketing, "campaign_launched", nowhere),
     ] {
-        let sent = agent
-            .send(message, &feature, json!({}))
-            .await
-            .expect("publish");
-        outcome(&env, &sent, "observed").await;
-    }
-    // Under an id that names no workflow, the handoffs' other messages too.
-    for (agent, message) in [
-        (&eng, "technical_constraints"),
-        (&creative, "brand_assets_ready"),
-        (&marketing, "campaign_launched"),
-    ] {
-        let sent = agent
-            .send(message, "nowhere", json!({}))
-            .await
-            .expect("publish");
+        let sent = agent.send(message, id, json!({})).await.expect("publish");
         outcome(&env, &sent, "observed").await;
     }
     assert_eq!(

@@ -15,11 +15,12 @@ use protocol::names::message_types::HANDOFF_ACKNOWLEDGED;
 use protocol::reject::{Reason, Rejected};
 
 pub(super) fn start(b: &mut Batch<'_>, env: &Envelope, def: &'static Definition) -> Applied {
-    let other_kind = b
-        .workflows
-        .get(&env.header.correlation_id)
-        .is_some_and(|w| w.kind != def.name);
-    if other_kind && def.unmatched == Unmatched::Observe {
+    // Only a definition that observes looks further (feature delivery's starts do not).
+    if def.unmatched == Unmatched::Observe
+        && b.workflows
+            .get(&env.header.correlation_id)
+            .is_some_and(|w| w.kind != def.name)
+    {
         return Ok(b.observed(env));
     }
     let data = &env.payload.data;
