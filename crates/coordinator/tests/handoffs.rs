@@ -44,14 +44,27 @@ async fn clocks(env: &TestEnv, wf: &str, clock_status: &[(&str, &str)]) {
     }
 }
 
+/// The `version` of the shipped definition of `kind`.
+fn shipped_version(kind: &str) -> i32 {
+    let path = format!(
+        "{}/../../config/workflows/{kind}.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .find_map(|l| l.strip_prefix("version = ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{path} has no version line"))
+}
+
 async fn finished(env: &TestEnv, wf: &str, kind: &str, state: &str, key: Option<&str>) {
     let key = key.map_or("business_key IS NULL".into(), |k| {
         format!("business_key = '{k}'")
     });
+    let version = shipped_version(kind);
     env.wait_count(
         &format!(
             "SELECT count(*) FROM workflows WHERE id = '{wf}' AND kind = '{kind}' AND state = '{state}'
-               AND completed_at IS NOT NULL AND definition_version = 1 AND {key}"
+               AND completed_at IS NOT NULL AND definition_version = {version} AND {key}"
         ),
         1,
     )
@@ -196,6 +209,115 @@ async fn the_launch_handoff_asks_marketing_and_ends_with_the_campaign() {
         .expect("publish");
     finished(&env, wf, "launch_handoff", "launched", Some("EPIC-4")).await;
     clocks(&env, wf, &[("campaign_launch", "met")]).await;
+}
+
+/// Feature delivery's messages after requirements_ready, by role, to `completed`.
+const FEATURE_DELIVERY: [(usize, &[&str]); 3] = [
+    (
+        0,
+        &[
+            "handoff_acknowledged",
+            "feasibility_assessed",
+            "effort_estimated",
+            "sprint_initialized",
+            "feature_completed",
+        ],
+    ),
+    (
+        1,
+        &[
+            "handoff_acknowledged",
+            "testing_started",
+            "testing_completed",
+            "release_approved",
+        ],
+    ),
+    (
+        2,
+        &[
+            "handoff_acknowledged",
+            "deployment_started",
+            "deployment_completed",
+            "validation_completed",
+        ],
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployed_feature_is_a_task_for_marketing_with_a_clock_met_by_its_campaign() {
+    let env = TestEnv::new().await;
+    let _app = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    let mut marketing = env.agent("marketing-1", "marketing-director").await;
+    let team = [
+        env.agent("eng-1", "engineering-director").await,
+        env.agent("qa-1", "qa-director").await,
+        env.agent("devops-1", "devops-manager").await,
+    ];
+    // The second feature's campaign is reported under the launch handoff's own id.
+    for (wf, reply_under) in [("wf-31", "wf-31"), ("wf-32", "wf-32.launch_handoff")] {
+        let epic = format!("EPIC-{wf}");
+        product
+            .send("requirements_ready", wf, json!({"epic_id": epic}))
+            .await
+            .expect("publish");
+        for (role, messages) in FEATURE_DELIVERY {
+            let handoff = ["requirements_handoff", "feature_handoff", "release_handoff"][role];
+            env.wait_state(wf, handoff).await;
+            for m in messages {
+                team[role].send(m, wf, json!({})).await.expect("publish");
+            }
+        }
+        // As before: feature_deployed under the feature's id, now with a clock behind it.
+        let deployed = task(&mut marketing, "feature_deployed", wf).await;
+        assert_eq!(deployed.payload.metadata["state"], "completed");
+        env.wait_state(wf, "completed").await;
+        let launch = format!("{wf}.launch_handoff");
+        env.wait_count(
+            &format!(
+                "SELECT count(*) FROM workflows WHERE id = '{launch}' AND kind = 'launch_handoff'
+                   AND state = 'deployed' AND business_key = '{epic}' AND epic_id = '{epic}'
+                   AND definition_version = {}",
+                shipped_version("launch_handoff")
+            ),
+            1,
+        )
+        .await;
+        env.wait_count(
+            &format!(
+                "SELECT count(*) FROM sla_clocks WHERE workflow_id = '{launch}' AND clock = 'campaign_launch'
+                   AND owner_role = 'marketing-director' AND owner_agent_id = 'marketing-1'
+                   AND status = 'armed' AND due_at > armed_at + interval '71 hours'"
+            ),
+            1,
+        )
+        .await;
+        // Nothing more reaches marketing: the follow-on sends no task of its own.
+        expect_no_more(&env, &mut marketing, Queue::Tasks).await;
+
+        let launched = marketing
+            .send(
+                "campaign_launched",
+                reply_under,
+                json!({"channels": ["email"]}),
+            )
+            .await
+            .expect("publish");
+        outcome(&env, &launched, "accepted").await;
+        finished(&env, &launch, "launch_handoff", "launched", Some(&epic)).await;
+        clocks(&env, &launch, &[("campaign_launch", "met")]).await;
+        assert_eq!(
+            env.workflow_state(wf).await.as_deref(),
+            Some("completed"),
+            "the feature delivery is untouched"
+        );
+    }
+    // A later campaign_launched under the feature's id finds the handoff launched.
+    let late = marketing
+        .send("campaign_launched", "wf-31", json!({}))
+        .await
+        .expect("publish");
+    outcome(&env, &late, "rejected").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ fn check_passes_the_shipped_definitions_and_names_each_one() {
         "feature_delivery v1 (8 states, 9 clocks, starts on requirements_ready from product-director;",
         "design_handoff v1 (2 states, 2 clocks, starts on design_requirements from product-director;",
         "brand_handoff v1 (2 states, 1 clock, starts on brand_requirements from marketing-director;",
-        "launch_handoff v1 (2 states, 1 clock, starts on feature_announced from product-director;",
+        "launch_handoff v2 (3 states, 1 clock, starts on feature_announced from product-director and after feature_delivery reaches completed;",
         "insights_handoff v1 (2 states, 1 clock, starts on market_insights from marketing-director;",
     ] {
         assert!(text.contains(line), "{line} in\n{text}");

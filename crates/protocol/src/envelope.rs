@@ -24,7 +24,7 @@ const NON_BLANK: &str = r"^[^\x00]*[^\s\x00][^\x00]*$";
 const ROUTING_WORD: &str = r"^[^\x00.*#]*[^\s\x00.*#][^\x00.*#]*$";
 
 /// The contract version this coordinator writes (docs/protocol.md, "Versioning").
-pub const VERSION: &str = "1.5";
+pub const VERSION: &str = "1.6";
 /// The contract's major versions this coordinator reads: `1.x`.
 pub const SUPPORTED_MAJOR_VERSIONS: &[u32] = &[1];
 /// AMQP short strings (message_id, correlation_id, type, app_id) hold at most 255 bytes.

@@ -243,6 +243,7 @@ async fn two_coordinators_on_three_nodes_lose_nothing_when_the_busiest_node_stop
     // No message applied twice.
     let per_workflow: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT workflow_id, count(*), count(DISTINCT message_id) FROM workflow_events
+           JOIN workflows w ON w.id = workflow_id AND w.kind = 'feature_delivery'
          WHERE workflow_id LIKE 'cl-%' GROUP BY workflow_id",
     )
     .fetch_all(&env.pool)

@@ -114,8 +114,18 @@ async fn three_coordinators_share_the_partitions_and_survivors_take_over_after_s
             .await,
         n as i64
     );
+    // Each completed feature started one launch handoff (a follow-on), in the same
+    // transaction, whichever coordinator applied its last message.
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM workflows WHERE kind = 'launch_handoff' AND state = 'deployed'"
+        )
+        .await,
+        n as i64
+    );
     let per_workflow: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT workflow_id, count(*), count(DISTINCT message_id) FROM workflow_events GROUP BY workflow_id",
+        "SELECT workflow_id, count(*), count(DISTINCT message_id) FROM workflow_events
+           JOIN workflows w ON w.id = workflow_id AND w.kind = 'feature_delivery' GROUP BY workflow_id",
     )
     .fetch_all(&env.pool)
     .await

@@ -517,8 +517,13 @@ fn definitions(settings: &Settings, command: &WorkflowCommand) -> anyhow::Result
                     1 => format!("1 {one}"),
                     n => format!("{n} {one}s"),
                 };
+                let after: String = d
+                    .after
+                    .iter()
+                    .map(|a| format!(" and after {} reaches {}", a.workflow, a.reaches))
+                    .collect();
                 out.push_str(&format!(
-                    "  {} v{} ({}, {}, starts on {} from {}; sha256 {}) from {}\n",
+                    "  {} v{} ({}, {}, starts on {} from {}{after}; sha256 {}) from {}\n",
                     d.name,
                     d.version,
                     plural(d.states.len(), "state"),

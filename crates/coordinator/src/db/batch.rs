@@ -25,14 +25,14 @@ pub const CLAIM_AND_LOCK: &str = "WITH head AS (
            SELECT id, $2::text, $3::text, sender FROM unnest($1::text[], $5::text[]) AS u(id, sender)
            ON CONFLICT DO NOTHING RETURNING message_id),
          locked AS (
-           SELECT id, kind, state, round, definition_hash FROM workflows WHERE id = ANY($4::text[]) ORDER BY id FOR UPDATE),
+           SELECT id, kind, state, round, definition_hash, business_key FROM workflows WHERE id = ANY($4::text[]) ORDER BY id FOR UPDATE),
          earlier AS (
            SELECT message_id, sender FROM processed_messages WHERE message_id = ANY($1::text[]) AND sender IS NOT NULL)
          SELECT 'head' AS src, chain AS id, NULL AS kind, NULL AS state, NULL::int AS round, seq, hash,
-                NULL AS definition_hash FROM head
-         UNION ALL SELECT 'claimed', message_id, NULL, NULL, NULL, NULL, NULL, NULL FROM claimed
-         UNION ALL SELECT 'locked', id, kind, state, round, NULL, NULL, definition_hash FROM locked
-         UNION ALL SELECT 'earlier', message_id, NULL, sender, NULL, NULL, NULL, NULL FROM earlier";
+                NULL AS definition_hash, NULL AS business_key FROM head
+         UNION ALL SELECT 'claimed', message_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM claimed
+         UNION ALL SELECT 'locked', id, kind, state, round, NULL, NULL, definition_hash, business_key FROM locked
+         UNION ALL SELECT 'earlier', message_id, NULL, sender, NULL, NULL, NULL, NULL, NULL FROM earlier";
 
 /// What claiming a batch's ids and locking its workflows found.
 #[derive(Debug, Default)]
@@ -92,6 +92,7 @@ pub async fn claim_and_lock(
                 state: r.try_get("state")?,
                 round: r.try_get("round")?,
                 definition_hash: r.try_get("definition_hash")?,
+                business_key: r.try_get("business_key")?,
             }),
         }
     }

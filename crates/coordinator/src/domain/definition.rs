@@ -41,6 +41,8 @@ pub struct Definition {
     /// The file's text (kept with the workflows that use it, `workflow_definitions`).
     pub source: &'static str,
     pub start: Start,
+    /// Where a workflow of another kind starts one of this kind as it enters a state.
+    pub after: Vec<After>,
     pub clocks: Vec<ClockDef>,
     /// Every state in the order a workflow meets them: the start state first, then
     /// breadth first along the rules.
@@ -68,6 +70,18 @@ pub enum Unmatched {
 pub struct Start {
     pub message: &'static str,
     pub from: &'static str,
+    pub state: &'static str,
+    pub actions: Vec<Action>,
+}
+
+/// "When a workflow of kind W enters state R, start one of this kind in state S":
+/// a follow-on, with the id [`super::ids::follow_on`] gives it, created in the same
+/// batch. Only a rule's transition starts one (not a workflow's creation, nor an
+/// operator's cancel or fail).
+#[derive(Debug)]
+pub struct After {
+    pub workflow: &'static str,
+    pub reaches: &'static str,
     pub state: &'static str,
     pub actions: Vec<Action>,
 }
@@ -179,16 +193,37 @@ impl Definitions {
         let mut routes: HashMap<&'static str, Route> = HashMap::new();
         for d in &current {
             for m in d.inputs() {
-                let r = routes.entry(m).or_insert(Route {
-                    starts: None,
-                    escalates: false,
-                    observe_unmatched: true,
-                });
+                let r = routes.entry(m).or_default();
                 if m == d.start.message {
                     r.starts = Some(d);
                 }
                 r.escalates |= d.may_escalate(m);
                 r.observe_unmatched &= d.unmatched == Unmatched::Observe;
+            }
+        }
+        // A follow-on's id is loaded with the messages that may start it (those whose
+        // rule enters the state it follows) and with those it consumes that its parent
+        // does not (sent under the parent's id, they reach the follow-on).
+        for child in &current {
+            for a in &child.after {
+                let Some(parent) = current.iter().find(|p| p.name == a.workflow) else {
+                    continue;
+                };
+                let entering = parent
+                    .states
+                    .iter()
+                    .flat_map(|s| &s.rules)
+                    .filter(|r| r.goto == Some(a.reaches))
+                    .map(|r| r.message);
+                let forwarded = child
+                    .inputs()
+                    .filter(|m| *m != child.start.message && !parent.consumes(m));
+                for m in entering.chain(forwarded) {
+                    let r = routes.entry(m).or_default();
+                    if !r.follow_ons.contains(&child.name) {
+                        r.follow_ons.push(child.name);
+                    }
+                }
             }
         }
         Definitions {
@@ -268,6 +303,29 @@ impl Definitions {
             .is_some_and(|r| r.observe_unmatched)
     }
 
+    /// The follow-ons (by name) whose workflows a batch loads for `message`: those it
+    /// may start, and those it reaches when sent under the parent's id.
+    pub fn follow_ons_of(&self, message: &str) -> &[&'static str] {
+        self.routes
+            .get(message)
+            .map_or(&[], |r| r.follow_ons.as_slice())
+    }
+
+    /// The follow-ons a workflow of kind `parent` starts as it enters `state`, each
+    /// with the entry that says how.
+    pub fn following<'a>(
+        &'a self,
+        parent: &'a str,
+        state: &'a str,
+    ) -> impl Iterator<Item = (&'static Definition, &'static After)> + 'a {
+        self.iter().flat_map(move |d| {
+            d.after
+                .iter()
+                .filter(move |a| a.workflow == parent && a.reaches == state)
+                .map(move |a| (d, a))
+        })
+    }
+
     /// Every clock of every workflow.
     pub fn clocks(&self) -> impl Iterator<Item = &'static ClockDef> + '_ {
         self.iter().flat_map(|d| d.clocks.iter())
@@ -282,11 +340,23 @@ impl Definitions {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Route {
     starts: Option<&'static Definition>,
     escalates: bool,
     observe_unmatched: bool,
+    follow_ons: Vec<&'static str>,
+}
+
+impl Default for Route {
+    fn default() -> Route {
+        Route {
+            starts: None,
+            escalates: false,
+            observe_unmatched: true,
+            follow_ons: Vec::new(),
+        }
+    }
 }
 
 /// A definition that cannot be used, said so that a person can fix it: the file, the
@@ -324,6 +394,8 @@ struct File {
     workflow: Header,
     start: StartSpec,
     #[serde(default)]
+    after: Vec<AfterSpec>,
+    #[serde(default)]
     clocks: BTreeMap<String, ClockSpec>,
     #[serde(default)]
     states: BTreeMap<String, StateSpec>,
@@ -347,6 +419,16 @@ struct Header {
 struct StartSpec {
     message: String,
     from: String,
+    state: String,
+    #[serde(default)]
+    task: Option<TaskSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AfterSpec {
+    workflow: String,
+    reaches: String,
     state: String,
     #[serde(default)]
     task: Option<TaskSpec>,
@@ -556,6 +638,25 @@ fn check(raw: &File, catalog: &Catalog, e: &mut Errors) {
     if let Some(t) = &s.task {
         e.role(catalog, "[start]", "task.to", &t.to);
     }
+    for (i, a) in raw.after.iter().enumerate() {
+        let at = format!("[[after]] {} ({})", i + 1, a.workflow);
+        match states.get(&a.state) {
+            None => e.push(
+                &at,
+                "state",
+                format!("no state named {:?} (states: {})", a.state, state_list()),
+            ),
+            Some(st) if st.terminal => e.push(
+                &at,
+                "state",
+                "a follow-on starts in a state with a way out, not a terminal one",
+            ),
+            Some(_) => {}
+        }
+        if let Some(t) = &a.task {
+            e.role(catalog, &at, "task.to", &t.to);
+        }
+    }
     for name in [CANCELLED, FAILED] {
         if states.contains_key(name) {
             e.push(format!("state {name}"), "", format!("{name} is every workflow's own (an operator's workflow cancel/fail): do not define it"));
@@ -665,9 +766,11 @@ fn check(raw: &File, catalog: &Catalog, e: &mut Errors) {
         }
     }
 
-    // Reachable from the start state by the rules' gotos.
-    let mut reached = BTreeSet::from([s.state.as_str()]);
-    let mut frontier = vec![s.state.as_str()];
+    // Reachable from the start state (or a follow-on's) by the rules' gotos.
+    let entries =
+        std::iter::once(s.state.as_str()).chain(raw.after.iter().map(|a| a.state.as_str()));
+    let mut reached: BTreeSet<&str> = entries.clone().collect();
+    let mut frontier: Vec<&str> = entries.collect();
     while let Some(at) = frontier.pop() {
         let Some(st) = states.get(at) else { continue };
         for g in st.on.iter().filter_map(|r| r.goto.as_deref()) {
@@ -681,8 +784,13 @@ fn check(raw: &File, catalog: &Catalog, e: &mut Errors) {
             format!("state {name}"),
             "",
             format!(
-                "unreachable: no rule leads here from the start state {}",
-                s.state
+                "unreachable: no rule leads here from the start state {}{}",
+                s.state,
+                if raw.after.is_empty() {
+                    ""
+                } else {
+                    " or a follow-on's ([[after]])"
+                }
             ),
         );
     }
@@ -697,6 +805,20 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
     let mut start_actions = Vec::new();
     start_actions.extend(raw.start.task.map(task));
     let start_state = raw.start.state.clone();
+    let after: Vec<(String, After)> = raw
+        .after
+        .into_iter()
+        .map(|a| {
+            let state = a.state.clone();
+            let after = After {
+                workflow: leak(a.workflow),
+                reaches: leak(a.reaches),
+                state: "",
+                actions: a.task.map(task).into_iter().collect(),
+            };
+            (state, after)
+        })
+        .collect();
     let clocks = raw
         .clocks
         .into_iter()
@@ -749,6 +871,11 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
     // In the order a workflow meets them: breadth first from the start, by the rules'
     // order (every state is reachable: `check` refused the rest).
     let mut order: Vec<String> = vec![start_state];
+    for (state, _) in &after {
+        if !order.contains(state) {
+            order.push(state.clone());
+        }
+    }
     let mut i = 0;
     while let Some(name) = order.get(i).cloned() {
         let next = states
@@ -779,6 +906,16 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
             state: states.first().map_or("", |s| s.name),
             actions: start_actions,
         },
+        after: after
+            .into_iter()
+            .map(|(state, a)| After {
+                state: states
+                    .iter()
+                    .find(|s| s.name == state)
+                    .map_or("", |s| s.name),
+                ..a
+            })
+            .collect(),
         clocks,
         states,
     }
@@ -786,7 +923,8 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
 
 /// Checks what only shows across definitions: two with one name, two claiming one start
 /// message, a start message another workflow consumes (it would always start a new
-/// workflow, never advance the other), or one clock name.
+/// workflow, never advance the other), one clock name, or a follow-on of a workflow
+/// or state that is not there.
 pub fn check_together(defs: &[&Definition]) -> Vec<DefinitionError> {
     let mut errors = Vec::new();
     let mut starts: HashMap<&str, &Definition> = HashMap::new();
@@ -832,6 +970,43 @@ pub fn check_together(defs: &[&Definition]) -> Vec<DefinitionError> {
                         d.start.message, other.name, other.file, d.name
                     ),
                 ));
+            }
+        }
+        for (i, a) in d.after.iter().enumerate() {
+            let at = format!("[[after]] {} ({})", i + 1, a.workflow);
+            match defs.iter().find(|p| p.name == a.workflow) {
+                None => errors.push(err(
+                    at,
+                    "workflow",
+                    format!(
+                        "no workflow named {:?} (workflows: {})",
+                        a.workflow,
+                        defs.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                    ),
+                )),
+                Some(p)
+                    if !p
+                        .states
+                        .iter()
+                        .flat_map(|s| &s.rules)
+                        .any(|r| r.goto == Some(a.reaches)) =>
+                {
+                    errors.push(err(
+                        at,
+                        "reaches",
+                        format!(
+                            "no rule of workflow {} leads to a state named {:?} (its states: {})",
+                            p.name,
+                            a.reaches,
+                            p.states
+                                .iter()
+                                .map(|s| s.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ))
+                }
+                Some(_) => {}
             }
         }
         for c in &d.clocks {
@@ -960,6 +1135,67 @@ mod tests {
                 "workflows/code_review.toml: workflow code_review, line 17, column 1: unknown field `meet_by`, expected one of"
             ),
             "{typo}"
+        );
+    }
+
+    /// `REVIEW` as a follow-on of feature delivery, with `entry` as its `[[after]]`.
+    fn review_after(entry: &str) -> Result<&'static Definition, Vec<DefinitionError>> {
+        let text = REVIEW.replace("[clocks.review]", &format!("{entry}\n\n[clocks.review]"));
+        parse("workflows/code_review.toml", &text, &catalog())
+    }
+
+    #[test]
+    fn a_follow_on_names_a_state_of_its_own_and_a_state_its_parent_reaches() {
+        let feature = include_str!("../../../../config/workflows/feature_delivery.toml");
+        let feature = parse("feature_delivery.toml", feature, &catalog()).expect("valid");
+        let entry = |workflow: &str, reaches: &str, state: &str| {
+            format!("[[after]]\nworkflow = \"{workflow}\"\nreaches = \"{reaches}\"\nstate = \"{state}\"")
+        };
+        let ok = review_after(&entry("feature_delivery", "completed", "reviewing")).expect("valid");
+        assert_eq!(ok.after[0].state, "reviewing");
+        assert!(check_together(&[feature, ok]).is_empty());
+
+        let own: Vec<String> = review_after(&entry("feature_delivery", "completed", "done"))
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(own, ["workflows/code_review.toml: workflow code_review, [[after]] 1 (feature_delivery), key `state`: a follow-on starts in a state with a way out, not a terminal one"]);
+
+        let together = |e: String| -> Vec<String> {
+            let d = review_after(&e).expect("valid on its own");
+            check_together(&[feature, d])
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            together(entry("feature_delivry", "completed", "reviewing")),
+            ["workflows/code_review.toml: workflow code_review, [[after]] 1 (feature_delivry), key `workflow`: no workflow named \"feature_delivry\" (workflows: feature_delivery, code_review)"]
+        );
+        let wrong_state = together(entry("feature_delivery", "deployed", "reviewing"));
+        assert_eq!(wrong_state.len(), 1, "{wrong_state:?}");
+        assert!(wrong_state[0].contains("[[after]] 1 (feature_delivery), key `reaches`: no rule of workflow feature_delivery leads to a state named \"deployed\" (its states: requirements_handoff,"), "{wrong_state:?}");
+    }
+
+    #[test]
+    fn a_state_only_a_follow_on_enters_is_reachable() {
+        let text = REVIEW.replace(
+            "[states.done]",
+            "[states.waiting]\nfrom = \"qa-director\"\non = [{ message = \"testing_started\", goto = \"done\" }]\n\n[states.done]",
+        );
+        let unreachable = parse("workflows/code_review.toml", &text, &catalog())
+            .err()
+            .unwrap_or_default();
+        assert_eq!(unreachable.len(), 1, "without [[after]]: {unreachable:?}");
+        let entry = "[[after]]\nworkflow = \"feature_delivery\"\nreaches = \"completed\"\nstate = \"waiting\"";
+        let text = text.replace("[clocks.review]", &format!("{entry}\n\n[clocks.review]"));
+        let d = parse("workflows/code_review.toml", &text, &catalog())
+            .expect("reachable from [[after]]");
+        assert_eq!(
+            d.states.iter().map(|s| s.name).collect::<Vec<_>>(),
+            ["reviewing", "waiting", "done"]
         );
     }
 

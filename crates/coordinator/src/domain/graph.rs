@@ -22,6 +22,16 @@ pub fn mermaid(def: &Definition) -> String {
         def.start.from,
         actions(&def.start.actions)
     );
+    for a in &def.after {
+        let _ = writeln!(
+            out,
+            "    [*] --> {}: after {} reaches {}{}",
+            a.state,
+            a.workflow,
+            a.reaches,
+            actions(&a.actions)
+        );
+    }
     for st in &def.states {
         for r in &st.rules {
             let to = match r.goto {

@@ -18,9 +18,32 @@ pub fn derived(causation_id: &str, effect_key: &str) -> String {
     Uuid::new_v5(&NAMESPACE, &name).to_string()
 }
 
+/// The id of the follow-on of kind `kind` that workflow `parent` starts
+/// (`definition::After`): `<parent>.<kind>`, readable in SQL and in the messages
+/// agents get; a correlation_id is at most 255 bytes, so a longer one is a UUIDv5 of
+/// the two instead.
+pub fn follow_on(parent: &str, kind: &str) -> String {
+    let id = format!("{parent}.{kind}");
+    if id.len() <= 255 {
+        id
+    } else {
+        derived(parent, &format!("follow-on:{kind}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_follow_on_is_named_after_its_parent_and_fits_a_correlation_id() {
+        assert_eq!(follow_on("wf-1", "launch_handoff"), "wf-1.launch_handoff");
+        let long = "w".repeat(250);
+        let id = follow_on(&long, "launch_handoff");
+        assert_eq!(id.len(), 36, "a UUID: {id}");
+        assert_eq!(id, follow_on(&long, "launch_handoff"));
+        assert_ne!(id, follow_on(&long, "brand_handoff"));
+    }
 
     #[test]
     fn same_cause_and_effect_give_the_same_id_and_anything_else_differs() {

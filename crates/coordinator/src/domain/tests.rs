@@ -13,7 +13,7 @@ use protocol::names::roles::*;
 use super::definition::{Definition, Definitions};
 use super::effect::Effect;
 use super::sla::{ArmedClock, ClockDurations, Severity};
-use super::workflow::{decide, start, Decision, Input, Rejection, Snapshot};
+use super::workflow::{decide, follow, start, Decision, Input, Rejection, Snapshot};
 
 fn shipped() -> &'static Definitions {
     static DEFS: OnceLock<Definitions> = OnceLock::new();
@@ -209,6 +209,58 @@ fn launch_handoff_asks_marketing_and_ends_when_the_campaign_is_launched() {
     assert_eq!(met(&d), ["campaign_launch"]);
     assert_eq!(w.state, "launched");
     assert!(w.def.is_terminal(w.state));
+}
+
+#[test]
+fn a_completed_feature_delivery_starts_a_launch_handoff_on_marketings_clock() {
+    let defs = shipped();
+    let following: Vec<_> = defs.following("feature_delivery", "completed").collect();
+    assert_eq!(following.len(), 1);
+    let (def, after) = following[0];
+    assert_eq!((def.name, after.state), ("launch_handoff", "deployed"));
+    assert_eq!(
+        defs.following("feature_delivery", "validating").count(),
+        0,
+        "only entering completed starts one"
+    );
+
+    let d = follow(def, after, now(), &durations(def));
+    assert_eq!(d.state, "deployed");
+    assert!(
+        sent(&d).is_empty(),
+        "feature delivery's own feature_deployed is marketing's task: {:?}",
+        d.effects
+    );
+    let mut w = Walk {
+        def,
+        state: d.state,
+        round: d.round,
+        armed: Vec::new(),
+    };
+    w.apply(&d);
+    assert_eq!(w.armed(), ["campaign_launch"]);
+    let d = w.say(MARKETING, "campaign_launched").expect("accepted");
+    assert_eq!(met(&d), ["campaign_launch"]);
+    assert_eq!(w.state, "launched");
+}
+
+#[test]
+fn a_batch_loads_the_follow_on_with_what_starts_it_and_what_its_parent_does_not_consume() {
+    let defs = shipped();
+    // validation_completed enters completed; campaign_launched is the launch
+    // handoff's and not feature delivery's, so under a feature's id it reaches the
+    // follow-on.
+    for m in ["validation_completed", "campaign_launched"] {
+        assert_eq!(defs.follow_ons_of(m), ["launch_handoff"], "{m}");
+    }
+    // Feature delivery consumes these itself.
+    for m in [
+        "handoff_acknowledged",
+        "deployment_completed",
+        "requirements_ready",
+    ] {
+        assert!(defs.follow_ons_of(m).is_empty(), "{m}");
+    }
 }
 
 #[test]

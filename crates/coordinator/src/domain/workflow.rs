@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::definition::{self, Action, Definition};
+use super::definition::{self, Action, After, Definition};
 use super::effect::{cancel_remaining, ClockRef, Effect};
 use super::sla::{ArmedClock, ClockDurations};
 
@@ -73,12 +73,35 @@ impl Closing {
 /// Starts a workflow of `def` from its start message (the caller checks the sender's
 /// role and that the correlation id is new).
 pub fn start(def: &'static Definition, now: DateTime<Utc>, durations: &ClockDurations) -> Decision {
-    let mut effects = Vec::new();
     let s = &def.start;
-    push_actions(&mut effects, &s.actions, &[], s.from, s.message);
-    arm_state(&mut effects, def, s.state, 1, now, durations);
+    enter(def, s.state, &s.actions, s.from, s.message, now, durations)
+}
+
+/// Starts a follow-on of `def` as its parent enters the state `after` names.
+pub fn follow(
+    def: &'static Definition,
+    after: &After,
+    now: DateTime<Utc>,
+    durations: &ClockDurations,
+) -> Decision {
+    enter(def, after.state, &after.actions, "", "", now, durations)
+}
+
+/// A new workflow's first decision: its actions, then the clocks of its first state.
+fn enter(
+    def: &'static Definition,
+    state: &'static str,
+    actions: &[Action],
+    sender_role: &str,
+    message_type: &str,
+    now: DateTime<Utc>,
+    durations: &ClockDurations,
+) -> Decision {
+    let mut effects = Vec::new();
+    push_actions(&mut effects, actions, &[], sender_role, message_type);
+    arm_state(&mut effects, def, state, 1, now, durations);
     Decision {
-        state: s.state,
+        state,
         round: 1,
         effects,
     }

@@ -26,6 +26,19 @@ use protocol::reject::{Reason, Rejected};
 /// A message's result before it is recorded: accepted (with what it did) or rejected.
 pub(super) type Applied = Result<Processed, Rejected>;
 
+/// A workflow (or incident) to create.
+pub(super) struct Creating<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub state: &'a str,
+    pub epic_id: Option<&'a str>,
+    pub title: Option<&'a str>,
+    pub definition: Option<&'a Definition>,
+    /// Set for a follow-on (its parent's); otherwise the member of `payload.data` the
+    /// definition names as its key.
+    pub business_key: Option<String>,
+}
+
 pub struct Batch<'p> {
     pub(super) p: &'p Processor,
     pub(super) now: DateTime<Utc>,
@@ -125,42 +138,41 @@ impl<'p> Batch<'p> {
     }
 
     /// Creates the workflow (or incident) a message starts; rejected if the id is taken.
-    pub(super) fn create(
-        &mut self,
-        env: &Envelope,
-        kind: &str,
-        state: &str,
-        epic_id: Option<&str>,
-        title: Option<&str>,
-        definition: Option<&Definition>,
-    ) -> Result<(), Rejected> {
-        let h = &env.header;
-        if self.workflows.contains_key(&h.correlation_id) {
+    pub(super) fn create(&mut self, env: &Envelope, c: Creating<'_>) -> Result<(), Rejected> {
+        let Creating {
+            id,
+            kind,
+            state,
+            epic_id,
+            title,
+            definition,
+            business_key,
+        } = c;
+        if self.workflows.contains_key(id) {
             return Err(Rejected::new(
                 Reason::WorkflowExists,
-                format!(
-                    "{kind} {} already exists; a new one needs a new correlation_id",
-                    h.correlation_id
-                ),
+                format!("{kind} {id} already exists; a new one needs a new correlation_id"),
             ));
         }
         // The member of payload.data its definition names as the business key.
-        let business_key = definition
-            .and_then(|d| d.key)
-            .and_then(|k| env.payload.data.get(k))
-            .and_then(|v| match v {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            });
+        let business_key = business_key.or_else(|| {
+            definition
+                .and_then(|d| d.key)
+                .and_then(|k| env.payload.data.get(k))
+                .and_then(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+        });
         let wf = Wf {
-            id: h.correlation_id.clone(),
+            id: id.to_string(),
             kind: kind.to_string(),
             state: state.to_string(),
             round: 1,
+            business_key,
             origin: super::model::Origin::New {
                 epic_id: epic_id.map(str::to_string),
-                business_key,
                 title: title.map(str::to_string),
                 data: env.payload.data.clone(),
                 created_at: self.now,
@@ -172,7 +184,7 @@ impl<'p> Batch<'p> {
             definition: definition
                 .map_or((None, None), |d| (Some(d.version), Some(d.hash.clone()))),
         };
-        self.workflows.insert(h.correlation_id.clone(), wf);
+        self.workflows.insert(id.to_string(), wf);
         Ok(())
     }
 

@@ -20,6 +20,8 @@ use protocol::reject::{Reason, Rejected};
 
 /// A decision to persist.
 pub(super) struct Change<'a> {
+    /// The workflow it changes: the message's (`None`), or a follow-on it starts.
+    pub workflow_id: Option<&'a str>,
     /// The state before; `None` when this message created the workflow.
     pub from: Option<&'a str>,
     pub to: &'a str,
@@ -43,6 +45,7 @@ impl<'a> Change<'a> {
         effects: &'a [Effect],
     ) -> Change<'a> {
         Change {
+            workflow_id: None,
             from,
             to,
             round,
@@ -57,7 +60,7 @@ impl<'a> Change<'a> {
 impl Batch<'_> {
     pub(super) fn persist(&mut self, env: &Envelope, c: Change<'_>) -> Applied {
         let h = &env.header;
-        let wf = h.correlation_id.as_str();
+        let wf = c.workflow_id.unwrap_or(&h.correlation_id);
         let now = self.now;
         // The batch reserves an escalation id for every message that may escalate
         // (Definitions::may_escalate); checked before anything is collected, so a shortfall
@@ -84,7 +87,8 @@ impl Batch<'_> {
                     task,
                     to_role: role,
                 } => {
-                    let m = role_message(env, &c, task, role, &format!("task:{task}:{role}"), now);
+                    let key = format!("task:{task}:{role}");
+                    let m = role_message(env, wf, &c, task, role, &key, now);
                     detail.sent(task, role, &m.message_id);
                     self.out.outbox.push(m);
                 }
@@ -93,7 +97,7 @@ impl Batch<'_> {
                     to_role: role,
                 } => {
                     let key = format!("notify:{message_type}:{role}");
-                    let m = role_message(env, &c, message_type, role, &key, now);
+                    let m = role_message(env, wf, &c, message_type, role, &key, now);
                     detail.sent(message_type, role, &m.message_id);
                     self.out.outbox.push(m);
                 }
@@ -262,6 +266,7 @@ impl Batch<'_> {
 /// carries the cause's data and says where the workflow stands.
 fn role_message(
     cause: &Envelope,
+    workflow_id: &str,
     c: &Change<'_>,
     message_type: &str,
     role: &str,
@@ -269,15 +274,21 @@ fn role_message(
     now: chrono::DateTime<chrono::Utc>,
 ) -> OutboxMessage {
     let h = &cause.header;
+    // A follow-on's message differs from its parent's of the same effect.
+    let effect_key = if workflow_id == h.correlation_id {
+        effect_key.to_string()
+    } else {
+        format!("{workflow_id}:{effect_key}")
+    };
     to_role(
-        ids::derived(&h.message_id, effect_key),
-        &h.correlation_id,
+        ids::derived(&h.message_id, &effect_key),
+        workflow_id,
         Some(&h.message_id),
         message_type,
         role,
         cause.payload.data.clone(),
         payloads::to_value(&payloads::TaskMetadata {
-            workflow_id: h.correlation_id.clone(),
+            workflow_id: workflow_id.to_string(),
             state: c.to.to_string(),
             round: c.round,
             caused_by: payloads::CausedBy {

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::batch::{Applied, Batch};
+use super::batch::{Applied, Batch, Creating};
 use super::effects::Change;
 use crate::domain::emergency::{self, Incident, IncidentState};
 use protocol::envelope::Envelope;
@@ -17,7 +17,16 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
         .or_else(|| data.get("incident_description"))
         .and_then(Value::as_str);
     let state = IncidentState::Active.as_str();
-    b.create(env, emergency::KIND, state, None, description, None)?;
+    let incident = Creating {
+        id: &h.correlation_id,
+        kind: emergency::KIND,
+        state,
+        epic_id: None,
+        title: description,
+        definition: None,
+        business_key: None,
+    };
+    b.create(env, incident)?;
     let agents = b.all_agents();
     let d = emergency::raise(&agents, Some(&h.source.agent_id), b.now, &b.p.durations);
     b.persist(

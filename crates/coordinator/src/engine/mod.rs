@@ -436,6 +436,10 @@ impl Processor {
                 continue;
             }
             n.workflow_ids.push(h.correlation_id.clone());
+            for kind in self.workflows.follow_ons_of(mt) {
+                n.workflow_ids
+                    .push(crate::domain::ids::follow_on(&h.correlation_id, kind));
+            }
             if self.workflows.may_escalate(mt) {
                 n.escalations += 1;
             }

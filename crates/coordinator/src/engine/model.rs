@@ -19,7 +19,6 @@ pub(super) enum Origin {
     /// Created by this batch.
     New {
         epic_id: Option<String>,
-        business_key: Option<String>,
         title: Option<String>,
         data: Value,
         created_at: DateTime<Utc>,
@@ -33,6 +32,8 @@ pub(super) struct Wf {
     pub state: String,
     pub round: i32,
     pub origin: Origin,
+    /// Its business key (`workflows.business_key`), which a follow-on inherits.
+    pub business_key: Option<String>,
     pub updated_at: DateTime<Utc>,
     /// When it reached a final state in this batch.
     pub completed_at: Option<DateTime<Utc>>,
@@ -108,6 +109,7 @@ impl Wf {
             state: w.state,
             round: w.round,
             origin: Origin::Existing { changed: false },
+            business_key: w.business_key,
             updated_at: now,
             completed_at: None,
             clocks: Vec::new(),
@@ -265,7 +267,6 @@ impl Wf {
             }),
             Origin::New {
                 epic_id,
-                business_key,
                 title,
                 data,
                 created_at,
@@ -274,7 +275,7 @@ impl Wf {
                 kind: self.kind.clone(),
                 state: self.state.clone(),
                 epic_id: epic_id.clone(),
-                business_key: business_key.clone(),
+                business_key: self.business_key.clone(),
                 title: title.clone(),
                 data: data.clone(),
                 round: self.round,

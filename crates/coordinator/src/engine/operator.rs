@@ -183,6 +183,7 @@ pub(super) fn apply(b: &mut Batch<'_>, env: &Envelope) -> Applied {
             b.persist(
                 env,
                 Change {
+                    workflow_id: None,
                     from: Some(state),
                     to: to.state(),
                     round,
@@ -219,6 +220,7 @@ pub(super) fn apply(b: &mut Batch<'_>, env: &Envelope) -> Applied {
             b.persist(
                 env,
                 Change {
+                    workflow_id: None,
                     from: Some(&state),
                     to: &state,
                     round,

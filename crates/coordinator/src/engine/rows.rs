@@ -24,6 +24,7 @@ pub struct LockedWorkflow {
     /// The SHA-256 of the definition it started with (none for incidents, and for
     /// workflows started before definitions were versioned).
     pub definition_hash: Option<String>,
+    pub business_key: Option<String>,
 }
 
 /// An armed clock of a locked workflow.

@@ -219,6 +219,7 @@ fn a_loaded_workflow_is_advanced_from_its_state_and_its_clocks_are_closed_by_id(
             state: "feature_handoff".into(),
             round: 1,
             definition_hash: None,
+            business_key: None,
         }],
         clocks: ["testing_start", "initial_feedback", "testing_completion"]
             .iter()
@@ -279,6 +280,7 @@ fn a_message_that_escalates_uses_a_reserved_id_and_without_one_changes_nothing()
             state: "in_development".into(),
             round: 1,
             definition_hash: None,
+            business_key: None,
         }],
         ..Default::default()
     };
@@ -385,6 +387,7 @@ fn escalated(wf: &str, levels: &[(i32, &str)]) -> Loaded {
             state: "feature_handoff".into(),
             round: 1,
             definition_hash: None,
+            business_key: None,
         }],
         chains: levels
             .iter()
@@ -476,6 +479,7 @@ fn an_emergency_is_resolved_only_by_a_configured_role() {
             state: "active".into(),
             round: 1,
             definition_hash: None,
+            business_key: None,
         }],
         ..Default::default()
     };

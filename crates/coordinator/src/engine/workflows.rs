@@ -2,15 +2,18 @@
 //! messages it consumes advance it through [`workflow::decide`] with the definition it
 //! was started with. A message of a workflow that says `unmatched = "observe"` and
 //! finds no workflow of that kind to apply to is observed instead
-//! ([`Unmatched::Observe`]).
+//! ([`Unmatched::Observe`]). A workflow entering a state that a definition follows
+//! ([`After`]) starts that follow-on in the same batch, and the follow-on's messages
+//! sent under the parent's id reach it.
 
 use serde_json::Value;
 
-use super::batch::{Applied, Batch};
+use super::batch::{Applied, Batch, Creating};
 use super::effects::Change;
-use crate::domain::definition::{Definition, Unmatched};
+use crate::domain::definition::{After, Definition, Unmatched};
+use crate::domain::ids;
 use crate::domain::workflow::{self, Input, Snapshot};
-use protocol::envelope::Envelope;
+use protocol::envelope::{Envelope, Header};
 use protocol::names::message_types::HANDOFF_ACKNOWLEDGED;
 use protocol::reject::{Reason, Rejected};
 
@@ -28,11 +31,15 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope, def: &'static Definition)
     let title = text("title").or_else(|| text("epic_title"));
     b.create(
         env,
-        def.name,
-        def.start.state,
-        text("epic_id"),
-        title,
-        Some(def),
+        Creating {
+            id: &env.header.correlation_id,
+            kind: def.name,
+            state: def.start.state,
+            epic_id: text("epic_id"),
+            title,
+            definition: Some(def),
+            business_key: None,
+        },
     )?;
     let d = workflow::start(def, b.now, &b.p.durations);
     b.persist(
@@ -42,6 +49,17 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope, def: &'static Definition)
 }
 
 pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
+    if let Some(id) = forwarded_to(b, env) {
+        let header = Header {
+            correlation_id: id,
+            ..env.header.clone()
+        };
+        let forwarded = Envelope {
+            header,
+            payload: env.payload.clone(),
+        };
+        return advance(b, &forwarded);
+    }
     let h = &env.header;
     if b.p.workflows.observes_unmatched(&h.message_type) {
         let consumed = b
@@ -71,7 +89,7 @@ pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
     if h.message_type == HANDOFF_ACKNOWLEDGED {
         w.assign_owner(&h.source.agent_type, &h.source.agent_id);
     }
-    b.persist(
+    let applied = b.persist(
         env,
         Change::decided(
             Some(state),
@@ -80,5 +98,74 @@ pub(super) fn advance(b: &mut Batch<'_>, env: &Envelope) -> Applied {
             def.is_terminal(d.state),
             &d.effects,
         ),
-    )
+    )?;
+    if d.state != state {
+        for (child, after) in b.p.workflows.following(def.name, d.state) {
+            follow(b, env, child, after)?;
+        }
+    }
+    Ok(applied)
+}
+
+/// The follow-on a message sent under its parent's id is for: one its parent's kind
+/// does not consume and a follow-on of the parent does.
+fn forwarded_to(b: &Batch<'_>, env: &Envelope) -> Option<String> {
+    let h = &env.header;
+    let follow_ons = b.p.workflows.follow_ons_of(&h.message_type);
+    if follow_ons.is_empty() {
+        return None;
+    }
+    let parent = b.workflows.get(&h.correlation_id)?;
+    let def =
+        b.p.workflows
+            .version_of(&parent.kind, parent.definition.1.as_deref())?;
+    if def.consumes(&h.message_type) {
+        return None;
+    }
+    let mut consumers = follow_ons.iter().filter(|kind| {
+        b.p.workflows
+            .get(kind)
+            .is_some_and(|d| d.consumes(&h.message_type))
+    });
+    consumers.find_map(|kind| {
+        let id = ids::follow_on(&h.correlation_id, kind);
+        b.workflows
+            .get(&id)
+            .is_some_and(|w| w.kind == *kind)
+            .then_some(id)
+    })
+}
+
+/// Starts `child` after the message's workflow entered the state `after` follows,
+/// unless it exists already (its parent entered that state before).
+fn follow(
+    b: &mut Batch<'_>,
+    env: &Envelope,
+    child: &'static Definition,
+    after: &After,
+) -> Result<(), protocol::reject::Rejected> {
+    let parent = &env.header.correlation_id;
+    let id = ids::follow_on(parent, child.name);
+    if b.workflows.contains_key(&id) {
+        return Ok(());
+    }
+    let key = b.workflows.get(parent).and_then(|w| w.business_key.clone());
+    let epic_id = key.as_deref().filter(|_| child.key == Some("epic_id"));
+    b.create(
+        env,
+        Creating {
+            id: &id,
+            kind: child.name,
+            state: after.state,
+            epic_id,
+            title: None,
+            definition: Some(child),
+            business_key: key.clone(),
+        },
+    )?;
+    let d = workflow::follow(child, after, b.now, &b.p.durations);
+    let mut change = Change::decided(None, d.state, d.round, false, &d.effects);
+    change.workflow_id = Some(&id);
+    b.persist(env, change)?;
+    Ok(())
 }
