@@ -352,7 +352,8 @@ async fn run() -> anyhow::Result<()> {
         "agents: product-1, eng-1, qa-1, devops-1, marketing-1, creative-1; on-call reads oncall.escalations"
     );
 
-    narrator.heading("1. wf-101 \"Single sign-on\": every handoff on time");
+    narrator
+        .heading("1. wf-101 \"Single sign-on\": every handoff on time, then marketing launches it");
     let wf = "wf-101";
     let steps = [
         "handoff_acknowledged",
@@ -383,6 +384,16 @@ async fn run() -> anyhow::Result<()> {
     deploy(&mut devops, wf).await?;
     product.expect("feature_deployed", wf).await?;
     marketing.expect("feature_deployed", wf).await?;
+    // The completion started wf-101.launch_handoff, whose campaign_launch clock
+    // marketing meets by answering under the feature's id.
+    marketing
+        .say(
+            "campaign_launched",
+            wf,
+            json!({"channels": ["blog", "email"]}),
+        )
+        .await?;
+    wait_state(&demo.pool, "wf-101.launch_handoff", "launched").await?;
 
     narrator.heading("2. wf-102 \"Audit log export\": QA is late and gets escalated");
     let wf = "wf-102";

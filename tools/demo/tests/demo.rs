@@ -34,6 +34,8 @@ fn the_demo_runs_its_five_scenarios_and_prints_the_manager_summary() {
         "eng-1        ← design_assets",
         "product-1    ← design_delivered",
         "design_handoff",
+        "marketing-1  → campaign_launched",
+        "wf-101.launch_handoff",
         "[fanout] \"Payments API down\"",
         "acknowledgment, marketing-1: level 1 → marketing-director (critical)",
         "What a manager sees in SQL",
