@@ -378,10 +378,25 @@ impl Stream {
 }
 
 /// Nothing applied twice: each workflow has one history row per agent message, each
-/// with its own message id, and one outbox row per message it sent.
+/// with its own message id, and one outbox row per message it sent; and its completion
+/// started one launch handoff (a follow-on), with one history row.
 async fn assert_applied_once(env: &TestEnv, wfs: &[String]) {
+    let follow_ons: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT w.id, count(e.seq) FROM workflows w LEFT JOIN workflow_events e ON e.workflow_id = w.id
+          WHERE w.kind = 'launch_handoff' GROUP BY w.id ORDER BY w.id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("launch handoffs");
+    let mut expected: Vec<(String, i64)> = wfs
+        .iter()
+        .map(|wf| (format!("{wf}.launch_handoff"), 1))
+        .collect();
+    expected.sort();
+    assert_eq!(follow_ons, expected);
     let per_workflow: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT workflow_id, count(*), count(DISTINCT message_id) FROM workflow_events
+           JOIN workflows w ON w.id = workflow_id AND w.kind = 'feature_delivery'
           GROUP BY workflow_id",
     )
     .fetch_all(&env.pool)
