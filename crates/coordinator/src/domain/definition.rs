@@ -805,18 +805,14 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
     let mut start_actions = Vec::new();
     start_actions.extend(raw.start.task.map(task));
     let start_state = raw.start.state.clone();
-    let after: Vec<(String, After)> = raw
+    let after: Vec<After> = raw
         .after
         .into_iter()
-        .map(|a| {
-            let state = a.state.clone();
-            let after = After {
-                workflow: leak(a.workflow),
-                reaches: leak(a.reaches),
-                state: "",
-                actions: a.task.map(task).into_iter().collect(),
-            };
-            (state, after)
+        .map(|a| After {
+            workflow: leak(a.workflow),
+            reaches: leak(a.reaches),
+            state: leak(a.state),
+            actions: a.task.map(task).into_iter().collect(),
         })
         .collect();
     let clocks = raw
@@ -871,9 +867,9 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
     // In the order a workflow meets them: breadth first from the start, by the rules'
     // order (every state is reachable: `check` refused the rest).
     let mut order: Vec<String> = vec![start_state];
-    for (state, _) in &after {
-        if !order.contains(state) {
-            order.push(state.clone());
+    for a in &after {
+        if !order.iter().any(|o| o == a.state) {
+            order.push(a.state.to_string());
         }
     }
     let mut i = 0;
@@ -906,16 +902,7 @@ fn compile(file: &str, text: &str, raw: File) -> Definition {
             state: states.first().map_or("", |s| s.name),
             actions: start_actions,
         },
-        after: after
-            .into_iter()
-            .map(|(state, a)| After {
-                state: states
-                    .iter()
-                    .find(|s| s.name == state)
-                    .map_or("", |s| s.name),
-                ..a
-            })
-            .collect(),
+        after,
         clocks,
         states,
     }
