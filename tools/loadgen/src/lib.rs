@@ -11,8 +11,10 @@
 //! - [`report`]: what the suite says: a breakdown per run, and `report.md` with the
 //!   commit, versions and machine, the summary and the results against the targets.
 //! - [`soak`]: a steady load for many minutes with one fault a minute (`make soak`).
+//! - [`burn`]: a steady CPU load that is not the coordinator's, to compare a run with.
 
 pub mod bench;
+pub mod burn;
 pub mod ceiling;
 pub mod drive;
 pub mod report;

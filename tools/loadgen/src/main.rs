@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use coordinator::settings::QueueType;
-use loadgen::{bench, ceiling, envelope_bytes, soak};
+use loadgen::{bench, burn, ceiling, envelope_bytes, soak};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,6 +94,16 @@ enum Command {
         queue_type: String,
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         duration: Duration,
+    },
+    /// Spend CPU at a steady rate until killed (in millisecond slices on each thread), to
+    /// see how a bench run responds to load that is not the coordinator's
+    Burn {
+        /// CPU time spent each second, over all threads (60ms = 6% of one core)
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60ms")]
+        per_second: Duration,
+        /// Threads the time is spread over
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        threads: u32,
     },
 }
 
@@ -191,6 +201,19 @@ async fn main() -> ExitCode {
                 .await
                 .map(|r| println!("{r:.0} msg/s"))
                 .map_err(anyhow::Error::from)
+        }
+        Command::Burn {
+            per_second,
+            threads,
+        } => {
+            if per_second >= Duration::from_secs(u64::from(threads)) {
+                eprintln!(
+                    "error: --per-second {} is more than {threads} thread(s) can spend in a second",
+                    humantime::format_duration(per_second)
+                );
+                return ExitCode::from(2);
+            }
+            burn::run(per_second, threads)
         }
     };
     match result {
