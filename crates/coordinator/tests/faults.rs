@@ -1,8 +1,10 @@
 //! Faults injected while workflows are in flight: the broker stopped and started, the
 //! coordinator killed (mid-stream and at the two worst moments, by fail points), its
-//! PostgreSQL sessions terminated mid-batch, PostgreSQL stopped, and SIGTERM with work
-//! in flight. In each, every workflow completes, every copy the coordinator sent again
-//! carries the same message id, and nothing is applied twice.
+//! PostgreSQL sessions terminated mid-batch, PostgreSQL stopped, SIGTERM with work
+//! in flight, and the lease connection lost with batches in hand. In each, every
+//! workflow completes, every copy the coordinator sent again carries the same message
+//! id, and nothing is applied twice. (`tools/loadgen/tests/shutdown.rs` sends SIGTERM
+//! right after each fault under 1,000 messages a second.)
 //!
 //! The tests that stop the broker or the database stop a RabbitMQ node and a PostgreSQL
 //! cluster of their own (`test_support::isolated`, on spare ports, in a temporary
@@ -814,4 +816,113 @@ async fn fault_dead_letter_collector_killed_after_the_commit_before_the_ack_stor
     replacement.wait_ready().await;
     env.wait_queue_empty("agent.dead_letters").await;
     assert_eq!(env.scalar_i64(stored).await, 1, "collected once");
+}
+
+/// Each inbox partition's consumers in the order the log names them: `true` where one
+/// started, `false` where one stopped.
+fn consumer_lines(log: &str) -> BTreeMap<String, Vec<(usize, bool)>> {
+    let mut by_partition: BTreeMap<String, Vec<(usize, bool)>> = BTreeMap::new();
+    for (i, line) in log.lines().enumerate() {
+        let started = if line.contains("stopped consuming an inbox partition") {
+            false
+        } else if line.contains("consuming an inbox partition") {
+            true
+        } else {
+            continue;
+        };
+        let queue = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("queue="))
+            .unwrap_or_default()
+            .to_string();
+        by_partition.entry(queue).or_default().push((i, started));
+    }
+    by_partition
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy: make test runs the fault tests one at a time, after the rest"]
+async fn fault_lease_connection_lost_with_batches_in_hand_then_sigterm_exits_0() {
+    let env = TestEnv::new().await;
+    // Every batch takes two seconds before its commit: when the lease connection goes,
+    // a consumer is in the middle of one, and finishes it after the leases have been
+    // taken again (every 200 ms).
+    let extra = with(
+        serve_env(),
+        "FAILPOINTS",
+        &format!("{}=return(2000)", coordinator::failpoint::BEFORE_COMMIT),
+    );
+    let extra = with(extra, "COORDINATOR__INBOX__REBALANCE_INTERVAL", "200ms");
+    let extra = with(extra, "COORDINATOR__SHUTDOWN__TIMEOUT", "15s");
+    // Consumers starting and stopping are logged at info.
+    let extra = with(extra, "COORDINATOR__LOG__FILTER", "info");
+    let serve = Serve::spawn(&env, &extra);
+    serve.wait_ready().await;
+    let stream = Stream::start(&env, 16).await;
+    eventually(
+        "a batch in hand (its transaction waiting to commit)",
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                AND application_name = 'coordinator' AND state = 'idle in transaction'",
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or(0);
+            (n > 0).then_some(())
+        },
+    )
+    .await;
+    let lost = "could not read the partition leases; releasing them";
+    let terminated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name LIKE 'coordinator leases%') t",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("terminate the lease connection");
+    assert_eq!(terminated, 1, "one coordinator, one lease connection");
+    eventually("the coordinator to notice its leases are gone", || {
+        let seen = serve.log().contains(lost);
+        async move { seen.then_some(()) }
+    })
+    .await;
+    // Every consumer told to stop has finished its batch (two seconds at most), and the
+    // partitions are taken again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    serve.signal("-TERM");
+    let (code, log) = serve.wait_exit().await;
+    assert_eq!(code, Some(0), "{log}");
+
+    // Never two consumers of one partition at once: each partition's consumers start and
+    // stop in turn. And one of them did outlive its lease: it stopped only after another
+    // partition had been taken again.
+    let lost_at = log
+        .lines()
+        .position(|l| l.contains(lost))
+        .expect("the lease loss is logged");
+    let by_partition = consumer_lines(&log);
+    assert_eq!(by_partition.len(), 8, "{log}");
+    for (queue, lines) in &by_partition {
+        let kinds: Vec<bool> = lines.iter().map(|(_, started)| *started).collect();
+        let alternating: Vec<bool> = (0..kinds.len()).map(|i| i % 2 == 0).collect();
+        assert_eq!(kinds, alternating, "{queue}'s consumers overlap:\n{log}");
+    }
+    let retaken_at = by_partition
+        .values()
+        .flatten()
+        .filter(|(i, started)| *started && *i > lost_at)
+        .map(|(i, _)| *i)
+        .min()
+        .expect("partitions taken again after the loss");
+    assert!(
+        by_partition
+            .values()
+            .flatten()
+            .any(|(i, started)| !started && *i > retaken_at),
+        "no consumer was still finishing its batch when the partitions were taken again:\n{log}"
+    );
+    let replacement = Serve::spawn(&env, &serve_env());
+    replacement.wait_ready().await;
+    stream.finish(&env).await;
 }

@@ -968,11 +968,46 @@ impl Serve {
         }
     }
 
+    /// Waits until `/readyz` is 200; fails with what it logged if it exits first or
+    /// is not ready within [`WAIT`].
     pub async fn wait_ready(&self) {
-        eventually("serve to be ready", || async {
-            (http_get(self.http, "/readyz").await.map(|r| r.0) == Some(200)).then_some(())
-        })
-        .await
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if http_get(self.http, "/readyz").await.map(|r| r.0) == Some(200) {
+                return;
+            }
+            let exited = self
+                .has_exited()
+                .then(|| "serve exited before it was ready".to_string());
+            let late =
+                (Instant::now() > deadline).then(|| format!("serve was not ready within {WAIT:?}"));
+            if let Some(why) = exited.or(late) {
+                let log = self.log();
+                let lines: Vec<&str> = log.lines().collect();
+                panic!(
+                    "{why}; its last lines:\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether it has exited, without waiting (`try_wait` needs `&mut`): a process that
+    /// has exited and not been reaped is a zombie (`Z` in /proc/{pid}/stat).
+    fn has_exited(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|stat| {
+                let state = stat
+                    .rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .next()?
+                    .to_string();
+                Some(state == "Z")
+            })
+            .unwrap_or(true)
     }
 
     pub fn pid(&self) -> u32 {

@@ -54,8 +54,9 @@ pub struct Shared {
     /// Conditions that repeat (a message no queue takes), logged at start, end and as
     /// a count in between.
     pub repeats: Mutex<Repeats>,
-    /// The step a shutdown is at, named when it overruns `shutdown.timeout`.
-    stopping: Mutex<&'static str>,
+    /// The step a shutdown is at, and what it still waits for, named when it overruns
+    /// `shutdown.timeout`.
+    stopping: Mutex<(&'static str, String)>,
 }
 
 impl Shared {
@@ -89,19 +90,30 @@ impl Shared {
             signals: Signals::default(),
             breakers,
             repeats: Mutex::new(Repeats::new(REPEATS_SAID_EVERY)),
-            stopping: Mutex::new("not stopping"),
+            stopping: Mutex::new(("not stopping", String::new())),
         }
     }
 
     /// Records (and logs) the step a shutdown has reached.
     pub fn stopping(&self, step: &'static str) {
         tracing::info!("shutdown: {step}");
-        *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = step;
+        *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = (step, String::new());
     }
 
-    /// The step a shutdown last reached.
-    pub fn stopping_at(&self) -> &'static str {
-        *self.stopping.lock().unwrap_or_else(|e| e.into_inner())
+    /// What the current step still waits for (e.g. "inbox partitions 0, 3"), named with
+    /// it if the shutdown overruns.
+    pub fn still_waiting_for(&self, what: String) {
+        self.stopping.lock().unwrap_or_else(|e| e.into_inner()).1 = what;
+    }
+
+    /// The step a shutdown last reached, with what it still waited for.
+    pub fn stopping_at(&self) -> String {
+        let (step, waiting) = &*self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+        if waiting.is_empty() {
+            step.to_string()
+        } else {
+            format!("{step}, still waiting for {waiting}")
+        }
     }
 }
 

@@ -165,7 +165,7 @@ async fn supervise(
             },
             Some((p, result)) = workers.next() => {
                 running.remove(&p);
-                if let Err(e) = leases.released(p).await {
+                if let Err(e) = leases.finished(p).await {
                     tracing::warn!(error = %e, partition = p, "could not release a partition lease; it goes with the lease connection");
                 }
                 if let Err(e) = result {
@@ -198,9 +198,38 @@ async fn supervise(
     for stop in running.values() {
         stop.cancel();
     }
-    while let Some((p, result)) = workers.next().await {
-        if let Err(e) = result {
-            tracing::warn!(error = %crate::telemetry::error_chain(&e), partition = p, "an inbox partition stopped with an error");
+    // The settler, the collector and the relay are futures of this task: they run only
+    // while polled, so they are polled here too until the partitions have finished. One
+    // left unpolled keeps whatever it holds in the middle of a step (a pooled connection,
+    // a transaction, a channel's unread frames) from everyone else until it is polled
+    // again, and a partition finishing its batch may be waiting for exactly that.
+    let mut relayed = Ok(());
+    loop {
+        shared.still_waiting_for(still_running(&running));
+        tokio::select! {
+            next = workers.next() => match next {
+                Some((p, result)) => {
+                    running.remove(&p);
+                    if let Err(e) = result {
+                        tracing::warn!(error = %crate::telemetry::error_chain(&e), partition = p, "an inbox partition stopped with an error");
+                    }
+                }
+                None => break,
+            },
+            () = &mut settling, if !settled => {
+                settled = true;
+                tracing::warn!("the settler stopped while the inbox partitions were finishing");
+            }
+            r = &mut collecting, if !collector_ended => {
+                collector_ended = true;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "the dead-letter collector stopped with an error");
+                }
+            }
+            r = &mut relaying, if !relay_ended => {
+                relay_ended = true;
+                relayed = r;
+            }
         }
     }
     shared.stopping("releasing the partition leases");
@@ -214,11 +243,9 @@ async fn supervise(
     }
     shared.stopping("flushing the outbox");
     stop_relay.cancel();
-    let relayed = if relay_ended {
-        Ok(())
-    } else {
-        (&mut relaying).await
-    };
+    if !relay_ended {
+        relayed = (&mut relaying).await;
+    }
     // Last, what every publisher and the relay had confirmed is marked sent.
     shared.stopping("marking confirmed messages sent");
     stop_settler.cancel();
@@ -229,6 +256,19 @@ async fn supervise(
         return Err(e.into());
     }
     outcome
+}
+
+/// The partitions whose consumers have not finished, as a shutdown that overruns names
+/// them.
+fn still_running(running: &HashMap<u32, CancellationToken>) -> String {
+    let mut ps: Vec<u32> = running.keys().copied().collect();
+    ps.sort_unstable();
+    let ps: Vec<String> = ps.iter().map(u32::to_string).collect();
+    match ps.len() {
+        0 => String::new(),
+        1 => format!("inbox partition {}", ps[0]),
+        _ => format!("inbox partitions {}", ps.join(", ")),
+    }
 }
 
 /// One partition's consumer, tagged with its partition.
