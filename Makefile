@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: python-venv asyncapi-parser mermaid-parser schemas test-via-api run test soak bench bench-quick bench-timers cluster-test demo services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: python-venv asyncapi-parser mermaid-parser schemas test-via-api run test soak bench bench-quick bench-timers cluster-test shutdown-test fault-tests demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
@@ -78,19 +78,35 @@ bench-quick: services
 bench-timers: services
 	$(CARGO) bench -p coordinator --bench timers
 
-## soak: SOAK_MINUTES (10) at 1,000 agent messages/s with one fault a minute (docs/operations.md);
-## it stops and starts the local PostgreSQL and RabbitMQ
+## soak: SOAK_MINUTES (10) at 1,000 agent messages/s with one fault a minute (docs/operations.md),
+## on a PostgreSQL cluster and a RabbitMQ node of its own (the machine's are never stopped)
 soak: services
 	$(CARGO) build --release -p coordinator -p loadgen --bins
 	target/release/loadgen soak
 
 ## cluster-test: two coordinators on a three-node RabbitMQ cluster of its own (quorum
-## queues) under load; the node leading most inbox partitions is stopped and started
-## again; nothing may be lost, applied twice or fire twice (~3 minutes, not in make test;
-## figures in target/cluster/report.md)
+## queues, rate limits on) under load; the node leading most inbox partitions is stopped
+## and started again; nothing may be lost, applied twice or fire twice, and messages held
+## back by a rate limit are applied in order after (~4 minutes, not in make test; figures
+## in target/cluster/report.md)
 cluster-test: services
 	$(CARGO) build --release -p coordinator --bin coordinator
 	COORDINATOR_ENV=test $(CARGO) test --release -p loadgen --test cluster -- --ignored --nocapture
+
+## shutdown-test: SIGTERM right after every fault the soak injects, three rounds, two
+## coordinators under 1,000 msg/s on services of its own; every shutdown exits 0 within
+## shutdown.timeout, nothing lost or applied twice (~4 minutes; target/shutdown/report.md)
+shutdown-test: services
+	$(CARGO) build --release -p coordinator --bin coordinator
+	COORDINATOR_ENV=test $(CARGO) test --release -p loadgen --test shutdown -- --ignored --nocapture
+
+## fault-tests: what .ci/run runs after `make test`: the cluster test, the shutdown test
+## and a soak of FAULT_SOAK_MINUTES (6: each of its five faults once) with a fault a minute
+FAULT_SOAK_MINUTES ?= 6
+fault-tests: services
+	$(CARGO) build --release -p coordinator -p loadgen --bins
+	COORDINATOR_ENV=test $(CARGO) test --release -p loadgen --test cluster --test shutdown -- --ignored --nocapture --test-threads=1
+	target/release/loadgen soak --minutes $(FAULT_SOAK_MINUTES)
 
 ## services: start PostgreSQL and RabbitMQ if installed but stopped
 services:

@@ -12,7 +12,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
     ConfirmSelectOptions,
 };
-use lapin::publisher_confirm::Confirmation;
+use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use serde_json::Value;
@@ -124,15 +124,31 @@ impl AgentClient {
 
     /// Publishes an envelope to `agent.topic` with matching AMQP properties.
     pub async fn publish(&self, env: &Envelope) -> Result<(), AgentError> {
-        let body = serde_json::to_vec(env).map_err(|e| AgentError::NotConfirmed(e.to_string()))?;
-        let body = match &self.signer {
-            Some(s) => s.sign_body(&body).unwrap_or(body),
-            None => body,
-        };
-        let key = env.agent_routing_key();
-        let mut meta = env.meta(&key);
-        meta.user_id = self.user_id.clone();
-        self.publish_raw(exchanges::TOPIC, &key, &body, &meta).await
+        let confirm = self.publish_unconfirmed(env).await?;
+        confirmed(confirm.await?, &env.agent_routing_key())
+    }
+
+    /// Publishes every envelope, in order, before awaiting any confirm (as fast as the
+    /// broker takes them); then every confirm.
+    pub async fn publish_all(&self, envs: &[Envelope]) -> Result<(), AgentError> {
+        let mut pending = Vec::with_capacity(envs.len());
+        for env in envs {
+            pending.push(self.publish_unconfirmed(env).await?);
+        }
+        for (confirm, env) in pending.into_iter().zip(envs) {
+            confirmed(confirm.await?, &env.agent_routing_key())?;
+        }
+        Ok(())
+    }
+
+    async fn publish_unconfirmed(&self, env: &Envelope) -> Result<PublisherConfirm, AgentError> {
+        publish_envelope(
+            &self.channel,
+            env,
+            self.signer.as_ref(),
+            self.user_id.as_deref(),
+        )
+        .await
     }
 
     /// Publishes any bytes with any properties (for testing bad input).
@@ -154,12 +170,7 @@ impl AgentClient {
             )
             .await?
             .await?;
-        match confirm {
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Nack(_) => {
-                Err(AgentError::NotConfirmed(format!("nack for {routing_key}")))
-            }
-        }
+        confirmed(confirm, routing_key)
     }
 
     /// The next message on one of this agent's queues, or `None` after `timeout`.
@@ -267,6 +278,43 @@ impl AgentClient {
 }
 
 /// Opens a connection whose internal tasks run on the current tokio runtime.
+/// Publishes `env` to `agent.topic` on `channel` with AMQP properties repeating its
+/// header: signed by `signer` where given, with `user_id` where the agent connected as
+/// its own broker user (docs/agents.md, docs/security.md). The broker's confirm (on a
+/// channel in confirm mode) is still to come.
+pub async fn publish_envelope(
+    channel: &Channel,
+    env: &Envelope,
+    signer: Option<&protocol::signing::Signer>,
+    user_id: Option<&str>,
+) -> Result<PublisherConfirm, AgentError> {
+    let body = serde_json::to_vec(env).map_err(|e| AgentError::NotConfirmed(e.to_string()))?;
+    let body = match signer {
+        Some(s) => s.sign_body(&body).unwrap_or(body),
+        None => body,
+    };
+    let key = env.agent_routing_key();
+    let mut meta = env.meta(&key);
+    meta.user_id = user_id.map(str::to_string);
+    Ok(channel
+        .basic_publish(
+            exchanges::TOPIC,
+            &key,
+            BasicPublishOptions::default(),
+            &body,
+            properties(&meta),
+        )
+        .await?)
+}
+
+/// What the broker's answer to a publish means for the publisher.
+fn confirmed(confirm: Confirmation, routing_key: &str) -> Result<(), AgentError> {
+    match confirm {
+        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Nack(_) => Err(AgentError::NotConfirmed(format!("nack for {routing_key}"))),
+    }
+}
+
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     let props = lapin::ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())

@@ -276,6 +276,39 @@ impl Rabbit {
             .args(args))
     }
 
+    /// Every queue of `vhost` with its type, messages ready and unacknowledged, and
+    /// consumers, as `rabbitmqctl list_queues` prints them: for a failing test to say
+    /// where messages are. Never fails: says why it could not list them instead.
+    pub fn describe_queues(&self, vhost: &str) -> String {
+        let listed = Command::new("rabbitmqctl")
+            .args([
+                "-n",
+                &self.node,
+                "list_queues",
+                "-p",
+                vhost,
+                "--timeout",
+                "10",
+            ])
+            .args([
+                "name",
+                "type",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ])
+            .output();
+        match listed {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Ok(o) => format!(
+                "(rabbitmqctl list_queues failed on {}: {})",
+                self.node,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => format!("(rabbitmqctl did not run: {e})"),
+        }
+    }
+
     /// Stops the RabbitMQ application (the node stays up), as a broker restart does.
     pub fn stop_app(&self) {
         self.ctl(&["stop_app"]);

@@ -282,54 +282,107 @@ pub(crate) async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The last line of a log file, for an error message.
-fn last_line(log: &Path) -> String {
-    std::fs::read_to_string(log)
-        .ok()
-        .and_then(|s| s.lines().last().map(str::to_string))
-        .unwrap_or_else(|| format!("(see {})", log.display()))
+/// How a coordinator child process is started: which binary, reading which
+/// configuration folder and profile, on which database and vhost, with which settings
+/// over the profile's (as `COORDINATOR__…` environment variables).
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub bin: PathBuf,
+    pub config_dir: PathBuf,
+    pub profile: String,
+    pub db_url: String,
+    pub amqp_url: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// The settings such a coordinator runs with, as this process reads them (to register
+    /// agents with the same rules).
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let (env, profile) = profile_env(&self.profile);
+        let overrides: Vec<(&str, &str)> = profile
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect();
+        let mut s = Settings::load_with(&self.config_dir, env, &overrides)?;
+        s.database.url = self.db_url.clone().into();
+        s.amqp.url = self.amqp_url.clone().into();
+        Ok(s)
+    }
+}
+
+/// The last `n` lines of a log file, for an error message.
+pub fn last_lines(log: &Path, n: usize) -> String {
+    match std::fs::read_to_string(log) {
+        Ok(s) => {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("(could not read {}: {e})", log.display()),
+    }
 }
 
 /// The coordinator as a child process.
-pub(crate) struct Coordinator {
+pub struct Coordinator {
     child: Child,
-    pub(crate) http: String,
+    pub http: String,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+/// How a coordinator stopped on SIGTERM.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopped {
+    /// Its exit status, if it exited by itself within [`Coordinator::STOP_WAIT`].
+    pub status: Option<std::process::ExitStatus>,
+    /// From the signal to its exit (or to the kill).
+    pub took: Duration,
+}
+
+impl Stopped {
+    pub fn exited_0(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
 }
 
 impl Coordinator {
-    /// Starts `bin serve` reading `config_dir`, and waits until it is ready.
-    pub(crate) async fn start(
-        bin: &Path,
-        config_dir: &Path,
-        profile: &str,
-        fresh: &Fresh,
-        log: &Path,
-    ) -> anyhow::Result<Coordinator> {
+    /// How long a SIGTERMed coordinator may take to exit before it is killed: longer
+    /// than the shipped `shutdown.timeout` (25 s), past which it exits 1 by itself.
+    pub const STOP_WAIT: Duration = Duration::from_secs(35);
+
+    /// Starts `serve` as `launch` says, its stderr to `log`, and waits until it is ready.
+    pub async fn start(launch: &Launch, log: &Path) -> anyhow::Result<Coordinator> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let http = format!("127.0.0.1:{port}");
-        let log_path = log;
-        let log = std::fs::File::create(log)?;
-        let mut cmd = Command::new(bin);
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("could not create {}", log.display()))?;
+        let mut cmd = Command::new(&launch.bin);
         cmd.arg("serve")
-            .env("COORDINATOR_CONFIG_DIR", config_dir)
-            .env("COORDINATOR__DATABASE__URL", fresh.db_url())
-            .env("COORDINATOR__AMQP__URL", fresh.amqp_url())
+            .env("COORDINATOR_CONFIG_DIR", &launch.config_dir)
+            .env("COORDINATOR__DATABASE__URL", &launch.db_url)
+            .env("COORDINATOR__AMQP__URL", &launch.amqp_url)
             .env("COORDINATOR__HTTP__ADDR", &http)
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(file)
             .kill_on_drop(true);
-        let (env, overrides) = profile_env(profile);
+        let (env, overrides) = profile_env(&launch.profile);
         match env {
             None => cmd.env_remove(coordinator::settings::ENV_VAR),
             Some(e) => cmd.env(coordinator::settings::ENV_VAR, e),
         };
         cmd.envs(overrides);
+        cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
-            .with_context(|| format!("could not start {}", bin.display()))?;
-        let mut c = Coordinator { child, http };
+            .with_context(|| format!("could not start {}", launch.bin.display()))?;
+        let mut c = Coordinator {
+            child,
+            http,
+            log: log.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if agent::probe(&c.http, "/readyz").await.map(|r| r.0) == Some(200) {
@@ -337,40 +390,50 @@ impl Coordinator {
             }
             if let Ok(Some(status)) = c.child.try_wait() {
                 bail!(
-                    "the coordinator exited ({status}) before it was ready; its last line: {}",
-                    last_line(log_path)
+                    "the coordinator exited ({status}) before it was ready; its last lines ({}):\n{}",
+                    log.display(),
+                    last_lines(log, 20)
                 );
             }
             if Instant::now() > deadline {
-                bail!("the coordinator did not become ready within 60 s");
+                bail!(
+                    "the coordinator did not become ready within 60 s; its last lines ({}):\n{}",
+                    log.display(),
+                    last_lines(log, 20)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    pub(crate) fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
     /// SIGKILL, and wait for it to be gone.
-    pub(crate) async fn kill(mut self) {
+    pub async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
 
-    /// SIGTERM, then wait (SIGKILL after 30 s); its exit status if it exited by itself.
-    pub(crate) async fn stop(mut self) -> Option<std::process::ExitStatus> {
+    /// SIGTERM, then wait (SIGKILL after [`Coordinator::STOP_WAIT`]).
+    pub async fn stop(mut self) -> Stopped {
+        let t = Instant::now();
         if let Some(pid) = self.child.id() {
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status()
                 .await;
         }
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+        let status = match tokio::time::timeout(Self::STOP_WAIT, self.child.wait()).await {
             Ok(status) => status.ok(),
             Err(_) => {
                 let _ = self.child.kill().await;
                 None
             }
+        };
+        Stopped {
+            status,
+            took: t.elapsed(),
         }
     }
 }
@@ -552,7 +615,15 @@ async fn one_in(
     let log = opts
         .out_dir
         .join(format!("coordinator-{profile}-{}.log", def.name));
-    let coordinator = Coordinator::start(&opts.bin, &opts.config_dir, profile, fresh, &log).await?;
+    let launch = Launch {
+        bin: opts.bin.clone(),
+        config_dir: opts.config_dir.clone(),
+        profile: profile.to_string(),
+        db_url: fresh.db_url(),
+        amqp_url: fresh.amqp_url(),
+        env: Vec::new(),
+    };
+    let coordinator = Coordinator::start(&launch, &log).await?;
     let per_role = opts.agents_per_role.unwrap_or(def.agents / ROLES.len());
     let logins = team::register(&settings, &pool, per_role).await?;
     let inbox_queues = inbox_queues(&fresh.vhost).await?;

@@ -11,12 +11,15 @@
 //! - [`report`]: what the suite says: a breakdown per run, and `report.md` with the
 //!   commit, versions and machine, the summary and the results against the targets.
 //! - [`soak`]: a steady load for many minutes with one fault a minute (`make soak`).
+//! - [`faults`]: services of a run's own, the faults injected on them, coordinators as
+//!   child processes, and what a failing run reports.
 //! - [`burn`]: a steady CPU load that is not the coordinator's, to compare a run with.
 
 pub mod bench;
 pub mod burn;
 pub mod ceiling;
 pub mod drive;
+pub mod faults;
 pub mod report;
 pub mod soak;
 pub mod stats;

@@ -61,8 +61,9 @@ enum Command {
     },
     /// A steady load through the happy path with one fault a minute (coordinator SIGKILL,
     /// sessions terminated, PostgreSQL stopped, coordinator SIGTERM, RabbitMQ stopped),
-    /// reporting messages lost, applied twice, latency per minute and memory. It stops
-    /// and starts the machine's PostgreSQL and RabbitMQ: run it where nothing else uses them
+    /// reporting messages lost, applied twice, latency per minute and memory. It runs on a
+    /// PostgreSQL cluster and a RabbitMQ node of its own, started from the installed
+    /// packages on spare ports, so the machine's are never stopped
     Soak {
         /// How long the load runs (one fault a minute from the second minute)
         #[arg(long, env = "SOAK_MINUTES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -180,9 +181,11 @@ async fn main() -> ExitCode {
             match soak::run(&opts).await {
                 Ok(report) if report.ok() => Ok(()),
                 Ok(report) => Err(anyhow::anyhow!(
-                    "the soak lost {} workflows and applied {} messages twice",
-                    report.lost,
-                    report.applied_twice
+                    "the soak lost {} workflows, applied {} messages twice and left {} irregular histories (where everything was: {})",
+                    report.outcome.lost,
+                    report.outcome.applied_twice,
+                    report.outcome.irregular,
+                    opts.out_dir.join("failure.md").display()
                 )),
                 Err(e) => Err(e),
             }

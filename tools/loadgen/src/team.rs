@@ -19,10 +19,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
@@ -31,9 +28,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::stats::{now_ns, Counters, Recorder};
-use agent::{connect, properties};
+use agent::connect;
 use protocol::envelope::Envelope;
-use protocol::names::exchanges;
 use protocol::names::queues::{self, ONCALL as ONCALL_QUEUE};
 use protocol::names::roles::{DEVOPS, ENGINEERING, MARKETING, PRODUCT, QA};
 
@@ -343,28 +339,11 @@ pub async fn publish(
     channel: &Channel,
     env: &Envelope,
     voice: &Voice,
-) -> Result<PublisherConfirm, lapin::Error> {
-    let body = serde_json::to_vec(env).map_err(|e| {
-        lapin::Error::IOError(std::sync::Arc::new(std::io::Error::other(e.to_string())))
-    })?;
-    let body = match &voice.signer {
-        Some(s) => s.sign_body(&body).unwrap_or(body),
-        None => body,
-    };
-    let key = env.agent_routing_key();
-    let mut meta = env.meta(&key);
-    if voice.authenticated {
-        meta.user_id = Some(env.header.source.agent_id.clone());
-    }
-    channel
-        .basic_publish(
-            exchanges::TOPIC,
-            &key,
-            BasicPublishOptions::default(),
-            &body,
-            properties(&meta),
-        )
-        .await
+) -> Result<PublisherConfirm, agent::AgentError> {
+    let user_id = voice
+        .authenticated
+        .then_some(env.header.source.agent_id.as_str());
+    agent::publish_envelope(channel, env, voice.signer.as_deref(), user_id).await
 }
 
 fn confirmed(c: Result<Confirmation, lapin::Error>) -> bool {
