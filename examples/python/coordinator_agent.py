@@ -55,6 +55,7 @@ from typing import Any, Callable
 import base64
 
 import pika
+import rfc8785
 import pika.exceptions
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -63,7 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from jsonschema import Draft202012Validator, FormatChecker
 
-CONTRACT_VERSION = "1.1"
+CONTRACT_VERSION = "1.7"
 
 # How many deliveries the broker hands over before an ack: enough for a burst of tasks
 # and notices, few enough that a slow agent does not hoard work.
@@ -129,14 +130,13 @@ class ContractError(Exception):
 
 def signed_form(envelope: dict[str, Any]) -> bytes:
     """The bytes a signature covers: the envelope without header.security.signature,
-    members sorted by key, no whitespace, non-ASCII as UTF-8."""
+    in the JSON Canonicalization Scheme (RFC 8785, the rfc8785 package): members
+    sorted by UTF-16 code units, no whitespace, numbers as ECMAScript writes them."""
     unsigned = json.loads(json.dumps(envelope))
     security = unsigned.get("header", {}).get("security")
     if isinstance(security, dict):
         security.pop("signature", None)
-    return json.dumps(
-        unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    return rfc8785.dumps(unsigned)
 
 
 def sign(envelope: dict[str, Any], key: Ed25519PrivateKey, key_id: str) -> None:

@@ -23,6 +23,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator_agent import Agent, private_key, public_key, sign, verify
 
 
+# Floats whose shortest forms differ between languages (Python writes 1e-07 and
+# 1e+21, Rust 1e-7 and 1e21, JCS 1e-7 and 1e+21), a negative zero, a fraction with no
+# exact binary form, and keys beyond ASCII (JCS sorts them by UTF-16 code units).
+AWKWARD = {"small": 1e-7, "big": 1e21, "tenth": 0.1, "minus_zero": -0.0,
+           "größe": 3, "名前": "x", "😀": True}
+
+
 def coordinator_keys(http: str) -> dict:
     """The coordinator's public keys, by key id, from GET /keys."""
     with urllib.request.urlopen(f"{http.rstrip('/')}/keys", timeout=10) as answer:
@@ -55,10 +62,17 @@ def main() -> int:
     for agent in (product, eng):
         agent.register()
 
-    start = product.publish("requirements_ready", wf, {"epic_id": f"EPIC-{wf}", "title": "signed"})
+    # Numbers that JSON libraries write in different ways, and keys beyond ASCII: the
+    # signed form is RFC 8785's, so they verify on both sides.
+    start = product.publish(
+        "requirements_ready", wf,
+        {"epic_id": f"EPIC-{wf}", "title": "signed", **AWKWARD},
+    )
     task = eng.wait_for("tasks", "requirements_handoff")
     # The task passed the agent's check of the coordinator's signature; show it again.
+    # It carries the start's data, floats included, signed by the coordinator in Rust.
     assert verify(task, trusted) is None
+    assert all(task["payload"]["data"][k] == v for k, v in AWKWARD.items()), task["payload"]
     forged = json.loads(json.dumps(task))
     forged["payload"]["metadata"]["state"] = "completed"
     assert verify(forged, trusted) is not None, "a changed task must not verify"
@@ -85,7 +99,7 @@ def main() -> int:
     cause = start["header"]["message_id"]
     for message_type in ("handoff_acknowledged", "feasibility_assessed", "effort_estimated",
                          "sprint_initialized"):
-        eng.publish(message_type, wf, {"note": message_type}, causation_id=cause)
+        eng.publish(message_type, wf, {"note": message_type, **AWKWARD}, causation_id=cause)
     print("engineering: signed messages sent; the sprint is on")
     for agent in (product, eng):
         agent.close()

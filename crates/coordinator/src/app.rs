@@ -52,6 +52,9 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let shared = self.shared;
         tracing::info!(addr = %self.listener.local_addr()?, "HTTP listening");
+        if let Some(warning) = shared.settings.plaintext_warning() {
+            tracing::warn!("{warning}");
+        }
         let http = tokio::spawn(crate::http::serve(
             self.listener,
             shared.clone(),

@@ -12,8 +12,11 @@ use coordinator::telemetry;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve);
+    let connects = cli.command.connects();
     let ready = |s: Settings| {
-        s.ready_to_start()?;
+        if connects {
+            s.ready_to_start()?;
+        }
         if serving {
             s.ready_to_serve()?;
         }

@@ -77,6 +77,19 @@ pub enum SettingsError {
     Workflows(Vec<DefinitionError>),
     #[error("workflow definitions folder {}: {problem}", dir.display())]
     WorkflowsFolder { dir: PathBuf, problem: String },
+    #[error("{} configuration values are invalid:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<SettingsError>),
+}
+
+impl SettingsError {
+    /// `Ok` when there is no problem, the one, or all of them together.
+    pub fn all(mut problems: Vec<SettingsError>) -> Result<(), SettingsError> {
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(SettingsError::Several(problems)),
+        }
+    }
 }
 
 /// What to write instead, for the mistakes a bare error leaves a newcomer guessing at.
@@ -119,6 +132,9 @@ pub struct Settings {
     /// `workflows/*.toml` (not a configuration key; read beside the files).
     #[serde(skip)]
     pub workflows: Definitions,
+    /// The profile read over the defaults (`COORDINATOR_ENV`), if any.
+    #[serde(skip)]
+    pub profile: Option<String>,
 }
 
 /// Reads the workflow definitions: the shipped ones, with `dir`'s `*.toml` files
@@ -718,6 +734,7 @@ impl Settings {
         }
         let built = builder.build()?;
         let mut settings: Settings = built.try_deserialize()?;
+        settings.profile = env.map(str::to_string);
         settings.workflows = load_workflows(&dir.join("workflows"), &settings.catalog())?;
         settings.validate()?;
         Ok(settings)
@@ -727,9 +744,9 @@ impl Settings {
     /// settings are read, so that tools can read production's settings): no
     /// plaintext where it is refused, a signing key where signatures are checked.
     pub fn ready_to_start(&self) -> Result<(), SettingsError> {
-        self.refuse_plaintext()?;
+        let mut problems: Vec<SettingsError> = self.refuse_plaintext().err().into_iter().collect();
         if self.security.signatures != SignatureMode::Off && self.security.signing_key.is_none() {
-            return Err(SettingsError::Invalid {
+            problems.push(SettingsError::Invalid {
                 key: "security.signing_key".into(),
                 problem: format!(
                     "is not set, and security.signatures is {:?}: the coordinator signs what it sends; make a key with `coordinator key generate` and set COORDINATOR__SECURITY__SIGNING_KEY",
@@ -737,7 +754,7 @@ impl Settings {
                 ),
             });
         }
-        Ok(())
+        SettingsError::all(problems)
     }
 
     /// What `serve` needs besides [`Settings::ready_to_start`]: the key that seals the
@@ -758,6 +775,37 @@ impl Settings {
 
     /// With `security.allow_plaintext = false`: an error naming that setting if a
     /// connection would travel unencrypted.
+    /// What production says when told to allow plaintext and a URL is plaintext: one
+    /// warning naming the setting (an operator should know the exception is on).
+    pub fn plaintext_warning(&self) -> Option<String> {
+        if self.profile.as_deref() != Some("production") || !self.security.allow_plaintext {
+            return None;
+        }
+        let mut plain: Vec<&str> = Vec::new();
+        let amqp = std::iter::once(&self.amqp.url).chain(&self.amqp.fallback_urls);
+        if amqp
+            .into_iter()
+            .any(|u| !u.expose().starts_with("amqps://"))
+        {
+            plain.push("to RabbitMQ");
+        }
+        let db = self.database.url.expose();
+        let tls = [
+            "sslmode=require",
+            "sslmode=verify-ca",
+            "sslmode=verify-full",
+        ];
+        if !tls.iter().any(|m| db.contains(m)) {
+            plain.push("to PostgreSQL");
+        }
+        (!plain.is_empty()).then(|| {
+            format!(
+                "security.allow_plaintext is true in production: connections {} are not encrypted; set it to false once TLS is in place (docs/security.md, \"Transport security\")",
+                plain.join(" and ")
+            )
+        })
+    }
+
     pub fn refuse_plaintext(&self) -> Result<(), SettingsError> {
         if self.security.allow_plaintext {
             return Ok(());
@@ -976,13 +1024,15 @@ impl Settings {
     }
 
     /// Checks what types alone cannot: ranges and names.
+    /// Every invalid value, all of them at once (an operator fixes them in one go).
     pub fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |key: &str, problem: String| SettingsError::Invalid {
             key: key.to_string(),
             problem,
         };
+        let mut problems: Vec<SettingsError> = Vec::new();
         if !(self.sla.time_scale.is_finite() && self.sla.time_scale > 0.0) {
-            return Err(invalid(
+            problems.push(invalid(
                 "sla.time_scale",
                 format!("must be a number above 0, got {}", self.sla.time_scale),
             ));
@@ -995,7 +1045,7 @@ impl Settings {
         };
         for name in self.sla.durations.keys() {
             if clocks::def(&self.workflows, name).is_none() {
-                return Err(invalid(
+                problems.push(invalid(
                     &format!("sla.durations.{name}"),
                     format!("no such clock; known clocks: {}", known()),
                 ));
@@ -1003,27 +1053,27 @@ impl Settings {
         }
         for (name, sev) in &self.sla.severity {
             if clocks::def(&self.workflows, name).is_none() {
-                return Err(invalid(
+                problems.push(invalid(
                     &format!("sla.severity.{name}"),
                     format!("no such clock; known clocks: {}", known()),
                 ));
             }
             if Severity::parse(sev).is_none() {
-                return Err(invalid(
+                problems.push(invalid(
                     &format!("sla.severity.{name}"),
                     format!("{sev:?} is not one of low, medium, high, critical"),
                 ));
             }
         }
         if !(self.sla.warning_fraction > 0.0 && self.sla.warning_fraction < 1.0) {
-            return Err(invalid(
+            problems.push(invalid(
                 "sla.warning_fraction",
                 format!("must be between 0 and 1, got {}", self.sla.warning_fraction),
             ));
         }
         let cb = &self.circuit_breaker;
         if cb.failure_threshold == 0 || cb.success_threshold == 0 {
-            return Err(invalid(
+            problems.push(invalid(
                 "circuit_breaker",
                 format!(
                     "failure_threshold and success_threshold must be at least 1, got {} and {}",
@@ -1032,30 +1082,32 @@ impl Settings {
             ));
         }
         if self.amqp.confirm_timeout.is_zero() {
-            return Err(invalid(
+            problems.push(invalid(
                 "amqp.confirm_timeout",
                 "must be above 0 (a publisher must wait for the broker's confirm)".into(),
             ));
         }
-        self.ladders()?;
+        if let Err(e) = self.ladders() {
+            problems.push(e);
+        }
         if self.timers.window.is_zero()
             || self.timers.max_in_memory <= 0
             || self.timers.concurrency == 0
             || self.timers.batch_size == 0
         {
-            return Err(invalid(
+            problems.push(invalid(
                 "timers",
                 "window, max_in_memory, batch_size and concurrency must all be above zero".into(),
             ));
         }
         if self.inbox.partitions == 0 || self.inbox.partitions > 1024 {
-            return Err(invalid(
+            problems.push(invalid(
                 "inbox.partitions",
                 format!("must be between 1 and 1024, got {}", self.inbox.partitions),
             ));
         }
         if self.shutdown.flush_timeout >= self.shutdown.timeout {
-            return Err(invalid(
+            problems.push(invalid(
                 "shutdown.flush_timeout",
                 format!(
                     "must be shorter than shutdown.timeout ({:?}), got {:?}",
@@ -1064,29 +1116,29 @@ impl Settings {
             ));
         }
         if self.inbox.rebalance_interval.is_zero() {
-            return Err(invalid(
+            problems.push(invalid(
                 "inbox.rebalance_interval",
                 "must be above zero".into(),
             ));
         }
         if self.log.activity_interval.is_zero() {
-            return Err(invalid(
+            problems.push(invalid(
                 "log.activity_interval",
                 "must be above zero".into(),
             ));
         }
         if self.inbox.concurrency == 0 {
-            return Err(invalid("inbox.concurrency", "must be at least 1".into()));
+            problems.push(invalid("inbox.concurrency", "must be at least 1".into()));
         }
         if self.inbox.prefetch == 0 {
-            return Err(invalid("inbox.prefetch", "must be at least 1".into()));
+            problems.push(invalid("inbox.prefetch", "must be at least 1".into()));
         }
         if self.inbox.batch_size == 0 {
-            return Err(invalid("inbox.batch_size", "must be at least 1".into()));
+            problems.push(invalid("inbox.batch_size", "must be at least 1".into()));
         }
         for (name, p) in self.retry_policies.named() {
             if let Some(problem) = p.problem() {
-                return Err(invalid(&format!("retry_policies.{name}"), problem));
+                problems.push(invalid(&format!("retry_policies.{name}"), problem));
             }
         }
         for (key, v) in [
@@ -1095,15 +1147,15 @@ impl Settings {
             ("limits.max_text_bytes", self.limits.max_text_bytes),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be at least 1".into()));
+                problems.push(invalid(key, "must be at least 1".into()));
             }
         }
         if self.outbox.batch_size <= 0 {
-            return Err(invalid("outbox.batch_size", "must be at least 1".into()));
+            problems.push(invalid("outbox.batch_size", "must be at least 1".into()));
         }
         let amqp_url = self.amqp.url.expose();
         if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
-            return Err(invalid(
+            problems.push(invalid(
                 "amqp.url",
                 // Not the URL itself: it may hold a password.
                 format!(
@@ -1120,7 +1172,7 @@ impl Settings {
         }
         if let Some(f) = &self.amqp.tls_ca_file {
             if let Err(e) = std::fs::read_to_string(f) {
-                return Err(invalid(
+                problems.push(invalid(
                     "amqp.tls_ca_file",
                     format!("cannot read {}: {e}", f.display()),
                 ));
@@ -1128,18 +1180,20 @@ impl Settings {
         }
         let database_url = self.database.url.expose();
         if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
-            return Err(invalid(
+            problems.push(invalid(
                 "database.url",
                 "must start with postgres://".into(),
             ));
         }
         if self.roles.is_empty() {
-            return Err(invalid("roles", "no roles are configured".into()));
+            problems.push(invalid("roles", "no roles are configured".into()));
         }
-        self.validate_security()?;
+        if let Err(e) = self.validate_security() {
+            problems.push(e);
+        }
         for agent in &self.agents {
             if !self.roles.contains_key(&agent.agent_type) {
-                return Err(invalid(
+                problems.push(invalid(
                     "agents",
                     format!(
                         "agent {} has type {:?}, which is not a configured role",
@@ -1148,7 +1202,7 @@ impl Settings {
                 ));
             }
         }
-        Ok(())
+        SettingsError::all(problems)
     }
 
     pub fn catalog(&self) -> Catalog {

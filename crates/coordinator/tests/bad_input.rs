@@ -249,6 +249,8 @@ async fn a_replayed_dead_letter_is_processed_anew() {
             reason: None,
             since: None,
             dry_run: false,
+            force: false,
+            note: None,
             by: "alice".into(),
         },
     };
@@ -427,6 +429,8 @@ async fn dead_letters_are_listed_by_filter_shown_whole_and_resolved_with_a_note(
                 reason: None,
                 since: None,
                 dry_run: false,
+                force: false,
+                note: None,
                 ..
             }
         })
@@ -465,6 +469,8 @@ async fn a_dry_run_says_what_a_replay_would_do_and_a_replay_by_reason_applies_ev
             reason: None,
             since: None,
             dry_run: true,
+            force: false,
+            note: None,
             by: "alice".into(),
         },
     };
@@ -568,6 +574,8 @@ async fn a_dry_run_says_what_a_replay_would_do_and_a_replay_by_reason_applies_ev
             reason: None,
             since: None,
             dry_run: false,
+            force: false,
+            note: None,
             by: "alice".into(),
         },
     };
@@ -619,4 +627,58 @@ async fn dead_letters_nobody_worked_are_raised_to_management_once() {
         .await,
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_definitions_business_key_is_bounded_before_it_reaches_its_index() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    let _app = env.start_with(settings.clone()).await;
+    let max = settings.limits.max_key_bytes;
+    let defs: Vec<_> = settings.workflows.iter().collect();
+    assert!(defs.len() >= 5, "the shipped definitions are loaded");
+    for def in defs {
+        let Some(key) = def.key else { continue };
+        let sender = env
+            .agent(&format!("{}-sender", def.name), def.start.from)
+            .await;
+        // A 12 KB key: refused at admission as too_large, naming the field.
+        let huge = sender
+            .send(
+                def.start.message,
+                &format!("{}-huge", def.name),
+                json!({ key: "K".repeat(12 * 1024) }),
+            )
+            .await
+            .expect("publish");
+        let id = env.dead_letter_id(&huge.header.message_id).await;
+        let (reason, detail): (String, String) =
+            sqlx::query_as("SELECT reason, detail FROM dead_letters WHERE id = $1")
+                .bind(id)
+                .fetch_one(&env.pool)
+                .await
+                .expect("the dead letter");
+        assert_eq!(reason, "too_large", "{}: {detail}", def.name);
+        assert!(
+            detail.contains(&format!("payload.data.{key} is 12288 bytes; at most {max}")),
+            "{}: {detail}",
+            def.name
+        );
+        // One of the longest allowed starts its workflow and keeps its key.
+        let wf = format!("{}-fits", def.name);
+        sender
+            .send(def.start.message, &wf, json!({ key: "K".repeat(max) }))
+            .await
+            .expect("publish");
+        env.wait_state(&wf, def.start.state).await;
+        assert_eq!(
+            env.scalar_i64(&format!(
+                "SELECT length(business_key)::int8 FROM workflows WHERE id = '{wf}'"
+            ))
+            .await,
+            max as i64,
+            "{}",
+            def.name
+        );
+    }
 }

@@ -81,6 +81,33 @@ async fn a_healthy_start_with_the_production_settings_logs_nothing_above_info() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_told_to_allow_plaintext_says_so_once() {
+    let env = TestEnv::new().await;
+    let extra = vec![
+        ("COORDINATOR_ENV", "production".to_string()),
+        ("COORDINATOR__LOG__FORMAT", "text".to_string()),
+        ("COORDINATOR__SECURITY__ALLOW_PLAINTEXT", "true".to_string()),
+        (
+            "COORDINATOR__SECURITY__SIGNING_KEY",
+            protocol::signing::encode_private(&protocol::signing::generate()),
+        ),
+    ];
+    let serve = Serve::spawn(&env, &extra);
+    serve.wait_ready().await;
+    serve.signal("-TERM");
+    let (code, log) = serve.wait_exit().await;
+    assert_eq!(code, Some(0), "{log}");
+    let loud = above_info(&log);
+    assert_eq!(loud.len(), 1, "{log}");
+    assert!(
+        loud[0].contains("security.allow_plaintext is true in production")
+            && loud[0].contains("to RabbitMQ and to PostgreSQL"),
+        "{}",
+        loud[0]
+    );
+}
+
 #[test]
 fn the_judge_sees_warnings_and_errors() {
     let log = "2026-12-02T10:00:00Z  INFO coordinator: ok\n2026-12-02T10:00:00Z  WARN x: y\n2026-12-02T10:00:00Z ERROR lapin::channel: z";

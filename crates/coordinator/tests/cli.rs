@@ -197,6 +197,48 @@ fn wrong_arguments_and_bad_configuration_say_what_is_wrong() {
     assert!(err.contains("no-such-env"), "{err}");
 }
 
+#[test]
+fn commands_check_only_the_settings_they_use_and_say_every_problem_at_once() {
+    let production = [("COORDINATOR_ENV", "production")];
+    // Under production's settings, with plaintext URLs and no signing key: making a key
+    // and checking or drawing definitions touch neither the services nor the key.
+    for args in [
+        &["key", "generate"][..],
+        &["key", "generate-encryption"],
+        &["workflow", "check"],
+        &["workflow", "graph", "feature_delivery"],
+    ] {
+        let o = coordinator(None, args, &production);
+        let (_, err) = text(&o);
+        assert!(o.status.success(), "{args:?}: {err}");
+    }
+    // A command that connects says both problems in one go.
+    let o = coordinator(None, &["agent", "list"], &production);
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("2 configuration values are invalid")
+            && err.contains("security.allow_plaintext")
+            && err.contains("security.signing_key"),
+        "{err}"
+    );
+    // So do invalid values read from the settings.
+    let o = coordinator(
+        None,
+        &["workflow", "list"],
+        &[
+            ("COORDINATOR__SLA__TIME_SCALE", "0"),
+            ("COORDINATOR__INBOX__PARTITIONS", "0"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("sla.time_scale") && err.contains("inbox.partitions"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managers_see_state_clocks_and_history_and_operators_can_cancel() {
     let env = TestEnv::new().await;
@@ -438,4 +480,80 @@ async fn cli_commands_close_their_database_sessions() {
         abandoned - abandoned_before,
         sessions - sessions_before
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_sends_a_message_as_an_agent_and_sees_where_it_went() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    for (id, role) in [
+        ("product-1", "product-director"),
+        ("eng-1", "engineering-director"),
+    ] {
+        let o = coordinator(Some(&env), &["agent", "add", id, role], &[]);
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    let o = coordinator(
+        Some(&env),
+        &[
+            "agent",
+            "send",
+            "product-1",
+            "requirements_ready",
+            "wf-try",
+            "--data",
+            r#"{"epic_id": "E-1", "title": "Try it"}"#,
+        ],
+        &[],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("requirements_ready sent as product-1 (product-director) about wf-try"),
+        "{out}"
+    );
+    env.wait_state("wf-try", "requirements_handoff").await;
+
+    // Engineering's task waits in its queue, which `agent show` shows with the rest.
+    let shown = common::eventually("the task in eng-1's queue", || async {
+        let o = coordinator(Some(&env), &["agent", "show", "eng-1"], &[]);
+        let (out, _) = text(&o);
+        (o.status.success() && out.contains("agent.eng-1.tasks: 1 ready")).then_some(out)
+    })
+    .await;
+    assert!(
+        shown.contains("agent:          eng-1 (engineering-director)")
+            && shown.contains("keys:           none")
+            && shown.contains("broker user:    none"),
+        "{shown}"
+    );
+
+    // What is wrong is said.
+    let o = coordinator(
+        Some(&env),
+        &[
+            "agent",
+            "send",
+            "product-1",
+            "requirements_ready",
+            "wf-x",
+            "--data",
+            "[1]",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("must be a JSON object"),
+        "{:?}",
+        text(&o)
+    );
+    let o = coordinator(
+        Some(&env),
+        &["agent", "send", "nobody", "requirements_ready", "wf-x"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("nobody"), "{:?}", text(&o));
+    app.stop().await;
 }

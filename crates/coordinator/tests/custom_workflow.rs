@@ -211,3 +211,101 @@ async fn an_edited_definition_changes_only_workflows_started_afterwards_and_one_
         "{err}"
     );
 }
+
+/// The fixture as a version 1 with more than the shipped fixture: a message QA may send
+/// that escalates at once (`testing_results`, which no shipped definition consumes), and
+/// a second clock (`gate`, two seconds). The fixture itself, renumbered 2, drops both.
+fn richer_version_1() -> String {
+    REVIEW
+        .replace(
+            "arms = [\"review\"]\non = [{ message = \"quality_gate_status\", goto = \"done\" }]",
+            "arms = [\"review\", \"gate\"]\non = [\n  { message = \"quality_gate_status\", goto = \"done\" },\n  { message = \"testing_results\", escalate = \"high\" },\n]",
+        )
+        .replace(
+            "[states.reviewing]",
+            "[clocks.gate]\nowner = \"qa-director\"\nduration = \"2s\"\nmet_by = [\"quality_gate_status\"]\n\n[states.reviewing]",
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_started_under_version_1_finish_under_it_after_version_2_drops_a_message_and_a_clock(
+) {
+    let env = TestEnv::new().await;
+    let v1_text = richer_version_1();
+    assert!(v1_text.contains("testing_results") && v1_text.contains("[clocks.gate]"));
+    let v1 = config_with("code_review.toml", &v1_text);
+    let app = env.start_with(env.settings_from(&v1.0)).await;
+    let eng = env.agent("eng-1", "engineering-director").await;
+    let qa = env.agent("qa-1", "qa-director").await;
+    eng.send("code_review_required", "cr-v1", json!({}))
+        .await
+        .expect("publish");
+    state_of(&env, "cr-v1", "reviewing").await;
+    app.stop().await;
+
+    // Version 2 (the plain fixture) knows neither testing_results nor the gate clock.
+    let v2 = config_with(
+        "code_review.toml",
+        &REVIEW.replace("version = 1", "version = 2"),
+    );
+    let app = env.start_with(env.settings_from(&v2.0)).await;
+    // The old workflow's gate clock still breaches, under version 1.
+    env.wait_count(
+        "SELECT count(*) FROM sla_clocks WHERE workflow_id = 'cr-v1' AND clock = 'gate'
+           AND status = 'breached'",
+        1,
+    )
+    .await;
+    env.wait_count(
+        "SELECT count(*) FROM escalations WHERE workflow_id = 'cr-v1' AND clock = 'gate' AND level = 1",
+        1,
+    )
+    .await;
+    // Its testing_results still escalates at once, as version 1 says, instead of being
+    // only observed.
+    let results = qa
+        .send("testing_results", "cr-v1", json!({}))
+        .await
+        .expect("publish");
+    env.wait_count(
+        &format!(
+            "SELECT count(*) FROM processed_messages WHERE message_id = '{}' AND outcome = 'accepted'",
+            results.header.message_id
+        ),
+        1,
+    )
+    .await;
+    env.wait_count(
+        "SELECT count(*) FROM escalations WHERE workflow_id = 'cr-v1' AND clock = 'testing_results' AND level = 1",
+        1,
+    )
+    .await;
+    qa.send("quality_gate_status", "cr-v1", json!({}))
+        .await
+        .expect("publish");
+    state_of(&env, "cr-v1", "done").await;
+
+    // A workflow started under version 2 does not know testing_results: observed.
+    eng.send("code_review_required", "cr-v2", json!({}))
+        .await
+        .expect("publish");
+    state_of(&env, "cr-v2", "reviewing").await;
+    let ignored = qa
+        .send("testing_results", "cr-v2", json!({}))
+        .await
+        .expect("publish");
+    env.wait_count(
+        &format!(
+            "SELECT count(*) FROM processed_messages WHERE message_id = '{}' AND outcome = 'observed'",
+            ignored.header.message_id
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM escalations WHERE workflow_id = 'cr-v2'")
+            .await,
+        0
+    );
+    app.stop().await;
+}

@@ -123,7 +123,9 @@ async fn sensitive_fields_are_stored_sealed_and_only_the_key_opens_them() {
     // A replay sends the message as received (an operator's replay is exempt from the
     // freshness window), and it is stored sealed again.
     let ops = Ops::new(&s, &env.pool, &SystemClock);
-    ops.replay_dead_letter(id, "alice").await.expect("replayed");
+    ops.replay_dead_letter(id, "alice", None)
+        .await
+        .expect("replayed");
     env.wait_state("wf-replayed", "requirements_handoff").await;
     let mut replayed = data_of(&env, "wf-replayed").await;
     assert!(!replayed.to_string().contains("bob@example.com"));

@@ -2,14 +2,18 @@
 //! its limit has its further messages delayed, not dropped, and applied in order as its
 //! bucket refills; another agent whose workflows share the same inbox partition is not
 //! held up; a later message of a held workflow waits behind it, whoever sent it; the
-//! agent hears one `rate_limited` notice; held messages outlive a restart. The buckets
-//! and the ordering have unit tests in `service::rate_limits`.
+//! agent hears one `rate_limited` notice; held messages outlive a restart. Each message
+//! is charged to the sender admission vouched for: an agent posing as another in the
+//! AMQP `app_id` is refused before it is charged to anyone, and a client's own
+//! `x-replay-of` header exempts nothing. The buckets and the ordering have unit tests
+//! in `service::rate_limits`.
 
 use coordinator::settings::Settings;
 use test_support as common;
 
 use agent::{AgentClient, Queue};
-use common::{expect_next, metric, TestEnv};
+use common::{expect_next, metric, unique, TestEnv};
+use protocol::names::exchanges;
 use serde_json::json;
 
 /// One inbox partition (every workflow shares it); product directors may send 30
@@ -168,5 +172,136 @@ async fn held_messages_outlive_a_restart() {
     }
     env.wait_count("SELECT count(*) FROM deferred_messages", 0)
         .await;
+    app.stop().await;
+}
+
+/// With sender authentication on, product directors may send 30 a minute after a burst
+/// of two; each agent connects as its own broker user.
+fn authenticated(env: &TestEnv) -> Settings {
+    let mut s = settings(env);
+    s.security.authenticate_senders = true;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_posing_as_another_in_app_id_is_refused_before_it_is_charged_to_anyone() {
+    let env = TestEnv::new().await;
+    let s = authenticated(&env);
+    let app = env.start_with(s.clone()).await;
+    let (victim_id, poser_id) = (unique("pd-victim"), unique("pd-poser"));
+    let victim = env.provisioned(&s, &victim_id, "product-director").await;
+    let poser = env.provisioned(&s, &poser_id, "product-director").await;
+
+    // Under its own broker user (the broker lets it: user_id is its own), five messages
+    // that say they are the victim's: in app_id alone (the body says the poser), or in
+    // app_id and the body.
+    let mut posed = Vec::new();
+    for i in 0..5 {
+        let mut e = poser.envelope("requirements_ready", &format!("wf-posed-{i}"), json!({}));
+        if i % 2 == 1 {
+            e.header.source.agent_id = victim_id.clone();
+        }
+        let key = e.agent_routing_key();
+        let mut meta = e.meta(&key);
+        meta.app_id = Some(victim_id.clone());
+        meta.user_id = Some(poser_id.clone());
+        let body = serde_json::to_vec(&e).expect("json");
+        poser
+            .publish_raw(exchanges::TOPIC, &key, &body, &meta)
+            .await
+            .expect("the broker takes it");
+        posed.push(e.header.message_id);
+    }
+    env.wait_count(
+        "SELECT count(*) FROM dead_letters WHERE reason IN ('property_mismatch', 'unauthenticated')",
+        5,
+    )
+    .await;
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM deferred_messages")
+            .await,
+        0,
+        "nothing refused is held"
+    );
+    // The victim's burst is untouched: both of its messages apply at once.
+    let wfs: Vec<String> = (1..=2).map(|i| format!("wf-victim-{i}")).collect();
+    start_all(&victim, &wfs).await;
+    for wf in &wfs {
+        env.wait_state(wf, "requirements_handoff").await;
+    }
+    assert_eq!(held(&env, &victim_id).await, 0);
+    assert_eq!(
+        metric(
+            app.http,
+            "coordinator_rate_limited_total{role=\"product-director\"}"
+        )
+        .await,
+        0.0,
+        "nothing was held back"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_header_set_by_an_agent_exempts_it_from_neither_its_limit_nor_the_order() {
+    let env = TestEnv::new().await;
+    let s = authenticated(&env);
+    let app = env.start_with(s.clone()).await;
+    let flooder_id = unique("pd-flood");
+    let flooder = env.provisioned(&s, &flooder_id, "product-director").await;
+    let eng_id = unique("eng");
+    let eng = env.provisioned(&s, &eng_id, "engineering-director").await;
+
+    // Five starts, each claiming to be an operator's replay of dead letter 1.
+    let wfs: Vec<String> = (1..=5).map(|i| format!("wf-replayed-{i}")).collect();
+    for wf in &wfs {
+        let e = flooder.envelope("requirements_ready", wf, json!({}));
+        let key = e.agent_routing_key();
+        let mut meta = e.meta(&key);
+        meta.user_id = Some(flooder_id.clone());
+        meta.replay_of = Some(1);
+        let body = serde_json::to_vec(&e).expect("json");
+        flooder
+            .publish_raw(exchanges::TOPIC, &key, &body, &meta)
+            .await
+            .expect("publish");
+    }
+    // Charged like any other: two go at once, three are held.
+    common::eventually("three of the five held back", || async {
+        (held(&env, &flooder_id).await == 3).then_some(())
+    })
+    .await;
+    // And ordered like any other: engineering's message to the last workflow, marked
+    // as a replay too, waits behind that workflow's held start instead of being refused
+    // as unknown_workflow.
+    let mut ack = eng.envelope("handoff_acknowledged", &wfs[4], json!({}));
+    ack.header.source.agent_id = eng_id.clone();
+    let key = ack.agent_routing_key();
+    let mut meta = ack.meta(&key);
+    meta.user_id = Some(eng_id.clone());
+    meta.replay_of = Some(1);
+    eng.publish_raw(
+        exchanges::TOPIC,
+        &key,
+        &serde_json::to_vec(&ack).expect("json"),
+        &meta,
+    )
+    .await
+    .expect("publish");
+    env.wait_count(
+        &format!(
+            "SELECT count(*) FROM processed_messages WHERE message_id = '{}' AND outcome = 'accepted'",
+            ack.header.message_id
+        ),
+        1,
+    )
+    .await;
+    for wf in &wfs {
+        env.wait_state(wf, "requirements_handoff").await;
+    }
+    let replays: i64 = env
+        .scalar_i64("SELECT count(*) FROM audit_log WHERE context ? 'replay_of'")
+        .await;
+    assert_eq!(replays, 0, "no audit row calls them replays");
     app.stop().await;
 }

@@ -8,7 +8,7 @@ use test_support as common;
 
 use agent::{AgentClient, Queue};
 use chrono::Utc;
-use common::{expect_next, TestEnv};
+use common::{expect_next, unique, TestEnv};
 use protocol::envelope::Envelope;
 use serde_json::json;
 
@@ -46,6 +46,8 @@ async fn a_captured_message_sent_later_is_stale_and_an_operators_replay_of_it_ap
                 reason: None,
                 since: None,
                 dry_run: false,
+                force: false,
+                note: None,
                 by: "alice".into(),
             },
         },
@@ -155,14 +157,6 @@ async fn with_sender_authentication_a_message_not_published_as_its_agent_is_refu
     );
     assert_eq!(env.workflow_state(&wf).await, None);
     app.stop().await;
-}
-
-/// An agent id no other test (users are global to the broker) uses.
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,6 +215,32 @@ async fn a_rotation_keeps_the_previous_key_valid_until_it_is_retired() {
     )
     .await
     .expect("rotate");
+    // Another key under an id the agent already uses is refused, pointing to
+    // rotate-key; the same key again changes nothing.
+    let err = ops
+        .add_agent_key(
+            "product-1",
+            &signing::encode_public(&signing::generate().verifying_key()),
+            Some("product-1-3"),
+            None,
+            "alice",
+        )
+        .await
+        .expect_err("a key id in use");
+    assert!(
+        err.to_string()
+            .contains("coordinator agent rotate-key product-1"),
+        "{err}"
+    );
+    ops.add_agent_key(
+        "product-1",
+        &signing::encode_public(&third.verifying_key()),
+        Some("product-1-3"),
+        None,
+        "alice",
+    )
+    .await
+    .expect("the same key again");
     ops.add_agent_key(
         "product-1",
         &signing::encode_public(&signing::generate().verifying_key()),
@@ -277,5 +303,82 @@ async fn keys_lists_the_signing_key_first_then_the_previous_ones() {
         err.to_string().contains("security.previous_public_keys[0]"),
         "{err}"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_a_letter_refused_for_its_signature_needs_force_and_a_note() {
+    use coordinator::cli::{self, Command, DeadLetterCommand};
+    let env = TestEnv::new().await;
+    let s = settings(&env, SignatureMode::Require);
+    let app = env.start_with(s.clone()).await;
+    let (product, _, _) = signed_agent(&env, &s, "product-1", "product-director").await;
+    let mut eng = env.agent_with(&s, "eng-1", "engineering-director").await;
+    let wf = env.start_feature(&product).await;
+    // Engineering's message, unsigned: refused, kept.
+    let unsigned = eng
+        .send("handoff_acknowledged", &wf, json!({}))
+        .await
+        .expect("publish");
+    assert_eq!(refused(&mut eng).await, "missing_signature");
+    let id = env.dead_letter_id(&unsigned.header.message_id).await;
+    let replay = |dry_run: bool, note: Option<&str>| Command::DeadLetter {
+        command: DeadLetterCommand::Replay {
+            id: Some(id),
+            reason: None,
+            since: None,
+            dry_run,
+            force: note.is_some(),
+            note: note.map(str::to_string),
+            by: "alice".into(),
+        },
+    };
+
+    // The dry run says what a replay would skip; the replay itself is refused.
+    let dry = cli::run(&s, replay(true, None)).await.expect("dry run");
+    assert!(
+        dry.contains("refused as missing_signature, and a replay skips the sender's signature: it needs --force --note"),
+        "{dry}"
+    );
+    let err = cli::run(&s, replay(false, None))
+        .await
+        .expect_err("refused without --force");
+    assert!(
+        format!("{err:#}").contains("replay it with --force --note"),
+        "{err:#}"
+    );
+    assert_eq!(
+        env.scalar_i64(&format!(
+            "SELECT count(*) FROM dead_letters WHERE id = {id} AND replayed_at IS NULL"
+        ))
+        .await,
+        1,
+        "nothing was replayed"
+    );
+
+    // Forced, with a note: applied, and the audit log says who, why and what it skipped.
+    cli::run(
+        &s,
+        replay(false, Some("eng-1 confirmed it sent this by phone")),
+    )
+    .await
+    .expect("forced replay");
+    env.wait_count(
+        &format!(
+            "SELECT count(*) FROM processed_messages WHERE message_id = '{}' AND outcome = 'accepted'",
+            unsigned.header.message_id
+        ),
+        1,
+    )
+    .await;
+    let forced: serde_json::Value = sqlx::query_scalar(
+        "SELECT context->'forced' FROM audit_log WHERE chain = 'operator' AND actor = 'alice'
+            AND action = 'dead_letter_replay'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("the replay's audit row");
+    assert_eq!(forced["note"], "eng-1 confirmed it sent this by phone");
+    assert_eq!(forced["refused_as"], "missing_signature");
     app.stop().await;
 }

@@ -1,6 +1,9 @@
-//! Canonical JSON: the one byte form of a JSON value that a hash or a signature is
-//! computed over, so that two parties (or a row read back from `jsonb`) agree on it
-//! whatever order and spacing they wrote.
+//! The audit log's canonical JSON: the one byte form of an audit entry its hash is
+//! computed over, so that a row read back from `jsonb` hashes as it did when written,
+//! whatever order and spacing PostgreSQL gives it back in. Kept as it is because every
+//! audit chain written so far is hashed in it; envelope signatures use RFC 8785
+//! instead ([`crate::signing::jcs`]), which agrees with this form on the integers and
+//! strings audit entries hold.
 //!
 //! The form: no whitespace; object members sorted by key, compared as UTF-8 bytes;
 //! strings escaped as `serde_json` escapes them (`"`, `\`, and control characters,

@@ -24,7 +24,7 @@ const NON_BLANK: &str = r"^[^\x00]*[^\s\x00][^\x00]*$";
 const ROUTING_WORD: &str = r"^[^\x00.*#]*[^\s\x00.*#][^\x00.*#]*$";
 
 /// The contract version this coordinator writes (docs/protocol.md, "Versioning").
-pub const VERSION: &str = "1.6";
+pub const VERSION: &str = "1.7";
 /// The contract's major versions this coordinator reads: `1.x`.
 pub const SUPPORTED_MAJOR_VERSIONS: &[u32] = &[1];
 /// AMQP short strings (message_id, correlation_id, type, app_id) hold at most 255 bytes.
@@ -349,31 +349,60 @@ pub fn parse(body: &[u8]) -> Result<Envelope, Rejected> {
         .map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            if inner.classify() != serde_json::error::Category::Data {
+            // Deserializing straight from the bytes, a value of the wrong kind can be
+            // reported as a syntax error: it is one only if the body is not JSON at all.
+            let is_json = || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+            if inner.classify() != serde_json::error::Category::Data && !is_json() {
                 return Rejected::new(Reason::MalformedJson, format!("body is not JSON: {inner}"));
             }
-            // The position in the body adds nothing to the path of the field.
-            let msg = inner.to_string();
-            let msg = msg
-                .rsplit_once(" at line ")
-                .map_or(msg.as_str(), |(m, _)| m);
-            let reason = if msg.starts_with("missing field") {
-                Reason::MissingField
-            } else {
-                Reason::InvalidField
-            };
-            let at = if path == "." {
-                String::new()
-            } else {
-                format!(" at {path}")
-            };
-            Rejected::new(reason, format!("{msg}{at}"))
+            shape_error(&path, &inner)
         })
         .and_then(|env| {
             de.end()
                 .map(|()| env)
                 .map_err(|e| Rejected::new(Reason::MalformedJson, format!("body is not JSON: {e}")))
         })?;
+    checked(env)
+}
+
+/// Parses a body into a JSON value (for a reader that needs the value too, as a
+/// signature check does); [`from_value`] then makes the envelope of it without reading
+/// the bytes again.
+pub fn parse_value(body: &[u8]) -> Result<Value, Rejected> {
+    serde_json::from_slice(body)
+        .map_err(|e| Rejected::new(Reason::MalformedJson, format!("body is not JSON: {e}")))
+}
+
+/// The envelope a parsed body holds, checked as [`parse`] checks it.
+pub fn from_value(value: &Value) -> Result<Envelope, Rejected> {
+    let env: Envelope = serde_path_to_error::deserialize(value)
+        .map_err(|e| shape_error(&e.path().to_string(), e.inner()))?;
+    checked(env)
+}
+
+/// A body that is JSON but not an envelope: what is missing or wrong, and where.
+fn shape_error(path: &str, inner: &serde_json::Error) -> Rejected {
+    // The position in the body adds nothing to the path of the field.
+    let msg = inner.to_string();
+    let msg = msg
+        .rsplit_once(" at line ")
+        .map_or(msg.as_str(), |(m, _)| m);
+    let reason = if msg.starts_with("missing field") {
+        Reason::MissingField
+    } else {
+        Reason::InvalidField
+    };
+    let at = if path == "." {
+        String::new()
+    } else {
+        format!(" at {path}")
+    };
+    Rejected::new(reason, format!("{msg}{at}"))
+}
+
+/// The required fields are non-empty and fit, no string holds U+0000, and the routing
+/// block agrees with the header.
+fn checked(env: Envelope) -> Result<Envelope, Rejected> {
     let env = with_routing(env)?;
     if env.has_nul() {
         return Err(Rejected::new(
@@ -651,7 +680,7 @@ pub fn check_sender(env: &Envelope, meta: &DeliveryMeta) -> Result<(), Rejected>
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_body_bytes: usize,
-    /// Identifiers stored and indexed (`payload.data.epic_id`).
+    /// Identifiers stored and indexed: every workflow definition's business key.
     pub max_key_bytes: usize,
     /// Texts stored in columns (`payload.data.title`, `description`, …).
     pub max_text_bytes: usize,
@@ -667,8 +696,6 @@ impl Default for Limits {
     }
 }
 
-/// Payload fields stored in their own indexed columns.
-pub const STORED_KEYS: &[&str] = &["epic_id"];
 /// Payload fields stored as texts in their own columns.
 pub const STORED_TEXTS: &[&str] = &["title", "epic_title", "description", "incident_description"];
 
@@ -687,53 +714,22 @@ pub fn check_body_size(body: &[u8], limits: &Limits) -> Result<(), Rejected> {
     Ok(())
 }
 
-/// The payload fields stored in columns must fit their limits.
-pub fn check_limits(env: &Envelope, limits: &Limits) -> Result<(), Rejected> {
-    let fields = STORED_KEYS
-        .iter()
-        .map(|f| (*f, limits.max_key_bytes))
-        .chain(STORED_TEXTS.iter().map(|f| (*f, limits.max_text_bytes)));
-    for (field, max) in fields {
-        if let Some(s) = env.payload.data.get(field).and_then(Value::as_str) {
-            if s.len() > max {
-                return Err(Rejected::new(
-                    Reason::TooLarge,
-                    format!(
-                        "payload.data.{field} is {} bytes; at most {max} are allowed",
-                        s.len()
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Every pure check, in order.
+/// The checks of a delivery this crate can make on its own, in order (size with the
+/// default limits, shape, version, properties, catalogue, expiry), for a reader of the
+/// coordinator's messages. The coordinator itself admits a delivery with its own
+/// configuration and more checks (`coordinator::engine::admission`).
 pub fn validate(
     body: &[u8],
     meta: &DeliveryMeta,
     catalog: &Catalog,
     now: DateTime<Utc>,
 ) -> Result<Envelope, Rejected> {
-    validate_within(body, meta, catalog, &Limits::default(), now)
-}
-
-/// Every pure check, in order, with the given size limits.
-pub fn validate_within(
-    body: &[u8],
-    meta: &DeliveryMeta,
-    catalog: &Catalog,
-    limits: &Limits,
-    now: DateTime<Utc>,
-) -> Result<Envelope, Rejected> {
-    check_body_size(body, limits)?;
+    check_body_size(body, &Limits::default())?;
     let env = parse(body)?;
     check_version(&env)?;
     check_properties(&env, meta)?;
     check_catalog(&env, catalog)?;
     check_fresh(&env, now)?;
-    check_limits(&env, limits)?;
     Ok(env)
 }
 

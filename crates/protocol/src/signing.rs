@@ -1,7 +1,8 @@
 //! Envelope signatures (docs/security.md): Ed25519 over the envelope's signed form,
 //! which is the envelope as sent, a JSON object, with `header.security.signature`
-//! removed (everything else, `header.security.key_id` included, stays), written in
-//! [`crate::canonical`] form. The signature goes in `header.security.signature`
+//! removed (everything else, `header.security.key_id` included, stays), written in the
+//! JSON Canonicalization Scheme (RFC 8785, through `serde_json_canonicalizer`): what
+//! every language's JCS library writes for the same value, floats included. The signature goes in `header.security.signature`
 //! (standard base64 of its 64 bytes), the signing key's name in
 //! `header.security.key_id`. Keys are written as standard base64 of their 32 raw bytes
 //! (a public key; a private key's seed).
@@ -36,7 +37,13 @@ pub fn signed_form(envelope: &Value) -> Vec<u8> {
     {
         security.remove("signature");
     }
-    crate::canonical::to_vec(&unsigned)
+    jcs(&unsigned)
+}
+
+/// `value` in the JSON Canonicalization Scheme (RFC 8785). Only a NaN or an infinity
+/// cannot be written, and a parsed JSON value holds neither.
+pub fn jcs(value: &Value) -> Vec<u8> {
+    serde_json_canonicalizer::to_vec(value).unwrap_or_default()
 }
 
 /// Signs `envelope` in place: sets `header.security.key_id`, then the signature over

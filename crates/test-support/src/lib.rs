@@ -682,6 +682,48 @@ impl TestEnv {
     pub fn amqp_url_as(&self, user: &str, password: &str) -> String {
         with_login(&self.amqp_url, user, password)
     }
+
+    /// Registers an agent with a broker user of its own, as `coordinator agent add
+    /// --credentials` does (the user is deleted when the test ends), and connects as it,
+    /// publishing with `user_id` set to its id.
+    pub async fn provisioned(
+        &self,
+        settings: &Settings,
+        agent_id: &str,
+        agent_type: &str,
+    ) -> AgentClient {
+        use coordinator::cli::{self, AgentCommand, Command};
+        self.delete_user_on_drop(agent_id);
+        let out = cli::run(
+            settings,
+            Command::Agent {
+                command: AgentCommand::Add {
+                    agent_id: agent_id.into(),
+                    agent_type: agent_type.into(),
+                    credentials: true,
+                    public_key: None,
+                    key_id: None,
+                    by: "test".into(),
+                },
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("agent add --credentials {agent_id}: {e:#}"));
+        let password = out.lines().last().unwrap_or_default().trim();
+        AgentClient::connect(&self.amqp_url_as(agent_id, password), agent_id, agent_type)
+            .await
+            .unwrap_or_else(|e| panic!("{agent_id} connects as its own broker user: {e}"))
+            .authenticated()
+    }
+}
+
+/// An agent id no other test uses (broker users are global to the broker, not per
+/// vhost).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 impl Drop for TestEnv {

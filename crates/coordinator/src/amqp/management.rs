@@ -179,6 +179,20 @@ impl Management {
         Ok(())
     }
 
+    /// Whether the broker has a user of this name (users are the broker's, not a
+    /// vhost's).
+    pub async fn user_exists(&self, agent_id: &str) -> Result<bool, ManagementError> {
+        let status = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/users/{}", percent_encode(agent_id)),
+                None,
+                &format!("looking up user {agent_id}"),
+            )
+            .await?;
+        Ok(status != 404)
+    }
+
     /// Deletes the broker user (RabbitMQ closes its connections). False if there was
     /// none.
     pub async fn delete_user(&self, agent_id: &str) -> Result<bool, ManagementError> {

@@ -77,6 +77,28 @@ impl Connection {
     pub async fn close(&self, reason: &str) -> Result<()> {
         Ok(self.0.close(200, reason).await?)
     }
+
+    /// A queue's ready messages and consumers, as a passive declare tells them; `None`
+    /// if there is no such queue (the broker answers by closing the channel that asked,
+    /// which is opened for the question only).
+    pub async fn queue_depth(&self, queue: &str) -> Result<Option<(u32, u32)>> {
+        use lapin::options::QueueDeclareOptions;
+        let channel = self.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match channel
+            .queue_declare(queue, passive, lapin::types::FieldTable::default())
+            .await
+        {
+            Ok(q) => {
+                let _ = channel.close(200, "asked").await;
+                Ok(Some((q.message_count(), q.consumer_count())))
+            }
+            Err(_) => Ok(None),
+        }
+    }
 }
 
 /// Consumes one queue on a channel of its own, manual acks, at most `prefetch`

@@ -9,7 +9,7 @@ use crate::clock::SystemClock;
 use crate::db::{self, read, Pool as PgPool};
 use crate::domain::workflow::Closing;
 use crate::engine::escalations::Acknowledged;
-use crate::engine::{Outcome, Processed};
+use crate::engine::Outcome;
 use crate::service::ops::{self, Ops, Replayed};
 use crate::settings::Settings;
 use anyhow::{bail, Context};
@@ -90,6 +90,22 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+}
+
+impl Command {
+    /// Whether the command reaches PostgreSQL or RabbitMQ, or signs: only those need
+    /// TLS (where plaintext is refused) and the coordinator's signing key. Making a key
+    /// and checking or drawing workflow definitions touch neither.
+    pub fn connects(&self) -> bool {
+        !matches!(
+            self,
+            Command::Key {
+                command: KeyCommand::Generate | KeyCommand::GenerateEncryption
+            } | Command::Workflow {
+                command: WorkflowCommand::Check { .. } | WorkflowCommand::Graph { .. }
+            }
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +193,35 @@ pub enum AgentCommand {
     },
     /// List registered agents
     List,
+    /// One agent: its registration, its keys, whether it has a broker user of its own,
+    /// and the depth of its queues
+    Show {
+        /// The agent's id
+        agent_id: String,
+    },
+    /// Publish a message as a registered agent, to try the coordinator out (the default
+    /// profile only: where messages must be signed or sent as the agent's own broker
+    /// user, the agent itself must send them)
+    Send {
+        /// The registered agent to send as
+        agent_id: String,
+        /// The message type, e.g. requirements_ready
+        message_type: String,
+        /// The workflow it is about (its correlation id), e.g. wf-1
+        workflow_id: String,
+        /// payload.data, as JSON
+        #[arg(long, default_value = "{}", value_parser = json_object)]
+        data: serde_json::Value,
+    },
+}
+
+/// `--data`: a JSON object.
+fn json_object(s: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err("must be a JSON object, e.g. '{\"title\": \"Login\"}'".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 /// `--state`, checked against every state of every defined workflow and of incidents
@@ -437,6 +482,13 @@ pub enum DeadLetterCommand {
         /// Print what the coordinator would do with each now; commit and publish nothing
         #[arg(long)]
         dry_run: bool,
+        /// Replay a letter refused for who sent it (unauthenticated, missing_signature,
+        /// bad_signature), which a replay would otherwise apply unchecked; needs --note
+        #[arg(long, requires = "note")]
+        force: bool,
+        /// With --force: why it is safe (recorded in the audit log)
+        #[arg(long, requires = "force")]
+        note: Option<String>,
         /// Who replays (recorded with the replay; default: $USER)
         #[arg(long, default_value_t = operator())]
         by: String,
@@ -663,12 +715,27 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 ))
             }
             AgentCommand::List => list_agents(&pool).await,
+            AgentCommand::Show { agent_id } => Ok(show_agent(&ops.show_agent(&agent_id).await?)),
+            AgentCommand::Send {
+                agent_id,
+                message_type,
+                workflow_id,
+                data,
+            } => {
+                let sent = ops
+                    .send_as_agent(&agent_id, &message_type, &workflow_id, data)
+                    .await?;
+                Ok(format!(
+                    "{message_type} sent as {agent_id} ({}) about {workflow_id}, message {}; `coordinator workflow show {workflow_id}` shows what it did\n",
+                    sent.header.source.agent_type, sent.header.message_id
+                ))
+            }
         },
         Command::Workflow { command } => match command {
             WorkflowCommand::List { state, limit } => {
-                list_workflows(&pool, state.as_deref(), limit).await
+                list_workflows(settings, &pool, state.as_deref(), limit).await
             }
-            WorkflowCommand::Show { id } => show_workflow(&pool, &id, Utc::now()).await,
+            WorkflowCommand::Show { id } => show_workflow(settings, &pool, &id, Utc::now()).await,
             WorkflowCommand::Cancel { id, reason, by } => {
                 let c = ops.close_workflow(&id, Closing::Cancelled, &reason, &by).await?;
                 Ok(format!("workflow {id}: {} → {}\n", c.from, c.to))
@@ -790,6 +857,8 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 reason,
                 since,
                 dry_run,
+                force: _,
+                note,
                 by,
             } => {
                 let ids = match (id, reason) {
@@ -805,7 +874,7 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                     let line = if dry_run {
                         dry_run_line(id, &ops.replay_dry_run(id).await?)
                     } else {
-                        replayed_line(&ops.replay_dead_letter(id, &by).await?)
+                        replayed_line(&ops.replay_dead_letter(id, &by, note.as_deref()).await?)
                     };
                     out.push_str(&line);
                 }
@@ -858,7 +927,8 @@ fn replayed_line(r: &Replayed) -> String {
 }
 
 /// What `dead-letter replay --dry-run` says of one dead letter.
-fn dry_run_line(id: i64, p: &Processed) -> String {
+fn dry_run_line(id: i64, dry: &crate::service::ops::DryRun) -> String {
+    let p = &dry.processed;
     let what = match (&p.outcome, &p.transition) {
         (Outcome::Rejected(r), _) => format!(
             "would be rejected again: {}{}",
@@ -874,7 +944,15 @@ fn dry_run_line(id: i64, p: &Processed) -> String {
         }
         (o, None) => format!("would be {}", o.label()),
     };
-    format!("dead letter {id} (dry run, nothing committed or published): {what}\n")
+    let skipping = match dry.skips {
+        Some((check, true)) => format!(
+            "; it was refused as {}, and a replay skips {check}: it needs --force --note",
+            dry.refused_as
+        ),
+        Some((check, false)) => format!("; a replay skips {check}, which refused it"),
+        None => String::new(),
+    };
+    format!("dead letter {id} (dry run, nothing committed or published): {what}{skipping}\n")
 }
 
 async fn list_definitions(settings: &Settings, pool: &PgPool) -> anyhow::Result<String> {
@@ -942,6 +1020,54 @@ async fn list_agents(pool: &PgPool) -> anyhow::Result<String> {
     Ok(t.render())
 }
 
+fn show_agent(a: &crate::service::ops::AgentShown) -> String {
+    let r = &a.agent;
+    let mut out = format!(
+        "agent:          {} ({})\nregistered:     {} via {}\nlast heartbeat: {}\n",
+        r.agent_id,
+        r.agent_type,
+        ts(r.registered_at),
+        r.registered_via,
+        r.last_heartbeat_at.map_or_else(|| "never".into(), ts)
+    );
+    out.push_str(&format!(
+        "broker user:    {}\n",
+        match &a.broker_user {
+            Ok(true) => "its own (agent add --credentials)".to_string(),
+            Ok(false) => "none: it connects as a shared user".to_string(),
+            Err(e) => format!("unknown ({e})"),
+        }
+    ));
+    if a.keys.is_empty() {
+        out.push_str("keys:           none (agent add --public-key)\n");
+    }
+    for k in &a.keys {
+        let public = protocol::signing::VerifyingKey::from_bytes(
+            &k.public_key.clone().try_into().unwrap_or([0; 32]),
+        )
+        .map_or_else(
+            |_| "(not an Ed25519 key)".into(),
+            |key| protocol::signing::encode_public(&key),
+        );
+        out.push_str(&format!(
+            "key:            {} {} added {} by {}\n",
+            k.key_id,
+            public,
+            ts(k.added_at),
+            k.added_by
+        ));
+    }
+    for (name, depth) in &a.queues {
+        out.push_str(&match depth {
+            Some((messages, consumers)) => {
+                format!("queue:          {name}: {messages} ready, {consumers} consumer(s)\n")
+            }
+            None => format!("queue:          {name}: missing (agent add declares it again)\n"),
+        });
+    }
+    out
+}
+
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
@@ -960,14 +1086,28 @@ pub(crate) fn relative(due: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-async fn list_workflows(pool: &PgPool, state: Option<&str>, limit: i64) -> anyhow::Result<String> {
+/// A workflow's key as its definition names it (`epic_id=E-1`), or `-`.
+fn named_key(settings: &Settings, kind: &str, key: Option<&str>) -> String {
+    match (settings.workflows.get(kind).and_then(|d| d.key), key) {
+        (Some(field), Some(key)) => format!("{field}={key}"),
+        (None, Some(key)) => key.to_string(),
+        (_, None) => "-".into(),
+    }
+}
+
+async fn list_workflows(
+    settings: &Settings,
+    pool: &PgPool,
+    state: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<String> {
     let rows = read::workflows(pool, state, limit).await?;
     let now = Utc::now();
     let mut t = Table::new(&[
         ("WORKFLOW", Align::Left),
         ("STATE", Align::Left),
         ("ROUND", Align::Right),
-        ("EPIC", Align::Left),
+        ("KEY", Align::Left),
         ("UPDATED", Align::Left),
         ("NEXT DEADLINE", Align::Left),
     ]);
@@ -976,7 +1116,7 @@ async fn list_workflows(pool: &PgPool, state: Option<&str>, limit: i64) -> anyho
             w.id.clone(),
             w.state.clone(),
             w.round.to_string(),
-            w.epic_id.clone().unwrap_or_else(|| "-".into()),
+            named_key(settings, &w.kind, w.business_key.as_deref()),
             ts(w.updated_at),
             w.next_due_at.map_or_else(
                 || "-".into(),
@@ -991,7 +1131,12 @@ async fn list_workflows(pool: &PgPool, state: Option<&str>, limit: i64) -> anyho
     Ok(out)
 }
 
-pub async fn show_workflow(pool: &PgPool, id: &str, now: DateTime<Utc>) -> anyhow::Result<String> {
+pub async fn show_workflow(
+    settings: &Settings,
+    pool: &PgPool,
+    id: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<String> {
     let Some(w) = read::workflow(pool, id).await? else {
         return Err(not_found("workflow", id, "workflow list"));
     };
@@ -1000,8 +1145,8 @@ pub async fn show_workflow(pool: &PgPool, id: &str, now: DateTime<Utc>) -> anyho
     let _ = writeln!(out, "  state:     {} (round {})", w.state, w.round);
     let _ = writeln!(
         out,
-        "  epic:      {}{}",
-        w.epic_id.as_deref().unwrap_or("-"),
+        "  key:       {}{}",
+        named_key(settings, &w.kind, w.business_key.as_deref()),
         w.title
             .as_deref()
             .map(|t| format!(" \"{t}\""))

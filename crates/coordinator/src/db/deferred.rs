@@ -11,9 +11,11 @@ use crate::engine::rows::{OutboxMessage, Writes, Written};
 #[derive(Debug, Clone)]
 pub struct NewDeferred<'a> {
     pub message_id: &'a str,
+    /// The admitted sender (engine::admission), whose limit held it back.
     pub sender: &'a str,
     pub sender_role: &'a str,
     pub message_type: &'a str,
+    pub correlation_id: &'a str,
     pub body: &'a [u8],
     pub meta: &'a DeliveryMeta,
 }
@@ -34,6 +36,8 @@ pub struct Released {
     pub id: i64,
     pub body: Vec<u8>,
     pub meta: DeliveryMeta,
+    /// When it was received (and held): it is admitted again as of then.
+    pub deferred_at: DateTime<Utc>,
 }
 
 /// Holds `rows` back for inbox partition `partition` and queues `notices` in the outbox,
@@ -67,11 +71,7 @@ pub async fn hold(
     .bind(rows.iter().map(|r| r.sender).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.sender_role).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.message_type).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.meta.correlation_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
+    .bind(rows.iter().map(|r| r.correlation_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.body).collect::<Vec<_>>())
     .bind(metas)
     .bind(now)
@@ -121,20 +121,22 @@ pub async fn held(conn: &mut PgConnection, partition: u32) -> super::Result<Vec<
 
 /// The bodies and properties of held deliveries `ids`, in id order.
 pub async fn bodies(conn: &mut PgConnection, ids: &[i64]) -> super::Result<Vec<Released>> {
-    let rows: Vec<(i64, Vec<u8>, serde_json::Value)> = sqlx::query_as(
-        "SELECT id, body, properties FROM deferred_messages WHERE id = ANY($1) ORDER BY id",
+    let rows: Vec<(i64, Vec<u8>, serde_json::Value, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, body, properties, deferred_at FROM deferred_messages
+          WHERE id = ANY($1) ORDER BY id",
     )
     .bind(ids)
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, body, props)| Released {
+        .map(|(id, body, props, deferred_at)| Released {
             id,
             body,
             // Written from a DeliveryMeta by `hold`; a row edited by hand into another
             // shape is applied with what is left, and refused for what is missing.
             meta: serde_json::from_value(props).unwrap_or_default(),
+            deferred_at,
         })
         .collect())
 }

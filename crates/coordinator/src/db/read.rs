@@ -9,7 +9,8 @@ pub struct WorkflowRow {
     pub id: String,
     pub kind: String,
     pub state: String,
-    pub epic_id: Option<String>,
+    /// The `payload.data` member its definition names as its key (`workflows.business_key`).
+    pub business_key: Option<String>,
     pub title: Option<String>,
     pub round: i32,
     pub created_at: DateTime<Utc>,
@@ -19,7 +20,7 @@ pub struct WorkflowRow {
     pub next_due_at: Option<DateTime<Utc>>,
 }
 
-const WORKFLOW_COLUMNS: &str = "w.id, w.kind, w.state, w.epic_id, w.title, w.round, w.created_at, w.updated_at, w.completed_at,
+const WORKFLOW_COLUMNS: &str = "w.id, w.kind, w.state, w.business_key, w.title, w.round, w.created_at, w.updated_at, w.completed_at,
      (SELECT min(due_at) FROM sla_clocks c WHERE c.workflow_id = w.id AND c.status = 'armed') AS next_due_at";
 
 pub async fn workflows(
@@ -131,6 +132,37 @@ pub async fn agents(pool: &PgPool) -> super::Result<Vec<AgentRow>> {
     sqlx::query_as(
         "SELECT agent_id, agent_type, registered_at, last_heartbeat_at, registered_via FROM agents ORDER BY agent_type, agent_id",
     )
+    .fetch_all(pool)
+    .await
+    .map_err(super::Error::from)
+}
+
+/// One registered agent.
+pub async fn agent(pool: &PgPool, agent_id: &str) -> super::Result<Option<AgentRow>> {
+    sqlx::query_as(
+        "SELECT agent_id, agent_type, registered_at, last_heartbeat_at, registered_via FROM agents WHERE agent_id = $1",
+    )
+    .bind(agent_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(super::Error::from)
+}
+
+/// One of an agent's public keys.
+#[derive(Debug, Clone, FromRow)]
+pub struct AgentKeyRow {
+    pub key_id: String,
+    pub public_key: Vec<u8>,
+    pub added_at: DateTime<Utc>,
+    pub added_by: String,
+}
+
+/// An agent's public keys, oldest first.
+pub async fn agent_keys(pool: &PgPool, agent_id: &str) -> super::Result<Vec<AgentKeyRow>> {
+    sqlx::query_as(
+        "SELECT key_id, public_key, added_at, added_by FROM agent_keys WHERE agent_id = $1 ORDER BY added_at, key_id",
+    )
+    .bind(agent_id)
     .fetch_all(pool)
     .await
     .map_err(super::Error::from)

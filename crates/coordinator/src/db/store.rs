@@ -68,20 +68,31 @@ pub async fn delete_agent(conn: &mut PgConnection, agent_id: &str) -> super::Res
     Ok(res.rows_affected() == 1)
 }
 
-/// Adds a public key to an agent (replacing a key of the same id), and tells every
-/// running coordinator. False if the agent is not registered.
+/// What adding a key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAdded {
+    Added,
+    /// The agent already had this key under this id: nothing changed.
+    AlreadyThere,
+    /// The agent has another public key under this id: nothing changed.
+    IdTaken,
+    /// No such agent is registered.
+    NoAgent,
+}
+
+/// Adds a public key to an agent, and tells every running coordinator. A key id the
+/// agent already uses for another key is never replaced (that is a rotation).
 pub async fn add_agent_key(
     conn: &mut PgConnection,
     agent_id: &str,
     key_id: &str,
     public_key: &[u8],
     by: &str,
-) -> super::Result<bool> {
+) -> super::Result<KeyAdded> {
     let res = sqlx::query(
         "INSERT INTO agent_keys (agent_id, key_id, public_key, added_by)
          SELECT agent_id, $2, $3, $4 FROM agents WHERE agent_id = $1
-         ON CONFLICT (agent_id, key_id) DO UPDATE SET public_key = excluded.public_key,
-             added_at = now(), added_by = excluded.added_by",
+         ON CONFLICT (agent_id, key_id) DO NOTHING",
     )
     .bind(agent_id)
     .bind(key_id)
@@ -89,8 +100,21 @@ pub async fn add_agent_key(
     .bind(by)
     .execute(&mut *conn)
     .await?;
-    notify_agents(conn).await?;
-    Ok(res.rows_affected() == 1)
+    if res.rows_affected() == 1 {
+        notify_agents(conn).await?;
+        return Ok(KeyAdded::Added);
+    }
+    let existing: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT public_key FROM agent_keys WHERE agent_id = $1 AND key_id = $2")
+            .bind(agent_id)
+            .bind(key_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(match existing {
+        Some(k) if k == public_key => KeyAdded::AlreadyThere,
+        Some(_) => KeyAdded::IdTaken,
+        None => KeyAdded::NoAgent,
+    })
 }
 
 /// Retires an agent's keys: those named, or (`keep_newest`) all but the newest
@@ -435,6 +459,8 @@ pub async fn retry_now(conn: &mut PgConnection, now: DateTime<Utc>) -> super::Re
 pub struct DeadLetter {
     pub id: i64,
     pub message_id: Option<String>,
+    /// Why it was refused (`dead_letters.reason`).
+    pub reason: String,
     pub routing_key: String,
     pub body: Vec<u8>,
     pub properties: Value,
@@ -448,7 +474,8 @@ pub async fn lock_dead_letter(
     id: i64,
 ) -> super::Result<Option<DeadLetter>> {
     let row = sqlx::query(
-        "SELECT id, message_id, routing_key, body, properties, replayed_at, resolved_at, resolution
+        "SELECT id, message_id, reason, routing_key, body, properties, replayed_at, resolved_at,
+                resolution
          FROM dead_letters WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
@@ -458,6 +485,7 @@ pub async fn lock_dead_letter(
         Ok(DeadLetter {
             id: r.try_get("id")?,
             message_id: r.try_get("message_id")?,
+            reason: r.try_get("reason")?,
             routing_key: r.try_get("routing_key")?,
             body: r.try_get("body")?,
             properties: r.try_get("properties")?,

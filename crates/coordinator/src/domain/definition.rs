@@ -182,10 +182,19 @@ pub struct Definitions {
     /// What the current definitions do with each message type they consume, looked up
     /// for every message of a batch.
     routes: Arc<HashMap<&'static str, Route>>,
+    /// The payload fields the current definitions keep as a workflow's business key
+    /// (`key`), each once: stored in an indexed column, so bounded at admission.
+    key_fields: Arc<Vec<&'static str>>,
     /// Shared by every clone (the processor's and the settings'), so that what the
     /// service learns at start is seen by all; read only for a workflow whose version
     /// is not the current one.
     earlier: Arc<RwLock<Vec<&'static Definition>>>,
+    /// What the earlier versions live workflows use do with the message types they
+    /// consume, so that a message only such a version knows (one a later version
+    /// dropped) still reaches its workflow, and reserves its escalation. Looked at only
+    /// when `has_earlier` says some version was learnt.
+    earlier_routes: Arc<RwLock<HashMap<&'static str, Route>>>,
+    has_earlier: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Definitions {
@@ -226,11 +235,31 @@ impl Definitions {
                 }
             }
         }
+        let mut key_fields: Vec<&'static str> = current.iter().filter_map(|d| d.key).collect();
+        key_fields.sort_unstable();
+        key_fields.dedup();
         Definitions {
             current,
             routes: Arc::new(routes),
+            key_fields: Arc::new(key_fields),
             earlier: Arc::default(),
+            earlier_routes: Arc::default(),
+            has_earlier: Arc::default(),
         }
+    }
+
+    /// What the earlier versions learnt do with `message`, if any consumes it.
+    fn earlier_route<T>(&self, message: &str, f: impl FnOnce(&Route) -> T) -> Option<T> {
+        if !self.has_earlier.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let routes = self.earlier_routes.read().ok()?;
+        routes.get(message).map(f)
+    }
+
+    /// Every payload field a current definition keeps as a business key, each once.
+    pub fn key_fields(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.key_fields.iter().copied()
     }
 
     /// The current definition of workflow `name`.
@@ -270,13 +299,24 @@ impl Definitions {
             .or(current)
     }
 
-    /// Adds an earlier version that live workflows still use.
+    /// Adds an earlier version that live workflows still use, and its routes: the
+    /// messages it consumes reach its workflows (never starting one: new workflows
+    /// start with the current version), and those it escalates on reserve an escalation.
     pub fn learn(&self, def: &'static Definition) {
         if let Ok(mut earlier) = self.earlier.write() {
-            if !earlier.iter().any(|d| d.hash == def.hash) {
-                earlier.push(def);
+            if earlier.iter().any(|d| d.hash == def.hash) {
+                return;
+            }
+            earlier.push(def);
+        }
+        if let Ok(mut routes) = self.earlier_routes.write() {
+            for m in def.inputs() {
+                let r = routes.entry(m).or_default();
+                r.escalates |= def.may_escalate(m);
             }
         }
+        self.has_earlier
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The workflow `message` starts.
@@ -284,23 +324,29 @@ impl Definitions {
         self.routes.get(message).and_then(|r| r.starts)
     }
 
-    /// True if some workflow consumes `message`.
+    /// True if some workflow consumes `message`: some current definition, or an earlier
+    /// version live workflows still use.
     pub fn is_input(&self, message: &str) -> bool {
-        self.routes.contains_key(message)
+        self.routes.contains_key(message) || self.earlier_route(message, |_| ()).is_some()
     }
 
-    /// True if `message` raises an escalation in some state of some workflow (a batch
-    /// reserves an escalation id for each such message before deciding it).
+    /// True if `message` raises an escalation in some state of some workflow, of any
+    /// version in use (a batch reserves an escalation id for each such message before
+    /// deciding it).
     pub fn may_escalate(&self, message: &str) -> bool {
         self.routes.get(message).is_some_and(|r| r.escalates)
+            || self.earlier_route(message, |r| r.escalates) == Some(true)
     }
 
     /// True if every workflow that consumes `message` observes it where it finds no
-    /// workflow of its kind ([`Unmatched::Observe`]).
+    /// workflow of its kind ([`Unmatched::Observe`]). A message only an earlier version
+    /// consumes is observed where it finds none of its workflows, as a message no
+    /// definition consumes is.
     pub fn observes_unmatched(&self, message: &str) -> bool {
-        self.routes
-            .get(message)
-            .is_some_and(|r| r.observe_unmatched)
+        match self.routes.get(message) {
+            Some(r) => r.observe_unmatched,
+            None => self.earlier_route(message, |_| ()).is_some(),
+        }
     }
 
     /// The follow-ons (by name) whose workflows a batch loads for `message`: those it

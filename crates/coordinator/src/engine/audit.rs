@@ -3,7 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{Checked, Input, Outcome, Processed};
+use super::{Admission, Input, Outcome, Processed};
 use crate::domain::audit::Entry;
 use protocol::names::OPERATOR;
 
@@ -12,7 +12,7 @@ fn clean(s: &str) -> String {
     s.replace('\0', "\u{fffd}")
 }
 
-/// What an input was, taken before it is applied (applying consumes its check).
+/// What an input was, taken before it is applied.
 pub struct Seen {
     actor: String,
     action: String,
@@ -21,32 +21,39 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn of(input: Input<'_>, c: &Checked) -> Seen {
+    /// A delivery is described by what admission made of it: an admitted one by its
+    /// sender and what vouched for it, a refused one by what it claims.
+    pub fn of(input: Input<'_>) -> Seen {
         match input {
-            Input::Delivery(d) => {
-                let env = c.envelope.as_ref().ok();
+            Input::Delivery(d, admission) => {
                 let mut context = Map::new();
-                if let Some(id) = &c.message_id {
+                if let Some(id) = admission.message_id() {
                     context.insert("message_id".into(), json!(clean(id)));
                 }
                 context.insert("routing_key".into(), json!(clean(&d.meta.routing_key)));
-                if let Some(user) = &d.meta.user_id {
-                    context.insert("user_id".into(), json!(clean(user)));
-                }
-                if let Some(replay) = d.meta.replay_of {
-                    context.insert("replay_of".into(), json!(replay));
-                }
+                let (action, target) = match admission {
+                    Admission::Admitted(a) => {
+                        context.insert("vouched_by".into(), json!(a.sender.vouched().as_str()));
+                        if let Some(replay) = a.replay_of {
+                            context.insert("replay_of".into(), json!(replay));
+                        }
+                        let h = &a.envelope.header;
+                        (
+                            Some(h.message_type.as_str()),
+                            Some(h.correlation_id.as_str()),
+                        )
+                    }
+                    // What a refused delivery claims, as received.
+                    Admission::Refused(_) => {
+                        (d.meta.kind.as_deref(), d.meta.correlation_id.as_deref())
+                    }
+                };
                 Seen {
-                    actor: c.sender.as_deref().map_or_else(|| "unknown".into(), clean),
-                    action: env
-                        .map(|e| e.header.message_type.as_str())
-                        .or(d.meta.kind.as_deref())
+                    actor: admission
+                        .sender_id()
                         .map_or_else(|| "unknown".into(), clean),
-                    target: env
-                        .map(|e| e.header.correlation_id.as_str())
-                        .or(d.meta.correlation_id.as_deref())
-                        .map(clean)
-                        .unwrap_or_default(),
+                    action: action.map_or_else(|| "unknown".into(), clean),
+                    target: target.map(clean).unwrap_or_default(),
                     context: Value::Object(context),
                 }
             }

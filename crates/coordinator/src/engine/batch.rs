@@ -14,7 +14,7 @@ use super::model::Wf;
 use super::rows::{
     ChainMember, Claims, Loaded, NewDeadLetter, NewEvent, OutboxMessage, Writes, OUTCOME_REJECTED,
 };
-use super::{body_digest, AgentView, Agents, Checked, Inbound, Outcome, Processed, Processor};
+use super::{body_digest, Admission, AgentView, Agents, Inbound, Outcome, Processed, Processor};
 use crate::domain::definition::Definition;
 use crate::domain::ids;
 use crate::domain::sla::Deadline;
@@ -271,41 +271,41 @@ impl<'p> Batch<'p> {
     }
 
     /// Dead-letters a delivery and tells its sender, if known.
-    pub(super) fn reject(&mut self, d: Inbound<'_>, c: &Checked, rej: Rejected) -> Processed {
-        self.reject_as(d, c, rej, true)
+    pub(super) fn reject(&mut self, d: Inbound<'_>, a: &Admission, rej: Rejected) -> Processed {
+        self.reject_as(d, a, rej, true)
     }
 
     /// A message whose id another sender used first: kept and its sender told, but the
     /// id's outcome stays the first message's.
-    pub(super) fn conflict(&mut self, d: Inbound<'_>, c: &Checked, first: &str) -> Processed {
+    pub(super) fn conflict(&mut self, d: Inbound<'_>, a: &Admission, first: &str) -> Processed {
         let rej = Rejected::new(
             Reason::DuplicateIdConflict,
             format!(
                 "message_id {:?} was already used by {first:?}; every message needs an id of its own (a UUID)",
-                c.message_id.as_deref().unwrap_or("")
+                a.message_id().unwrap_or("")
             ),
         );
-        self.reject_as(d, c, rej, false)
+        self.reject_as(d, a, rej, false)
     }
 
     fn reject_as(
         &mut self,
         d: Inbound<'_>,
-        c: &Checked,
+        a: &Admission,
         rej: Rejected,
         owns_id: bool,
     ) -> Processed {
         if !self.quiet {
             tracing::warn!(
-                message_id = c.message_id.as_deref().unwrap_or(""),
+                message_id = a.message_id().unwrap_or(""),
                 workflow_id = d.meta.correlation_id.as_deref().unwrap_or(""),
                 reason = %rej.reason,
                 detail = %rej.detail,
                 "message rejected"
             );
         }
-        let message_id = c.message_id.as_deref();
-        let sender = c.sender.as_deref().filter(|s| !s.contains('\0'));
+        let message_id = a.message_id();
+        let sender = a.sender_id().filter(|s| !s.contains('\0'));
         self.out.dead_letters.push(dead_letter(
             d,
             message_id,
@@ -431,7 +431,7 @@ pub fn dead_letter(
 pub fn set_aside(
     p: &Processor,
     d: Inbound<'_>,
-    checked: &Checked,
+    admission: &Admission,
     error: &str,
     attempts: u32,
     now: DateTime<Utc>,
@@ -441,40 +441,32 @@ pub fn set_aside(
         format!("the database refused to store what this message asked for: {error}"),
     );
     let mut w = Writes::default();
-    let sender = checked.sender.as_deref().filter(|s| !s.contains('\0'));
+    let message_id = admission.message_id();
+    let sender = admission.sender_id().filter(|s| !s.contains('\0'));
     w.dead_letters.push(dead_letter(
         d,
-        checked.message_id.as_deref(),
+        message_id,
         sender,
         &rej,
         p.limits.max_body_bytes,
         now,
     ));
     if let Some(agent) = sender {
-        let cause = checked
-            .message_id
-            .clone()
-            .unwrap_or_else(|| body_digest(d.body));
-        w.outbox.push(rejection_notice(
-            d,
-            &cause,
-            checked.message_id.as_deref(),
-            agent,
-            &rej,
-            now,
-        ));
+        let cause = message_id.map_or_else(|| body_digest(d.body), str::to_string);
+        w.outbox
+            .push(rejection_notice(d, &cause, message_id, agent, &rej, now));
     }
     // Ops hear of it at once: it failed every retry, so it needs a person.
     w.outbox.push(escalations::set_aside_notice(
-        checked.message_id.as_deref(),
+        message_id,
         d.meta.correlation_id.as_deref(),
         sender,
         attempts,
         error,
         now,
     ));
-    if let Some(id) = &checked.message_id {
-        w.outcomes.push((id.clone(), OUTCOME_REJECTED));
+    if let Some(id) = message_id {
+        w.outcomes.push((id.to_string(), OUTCOME_REJECTED));
     }
     w
 }

@@ -10,7 +10,7 @@ use super::batch::{Applied, Batch};
 use super::escalations::Acknowledged;
 use super::rows::{ChainAck, OUTCOME_OBSERVED};
 use super::{acknowledged_escalation, incident, operator, workflows};
-use super::{Checked, Input, Outcome, Processed};
+use super::{Admission, Input, Outcome, Processed};
 use crate::domain::emergency;
 use protocol::catalog::valid_agent_id;
 use protocol::envelope::Envelope;
@@ -28,17 +28,18 @@ fn listed(roles: &std::collections::BTreeSet<String>) -> String {
 
 impl Batch<'_> {
     /// Applies one input (in delivery order), audited when the batch audits.
-    pub fn apply(&mut self, input: Input<'_>, mut checked: Checked) -> Processed {
-        let bad_signature = checked.bad_signature.take();
-        let seen = self.audit.is_some().then(|| Seen::of(input, &checked));
-        let mut p = self.apply_checked(input, checked);
-        if let Some(rej) = bad_signature {
-            tracing::warn!(
-                reason = %rej.reason,
-                detail = %rej.detail,
-                "a message's signature does not stand; applied all the same (security.signatures = \"verify\")"
-            );
-            p.bad_signature = true;
+    pub fn apply(&mut self, input: Input<'_>) -> Processed {
+        let seen = self.audit.is_some().then(|| Seen::of(input));
+        let mut p = self.apply_admitted(input);
+        if let Input::Delivery(_, Admission::Admitted(a)) = input {
+            if let Some(rej) = &a.bad_signature {
+                tracing::warn!(
+                    reason = %rej.reason,
+                    detail = %rej.detail,
+                    "a message's signature does not stand; applied all the same (security.signatures = \"verify\")"
+                );
+                p.bad_signature = true;
+            }
         }
         if let (Some(entries), Some(seen)) = (&mut self.audit, seen) {
             entries.push(seen.entry(&p));
@@ -46,34 +47,39 @@ impl Batch<'_> {
         p
     }
 
-    fn apply_checked(&mut self, input: Input<'_>, checked: Checked) -> Processed {
-        if let Some(id) = &checked.message_id {
+    fn apply_admitted(&mut self, input: Input<'_>) -> Processed {
+        let (message_id, sender) = input.ids();
+        if let Some(id) = message_id {
             if !self.claims.claimed.contains(id) || self.seen.contains_key(id) {
                 let first = match self.seen.get(id) {
                     Some(in_batch) => in_batch.clone(),
                     None => self.claims.earlier.get(id).cloned(),
                 };
-                return match (first, &checked.sender, input) {
-                    (Some(first), Some(sender), Input::Delivery(d)) if first != *sender => {
-                        self.conflict(d, &checked, &first)
+                return match (first, sender, input) {
+                    (Some(first), Some(sender), Input::Delivery(d, a)) if first != sender => {
+                        self.conflict(d, a, &first)
                     }
                     _ => Processed::new(Outcome::Duplicate),
                 };
             }
-            self.seen.insert(id.clone(), checked.sender.clone());
+            self.seen.insert(id.to_string(), sender.map(str::to_string));
         }
-        let applied = match &checked.envelope {
-            Ok(env) => self.accept(env, checked.trusted),
-            Err(rej) => Err(rej.clone()),
-        };
-        match (applied, input) {
-            (Ok(p), _) => p,
-            (Err(rej), Input::Delivery(d)) => self.reject(d, &checked, rej),
-            (Err(rej), Input::Operator(_)) => {
-                let mut p = Processed::new(Outcome::Rejected(rej.reason));
-                p.detail = Some(rej.detail);
-                p
+        match input {
+            Input::Delivery(d, a) => {
+                let applied = match a {
+                    Admission::Admitted(admitted) => self.accept(&admitted.envelope, false),
+                    Admission::Refused(r) => Err(r.rejected.clone()),
+                };
+                applied.unwrap_or_else(|rej| self.reject(d, a, rej))
             }
+            Input::Operator(env) => match self.accept(env, true) {
+                Ok(p) => p,
+                Err(rej) => {
+                    let mut p = Processed::new(Outcome::Rejected(rej.reason));
+                    p.detail = Some(rej.detail);
+                    p
+                }
+            },
         }
     }
 

@@ -61,26 +61,26 @@ fn inbound(m: &Msg) -> Inbound<'_> {
 /// Runs a batch as the pipeline does, with every message id claimed and `loaded` as
 /// what the database held.
 fn run(p: &Processor, msgs: &[&Msg], loaded: Loaded) -> (Vec<Processed>, Finished, Needs) {
-    let inputs: Vec<Input<'_>> = msgs.iter().map(|m| Input::Delivery(inbound(m))).collect();
-    let checked: Vec<Checked> = inputs
+    let admitted: Vec<Admission> = msgs
         .iter()
-        .map(|i| p.check(*i, now(), &Agents::default()))
+        .map(|m| p.admit(inbound(m), now(), &Agents::default()))
+        .collect();
+    let inputs: Vec<Input<'_>> = msgs
+        .iter()
+        .zip(&admitted)
+        .map(|(m, a)| Input::Delivery(inbound(m), a))
         .collect();
     let claimed = rows::Claims {
-        claimed: message_ids(&checked)
+        claimed: message_ids(&inputs)
             .0
             .into_iter()
             .map(str::to_string)
             .collect(),
         earlier: Default::default(),
     };
-    let needs = p.needs(&checked, &AgentView::new(agents()));
+    let needs = p.needs(&inputs, &AgentView::new(agents()));
     let mut b = Batch::new(p, loaded, claimed, agents(), now());
-    let results = inputs
-        .iter()
-        .zip(checked)
-        .map(|(i, c)| b.apply(*i, c))
-        .collect();
+    let results = inputs.iter().map(|i| b.apply(*i)).collect();
     (results, b.finish(), needs)
 }
 
@@ -561,19 +561,19 @@ fn a_message_id_another_sender_used_is_a_conflict_not_a_duplicate() {
         .any(|m| m.message_type == MESSAGE_REJECTED && m.routing_key == "command.eng-1"));
 
     // An id claimed by an earlier batch: from its sender a duplicate, from another a conflict.
-    let inputs: Vec<Input<'_>> = [&same_again, &other]
-        .iter()
-        .map(|m| Input::Delivery(inbound(m)))
-        .collect();
-    for (input, want) in inputs.iter().zip(["duplicate", "rejected"]) {
-        let checked = p.check(*input, now(), &Agents::default());
-        let id = checked.message_id.clone().expect("id");
+    for (m, want) in [&same_again, &other]
+        .into_iter()
+        .zip(["duplicate", "rejected"])
+    {
+        let admitted = p.admit(inbound(m), now(), &Agents::default());
+        let id = admitted.message_id().expect("id").to_string();
         let claims = rows::Claims {
             claimed: HashSet::new(),
             earlier: [(id, "product-1".to_string())].into(),
         };
         let mut b = Batch::new(&p, Loaded::default(), claims, agents(), now());
-        assert_eq!(b.apply(*input, checked).outcome.label(), want);
+        let input = Input::Delivery(inbound(m), &admitted);
+        assert_eq!(b.apply(input).outcome.label(), want);
     }
 }
 
@@ -625,26 +625,29 @@ fn signed_batch() -> (Vec<Msg>, Agents) {
 }
 
 #[test]
-fn a_batch_checked_together_refuses_only_its_bad_signature() {
+fn a_batch_admitted_together_refuses_only_its_bad_signature() {
     let (msgs, agents) = signed_batch();
-    let inputs: Vec<Input<'_>> = msgs.iter().map(|m| Input::Delivery(inbound(m))).collect();
+    let inbound: Vec<Inbound<'_>> = msgs.iter().map(inbound).collect();
     let mut p = processor();
     p.security.signatures = SignatureMode::Require;
-    let together = p.check_all(&inputs, now(), &agents);
-    let reasons: Vec<Option<Reason>> = together
-        .iter()
-        .map(|c| c.envelope.as_ref().err().map(|r| r.reason))
-        .collect();
+    let refusal = |a: &Admission| match a {
+        Admission::Admitted(_) => None,
+        Admission::Refused(r) => Some(r.rejected.reason),
+    };
+    let together = p.admit_all(&inbound, now(), &agents);
+    let reasons: Vec<Option<Reason>> = together.iter().map(refusal).collect();
     assert_eq!(reasons, vec![None, Some(Reason::BadSignature), None]);
-    let alone: Vec<Option<Reason>> = inputs
+    let alone: Vec<Option<Reason>> = inbound
         .iter()
-        .map(|i| p.check(*i, now(), &agents).envelope.err().map(|r| r.reason))
+        .map(|d| refusal(&p.admit(*d, now(), &agents)))
         .collect();
     assert_eq!(alone, reasons, "one at a time and together agree");
 
     p.security.signatures = SignatureMode::Verify;
-    let verified = p.check_all(&inputs, now(), &agents);
-    assert!(verified.iter().all(|c| c.envelope.is_ok()));
-    let flagged: Vec<bool> = verified.iter().map(|c| c.bad_signature.is_some()).collect();
-    assert_eq!(flagged, vec![false, true, false]);
+    let verified = p.admit_all(&inbound, now(), &agents);
+    let flagged: Vec<Option<bool>> = verified
+        .iter()
+        .map(|a| a.admitted().map(|a| a.bad_signature.is_some()))
+        .collect();
+    assert_eq!(flagged, vec![Some(false), Some(true), Some(false)]);
 }

@@ -13,7 +13,7 @@ use crate::amqp::publisher::{PublishError, Publisher};
 use crate::amqp::topology::Declarer;
 use crate::amqp::{self, Connection, Consumer, Delivery};
 use crate::db;
-use crate::engine::{Inbound, Outcome};
+use crate::engine::{Admission, Inbound, Input, Outcome};
 use crate::service::publishing::{self, Handed, Settling};
 use crate::service::runtime::{Guarded, Shared};
 use crate::service::{pipeline, rate_limits};
@@ -113,12 +113,25 @@ async fn consume(
                 None => break,
             }
         }
-        let plan = backlog.plan(&shared.rate_limits, batch.iter().map(|d| &d.meta));
+        // Admission, once per delivery, before the limits: they charge only what was
+        // admitted, to the sender the broker vouched for.
+        let Some(keys) = agent_keys(shared, &stop).await else {
+            if let Some(last) = batch.last() {
+                last.requeue_through().await?;
+            }
+            break Ok(());
+        };
+        let inbound: Vec<Inbound<'_>> = batch.iter().map(inbound).collect();
+        let admitted = shared
+            .processor
+            .admit_all(&inbound, shared.clock.now(), &keys);
+        let plan = backlog.plan(&shared.rate_limits, &admitted);
         if plan.iter().any(Option::is_some) {
             if !hold_back(
                 shared,
                 partition,
                 &batch,
+                &admitted,
                 &plan,
                 &mut backlog,
                 &stop,
@@ -130,11 +143,12 @@ async fn consume(
             }
             release_at = release_at.or_else(|| Some(tokio::time::Instant::now()));
         }
-        let applied: Vec<&Delivery> = batch
+        let applied: Vec<Input<'_>> = inbound
             .iter()
+            .zip(&admitted)
             .zip(&plan)
             .filter(|(_, p)| p.is_none())
-            .map(|(d, _)| d)
+            .map(|((d, a), _)| Input::Delivery(*d, a))
             .collect();
         if !handle_batch(
             conn, shared, partition, &batch, &applied, turn, &stop, &published,
@@ -151,6 +165,45 @@ async fn consume(
     consumer.close("consumer stopping").await;
     tracing::info!(%queue, "stopped consuming an inbox partition");
     result
+}
+
+/// A delivery as admission and the batch read it.
+fn inbound(d: &Delivery) -> Inbound<'_> {
+    Inbound {
+        body: &d.body,
+        meta: &d.meta,
+    }
+}
+
+/// A held-back delivery, read back, as admission and the batch read it.
+fn released(r: &db::deferred::Released) -> Inbound<'_> {
+    Inbound {
+        body: &r.body,
+        meta: &r.meta,
+    }
+}
+
+/// The senders' keys admission checks signatures with (the agent cache, reloaded from
+/// the database when stale), waiting while the database cannot give them. `None` if
+/// shutdown came first.
+async fn agent_keys(
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Option<std::sync::Arc<crate::engine::Agents>> {
+    let mut waits = shared.settings.retry_policies.critical_task.waits();
+    loop {
+        match pipeline::agents(shared).await {
+            Ok(keys) => return Some(keys),
+            Err(e) => {
+                shared.breakers.failed(Guarded::Database);
+                let backoff = waits.next_persistent();
+                tracing::error!(error = %crate::telemetry::error_chain(&e), retry_in = ?backoff, "could not read the agents and their keys to admit a batch; will retry");
+                if !back_off(shared, stop, backoff).await {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Sleeps until `at`, or for ever when there is nothing to wait for.
@@ -196,6 +249,7 @@ async fn hold_back(
     shared: &Shared,
     partition: u32,
     batch: &[Delivery],
+    admitted: &[Admission],
     plan: &[Option<rate_limits::Holding>],
     backlog: &mut rate_limits::Backlog,
     stop: &CancellationToken,
@@ -210,23 +264,23 @@ async fn hold_back(
         .collect();
     let mut rows = Vec::new();
     let mut notices = Vec::new();
-    for ((d, holding), sealed) in batch.iter().zip(plan).zip(&sealed) {
-        let (Some(holding), Some(sender)) = (holding, rate_limits::Sender::of(&d.meta)) else {
+    for (((d, a), holding), sealed) in batch.iter().zip(admitted).zip(plan).zip(&sealed) {
+        let (Some(holding), Admission::Admitted(a)) = (holding, a) else {
             continue;
         };
-        let message_id = d.meta.message_id.as_deref().unwrap_or_default();
+        let (sender, h) = (&a.sender, &a.envelope.header);
         shared
             .metrics
             .rate_limited
-            .with_label_values(&[sender.role])
+            .with_label_values(&[sender.role()])
             .inc();
         if let Some((limit, wait)) = holding.over {
-            if shared.rate_limits.notice_due(sender.agent_id) {
-                tracing::warn!(agent_id = sender.agent_id, role = sender.role, limit_per_minute = limit, %message_id, "an agent is over its rate limit; its further messages are delayed (one notice a minute)");
+            if shared.rate_limits.notice_due(sender.agent_id()) {
+                tracing::warn!(agent_id = sender.agent_id(), role = sender.role(), limit_per_minute = limit, message_id = %h.message_id, "an agent is over its rate limit; its further messages are delayed (one notice a minute)");
                 notices.push(crate::engine::messages::rate_limited_notice(
-                    sender.agent_id,
-                    message_id,
-                    d.meta.correlation_id.as_deref(),
+                    sender.agent_id(),
+                    &h.message_id,
+                    Some(&h.correlation_id),
                     limit,
                     wait,
                     now,
@@ -234,10 +288,11 @@ async fn hold_back(
             }
         }
         rows.push(db::deferred::NewDeferred {
-            message_id,
-            sender: sender.agent_id,
-            sender_role: sender.role,
-            message_type: sender.message_type,
+            message_id: &h.message_id,
+            sender: sender.agent_id(),
+            sender_role: sender.role(),
+            message_type: &h.message_type,
+            correlation_id: &h.correlation_id,
             body: sealed.as_deref().unwrap_or(&d.body),
             meta: &d.meta,
         });
@@ -324,17 +379,24 @@ async fn release(
                 }
             }
         }
-        let inbound: Vec<Inbound<'_>> = rows
+        let Some(keys) = agent_keys(shared, stop).await else {
+            return Ok(None);
+        };
+        // Each is admitted as of when it arrived: holding it back is the coordinator's
+        // doing, not its sender's, so it is not stale for having waited.
+        let admitted: Vec<Admission> = rows
             .iter()
-            .map(|r| Inbound {
-                body: &r.body,
-                meta: &r.meta,
-            })
+            .map(|r| shared.processor.admit(released(r), r.deferred_at, &keys))
+            .collect();
+        let inputs: Vec<Input<'_>> = rows
+            .iter()
+            .zip(&admitted)
+            .map(|(r, a)| Input::Delivery(released(r), a))
             .collect();
         let Ok(turn) = shared.batch_turns.acquire().await else {
             return Ok(None);
         };
-        let Some(out) = commit(shared, partition, &inbound, turn, stop, published).await? else {
+        let Some(out) = commit(shared, partition, &inputs, turn, stop, published).await? else {
             return Ok(None);
         };
         let forgotten = async {
@@ -347,7 +409,7 @@ async fn release(
         }
         backlog.forget(&due.ids);
         shared.metrics.released.inc_by(due.ids.len() as u64);
-        report(conn, shared, &out, rows.iter().map(|r| &r.meta)).await?;
+        report(conn, shared, &out, &inputs).await?;
         if due.again_in != Some(std::time::Duration::ZERO) {
             return Ok(Some(
                 (!backlog.is_empty()).then(|| again.unwrap_or_else(tokio::time::Instant::now)),
@@ -396,7 +458,7 @@ async fn handle_batch(
     shared: &Shared,
     partition: u32,
     batch: &[Delivery],
-    applied: &[&Delivery],
+    applied: &[Input<'_>],
     turn: tokio::sync::SemaphorePermit<'_>,
     stop: &CancellationToken,
     published: &mpsc::Sender<Handed>,
@@ -404,18 +466,11 @@ async fn handle_batch(
     let Some(last) = batch.last() else {
         return Ok(true);
     };
-    let inbound: Vec<Inbound<'_>> = applied
-        .iter()
-        .map(|d| Inbound {
-            body: &d.body,
-            meta: &d.meta,
-        })
-        .collect();
-    let out = if inbound.is_empty() {
+    let out = if applied.is_empty() {
         drop(turn);
         None
     } else {
-        let Some(out) = commit(shared, partition, &inbound, turn, stop, published).await? else {
+        let Some(out) = commit(shared, partition, applied, turn, stop, published).await? else {
             last.requeue_through().await?;
             return Ok(false);
         };
@@ -426,7 +481,7 @@ async fn handle_batch(
     // nothing.
     last.ack_through().await?;
     if let Some(out) = out {
-        report(conn, shared, &out, applied.iter().map(|d| &d.meta)).await?;
+        report(conn, shared, &out, applied).await?;
     }
     Ok(true)
 }
@@ -436,7 +491,7 @@ async fn handle_batch(
 async fn commit(
     shared: &Shared,
     partition: u32,
-    inbound: &[Inbound<'_>],
+    inbound: &[Input<'_>],
     turn: tokio::sync::SemaphorePermit<'_>,
     stop: &CancellationToken,
     published: &mpsc::Sender<Handed>,
@@ -448,7 +503,7 @@ async fn commit(
         // The batch's messages are this consumer's to publish for one lease; after
         // that (a crash) the relay takes them.
         let publish_after = pipeline::publish_after(Utc::now(), shared.settings.outbox.lease);
-        match pipeline::apply_shared(shared, partition, inbound, publish_after).await {
+        match pipeline::apply_admitted(shared, partition, inbound, publish_after).await {
             Ok(out) => {
                 shared.breakers.succeeded(Guarded::Database);
                 shared
@@ -494,20 +549,27 @@ async fn commit(
 
 /// Logs and counts what a committed batch did, schedules its deadlines and declares
 /// the queues of agents it registered.
-async fn report<'m>(
+async fn report(
     conn: &Connection,
     shared: &Shared,
     out: &pipeline::BatchOutput,
-    metas: impl Iterator<Item = &'m protocol::envelope::DeliveryMeta>,
+    inputs: &[Input<'_>],
 ) -> Result<(), ConsumerError> {
-    for (p, meta) in out.results.iter().zip(metas) {
-        tracing::debug!(
-            message_id = meta.message_id.as_deref().unwrap_or(""),
-            workflow_id = meta.correlation_id.as_deref().unwrap_or(""),
-            message_type = meta.kind.as_deref().unwrap_or(""),
-            outcome = p.outcome.label(),
-            "processed"
-        );
+    for (p, input) in out.results.iter().zip(inputs) {
+        if let Input::Delivery(d, a) = input {
+            let env = a.envelope().map(|e| &e.header);
+            tracing::debug!(
+                message_id = a.message_id().unwrap_or(""),
+                workflow_id = env.map_or(d.meta.correlation_id.as_deref().unwrap_or(""), |h| h
+                    .correlation_id
+                    .as_str()),
+                message_type = env.map_or(d.meta.kind.as_deref().unwrap_or(""), |h| h
+                    .message_type
+                    .as_str()),
+                outcome = p.outcome.label(),
+                "processed"
+            );
+        }
         shared
             .metrics
             .messages

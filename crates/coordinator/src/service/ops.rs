@@ -28,7 +28,7 @@ use crate::domain::workflow::Closing;
 use crate::domain::{audit, emergency};
 use crate::encryption::FieldCipher;
 use crate::engine::escalations::Acknowledged;
-use crate::engine::{operator, Agents, Inbound, Outcome, Processed, Processor};
+use crate::engine::{admission, operator, Agents, Inbound, Outcome, Processed, Processor};
 use crate::service::pipeline;
 use crate::service::supervisor::{declare_fixed, DeclareError};
 use crate::settings::Settings;
@@ -102,6 +102,28 @@ pub struct Raised {
     pub id: String,
     /// Acknowledgments awaited: one per registered agent but the raiser.
     pub awaited: i64,
+}
+
+/// What `agent show` reports.
+#[derive(Debug)]
+pub struct AgentShown {
+    pub agent: read::AgentRow,
+    pub keys: Vec<read::AgentKeyRow>,
+    /// Whether the broker has a user of the agent's name, or why it could not say.
+    pub broker_user: std::result::Result<bool, String>,
+    /// Its three queues: ready messages and consumers (`None`: no such queue).
+    pub queues: Vec<(String, Option<(u32, u32)>)>,
+}
+
+/// What replaying a dead letter would do (`dead-letter replay --dry-run`).
+#[derive(Debug)]
+pub struct DryRun {
+    pub processed: Processed,
+    /// Why it was refused.
+    pub refused_as: String,
+    /// The check a replay skips that refused it, and whether that check vouched for its
+    /// sender (then a replay needs `--force` and a note).
+    pub skips: Option<(&'static str, bool)>,
 }
 
 /// A dead letter published again.
@@ -278,19 +300,111 @@ impl<'a> Ops<'a> {
             .map(str::to_string)
             .unwrap_or_else(|| protocol::signing::default_key_id(&key));
         let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
-        if !store::add_agent_key(&mut tx, agent_id, &key_id, &key.to_bytes(), by).await? {
-            return Err(not_found("agent", agent_id, "agent list"));
-        }
+        let result = match store::add_agent_key(&mut tx, agent_id, &key_id, &key.to_bytes(), by)
+            .await?
+        {
+            store::KeyAdded::Added => "key added",
+            store::KeyAdded::AlreadyThere => "key already registered",
+            store::KeyAdded::NoAgent => return Err(not_found("agent", agent_id, "agent list")),
+            store::KeyAdded::IdTaken => {
+                return Err(Error::Refused(format!(
+                    "agent {agent_id} already has a key named {key_id:?}, with another public key; adding this one would replace it unseen. To give the agent a new key, run `coordinator agent rotate-key {agent_id} --public-key <base64>` (the old key stays valid until retired), or name this one with another --key-id"
+                )))
+            }
+        };
         let retired = match keep {
             Some(n) => store::retire_agent_keys(&mut tx, agent_id, None, n).await?,
             None => Vec::new(),
         };
         let context =
             json!({"key_id": key_id, "public_key": public_key.trim(), "retired": retired});
-        self.audit(&mut tx, by, "agent_key_add", agent_id, "key added", context)
+        self.audit(&mut tx, by, "agent_key_add", agent_id, result, context)
             .await?;
         tx.commit().await.map_err(db::Error::from)?;
         Ok((key_id, retired))
+    }
+
+    /// Everything about one agent an operator checks when it misbehaves: its
+    /// registration, its keys, whether it has a broker user of its own, and its queues.
+    pub async fn show_agent(&self, agent_id: &str) -> Result<AgentShown> {
+        let Some(agent) = read::agent(self.pool, agent_id).await? else {
+            return Err(not_found("agent", agent_id, "agent list"));
+        };
+        let keys = read::agent_keys(self.pool, agent_id).await?;
+        let broker_user = match Management::new(&self.settings.amqp) {
+            Ok(m) => m.user_exists(agent_id).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut queues = Vec::new();
+        let conn = connect_to(&self.settings.amqp, "coordinator-cli")
+            .await
+            .map_err(|e| Error::Broker("", e))?;
+        for name in [
+            protocol::names::queues::tasks(agent_id),
+            protocol::names::queues::commands(agent_id),
+            protocol::names::queues::events(agent_id),
+        ] {
+            let depth = conn
+                .queue_depth(&name)
+                .await
+                .map_err(|e| Error::Broker("", e))?;
+            queues.push((name, depth));
+        }
+        let _ = conn.close("done").await;
+        Ok(AgentShown {
+            agent,
+            keys,
+            broker_user,
+            queues,
+        })
+    }
+
+    /// Publishes a message as a registered agent, as the agent would (to `agent.topic`,
+    /// its properties repeating the header), and waits for the broker's confirm: a way
+    /// to try the coordinator out by hand. Only where messages are neither signed nor
+    /// authenticated (the default profile): elsewhere an agent publishes as its own
+    /// broker user, with its own key, and this command cannot stand in for it.
+    pub async fn send_as_agent(
+        &self,
+        agent_id: &str,
+        message_type: &str,
+        workflow_id: &str,
+        data: serde_json::Value,
+    ) -> Result<Envelope> {
+        let security = &self.settings.security;
+        if security.authenticate_senders
+            || security.signatures == crate::engine::SignatureMode::Require
+        {
+            return Err(Error::Refused(
+                "agent send publishes as guest, unsigned: it is for trying the coordinator out where sender authentication and required signatures are off (the default profile); here an agent publishes as its own broker user, signed with its key (docs/agents.md)".into(),
+            ));
+        }
+        let agent_type = {
+            let mut c = self.pool.acquire().await.map_err(db::Error::from)?;
+            store::agent_type(&mut c, agent_id).await?
+        };
+        let Some(agent_type) = agent_type else {
+            return Err(not_found(
+                "agent",
+                agent_id,
+                "agent list (register it with `coordinator agent add`)",
+            ));
+        };
+        let mut env = Envelope::from_agent(
+            agent_id,
+            &agent_type,
+            message_type,
+            workflow_id,
+            data,
+            self.clock.now(),
+        );
+        env.header.ttl = Some(3600);
+        let body = serde_json::to_vec(&env)
+            .map_err(|e| Error::Refused(format!("the message cannot be written: {e}")))?;
+        let key = env.agent_routing_key();
+        let meta = env.meta(&key);
+        self.publish_confirmed(&key, &body, &meta, "message").await?;
+        Ok(env)
     }
 
     /// Retires one of an agent's keys: messages signed with it are refused from now on.
@@ -447,11 +561,29 @@ impl<'a> Ops<'a> {
     /// the coordinator processes it anew. Its message id is forgotten first if it was
     /// not applied; the replay is recorded. That bookkeeping commits only once the
     /// broker has confirmed the message: a replay that fails leaves no trace.
-    pub async fn replay_dead_letter(&self, id: i64, by: &str) -> Result<Replayed> {
+    ///
+    /// A replay skips the freshness window, sender authentication and the signature. A
+    /// letter refused by one of the two that vouch for its sender is replayed only with
+    /// `forced`, the operator's note saying why (recorded in the audit log): otherwise it
+    /// would be applied, and answered in the coordinator's name, as if someone had
+    /// vouched for who sent it.
+    pub async fn replay_dead_letter(
+        &self,
+        id: i64,
+        by: &str,
+        forced: Option<&str>,
+    ) -> Result<Replayed> {
         let mut tx = self.pool.begin().await.map_err(db::Error::from)?;
         let Some(dl) = store::lock_dead_letter(&mut tx, id).await? else {
             return Err(not_found("dead letter", id, "dead-letter list"));
         };
+        let skipped = Reason::parse(&dl.reason).and_then(admission::skipped_by_a_replay);
+        if let (Some((check, true)), None) = (skipped, forced) {
+            return Err(Error::Refused(format!(
+                "dead letter {id} was refused as {}: a replay skips {check} (the coordinator's own broker user publishes it), so it would be applied although nobody vouched for its sender. Check where it came from, then replay it with --force --note <why>",
+                dl.reason
+            )));
+        }
         let meta = replay_meta(&dl, &self.settings.amqp.user());
         let body = self.opened(&dl)?;
         let applied_before = match &dl.message_id {
@@ -462,25 +594,12 @@ impl<'a> Ops<'a> {
             None => false,
         };
         store::mark_replayed(&mut tx, dl.id, by, self.clock.now()).await?;
-        let conn = connect_to(&self.settings.amqp, "coordinator-cli")
-            .await
-            .map_err(|e| Error::Broker("", e))?;
-        let published = async {
-            let publisher = Publisher::open(&conn, self.settings.amqp.confirm_timeout).await?;
-            let acked = publisher
-                .publish_one(exchanges::TOPIC, &dl.routing_key, &body, &meta)
-                .await;
-            publisher.close().await;
-            acked
+        self.publish_confirmed(&dl.routing_key, &body, &meta, "replayed message")
+            .await?;
+        let mut context = json!({"message_id": dl.message_id, "routing_key": dl.routing_key});
+        if let (Some(note), Some((check, _))) = (forced, skipped) {
+            context["forced"] = json!({"note": note, "skipping": check, "refused_as": dl.reason});
         }
-        .await;
-        let _ = conn.close("done").await;
-        if !published? {
-            return Err(Error::Refused(
-                "the broker did not accept the replayed message; run the command again".into(),
-            ));
-        }
-        let context = json!({"message_id": dl.message_id, "routing_key": dl.routing_key});
         self.audit(
             &mut tx,
             by,
@@ -524,7 +643,7 @@ impl<'a> Ops<'a> {
 
     /// What the coordinator would do with a dead letter if it were replayed now: applied
     /// in a transaction that is rolled back, nothing published.
-    pub async fn replay_dry_run(&self, id: i64) -> Result<Processed> {
+    pub async fn replay_dry_run(&self, id: i64) -> Result<DryRun> {
         let ctx = pipeline::Context {
             pool: self.pool,
             clock: self.clock,
@@ -552,13 +671,48 @@ impl<'a> Ops<'a> {
         };
         let results = pipeline::dry_run(&ctx, &mut tx, &[inbound], self.clock.now()).await?;
         tx.rollback().await.map_err(db::Error::from)?;
-        results.into_iter().next().ok_or_else(|| {
+        let processed = results.into_iter().next().ok_or_else(|| {
             Error::Refused(format!("dead letter {id}: the dry run produced no result"))
+        })?;
+        Ok(DryRun {
+            processed,
+            skips: Reason::parse(&dl.reason).and_then(admission::skipped_by_a_replay),
+            refused_as: dl.reason,
         })
     }
 
     /// A dead letter's body as it was received: its sealed fields opened (a replay
     /// sends agents and the coordinator the message they would have had).
+    /// Publishes one message on the topic exchange over a connection of its own and
+    /// waits for the broker's confirm; `what` names it in the error.
+    async fn publish_confirmed(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        meta: &DeliveryMeta,
+        what: &str,
+    ) -> Result<()> {
+        let conn = connect_to(&self.settings.amqp, "coordinator-cli")
+            .await
+            .map_err(|e| Error::Broker("", e))?;
+        let published = async {
+            let publisher = Publisher::open(&conn, self.settings.amqp.confirm_timeout).await?;
+            let acked = publisher
+                .publish_one(exchanges::TOPIC, routing_key, body, meta)
+                .await;
+            publisher.close().await;
+            acked
+        }
+        .await;
+        let _ = conn.close("done").await;
+        if !published? {
+            return Err(Error::Refused(format!(
+                "the broker did not accept the {what}; run the command again"
+            )));
+        }
+        Ok(())
+    }
+
     fn opened(&self, dl: &store::DeadLetter) -> Result<Vec<u8>> {
         self.cipher.open_body(&dl.body).map_err(|e| {
             Error::Refused(format!(

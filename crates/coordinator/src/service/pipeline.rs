@@ -2,7 +2,7 @@
 //! fixed number of statements whatever the batch's size, and owns that transaction.
 //!
 //! ```text
-//!  check (pure, JSON parsed once) ─▶ BEGIN ─▶ claim ids ─▶ lock workflows (id order)
+//!  (admitted before: engine::admission) BEGIN ─▶ claim ids ─▶ lock workflows (id order)
 //!    ─▶ read their armed clocks, unknown senders, escalation chains
 //!    ─▶ decide each message in delivery order, in memory (engine::Batch)
 //!    ─▶ write rows, a multi-row statement per table ─▶ COMMIT
@@ -30,7 +30,7 @@ use crate::domain::audit;
 use crate::domain::sla::{add, Deadline, DeadlineKind};
 use crate::encryption::FieldCipher;
 use crate::engine::rows::{Queued, Written};
-use crate::engine::{self, Agents, Batch, Checked, Inbound, Input, Processed, Processor};
+use crate::engine::{self, Admission, Agents, Batch, Inbound, Input, Processed, Processor};
 use crate::retry::RetryPolicy;
 use crate::service::runtime::Shared;
 
@@ -105,8 +105,24 @@ impl<'a> Context<'a> {
     }
 }
 
-/// Applies a batch of deliveries of inbox partition `partition` with the running
-/// service's settings and agent cache.
+/// Applies a batch of admitted deliveries of inbox partition `partition` with the
+/// running service's settings and agent cache.
+pub async fn apply_admitted(
+    shared: &Shared,
+    partition: u32,
+    inputs: &[Input<'_>],
+    publish_after: DateTime<Utc>,
+) -> Result<BatchOutput, Retry> {
+    let ctx = Context::of(shared, partition, publish_after)
+        .await
+        .map_err(Retry)?;
+    let out = apply(&ctx, inputs).await?;
+    shared.agents.learn(&out.learned);
+    Ok(out)
+}
+
+/// Admits `deliveries` now and applies them as [`apply_admitted`] does (tests, and
+/// callers that have deliveries in hand rather than an inbox's batch).
 pub async fn apply_shared(
     shared: &Shared,
     partition: u32,
@@ -116,14 +132,19 @@ pub async fn apply_shared(
     let ctx = Context::of(shared, partition, publish_after)
         .await
         .map_err(Retry)?;
-    let out = apply(&ctx, deliveries).await?;
+    let admitted = admit(&ctx, deliveries, ctx.clock.now());
+    let out = apply(&ctx, &delivered(deliveries, &admitted)).await?;
     shared.agents.learn(&out.learned);
     Ok(out)
 }
 
-/// Applies a batch of deliveries. `Err` only when the database is the problem.
-pub async fn apply(ctx: &Context<'_>, deliveries: &[Inbound<'_>]) -> Result<BatchOutput, Retry> {
-    let inputs: Vec<Input<'_>> = deliveries.iter().map(|d| Input::Delivery(*d)).collect();
+/// What admission makes of `deliveries`, received at `at`, with this context's keys.
+pub fn admit(ctx: &Context<'_>, deliveries: &[Inbound<'_>], at: DateTime<Utc>) -> Vec<Admission> {
+    ctx.processor.admit_all(deliveries, at, &ctx.agents)
+}
+
+/// Applies a batch of admitted deliveries. `Err` only when the database is the problem.
+pub async fn apply(ctx: &Context<'_>, inputs: &[Input<'_>]) -> Result<BatchOutput, Retry> {
     let mut out = BatchOutput {
         results: vec![Processed::new(engine::Outcome::Duplicate); inputs.len()],
         ..Default::default()
@@ -143,13 +164,13 @@ pub async fn apply(ctx: &Context<'_>, deliveries: &[Inbound<'_>]) -> Result<Batc
             }
             Err(e) => {
                 let i = range.start;
-                let Input::Delivery(d) = inputs[i] else {
+                let Input::Delivery(d, admission) = inputs[i] else {
                     continue;
                 };
                 match retry_one(ctx, &inputs[i..=i], e).await? {
                     Ok(c) => c.merge_into(&mut out, i),
                     Err(e) => {
-                        let c = set_aside(ctx, d, &e).await?;
+                        let c = set_aside(ctx, d, admission, &e).await?;
                         out.set_aside += 1;
                         c.merge_into(&mut out, i);
                     }
@@ -276,8 +297,18 @@ pub async fn apply_uncommitted(
     deliveries: &[Inbound<'_>],
     now: DateTime<Utc>,
 ) -> db::Result<Vec<Processed>> {
-    let inputs: Vec<Input<'_>> = deliveries.iter().map(|d| Input::Delivery(*d)).collect();
+    let admitted = admit(ctx, deliveries, now);
+    let inputs = delivered(deliveries, &admitted);
     Ok(stage(ctx, conn, &inputs, now).await?.results)
+}
+
+/// Deliveries with what admission made of each, as a batch applies them.
+pub fn delivered<'a>(deliveries: &[Inbound<'a>], admitted: &'a [Admission]) -> Vec<Input<'a>> {
+    deliveries
+        .iter()
+        .zip(admitted)
+        .map(|(d, a)| Input::Delivery(*d, a))
+        .collect()
 }
 
 /// What applying `deliveries` would do, and nothing written: the claim and the locks
@@ -289,7 +320,8 @@ pub async fn dry_run(
     deliveries: &[Inbound<'_>],
     now: DateTime<Utc>,
 ) -> db::Result<Vec<Processed>> {
-    let inputs: Vec<Input<'_>> = deliveries.iter().map(|d| Input::Delivery(*d)).collect();
+    let admitted = admit(ctx, deliveries, now);
+    let inputs = delivered(deliveries, &admitted);
     Ok(decide(ctx, conn, &inputs, now, Mode::DryRun).await?.0)
 }
 
@@ -309,11 +341,10 @@ async fn decide(
     now: DateTime<Utc>,
     mode: Mode,
 ) -> db::Result<(Vec<Processed>, engine::Finished, usize)> {
-    let checked: Vec<Checked> = ctx.processor.check_all(inputs, now, &ctx.agents);
-    let (ids, senders) = engine::message_ids(&checked);
+    let (ids, senders) = engine::message_ids(inputs);
     let needs = ctx
         .processor
-        .needs(&checked, &engine::AgentView::new(ctx.agents.clone()));
+        .needs(inputs, &engine::AgentView::new(ctx.agents.clone()));
     let mut wf_ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
     wf_ids.sort_unstable();
     wf_ids.dedup();
@@ -339,11 +370,7 @@ async fn decide(
     if mode == Mode::DryRun {
         b = b.quiet();
     }
-    let results: Vec<Processed> = inputs
-        .iter()
-        .zip(checked)
-        .map(|(i, c)| b.apply(*i, c))
-        .collect();
+    let results: Vec<Processed> = inputs.iter().map(|i| b.apply(*i)).collect();
     Ok((results, b.finish(), statements_read))
 }
 
@@ -396,24 +423,23 @@ async fn stage(
 async fn set_aside(
     ctx: &Context<'_>,
     d: Inbound<'_>,
+    admission: &Admission,
     error: &db::Error,
 ) -> Result<Committed, Retry> {
     let now = ctx.clock.now();
-    let checked = ctx.processor.check(Input::Delivery(d), now, &ctx.agents);
     tracing::error!(
-        message_id = checked.message_id.as_deref().unwrap_or(""),
+        message_id = admission.message_id().unwrap_or(""),
         error = %error,
         "the database refused this message on every attempt; it is set aside in dead_letters as processing_failed"
     );
     let attempt = |minimal: bool| {
-        let checked = checked.clone();
         async move {
             let mut tx = ctx.pool.begin().await?;
-            let id = checked.message_id.as_deref();
+            let id = admission.message_id();
             let c = batch::claim_and_lock(
                 &mut tx,
                 id.as_slice(),
-                &[checked.sender.as_deref()],
+                &[admission.sender_id()],
                 ctx.instance,
                 &[],
                 ctx.audit_chain.as_deref(),
@@ -428,7 +454,7 @@ async fn set_aside(
                 let mut w = engine::set_aside(
                     ctx.processor,
                     d,
-                    &checked,
+                    admission,
                     &error.to_string(),
                     ctx.retry.max_attempts,
                     now,
@@ -445,7 +471,7 @@ async fn set_aside(
                     protocol::reject::Reason::ProcessingFailed,
                 ));
                 result.detail = Some(error.to_string());
-                let entry = engine::audit_entry(Input::Delivery(d), &checked, &result);
+                let entry = engine::audit_entry(Input::Delivery(d, admission), &result);
                 w.audit(head.as_ref(), now, vec![entry]);
                 ctx.cipher.seal_rows(&mut w);
                 written = batch::write(&mut tx, w, ctx.publish_after).await?;

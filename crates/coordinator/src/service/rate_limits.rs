@@ -17,13 +17,16 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use crate::db::deferred::Held;
+use crate::engine::{Admission, Admitted};
 use crate::settings::RateLimitSettings;
 
 type Keyed<C> =
     RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-/// A message's sender, as its delivery says (no parse of the body).
+/// What a message is charged to: its admitted sender (engine::admission: the agent the
+/// broker vouched for where sender authentication is on), that sender's role, and the
+/// message type (emergency types draw on their own allowance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sender<'a> {
     pub agent_id: &'a str,
@@ -32,26 +35,23 @@ pub struct Sender<'a> {
 }
 
 impl<'a> Sender<'a> {
-    /// The agent (AMQP `app_id`), its role (the routing key's `{agent_type}.` prefix,
-    /// which the agent's broker user is held to) and the message type (AMQP `type`).
-    /// `None` for what the limits do not apply to: an operator's replay, and a
-    /// delivery missing these (it is refused when applied).
-    pub fn of(meta: &'a protocol::envelope::DeliveryMeta) -> Option<Sender<'a>> {
-        if meta.replay_of.is_some() {
+    /// `None` for what the limits do not apply to: an operator's replay (which
+    /// admission recognised by the broker user that published it, not by a header).
+    pub fn of(a: &'a Admitted) -> Option<Sender<'a>> {
+        if a.replay_of.is_some() {
             return None;
         }
-        let (role, _) = meta.routing_key.split_once('.')?;
         Some(Sender {
-            agent_id: meta.app_id.as_deref().filter(|a| !a.is_empty())?,
-            role,
-            message_type: meta.kind.as_deref()?,
+            agent_id: a.sender.agent_id(),
+            role: a.sender.role(),
+            message_type: &a.envelope.header.message_type,
         })
     }
 }
 
 /// Whether a message may be applied now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub enum Verdict {
     Now,
     /// Over a limit: hold it back.
     Hold {
@@ -122,9 +122,9 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// Takes a token for `sender`'s message, or says how long until there is one (no
     /// token is taken then).
-    pub fn admit(&self, sender: Sender<'_>) -> Admission {
+    pub fn admit(&self, sender: Sender<'_>) -> Verdict {
         let Some(per_minute) = self.settings.per_minute_for(sender.role) else {
-            return Admission::Now;
+            return Verdict::Now;
         };
         let emergency = self
             .settings
@@ -135,28 +135,28 @@ impl<C: Clock + Clone> RateLimits<C> {
         let key = sender.agent_id.to_string();
         if emergency {
             return match self.emergency.check_key(&key) {
-                Ok(()) => Admission::Now,
-                Err(n) => Admission::Hold {
+                Ok(()) => Verdict::Now,
+                Err(n) => Verdict::Hold {
                     wait: n.wait_time_from(now),
                     limit_per_minute: self.settings.emergency_burst,
                 },
             };
         }
         let Some(own) = self.agents.get(&per_minute) else {
-            return Admission::Now;
+            return Verdict::Now;
         };
         if let Err(n) = own.check_key(&key) {
-            return Admission::Hold {
+            return Verdict::Hold {
                 wait: n.wait_time_from(now),
                 limit_per_minute: per_minute,
             };
         }
         match self.all.as_ref().map(Direct::check) {
-            Some(Err(n)) => Admission::Hold {
+            Some(Err(n)) => Verdict::Hold {
                 wait: n.wait_time_from(now),
                 limit_per_minute: self.settings.all_per_minute,
             },
-            _ => Admission::Now,
+            _ => Verdict::Now,
         }
     }
 
@@ -268,8 +268,8 @@ impl Backlog {
                 message_type: &h.message_type,
             };
             match limits.admit(sender) {
-                Admission::Now => due.ids.push(h.id),
-                Admission::Hold { wait, .. } => {
+                Verdict::Now => due.ids.push(h.id),
+                Verdict::Hold { wait, .. } => {
                     blocked.extend(workflow);
                     due.again_in = Some(due.again_in.map_or(wait, |a| a.min(wait)));
                 }
@@ -279,37 +279,38 @@ impl Backlog {
     }
 
     /// For each delivery of a batch, in order: `None` to apply it now, or why it is
-    /// held back. A delivery is held when its workflow has held messages (including
-    /// ones held earlier in this batch), or when its sender is over a limit (a token is
-    /// taken for each one applied). What the limits do not apply to ([`Sender::of`]) and
-    /// a delivery without a message id (refused when applied) are applied.
-    pub fn plan<'m, C: Clock + Clone>(
+    /// held back. An admitted delivery is held when its workflow has held messages
+    /// (including ones held earlier in this batch), or when its sender is over a limit
+    /// (a token is taken for each one applied). A refused delivery is applied at once
+    /// (as its refusal) and charged to nobody; an operator's replay is not limited.
+    pub fn plan<C: Clock + Clone>(
         &self,
         limits: &RateLimits<C>,
-        metas: impl Iterator<Item = &'m protocol::envelope::DeliveryMeta>,
+        admitted: &[Admission],
     ) -> Vec<Option<Holding>> {
         if !limits.enabled() && self.is_empty() {
-            return metas.map(|_| None).collect();
+            return admitted.iter().map(|_| None).collect();
         }
         let mut held_now: HashSet<&str> = HashSet::new();
-        metas
-            .map(|meta| {
-                let sender = Sender::of(meta)?;
-                meta.message_id.as_deref().filter(|m| !m.is_empty())?;
-                let workflow = meta.correlation_id.as_deref();
-                let behind = self.holds(workflow) || workflow.is_some_and(|w| held_now.contains(w));
+        admitted
+            .iter()
+            .map(|a| {
+                let a = a.admitted()?;
+                let sender = Sender::of(a)?;
+                let workflow = a.envelope.header.correlation_id.as_str();
+                let behind = self.holds(Some(workflow)) || held_now.contains(workflow);
                 let over = if behind {
                     None
                 } else {
                     match limits.admit(sender) {
-                        Admission::Now => return None,
-                        Admission::Hold {
+                        Verdict::Now => return None,
+                        Verdict::Hold {
                             wait,
                             limit_per_minute,
                         } => Some((limit_per_minute, wait)),
                     }
                 };
-                held_now.extend(workflow);
+                held_now.insert(workflow);
                 Some(Holding { over })
             })
             .collect()
@@ -375,9 +376,9 @@ mod tests {
     fn an_agent_over_its_burst_waits_for_its_bucket_and_others_do_not() {
         let clock = FakeRelativeClock::default();
         let limits = RateLimits::with_clock(&settings(60, 2), clock.clone());
-        assert_eq!(limits.admit(from("a", "epic_defined")), Admission::Now);
-        assert_eq!(limits.admit(from("a", "epic_defined")), Admission::Now);
-        let Admission::Hold {
+        assert_eq!(limits.admit(from("a", "epic_defined")), Verdict::Now);
+        assert_eq!(limits.admit(from("a", "epic_defined")), Verdict::Now);
+        let Verdict::Hold {
             wait,
             limit_per_minute,
         } = limits.admit(from("a", "epic_defined"))
@@ -390,25 +391,25 @@ mod tests {
             "{wait:?}"
         );
         // Another agent of the same role has its own bucket.
-        assert_eq!(limits.admit(from("b", "epic_defined")), Admission::Now);
+        assert_eq!(limits.admit(from("b", "epic_defined")), Verdict::Now);
         clock.advance(Duration::from_secs(1));
-        assert_eq!(limits.admit(from("a", "epic_defined")), Admission::Now);
+        assert_eq!(limits.admit(from("a", "epic_defined")), Verdict::Now);
     }
 
     #[test]
     fn emergencies_draw_on_their_own_allowance_and_unlimited_roles_are_not_held() {
         let limits = RateLimits::with_clock(&settings(60, 1), FakeRelativeClock::default());
-        assert_eq!(limits.admit(from("a", "epic_defined")), Admission::Now);
+        assert_eq!(limits.admit(from("a", "epic_defined")), Verdict::Now);
         assert!(matches!(
             limits.admit(from("a", "epic_defined")),
-            Admission::Hold { .. }
+            Verdict::Hold { .. }
         ));
         for _ in 0..5 {
-            assert_eq!(limits.admit(from("a", "emergency_alert")), Admission::Now);
+            assert_eq!(limits.admit(from("a", "emergency_alert")), Verdict::Now);
         }
         assert!(matches!(
             limits.admit(from("a", "emergency_alert")),
-            Admission::Hold {
+            Verdict::Hold {
                 limit_per_minute: 5,
                 ..
             }
@@ -419,7 +420,7 @@ mod tests {
             message_type: "testing_started",
         };
         for _ in 0..100 {
-            assert_eq!(limits.admit(qa), Admission::Now);
+            assert_eq!(limits.admit(qa), Verdict::Now);
         }
     }
 
@@ -429,11 +430,11 @@ mod tests {
         s.all_per_minute = 3;
         let limits = RateLimits::with_clock(&s, FakeRelativeClock::default());
         for a in ["a", "b", "c"] {
-            assert_eq!(limits.admit(from(a, "epic_defined")), Admission::Now);
+            assert_eq!(limits.admit(from(a, "epic_defined")), Verdict::Now);
         }
         assert!(matches!(
             limits.admit(from("d", "epic_defined")),
-            Admission::Hold {
+            Verdict::Hold {
                 limit_per_minute: 3,
                 ..
             }
@@ -446,7 +447,7 @@ mod tests {
         s.enabled = false;
         let limits = RateLimits::with_clock(&s, FakeRelativeClock::default());
         for _ in 0..10 {
-            assert_eq!(limits.admit(from("a", "epic_defined")), Admission::Now);
+            assert_eq!(limits.admit(from("a", "epic_defined")), Verdict::Now);
         }
     }
 
@@ -468,7 +469,7 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let limits = RateLimits::with_clock(&settings(60, 1), clock.clone());
         // a is out of tokens; b has one.
-        assert_eq!(limits.admit(from("a", "epic_defined")), Admission::Now);
+        assert_eq!(limits.admit(from("a", "epic_defined")), Verdict::Now);
         let backlog = Backlog::new(vec![
             held(1, "a", "w1"),
             held(2, "b", "w1"),
@@ -498,15 +499,26 @@ mod tests {
         assert!(backlog.is_empty() && !backlog.holds(Some("w1")));
     }
 
-    fn delivery(agent: &str, workflow: &str, id: &str) -> protocol::envelope::DeliveryMeta {
-        protocol::envelope::DeliveryMeta {
-            routing_key: "product-director.epic_defined".into(),
-            message_id: Some(id.into()),
-            correlation_id: Some(workflow.into()),
-            app_id: Some(agent.into()),
-            kind: Some("epic_defined".into()),
-            ..Default::default()
+    fn admitted(agent: &str, workflow: &str, id: &str) -> Admitted {
+        let mut envelope = protocol::envelope::Envelope::from_agent(
+            agent,
+            "product-director",
+            "epic_defined",
+            workflow,
+            serde_json::json!({}),
+            chrono::Utc::now(),
+        );
+        envelope.header.message_id = id.into();
+        Admitted {
+            envelope,
+            sender: crate::engine::Sender::for_tests(agent, "product-director"),
+            replay_of: None,
+            bad_signature: None,
         }
+    }
+
+    fn delivery(agent: &str, workflow: &str, id: &str) -> Admission {
+        Admission::Admitted(admitted(agent, workflow, id))
     }
 
     #[test]
@@ -520,7 +532,7 @@ mod tests {
             delivery("b", "w3", "m4"),
             delivery("b", "w9", "m5"),
         ];
-        let plan = backlog.plan(&limits, batch.iter());
+        let plan = backlog.plan(&limits, &batch);
         assert_eq!(plan[0], None);
         assert!(matches!(
             plan[1],
@@ -541,14 +553,11 @@ mod tests {
         s.enabled = false;
         let limits = RateLimits::with_clock(&s, FakeRelativeClock::default());
         let batch = [delivery("a", "w1", "m1"), delivery("a", "w1", "m2")];
-        assert_eq!(
-            Backlog::default().plan(&limits, batch.iter()),
-            vec![None, None]
-        );
+        assert_eq!(Backlog::default().plan(&limits, &batch), vec![None, None]);
         // What was held before the limits were turned off still keeps its order.
         let backlog = Backlog::new(vec![held(1, "a", "w1")]);
         assert_eq!(
-            backlog.plan(&limits, batch.iter()),
+            backlog.plan(&limits, &batch),
             vec![Some(Holding { over: None }); 2]
         );
         assert_eq!(backlog.due(&limits, 10).ids, vec![1]);
@@ -564,29 +573,43 @@ mod tests {
     }
 
     #[test]
-    fn the_sender_comes_from_the_delivery() {
-        let mut meta = protocol::envelope::DeliveryMeta {
-            routing_key: "product-director.epic_defined".into(),
-            app_id: Some("pd-1".into()),
-            kind: Some("epic_defined".into()),
-            ..Default::default()
-        };
+    fn the_charge_is_the_admitted_sender_and_neither_a_replay_nor_a_refusal_is_charged() {
+        let a = admitted("pd-1", "w1", "m1");
         assert_eq!(
-            Sender::of(&meta),
+            Sender::of(&a),
             Some(Sender {
                 agent_id: "pd-1",
                 role: "product-director",
                 message_type: "epic_defined"
             })
         );
-        meta.replay_of = Some(7);
+        let mut replay = a.clone();
+        replay.replay_of = Some(7);
         assert_eq!(
-            Sender::of(&meta),
+            Sender::of(&replay),
             None,
             "an operator's replay is not limited"
         );
-        meta.replay_of = None;
-        meta.app_id = None;
-        assert_eq!(Sender::of(&meta), None);
+
+        // A burst of one: the second message of pd-1 would be over, but neither a
+        // refusal (whoever it claims to be from) nor a replay takes its token.
+        let limits = RateLimits::with_clock(&settings(60, 1), FakeRelativeClock::default());
+        let refused = Admission::Refused(crate::engine::Refused {
+            rejected: protocol::reject::Rejected::new(
+                protocol::reject::Reason::Unauthenticated,
+                "user_id is another agent's",
+            ),
+            message_id: Some("m0".into()),
+            claimed_sender: Some("pd-1".into()),
+        });
+        let batch = [
+            refused,
+            Admission::Admitted(replay),
+            delivery("pd-1", "w2", "m2"),
+            delivery("pd-1", "w3", "m3"),
+        ];
+        let plan = Backlog::default().plan(&limits, &batch);
+        assert_eq!(&plan[..3], &[None, None, None]);
+        assert!(plan[3].is_some(), "the second admitted message is over");
     }
 }

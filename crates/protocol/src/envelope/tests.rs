@@ -347,6 +347,24 @@ proptest! {
     }
 
     #[test]
+    fn parsed_straight_or_through_a_value_the_verdict_is_the_same(
+        mutations in proptest::collection::vec((any::<u8>(), "\\PC{0,300}"), 0..4)
+    ) {
+        let mut v = good();
+        for (choice, salt) in &mutations {
+            mutate(&mut v, *choice, salt);
+        }
+        let body = v.to_string();
+        let straight = parse(body.as_bytes());
+        let through = parse_value(body.as_bytes()).and_then(|v| from_value(&v));
+        match (straight, through) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(a), Err(b)) => prop_assert_eq!(a.reason, b.reason, "{} / {}", a.detail, b.detail),
+            (a, b) => prop_assert!(false, "{a:?} but {b:?}"),
+        }
+    }
+
+    #[test]
     fn mutated_envelopes_never_panic_and_are_rejected_with_a_reason(
         mutations in proptest::collection::vec((any::<u8>(), "\\PC{0,300}"), 1..4)
     ) {
