@@ -196,3 +196,26 @@ fn every_key_of_the_default_configuration_is_in_the_readme_table() {
         "config/default.toml keys missing from the README's configuration table: {missing:?}"
     );
 }
+
+/// The coordinator's code knows no workflow by its business: which payload member keys a
+/// workflow is each definition's `key` (config/workflows/), and the managers' `epic_id`
+/// column is derived from it in the database. Only the engine's unit tests, which feed
+/// it feature-delivery messages, spell the name.
+#[test]
+fn no_code_of_the_coordinator_names_a_definitions_key() {
+    let name = ["epic", "_id"].concat();
+    let found: Vec<String> = texts()
+        .into_iter()
+        .filter(|(path, _)| {
+            path.starts_with("crates/coordinator/src/") && path != "crates/coordinator/src/engine/tests.rs"
+        })
+        .flat_map(|(path, text)| {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| l.contains(&name))
+                .map(|(i, l)| format!("{path}:{}: {}", i + 1, l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}

@@ -377,9 +377,10 @@ pub mod broker {
     }
 }
 
-/// Creates a database and applies the migrations to it. (Cloning a migrated template
-/// saved next to nothing, and the template outlived the test run.)
-async fn create_database(admin_url: &str, name: &str) {
+/// Creates a database and applies the migrations to it, or those up to and including
+/// `up_to` only. (Cloning a migrated template saved next to nothing, and the template
+/// outlived the test run.)
+async fn create_database(admin_url: &str, name: &str, up_to: Option<i64>) {
     let mut admin = PgConnection::connect(admin_url)
         .await
         .unwrap_or_else(|e| panic!("connect to {admin_url}: {e}"));
@@ -391,10 +392,30 @@ async fn create_database(admin_url: &str, name: &str) {
     let mut conn = PgConnection::connect(&url_with_database(admin_url, name))
         .await
         .expect("connect to the test database");
-    coordinator::db::MIGRATOR
-        .run(&mut conn)
-        .await
-        .expect("migrate the test database");
+    match up_to {
+        None => coordinator::db::MIGRATOR.run(&mut conn).await,
+        Some(version) => {
+            // The migrations as files, the earlier ones only: what a database that was
+            // last migrated by an older coordinator holds.
+            let dir = std::env::temp_dir().join(format!("{name}-migrations"));
+            std::fs::create_dir_all(&dir).expect("a temporary directory");
+            for entry in std::fs::read_dir(repo_root().join("migrations")).expect("migrations") {
+                let path = entry.expect("a migration").path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let v: i64 = name.split('_').next().and_then(|v| v.parse().ok()).unwrap_or(i64::MAX);
+                if v <= version {
+                    std::fs::copy(&path, dir.join(name)).expect("copy a migration");
+                }
+            }
+            let earlier = sqlx::migrate::Migrator::new(dir.as_path())
+                .await
+                .expect("the earlier migrations");
+            let applied = earlier.run(&mut conn).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            applied
+        }
+    }
+    .expect("migrate the test database");
     let _ = conn.close().await;
 }
 
@@ -426,11 +447,27 @@ impl TestEnv {
         .await
     }
 
+    /// A database of its own migrated only up to and including `version` (the number a
+    /// migration's file name starts with), as an older coordinator left it; the test
+    /// runs `coordinator::db::MIGRATOR` itself to upgrade it.
+    pub async fn migrated_up_to(version: i64) -> TestEnv {
+        TestEnv::on_migrated(pg_admin_url(), amqp_base(), BrokerCtl::Shared, Some(version)).await
+    }
+
     async fn on(admin_url: String, amqp_base: String, broker: BrokerCtl) -> TestEnv {
+        TestEnv::on_migrated(admin_url, amqp_base, broker, None).await
+    }
+
+    async fn on_migrated(
+        admin_url: String,
+        amqp_base: String,
+        broker: BrokerCtl,
+        up_to: Option<i64>,
+    ) -> TestEnv {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("coord_test_{id}");
         let vhost = format!("coord_test_{id}");
-        create_database(&admin_url, &db_name).await;
+        create_database(&admin_url, &db_name, up_to).await;
         let (ctl, vh) = (broker.clone(), vhost.clone());
         tokio::task::spawn_blocking(move || create_vhost(&ctl, &vh))
             .await

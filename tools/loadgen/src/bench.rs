@@ -759,8 +759,8 @@ async fn preload(pool: &PgPool, workflows: i64, clocks: i64) -> anyhow::Result<(
     exec(
         pool,
         &format!(
-            "INSERT INTO workflows (id, kind, state, epic_id, title)
-             SELECT 'old-' || g, 'feature_delivery', 'testing', 'EPIC-old-' || g, 'preloaded'
+            "INSERT INTO workflows (id, kind, state, key_name, business_key, title)
+             SELECT 'old-' || g, 'feature_delivery', 'testing', 'epic_id', 'EPIC-old-' || g, 'preloaded'
              FROM generate_series(1, {workflows}) g"
         ),
     )

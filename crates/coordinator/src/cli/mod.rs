@@ -1086,9 +1086,14 @@ pub(crate) fn relative(due: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// A workflow's key as its definition names it (`epic_id=E-1`), or `-`.
-fn named_key(settings: &Settings, kind: &str, key: Option<&str>) -> String {
-    match (settings.workflows.get(kind).and_then(|d| d.key), key) {
+/// A workflow's key as its definition names it (`change_id=C-1`), or `-`. The name is
+/// stored with the row; older rows take it from the definitions loaded.
+fn named_key(settings: &Settings, w: &read::WorkflowRow) -> String {
+    let field = w
+        .key_name
+        .as_deref()
+        .or_else(|| settings.workflows.get(&w.kind).and_then(|d| d.key));
+    match (field, w.business_key.as_deref()) {
         (Some(field), Some(key)) => format!("{field}={key}"),
         (None, Some(key)) => key.to_string(),
         (_, None) => "-".into(),
@@ -1116,7 +1121,7 @@ async fn list_workflows(
             w.id.clone(),
             w.state.clone(),
             w.round.to_string(),
-            named_key(settings, &w.kind, w.business_key.as_deref()),
+            named_key(settings, w),
             ts(w.updated_at),
             w.next_due_at.map_or_else(
                 || "-".into(),
@@ -1146,7 +1151,7 @@ pub async fn show_workflow(
     let _ = writeln!(
         out,
         "  key:       {}{}",
-        named_key(settings, &w.kind, w.business_key.as_deref()),
+        named_key(settings, &w),
         w.title
             .as_deref()
             .map(|t| format!(" \"{t}\""))

@@ -271,7 +271,7 @@ pub async fn load(
 pub const WRITE: &str = "
 WITH
 wf_new AS (
-  INSERT INTO workflows (id, kind, state, epic_id, title, data, round, created_at, updated_at, completed_at,
+  INSERT INTO workflows (id, kind, state, key_name, title, data, round, created_at, updated_at, completed_at,
                          definition_version, definition_hash, business_key)
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
                        $7::int[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
@@ -393,7 +393,7 @@ pub async fn write(
         .bind(nw.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
         .bind(nw.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
         .bind(nw.iter().map(|r| r.state.as_str()).collect::<Vec<_>>())
-        .bind(nw.iter().map(|r| r.epic_id.as_deref()).collect::<Vec<_>>())
+        .bind(nw.iter().map(|r| r.key_name.as_deref()).collect::<Vec<_>>())
         .bind(nw.iter().map(|r| r.title.as_deref()).collect::<Vec<_>>())
         .bind(nw.iter().map(|r| &r.data).collect::<Vec<_>>())
         .bind(nw.iter().map(|r| r.round).collect::<Vec<_>>())

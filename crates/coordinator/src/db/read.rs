@@ -9,7 +9,9 @@ pub struct WorkflowRow {
     pub id: String,
     pub kind: String,
     pub state: String,
-    /// The `payload.data` member its definition names as its key (`workflows.business_key`).
+    /// The `payload.data` member its definition names as its key (`workflows.key_name`;
+    /// none on rows written before it was stored) and its value (`business_key`).
+    pub key_name: Option<String>,
     pub business_key: Option<String>,
     pub title: Option<String>,
     pub round: i32,
@@ -20,7 +22,7 @@ pub struct WorkflowRow {
     pub next_due_at: Option<DateTime<Utc>>,
 }
 
-const WORKFLOW_COLUMNS: &str = "w.id, w.kind, w.state, w.business_key, w.title, w.round, w.created_at, w.updated_at, w.completed_at,
+const WORKFLOW_COLUMNS: &str = "w.id, w.kind, w.state, w.key_name, w.business_key, w.title, w.round, w.created_at, w.updated_at, w.completed_at,
      (SELECT min(due_at) FROM sla_clocks c WHERE c.workflow_id = w.id AND c.status = 'armed') AS next_due_at";
 
 pub async fn workflows(

@@ -30,7 +30,7 @@ pub struct Definition {
     pub version: i32,
     pub title: &'static str,
     /// The `payload.data` member that names the workflow's business object
-    /// (`epic_id` for feature delivery), stored in `workflows.business_key`.
+    /// (a code review's `change_id`), stored in `workflows.business_key`.
     pub key: Option<&'static str>,
     /// What becomes of its messages that find no workflow of its kind to apply to.
     pub unmatched: Unmatched,

@@ -31,7 +31,6 @@ pub(super) struct Creating<'a> {
     pub id: &'a str,
     pub kind: &'a str,
     pub state: &'a str,
-    pub epic_id: Option<&'a str>,
     pub title: Option<&'a str>,
     pub definition: Option<&'a Definition>,
     /// Set for a follow-on (its parent's); otherwise the member of `payload.data` the
@@ -143,7 +142,6 @@ impl<'p> Batch<'p> {
             id,
             kind,
             state,
-            epic_id,
             title,
             definition,
             business_key,
@@ -165,6 +163,9 @@ impl<'p> Batch<'p> {
                     _ => None,
                 })
         });
+        let key_name = definition
+            .and_then(|d| d.key)
+            .filter(|_| business_key.is_some());
         let wf = Wf {
             id: id.to_string(),
             kind: kind.to_string(),
@@ -172,7 +173,7 @@ impl<'p> Batch<'p> {
             round: 1,
             business_key,
             origin: super::model::Origin::New {
-                epic_id: epic_id.map(str::to_string),
+                key_name,
                 title: title.map(str::to_string),
                 data: env.payload.data.clone(),
                 created_at: self.now,

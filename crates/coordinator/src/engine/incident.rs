@@ -21,7 +21,6 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope) -> Applied {
         id: &h.correlation_id,
         kind: emergency::KIND,
         state,
-        epic_id: None,
         title: description,
         definition: None,
         business_key: None,

@@ -18,7 +18,8 @@ pub(super) enum Origin {
     Existing { changed: bool },
     /// Created by this batch.
     New {
-        epic_id: Option<String>,
+        /// The `payload.data` member its definition names as `key`, when it has one.
+        key_name: Option<&'static str>,
         title: Option<String>,
         data: Value,
         created_at: DateTime<Utc>,
@@ -266,7 +267,7 @@ impl Wf {
                 terminal: self.completed_at.is_some(),
             }),
             Origin::New {
-                epic_id,
+                key_name,
                 title,
                 data,
                 created_at,
@@ -274,7 +275,7 @@ impl Wf {
                 id: self.id.clone(),
                 kind: self.kind.clone(),
                 state: self.state.clone(),
-                epic_id: epic_id.clone(),
+                key_name: key_name.map(str::to_string),
                 business_key: self.business_key.clone(),
                 title: title.clone(),
                 data: data.clone(),

@@ -60,8 +60,9 @@ pub struct NewWorkflow {
     pub id: String,
     pub kind: String,
     pub state: String,
-    pub epic_id: Option<String>,
-    /// The `payload.data` member its definition names as `key`.
+    /// The `payload.data` member its definition names as `key` (`workflows.key_name`,
+    /// from which the managers' older key column is derived) and its value.
+    pub key_name: Option<String>,
     pub business_key: Option<String>,
     pub title: Option<String>,
     pub data: Value,

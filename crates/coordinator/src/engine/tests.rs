@@ -131,7 +131,8 @@ fn several_messages_of_one_workflow_apply_in_order_and_a_repeat_is_a_duplicate()
     let w = &f.writes;
     assert_eq!(w.new_workflows.len(), 1, "created once, in its final state");
     assert_eq!(w.new_workflows[0].state, "feature_handoff");
-    assert_eq!(w.new_workflows[0].epic_id.as_deref(), Some("E-1"));
+    assert_eq!(w.new_workflows[0].key_name.as_deref(), Some("epic_id"));
+    assert_eq!(w.new_workflows[0].business_key.as_deref(), Some("E-1"));
     assert!(w.workflow_changes.is_empty());
     let events: Vec<(i32, &str, Option<&str>, &str)> = w
         .events

@@ -35,7 +35,6 @@ pub(super) fn start(b: &mut Batch<'_>, env: &Envelope, def: &'static Definition)
             id: &env.header.correlation_id,
             kind: def.name,
             state: def.start.state,
-            epic_id: text("epic_id"),
             title,
             definition: Some(def),
             business_key: None,
@@ -150,14 +149,12 @@ fn follow(
         return Ok(());
     }
     let key = b.workflows.get(parent).and_then(|w| w.business_key.clone());
-    let epic_id = key.as_deref().filter(|_| child.key == Some("epic_id"));
     b.create(
         env,
         Creating {
             id: &id,
             kind: child.name,
             state: after.state,
-            epic_id,
             title: None,
             definition: Some(child),
             business_key: key.clone(),
