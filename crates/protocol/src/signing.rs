@@ -30,20 +30,59 @@ pub enum SignatureError {
 /// The bytes a signature covers.
 pub fn signed_form(envelope: &Value) -> Vec<u8> {
     let mut unsigned = envelope.clone();
-    if let Some(security) = unsigned
+    take_signature(&mut unsigned);
+    jcs(&unsigned)
+}
+
+/// Removes `header.security.signature` from `envelope` and returns it.
+fn take_signature(envelope: &mut Value) -> Option<Value> {
+    envelope
         .get_mut("header")
         .and_then(|h| h.get_mut("security"))
         .and_then(Value::as_object_mut)
-    {
-        security.remove("signature");
-    }
-    jcs(&unsigned)
+        .and_then(|security| security.remove("signature"))
 }
 
 /// `value` in the JSON Canonicalization Scheme (RFC 8785). Only a NaN or an infinity
 /// cannot be written, and a parsed JSON value holds neither.
+///
+/// `serde_json_canonicalizer` is the reference, and writes every value whose compact
+/// JSON is not already canonical (see [`written_canonically`]). It costs about 7 µs an
+/// envelope on the machine the benchmarks run on, against 0.5 µs for serde_json's own
+/// writer, on every message signed or verified at both ends; a property test
+/// (`tests/jcs.rs`) holds the two to the same bytes.
 pub fn jcs(value: &Value) -> Vec<u8> {
+    if written_canonically(value) {
+        return serde_json::to_vec(value).unwrap_or_default();
+    }
     serde_json_canonicalizer::to_vec(value).unwrap_or_default()
+}
+
+/// Whether serde_json's compact writing of `value` is its RFC 8785 form already: every
+/// number an integer of magnitude at most 2^53 (which an IEEE double holds exactly and
+/// ECMAScript writes as the same digits), and every object's members iterated in
+/// ascending order of their keys' UTF-16 code units (for keys without a character from
+/// U+E000 up, that is their UTF-8 byte order). Strings are escaped alike by both:
+/// `\"`, `\\`, `\b \f \n \r \t`, other control characters as `\u00xx`, nothing else.
+pub fn written_canonically(value: &Value) -> bool {
+    const EXACT: u64 = 1 << 53;
+    match value {
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
+        Value::Number(n) => {
+            n.as_u64().is_some_and(|u| u <= EXACT)
+                || n.as_i64().is_some_and(|i| i.unsigned_abs() <= EXACT)
+        }
+        Value::Array(items) => items.iter().all(written_canonically),
+        Value::Object(members) => {
+            let mut previous: Option<&str> = None;
+            members.iter().all(|(key, v)| {
+                let in_order = previous.is_none_or(|p| p < key.as_str())
+                    && !key.chars().any(|c| c >= '\u{E000}');
+                previous = Some(key);
+                in_order && written_canonically(v)
+            })
+        }
+    }
 }
 
 /// Signs `envelope` in place: sets `header.security.key_id`, then the signature over
@@ -61,7 +100,9 @@ pub fn sign(envelope: &mut Value, key: &SigningKey, key_id: &str) {
     if let Some(s) = security.as_object_mut() {
         s.insert("key_id".into(), Value::String(key_id.to_string()));
     }
-    let signature = key.sign(&signed_form(envelope));
+    // Signed in place: the signature it replaces is no part of the signed form.
+    take_signature(envelope);
+    let signature = key.sign(&jcs(envelope));
     if let Some(s) = envelope
         .pointer_mut("/header/security")
         .and_then(Value::as_object_mut)
@@ -97,7 +138,7 @@ pub fn verify<'k>(
     envelope: &Value,
     keys: impl IntoIterator<Item = (&'k str, &'k VerifyingKey)>,
 ) -> Result<String, SignatureError> {
-    prepare(envelope, keys)?.verify()
+    prepare(envelope.clone(), keys)?.verify()
 }
 
 /// A signature ready to verify: the bytes it covers, the signature, and the sender's
@@ -111,17 +152,19 @@ pub struct Pending {
 }
 
 /// Everything [`verify`] does before the verification itself: an envelope without a
-/// signature, with a malformed one, or naming no key of `keys` fails here.
+/// signature, with a malformed one, or naming no key of `keys` fails here. Takes the
+/// envelope to write its signed form without copying it.
 pub fn prepare<'k>(
-    envelope: &Value,
+    mut envelope: Value,
     keys: impl IntoIterator<Item = (&'k str, &'k VerifyingKey)>,
 ) -> Result<Pending, SignatureError> {
-    let (key_id, signature) = carried(envelope)?;
+    let (key_id, signature) = carried(&envelope)?;
     let Some((_, key)) = keys.into_iter().find(|(id, _)| *id == key_id) else {
         return Err(SignatureError::UnknownKey(key_id));
     };
+    take_signature(&mut envelope);
     Ok(Pending {
-        form: signed_form(envelope),
+        form: jcs(&envelope),
         signature,
         key: *key,
         key_id,
@@ -318,7 +361,7 @@ mod tests {
         let pending = |envs: &[Value]| -> Vec<Pending> {
             envs.iter()
                 .enumerate()
-                .map(|(i, e)| prepare(e, [(format!("k{i}").as_str(), &publics[i])]).unwrap())
+                .map(|(i, e)| prepare(e.clone(), [(format!("k{i}").as_str(), &publics[i])]).unwrap())
                 .collect()
         };
         let refs = |p: &[Pending]| -> Vec<Result<String, SignatureError>> {
@@ -334,7 +377,7 @@ mod tests {
         let results = refs(&pending(&tampered));
         assert_eq!(results[2], Err(SignatureError::Mismatch("k2".into())));
         assert!(results[0].is_ok() && results[1].is_ok() && results[3].is_ok());
-        let alone = prepare(&tampered[2], [("k2", &publics[2])]).unwrap();
+        let alone = prepare(tampered[2].clone(), [("k2", &publics[2])]).unwrap();
         assert_eq!(
             verify_all(&[&alone]),
             vec![Err(SignatureError::Mismatch("k2".into()))]

@@ -113,3 +113,52 @@ fn a_signature_covers_floats_as_every_jcs_library_writes_them() {
         Ok("k".to_string())
     );
 }
+
+/// Any JSON value: integers around 2^53, floats, keys and strings with escapes,
+/// characters either side of U+E000 and above U+FFFF, nested objects and arrays.
+fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let text = "[a-zA-Z0-9 \"\\\\/\\x00-\\x1f\\x7f\u{e9}\u{2028}\u{d7ff}\u{e000}\u{fb33}\u{ffff}\u{10000}\u{1f600}]{0,6}";
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-(1i64 << 54)..(1i64 << 54)).prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        text.prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(text, inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// The fast path (serde_json's own writer, for values it already writes
+    /// canonically) and the reference library agree on every value.
+    #[test]
+    fn the_fast_path_writes_what_the_reference_library_writes(value in any_value()) {
+        let reference = serde_json_canonicalizer::to_vec(&value).expect("a JSON value");
+        let ours = jcs(&value);
+        proptest::prop_assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&reference)
+        );
+    }
+}
+
+/// The fast path is taken for what agents send most (integers, strings), and not for a
+/// float, a large integer or a key from U+E000 up.
+#[test]
+fn only_values_serde_json_writes_canonically_take_the_fast_path() {
+    assert!(signing::written_canonically(&json!({"a": [1, -9007199254740992i64, "x\u{1f600}"], "b": null})));
+    assert!(!signing::written_canonically(&json!({"a": 0.5})));
+    assert!(!signing::written_canonically(&json!({"a": 9007199254740993u64})));
+    assert!(!signing::written_canonically(&json!({"\u{e000}": 1})));
+}

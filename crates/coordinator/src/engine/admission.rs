@@ -294,7 +294,7 @@ impl Processor {
             Ok((envelope, value, sender)) => {
                 let signature = value.map(|v| {
                     let registered = keys.keys_of(sender.agent_id());
-                    signing::prepare(&v, registered.iter().map(|(id, k)| (id.as_str(), k)))
+                    signing::prepare(v, registered.iter().map(|(id, k)| (id.as_str(), k)))
                 });
                 Prechecked::Pending {
                     admitted: Admitted {
