@@ -2,6 +2,9 @@
 
 use test_support::TestEnv;
 
+/// id, key_name, business_key, epic_id
+type KeyColumns = (String, Option<String>, Option<String>, Option<String>);
+
 /// Before migration 17 the coordinator wrote `workflows.epic_id` itself; now it writes
 /// each workflow's key name and value and `epic_id` is derived from them. Rows written
 /// before keep their epic_id, and get the key it was.
@@ -24,12 +27,11 @@ async fn workflows_written_before_the_key_name_keep_their_epic_id() {
         .await
         .expect("the upgrade applies");
 
-    let rows: Vec<(String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT id, key_name, business_key, epic_id FROM workflows ORDER BY id",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .expect("the upgraded rows");
+    let rows: Vec<KeyColumns> =
+        sqlx::query_as("SELECT id, key_name, business_key, epic_id FROM workflows ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .expect("the upgraded rows");
     let s = |v: &str| Some(v.to_string());
     assert_eq!(
         rows,

@@ -207,7 +207,8 @@ fn no_code_of_the_coordinator_names_a_definitions_key() {
     let found: Vec<String> = texts()
         .into_iter()
         .filter(|(path, _)| {
-            path.starts_with("crates/coordinator/src/") && path != "crates/coordinator/src/engine/tests.rs"
+            path.starts_with("crates/coordinator/src/")
+                && path != "crates/coordinator/src/engine/tests.rs"
         })
         .flat_map(|(path, text)| {
             text.lines()

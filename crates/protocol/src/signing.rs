@@ -361,7 +361,9 @@ mod tests {
         let pending = |envs: &[Value]| -> Vec<Pending> {
             envs.iter()
                 .enumerate()
-                .map(|(i, e)| prepare(e.clone(), [(format!("k{i}").as_str(), &publics[i])]).unwrap())
+                .map(|(i, e)| {
+                    prepare(e.clone(), [(format!("k{i}").as_str(), &publics[i])]).unwrap()
+                })
                 .collect()
         };
         let refs = |p: &[Pending]| -> Vec<Result<String, SignatureError>> {

@@ -125,7 +125,8 @@ fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
         (-(1i64 << 54)..(1i64 << 54)).prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         text.prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, move |inner| {
@@ -157,8 +158,12 @@ proptest::proptest! {
 /// float, a large integer or a key from U+E000 up.
 #[test]
 fn only_values_serde_json_writes_canonically_take_the_fast_path() {
-    assert!(signing::written_canonically(&json!({"a": [1, -9007199254740992i64, "x\u{1f600}"], "b": null})));
+    assert!(signing::written_canonically(
+        &json!({"a": [1, -9007199254740992i64, "x\u{1f600}"], "b": null})
+    ));
     assert!(!signing::written_canonically(&json!({"a": 0.5})));
-    assert!(!signing::written_canonically(&json!({"a": 9007199254740993u64})));
+    assert!(!signing::written_canonically(
+        &json!({"a": 9007199254740993u64})
+    ));
     assert!(!signing::written_canonically(&json!({"\u{e000}": 1})));
 }

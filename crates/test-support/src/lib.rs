@@ -401,8 +401,15 @@ async fn create_database(admin_url: &str, name: &str, up_to: Option<i64>) {
             std::fs::create_dir_all(&dir).expect("a temporary directory");
             for entry in std::fs::read_dir(repo_root().join("migrations")).expect("migrations") {
                 let path = entry.expect("a migration").path();
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                let v: i64 = name.split('_').next().and_then(|v| v.parse().ok()).unwrap_or(i64::MAX);
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                let v: i64 = name
+                    .split('_')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(i64::MAX);
                 if v <= version {
                     std::fs::copy(&path, dir.join(name)).expect("copy a migration");
                 }
@@ -451,7 +458,13 @@ impl TestEnv {
     /// migration's file name starts with), as an older coordinator left it; the test
     /// runs `coordinator::db::MIGRATOR` itself to upgrade it.
     pub async fn migrated_up_to(version: i64) -> TestEnv {
-        TestEnv::on_migrated(pg_admin_url(), amqp_base(), BrokerCtl::Shared, Some(version)).await
+        TestEnv::on_migrated(
+            pg_admin_url(),
+            amqp_base(),
+            BrokerCtl::Shared,
+            Some(version),
+        )
+        .await
     }
 
     async fn on(admin_url: String, amqp_base: String, broker: BrokerCtl) -> TestEnv {

@@ -403,7 +403,8 @@ impl<'a> Ops<'a> {
             .map_err(|e| Error::Refused(format!("the message cannot be written: {e}")))?;
         let key = env.agent_routing_key();
         let meta = env.meta(&key);
-        self.publish_confirmed(&key, &body, &meta, "message").await?;
+        self.publish_confirmed(&key, &body, &meta, "message")
+            .await?;
         Ok(env)
     }
 
