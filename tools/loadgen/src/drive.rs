@@ -61,6 +61,19 @@ impl Observed {
     pub fn messages_per_s(&self) -> f64 {
         self.published as f64 / self.window_s
     }
+    /// CPU seconds per 1,000 agent messages of the window: the coordinator's, its load
+    /// generator's and PostgreSQL's. They vary far less from run to run than a p99.
+    pub fn cpu_per_1000(&self) -> Option<(f64, f64, f64)> {
+        let thousands = self.published as f64 / 1000.0;
+        if thousands <= 0.0 {
+            return None;
+        }
+        Some((
+            self.coordinator_cpu_s? / thousands,
+            self.loadgen_cpu_s? / thousands,
+            self.cpu.database / thousands,
+        ))
+    }
     /// In flight at the middle and at the end of the window.
     pub fn in_flight_mid_end(&self) -> (u64, u64) {
         let mid = self

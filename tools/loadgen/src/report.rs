@@ -381,10 +381,10 @@ pub fn report(opts: &Options, provenance: &Provenance, rows: &[Row], hops: &str)
 
 /// Each run with production's security on beside the same run with it off
 /// (`production-open`), against the security targets: closed-loop throughput at least
-/// 0.9× and peak handoff p99 at most 5 ms more.
+/// 0.9× and peak handoff p99 at most 1.2×, with the CPU each costs per 1,000 messages.
 fn security_cost(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| run | wf/s on / off | ratio | handoff p99 ms on / off | p99 grows by | target | |\n|---|---|---|---|---|---|---|\n",
+        "| run | wf/s on / off | ratio | handoff p99 ms on / off | ratio | CPU s per 1,000 msgs on / off: coordinator, its agents, PostgreSQL | target | |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut any = false;
     for on in rows.iter().filter(|r| r.profile == "production") {
@@ -399,17 +399,23 @@ fn security_cost(rows: &[Row]) -> String {
         };
         any = true;
         let ratio = a.workflows_per_s() / b.workflows_per_s().max(f64::MIN_POSITIVE);
-        let grows = a.handoff.p99 - b.handoff.p99;
+        let p99_ratio = a.handoff.p99 / b.handoff.p99.max(f64::MIN_POSITIVE);
         let (target, met) = match on.run.as_str() {
             "closed-200" => ("throughput ≥ 0.9× off", Verdict::of(ratio >= 0.9)),
             // Two runs whose backlogs grow compare how far each fell behind, not what
             // security costs: a latency target needs a load the box keeps up with.
-            "peak" if off.backlog_grows => ("p99 grows ≤ 5 ms", Verdict::Unmeasurable),
-            "peak" => ("p99 grows ≤ 5 ms", Verdict::of(grows <= 5.0)),
+            "peak" if off.backlog_grows => ("p99 ≤ 1.2× off", Verdict::Unmeasurable),
+            "peak" => ("p99 ≤ 1.2× off", Verdict::of(p99_ratio <= 1.2)),
             _ => ("-", Verdict::None),
         };
+        let cpu = match (a.cpu_per_1000(), b.cpu_per_1000()) {
+            (Some((c1, l1, p1)), Some((c0, l0, p0))) => {
+                format!("{c1:.3} / {c0:.3}, {l1:.3} / {l0:.3}, {p1:.3} / {p0:.3}")
+            }
+            _ => "-".into(),
+        };
         out.push_str(&format!(
-            "| {} | {:.1} / {:.1} | {ratio:.2} | {:.1} / {:.1} | {grows:+.1} | {target} | {} |\n",
+            "| {} | {:.1} / {:.1} | {ratio:.2} | {:.1} / {:.1} | {p99_ratio:.2} | {cpu} | {target} | {} |\n",
             on.run,
             a.workflows_per_s(),
             b.workflows_per_s(),
@@ -531,17 +537,23 @@ mod tests {
     fn security_on_is_set_beside_security_off_and_judged() {
         let mut off = row("closed-200", 10.0, 11_000, 0.0);
         off.profile = crate::bench::PRODUCTION_OPEN.into();
-        let on = row("closed-200", 12.0, 9_900, 0.0);
+        let mut on = row("closed-200", 12.0, 9_900, 0.0);
+        if let Some(o) = on.observed.as_mut() {
+            // 2.2 CPU s over 9,900 messages against none measured for the run off.
+            o.coordinator_cpu_s = Some(2.2);
+            o.loadgen_cpu_s = Some(1.1);
+            o.cpu.database = 3.3;
+        }
         let mut peak_off = row("peak", 10.0, 11_000, 0.0);
         peak_off.profile = crate::bench::PRODUCTION_OPEN.into();
         let peak_on = row("peak", 16.0, 11_000, 0.0);
         let t = security_cost(&[on, off, peak_on, peak_off]);
         assert!(
-            t.contains("| closed-200 | 90.0 / 100.0 | 0.90 | 12.0 / 10.0 | +2.0 | throughput ≥ 0.9× off | met |"),
+            t.contains("| closed-200 | 90.0 / 100.0 | 0.90 | 12.0 / 10.0 | 1.20 | - | throughput ≥ 0.9× off | met |"),
             "{t}"
         );
         assert!(
-            t.contains("| peak | 100.0 / 100.0 | 1.00 | 16.0 / 10.0 | +6.0 | p99 grows ≤ 5 ms | **not met** |"),
+            t.contains("| peak | 100.0 / 100.0 | 1.00 | 16.0 / 10.0 | 1.60 | - | p99 ≤ 1.2× off | **not met** |"),
             "{t}"
         );
     }
@@ -553,10 +565,29 @@ mod tests {
         let on = row("peak", 500.0, 9_000, 30.0);
         let t = security_cost(&[on, off]);
         assert!(
-            t.contains("| -400.0 | p99 grows ≤ 5 ms | not measurable"),
+            t.contains("| 0.56 | - | p99 ≤ 1.2× off | not measurable"),
             "{t}"
         );
         assert!(!t.contains("| met |"), "{t}");
+    }
+
+    #[test]
+    fn security_costs_are_given_per_thousand_messages_for_both_sides() {
+        let mut off = row("closed-200", 10.0, 10_000, 0.0);
+        off.profile = crate::bench::PRODUCTION_OPEN.into();
+        let mut on = row("closed-200", 12.0, 8_000, 0.0);
+        for (r, (c, l, p)) in [(&mut on, (0.8, 0.72, 1.04)), (&mut off, (0.7, 0.6, 1.2))] {
+            if let Some(o) = r.observed.as_mut() {
+                o.coordinator_cpu_s = Some(c);
+                o.loadgen_cpu_s = Some(l);
+                o.cpu.database = p;
+            }
+        }
+        let t = security_cost(&[on, off]);
+        assert!(
+            t.contains("| 0.100 / 0.070, 0.090 / 0.060, 0.130 / 0.120 |"),
+            "{t}"
+        );
     }
 
     #[test]
