@@ -557,3 +557,80 @@ async fn a_newcomer_sends_a_message_as_an_agent_and_sees_where_it_went() {
     assert!(text(&o).1.contains("nobody"), "{:?}", text(&o));
     app.stop().await;
 }
+
+/// A manager's terminal without the configuration folder that defined a custom
+/// workflow: `workflow list` filters and shows kinds, and the stored definition gives
+/// the workflow's states and its diagram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_workflow_is_listed_by_kind_and_drawn_from_its_stored_definition() {
+    let env = TestEnv::new().await;
+    let settings = env.settings();
+    // As a service with a configuration folder holding code_review.toml left it: the
+    // definition stored, one workflow of it, beside a feature delivery.
+    let review = coordinator::domain::definition::parse(
+        "code_review.toml",
+        include_str!("fixtures/code_review.toml"),
+        &settings.catalog(),
+    )
+    .expect("the fixture parses");
+    coordinator::db::definitions::register(&env.pool, &[review])
+        .await
+        .expect("stored");
+    sqlx::query(
+        "INSERT INTO workflows (id, kind, state, key_name, business_key) VALUES
+           ('cr-1', 'code_review', 'reviewing', 'change_id', 'CH-7'),
+           ('wf-1', 'feature_delivery', 'testing', 'epic_id', 'E-1')",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("workflows");
+
+    let reviews_in = |state: &str| {
+        let args = [
+            "workflow",
+            "list",
+            "--kind",
+            "code_review",
+            "--state",
+            state,
+        ];
+        coordinator(Some(&env), &args, &[])
+    };
+    let o = reviews_in("reviewing");
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.lines().next().is_some_and(|h| h.contains("KIND")),
+        "{out}"
+    );
+    assert!(
+        out.contains("cr-1") && out.contains("code_review") && out.contains("change_id=CH-7"),
+        "{out}"
+    );
+    assert!(!out.contains("wf-1"), "{out}");
+
+    // A state of another kind is not one of this kind's.
+    let o = reviews_in("testing");
+    assert_eq!(o.status.code(), Some(2));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("invalid value 'testing' for '--state <STATE>' of code_review")
+            && err.contains("reviewing"),
+        "{err}"
+    );
+    let o = coordinator(Some(&env), &["workflow", "list", "--kind", "bogus"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("code_review, emergency"),
+        "{}",
+        text(&o).1
+    );
+
+    let o = coordinator(Some(&env), &["workflow", "graph", "code_review"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.starts_with("stateDiagram-v2") && out.contains("reviewing"),
+        "{out}"
+    );
+}

@@ -224,18 +224,115 @@ fn json_object(s: &str) -> Result<serde_json::Value, String> {
     }
 }
 
-/// `--state`, checked against every state of every defined workflow and of incidents
-/// (they come from configuration, so clap cannot know them).
-fn check_state(settings: &Settings, state: &str) -> anyhow::Result<()> {
-    let mut known: Vec<&str> = settings.workflows.state_names().into_iter().collect();
-    known.extend(crate::domain::emergency::IncidentState::ALL.map(|s| s.as_str()));
+/// The workflow definitions a CLI run knows: those loaded from the configuration
+/// folder, and the latest stored version of every other one the service has run (a
+/// custom workflow started by a service with another configuration folder).
+async fn known_definitions(
+    settings: &Settings,
+    pool: &PgPool,
+) -> Vec<&'static crate::domain::definition::Definition> {
+    let mut defs: Vec<_> = settings.workflows.iter().collect();
+    // A database the service has not migrated yet has stored nothing.
+    let stored = crate::db::definitions::latest_sources(pool)
+        .await
+        .unwrap_or_default();
+    for (name, source) in stored {
+        if settings.workflows.get(&name).is_some() {
+            continue;
+        }
+        // A stored text the configuration no longer accepts is left out, not fatal: the
+        // service said so when it started.
+        if let Ok(def) =
+            crate::domain::definition::parse(&format!("{name}.toml"), &source, &settings.catalog())
+        {
+            defs.push(def);
+        }
+    }
+    defs
+}
+
+/// `--kind` and `--state`, checked against the known definitions and incidents (they
+/// come from configuration and the database, so clap cannot know them).
+fn check_kind_and_state(
+    defs: &[&crate::domain::definition::Definition],
+    kind: Option<&str>,
+    state: Option<&str>,
+) -> anyhow::Result<()> {
+    let incident = crate::domain::emergency::KIND;
+    let incident_states = crate::domain::emergency::IncidentState::ALL.map(|s| s.as_str());
+    let closed = [
+        crate::domain::definition::CANCELLED,
+        crate::domain::definition::FAILED,
+    ];
+    if let Some(kind) = kind {
+        if kind != incident && !defs.iter().any(|d| d.name == kind) {
+            let kinds: Vec<&str> = defs.iter().map(|d| d.name).chain([incident]).collect();
+            return Err(usage(format!(
+                "invalid value '{kind}' for '--kind <KIND>' [possible values: {}]",
+                kinds.join(", ")
+            )));
+        }
+    }
+    let Some(state) = state else {
+        return Ok(());
+    };
+    let mut known: Vec<&str> = Vec::new();
+    for d in defs.iter().filter(|d| kind.is_none_or(|k| k == d.name)) {
+        known.extend(d.states.iter().map(|s| s.name));
+        known.extend(closed);
+    }
+    if kind.is_none_or(|k| k == incident) {
+        known.extend(incident_states);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    known.retain(|s| seen.insert(*s));
     if known.contains(&state) {
         return Ok(());
     }
     Err(usage(format!(
-        "invalid value '{state}' for '--state <STATE>' [possible values: {}]",
+        "invalid value '{state}' for '--state <STATE>'{} [possible values: {}]",
+        kind.map(|k| format!(" of {k}")).unwrap_or_default(),
         known.join(", ")
     )))
+}
+
+/// `coordinator workflow graph NAME` for a definition the configuration folder does
+/// not hold: the latest version the service stored, when the database is there.
+async fn stored_graph(settings: &Settings, name: &str) -> anyhow::Result<String> {
+    let stored = async {
+        let pool = db::pool(&settings.database).ok()?;
+        if db::check_reachable(&settings.database).await.is_err() {
+            return None;
+        }
+        let defs = known_definitions(settings, &pool).await;
+        db::close(&pool).await;
+        Some(defs)
+    }
+    .await;
+    match stored
+        .as_deref()
+        .and_then(|defs| defs.iter().find(|d| d.name == name))
+    {
+        Some(d) => Ok(crate::domain::graph::mermaid(d)),
+        None => {
+            let loaded: Vec<&str> = settings.workflows.iter().map(|d| d.name).collect();
+            let others: Vec<&str> = stored
+                .iter()
+                .flatten()
+                .map(|d| d.name)
+                .filter(|n| !loaded.contains(n))
+                .collect();
+            let more = match (&stored, others.is_empty()) {
+                (None, _) => "; the database, which keeps the definitions the service ran from other configuration folders, could not be read".to_string(),
+                (Some(_), true) => String::new(),
+                (Some(_), false) => format!("; stored by the service: {}", others.join(", ")),
+            };
+            Err(usage(format!(
+                "no workflow definition named {name:?}; defined: {}{more}",
+                loaded.join(", ")
+            )))
+        }
+    }
 }
 
 /// A wrong argument or value that clap could not catch (it depends on configuration):
@@ -283,7 +380,10 @@ fn reason_parser() -> PossibleValuesParser {
 pub enum WorkflowCommand {
     /// List workflows, most recently changed first
     List {
-        /// Only workflows in this state
+        /// Only workflows of this kind (a workflow definition's name, or `emergency`)
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only workflows in this state (with --kind: one of that kind's states)
         #[arg(long)]
         state: Option<String>,
         /// At most this many rows
@@ -531,18 +631,31 @@ pub async fn run(settings: &Settings, command: Command) -> anyhow::Result<String
         return key(settings, command);
     }
     if let Command::Workflow {
+        command: WorkflowCommand::Graph { name },
+    } = &command
+    {
+        if settings.workflows.get(name).is_none() {
+            return stored_graph(settings, name).await;
+        }
+    }
+    if let Command::Workflow {
         command: command @ (WorkflowCommand::Check { .. } | WorkflowCommand::Graph { .. }),
     } = &command
     {
         return definitions(settings, command);
     }
     if let Command::Workflow {
-        command: WorkflowCommand::List {
-            state: Some(state), ..
-        },
+        command: WorkflowCommand::List { kind, state, .. },
     } = &command
     {
-        check_state(settings, state)?;
+        // What the configuration folder defines answers without the database; anything
+        // else may be a kind the service stored, checked once connected.
+        let loaded: Vec<_> = settings.workflows.iter().collect();
+        if let Err(e) = check_kind_and_state(&loaded, kind.as_deref(), state.as_deref()) {
+            if db::check_reachable(&settings.database).await.is_err() {
+                return Err(e);
+            }
+        }
     }
     let pool = db::pool(&settings.database)?;
     db::check_reachable(&settings.database).await?;
@@ -732,8 +845,10 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
             }
         },
         Command::Workflow { command } => match command {
-            WorkflowCommand::List { state, limit } => {
-                list_workflows(settings, &pool, state.as_deref(), limit).await
+            WorkflowCommand::List { kind, state, limit } => {
+                let defs = known_definitions(settings, &pool).await;
+                check_kind_and_state(&defs, kind.as_deref(), state.as_deref())?;
+                list_workflows(settings, &pool, kind.as_deref(), state.as_deref(), limit).await
             }
             WorkflowCommand::Show { id } => show_workflow(settings, &pool, &id, Utc::now()).await,
             WorkflowCommand::Cancel { id, reason, by } => {
@@ -1103,13 +1218,15 @@ fn named_key(settings: &Settings, w: &read::WorkflowRow) -> String {
 async fn list_workflows(
     settings: &Settings,
     pool: &PgPool,
+    kind: Option<&str>,
     state: Option<&str>,
     limit: i64,
 ) -> anyhow::Result<String> {
-    let rows = read::workflows(pool, state, limit).await?;
+    let rows = read::workflows(pool, kind, state, limit).await?;
     let now = Utc::now();
     let mut t = Table::new(&[
         ("WORKFLOW", Align::Left),
+        ("KIND", Align::Left),
         ("STATE", Align::Left),
         ("ROUND", Align::Right),
         ("KEY", Align::Left),
@@ -1119,6 +1236,7 @@ async fn list_workflows(
     for w in &rows {
         t.row(vec![
             w.id.clone(),
+            w.kind.clone(),
             w.state.clone(),
             w.round.to_string(),
             named_key(settings, w),

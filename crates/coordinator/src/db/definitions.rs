@@ -72,3 +72,16 @@ pub async fn list(pool: &PgPool) -> super::Result<Vec<Stored>> {
     .fetch_all(pool)
     .await?)
 }
+
+/// The text of the latest stored version of each definition, by name: what a CLI run
+/// without the configuration folder that defined a workflow reads its states and its
+/// diagram from.
+pub async fn latest_sources(pool: &PgPool) -> super::Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT ON (name) name, source
+           FROM workflow_definitions
+          ORDER BY name, version DESC, first_seen_at DESC",
+    )
+    .fetch_all(pool)
+    .await?)
+}

@@ -27,16 +27,18 @@ const WORKFLOW_COLUMNS: &str = "w.id, w.kind, w.state, w.key_name, w.business_ke
 
 pub async fn workflows(
     pool: &PgPool,
+    kind: Option<&str>,
     state: Option<&str>,
     limit: i64,
 ) -> super::Result<Vec<WorkflowRow>> {
     sqlx::query_as(&format!(
         "SELECT {WORKFLOW_COLUMNS} FROM workflows w
-         WHERE ($1::text IS NULL OR w.state = $1)
+         WHERE ($1::text IS NULL OR w.state = $1) AND ($3::text IS NULL OR w.kind = $3)
          ORDER BY w.updated_at DESC, w.id LIMIT $2"
     ))
     .bind(state)
     .bind(limit)
+    .bind(kind)
     .fetch_all(pool)
     .await
     .map_err(super::Error::from)
