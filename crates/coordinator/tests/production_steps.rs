@@ -35,8 +35,11 @@ struct Trial {
 impl Drop for Trial {
     fn drop(&mut self) {
         if let Some(pgid) = self.group {
+            // `--` before the group: Debian 12's procps-ng kill (4.0.2) reads
+            // `kill -KILL -12345` as `kill -KILL -1`, every process the user may signal
+            // (the database, the broker and the test runner with them).
             let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{pgid}")])
+                .args(["-s", "KILL", "--", &format!("-{pgid}")])
                 .status();
         }
         let _ = Command::new("psql")
