@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: python-venv asyncapi-parser mermaid-parser schemas test-via-api run test soak bench bench-quick bench-timers cluster-test shutdown-test fault-tests demo services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: prometheus python-venv asyncapi-parser mermaid-parser schemas test-via-api run test soak bench bench-quick bench-timers cluster-test shutdown-test fault-tests demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
@@ -10,19 +10,24 @@ run: services
 
 ## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ;
 ## then, one at a time, the fault-injection tests (on a cluster and a node of their own)
-test: services python-venv asyncapi-parser mermaid-parser
+test: services prometheus python-venv asyncapi-parser mermaid-parser
 	COORDINATOR_ENV=test $(CARGO) test --workspace --features coordinator/fail-points --lib --bins --tests
 	COORDINATOR_ENV=test $(CARGO) test -p coordinator --features fail-points --test faults -- --ignored --test-threads=1
 
 ## test-via-api: the tests (not the fault phase) with vhosts, queue listings, definitions
 ## and connections handled through RabbitMQ's management API, as against a remote broker
-test-via-api: services python-venv asyncapi-parser mermaid-parser
+test-via-api: services prometheus python-venv asyncapi-parser mermaid-parser
 	rabbitmq-plugins enable rabbitmq_management >/dev/null
 	@for _ in $$(seq 30); do (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && break; sleep 1; done
 	COORDINATOR_ENV=test COORDINATOR_TEST_RABBITMQ_API=http://guest:guest@127.0.0.1:15672 \
 	COORDINATOR_TEST_PG_URL=postgres://postgres@127.0.0.1:5432/postgres \
 	COORDINATOR_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672 \
 	$(CARGO) test --workspace --features coordinator/fail-points --lib --bins --tests
+
+## prometheus: Debian's prometheus package (promtool and the server), for the alert
+## rules' tests and the test that has a real Prometheus scrape a coordinator
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
 
 ## python-venv: the example Python agent's virtualenv (from PyPI), for its interop test
 VENV := target/python-venv

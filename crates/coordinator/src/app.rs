@@ -160,7 +160,7 @@ impl App {
                 shared.rate_limits.forget_idle();
             }
         };
-        let ((), (), supervised, (), (), (), (), (), ()) = tokio::join!(
+        let ((), (), supervised, (), (), (), (), (), (), ()) = tokio::join!(
             stopper,
             timer_then_supervisor,
             supervising,
@@ -178,7 +178,8 @@ impl App {
                 timer_stop.clone()
             ),
             anchoring,
-            idle_buckets
+            idle_buckets,
+            crate::service::gauges::run(&shared, timer_stop.clone())
         );
         if let Err(e) = supervised {
             shutdown.cancel();

@@ -111,6 +111,7 @@ pub struct Settings {
     pub sla: SlaSettings,
     pub outbox: OutboxSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
     pub messages: MessageSettings,
     pub escalation: EscalationSettings,
     pub timers: TimerSettings,
@@ -646,6 +647,18 @@ pub struct LogSettings {
     pub activity_interval: Duration,
 }
 
+/// The gauges read from the database (`service::gauges`, docs/metrics.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// How often the database's state is read into the gauges.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// An agent whose last heartbeat is older than this is `stale`.
+    #[serde(with = "humantime_serde")]
+    pub agent_stale_after: Duration,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MessageSettings {
@@ -1120,6 +1133,14 @@ impl Settings {
                 "inbox.rebalance_interval",
                 "must be above zero".into(),
             ));
+        }
+        for (key, d) in [
+            ("metrics.refresh_interval", self.metrics.refresh_interval),
+            ("metrics.agent_stale_after", self.metrics.agent_stale_after),
+        ] {
+            if d.is_zero() {
+                problems.push(invalid(key, "must be above zero".into()));
+            }
         }
         if self.log.activity_interval.is_zero() {
             problems.push(invalid(

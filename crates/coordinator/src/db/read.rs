@@ -363,3 +363,58 @@ pub async fn clock_count(pool: &PgPool, workflow_id: &str, clock: &str) -> super
         .await
         .map_err(super::Error::from)
 }
+
+/// What the database holds, for the gauges (`service::gauges`, docs/metrics.md): each
+/// family as label values with a count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// `[kind, state]`: live (not completed) workflows and incidents.
+    pub workflows: Vec<(Vec<String>, i64)>,
+    /// `[level]`: escalations nobody has acknowledged.
+    pub escalations_open: Vec<(Vec<String>, i64)>,
+    /// `[reason]`: dead letters neither replayed nor resolved.
+    pub dead_letters_unresolved: Vec<(Vec<String>, i64)>,
+    /// `[health]`: agents `live`, `stale` (no heartbeat for `stale_after`) or `unknown`.
+    pub agents: Vec<(Vec<String>, i64)>,
+    /// The oldest unsent outbox row's age; 0 when there is none.
+    pub outbox_oldest_age_seconds: f64,
+}
+
+/// One statement for every gauge: a handful of grouped counts over indexed or small
+/// sets, every `metrics.refresh_interval`.
+pub async fn gauges(pool: &PgPool, stale_after: std::time::Duration) -> super::Result<State> {
+    let rows: Vec<(String, String, String, f64)> = sqlx::query_as(
+        "SELECT 'workflows', kind, state, count(*)::float8 FROM workflows
+          WHERE completed_at IS NULL GROUP BY kind, state
+         UNION ALL
+         SELECT 'escalations', level::text, '', count(*)::float8 FROM escalations
+          WHERE acknowledged_at IS NULL GROUP BY level
+         UNION ALL
+         SELECT 'dead_letters', reason, '', count(*)::float8 FROM dead_letters
+          WHERE replayed_at IS NULL AND resolved_at IS NULL GROUP BY reason
+         UNION ALL
+         SELECT 'agents', health, '', count(*)::float8 FROM (
+           SELECT CASE WHEN last_heartbeat_at IS NULL THEN 'unknown'
+                       WHEN last_heartbeat_at < now() - make_interval(secs => $1) THEN 'stale'
+                       ELSE 'live' END AS health
+             FROM agents) a GROUP BY health
+         UNION ALL
+         SELECT 'outbox', '', '', coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+           FROM outbox WHERE sent_at IS NULL",
+    )
+    .bind(stale_after.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let mut state = State::default();
+    for (family, a, b, value) in rows {
+        let count = value as i64;
+        match family.as_str() {
+            "workflows" => state.workflows.push((vec![a, b], count)),
+            "escalations" => state.escalations_open.push((vec![a], count)),
+            "dead_letters" => state.dead_letters_unresolved.push((vec![a], count)),
+            "agents" => state.agents.push((vec![a], count)),
+            _ => state.outbox_oldest_age_seconds = value.max(0.0),
+        }
+    }
+    Ok(state)
+}

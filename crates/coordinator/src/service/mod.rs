@@ -14,13 +14,15 @@
 //! - [`ops`]: the operator's use cases (close a workflow, snooze or cancel a clock,
 //!   acknowledge an escalation, raise an emergency, replay or resolve a dead letter,
 //!   register an agent).
-//! - [`activity`]: a line a second of what the service did.
+//! - [`activity`]: a line a second of what the service did; [`gauges`]: what the
+//!   database holds, for Prometheus.
 
 pub mod activity;
 pub mod audit;
 pub mod collector;
 pub mod dead_letters;
 pub mod definitions;
+pub mod gauges;
 pub mod housekeeping;
 pub mod inbox;
 pub mod notifications;

@@ -174,6 +174,12 @@ impl<'a> Partitions<'a> {
         Ok(plan)
     }
 
+    /// Partitions this coordinator holds a lease on and is not handing over.
+    pub fn consuming(&self) -> i64 {
+        i64::try_from(self.ledger.held.difference(&self.ledger.stopping).count())
+            .unwrap_or(i64::MAX)
+    }
+
     /// A partition's consumer has stopped: its lease goes back (if it still had one).
     pub async fn finished(&mut self, partition: u32) -> db::Result<()> {
         if !self.ledger.finished(partition) {

@@ -427,6 +427,14 @@ pub struct Metrics {
     /// seconds) has been fired: how far the timer has caught up.
     pub timer_caught_up: Gauge,
     pub breaker_state: IntGaugeVec,
+    /// Inbox partitions this process holds and consumes.
+    pub partitions_held: IntGauge,
+    /// What the database holds, read by `service::gauges`.
+    pub workflows: IntGaugeVec,
+    pub escalations_open: IntGaugeVec,
+    pub dead_letters_unresolved: IntGaugeVec,
+    pub agents: IntGaugeVec,
+    pub outbox_oldest_age: Gauge,
 }
 
 impl Metrics {
@@ -531,6 +539,39 @@ impl Metrics {
             ),
             &["breaker"],
         );
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let partitions_held = IntGauge::new(
+            "coordinator_partitions_held",
+            "Inbox partitions this process holds a lease on and consumes",
+        )
+        .expect("valid metric");
+        let workflows = gauge_vec(
+            "coordinator_workflows",
+            "Live (not completed) workflows and incidents by kind and state, from the database",
+            &["kind", "state"],
+        );
+        let escalations_open = gauge_vec(
+            "coordinator_escalations_open",
+            "Escalations nobody has acknowledged, by level, from the database",
+            &["level"],
+        );
+        let dead_letters_unresolved = gauge_vec(
+            "coordinator_dead_letters_unresolved",
+            "Dead letters neither replayed nor resolved, by reason, from the database",
+            &["reason"],
+        );
+        let agents = gauge_vec(
+            "coordinator_agents",
+            "Registered agents by health (live, stale: no heartbeat for metrics.agent_stale_after, unknown: none yet), from the database",
+            &["health"],
+        );
+        let outbox_oldest_age = Gauge::new(
+            "coordinator_outbox_oldest_age_seconds",
+            "Age of the oldest unsent outbox row (0 when none), from the database",
+        )
+        .expect("valid metric");
         // The names and label sets above are fixed and valid, so construction and
         // registration cannot fail; a failure here is a programming error caught by tests.
         let m = Metrics {
@@ -554,6 +595,12 @@ impl Metrics {
             timer_lateness: timer_lateness.expect("valid metric"),
             timer_caught_up: timer_caught_up.expect("valid metric"),
             breaker_state: breaker_state.expect("valid metric"),
+            partitions_held,
+            workflows,
+            escalations_open,
+            dead_letters_unresolved,
+            agents,
+            outbox_oldest_age,
             registry,
         };
         for c in [
@@ -577,6 +624,12 @@ impl Metrics {
             Box::new(m.timer_lateness.clone()),
             Box::new(m.timer_caught_up.clone()),
             Box::new(m.breaker_state.clone()),
+            Box::new(m.partitions_held.clone()),
+            Box::new(m.workflows.clone()),
+            Box::new(m.escalations_open.clone()),
+            Box::new(m.dead_letters_unresolved.clone()),
+            Box::new(m.agents.clone()),
+            Box::new(m.outbox_oldest_age.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }
@@ -607,6 +660,26 @@ impl Metrics {
             .set(state.gauge());
     }
 
+    /// The database's state as `db::read::gauges` read it. Each gauge family is
+    /// replaced whole, so a kind, level or reason that is gone leaves no series behind.
+    pub fn set_state(&self, state: &crate::db::read::State) {
+        let replace = |vec: &IntGaugeVec, rows: &[(Vec<String>, i64)]| {
+            vec.reset();
+            for (labels, n) in rows {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                vec.with_label_values(&labels).set(*n);
+            }
+        };
+        replace(&self.workflows, &state.workflows);
+        replace(&self.escalations_open, &state.escalations_open);
+        replace(
+            &self.dead_letters_unresolved,
+            &state.dead_letters_unresolved,
+        );
+        replace(&self.agents, &state.agents);
+        self.outbox_oldest_age.set(state.outbox_oldest_age_seconds);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -626,6 +699,30 @@ impl Default for Metrics {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_state_replaces_the_last_so_what_is_gone_leaves_no_series() {
+        let m = super::Metrics::new();
+        let rows = |kind: &str, n: i64| vec![(vec![kind.to_string(), "testing".to_string()], n)];
+        m.set_state(&crate::db::read::State {
+            workflows: rows("feature_delivery", 3),
+            outbox_oldest_age_seconds: 12.5,
+            ..Default::default()
+        });
+        let text = m.render();
+        assert!(
+            text.contains("coordinator_workflows{kind=\"feature_delivery\",state=\"testing\"} 3")
+                && text.contains("coordinator_outbox_oldest_age_seconds 12.5"),
+            "{text}"
+        );
+        m.set_state(&crate::db::read::State {
+            workflows: rows("code_review", 1),
+            ..Default::default()
+        });
+        let text = m.render();
+        assert!(!text.contains("feature_delivery"), "{text}");
+        assert!(text.contains("kind=\"code_review\""), "{text}");
+    }
+
     #[test]
     fn metrics_register_and_render() {
         let m = super::Metrics::new();

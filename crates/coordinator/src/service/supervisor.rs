@@ -136,6 +136,7 @@ async fn supervise(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let outcome: anyhow::Result<()> = loop {
+        shared.metrics.partitions_held.set(leases.consuming());
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = tick.tick() => match leases.step().await {
@@ -234,6 +235,7 @@ async fn supervise(
     }
     shared.stopping("releasing the partition leases");
     leases.close().await;
+    shared.metrics.partitions_held.set(0);
     shared.stopping("stopping the dead-letter collector");
     stop_collector.cancel();
     if !collector_ended {
