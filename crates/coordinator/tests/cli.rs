@@ -634,3 +634,93 @@ async fn a_custom_workflow_is_listed_by_kind_and_drawn_from_its_stored_definitio
         "{out}"
     );
 }
+
+/// `coordinator tail`: what happened (from --since), filtered, and what happens next,
+/// one line per event; a wrong filter says what would be right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_shows_workflow_events_as_they_are_committed_filtered() {
+    let env = TestEnv::new().await;
+    let app = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    let first = env.start_feature(&product).await;
+    let second = env.start_feature(&product).await;
+
+    let o = coordinator(Some(&env), &["tail", "--since", "10m", "--limit", "2"], &[]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (line, wf) in lines.iter().zip([&first, &second]) {
+        assert!(
+            line.contains(&format!(
+                "{wf} (feature_delivery)  requirements_ready  product-1 (product-director)"
+            )) && line.contains("requirements_handoff")
+                && !line.contains('\u{1b}'),
+            "{out}"
+        );
+    }
+    let o = coordinator(
+        Some(&env),
+        &[
+            "tail",
+            "--since",
+            "10m",
+            "--workflow",
+            &second,
+            "--limit",
+            "1",
+        ],
+        &[],
+    );
+    let (out, _) = text(&o);
+    assert!(out.contains(&second) && !out.contains(&first), "{out}");
+
+    // From now on: the next feature delivery's start, and nothing before it.
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args([
+            "tail",
+            "--kind",
+            "feature_delivery",
+            "--type",
+            "requirements_ready",
+            "--limit",
+            "1",
+            "--every",
+            "100ms",
+        ])
+        .current_dir(common::repo_root())
+        .env("COORDINATOR_ENV", "test")
+        .env("COORDINATOR__DATABASE__URL", &env.db_url)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tail starts");
+    // Once it says it follows, what is committed next is after its start.
+    let mut said = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let started = tokio::time::timeout(common::WAIT, said.next_line())
+        .await
+        .expect("tail says it started")
+        .expect("stderr readable")
+        .unwrap_or_default();
+    assert!(
+        started.starts_with("following workflow events from "),
+        "{started}"
+    );
+    let third = env.start_feature(&product).await;
+    let out = tokio::time::timeout(common::WAIT, child.wait_with_output())
+        .await
+        .expect("tail stops after one event")
+        .expect("tail's output");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains(&third), "{out}");
+
+    let o = coordinator(Some(&env), &["tail", "--role", "nobody"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("possible values: "), "{}", text(&o).1);
+    let o = coordinator(Some(&env), &["tail", "--kind", "nothing"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    app.stop().await;
+}

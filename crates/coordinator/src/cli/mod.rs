@@ -2,6 +2,7 @@
 
 mod oncall;
 mod table;
+mod tail;
 
 use std::fmt::Write as _;
 
@@ -84,6 +85,30 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Follow workflow events as they are committed, one line each (Ctrl-C stops)
+    Tail {
+        /// Only this workflow's events
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only workflows of this kind (a workflow definition's name, or `emergency`)
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only messages sent by agents of this role (e.g. qa-director)
+        #[arg(long)]
+        role: Option<String>,
+        /// Only this message type (e.g. testing_completed)
+        #[arg(long = "type")]
+        message_type: Option<String>,
+        /// Start this far back (e.g. 10m, 2h); default: from now
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// How often to look for new events
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        every: std::time::Duration,
+        /// Stop after this many events
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
     },
     /// The coordinator's own signing key
     Key {
@@ -844,6 +869,36 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 ))
             }
         },
+        Command::Tail {
+            workflow,
+            kind,
+            role,
+            message_type,
+            since,
+            every,
+            limit,
+        } => {
+            let defs = known_definitions(settings, &pool).await;
+            check_kind_and_state(&defs, kind.as_deref(), None)?;
+            let catalog = settings.catalog();
+            if let Some(role) = role.as_deref().filter(|r| !catalog.is_role(r)) {
+                let roles: Vec<&str> = catalog.roles().map(|(name, _)| name).collect();
+                return Err(usage(format!(
+                    "invalid value '{role}' for '--role <ROLE>' [possible values: {}]",
+                    roles.join(", ")
+                )));
+            }
+            let from = Utc::now()
+                - chrono::Duration::from_std(since.unwrap_or_default()).unwrap_or_default();
+            let filter = read::EventFilter {
+                workflow,
+                kind,
+                role,
+                message_type,
+            };
+            tail::run(&pool, &filter, from, every, limit).await?;
+            Ok(String::new())
+        }
         Command::Workflow { command } => match command {
             WorkflowCommand::List { kind, state, limit } => {
                 let defs = known_definitions(settings, &pool).await;

@@ -418,3 +418,61 @@ pub async fn gauges(pool: &PgPool, stale_after: std::time::Duration) -> super::R
     }
     Ok(state)
 }
+
+/// One history row for `coordinator tail`, with its workflow's kind and its sender's
+/// role.
+#[derive(Debug, Clone, FromRow)]
+pub struct TailedEvent {
+    pub workflow_id: String,
+    pub seq: i32,
+    pub kind: String,
+    pub message_type: String,
+    pub source_agent_id: Option<String>,
+    pub source_role: Option<String>,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// What `coordinator tail` shows: none set shows everything.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub workflow: Option<String>,
+    pub kind: Option<String>,
+    /// The sender's role (`agents.agent_type`).
+    pub role: Option<String>,
+    pub message_type: Option<String>,
+}
+
+/// History rows that occurred at or after `since`, oldest first, at most `limit`
+/// (the `workflow_events (occurred_at)` index serves it).
+pub async fn events_since(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    filter: &EventFilter,
+    limit: i64,
+) -> super::Result<Vec<TailedEvent>> {
+    sqlx::query_as(
+        "SELECT e.workflow_id, e.seq, w.kind, e.message_type, e.source_agent_id,
+                a.agent_type AS source_role, e.from_state, e.to_state, e.occurred_at
+           FROM workflow_events e
+           JOIN workflows w ON w.id = e.workflow_id
+           LEFT JOIN agents a ON a.agent_id = e.source_agent_id
+          WHERE e.occurred_at >= $1
+            AND ($2::text IS NULL OR e.workflow_id = $2)
+            AND ($3::text IS NULL OR w.kind = $3)
+            AND ($4::text IS NULL OR a.agent_type = $4)
+            AND ($5::text IS NULL OR e.message_type = $5)
+          ORDER BY e.occurred_at, e.workflow_id, e.seq
+          LIMIT $6",
+    )
+    .bind(since)
+    .bind(filter.workflow.as_deref())
+    .bind(filter.kind.as_deref())
+    .bind(filter.role.as_deref())
+    .bind(filter.message_type.as_deref())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(super::Error::from)
+}
