@@ -109,6 +109,8 @@ async fn a_real_prometheus_scrapes_a_running_coordinator_and_sees_its_state() {
     settings.metrics.refresh_interval = Duration::from_millis(500);
     let running = env.start_with(settings).await;
     let product = env.agent("product-1", "product-director").await;
+    // Engineering's queue takes the task the start sends (unroutable, it would wait).
+    let _engineering = env.agent("eng-1", "engineering-director").await;
     env.start_feature(&product).await;
 
     let dir = std::env::temp_dir().join(format!("coordinator-prometheus-{}", uuid::Uuid::new_v4()));
@@ -164,6 +166,35 @@ async fn a_real_prometheus_scrapes_a_running_coordinator_and_sees_its_state() {
     .await;
     let partitions = env.settings().inbox.partitions.to_string();
     assert_eq!(held, partitions);
+    // The seeds' own names: the product director's message in, the task out to
+    // engineering, and this process's database connections.
+    for (what, promql) in [
+        (
+            "the product director's message counted",
+            "agent_messages_sent_total{job=\"coordinator\",agent_type=\"product-director\",destination=\"coordinator\"}",
+        ),
+        (
+            "the task to engineering counted",
+            "agent_messages_sent_total{job=\"coordinator\",agent_type=\"coordinator\",destination=\"engineering-director\"}",
+        ),
+        (
+            "its processing time observed",
+            "agent_message_duration_seconds_count{job=\"coordinator\"}",
+        ),
+        (
+            "the database connections",
+            "agent_active_connections{job=\"coordinator\",protocol=\"postgresql\"}",
+        ),
+        (
+            "the broker connection",
+            "agent_active_connections{job=\"coordinator\",protocol=\"amqp\"}",
+        ),
+    ] {
+        eventually(what, || async {
+            value(promql).await.filter(|v| v.parse::<f64>().is_ok_and(|n| n >= 1.0))
+        })
+        .await;
+    }
     let up = eventually("the scrape to be up", || async {
         value("up{job=\"coordinator\"}").await
     })

@@ -36,6 +36,9 @@ pub enum PublishError {
 pub struct Published {
     /// Outbox ids confirmed.
     pub sent: Vec<i64>,
+    /// Where each of `sent` went, as `agent_messages_sent_total` labels it
+    /// ([`destination`]).
+    pub destinations: Vec<String>,
     /// Outbox ids not taken, with why, and how many attempts each had before.
     pub failed: Vec<Failed>,
 }
@@ -46,6 +49,18 @@ pub struct Failed {
     pub attempts: i32,
     pub why: String,
     pub returned: bool,
+}
+
+/// A bounded label for where a routing key sends a message: a task's role (the
+/// engine addresses only the roles its definitions and configuration name), or the
+/// kind of key (`command`, `escalation`) where the rest names one agent or person.
+pub fn destination(routing_key: &str) -> String {
+    let mut parts = routing_key.splitn(2, '.');
+    match (parts.next(), parts.next()) {
+        (Some("task"), Some(role)) => role.to_string(),
+        (Some(kind @ ("command" | "escalation")), _) => kind.to_string(),
+        _ => "other".to_string(),
+    }
 }
 
 impl Publisher {
@@ -229,8 +244,22 @@ impl InFlight {
                 });
             } else {
                 out.sent.push(id);
+                out.destinations.push(destination(&routing_key));
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::destination;
+
+    #[test]
+    fn a_destination_label_names_a_role_or_the_kind_of_key_never_an_agent() {
+        assert_eq!(destination("task.qa-director"), "qa-director");
+        assert_eq!(destination("command.qa-1"), "command");
+        assert_eq!(destination("escalation.high.oncall"), "escalation");
+        assert_eq!(destination("odd"), "other");
     }
 }

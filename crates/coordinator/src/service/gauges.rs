@@ -14,6 +14,14 @@ use crate::service::runtime::Shared;
 pub async fn run(shared: &Shared, stop: CancellationToken) {
     let settings = &shared.settings.metrics;
     loop {
+        let connections = &shared.metrics.active_connections;
+        connections
+            .with_label_values(&["postgresql"])
+            .set(i64::from(shared.pool.size()));
+        let broker = crate::service::runtime::Status::get(&shared.status.broker_connected);
+        connections
+            .with_label_values(&["amqp"])
+            .set(i64::from(broker));
         match db::read::gauges(&shared.pool, settings.agent_stale_after).await {
             Ok(state) => shared.metrics.set_state(&state),
             // The database being away is what readiness, the breaker and the batch

@@ -558,10 +558,11 @@ async fn commit(
         match pipeline::apply_admitted(shared, partition, inbound, publish_after).await {
             Ok(out) => {
                 shared.breakers.succeeded(Guarded::Database);
-                shared
-                    .metrics
-                    .batch_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                let took = started.elapsed().as_secs_f64();
+                shared.metrics.batch_seconds.observe(took);
+                for _ in inbound {
+                    shared.metrics.message_duration.observe(took);
+                }
                 shared.metrics.batch_size.observe(inbound.len() as f64);
                 shared
                     .metrics
@@ -610,6 +611,14 @@ async fn report(
     for (p, input) in out.results.iter().zip(inputs) {
         if let Input::Delivery(d, a) = input {
             let env = a.envelope().map(|e| &e.header);
+            // Admitted: its role is one the catalogue knows, a bounded label.
+            if let Some(h) = env {
+                shared
+                    .metrics
+                    .messages_sent
+                    .with_label_values(&[h.source.agent_type.as_str(), "coordinator"])
+                    .inc();
+            }
             tracing::debug!(
                 message_id = a.message_id().unwrap_or(""),
                 workflow_id = env.map_or(d.meta.correlation_id.as_deref().unwrap_or(""), |h| h

@@ -289,6 +289,7 @@ pub async fn run(
             let p = in_flight.confirmed(&mut returned, |_| 0).await;
             let p = settling.record(p)?;
             metrics.published.inc_by(p.sent.len() as u64);
+            metrics.count_sent(&p);
             metrics
                 .returned
                 .inc_by(p.failed.iter().filter(|f| f.returned).count() as u64);

@@ -114,6 +114,7 @@ impl<'a> Relay<'a> {
         report.returned = p.failed.iter().filter(|f| f.returned).count();
         report.nacked = p.failed.len() - report.returned;
         s.metrics.published.inc_by(p.sent.len() as u64);
+        s.metrics.count_sent(&p);
         s.metrics.returned.inc_by(report.returned as u64);
         Ok(report)
     }

@@ -429,6 +429,12 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// Inbox partitions this process holds and consumes.
     pub partitions_held: IntGauge,
+    /// The seeds' own: messages by sender role and destination (agents' messages to
+    /// the coordinator, the coordinator's to roles), the time a message took to apply,
+    /// and this process's open connections by protocol.
+    pub messages_sent: IntCounterVec,
+    pub message_duration: Histogram,
+    pub active_connections: IntGaugeVec,
     /// What the database holds, read by `service::gauges`.
     pub workflows: IntGaugeVec,
     pub escalations_open: IntGaugeVec,
@@ -567,6 +573,24 @@ impl Metrics {
             "Registered agents by health (live, stale: no heartbeat for metrics.agent_stale_after, unknown: none yet), from the database",
             &["health"],
         );
+        let messages_sent = IntCounterVec::new(
+            Opts::new(
+                "agent_messages_sent_total",
+                "Total sent messages: agents' to the coordinator (agent_type = the sender's role, destination = coordinator) and the coordinator's (agent_type = coordinator, destination = the role of a task, or command, escalation)",
+            ),
+            &["agent_type", "destination"],
+        )
+        .expect("valid metric");
+        let message_duration = Histogram::with_opts(HistogramOpts::new(
+            "agent_message_duration_seconds",
+            "Message processing time: applying and committing the batch an inbound message was in, once per message",
+        ))
+        .expect("valid metric");
+        let active_connections = gauge_vec(
+            "agent_active_connections",
+            "Active connections of this process by protocol (amqp: to RabbitMQ, postgresql: the pool's)",
+            &["protocol"],
+        );
         let outbox_oldest_age = Gauge::new(
             "coordinator_outbox_oldest_age_seconds",
             "Age of the oldest unsent outbox row (0 when none), from the database",
@@ -596,6 +620,9 @@ impl Metrics {
             timer_caught_up: timer_caught_up.expect("valid metric"),
             breaker_state: breaker_state.expect("valid metric"),
             partitions_held,
+            messages_sent,
+            message_duration,
+            active_connections,
             workflows,
             escalations_open,
             dead_letters_unresolved,
@@ -625,6 +652,9 @@ impl Metrics {
             Box::new(m.timer_caught_up.clone()),
             Box::new(m.breaker_state.clone()),
             Box::new(m.partitions_held.clone()),
+            Box::new(m.messages_sent.clone()),
+            Box::new(m.message_duration.clone()),
+            Box::new(m.active_connections.clone()),
             Box::new(m.workflows.clone()),
             Box::new(m.escalations_open.clone()),
             Box::new(m.dead_letters_unresolved.clone()),
@@ -678,6 +708,15 @@ impl Metrics {
         );
         replace(&self.agents, &state.agents);
         self.outbox_oldest_age.set(state.outbox_oldest_age_seconds);
+    }
+
+    /// What the broker confirmed, counted by destination.
+    pub fn count_sent(&self, p: &crate::amqp::publisher::Published) {
+        for destination in &p.destinations {
+            self.messages_sent
+                .with_label_values(&["coordinator", destination])
+                .inc();
+        }
     }
 
     /// The Prometheus text exposition of every metric.
