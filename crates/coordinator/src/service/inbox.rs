@@ -611,14 +611,6 @@ async fn report(
     for (p, input) in out.results.iter().zip(inputs) {
         if let Input::Delivery(d, a) = input {
             let env = a.envelope().map(|e| &e.header);
-            // Admitted: its role is one the catalogue knows, a bounded label.
-            if let Some(h) = env {
-                shared
-                    .metrics
-                    .messages_sent
-                    .with_label_values(&[h.source.agent_type.as_str(), "coordinator"])
-                    .inc();
-            }
             tracing::debug!(
                 message_id = a.message_id().unwrap_or(""),
                 workflow_id = env.map_or(d.meta.correlation_id.as_deref().unwrap_or(""), |h| h
@@ -650,6 +642,19 @@ async fn report(
                 .with_label_values(&[from.as_str(), to.as_str()])
                 .inc();
         }
+    }
+    // Admitted messages by sender role (a bounded label: admission checked the role
+    // against the catalogue).
+    let roles = inputs.iter().filter_map(|i| match i {
+        Input::Delivery(_, a) => a.envelope().map(|e| e.header.source.agent_type.as_str()),
+        _ => None,
+    });
+    for (role, n) in crate::service::runtime::tally(roles) {
+        shared
+            .metrics
+            .messages_sent
+            .with_label_values(&[role, "coordinator"])
+            .inc_by(n);
     }
     shared.signals.schedule(out.deadlines.iter().copied());
     if !out.registered.is_empty() {

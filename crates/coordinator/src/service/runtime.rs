@@ -712,10 +712,10 @@ impl Metrics {
 
     /// What the broker confirmed, counted by destination.
     pub fn count_sent(&self, p: &crate::amqp::publisher::Published) {
-        for destination in &p.destinations {
+        for (destination, n) in tally(p.destinations.iter().map(String::as_str)) {
             self.messages_sent
                 .with_label_values(&["coordinator", destination])
-                .inc();
+                .inc_by(n);
         }
     }
 
@@ -728,6 +728,19 @@ impl Metrics {
         }
         out
     }
+}
+
+/// How many times each label occurs, in order of first occurrence: a labelled counter
+/// is then incremented once a batch per label, not once a message.
+pub fn tally<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<(&'a str, u64)> {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for label in labels {
+        match counts.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((label, 1)),
+        }
+    }
+    counts
 }
 
 impl Default for Metrics {
