@@ -102,6 +102,13 @@ async fn require_refuses_missing_and_bad_signatures_and_the_coordinator_signs_it
         .await
         .expect("publish");
     assert_eq!(refused(&mut eng).await, "bad_signature");
+    // Naming product's registered key id does not make engineering's key product's:
+    // only the sender's own keys are looked up.
+    let mut eng = eng.signing(signing::generate(), &key_id);
+    eng.send("handoff_acknowledged", &wf, json!({}))
+        .await
+        .expect("publish");
+    assert_eq!(refused(&mut eng).await, "bad_signature");
     // Product's message changed after it was signed.
     let mut forged =
         serde_json::to_value(product.envelope("requirements_ready", "wf-forged", json!({})))
@@ -129,7 +136,7 @@ async fn require_refuses_missing_and_bad_signatures_and_the_coordinator_signs_it
             "SELECT count(*) FROM dead_letters WHERE reason IN ('missing_signature', 'bad_signature')"
         )
         .await,
-        3
+        4
     );
     app.stop().await;
 }
