@@ -36,9 +36,9 @@ pub enum PublishError {
 pub struct Published {
     /// Outbox ids confirmed.
     pub sent: Vec<i64>,
-    /// Where each of `sent` went, as `agent_messages_sent_total` labels it
-    /// ([`destination`]).
-    pub destinations: Vec<String>,
+    /// The routing key each of `sent` went with (`agent_messages_sent_total` labels
+    /// it by [`destination`]).
+    pub routing_keys: Vec<String>,
     /// Outbox ids not taken, with why, and how many attempts each had before.
     pub failed: Vec<Failed>,
 }
@@ -54,12 +54,11 @@ pub struct Failed {
 /// A bounded label for where a routing key sends a message: a task's role (the
 /// engine addresses only the roles its definitions and configuration name), or the
 /// kind of key (`command`, `escalation`) where the rest names one agent or person.
-pub fn destination(routing_key: &str) -> String {
-    let mut parts = routing_key.splitn(2, '.');
-    match (parts.next(), parts.next()) {
-        (Some("task"), Some(role)) => role.to_string(),
-        (Some(kind @ ("command" | "escalation")), _) => kind.to_string(),
-        _ => "other".to_string(),
+pub fn destination(routing_key: &str) -> &str {
+    match routing_key.split_once('.') {
+        Some(("task", role)) => role,
+        Some((kind @ ("command" | "escalation"), _)) => kind,
+        _ => "other",
     }
 }
 
@@ -244,7 +243,7 @@ impl InFlight {
                 });
             } else {
                 out.sent.push(id);
-                out.destinations.push(destination(&routing_key));
+                out.routing_keys.push(routing_key);
             }
         }
         Ok(out)

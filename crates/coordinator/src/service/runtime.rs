@@ -712,7 +712,11 @@ impl Metrics {
 
     /// What the broker confirmed, counted by destination.
     pub fn count_sent(&self, p: &crate::amqp::publisher::Published) {
-        for (destination, n) in tally(p.destinations.iter().map(String::as_str)) {
+        let destinations = p
+            .routing_keys
+            .iter()
+            .map(|k| crate::amqp::publisher::destination(k));
+        for (destination, n) in tally(destinations) {
             self.messages_sent
                 .with_label_values(&["coordinator", destination])
                 .inc_by(n);
