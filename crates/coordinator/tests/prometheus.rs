@@ -58,6 +58,8 @@ fn every_alert_is_tested_and_reads_only_series_that_exist() {
         agents: one(&["live"]),
         outbox_oldest_age_seconds: 0.0,
     });
+    let clock = [("testing_start".to_string(), "qa-director".to_string())];
+    metrics.count_sla(&clock, &clock);
     let served = metrics.render();
     for line in rules.lines().map(str::trim) {
         if let Some(name) = line.strip_prefix("- alert: ") {
@@ -81,6 +83,22 @@ fn every_alert_is_tested_and_reads_only_series_that_exist() {
 }
 
 /// Prometheus' HTTP API path of an instant query.
+#[test]
+fn docs_metrics_md_lists_every_metric_the_coordinator_serves() {
+    let doc = std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("metrics.md");
+    let metrics = coordinator::service::runtime::Metrics::new();
+    assert!(metrics.names.len() > 30, "{:?}", metrics.names);
+    let missing: Vec<&String> = metrics
+        .names
+        .iter()
+        .filter(|n| !doc.contains(&format!("| `{n}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/metrics.md has no row for {missing:?}"
+    );
+}
+
 fn query_path(promql: &str) -> String {
     let encoded: String = promql
         .bytes()

@@ -147,10 +147,17 @@ async fn a_breach_reaches_oncall_once_with_its_routing_key_and_payload() {
         .await
         .expect("metrics")
         .1;
-    assert!(
-        body.contains("coordinator_sla_timer_lateness_seconds_count{kind=\"breach\"} 1"),
-        "{body}"
-    );
+    for series in [
+        "coordinator_sla_timer_lateness_seconds_count{kind=\"breach\"} 1",
+        // By clock and owner role: the warning at 80 %, then the breach.
+        "coordinator_sla_warnings_total{clock=\"technical_feasibility_assessment\",role=\"engineering-director\"} 1",
+        "coordinator_sla_breaches_total{clock=\"technical_feasibility_assessment\",role=\"engineering-director\"} 1",
+        // The one handoff (requirements_ready → the engineering director's task),
+        // timed to its confirm; the timer's notices are not handoffs.
+        "coordinator_handoff_latency_seconds_count{kind=\"feature_delivery\"} 1",
+    ] {
+        assert!(body.contains(series), "{series} missing from:\n{body}");
+    }
     app.stop().await;
 }
 

@@ -255,6 +255,7 @@ impl Batch<'_> {
             detail: detail.into_json(),
         });
         let mut out = Processed::new(Outcome::Accepted);
+        out.kind = self.p.workflows.get(&w.kind).map(|d| d.name);
         if c.from != Some(c.to) {
             out.transition = Some((c.from.unwrap_or("").to_string(), c.to.to_string()));
         }

@@ -95,6 +95,9 @@ pub struct Processed {
     /// Applied although its signature is missing or bad (`security.signatures =
     /// "verify"`).
     pub bad_signature: bool,
+    /// The kind of the workflow it was applied to (a definition's name), for the
+    /// handoff latency of the tasks it caused.
+    pub kind: Option<&'static str>,
 }
 
 impl Processed {
@@ -105,6 +108,7 @@ impl Processed {
             detail: None,
             acknowledged: None,
             bad_signature: false,
+            kind: None,
         }
     }
 }
@@ -133,6 +137,11 @@ impl Input<'_> {
             Input::Delivery(_, a) => (a.message_id(), a.sender_id()),
             Input::Operator(env) => (Some(env.header.message_id.as_str()), None),
         }
+    }
+
+    /// The envelope to act on; `None` for a refused delivery.
+    pub fn envelope(&self) -> Option<&Envelope> {
+        self.valid().map(|(e, _)| e)
     }
 
     /// The envelope to act on, and whether it is trusted (an operator's); `None` for a

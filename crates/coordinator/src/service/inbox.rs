@@ -384,6 +384,7 @@ async fn hold_back(
         let handed = Handed {
             committed_at: Instant::now(),
             rows: written.queued,
+            handoffs: Vec::new(),
         };
         if published.send(handed).await.is_err() {
             return Err(ConsumerError::Publisher);
@@ -592,6 +593,7 @@ async fn commit(
     // The next agent's tasks first: handoff latency runs through here.
     let handed = Handed {
         committed_at: Instant::now(),
+        handoffs: crate::service::handoffs::of_batch(inbound, &out.results, &out.queued),
         rows: std::mem::take(&mut out.queued),
     };
     if !handed.rows.is_empty() && published.send(handed).await.is_err() {

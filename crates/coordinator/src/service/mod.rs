@@ -6,7 +6,8 @@
 //!   decide with the engine, write, commit); operator actions go through it too.
 //! - [`inbox`]: consumes a partition of the inbox into batches, then publishes and acks;
 //!   holds back what [`rate_limits`] says is over its sender's limit, and applies it later.
-//! - [`publishing`]: a partition's publisher, settling what the broker said, the settler.
+//! - [`publishing`]: a partition's publisher, settling what the broker said, the settler;
+//!   [`handoffs`] times a batch's tasks from their cause to the broker's confirm.
 //! - [`supervisor`]: the broker connection, reconnects, and the partition consumers.
 //! - Reconcilers, each a `step` that can be called directly and a `run` loop:
 //!   [`timers`], [`relay`], [`housekeeping`], [`partitions`], [`dead_letters`],
@@ -23,6 +24,7 @@ pub mod collector;
 pub mod dead_letters;
 pub mod definitions;
 pub mod gauges;
+pub mod handoffs;
 pub mod housekeeping;
 pub mod inbox;
 pub mod notifications;

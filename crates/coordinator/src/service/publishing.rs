@@ -19,6 +19,7 @@ use crate::db::{self, batch, store, Pool};
 use crate::engine::escalations;
 use crate::engine::rows::{Queued, Writes};
 use crate::retry::RetryPolicy;
+use crate::service::handoffs::{self, Handoff};
 use crate::service::runtime::{Breakers, Confirmed, Guarded, Metrics, Shared, Signals};
 use crate::telemetry::repeats::{Repeats, Said};
 use protocol::names::message_types::MESSAGE_UNDELIVERABLE;
@@ -240,6 +241,8 @@ impl<'a> Settler<'a> {
 pub struct Handed {
     pub committed_at: Instant,
     pub rows: Vec<Queued>,
+    /// Which of `rows` are handoffs to time to their confirm.
+    pub handoffs: Vec<Handoff>,
 }
 
 /// Publishes what batches hand it, in order, until its sender is dropped (then it has
@@ -255,16 +258,18 @@ pub async fn run(
 ) -> Result<(), PublishError> {
     const MOST: usize = 2000;
     const IN_FLIGHT: usize = 64;
-    let (confirms_tx, mut confirms_rx) = mpsc::channel::<InFlight>(IN_FLIGHT);
+    let (confirms_tx, mut confirms_rx) = mpsc::channel::<(InFlight, Vec<Handoff>)>(IN_FLIGHT);
     let metrics = settling.metrics;
     let sending = async {
         while let Some(first) = rx.recv().await {
             let mut rows = first.rows;
+            let mut handoffs = first.handoffs;
             let mut oldest = first.committed_at;
             while rows.len() < MOST {
                 match rx.try_recv() {
                     Ok(more) => {
                         rows.extend(more.rows);
+                        handoffs.extend(more.handoffs);
                         oldest = oldest.min(more.committed_at);
                     }
                     Err(_) => break,
@@ -276,7 +281,7 @@ pub async fn run(
             metrics
                 .publish_wait_seconds
                 .observe(oldest.elapsed().as_secs_f64());
-            if confirms_tx.send(in_flight).await.is_err() {
+            if confirms_tx.send((in_flight, handoffs)).await.is_err() {
                 break;
             }
         }
@@ -285,9 +290,10 @@ pub async fn run(
     };
     let confirming = async {
         let mut returned = Returned::default();
-        while let Some(in_flight) = confirms_rx.recv().await {
+        while let Some((in_flight, handoffs)) = confirms_rx.recv().await {
             let p = in_flight.confirmed(&mut returned, |_| 0).await;
             let p = settling.record(p)?;
+            handoffs::observe(metrics, &handoffs, &p.sent, Utc::now());
             metrics.published.inc_by(p.sent.len() as u64);
             metrics.count_sent(&p);
             metrics

@@ -398,6 +398,9 @@ impl Status {
 /// The service's Prometheus metrics (served at `/metrics`).
 pub struct Metrics {
     pub registry: Registry,
+    /// Every metric's name, whether or not it has a series yet (docs/metrics.md must
+    /// list each).
+    pub names: Vec<String>,
     pub messages: IntCounterVec,
     pub rejections: IntCounterVec,
     pub transitions: IntCounterVec,
@@ -423,6 +426,11 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub broker_connects: IntCounter,
     pub timer_lateness: HistogramVec,
+    /// Clocks that warned their owner and that were breached, by clock and owner role.
+    pub sla_warnings: IntCounterVec,
+    pub sla_breaches: IntCounterVec,
+    /// A causing message's timestamp → its task's confirm, by workflow kind.
+    pub handoff_latency: HistogramVec,
     /// Every deadline this process knows of that was due before this time (Unix
     /// seconds) has been fired: how far the timer has caught up.
     pub timer_caught_up: Gauge,
@@ -534,6 +542,28 @@ impl Metrics {
             ]),
             &["kind"],
         );
+        let sla_counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["clock", "role"]).expect("valid metric")
+        };
+        let sla_warnings = sla_counter(
+            "coordinator_sla_warnings_total",
+            "SLA clocks that warned their owner, by clock and the owner's role",
+        );
+        let sla_breaches = sla_counter(
+            "coordinator_sla_breaches_total",
+            "SLA clocks breached, by clock and the owner's role",
+        );
+        let handoff_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "coordinator_handoff_latency_seconds",
+                "From the timestamp of the message that moved a workflow to the broker's confirm of the task it sent the next role, by workflow kind",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["kind"],
+        )
+        .expect("valid metric");
         let timer_caught_up = Gauge::new(
             "coordinator_timer_caught_up_timestamp_seconds",
             "Unix time before which every deadline this process holds has been fired",
@@ -598,7 +628,7 @@ impl Metrics {
         .expect("valid metric");
         // The names and label sets above are fixed and valid, so construction and
         // registration cannot fail; a failure here is a programming error caught by tests.
-        let m = Metrics {
+        let mut m = Metrics {
             messages: messages.expect("valid metric"),
             rejections: rejections.expect("valid metric"),
             transitions: transitions.expect("valid metric"),
@@ -617,6 +647,9 @@ impl Metrics {
             outbox_pending: outbox_pending.expect("valid metric"),
             broker_connects: broker_connects.expect("valid metric"),
             timer_lateness: timer_lateness.expect("valid metric"),
+            sla_warnings,
+            sla_breaches,
+            handoff_latency,
             timer_caught_up: timer_caught_up.expect("valid metric"),
             breaker_state: breaker_state.expect("valid metric"),
             partitions_held,
@@ -629,6 +662,7 @@ impl Metrics {
             agents,
             outbox_oldest_age,
             registry,
+            names: Vec::new(),
         };
         for c in [
             Box::new(m.messages.clone()) as Box<dyn prometheus::core::Collector>,
@@ -649,6 +683,9 @@ impl Metrics {
             Box::new(m.outbox_pending.clone()),
             Box::new(m.broker_connects.clone()),
             Box::new(m.timer_lateness.clone()),
+            Box::new(m.sla_warnings.clone()),
+            Box::new(m.sla_breaches.clone()),
+            Box::new(m.handoff_latency.clone()),
             Box::new(m.timer_caught_up.clone()),
             Box::new(m.breaker_state.clone()),
             Box::new(m.partitions_held.clone()),
@@ -661,6 +698,7 @@ impl Metrics {
             Box::new(m.agents.clone()),
             Box::new(m.outbox_oldest_age.clone()),
         ] {
+            m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c).expect("metric registered once");
         }
         // Present (closed, or at zero) from the start, not only after a first change, so
@@ -708,6 +746,15 @@ impl Metrics {
         );
         replace(&self.agents, &state.agents);
         self.outbox_oldest_age.set(state.outbox_oldest_age_seconds);
+    }
+
+    /// Clocks that warned and that were breached, each (clock, owner role).
+    pub fn count_sla(&self, warned: &[(String, String)], breached: &[(String, String)]) {
+        for (vec, fired) in [(&self.sla_warnings, warned), (&self.sla_breaches, breached)] {
+            for (clock, role) in fired {
+                vec.with_label_values(&[clock, role]).inc();
+            }
+        }
     }
 
     /// What the broker confirmed, counted by destination.

@@ -24,6 +24,9 @@ pub struct Fired {
     pub next: Vec<Deadline>,
     /// Outbox rows written.
     pub queued: Vec<Queued>,
+    /// The clocks that warned and that were breached: (clock, owner role) each.
+    pub warned: Vec<(String, String)>,
+    pub breached: Vec<(String, String)>,
 }
 
 /// Fires due deadlines in one transaction. A deadline that no longer applies (met,
@@ -91,5 +94,8 @@ pub async fn fire(
     }
     out.next = next;
     out.queued = written.queued;
+    let named = |c: &crate::engine::rows::FiredClock| (c.clock.clone(), c.owner_role.clone());
+    out.warned = taken.warned.iter().map(named).collect();
+    out.breached = taken.breached.iter().map(named).collect();
     Ok(out)
 }

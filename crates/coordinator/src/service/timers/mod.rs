@@ -172,6 +172,7 @@ impl<'a> Timer<'a> {
                             .with_label_values(&[d.kind.as_str()])
                             .observe(lateness.as_secs_f64());
                     }
+                    parts.metrics.count_sla(&f.warned, &f.breached);
                     report.fired += f.fired.len();
                     report.skipped += f.skipped.len();
                     queued |= !f.queued.is_empty();
