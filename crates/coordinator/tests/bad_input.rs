@@ -189,6 +189,33 @@ async fn every_kind_of_bad_input_is_dead_lettered_with_its_reason_and_the_sender
         assert_eq!(rows.len(), 1, "dead letter for {}", bad.reason);
         assert_eq!(rows[0].2, bad.routing_key);
     }
+    // Counted by reason, and by type where admission could trust it (`unknown`
+    // where it refused the delivery itself).
+    let mut by_reason: BTreeMap<&str, f64> = BTreeMap::new();
+    for bad in &cases {
+        *by_reason.entry(bad.reason).or_default() += 1.0;
+    }
+    for (reason, n) in &by_reason {
+        let series = format!("coordinator_rejections_total{{reason=\"{reason}\"}} ");
+        common::eventually(&series, || async {
+            (common::metric(app.http, &series).await == *n).then_some(())
+        })
+        .await;
+    }
+    let body = common::http_get(app.http, "/metrics")
+        .await
+        .expect("metrics")
+        .1;
+    let rejected_by_type: f64 = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("coordinator_messages_by_type_total{outcome=\"rejected\","))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(rejected_by_type, cases.len() as f64, "{body}");
+    assert!(
+        body.contains("coordinator_messages_by_type_total{outcome=\"rejected\",type=\"unknown\"}"),
+        "{body}"
+    );
 
     // Nothing else changed, and the service still works.
     assert_eq!(

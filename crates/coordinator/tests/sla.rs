@@ -155,6 +155,7 @@ async fn a_breach_reaches_oncall_once_with_its_routing_key_and_payload() {
         // The one handoff (requirements_ready → the engineering director's task),
         // timed to its confirm; the timer's notices are not handoffs.
         "coordinator_handoff_latency_seconds_count{kind=\"feature_delivery\"} 1",
+        "coordinator_messages_by_type_total{outcome=\"accepted\",type=\"requirements_ready\"} 1",
     ] {
         assert!(body.contains(series), "{series} missing from:\n{body}");
     }

@@ -630,6 +630,14 @@ async fn report(
             .messages
             .with_label_values(&[p.outcome.label()])
             .inc();
+        let message_type = input
+            .envelope()
+            .map_or("unknown", |e| e.header.message_type.as_str());
+        shared
+            .metrics
+            .messages_by_type
+            .with_label_values(&[message_type, p.outcome.label()])
+            .inc();
         if let Outcome::Rejected(reason) = &p.outcome {
             shared
                 .metrics

@@ -402,6 +402,9 @@ pub struct Metrics {
     /// list each).
     pub names: Vec<String>,
     pub messages: IntCounterVec,
+    /// Inbound messages by type (a catalogue type; `unknown` when admission refused
+    /// the delivery before its type could be trusted) and outcome.
+    pub messages_by_type: IntCounterVec,
     pub rejections: IntCounterVec,
     pub transitions: IntCounterVec,
     pub batch_seconds: Histogram,
@@ -458,6 +461,14 @@ impl Metrics {
             Opts::new("coordinator_messages_total", "Inbound messages by outcome"),
             &["outcome"],
         );
+        let messages_by_type = IntCounterVec::new(
+            Opts::new(
+                "coordinator_messages_by_type_total",
+                "Inbound messages by message type (unknown: refused at admission) and outcome",
+            ),
+            &["type", "outcome"],
+        )
+        .expect("valid metric");
         let rejections = IntCounterVec::new(
             Opts::new(
                 "coordinator_rejections_total",
@@ -630,6 +641,7 @@ impl Metrics {
         // registration cannot fail; a failure here is a programming error caught by tests.
         let mut m = Metrics {
             messages: messages.expect("valid metric"),
+            messages_by_type,
             rejections: rejections.expect("valid metric"),
             transitions: transitions.expect("valid metric"),
             batch_seconds: batch_seconds.expect("valid metric"),
@@ -666,6 +678,7 @@ impl Metrics {
         };
         for c in [
             Box::new(m.messages.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.messages_by_type.clone()),
             Box::new(m.rejections.clone()),
             Box::new(m.transitions.clone()),
             Box::new(m.batch_seconds.clone()),
