@@ -138,6 +138,7 @@ impl App {
             r
         };
         let dead_letters = crate::service::dead_letters::Escalator::of(&shared);
+        let stale_agents = crate::service::agent_health::Watch::of(&shared);
         let anchoring = async {
             if shared.settings.security.audit {
                 crate::service::audit::anchor_every(
@@ -160,7 +161,7 @@ impl App {
                 shared.rate_limits.forget_idle();
             }
         };
-        let ((), (), supervised, (), (), (), (), (), (), ()) = tokio::join!(
+        let ((), (), supervised, (), (), (), (), (), (), (), ()) = tokio::join!(
             stopper,
             timer_then_supervisor,
             supervising,
@@ -171,6 +172,7 @@ impl App {
                 timer_stop.clone()
             ),
             dead_letters.run(timer_stop.clone()),
+            stale_agents.run(timer_stop.clone()),
             notifications::run(&shared, timer_stop.clone()),
             activity::run(
                 &shared.metrics,

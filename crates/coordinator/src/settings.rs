@@ -112,6 +112,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub heartbeats: HeartbeatSettings,
     pub messages: MessageSettings,
     pub escalation: EscalationSettings,
     pub timers: TimerSettings,
@@ -654,9 +655,24 @@ pub struct MetricsSettings {
     /// How often the database's state is read into the gauges.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
-    /// An agent whose last heartbeat is older than this is `stale`.
+}
+
+/// What the coordinator expects of agents' heartbeats (`service::agent_health`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSettings {
+    /// How often agents are expected to send one.
     #[serde(with = "humantime_serde")]
-    pub agent_stale_after: Duration,
+    pub interval: Duration,
+    /// Intervals without one after which an agent is `stale` (and its role's owner told).
+    pub missed: u32,
+}
+
+impl HeartbeatSettings {
+    /// How long an agent may be silent before it is stale.
+    pub fn stale_after(&self) -> Duration {
+        crate::domain::agent_health::stale_after(self.interval, self.missed)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1136,11 +1152,18 @@ impl Settings {
         }
         for (key, d) in [
             ("metrics.refresh_interval", self.metrics.refresh_interval),
-            ("metrics.agent_stale_after", self.metrics.agent_stale_after),
+            ("heartbeats.interval", self.heartbeats.interval),
         ] {
             if d.is_zero() {
                 problems.push(invalid(key, "must be above zero".into()));
             }
+        }
+        if self.heartbeats.missed == 0 {
+            problems.push(invalid(
+                "heartbeats.missed",
+                "must be at least 1 (intervals without a heartbeat before an agent is stale)"
+                    .into(),
+            ));
         }
         if self.log.activity_interval.is_zero() {
             problems.push(invalid(

@@ -111,6 +111,7 @@ fn asyncapi_names_every_message_type_exchange_and_queue() {
         "message_set_aside",
         "message_undeliverable",
         "dead_letters_unresolved",
+        "agent_stale",
     ] {
         catalog.insert(sent.to_string());
     }

@@ -100,6 +100,8 @@ pub mod message_types {
     pub const DEAD_LETTERS_UNRESOLVED: &str = "dead_letters_unresolved";
     /// On-call: a message the coordinator sent was given up.
     pub const MESSAGE_UNDELIVERABLE: &str = "message_undeliverable";
+    /// A role's owner: one of its agents stopped sending heartbeats.
+    pub const AGENT_STALE: &str = "agent_stale";
 }
 
 /// The `source.agent_id` and `agent_type` of what the coordinator sends.

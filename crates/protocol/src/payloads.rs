@@ -169,6 +169,55 @@ pub struct UnresolvedDeadLetter {
     pub received_at: DateTime<Utc>,
 }
 
+/// `heartbeat`, from every agent: how it is doing (the source documents' fields). Every
+/// field is optional and more may be sent; the coordinator keeps the ones it knows in
+/// `agents` and ignores a field of another type than this says (a heartbeat is never
+/// refused for its data).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Heartbeat {
+    /// `healthy`, `degraded`, `overloaded`, … (at most 64 bytes; `status` is read when
+    /// there is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub agent_status: Option<String>,
+    /// How busy it is, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub load: Option<f64>,
+    /// How much more it can take, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub available_capacity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_tasks: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_tasks: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<DateTime<Utc>>,
+    /// What it can do (at most 64 names of at most 128 bytes each are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
+    /// `cpu_percent`, `memory_percent`, `disk_percent`, … (numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_usage: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+/// `agent_stale`, to the owner of a role (`escalation.high.{role}`): one of its agents
+/// sent no heartbeat for `heartbeats.missed` intervals. Once until it sends one again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentStale {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub last_heartbeat_at: DateTime<Utc>,
+    pub stale_at: DateTime<Utc>,
+    /// `heartbeats.interval`, in seconds, and how many were missed.
+    pub heartbeat_interval_seconds: f64,
+    pub missed_heartbeats: u32,
+    /// The role's other agents still live (0: nobody takes its tasks).
+    pub live_agents_of_role: i64,
+    pub hint: String,
+}
+
 /// `payload.metadata` of a task (and of `feature_deployed`); its `payload.data` is the
 /// data of the message that caused it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -264,6 +313,8 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             "data/dead_letters_unresolved.json",
             of::<DeadLettersUnresolved>(),
         ),
+        ("data/agent_stale.json", of::<AgentStale>()),
+        ("data/heartbeat.json", of::<Heartbeat>()),
         (
             "data/escalation_acknowledged.json",
             of::<EscalationAcknowledged>(),
@@ -333,6 +384,16 @@ pub const DOCUMENTED: &[(&str, &str, Option<&str>)] = &[
     (
         "`dead_letters_unresolved` (to management)",
         "data/dead_letters_unresolved.json",
+        None,
+    ),
+    (
+        "`heartbeat` (any agent → coordinator)",
+        "data/heartbeat.json",
+        None,
+    ),
+    (
+        "`agent_stale` (to a role's owner)",
+        "data/agent_stale.json",
         None,
     ),
 ];

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use crate::clock::SystemClock;
 use crate::db::{self, read, Pool as PgPool};
+use crate::domain::agent_health::Health;
 use crate::domain::workflow::Closing;
 use crate::engine::escalations::Acknowledged;
 use crate::engine::Outcome;
@@ -216,8 +217,13 @@ pub enum AgentCommand {
         #[arg(long, default_value_t = operator())]
         by: String,
     },
-    /// List registered agents
-    List,
+    /// List registered agents with their health (live, stale: no heartbeat for
+    /// heartbeats.missed intervals, unknown: none yet) and what their last heartbeat said
+    List {
+        /// Only this role's agents
+        #[arg(long)]
+        role: Option<String>,
+    },
     /// One agent: its registration, its keys, whether it has a broker user of its own,
     /// and the depth of its queues
     Show {
@@ -852,7 +858,9 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                     "agent {agent_id}: key {key_id} retired; messages signed with it are refused\n"
                 ))
             }
-            AgentCommand::List => list_agents(&pool).await,
+            AgentCommand::List { role } => {
+                list_agents(&pool, role.as_deref(), settings.heartbeats.stale_after()).await
+            }
             AgentCommand::Show { agent_id } => Ok(show_agent(&ops.show_agent(&agent_id).await?)),
             AgentCommand::Send {
                 agent_id,
@@ -1169,22 +1177,39 @@ async fn list_definitions(settings: &Settings, pool: &PgPool) -> anyhow::Result<
     Ok(t.render())
 }
 
-async fn list_agents(pool: &PgPool) -> anyhow::Result<String> {
-    let rows = read::agents(pool).await?;
+async fn list_agents(
+    pool: &PgPool,
+    role: Option<&str>,
+    stale_after: std::time::Duration,
+) -> anyhow::Result<String> {
+    let rows = read::agents(pool, role).await?;
+    let now = chrono::Utc::now();
     let mut t = Table::new(&[
         ("AGENT", Align::Left),
         ("TYPE", Align::Left),
-        ("VIA", Align::Left),
-        ("REGISTERED", Align::Left),
+        ("HEALTH", Align::Left),
+        ("STATUS", Align::Left),
+        ("LOAD", Align::Right),
+        ("CAPACITY", Align::Right),
+        ("ACTIVE", Align::Right),
+        ("QUEUED", Align::Right),
         ("LAST HEARTBEAT", Align::Left),
+        ("VIA", Align::Left),
     ]);
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for a in rows {
+        let health = Health::of(a.last_heartbeat_at, stale_after, now);
         t.row(vec![
             a.agent_id,
             a.agent_type,
-            a.registered_via,
-            ts(a.registered_at),
+            health.as_str().into(),
+            or_dash(a.status),
+            or_dash(a.load.map(|l| format!("{l:.2}"))),
+            or_dash(a.available_capacity.map(|c| format!("{c:.2}"))),
+            or_dash(a.active_tasks.map(|n| n.to_string())),
+            or_dash(a.queued_tasks.map(|n| n.to_string())),
             a.last_heartbeat_at.map_or_else(|| "-".into(), ts),
+            a.registered_via,
         ]);
     }
     Ok(t.render())
@@ -1200,6 +1225,24 @@ fn show_agent(a: &crate::service::ops::AgentShown) -> String {
         r.registered_via,
         r.last_heartbeat_at.map_or_else(|| "never".into(), ts)
     );
+    if let Some(since) = r.stale_since {
+        out.push_str(&format!("stale since:    {}\n", ts(since)));
+    }
+    if r.status.is_some() || r.load.is_some() || r.active_tasks.is_some() {
+        let n = |v: Option<i32>| v.map_or_else(|| "-".into(), |n| n.to_string());
+        let f = |v: Option<f64>| v.map_or_else(|| "-".into(), |x| format!("{x:.2}"));
+        out.push_str(&format!(
+            "reported:       status {}, load {}, capacity {}, active tasks {}, queued {}\n",
+            r.status.as_deref().unwrap_or("-"),
+            f(r.load),
+            f(r.available_capacity),
+            n(r.active_tasks),
+            n(r.queued_tasks)
+        ));
+    }
+    if let Some(c) = r.capabilities.as_ref().filter(|c| !c.is_empty()) {
+        out.push_str(&format!("capabilities:   {}\n", c.join(", ")));
+    }
     out.push_str(&format!(
         "broker user:    {}\n",
         match &a.broker_user {

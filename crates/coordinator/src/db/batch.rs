@@ -268,7 +268,20 @@ pub async fn load(
 // Every join to a batch's arrays also bounds the table by the array's keys (`… AND
 // w.id = ANY($11)`): a generic plan made on a table analyzed while empty would
 // otherwise walk the whole table first (tests/plans.rs).
-pub const WRITE: &str = "
+/// A heartbeat's report (`u.r`, as `domain::agent_health::stored` wrote it) as the
+/// `agents` columns status … last_activity_at.
+macro_rules! heartbeat_report {
+    () => {
+        "u.r->>'status', (u.r->>'load')::float8, (u.r->>'available_capacity')::float8,
+    (u.r->>'active_tasks')::int, (u.r->>'queued_tasks')::int,
+    CASE WHEN jsonb_typeof(u.r->'capabilities') = 'array'
+         THEN ARRAY(SELECT jsonb_array_elements_text(u.r->'capabilities')) END,
+    nullif(u.r->'resource_usage', 'null'::jsonb), (u.r->>'last_activity')::timestamptz"
+    };
+}
+
+pub const WRITE: &str = concat!(
+    "
 WITH
 wf_new AS (
   INSERT INTO workflows (id, kind, state, key_name, title, data, round, created_at, updated_at, completed_at,
@@ -333,13 +346,25 @@ outcome AS (
   FROM unnest($68::text[], $69::text[]) AS u(message_id, outcome)
   WHERE p.message_id = u.message_id AND p.message_id = ANY($68)),
 reg AS (
-  INSERT INTO agents (agent_id, agent_type, registered_via, last_heartbeat_at)
-  SELECT u.id, u.type, 'heartbeat', u.at FROM unnest($70::text[], $71::text[], $72::timestamptz[]) AS u(id, type, at)
+  INSERT INTO agents (agent_id, agent_type, registered_via, last_heartbeat_at, status, load,
+                      available_capacity, active_tasks, queued_tasks, capabilities,
+                      resource_usage, last_activity_at)
+  SELECT u.id, u.type, 'heartbeat', u.at, ",
+    heartbeat_report!(),
+    "
+    FROM unnest($70::text[], $71::text[], $72::timestamptz[], $105::jsonb[]) AS u(id, type, at, r)
   ON CONFLICT DO NOTHING RETURNING agent_id),
 heartbeat AS (
-  UPDATE agents a SET last_heartbeat_at = greatest(a.last_heartbeat_at, u.at)
-  FROM (SELECT id, max(at) AS at FROM unnest($73::text[], $74::timestamptz[]) AS x(id, at) GROUP BY id) u
-  WHERE a.agent_id = u.id AND a.agent_id = ANY($73)),
+  UPDATE agents a SET last_heartbeat_at = u.at, stale_since = NULL,
+    (status, load, available_capacity, active_tasks, queued_tasks, capabilities, resource_usage,
+     last_activity_at) = (SELECT ",
+    heartbeat_report!(),
+    ")
+  FROM (SELECT DISTINCT ON (id) id, at, r
+          FROM unnest($73::text[], $74::timestamptz[], $104::jsonb[]) AS x(id, at, r)
+         ORDER BY id, at DESC) u
+  WHERE a.agent_id = u.id AND a.agent_id = ANY($73)
+    AND (a.last_heartbeat_at IS NULL OR a.last_heartbeat_at <= u.at)),
 ob AS (
   INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id, causation_id,
                       app_id, body, next_attempt_at)
@@ -357,7 +382,8 @@ aud_head AS (
 SELECT 'workflow' AS kind, NULL::bigint AS id, id AS name, NULL::timestamptz AS warn_at, NULL::timestamptz AS due_at FROM wf_new
 UNION ALL SELECT 'clock', id, status, warn_at, due_at FROM clk_new
 UNION ALL SELECT 'outbox', id, message_id, NULL, NULL FROM ob
-UNION ALL SELECT 'agent', NULL, agent_id, NULL, NULL FROM reg";
+UNION ALL SELECT 'agent', NULL, agent_id, NULL, NULL FROM reg"
+);
 
 /// Runs every write of a batch, in one statement.
 pub async fn write(
@@ -370,12 +396,11 @@ pub async fn write(
     }
     // A registered agent's heartbeat is written with its row (an update in the same
     // statement cannot see a row inserted beside it).
-    let registered_at = |id: &str| {
+    let latest = |id: &str| {
         w.heartbeats
             .iter()
-            .filter(|(a, _)| a == id)
-            .map(|(_, at)| *at)
-            .max()
+            .filter(|(a, _, _)| a == id)
+            .max_by_key(|(_, at, _)| *at)
     };
     let (nw, wc, nc, cc, es, ca, ev, dl, ob) = (
         &w.new_workflows,
@@ -534,7 +559,7 @@ pub async fn write(
         .bind(
             w.registrations
                 .iter()
-                .map(|r| registered_at(&r.0))
+                .map(|r| latest(&r.0).map(|h| h.1))
                 .collect::<Vec<_>>(),
         )
         .bind(
@@ -619,6 +644,13 @@ pub async fn write(
         .bind(
             nw.iter()
                 .map(|r| r.business_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(w.heartbeats.iter().map(|r| &r.2).collect::<Vec<_>>())
+        .bind(
+            w.registrations
+                .iter()
+                .map(|r| latest(&r.0).map_or(&serde_json::Value::Null, |h| &h.2))
                 .collect::<Vec<_>>(),
         )
         .fetch_all(&mut *conn)

@@ -130,12 +130,30 @@ pub struct AgentRow {
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub registered_via: String,
+    /// What its latest heartbeat said (docs/protocol.md, `heartbeat`).
+    pub status: Option<String>,
+    pub load: Option<f64>,
+    pub available_capacity: Option<f64>,
+    pub active_tasks: Option<i32>,
+    pub queued_tasks: Option<i32>,
+    pub capabilities: Option<Vec<String>>,
+    pub last_activity_at: Option<DateTime<Utc>>,
+    /// When the coordinator found it stale (cleared by its next heartbeat).
+    pub stale_since: Option<DateTime<Utc>>,
 }
 
-pub async fn agents(pool: &PgPool) -> super::Result<Vec<AgentRow>> {
-    sqlx::query_as(
-        "SELECT agent_id, agent_type, registered_at, last_heartbeat_at, registered_via FROM agents ORDER BY agent_type, agent_id",
-    )
+const AGENT_COLUMNS: &str =
+    "agent_id, agent_type, registered_at, last_heartbeat_at, registered_via,
+    status, load, available_capacity, active_tasks, queued_tasks, capabilities, last_activity_at,
+    stale_since";
+
+/// Registered agents, of one role or all.
+pub async fn agents(pool: &PgPool, role: Option<&str>) -> super::Result<Vec<AgentRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE $1::text IS NULL OR agent_type = $1
+          ORDER BY agent_type, agent_id"
+    ))
+    .bind(role)
     .fetch_all(pool)
     .await
     .map_err(super::Error::from)
@@ -143,9 +161,9 @@ pub async fn agents(pool: &PgPool) -> super::Result<Vec<AgentRow>> {
 
 /// One registered agent.
 pub async fn agent(pool: &PgPool, agent_id: &str) -> super::Result<Option<AgentRow>> {
-    sqlx::query_as(
-        "SELECT agent_id, agent_type, registered_at, last_heartbeat_at, registered_via FROM agents WHERE agent_id = $1",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {AGENT_COLUMNS} FROM agents WHERE agent_id = $1"
+    ))
     .bind(agent_id)
     .fetch_optional(pool)
     .await
@@ -378,6 +396,8 @@ pub struct State {
     pub agents: Vec<(Vec<String>, i64)>,
     /// The oldest unsent outbox row's age; 0 when there is none.
     pub outbox_oldest_age_seconds: f64,
+    /// Roles with an agent live or not heard from yet (one to take a task).
+    pub attended_roles: Vec<String>,
 }
 
 /// One statement for every gauge: a handful of grouped counts over indexed or small
@@ -399,6 +419,10 @@ pub async fn gauges(pool: &PgPool, stale_after: std::time::Duration) -> super::R
                        ELSE 'live' END AS health
              FROM agents) a GROUP BY health
          UNION ALL
+         SELECT 'roles', agent_type, '', count(*)::float8 FROM agents
+          WHERE last_heartbeat_at IS NULL OR last_heartbeat_at >= now() - make_interval(secs => $1)
+          GROUP BY agent_type
+         UNION ALL
          SELECT 'outbox', '', '', coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
            FROM outbox WHERE sent_at IS NULL",
     )
@@ -413,6 +437,7 @@ pub async fn gauges(pool: &PgPool, stale_after: std::time::Duration) -> super::R
             "escalations" => state.escalations_open.push((vec![a], count)),
             "dead_letters" => state.dead_letters_unresolved.push((vec![a], count)),
             "agents" => state.agents.push((vec![a], count)),
+            "roles" => state.attended_roles.push(a),
             _ => state.outbox_oldest_age_seconds = value.max(0.0),
         }
     }

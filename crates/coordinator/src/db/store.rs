@@ -532,6 +532,48 @@ pub async fn mark_replayed(
 /// Marks up to `limit` dead letters received longer than `after` ago, neither replayed
 /// nor resolved nor escalated yet, as escalated now, and returns them. Rows another
 /// coordinator is marking are skipped, so each is escalated once.
+/// Marks stale the agents that sent a heartbeat but none since `stale_after` before
+/// `now` and were not stale yet (guarded, so each silence is found once however many
+/// coordinators look), with how many agents of each one's role are still live.
+pub async fn mark_stale_agents(
+    conn: &mut PgConnection,
+    stale_after: std::time::Duration,
+    limit: i64,
+    now: DateTime<Utc>,
+) -> super::Result<Vec<StaleAgent>> {
+    Ok(sqlx::query_as::<_, StaleAgent>(
+        "WITH stale AS (
+           UPDATE agents SET stale_since = $3::timestamptz
+            WHERE agent_id = ANY(ARRAY(
+                SELECT agent_id FROM agents
+                 WHERE stale_since IS NULL AND last_heartbeat_at IS NOT NULL
+                   AND last_heartbeat_at < $3::timestamptz - make_interval(secs => $1)
+                 ORDER BY last_heartbeat_at LIMIT $2 FOR UPDATE SKIP LOCKED))
+           RETURNING agent_id, agent_type, last_heartbeat_at)
+         SELECT s.agent_id, s.agent_type, s.last_heartbeat_at,
+                (SELECT count(*) FROM agents a
+                  WHERE a.agent_type = s.agent_type AND a.agent_id <> s.agent_id
+                    AND a.stale_since IS NULL
+                    AND a.last_heartbeat_at >= $3::timestamptz - make_interval(secs => $1)) AS live_of_role
+           FROM stale s",
+    )
+    .bind(stale_after.as_secs_f64())
+    .bind(limit)
+    .bind(now)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// An agent found stale by [`mark_stale_agents`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StaleAgent {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub last_heartbeat_at: DateTime<Utc>,
+    /// Other agents of its role that are live.
+    pub live_of_role: i64,
+}
+
 pub async fn escalate_unresolved_dead_letters(
     conn: &mut PgConnection,
     after: std::time::Duration,

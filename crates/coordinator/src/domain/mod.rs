@@ -2,6 +2,7 @@
 //! emergency state machines, SLA clocks and the escalation ladder, rejection reasons
 //! and id derivation. Nothing in here does I/O or knows about lapin or sqlx.
 
+pub mod agent_health;
 pub mod audit;
 pub mod clocks;
 pub mod definition;

@@ -15,6 +15,8 @@ use crate::domain::emergency;
 use protocol::catalog::valid_agent_id;
 use protocol::envelope::Envelope;
 use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
+
+use crate::domain::agent_health;
 use protocol::reject::{Reason, Rejected};
 
 /// `["a", "b"]` as `a, b`, or `no role` when empty.
@@ -185,9 +187,12 @@ impl Batch<'_> {
             self.agents.add(id.clone(), ty.clone());
             self.out.registrations.push((id, ty));
         }
-        self.out
-            .heartbeats
-            .push((h.source.agent_id.clone(), h.timestamp.min(self.now)));
+        let report = agent_health::report(&env.payload.data);
+        self.out.heartbeats.push((
+            h.source.agent_id.clone(),
+            h.timestamp.min(self.now),
+            agent_health::stored(&report),
+        ));
         Ok(Processed::new(Outcome::Accepted))
     }
 

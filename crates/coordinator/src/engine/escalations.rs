@@ -8,7 +8,7 @@ use serde_json::json;
 
 use protocol::envelope::{Payload, Priority};
 use protocol::names::message_types::{
-    DEAD_LETTERS_UNRESOLVED, MESSAGE_SET_ASIDE, MESSAGE_UNDELIVERABLE,
+    AGENT_STALE, DEAD_LETTERS_UNRESOLVED, MESSAGE_SET_ASIDE, MESSAGE_UNDELIVERABLE,
 };
 use protocol::names::{exchanges, routing};
 use protocol::payloads;
@@ -89,6 +89,32 @@ pub fn unresolved_notice(letters: &[UnresolvedDeadLetter], now: DateTime<Utc>) -
                 hint: "coordinator dead-letter list --unresolved; show, replay or resolve each"
                     .to_string(),
             }),
+            metadata: json!({}),
+        },
+        Severity::High.priority(),
+        now,
+    )
+}
+
+/// The escalation to a role's owner (`escalation.high.{role}`, where the ladder's
+/// `owner` level pages) for an agent that stopped sending heartbeats. Its id derives
+/// from the agent and its last heartbeat, so a notice sent again is the same one.
+pub fn stale_agent_notice(agent: &payloads::AgentStale, now: DateTime<Utc>) -> OutboxMessage {
+    let key = format!(
+        "{}:{}",
+        agent.agent_id,
+        agent.last_heartbeat_at.to_rfc3339()
+    );
+    outgoing(
+        ids::derived(&key, AGENT_STALE),
+        &agent.agent_id,
+        None,
+        AGENT_STALE,
+        exchanges::TOPIC,
+        &routing::escalation(Severity::High, &agent.agent_type),
+        None,
+        Payload {
+            data: payloads::to_value(agent),
             metadata: json!({}),
         },
         Severity::High.priority(),

@@ -256,7 +256,8 @@ pub struct Writes {
     pub outcomes: Vec<(String, &'static str)>,
     /// Agents registered by heartbeat.
     pub registrations: Vec<(String, String)>,
-    pub heartbeats: Vec<(String, DateTime<Utc>)>,
+    /// Heartbeats: agent id, when, and its report (`domain::agent_health::stored`).
+    pub heartbeats: Vec<(String, DateTime<Utc>, serde_json::Value)>,
     /// Audit rows, linked after the chain's head, and the chain's new head.
     pub audit: Vec<audit::Record>,
     pub audit_head: Option<audit::Head>,

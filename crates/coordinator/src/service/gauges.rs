@@ -22,8 +22,11 @@ pub async fn run(shared: &Shared, stop: CancellationToken) {
         connections
             .with_label_values(&["amqp"])
             .set(i64::from(broker));
-        match db::read::gauges(&shared.pool, settings.agent_stale_after).await {
-            Ok(state) => shared.metrics.set_state(&state),
+        match db::read::gauges(&shared.pool, shared.settings.heartbeats.stale_after()).await {
+            Ok(state) => {
+                shared.metrics.set_state(&state);
+                shared.unattended.set_attended(state.attended_roles);
+            }
             // The database being away is what readiness, the breaker and the batch
             // errors report; the gauges keep their last values meanwhile.
             Err(e) => {

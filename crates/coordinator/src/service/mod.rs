@@ -11,7 +11,8 @@
 //! - [`supervisor`]: the broker connection, reconnects, and the partition consumers.
 //! - Reconcilers, each a `step` that can be called directly and a `run` loop:
 //!   [`timers`], [`relay`], [`housekeeping`], [`partitions`], [`dead_letters`],
-//!   [`collector`] (what the broker dead-letters), [`notifications`].
+//!   [`collector`] (what the broker dead-letters), [`notifications`], [`agent_health`]
+//!   (stale agents, tasks for roles nobody serves).
 //! - [`ops`]: the operator's use cases (close a workflow, snooze or cancel a clock,
 //!   acknowledge an escalation, raise an emergency, replay or resolve a dead letter,
 //!   register an agent).
@@ -19,6 +20,7 @@
 //!   database holds, for Prometheus.
 
 pub mod activity;
+pub mod agent_health;
 pub mod audit;
 pub mod collector;
 pub mod dead_letters;

@@ -46,6 +46,8 @@ pub struct Shared {
     pub cipher: crate::encryption::FieldCipher,
     /// Every agent's rate-limit buckets (`security.rate_limits`).
     pub rate_limits: crate::service::rate_limits::RateLimits,
+    /// The roles with an agent to take a task, for the warning when one has none.
+    pub unattended: crate::service::agent_health::Unattended,
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
     pub batch_turns: tokio::sync::Semaphore,
     pub signals: Signals,
@@ -85,6 +87,7 @@ impl Shared {
             signer,
             confirmed: Confirmed::default(),
             rate_limits,
+            unattended: Default::default(),
             cipher,
             batch_turns,
             signals: Signals::default(),
@@ -434,6 +437,8 @@ pub struct Metrics {
     pub sla_breaches: IntCounterVec,
     /// A causing message's timestamp → its task's confirm, by workflow kind.
     pub handoff_latency: HistogramVec,
+    /// Tasks sent to a role with no agent to take them, by role.
+    pub tasks_unattended: IntCounterVec,
     /// Every deadline this process knows of that was due before this time (Unix
     /// seconds) has been fired: how far the timer has caught up.
     pub timer_caught_up: Gauge,
@@ -575,6 +580,14 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let tasks_unattended = IntCounterVec::new(
+            Opts::new(
+                "coordinator_tasks_unattended_total",
+                "Tasks sent to a role none of whose agents is live or yet unheard-of, by role",
+            ),
+            &["role"],
+        )
+        .expect("valid metric");
         let timer_caught_up = Gauge::new(
             "coordinator_timer_caught_up_timestamp_seconds",
             "Unix time before which every deadline this process holds has been fired",
@@ -611,7 +624,7 @@ impl Metrics {
         );
         let agents = gauge_vec(
             "coordinator_agents",
-            "Registered agents by health (live, stale: no heartbeat for metrics.agent_stale_after, unknown: none yet), from the database",
+            "Registered agents by health (live, stale: no heartbeat for heartbeats.missed intervals, unknown: none yet), from the database",
             &["health"],
         );
         let messages_sent = IntCounterVec::new(
@@ -662,6 +675,7 @@ impl Metrics {
             sla_warnings,
             sla_breaches,
             handoff_latency,
+            tasks_unattended,
             timer_caught_up: timer_caught_up.expect("valid metric"),
             breaker_state: breaker_state.expect("valid metric"),
             partitions_held,
@@ -699,6 +713,7 @@ impl Metrics {
             Box::new(m.sla_warnings.clone()),
             Box::new(m.sla_breaches.clone()),
             Box::new(m.handoff_latency.clone()),
+            Box::new(m.tasks_unattended.clone()),
             Box::new(m.timer_caught_up.clone()),
             Box::new(m.breaker_state.clone()),
             Box::new(m.partitions_held.clone()),
