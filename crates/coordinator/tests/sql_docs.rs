@@ -74,7 +74,7 @@ async fn every_query_in_docs_sql_md_runs_as_written() {
     let doc =
         std::fs::read_to_string(common::repo_root().join("docs/sql.md")).expect("docs/sql.md");
     let qs = queries(&doc);
-    assert_eq!(qs.len(), 11, "docs/sql.md promises eleven queries");
+    assert_eq!(qs.len(), 15, "docs/sql.md promises fifteen queries");
     let mut rows = Vec::new();
     for q in &qs {
         let r = sqlx::query(q)
@@ -102,6 +102,18 @@ async fn every_query_in_docs_sql_md_runs_as_written() {
     );
     let refused: String = rows[10][15].try_get("result").expect("result");
     assert_eq!(refused, "rejected:not_accepted_in_state");
+    // The report's views: the QA director's refused message is its top refusal, what
+    // the coordinator sent has latencies, clocks closed, handoffs of the one kind.
+    let qa = rows[11]
+        .iter()
+        .find(|r| r.try_get::<String, _>("orchestrator").ok().as_deref() == Some("qa-director"))
+        .expect("the QA director's adherence");
+    let top: Option<String> = qa.try_get("top_refusal").expect("top_refusal");
+    assert_eq!(top.as_deref(), Some("not_accepted_in_state"));
+    assert!(!rows[12].is_empty(), "deliveries by type");
+    assert!(!rows[13].is_empty(), "SLA compliance by week and role");
+    let kind: String = rows[14][0].try_get("kind").expect("kind");
+    assert_eq!(kind, "feature_delivery");
 }
 
 /// The relations and columns a table in `doc` names: its first cell's relation, and the

@@ -1,6 +1,8 @@
 //! The command line: `serve`, `migrate`, and the commands managers and operators use.
 
 mod oncall;
+mod report;
+pub use report::Format as ReportFormat;
 mod table;
 mod tail;
 
@@ -86,6 +88,19 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// The communication-health report: message volume per orchestrator and type,
+    /// delivery latency and reliability, handoff success per workflow kind, SLA
+    /// compliance per role and clock, protocol adherence per orchestrator, and an
+    /// overall healthy / degraded / critical with the rules that decided it
+    /// (docs/sql.md, section 12)
+    Report {
+        /// How far back to look (e.g. 24h, 7d)
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// text for a terminal, json for a script (the source documents' sections)
+        #[arg(long, value_enum, default_value = "text")]
+        format: report::Format,
     },
     /// Follow workflow events as they are committed, one line each (Ctrl-C stops)
     Tail {
@@ -877,6 +892,15 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 ))
             }
         },
+        Command::Report { since, format } => {
+            let until = chrono::Utc::now();
+            let since = chrono::Duration::from_std(since)
+                .ok()
+                .and_then(|d| until.checked_sub_signed(d))
+                .context("--since reaches back before the calendar's start")?;
+            let figures = db::report::figures(&pool, since, until).await?;
+            Ok(report::Report::of(figures).render(format))
+        }
         Command::Tail {
             workflow,
             kind,

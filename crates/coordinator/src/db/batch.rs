@@ -15,14 +15,16 @@ use crate::engine::rows::{
     ArmedClockRow, ChainMember, Claims, InsertedClock, Loaded, LockedWorkflow, Needs, Queued,
     Writes, Written, OUTCOME_ACCEPTED,
 };
+use crate::engine::Received;
 
 // `earlier` reads the snapshot the statement started with, so it sees the ids claimed
 // before it and none of those `claimed` inserts.
 pub const CLAIM_AND_LOCK: &str = "WITH head AS (
            SELECT chain, seq, hash FROM audit_heads WHERE chain = $6 FOR UPDATE),
          claimed AS (
-           INSERT INTO processed_messages (message_id, outcome, processed_by, sender)
-           SELECT id, $2::text, $3::text, sender FROM unnest($1::text[], $5::text[]) AS u(id, sender)
+           INSERT INTO processed_messages (message_id, outcome, processed_by, sender, message_type, sender_role)
+           SELECT id, $2::text, $3::text, sender, type, role
+             FROM unnest($1::text[], $5::text[], $7::text[], $8::text[]) AS u(id, sender, type, role)
            ON CONFLICT DO NOTHING RETURNING message_id),
          locked AS (
            SELECT id, kind, state, round, definition_hash, business_key FROM workflows WHERE id = ANY($4::text[]) ORDER BY id FOR UPDATE),
@@ -51,22 +53,23 @@ pub struct Claimed {
 /// claimed), the senders of ids claimed before, and what was locked.
 pub async fn claim_and_lock(
     conn: &mut PgConnection,
-    message_ids: &[&str],
-    senders: &[Option<&str>],
+    received: &Received<'_>,
     instance: &str,
     workflow_ids: &[&str],
     audit_chain: Option<&str>,
 ) -> super::Result<Claimed> {
-    if message_ids.is_empty() && workflow_ids.is_empty() && audit_chain.is_none() {
+    if received.ids.is_empty() && workflow_ids.is_empty() && audit_chain.is_none() {
         return Ok(Claimed::default());
     }
     let rows = sqlx::query(CLAIM_AND_LOCK)
-        .bind(message_ids)
+        .bind(&received.ids)
         .bind(OUTCOME_ACCEPTED)
         .bind(instance)
         .bind(workflow_ids)
-        .bind(senders)
+        .bind(&received.senders)
         .bind(audit_chain)
+        .bind(&received.types)
+        .bind(&received.roles)
         .fetch_all(conn)
         .await?;
     let mut c = Claimed::default();

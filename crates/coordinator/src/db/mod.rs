@@ -13,6 +13,7 @@ pub mod deferred;
 pub mod definitions;
 pub mod lease;
 pub mod read;
+pub mod report;
 pub mod store;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

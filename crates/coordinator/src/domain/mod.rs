@@ -11,6 +11,7 @@ pub mod emergency;
 pub mod escalation;
 pub mod graph;
 pub mod ids;
+pub mod report;
 pub mod sla;
 pub mod workflow;
 

@@ -139,6 +139,28 @@ impl Input<'_> {
         }
     }
 
+    /// Its message type and its sender's role: the envelope's, or for a delivery refused
+    /// before its envelope could be trusted, what its routing key
+    /// (`{agent_type}.{message_type}`) claims; an operator's are its own.
+    fn described(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Input::Delivery(d, a) => match a.envelope() {
+                Some(e) => (
+                    Some(e.header.message_type.as_str()),
+                    Some(e.header.source.agent_type.as_str()),
+                ),
+                None => match d.meta.routing_key.split_once('.') {
+                    Some((role, message_type)) => (Some(message_type), Some(role)),
+                    None => (None, None),
+                },
+            },
+            Input::Operator(env) => (
+                Some(env.header.message_type.as_str()),
+                Some(protocol::names::OPERATOR),
+            ),
+        }
+    }
+
     /// The envelope to act on; `None` for a refused delivery.
     pub fn envelope(&self) -> Option<&Envelope> {
         self.valid().map(|(e, _)| e)
@@ -210,16 +232,54 @@ pub struct Security {
 
 /// The message ids to claim, each once, in delivery order, and the sender of each
 /// (the first to use it in the batch).
-pub fn message_ids<'s>(inputs: &'s [Input<'_>]) -> (Vec<&'s str>, Vec<Option<&'s str>>) {
+pub fn message_ids<'s>(inputs: &'s [Input<'_>]) -> Received<'s> {
     let mut seen = HashSet::new();
-    inputs
-        .iter()
-        .filter_map(|i| {
-            let (id, sender) = i.ids();
-            Some((id?, sender))
-        })
-        .filter(|(id, _)| seen.insert(*id))
-        .unzip()
+    let mut r = Received::default();
+    for i in inputs {
+        let (Some(id), sender) = i.ids() else {
+            continue;
+        };
+        if seen.insert(id) {
+            let (message_type, role) = i.described();
+            r.push(id, sender, message_type, role);
+        }
+    }
+    r
+}
+
+/// The message ids a batch claims, each with its sender, its type and its sender's
+/// role (`processed_messages`; the report reads the last two).
+#[derive(Debug, Default, Clone)]
+pub struct Received<'s> {
+    pub ids: Vec<&'s str>,
+    pub senders: Vec<Option<&'s str>>,
+    pub types: Vec<Option<&'s str>>,
+    pub roles: Vec<Option<&'s str>>,
+}
+
+impl<'s> Received<'s> {
+    pub fn push(
+        &mut self,
+        id: &'s str,
+        sender: Option<&'s str>,
+        message_type: Option<&'s str>,
+        role: Option<&'s str>,
+    ) {
+        self.ids.push(id);
+        self.senders.push(sender);
+        self.types.push(message_type);
+        self.roles.push(role);
+    }
+
+    /// One input's, if it has a message id.
+    pub fn of(input: &'s Input<'s>) -> Received<'s> {
+        let mut r = Received::default();
+        if let (Some(id), sender) = input.ids() {
+            let (message_type, role) = input.described();
+            r.push(id, sender, message_type, role);
+        }
+        r
+    }
 }
 
 impl Processor {

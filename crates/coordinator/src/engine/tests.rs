@@ -72,7 +72,7 @@ fn run(p: &Processor, msgs: &[&Msg], loaded: Loaded) -> (Vec<Processed>, Finishe
         .collect();
     let claimed = rows::Claims {
         claimed: message_ids(&inputs)
-            .0
+            .ids
             .into_iter()
             .map(str::to_string)
             .collect(),

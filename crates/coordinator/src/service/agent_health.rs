@@ -1,26 +1,22 @@
 //! Agents' health beyond their heartbeats (which batches write to `agents`):
 //! [`Watch`] finds agents that went silent for `heartbeats.missed` intervals, marks them
-//! stale and tells their role's owner once (`agent_stale`); [`Unattended`] warns at once
-//! when a batch sends a task to a role that has no agent left to take it.
+//! stale and tells their role's owner once (`agent_stale`). (The warning for a task sent
+//! to a role with no agent left is `runtime::Unattended`, shared state the gauges feed.)
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::db::{self, batch, store, Pool};
 use crate::engine::escalations;
-use crate::engine::rows::{Queued, Writes};
-use crate::service::runtime::{Metrics, Shared, Signals};
+use crate::engine::rows::Writes;
+use crate::service::runtime::{Shared, Signals};
 use crate::settings::HeartbeatSettings;
 use protocol::payloads::AgentStale;
 
 /// Most agents marked stale in one step.
 const MOST: i64 = 100;
-/// A role's unattended tasks are logged at most this often (each is counted).
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Watch<'a> {
     pool: &'a Pool,
@@ -103,52 +99,6 @@ impl<'a> Watch<'a> {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
-            }
-        }
-    }
-}
-
-/// The roles that have an agent to take a task (live, or registered and not heard
-/// from yet), as the gauges last read them, and when each unattended role was last
-/// logged.
-#[derive(Default)]
-pub struct Unattended {
-    attended: RwLock<Option<HashSet<String>>>,
-    warned: Mutex<HashMap<String, Instant>>,
-}
-
-impl Unattended {
-    /// The roles with an agent to take a task, from the database.
-    pub fn set_attended(&self, roles: impl IntoIterator<Item = String>) {
-        let roles = roles.into_iter().collect();
-        *self.attended.write().unwrap_or_else(|e| e.into_inner()) = Some(roles);
-    }
-
-    /// Counts, and logs (once a minute a role), the tasks among `queued` sent to a role
-    /// with no agent to take them. Nothing until the roles have been read once.
-    pub fn check(&self, queued: &[Queued], metrics: &Metrics) {
-        let attended = self.attended.read().unwrap_or_else(|e| e.into_inner());
-        let Some(attended) = attended.as_ref() else {
-            return;
-        };
-        for q in queued {
-            let Some(role) = q.message.routing_key.strip_prefix("task.") else {
-                continue;
-            };
-            if attended.contains(role) {
-                continue;
-            }
-            metrics.tasks_unattended.with_label_values(&[role]).inc();
-            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
-            let due = warned.get(role).is_none_or(|at| at.elapsed() >= WARN_EVERY);
-            if due {
-                warned.insert(role.to_string(), Instant::now());
-                tracing::warn!(
-                    role,
-                    message_type = %q.message.message_type,
-                    workflow_id = %q.message.correlation_id,
-                    "a task was sent to a role with no live agent: it waits on the role's queue until one comes (once a minute a role; coordinator_tasks_unattended_total counts each)"
-                );
             }
         }
     }

@@ -341,7 +341,7 @@ async fn decide(
     now: DateTime<Utc>,
     mode: Mode,
 ) -> db::Result<(Vec<Processed>, engine::Finished, usize)> {
-    let (ids, senders) = engine::message_ids(inputs);
+    let received = engine::message_ids(inputs);
     let needs = ctx
         .processor
         .needs(inputs, &engine::AgentView::new(ctx.agents.clone()));
@@ -350,8 +350,7 @@ async fn decide(
     wf_ids.dedup();
     let claimed = batch::claim_and_lock(
         conn,
-        &ids,
-        &senders,
+        &received,
         ctx.instance,
         &wf_ids,
         ctx.audit_chain.as_deref(),
@@ -438,8 +437,7 @@ async fn set_aside(
             let id = admission.message_id();
             let c = batch::claim_and_lock(
                 &mut tx,
-                id.as_slice(),
-                &[admission.sender_id()],
+                &engine::Received::of(&Input::Delivery(d, admission)),
                 ctx.instance,
                 &[],
                 ctx.audit_chain.as_deref(),

@@ -47,7 +47,7 @@ pub struct Shared {
     /// Every agent's rate-limit buckets (`security.rate_limits`).
     pub rate_limits: crate::service::rate_limits::RateLimits,
     /// The roles with an agent to take a task, for the warning when one has none.
-    pub unattended: crate::service::agent_health::Unattended,
+    pub unattended: Unattended,
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
     pub batch_turns: tokio::sync::Semaphore,
     pub signals: Signals,
@@ -825,6 +825,57 @@ pub fn tally<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<(&'a str, u64)> {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// A role's unattended tasks are logged at most this often (each is counted).
+const UNATTENDED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The roles that have an agent to take a task (live, or registered and not heard
+/// from yet), as the gauges last read them, and when each unattended role was last
+/// logged.
+#[derive(Default)]
+pub struct Unattended {
+    attended: std::sync::RwLock<Option<std::collections::HashSet<String>>>,
+    warned: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Unattended {
+    /// The roles with an agent to take a task, from the database.
+    pub fn set_attended(&self, roles: impl IntoIterator<Item = String>) {
+        let roles = roles.into_iter().collect();
+        *self.attended.write().unwrap_or_else(|e| e.into_inner()) = Some(roles);
+    }
+
+    /// Counts, and logs (once a minute a role), the tasks among `queued` sent to a role
+    /// with no agent to take them. Nothing until the roles have been read once.
+    pub fn check(&self, queued: &[crate::engine::rows::Queued], metrics: &Metrics) {
+        let attended = self.attended.read().unwrap_or_else(|e| e.into_inner());
+        let Some(attended) = attended.as_ref() else {
+            return;
+        };
+        for q in queued {
+            let Some(role) = q.message.routing_key.strip_prefix("task.") else {
+                continue;
+            };
+            if attended.contains(role) {
+                continue;
+            }
+            metrics.tasks_unattended.with_label_values(&[role]).inc();
+            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            let due = warned
+                .get(role)
+                .is_none_or(|at| at.elapsed() >= UNATTENDED_WARN_EVERY);
+            if due {
+                warned.insert(role.to_string(), std::time::Instant::now());
+                tracing::warn!(
+                    role,
+                    message_type = %q.message.message_type,
+                    workflow_id = %q.message.correlation_id,
+                    "a task was sent to a role with no live agent: it waits on the role's queue until one comes (once a minute a role; coordinator_tasks_unattended_total counts each)"
+                );
+            }
+        }
     }
 }
 
