@@ -29,12 +29,13 @@ test-via-api: services prometheus python-venv asyncapi-parser mermaid-parser
 prometheus:
 	@command -v promtool >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
 
-## python-venv: the example Python agent's virtualenv (from PyPI), for its interop test
+## python-venv: a virtualenv (from PyPI) with the example Python agent's packages, for
+## its interop test, and the OpenAPI validator, for the read API's test
 VENV := target/python-venv
 python-venv: $(VENV)/.installed
-$(VENV)/.installed: examples/python/requirements.txt
+$(VENV)/.installed: examples/python/requirements.txt crates/coordinator/tests/api/requirements.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$^)
 	touch $@
 
 # A pinned npm package (its package.json and lock file) installed into the target's

@@ -52,3 +52,6 @@ SELECT received_at AS at, split_part(routing_key, '.', 1) AS orchestrator, reaso
  WHERE NOT (properties ? 'x_death');
 
 CREATE INDEX sla_clocks_closed ON sla_clocks USING brin (closed_at);
+
+-- The read API's pages of workflows, most recently changed first (GET /api/v1/workflows).
+CREATE INDEX workflows_updated ON workflows (updated_at, id);

@@ -1,4 +1,5 @@
-//! `/healthz`, `/readyz` and `/metrics` (docs/protocol.md section 1).
+//! `/healthz`, `/readyz`, `/metrics`, `/keys` (docs/protocol.md section 1) and the read
+//! API under `/api/v1` ([`api`], docs/api.md).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::service::runtime::{Shared, Status};
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub mod api;
+
+/// Every route; `shutdown` also ends the open event streams, so that a graceful
+/// shutdown does not wait on them.
+pub fn router(shared: Arc<Shared>, shutdown: CancellationToken) -> Router {
     Router::new()
+        .merge(api::router(shutdown))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -28,7 +34,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
+    axum::serve(listener, router(shared, shutdown.clone()))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

@@ -538,6 +538,11 @@ impl LimitSettings {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub addr: String,
+    /// The token `POST /api/v1/escalations/{id}/acknowledge` needs (`Authorization:
+    /// Bearer …`); none: the API is read-only. Set it from the environment
+    /// (`COORDINATOR__HTTP__OPERATOR_TOKEN`), not a file.
+    #[serde(default)]
+    pub operator_token: Option<crate::secret::Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -46,6 +46,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("sqlx", &["db"]),
     ("lapin", &["amqp"]),
     ("axum", &["http"]),
+    ("utoipa", &["http"]),
     ("clap", &["cli"]),
     ("prometheus", &["service"]),
     ("tracing_subscriber", &["telemetry"]),

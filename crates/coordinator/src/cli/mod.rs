@@ -899,7 +899,7 @@ async fn run_on(settings: &Settings, pool: &PgPool, command: Command) -> anyhow:
                 .and_then(|d| until.checked_sub_signed(d))
                 .context("--since reaches back before the calendar's start")?;
             let figures = db::report::figures(&pool, since, until).await?;
-            Ok(report::Report::of(figures).render(format))
+            Ok(report::render(&report::Report::of(figures), format))
         }
         Command::Tail {
             workflow,

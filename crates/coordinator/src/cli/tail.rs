@@ -1,22 +1,18 @@
 //! `coordinator tail`: workflow events as they are committed, one line each, for a
 //! terminal (coloured when stdout is one) or a pipe.
 //!
-//! It polls the history (`workflow_events`, by its `occurred_at` index). A batch's rows
-//! carry the time its transaction decided them, and transactions commit out of that
-//! order, so each poll looks back over [`LOOK_BACK`] and skips what it printed already:
-//! an event committed up to that long after its time is still shown, once.
+//! It polls the history (`workflow_events`, by its `occurred_at` index) through
+//! `db::read::EventCursor`, which returns each event once even when transactions commit
+//! out of order.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::db::read::{self, EventFilter, TailedEvent};
+use crate::db::read::{EventCursor, EventFilter, TailedEvent};
 use crate::db::Pool;
 
-/// How far back each poll looks for events committed late.
-const LOOK_BACK: Duration = Duration::from_secs(10);
 /// Rows read per poll at most (a busy minute is read over several polls).
 const PAGE: i64 = 1000;
 
@@ -30,9 +26,7 @@ pub async fn run(
     limit: Option<u64>,
 ) -> anyhow::Result<()> {
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    // What was printed, with when it occurred, as long as a poll can read it again.
-    let mut printed: HashMap<(String, i32), DateTime<Utc>> = HashMap::new();
-    let mut from = since;
+    let mut cursor = EventCursor::at(since);
     let mut count = 0u64;
     // On stderr, so that a pipe of stdout holds events only.
     eprintln!(
@@ -42,15 +36,9 @@ pub async fn run(
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
-        let rows = read::events_since(pool, from, filter, PAGE).await?;
-        let full = rows.len() as i64 == PAGE;
-        let newest = rows.last().map(|r| r.occurred_at);
+        let (rows, again) = cursor.next(pool, filter, PAGE).await?;
         let mut out = std::io::stdout().lock();
         for row in rows {
-            let key = (row.workflow_id.clone(), row.seq);
-            if printed.insert(key, row.occurred_at).is_some() {
-                continue;
-            }
             writeln!(out, "{}", line(&row, colour))?;
             count += 1;
             if limit.is_some_and(|l| count >= l) {
@@ -59,14 +47,7 @@ pub async fn run(
         }
         out.flush()?;
         drop(out);
-        let before = from;
-        if let Some(newest) = newest {
-            let look_back = chrono::Duration::from_std(LOOK_BACK).unwrap_or_default();
-            from = from.max(if full { newest } else { newest - look_back });
-        }
-        // What is older than the next poll's start cannot come back.
-        printed.retain(|_, at| *at >= from);
-        if full && from > before {
+        if again {
             // A full page: read on at once, from its newest row.
             continue;
         }

@@ -44,6 +44,129 @@ pub async fn workflows(
     .map_err(super::Error::from)
 }
 
+/// Which workflows a page holds: none set is every live one.
+#[derive(Debug, Clone, Default)]
+pub struct WorkflowFilter<'a> {
+    pub kind: Option<&'a str>,
+    pub state: Option<&'a str>,
+    /// With an armed clock this role owns.
+    pub role: Option<&'a str>,
+    /// With an armed clock past its deadline.
+    pub overdue: bool,
+    /// Completed ones too.
+    pub completed: bool,
+}
+
+/// Where a page of workflows ended: its last row's `updated_at` and id (most recently
+/// changed first), written `<microseconds>~<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor {
+    pub updated_at: DateTime<Utc>,
+    pub id: String,
+}
+
+impl PageCursor {
+    pub fn parse(s: &str) -> Result<PageCursor, String> {
+        let wrong = || format!("after {s:?} is not a `next` this API returned");
+        let (micros, id) = s.split_once('~').ok_or_else(wrong)?;
+        let updated_at = micros
+            .parse()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(wrong)?;
+        Ok(PageCursor {
+            updated_at,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for PageCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}~{}", self.updated_at.timestamp_micros(), self.id)
+    }
+}
+
+/// A page of workflows, most recently changed first, after `after`; with the cursor of
+/// the next page when there is one.
+pub async fn workflow_page(
+    pool: &PgPool,
+    filter: &WorkflowFilter<'_>,
+    after: Option<&PageCursor>,
+    limit: i64,
+) -> super::Result<(Vec<WorkflowRow>, Option<PageCursor>)> {
+    let mut rows: Vec<WorkflowRow> = sqlx::query_as(&format!(
+        "SELECT {WORKFLOW_COLUMNS} FROM workflows w
+         WHERE ($1::text IS NULL OR w.kind = $1) AND ($2::text IS NULL OR w.state = $2)
+           AND ($3 OR w.completed_at IS NULL)
+           AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM sla_clocks c
+                 WHERE c.workflow_id = w.id AND c.status = 'armed' AND c.owner_role = $4))
+           AND (NOT $5 OR EXISTS (SELECT 1 FROM sla_clocks c
+                 WHERE c.workflow_id = w.id AND c.status = 'armed' AND c.due_at < now()))
+           AND ($6::timestamptz IS NULL OR (w.updated_at, w.id) < ($6, $7::text))
+         ORDER BY w.updated_at DESC, w.id DESC LIMIT $8"
+    ))
+    .bind(filter.kind)
+    .bind(filter.state)
+    .bind(filter.completed)
+    .bind(filter.role)
+    .bind(filter.overdue)
+    .bind(after.map(|a| a.updated_at))
+    .bind(after.map(|a| a.id.as_str()))
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = rows.last().filter(|_| more).map(|w| PageCursor {
+        updated_at: w.updated_at,
+        id: w.id.clone(),
+    });
+    Ok((rows, next))
+}
+
+/// The follow-ons among `ids` (`<workflow>.<kind>` for each kind that could follow it).
+pub async fn workflows_among(pool: &PgPool, ids: &[String]) -> super::Result<Vec<WorkflowRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE w.id = ANY($1) ORDER BY w.created_at"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .map_err(super::Error::from)
+}
+
+/// An incident with the agents whose acknowledgment clock is still armed.
+#[derive(Debug, Clone, FromRow)]
+pub struct EmergencyRow {
+    #[sqlx(flatten)]
+    pub incident: WorkflowRow,
+    pub not_acknowledged: Vec<String>,
+}
+
+/// Incidents, newest first (open ones only unless `resolved`).
+pub async fn emergencies(
+    pool: &PgPool,
+    resolved: bool,
+    limit: i64,
+) -> super::Result<Vec<EmergencyRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {WORKFLOW_COLUMNS},
+                ARRAY(SELECT c.subject_agent_id FROM sla_clocks c
+                       WHERE c.workflow_id = w.id AND c.clock = 'acknowledgment'
+                         AND c.status = 'armed' AND c.subject_agent_id IS NOT NULL
+                       ORDER BY 1) AS not_acknowledged
+           FROM workflows w
+          WHERE w.kind = 'emergency' AND ($1 OR w.completed_at IS NULL)
+          ORDER BY w.created_at DESC LIMIT $2"
+    ))
+    .bind(resolved)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(super::Error::from)
+}
+
 pub async fn workflow(pool: &PgPool, id: &str) -> super::Result<Option<WorkflowRow>> {
     sqlx::query_as(&format!(
         "SELECT {WORKFLOW_COLUMNS} FROM workflows w WHERE w.id = $1"
@@ -467,6 +590,62 @@ pub struct EventFilter {
     /// The sender's role (`agents.agent_type`).
     pub role: Option<String>,
     pub message_type: Option<String>,
+}
+
+/// Follows the history as it is committed (`coordinator tail`, the API's event stream).
+/// A batch's rows carry the time its transaction decided them, and transactions commit
+/// out of that order, so each read looks back over [`EventCursor::LOOK_BACK`] and drops
+/// what it returned already: an event committed up to that long after its time is
+/// still returned, once.
+#[derive(Debug, Clone)]
+pub struct EventCursor {
+    from: DateTime<Utc>,
+    /// What was returned, with when it occurred, as long as a read can see it again.
+    seen: std::collections::HashMap<(String, i32), DateTime<Utc>>,
+}
+
+impl EventCursor {
+    pub const LOOK_BACK: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// From `since` on.
+    pub fn at(since: DateTime<Utc>) -> EventCursor {
+        EventCursor {
+            from: since,
+            seen: Default::default(),
+        }
+    }
+
+    /// The events not returned before, oldest first, reading at most `page` rows; and
+    /// whether to read again at once (a full page moved the cursor on).
+    pub async fn next(
+        &mut self,
+        pool: &PgPool,
+        filter: &EventFilter,
+        page: i64,
+    ) -> super::Result<(Vec<TailedEvent>, bool)> {
+        let rows = events_since(pool, self.from, filter, page).await?;
+        let full = rows.len() as i64 == page;
+        let newest = rows.last().map(|r| r.occurred_at);
+        let fresh: Vec<TailedEvent> = rows
+            .into_iter()
+            .filter(|r| {
+                self.seen
+                    .insert((r.workflow_id.clone(), r.seq), r.occurred_at)
+                    .is_none()
+            })
+            .collect();
+        let before = self.from;
+        if let Some(newest) = newest {
+            let look_back = chrono::Duration::from_std(Self::LOOK_BACK).unwrap_or_default();
+            self.from = self
+                .from
+                .max(if full { newest } else { newest - look_back });
+        }
+        // What is older than the next read's start cannot come back.
+        let from = self.from;
+        self.seen.retain(|_, at| *at >= from);
+        Ok((fresh, full && self.from > before))
+    }
 }
 
 /// History rows that occurred at or after `since`, oldest first, at most `limit`

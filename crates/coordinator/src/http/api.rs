@@ -14,9 +14,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::db::{self, read};
@@ -27,22 +29,23 @@ use crate::service::runtime::Shared;
 
 /// Most rows one page returns.
 const MOST: i64 = 500;
+/// How often the event stream looks for new events, and most read at once.
+const EVENTS_EVERY: Duration = Duration::from_millis(250);
+const EVENTS_PAGE: i64 = 500;
 
-pub fn router() -> Router<Arc<Shared>> {
+pub fn router(shutdown: CancellationToken) -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/workflows", get(workflows))
         .route("/api/v1/workflows/{id}", get(workflow))
         .route("/api/v1/escalations", get(escalations))
-        .route(
-            "/api/v1/escalations/{id}/acknowledge",
-            post(acknowledge),
-        )
+        .route("/api/v1/escalations/{id}/acknowledge", post(acknowledge))
         .route("/api/v1/emergencies", get(emergencies))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/report", get(report))
         .route("/api/v1/events", get(events))
+        .layer(Extension(shutdown))
 }
 
 #[derive(OpenApi)]
@@ -92,7 +95,9 @@ impl utoipa::Modify for OperatorToken {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("http.operator_token (COORDINATOR__HTTP__OPERATOR_TOKEN)"))
+                    .description(Some(
+                        "http.operator_token (COORDINATOR__HTTP__OPERATOR_TOKEN)",
+                    ))
                     .build(),
             ),
         );
@@ -211,10 +216,10 @@ pub struct WorkflowQuery {
     )
 )]
 async fn workflows(State(shared): State<Arc<Shared>>, Query(q): Query<WorkflowQuery>) -> Response {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MOST).contains(&limit) {
-        return error(StatusCode::BAD_REQUEST, format!("limit must be 1 to {MOST}, got {limit}"));
-    }
+    let limit = match limit_of(q.limit, 50) {
+        Ok(l) => l,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     let after = match q.after.as_deref().map(read::PageCursor::parse).transpose() {
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -366,7 +371,13 @@ async fn workflow_detail(shared: &Shared, id: &str) -> db::Result<Option<Workflo
     let history = read::events(pool, id).await?;
     let clocks = read::sla_clocks(pool, false, Some(id), MOST).await?;
     let escalations = read::escalation_list(pool, false, Some(id), MOST).await?;
-    let follow_ons = read::follow_ons(pool, id).await?;
+    let candidates: Vec<String> = shared
+        .processor
+        .workflows
+        .iter()
+        .map(|d| crate::domain::ids::follow_on(id, d.name))
+        .collect();
+    let follow_ons = read::workflows_among(pool, &candidates).await?;
     Ok(Some(WorkflowDetail {
         workflow: Workflow::of(w, now),
         history: history
@@ -384,7 +395,10 @@ async fn workflow_detail(shared: &Shared, id: &str) -> db::Result<Option<Workflo
             .collect(),
         clocks: clocks.into_iter().map(Clock::from).collect(),
         escalations: escalations.into_iter().map(Escalation::from).collect(),
-        follow_ons: follow_ons.into_iter().map(|f| Workflow::of(f, now)).collect(),
+        follow_ons: follow_ons
+            .into_iter()
+            .map(|f| Workflow::of(f, now))
+            .collect(),
     }))
 }
 
@@ -416,23 +430,23 @@ async fn escalations(
 ) -> Response {
     let limit = match limit_of(q.limit, 100) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     match read::escalation_list(&shared.pool, q.open, q.workflow.as_deref(), limit).await {
-        Ok(rows) => Json(rows.into_iter().map(Escalation::from).collect::<Vec<_>>()).into_response(),
+        Ok(rows) => {
+            Json(rows.into_iter().map(Escalation::from).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => unavailable(e),
     }
 }
 
-fn limit_of(asked: Option<i64>, default: i64) -> Result<i64, Response> {
+/// The page size asked for (or `default`), or why it is refused.
+fn limit_of(asked: Option<i64>, default: i64) -> Result<i64, String> {
     let limit = asked.unwrap_or(default);
     if (1..=MOST).contains(&limit) {
         Ok(limit)
     } else {
-        Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be 1 to {MOST}, got {limit}"),
-        ))
+        Err(format!("limit must be 1 to {MOST}, got {limit}"))
     }
 }
 
@@ -493,7 +507,10 @@ async fn acknowledge(
     }
     let by = body.by.trim();
     if by.is_empty() || by.len() > 200 {
-        return error(StatusCode::BAD_REQUEST, "`by` must name who acknowledges (1 to 200 bytes)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`by` must name who acknowledges (1 to 200 bytes)",
+        );
     }
     let ops = Ops::new(&shared.settings, &shared.pool, shared.clock.as_ref());
     match ops.acknowledge_escalation(id, by).await {
@@ -522,7 +539,9 @@ async fn acknowledge(
             already: true,
         })
         .into_response(),
-        Err(crate::service::ops::Error::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
+        Err(e @ crate::service::ops::Error::NotFound { .. }) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
         Err(e) => error(StatusCode::CONFLICT, e.to_string()),
     }
 }
@@ -564,9 +583,9 @@ async fn emergencies(
             let now = shared.clock.now();
             let out: Vec<Emergency> = rows
                 .into_iter()
-                .map(|(w, not_acknowledged)| Emergency {
-                    incident: Workflow::of(w, now),
-                    not_acknowledged,
+                .map(|e| Emergency {
+                    incident: Workflow::of(e.incident, now),
+                    not_acknowledged: e.not_acknowledged,
                 })
                 .collect();
             Json(out).into_response()
@@ -683,7 +702,7 @@ async fn dead_letters(
 ) -> Response {
     let limit = match limit_of(q.limit, 100) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let filter = read::DeadLetterFilter {
         reason: q.reason.as_deref(),
@@ -729,7 +748,12 @@ pub struct ReportQuery {
     )
 )]
 async fn report(State(shared): State<Arc<Shared>>, Query(q): Query<ReportQuery>) -> Response {
-    let since = match q.since.as_deref().map(humantime::parse_duration).transpose() {
+    let since = match q
+        .since
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+    {
         Ok(s) => s.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
         Err(e) => {
             return error(
@@ -774,7 +798,11 @@ pub struct EventQuery {
     params(EventQuery),
     responses((status = 200, description = "A text/event-stream of workflow events", content_type = "text/event-stream", body = String))
 )]
-async fn events(State(shared): State<Arc<Shared>>, Query(q): Query<EventQuery>) -> Response {
+async fn events(
+    State(shared): State<Arc<Shared>>,
+    Extension(shutdown): Extension<CancellationToken>,
+    Query(q): Query<EventQuery>,
+) -> Response {
     let filter = read::EventFilter {
         workflow: q.workflow,
         kind: q.kind,
@@ -783,23 +811,40 @@ async fn events(State(shared): State<Arc<Shared>>, Query(q): Query<EventQuery>) 
     };
     let start = shared.clock.now();
     let stream = futures_util::stream::unfold(
-        (shared, filter, read::EventCursor::at(start), std::collections::VecDeque::new()),
+        (
+            shared,
+            filter,
+            read::EventCursor::at(start),
+            std::collections::VecDeque::new(),
+        ),
         |(shared, filter, mut cursor, mut pending)| async move {
+            let mut again = false;
             loop {
                 if let Some(e) = pending.pop_front() {
                     let event = sse_event(&e);
-                    return Some((Ok::<_, Infallible>(event), (shared, filter, cursor, pending)));
+                    return Some((
+                        Ok::<_, Infallible>(event),
+                        (shared, filter, cursor, pending),
+                    ));
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                match read::events_since(&shared.pool, &filter, &mut cursor, 500).await {
-                    Ok(found) => pending.extend(found),
+                if !again {
+                    tokio::time::sleep(EVENTS_EVERY).await;
+                }
+                match cursor.next(&shared.pool, &filter, EVENTS_PAGE).await {
+                    Ok((found, more)) => {
+                        pending.extend(found);
+                        again = more;
+                    }
                     Err(e) => {
+                        again = false;
                         tracing::debug!(error = %crate::telemetry::error_chain(&e), "the event stream could not read; trying again");
                     }
                 }
             }
         },
     );
+    // Ends with the service: a graceful shutdown waits for open responses.
+    let stream = stream.take_until(shutdown.cancelled_owned());
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

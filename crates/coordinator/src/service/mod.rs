@@ -36,6 +36,7 @@ pub mod pipeline;
 pub mod publishing;
 pub mod rate_limits;
 pub mod relay;
+pub mod report;
 pub mod runtime;
 pub mod supervisor;
 pub mod timers;
