@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: prometheus python-venv asyncapi-parser mermaid-parser schemas test-via-api run test soak bench bench-quick bench-timers cluster-test shutdown-test fault-tests demo services build migrate verify fmt clippy rabbitmq-definitions
+.PHONY: prometheus chromium python-venv asyncapi-parser mermaid-parser schemas test-via-api run test soak bench bench-quick bench-timers cluster-test shutdown-test fault-tests demo services build migrate verify fmt clippy rabbitmq-definitions
 
 ## run: start PostgreSQL/RabbitMQ if stopped, then run the coordinator (Ctrl-C stops it)
 run: services
@@ -10,13 +10,13 @@ run: services
 
 ## test: every test (unit and integration) against the local PostgreSQL and RabbitMQ;
 ## then, one at a time, the fault-injection tests (on a cluster and a node of their own)
-test: services prometheus python-venv asyncapi-parser mermaid-parser
+test: services prometheus chromium python-venv asyncapi-parser mermaid-parser
 	COORDINATOR_ENV=test $(CARGO) test --workspace --features coordinator/fail-points --lib --bins --tests
 	COORDINATOR_ENV=test $(CARGO) test -p coordinator --features fail-points --test faults -- --ignored --test-threads=1
 
 ## test-via-api: the tests (not the fault phase) with vhosts, queue listings, definitions
 ## and connections handled through RabbitMQ's management API, as against a remote broker
-test-via-api: services prometheus python-venv asyncapi-parser mermaid-parser
+test-via-api: services prometheus chromium python-venv asyncapi-parser mermaid-parser
 	rabbitmq-plugins enable rabbitmq_management >/dev/null
 	@for _ in $$(seq 30); do (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && break; sleep 1; done
 	COORDINATOR_ENV=test COORDINATOR_TEST_RABBITMQ_API=http://guest:guest@127.0.0.1:15672 \
@@ -29,11 +29,16 @@ test-via-api: services prometheus python-venv asyncapi-parser mermaid-parser
 prometheus:
 	@command -v promtool >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
 
+## chromium: Debian's chromium and its chromedriver, for the dashboard's browser test
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
+
 ## python-venv: a virtualenv (from PyPI) with the example Python agent's packages, for
-## its interop test, and the OpenAPI validator, for the read API's test
+## its interop test, the OpenAPI validator, for the read API's test, and Selenium, for
+## the dashboard's
 VENV := target/python-venv
 python-venv: $(VENV)/.installed
-$(VENV)/.installed: examples/python/requirements.txt crates/coordinator/tests/api/requirements.txt
+$(VENV)/.installed: examples/python/requirements.txt crates/coordinator/tests/api/requirements.txt crates/coordinator/tests/dashboard/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$^)
 	touch $@

@@ -16,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 use crate::service::runtime::{Shared, Status};
 
 pub mod api;
+pub mod dashboard;
 
 /// Every route; `shutdown` also ends the open event streams, so that a graceful
 /// shutdown does not wait on them.
 pub fn router(shared: Arc<Shared>, shutdown: CancellationToken) -> Router {
     Router::new()
         .merge(api::router(shutdown))
+        .merge(dashboard::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

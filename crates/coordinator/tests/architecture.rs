@@ -47,6 +47,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("lapin", &["amqp"]),
     ("axum", &["http"]),
     ("utoipa", &["http"]),
+    ("maud", &["http"]),
     ("clap", &["cli"]),
     ("prometheus", &["service"]),
     ("tracing_subscriber", &["telemetry"]),

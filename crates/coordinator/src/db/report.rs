@@ -84,6 +84,29 @@ pub struct Figures {
     pub adherence: Vec<Adherence>,
 }
 
+/// SLA clocks of one role closed on one day (UTC).
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct DailySla {
+    pub day: DateTime<Utc>,
+    pub role: String,
+    pub met: i64,
+    pub breached: i64,
+}
+
+/// Clocks closed per day and role since `since` (the dashboard's compliance chart).
+pub async fn sla_by_day(pool: &PgPool, since: DateTime<Utc>) -> super::Result<Vec<DailySla>> {
+    Ok(sqlx::query_as(
+        "SELECT date_trunc('day', at, 'UTC') AS day, role,
+                count(*) FILTER (WHERE met_on_time) AS met,
+                count(*) FILTER (WHERE NOT met_on_time) AS breached
+           FROM report_sla WHERE at >= $1
+          GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Refusal reasons named per orchestrator.
 const TOP_REFUSALS: usize = 3;
 

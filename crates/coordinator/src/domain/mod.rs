@@ -6,6 +6,7 @@ pub mod agent_health;
 pub mod audit;
 pub mod clocks;
 pub mod definition;
+pub mod diagram;
 pub mod effect;
 pub mod emergency;
 pub mod escalation;

@@ -499,7 +499,7 @@ async fn acknowledge(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+    if !given.is_some_and(|g| token_matches(g, token.expose())) {
         return error(
             StatusCode::UNAUTHORIZED,
             "send the operator token as `Authorization: Bearer <token>`",
@@ -512,23 +512,18 @@ async fn acknowledge(
             "`by` must name who acknowledges (1 to 200 bytes)",
         );
     }
-    let ops = Ops::new(&shared.settings, &shared.pool, shared.clock.as_ref());
-    match ops.acknowledge_escalation(id, by).await {
+    match acknowledge_as(&shared, id, by).await {
         Ok(Acknowledged::Now {
             workflow_id,
             chain_id,
             ids,
-        }) => {
-            shared.signals.timers_changed();
-            shared.signals.wake_relay.notify_one();
-            Json(AcknowledgeResult {
-                workflow_id,
-                chain_id,
-                acknowledged: ids,
-                already: false,
-            })
-            .into_response()
-        }
+        }) => Json(AcknowledgeResult {
+            workflow_id,
+            chain_id,
+            acknowledged: ids,
+            already: false,
+        })
+        .into_response(),
         Ok(Acknowledged::Already {
             workflow_id,
             chain_id,
@@ -546,8 +541,24 @@ async fn acknowledge(
     }
 }
 
-/// Compares without an early exit, so the time taken says nothing of the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Acknowledges escalation `id`'s chain as `by` (the API's and the dashboard's one
+/// write), and wakes the timer and the relay for what it changed.
+pub(super) async fn acknowledge_as(
+    shared: &Shared,
+    id: i64,
+    by: &str,
+) -> Result<Acknowledged, crate::service::ops::Error> {
+    let ops = Ops::new(&shared.settings, &shared.pool, shared.clock.as_ref());
+    let done = ops.acknowledge_escalation(id, by).await?;
+    shared.signals.timers_changed();
+    shared.signals.wake_relay.notify_one();
+    Ok(done)
+}
+
+/// Whether `given` is the operator token, compared without an early exit so that the
+/// time taken says nothing of the token.
+pub(super) fn token_matches(given: &str, token: &str) -> bool {
+    let (a, b) = (given.as_bytes(), token.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
