@@ -119,6 +119,10 @@ pub struct Row {
     pub ceiling: f64,
     pub coordinator_peak_rss_mib: Option<f64>,
     pub timers: Option<TimerResult>,
+    /// The API's and dashboard's pages, timed during the window (the big-tables run),
+    /// and the report's latency after it.
+    pub pages: Option<crate::pages::PageTimes>,
+    pub report_latency: Option<crate::stats::Percentiles>,
     pub inside: Option<Inside>,
     pub backlog_grows: bool,
     /// A closed loop keeps its work in flight constant: no backlog to judge.
@@ -543,6 +547,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
                     ceiling,
                     coordinator_peak_rss_mib: None,
                     timers: None,
+                    pages: None,
+                    report_latency: None,
                     inside: None,
                     backlog_grows: false,
                     closed_loop: matches!(def.load, Load::Closed { .. }),
@@ -660,6 +666,16 @@ async fn one_in(
             arm_due_clocks(&pool, n).await
         })
     });
+    // With the big tables, the read API's and the dashboard's pages are timed through
+    // the window, 20 requests a second, one at a time.
+    let pages_task = (def.extra == Extra::BigTables).then(|| {
+        let http = coordinator.http.clone();
+        let (warmup, window) = (opts.warmup, opts.window);
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            crate::pages::time_pages(http, Instant::now() + window, Duration::from_millis(50)).await
+        })
+    });
     let probes = {
         let (http, pool) = (coordinator.http.clone(), pool.clone());
         let (warmup, window) = (opts.warmup, opts.window);
@@ -700,6 +716,14 @@ async fn one_in(
         None => None,
     };
     let inside = probes.await.ok().flatten();
+    let pages = match pages_task {
+        Some(t) => t.await.ok(),
+        None => None,
+    };
+    let report_latency = match pages {
+        Some(_) => Some(crate::pages::time_report(&coordinator.http, 5).await),
+        None => None,
+    };
     let rss = coordinator.pid().and_then(peak_rss_mib);
     team.close().await;
     logins.remove(&settings).await;
@@ -720,6 +744,8 @@ async fn one_in(
         ceiling,
         coordinator_peak_rss_mib: rss,
         timers,
+        pages,
+        report_latency,
         inside,
         backlog_grows,
         closed_loop: matches!(def.load, Load::Closed { .. }),

@@ -13,6 +13,7 @@
 //! - [`soak`]: a steady load for many minutes with one fault a minute (`make soak`).
 //! - [`faults`]: services of a run's own, the faults injected on them, coordinators as
 //!   child processes, and what a failing run reports.
+//! - [`pages`]: the read API's and the dashboard's pages timed during a run.
 //! - [`burn`]: a steady CPU load that is not the coordinator's, to compare a run with.
 
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod burn;
 pub mod ceiling;
 pub mod drive;
 pub mod faults;
+pub mod pages;
 pub mod report;
 pub mod soak;
 pub mod stats;

@@ -62,6 +62,29 @@ pub fn format_row(r: &Row) -> String {
         o.cpu.machine_total,
         100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9)
     ));
+    if let Some(p) = &r.pages {
+        let all = p.all();
+        s.push_str(&format!(
+            "; API and dashboard pages: {} requests, ms p50 {:.1} p99 {:.1} max {:.1}, {} failed",
+            all.n,
+            all.p50,
+            all.p99,
+            all.max,
+            p.failures.len()
+        ));
+        if let Some((page, slowest)) = p.slowest() {
+            s.push_str(&format!(" (slowest at p99: {page}, {:.1} ms)", slowest.p99));
+        }
+        if let Some(first) = p.failures.first() {
+            s.push_str(&format!(" (first failure: {first})"));
+        }
+    }
+    if let Some(l) = &r.report_latency {
+        s.push_str(&format!(
+            "; GET /api/v1/report?since=1h: ms p50 {:.0} max {:.0}",
+            l.p50, l.max
+        ));
+    }
     if let Some(i) = &r.inside {
         s.push_str(&format!(
             "; inside: {:.0} batches/s of {:.1} msgs, {:.1} ms and {:.1} statements each, {:.1} ms waiting for a turn, {:.1} ms from commit to publish; PostgreSQL {:.0} commits/s",
@@ -309,6 +332,11 @@ const TARGETS: &[Target] = &[
     },
     Target {
         run: "big+peak+timers",
+        target: "the read API's and the dashboard's pages answer in < 100 ms at p99 with 100,000 workflows, during peak",
+        judge: pages_answer,
+    },
+    Target {
+        run: "big+peak+timers",
         target: "coordinator RSS ≤ 100 MB with 100,000 active workflows",
         judge: |r| {
             let rss = r.coordinator_peak_rss_mib?;
@@ -316,6 +344,21 @@ const TARGETS: &[Target] = &[
         },
     },
 ];
+
+/// The API's and dashboard's pages: p99 under 100 ms, none failed.
+fn pages_answer(r: &Row) -> Option<(String, bool)> {
+    let p = r.pages.as_ref()?;
+    let all = p.all();
+    Some((
+        format!(
+            "p99 {:.1} ms over {} requests, {} failed",
+            all.p99,
+            all.n,
+            p.failures.len()
+        ),
+        all.n > 0 && all.p99 < 100.0 && p.failures.is_empty(),
+    ))
+}
 
 fn timers_on_time(r: &Row) -> Option<(String, bool)> {
     let t = r.timers?;
@@ -504,6 +547,8 @@ mod tests {
             ceiling: 10_000.0,
             coordinator_peak_rss_mib: Some(30.0),
             timers: None,
+            pages: None,
+            report_latency: None,
             inside: None,
             backlog_grows,
             closed_loop: false,
