@@ -77,13 +77,21 @@ pub async fn time_pages(http: String, until: Instant, every: Duration) -> PageTi
     times
 }
 
-/// The report over the window's rows, timed `n` times.
+/// The report over the window's rows, timed `n` times (an answer other than 200 is
+/// said on stdout and not timed).
 pub async fn time_report(http: &str, n: usize) -> Percentiles {
     let mut took = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        if let Some((200, _)) = agent::probe(http, "/api/v1/report?since=1h").await {
-            took.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+        match agent::probe(http, "/api/v1/report?since=1h").await {
+            Some((200, _)) => {
+                took.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX))
+            }
+            Some((status, body)) => println!(
+                "GET /api/v1/report?since=1h answered {status}: {}",
+                body.chars().take(300).collect::<String>()
+            ),
+            None => println!("GET /api/v1/report?since=1h: no answer"),
         }
     }
     Percentiles::of(took)

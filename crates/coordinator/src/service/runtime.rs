@@ -48,6 +48,9 @@ pub struct Shared {
     pub rate_limits: crate::service::rate_limits::RateLimits,
     /// The roles with an agent to take a task, for the warning when one has none.
     pub unattended: Unattended,
+    /// What the gauges last read of the database (`service::gauges`), for the
+    /// dashboard's counts without a query of their own.
+    database_state: std::sync::RwLock<Option<Arc<crate::db::read::State>>>,
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
     pub batch_turns: tokio::sync::Semaphore,
     pub signals: Signals,
@@ -88,6 +91,7 @@ impl Shared {
             confirmed: Confirmed::default(),
             rate_limits,
             unattended: Default::default(),
+            database_state: Default::default(),
             cipher,
             batch_turns,
             signals: Signals::default(),
@@ -95,6 +99,23 @@ impl Shared {
             repeats: Mutex::new(Repeats::new(REPEATS_SAID_EVERY)),
             stopping: Mutex::new(("not stopping", String::new())),
         }
+    }
+
+    /// Keeps what the gauges read of the database.
+    pub fn remember_state(&self, state: Arc<crate::db::read::State>) {
+        *self
+            .database_state
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(state);
+    }
+
+    /// What the gauges last read of the database (at most `metrics.refresh_interval`
+    /// old); none before their first read.
+    pub fn remembered_state(&self) -> Option<Arc<crate::db::read::State>> {
+        self.database_state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Records (and logs) the step a shutdown has reached.
