@@ -52,6 +52,6 @@ SELECT received_at AS at, split_part(routing_key, '.', 1) AS orchestrator, reaso
  WHERE NOT (properties ? 'x_death');
 
 CREATE INDEX sla_clocks_closed ON sla_clocks USING brin (closed_at);
-
--- The read API's pages of workflows, most recently changed first (GET /api/v1/workflows).
-CREATE INDEX workflows_updated ON workflows (updated_at, id);
+-- (No index on workflows.updated_at for the read API: every applied message updates its
+-- workflow, and one more index there, its inserts all at the right edge, cost the
+-- closed loop 14 % of its throughput. The API pages workflows by id instead.)

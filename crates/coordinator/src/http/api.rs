@@ -176,7 +176,7 @@ impl Workflow {
     }
 }
 
-/// One page of workflows, most recently changed first.
+/// One page of workflows, in id order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkflowPage {
     pub workflows: Vec<Workflow>,
@@ -205,7 +205,7 @@ pub struct WorkflowQuery {
     pub after: Option<String>,
 }
 
-/// Workflows (and incidents), filtered and paged.
+/// Workflows (and incidents), filtered, in id order, paged.
 #[utoipa::path(
     get,
     path = "/api/v1/workflows",

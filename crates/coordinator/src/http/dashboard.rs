@@ -154,7 +154,6 @@ struct Overview {
 async fn read_overview(shared: &Shared, now: DateTime<Utc>) -> db::Result<Overview> {
     let pool = &shared.pool;
     let stale_after = shared.settings.heartbeats.stale_after();
-    let recent_filter = read::WorkflowFilter::default();
     Ok(Overview {
         // The gauges' last read (every metrics.refresh_interval), or a read of our own
         // before their first: counting every live workflow is the page's dearest query.
@@ -172,7 +171,7 @@ async fn read_overview(shared: &Shared, now: DateTime<Utc>) -> db::Result<Overvi
         agents: read::agents(pool, None).await?,
         dead_letters: read::dead_letters(pool, &read::DeadLetterFilter::default(), 10).await?,
         compliance: db::report::sla_by_day(pool, now - chrono::Duration::days(CHART_DAYS)).await?,
-        recent: read::workflow_page(pool, &recent_filter, None, 15).await?.0,
+        recent: read::recently_changed(pool, 15).await?,
     })
 }
 
