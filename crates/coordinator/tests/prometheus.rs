@@ -57,7 +57,7 @@ fn every_alert_is_tested_and_reads_only_series_that_exist() {
         dead_letters_unresolved: one(&["stale"]),
         agents: one(&["live"]),
         outbox_oldest_age_seconds: 0.0,
-        attended_roles: Vec::new(),
+        roles: Vec::new(),
     });
     let clock = [("testing_start".to_string(), "qa-director".to_string())];
     metrics.count_sla(&clock, &clock);

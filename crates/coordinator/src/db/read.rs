@@ -546,8 +546,9 @@ pub struct State {
     pub agents: Vec<(Vec<String>, i64)>,
     /// The oldest unsent outbox row's age; 0 when there is none.
     pub outbox_oldest_age_seconds: f64,
-    /// Roles with an agent live or not heard from yet (one to take a task).
-    pub attended_roles: Vec<String>,
+    /// Every role with a registered agent, and whether one of them is live or not
+    /// heard from yet (one to take a task).
+    pub roles: Vec<(String, bool)>,
 }
 
 /// One statement for every gauge: a handful of grouped counts over indexed or small
@@ -569,9 +570,9 @@ pub async fn gauges(pool: &PgPool, stale_after: std::time::Duration) -> super::R
                        ELSE 'live' END AS health
              FROM agents) a GROUP BY health
          UNION ALL
-         SELECT 'roles', agent_type, '', count(*)::float8 FROM agents
-          WHERE last_heartbeat_at IS NULL OR last_heartbeat_at >= now() - make_interval(secs => $1)
-          GROUP BY agent_type
+         SELECT 'roles', agent_type, '', count(*) FILTER (
+                  WHERE last_heartbeat_at IS NULL OR last_heartbeat_at >= now() - make_interval(secs => $1))::float8
+           FROM agents GROUP BY agent_type
          UNION ALL
          SELECT 'outbox', '', '', coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
            FROM outbox WHERE sent_at IS NULL",
@@ -587,7 +588,7 @@ pub async fn gauges(pool: &PgPool, stale_after: std::time::Duration) -> super::R
             "escalations" => state.escalations_open.push((vec![a], count)),
             "dead_letters" => state.dead_letters_unresolved.push((vec![a], count)),
             "agents" => state.agents.push((vec![a], count)),
-            "roles" => state.attended_roles.push(a),
+            "roles" => state.roles.push((a, count > 0)),
             _ => state.outbox_oldest_age_seconds = value.max(0.0),
         }
     }

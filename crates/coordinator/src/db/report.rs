@@ -93,9 +93,11 @@ pub struct DailySla {
     pub breached: i64,
 }
 
-/// Clocks closed per day and role since `since` (the dashboard's compliance chart).
+/// Clocks closed per day and role since `since` (the dashboard's compliance chart): a
+/// scan of the clocks, planned as analytics ([`analytic`]).
 pub async fn sla_by_day(pool: &PgPool, since: DateTime<Utc>) -> super::Result<Vec<DailySla>> {
-    Ok(sqlx::query_as(
+    let mut tx = analytic(pool).await?;
+    let days = sqlx::query_as(
         "SELECT date_trunc('day', at, 'UTC') AS day, role,
                 count(*) FILTER (WHERE met_on_time) AS met,
                 count(*) FILTER (WHERE NOT met_on_time) AS breached
@@ -103,8 +105,25 @@ pub async fn sla_by_day(pool: &PgPool, since: DateTime<Utc>) -> super::Result<Ve
           GROUP BY 1, 2 ORDER BY 1, 2",
     )
     .bind(since)
-    .fetch_all(pool)
-    .await?)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(days)
+}
+
+/// A transaction with PostgreSQL's planner defaults, for a query that scans a window of
+/// the tables: not the service's settings for its hot statements (generic plans, no
+/// sequential scans or hash joins: `SERVICE_PLANNER`), under which the report's join of
+/// the outbox with the workflows took longer than the statement timeout.
+async fn analytic(pool: &PgPool) -> super::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "SELECT set_config('plan_cache_mode', 'auto', true), set_config('enable_seqscan', 'on', true),
+                set_config('enable_hashjoin', 'on', true), set_config('enable_mergejoin', 'on', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
 }
 
 /// Refusal reasons named per orchestrator.
@@ -115,17 +134,7 @@ pub async fn figures(
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> super::Result<Figures> {
-    // The report scans a window of the tables: let PostgreSQL plan it as the analytic
-    // query it is, not with the service's settings for its hot statements (generic
-    // plans, no sequential scans or hash joins: SERVICE_PLANNER), under which joining
-    // the outbox to the workflows took longer than the statement timeout.
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "SELECT set_config('plan_cache_mode', 'auto', true), set_config('enable_seqscan', 'on', true),
-                set_config('enable_hashjoin', 'on', true), set_config('enable_mergejoin', 'on', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = analytic(pool).await?;
     let volume: Vec<Volume> = sqlx::query_as(
         "SELECT orchestrator, message_type, count(*) AS received,
                 count(*) FILTER (WHERE outcome <> 'rejected') AS accepted,

@@ -55,6 +55,11 @@ impl Agents {
         self.by_id.get(agent_id).map(String::as_str)
     }
 
+    /// Whether any agent of `role` is registered.
+    pub fn has_role(&self, role: &str) -> bool {
+        !self.of_role(role).is_empty()
+    }
+
     fn of_role(&self, role: &str) -> &[String] {
         self.by_role.get(role).map_or(&[], Vec::as_slice)
     }

@@ -22,8 +22,9 @@ use crate::service::runtime::Shared;
 
 /// A clock due within this long is at risk.
 const AT_RISK: chrono::Duration = chrono::Duration::hours(1);
-/// Days of SLA compliance the chart shows.
+/// Days of SLA compliance the chart shows, and how long one computed is shown.
 const CHART_DAYS: i64 = 14;
+const CHART_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -147,7 +148,7 @@ struct Overview {
     emergencies: Vec<read::EmergencyRow>,
     agents: Vec<read::AgentRow>,
     dead_letters: Vec<read::DeadLetterRow>,
-    compliance: Vec<db::report::DailySla>,
+    compliance: Arc<Vec<db::report::DailySla>>,
     recent: Vec<read::WorkflowRow>,
 }
 
@@ -170,9 +171,37 @@ async fn read_overview(shared: &Shared, now: DateTime<Utc>) -> db::Result<Overvi
         emergencies: read::emergencies(pool, false, 10).await?,
         agents: read::agents(pool, None).await?,
         dead_letters: read::dead_letters(pool, &read::DeadLetterFilter::default(), 10).await?,
-        compliance: db::report::sla_by_day(pool, now - chrono::Duration::days(CHART_DAYS)).await?,
+        compliance: compliance(shared, now).await?,
         recent: read::recently_changed(pool, 15).await?,
     })
+}
+
+/// The compliance chart's days, computed at most every [`CHART_FOR`] (a scan of the
+/// clocks closed in [`CHART_DAYS`]).
+async fn compliance(
+    shared: &Shared,
+    now: DateTime<Utc>,
+) -> db::Result<Arc<Vec<db::report::DailySla>>> {
+    let fresh = |c: &Option<(std::time::Instant, Arc<Vec<db::report::DailySla>>)>| {
+        c.as_ref()
+            .filter(|(at, _)| at.elapsed() < CHART_FOR)
+            .map(|(_, days)| days.clone())
+    };
+    if let Some(days) = fresh(
+        &shared
+            .compliance_chart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    ) {
+        return Ok(days);
+    }
+    let since = now - chrono::Duration::days(CHART_DAYS);
+    let days = Arc::new(db::report::sla_by_day(&shared.pool, since).await?);
+    *shared
+        .compliance_chart
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), days.clone()));
+    Ok(days)
 }
 
 async fn overview(State(shared): State<Arc<Shared>>, Query(q): Query<OverviewQuery>) -> Response {
@@ -306,6 +335,7 @@ async fn overview(State(shared): State<Arc<Shared>>, Query(q): Query<OverviewQue
         }
         section.wide #compliance {
             h2 { "SLA compliance per role, last " (CHART_DAYS) " days (met on time / closed)" }
+            p.note { "Computed every " (humantime::format_duration(CHART_FOR)) "." }
             (compliance_chart(&o.compliance, now))
         }
     };

@@ -25,7 +25,7 @@ pub async fn run(shared: &Shared, stop: CancellationToken) {
         match db::read::gauges(&shared.pool, shared.settings.heartbeats.stale_after()).await {
             Ok(state) => {
                 shared.metrics.set_state(&state);
-                shared.unattended.set_attended(state.attended_roles.clone());
+                shared.unattended.set_roles(state.roles.clone());
                 shared.remember_state(std::sync::Arc::new(state));
             }
             // The database being away is what readiness, the breaker and the batch

@@ -591,7 +591,9 @@ async fn commit(
     // The turn bounds concurrent transactions; what follows needs no connection.
     drop(turn);
     // The next agent's tasks first: handoff latency runs through here.
-    shared.unattended.check(&out.queued, &shared.metrics);
+    shared
+        .unattended
+        .check(&out.queued, &shared.agents.snapshot(), &shared.metrics);
     let handed = Handed {
         committed_at: Instant::now(),
         handoffs: crate::service::handoffs::of_batch(inbound, &out.results, &out.queued),

@@ -51,6 +51,9 @@ pub struct Shared {
     /// What the gauges last read of the database (`service::gauges`), for the
     /// dashboard's counts without a query of their own.
     database_state: std::sync::RwLock<Option<Arc<crate::db::read::State>>>,
+    /// The dashboard's compliance chart and when it was computed (a scan of the
+    /// clocks: at most every few minutes).
+    pub compliance_chart: Mutex<Option<(Instant, Arc<Vec<crate::db::report::DailySla>>)>>,
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
     pub batch_turns: tokio::sync::Semaphore,
     pub signals: Signals,
@@ -92,6 +95,7 @@ impl Shared {
             rate_limits,
             unattended: Default::default(),
             database_state: Default::default(),
+            compliance_chart: Default::default(),
             cipher,
             batch_turns,
             signals: Signals::default(),
@@ -852,34 +856,45 @@ impl Default for Metrics {
 /// A role's unattended tasks are logged at most this often (each is counted).
 const UNATTENDED_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The roles that have an agent to take a task (live, or registered and not heard
-/// from yet), as the gauges last read them, and when each unattended role was last
-/// logged.
+/// Which roles have no agent to take a task, for the warning: those whose registered
+/// agents the gauges last found all stale, and those with no agent at all (neither at
+/// the gauges' last read nor in the agent cache, which learns agents as they send), and
+/// when each was last logged.
 #[derive(Default)]
 pub struct Unattended {
-    attended: std::sync::RwLock<Option<std::collections::HashSet<String>>>,
+    /// Role → has an agent live or not heard from yet; none before the first read.
+    roles: std::sync::RwLock<Option<std::collections::HashMap<String, bool>>>,
     warned: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Unattended {
-    /// The roles with an agent to take a task, from the database.
-    pub fn set_attended(&self, roles: impl IntoIterator<Item = String>) {
+    /// The roles with registered agents, and whether one can take a task.
+    pub fn set_roles(&self, roles: impl IntoIterator<Item = (String, bool)>) {
         let roles = roles.into_iter().collect();
-        *self.attended.write().unwrap_or_else(|e| e.into_inner()) = Some(roles);
+        *self.roles.write().unwrap_or_else(|e| e.into_inner()) = Some(roles);
     }
 
     /// Counts, and logs (once a minute a role), the tasks among `queued` sent to a role
     /// with no agent to take them. Nothing until the roles have been read once.
-    pub fn check(&self, queued: &[crate::engine::rows::Queued], metrics: &Metrics) {
-        let attended = self.attended.read().unwrap_or_else(|e| e.into_inner());
-        let Some(attended) = attended.as_ref() else {
+    pub fn check(
+        &self,
+        queued: &[crate::engine::rows::Queued],
+        agents: &crate::engine::Agents,
+        metrics: &Metrics,
+    ) {
+        let roles = self.roles.read().unwrap_or_else(|e| e.into_inner());
+        let Some(roles) = roles.as_ref() else {
             return;
         };
         for q in queued {
             let Some(role) = q.message.routing_key.strip_prefix("task.") else {
                 continue;
             };
-            if attended.contains(role) {
+            let unattended = match roles.get(role) {
+                Some(attended) => !attended,
+                None => !agents.has_role(role),
+            };
+            if !unattended {
                 continue;
             }
             metrics.tasks_unattended.with_label_values(&[role]).inc();
