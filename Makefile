@@ -34,11 +34,11 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
 
 ## python-venv: a virtualenv (from PyPI) with the example Python agent's packages, for
-## its interop test, the OpenAPI validator, for the read API's test, and Selenium, for
-## the dashboard's
+## its interop test, the OpenAPI validator, for the read API's test, Selenium, for the
+## dashboard's, and the OpenTelemetry protobuf classes, for the OTLP receiver's
 VENV := target/python-venv
 python-venv: $(VENV)/.installed
-$(VENV)/.installed: examples/python/requirements.txt crates/coordinator/tests/api/requirements.txt crates/coordinator/tests/dashboard/requirements.txt
+$(VENV)/.installed: examples/python/requirements.txt crates/coordinator/tests/api/requirements.txt crates/coordinator/tests/dashboard/requirements.txt crates/coordinator/tests/otlp/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(addprefix -r ,$^)
 	touch $@

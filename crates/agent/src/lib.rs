@@ -199,6 +199,19 @@ impl AgentClient {
         name: &str,
         timeout: Duration,
     ) -> Result<Option<(String, Envelope)>, AgentError> {
+        Ok(self
+            .next_delivery(name, timeout)
+            .await?
+            .map(|d| (d.routing_key, d.envelope)))
+    }
+
+    /// Like [`AgentClient::next_on`], with the routing key and the `traceparent` header
+    /// the message came with.
+    pub async fn next_delivery(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<Received>, AgentError> {
         let name = name.to_string();
         if !self.consumers.iter().any(|(n, _)| *n == name) {
             let consumer = self
@@ -222,7 +235,25 @@ impl AgentClient {
             };
             delivery.acker.ack(BasicAckOptions::default()).await?;
             match serde_json::from_slice::<Envelope>(&delivery.data) {
-                Ok(env) => return Ok(Some((delivery.routing_key.to_string(), env))),
+                Ok(envelope) => {
+                    let traceparent = delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get(protocol::trace::TRACEPARENT_HEADER))
+                        .and_then(|v| match v {
+                            lapin::types::AMQPValue::LongString(s) => {
+                                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                            }
+                            lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+                            _ => None,
+                        });
+                    return Ok(Some(Received {
+                        routing_key: delivery.routing_key.to_string(),
+                        traceparent,
+                        envelope,
+                    }));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, queue = %name, "skipping a message that is not an envelope")
                 }
@@ -275,6 +306,15 @@ impl AgentClient {
     pub async fn close(self) {
         let _ = self.conn.close(200, "agent done").await;
     }
+}
+
+/// A message read from one of an agent's queues.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub routing_key: String,
+    /// The W3C `traceparent` AMQP header, as sent.
+    pub traceparent: Option<String>,
+    pub envelope: Envelope,
 }
 
 /// Opens a connection whose internal tasks run on the current tokio runtime.
@@ -345,6 +385,14 @@ pub fn properties(meta: &DeliveryMeta) -> lapin::BasicProperties {
     }
     if let Some(v) = &meta.user_id {
         p = p.with_user_id(v.as_str().into());
+    }
+    if let Some(v) = &meta.traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            protocol::trace::TRACEPARENT_HEADER.into(),
+            lapin::types::AMQPValue::LongString(v.as_str().into()),
+        );
+        p = p.with_headers(headers);
     }
     p
 }

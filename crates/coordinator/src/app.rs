@@ -17,6 +17,7 @@ use crate::service::runtime::{Shared, Status};
 use crate::service::supervisor;
 use crate::service::timers;
 use crate::settings::Settings;
+use crate::telemetry::spans::Exporter;
 
 pub struct App {
     shared: Arc<Shared>,
@@ -31,10 +32,21 @@ impl App {
         let listener = TcpListener::bind(&settings.http.addr)
             .await
             .with_context(|| format!("could not listen on http.addr {}", settings.http.addr))?;
+        let mut shared = Shared::new(settings, pool, clock::system());
+        shared.spans = Exporter::from_settings(&shared.settings.traces, &shared.instance)?;
         Ok(App {
-            shared: Arc::new(Shared::new(settings, pool, clock::system())),
+            shared: Arc::new(shared),
             listener,
         })
+    }
+
+    /// Exports spans to `spans` rather than as `[traces]` says (tests: the SDK's
+    /// in-memory exporter). Before [`App::run`] and [`App::shared`] only.
+    pub fn exporting_to(mut self, spans: Exporter) -> App {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.spans = spans;
+        }
+        self
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -189,6 +201,7 @@ impl App {
             return Err(e.into());
         }
         tracing::info!("stopped consuming; outbox flushed");
+        shared.spans.flush();
         shared.stopping("stopping the HTTP server");
         finish(http).await
     }

@@ -113,6 +113,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub heartbeats: HeartbeatSettings,
+    pub traces: TraceSettings,
     pub messages: MessageSettings,
     pub escalation: EscalationSettings,
     pub timers: TimerSettings,
@@ -680,6 +681,19 @@ impl HeartbeatSettings {
     }
 }
 
+/// Where the spans of a workflow's trace go (docs/observability.md, "Traces"). The
+/// trace context every message carries does not depend on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSettings {
+    /// The collector's OTLP/HTTP traces endpoint, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`; empty: spans are not exported.
+    pub otlp_endpoint: String,
+    /// The longest one export to the collector may take.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MessageSettings {
@@ -1163,6 +1177,24 @@ impl Settings {
                 problems.push(invalid(key, "must be above zero".into()));
             }
         }
+        let endpoint = &self.traces.otlp_endpoint;
+        let is_http_url = endpoint
+            .strip_prefix("http://")
+            .is_some_and(|rest| !rest.is_empty());
+        if !endpoint.is_empty() && !is_http_url {
+            problems.push(invalid(
+                "traces.otlp_endpoint",
+                format!(
+                    "must be empty (spans not exported) or the collector's OTLP/HTTP traces URL, http://host:port/v1/traces (https is not supported: run the collector beside the coordinator), got {endpoint:?}"
+                ),
+            ));
+        }
+        if self.traces.export_timeout.is_zero() {
+            problems.push(invalid(
+                "traces.export_timeout",
+                "must be above zero".into(),
+            ));
+        }
         if self.heartbeats.missed == 0 {
             problems.push(invalid(
                 "heartbeats.missed",
@@ -1384,6 +1416,20 @@ mod tests {
             .expect_err("rejected")
             .to_string()
             .contains("shutdown.flush_timeout"));
+        for endpoint in [
+            "https://collector:4318/v1/traces",
+            "127.0.0.1:4318",
+            "http://",
+        ] {
+            let mut s = good.clone();
+            s.traces.otlp_endpoint = endpoint.into();
+            let said = s.validate().expect_err("rejected").to_string();
+            assert!(said.contains("traces.otlp_endpoint"), "{said}");
+            assert!(said.contains(endpoint), "{said}");
+        }
+        let mut s = good.clone();
+        s.traces.otlp_endpoint = "http://127.0.0.1:4318/v1/traces".into();
+        s.validate().expect("an OTLP/HTTP endpoint");
         let mut s = good;
         s.agents.push(StaticAgent {
             agent_id: "x".into(),

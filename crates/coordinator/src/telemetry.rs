@@ -3,6 +3,7 @@
 //! per second rather than a line per message.
 
 pub mod repeats;
+pub mod spans;
 
 use tracing_subscriber::EnvFilter;
 

@@ -51,6 +51,9 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("clap", &["cli"]),
     ("prometheus", &["service"]),
     ("tracing_subscriber", &["telemetry"]),
+    ("opentelemetry", &["telemetry"]),
+    ("opentelemetry_sdk", &["telemetry"]),
+    ("opentelemetry_otlp", &["telemetry"]),
     ("config", &["settings"]),
 ];
 

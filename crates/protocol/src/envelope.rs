@@ -215,6 +215,9 @@ pub struct DeliveryMeta {
     /// broker user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<i64>,
+    /// The W3C `traceparent` header (docs/protocol.md, "Tracing"), as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Envelope {
@@ -337,6 +340,13 @@ impl Envelope {
             content_type: Some(CONTENT_TYPE.to_string()),
             user_id: None,
             replay_of: None,
+            // The header's context, repeated where AMQP tooling looks for it.
+            traceparent: self
+                .header
+                .tracing
+                .as_ref()
+                .and_then(crate::trace::SpanContext::from_header)
+                .map(|c| c.traceparent()),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`severity`]: escalation severities.
 //! - [`signing`]: Ed25519 signatures over an envelope's signed form.
 //! - [`canonical`]: the canonical JSON form that hashes and signatures are computed over.
+//! - [`trace`]: trace context on the wire (`traceparent`, `header.tracing`).
 
 pub mod canonical;
 pub mod catalog;
@@ -21,3 +22,4 @@ pub mod payloads;
 pub mod reject;
 pub mod severity;
 pub mod signing;
+pub mod trace;

@@ -525,20 +525,29 @@ impl TestEnv {
     pub async fn start_with(&self, settings: Settings) -> Running {
         init_logs();
         let app = App::build(settings).await.expect("app builds");
-        let http = app.http_addr();
-        let shared = app.shared();
-        let token = CancellationToken::new();
-        let handle = tokio::spawn(app.run(token.clone()));
-        let running = Running {
-            token,
-            handle,
-            http,
-            shared,
-        };
-        running.wait_ready().await;
-        running
+        run_app(app).await
     }
+}
 
+/// Runs an app built by the test (e.g. exporting its spans somewhere of the test's)
+/// and waits until it is ready.
+pub async fn run_app(app: App) -> Running {
+    init_logs();
+    let http = app.http_addr();
+    let shared = app.shared();
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(app.run(token.clone()));
+    let running = Running {
+        token,
+        handle,
+        http,
+        shared,
+    };
+    running.wait_ready().await;
+    running
+}
+
+impl TestEnv {
     /// Registers an agent with the CLI code path and connects as it.
     pub async fn agent(&self, agent_id: &str, agent_type: &str) -> AgentClient {
         self.agent_with(&self.settings(), agent_id, agent_type)

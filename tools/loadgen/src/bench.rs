@@ -446,6 +446,13 @@ impl Coordinator {
 /// show what security costs (docs/performance.md).
 pub const PRODUCTION_OPEN: &str = "production-open";
 
+/// The runs the cost of tracing is judged on: the rest would repeat `production`.
+const TRACED_RUNS: &[&str] = &["peak", "closed-200"];
+
+/// Production's settings with spans exported over OTLP (to [`crate::trace_sink`]), run
+/// beside `production` to show what exporting traces costs (docs/performance.md).
+pub const PRODUCTION_TRACED: &str = "production-traced";
+
 /// Production as the bench runs it: this machine's broker and database speak plain
 /// TCP on loopback (TLS is not what the bench measures), the coordinator signs with a
 /// key made for the run, and the rate limits stay on (every message is checked against
@@ -485,6 +492,13 @@ pub(crate) fn profile_env(profile: &str) -> (Option<&'static str>, Vec<(&'static
         PRODUCTION_OPEN => {
             let mut vars = production();
             vars.extend(SECURITY_OFF.iter().map(|(k, v)| (*k, v.to_string())));
+            (Some("production"), vars)
+        }
+        PRODUCTION_TRACED => {
+            let mut vars = production();
+            if let Some(endpoint) = crate::trace_sink::endpoint() {
+                vars.push(("COORDINATOR__TRACES__OTLP_ENDPOINT", endpoint));
+            }
             (Some("production"), vars)
         }
         _ => (Some("production"), production()),
@@ -535,6 +549,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
         let ceiling = ceiling.msg_per_s;
         for def in runs() {
             if !opts.only.is_empty() && !opts.only.iter().any(|o| o == def.name) {
+                continue;
+            }
+            if profile == PRODUCTION_TRACED && !TRACED_RUNS.contains(&def.name) {
                 continue;
             }
             let row = match one(opts, profile, &def, ceiling).await {

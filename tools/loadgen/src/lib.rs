@@ -15,6 +15,7 @@
 //!   child processes, and what a failing run reports.
 //! - [`pages`]: the read API's and the dashboard's pages timed during a run.
 //! - [`burn`]: a steady CPU load that is not the coordinator's, to compare a run with.
+//! - [`trace_sink`]: the OTLP endpoint the `production-traced` runs export spans to.
 
 pub mod bench;
 pub mod burn;
@@ -26,6 +27,7 @@ pub mod report;
 pub mod soak;
 pub mod stats;
 pub mod team;
+pub mod trace_sink;
 
 /// The size of a typical agent message of the bench, for the ceiling measurement.
 pub fn envelope_bytes() -> usize {

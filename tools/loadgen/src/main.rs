@@ -27,8 +27,9 @@ enum Command {
         #[arg(long)]
         quick: bool,
         /// Settings profiles to run (default = config/default.toml, production = + config/production.toml,
-        /// production-open = production with the security mechanisms off, to show their cost)
-        #[arg(long = "profile", value_parser = ["default", "production", "production-open"], default_values_t = ["default".to_string(), "production".to_string(), "production-open".to_string()])]
+        /// production-open = production with the security mechanisms off, to show their cost,
+        /// production-traced = production exporting spans over OTLP, to show what tracing costs)
+        #[arg(long = "profile", value_parser = ["default", "production", "production-open", "production-traced"], default_values_t = ["default".to_string(), "production".to_string(), "production-open".to_string(), "production-traced".to_string()])]
         profiles: Vec<String>,
         /// Only the named runs (normal, peak, stress, closed-200, peak+timers, big+peak+timers)
         #[arg(long)]

@@ -415,6 +415,8 @@ pub fn report(opts: &Options, provenance: &Provenance, rows: &[Row], hops: &str)
     out.push_str(&against_targets(rows));
     out.push_str("\n## What security costs\n\n");
     out.push_str(&security_cost(rows));
+    out.push_str("\n## What exporting traces costs\n\n");
+    out.push_str(&tracing_cost(rows));
     out.push_str("\n## Each run\n\n");
     for r in rows {
         out.push_str(&format!("- {}\n", format_row(r)));
@@ -426,15 +428,78 @@ pub fn report(opts: &Options, provenance: &Provenance, rows: &[Row], hops: &str)
 /// (`production-open`), against the security targets: closed-loop throughput at least
 /// 0.9× and peak handoff p99 at most 1.2×, with the CPU each costs per 1,000 messages.
 fn security_cost(rows: &[Row]) -> String {
+    let judged = cost_of(rows, "production", crate::bench::PRODUCTION_OPEN, |c| {
+        match c.run {
+            "closed-200" => ("throughput ≥ 0.9× off", Verdict::of(c.ratio >= 0.9)),
+            // Two runs whose backlogs grow compare how far each fell behind, not what
+            // security costs: a latency target needs a load the box keeps up with.
+            "peak" if c.off_backlog_grows => ("p99 ≤ 1.2× off", Verdict::Unmeasurable),
+            "peak" => ("p99 ≤ 1.2× off", Verdict::of(c.p99_ratio <= 1.2)),
+            _ => ("-", Verdict::None),
+        }
+    });
+    judged
+        .unwrap_or_else(|| "(run the production and production-open profiles to compare)\n".into())
+}
+
+/// Each run exporting its spans over OTLP (`production-traced`) beside the same run
+/// without (`production`), against the observability targets: closed-loop throughput at least
+/// 0.95× and the coordinator's CPU per 1,000 messages within 5 %.
+fn tracing_cost(rows: &[Row]) -> String {
+    let judged = cost_of(
+        rows,
+        crate::bench::PRODUCTION_TRACED,
+        "production",
+        |c| match (c.run, c.coordinator_cpu_ratio) {
+            ("closed-200", Some(cpu)) => (
+                "throughput ≥ 0.95× off, coordinator CPU per 1,000 ≤ 1.05× off",
+                Verdict::of(c.ratio >= 0.95 && cpu <= 1.05),
+            ),
+            ("closed-200", None) => (
+                "throughput ≥ 0.95× off, coordinator CPU per 1,000 ≤ 1.05× off",
+                Verdict::Unmeasurable,
+            ),
+            _ => ("-", Verdict::None),
+        },
+    );
+    match judged {
+        Some(table) => {
+            let (exports, bytes) = crate::trace_sink::received();
+            format!(
+                "{table}\nThe OTLP sink took {exports} exports ({:.1} MiB) over the suite.\n",
+                bytes as f64 / 1048576.0
+            )
+        }
+        None => "(run the production and production-traced profiles to compare)\n".into(),
+    }
+}
+
+/// What a pair of runs (the same run, `on` and `off`) is judged by.
+struct Compared<'a> {
+    run: &'a str,
+    /// Throughput on / off.
+    ratio: f64,
+    /// Handoff p99 on / off.
+    p99_ratio: f64,
+    /// The coordinator's CPU per 1,000 messages on / off, where both were measured.
+    coordinator_cpu_ratio: Option<f64>,
+    off_backlog_grows: bool,
+}
+
+/// Each run of profile `on` beside the same run of profile `off`: throughput, p99 and
+/// CPU per 1,000 messages of each side, judged by `judge`. `None` if no run has both.
+fn cost_of(
+    rows: &[Row],
+    on: &str,
+    off: &str,
+    judge: impl Fn(&Compared<'_>) -> (&'static str, Verdict),
+) -> Option<String> {
     let mut out = String::from(
         "| run | wf/s on / off | ratio | handoff p99 ms on / off | ratio | CPU s per 1,000 msgs on / off: coordinator, its agents, PostgreSQL | target | |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut any = false;
-    for on in rows.iter().filter(|r| r.profile == "production") {
-        let Some(off) = rows
-            .iter()
-            .find(|r| r.profile == crate::bench::PRODUCTION_OPEN && r.run == on.run)
-        else {
+    for on in rows.iter().filter(|r| r.profile == on) {
+        let Some(off) = rows.iter().find(|r| r.profile == off && r.run == on.run) else {
             continue;
         };
         let (Some(a), Some(b)) = (&on.observed, &off.observed) else {
@@ -443,19 +508,20 @@ fn security_cost(rows: &[Row]) -> String {
         any = true;
         let ratio = a.workflows_per_s() / b.workflows_per_s().max(f64::MIN_POSITIVE);
         let p99_ratio = a.handoff.p99 / b.handoff.p99.max(f64::MIN_POSITIVE);
-        let (target, met) = match on.run.as_str() {
-            "closed-200" => ("throughput ≥ 0.9× off", Verdict::of(ratio >= 0.9)),
-            // Two runs whose backlogs grow compare how far each fell behind, not what
-            // security costs: a latency target needs a load the box keeps up with.
-            "peak" if off.backlog_grows => ("p99 ≤ 1.2× off", Verdict::Unmeasurable),
-            "peak" => ("p99 ≤ 1.2× off", Verdict::of(p99_ratio <= 1.2)),
-            _ => ("-", Verdict::None),
-        };
-        let cpu = match (a.cpu_per_1000(), b.cpu_per_1000()) {
-            (Some((c1, l1, p1)), Some((c0, l0, p0))) => {
+        let cpu = a.cpu_per_1000().zip(b.cpu_per_1000());
+        let (target, met) = judge(&Compared {
+            run: &on.run,
+            ratio,
+            p99_ratio,
+            coordinator_cpu_ratio: cpu
+                .map(|((c1, _, _), (c0, _, _))| c1 / c0.max(f64::MIN_POSITIVE)),
+            off_backlog_grows: off.backlog_grows,
+        });
+        let cpu = match cpu {
+            Some(((c1, l1, p1), (c0, l0, p0))) => {
                 format!("{c1:.3} / {c0:.3}, {l1:.3} / {l0:.3}, {p1:.3} / {p0:.3}")
             }
-            _ => "-".into(),
+            None => "-".into(),
         };
         out.push_str(&format!(
             "| {} | {:.1} / {:.1} | {ratio:.2} | {:.1} / {:.1} | {p99_ratio:.2} | {cpu} | {target} | {} |\n",
@@ -467,11 +533,7 @@ fn security_cost(rows: &[Row]) -> String {
             met.as_str()
         ));
     }
-    if any {
-        out
-    } else {
-        "(run the production and production-open profiles to compare)\n".into()
-    }
+    any.then_some(out)
 }
 
 /// A security target's verdict.
@@ -496,7 +558,7 @@ impl Verdict {
         match self {
             Verdict::Met => "met",
             Verdict::NotMet => "**not met**",
-            Verdict::Unmeasurable => "not measurable: the box does not keep up with security off either (--agents-per-role 1 is a load it keeps up with)",
+            Verdict::Unmeasurable => "not measurable: the box does not keep up with the other side either (--agents-per-role 1 is a load it keeps up with), or its CPU was not read",
             Verdict::None => "",
         }
     }
@@ -599,6 +661,52 @@ mod tests {
         );
         assert!(
             t.contains("| peak | 100.0 / 100.0 | 1.00 | 16.0 / 10.0 | 1.60 | - | p99 ≤ 1.2× off | **not met** |"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn exporting_traces_is_set_beside_production_and_judged_on_throughput_and_cpu() {
+        let with_cpu = |mut r: Row, profile: &str, coordinator: f64| {
+            r.profile = profile.into();
+            if let Some(o) = r.observed.as_mut() {
+                o.coordinator_cpu_s = Some(coordinator);
+                o.loadgen_cpu_s = Some(1.0);
+                o.cpu.database = 1.0;
+            }
+            r
+        };
+        let off = with_cpu(row("closed-200", 10.0, 11_000, 0.0), "production", 1.1);
+        let cheap = with_cpu(
+            row("closed-200", 10.5, 11_000, 0.0),
+            crate::bench::PRODUCTION_TRACED,
+            1.144,
+        );
+        let t = tracing_cost(&[cheap, off.clone()]);
+        assert!(
+            t.contains("| closed-200 | 100.0 / 100.0 | 1.00 | 10.5 / 10.0 | 1.05 | 0.104 / 0.100,"),
+            "{t}"
+        );
+        assert!(
+            t.contains("coordinator CPU per 1,000 ≤ 1.05× off | met |"),
+            "{t}"
+        );
+        assert!(t.contains("The OTLP sink took"), "{t}");
+        let costly = with_cpu(
+            row("closed-200", 10.5, 11_000, 0.0),
+            crate::bench::PRODUCTION_TRACED,
+            1.21,
+        );
+        let t = tracing_cost(&[costly, off.clone()]);
+        assert!(t.contains("| **not met** |"), "{t}");
+        let slower = with_cpu(
+            row("closed-200", 10.5, 10_340, 0.0),
+            crate::bench::PRODUCTION_TRACED,
+            1.0,
+        );
+        let t = tracing_cost(&[slower, off]);
+        assert!(
+            t.contains("| 0.94 |") && t.contains("| **not met** |"),
             "{t}"
         );
     }

@@ -220,6 +220,14 @@ pub fn delivery_meta(routing_key: &str, props: &lapin::BasicProperties) -> Deliv
                 Value::String(s) => s.parse().ok(),
                 _ => None,
             }),
+        traceparent: props
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(protocol::trace::TRACEPARENT_HEADER))
+            .and_then(|v| match amqp_json(v) {
+                Value::String(s) => Some(s),
+                _ => None,
+            }),
     }
 }
 
@@ -251,9 +259,17 @@ pub fn properties(meta: &DeliveryMeta) -> lapin::BasicProperties {
     if let Some(v) = &meta.user_id {
         p = p.with_user_id(v.as_str().into());
     }
+    let mut headers = FieldTable::default();
     if let Some(id) = meta.replay_of {
-        let mut headers = FieldTable::default();
         headers.insert(REPLAY_OF_HEADER.into(), AMQPValue::LongLongInt(id));
+    }
+    if let Some(v) = &meta.traceparent {
+        headers.insert(
+            protocol::trace::TRACEPARENT_HEADER.into(),
+            AMQPValue::LongString(v.as_str().into()),
+        );
+    }
+    if !headers.inner().is_empty() {
         p = p.with_headers(headers);
     }
     p

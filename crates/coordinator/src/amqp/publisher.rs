@@ -113,6 +113,7 @@ impl Publisher {
                 content_type: None,
                 user_id: None,
                 replay_of: None,
+                traceparent: m.traceparent.clone(),
             };
             let confirm = self
                 .channel

@@ -370,9 +370,9 @@ heartbeat AS (
     AND (a.last_heartbeat_at IS NULL OR a.last_heartbeat_at <= u.at)),
 ob AS (
   INSERT INTO outbox (message_id, exchange, routing_key, message_type, correlation_id, causation_id,
-                      app_id, body, next_attempt_at)
+                      app_id, body, traceparent, next_attempt_at)
   SELECT u.*, $83 FROM unnest($75::text[], $76::text[], $77::text[], $78::text[], $79::text[], $80::text[],
-                             $81::text[], $82::bytea[]) AS u
+                             $81::text[], $82::bytea[], $106::text[]) AS u
   ON CONFLICT (message_id) DO NOTHING RETURNING id, message_id),
 aud AS (
   INSERT INTO audit_log (chain, seq, at, actor, action, target, result, context, metadata, prev_hash, hash)
@@ -654,6 +654,11 @@ pub async fn write(
             w.registrations
                 .iter()
                 .map(|r| latest(&r.0).map_or(&serde_json::Value::Null, |h| &h.2))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            ob.iter()
+                .map(|r| r.traceparent.as_deref())
                 .collect::<Vec<_>>(),
         )
         .fetch_all(&mut *conn)

@@ -241,7 +241,7 @@ pub const LEASE_DUE: &str = "UPDATE outbox SET next_attempt_at = $3::timestamptz
                       AND next_attempt_at <= $3
                       ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED))
          RETURNING id, attempts, message_id, exchange, routing_key, message_type, correlation_id,
-                   causation_id, app_id, body";
+                   causation_id, app_id, body, traceparent";
 
 /// Leases due unsent rows to this relay: they become due again `lease` from now, so a
 /// relay that dies mid-publish loses nothing, and no transaction stays open while the
@@ -275,6 +275,7 @@ pub async fn lease_due(
                         causation_id: r.try_get("causation_id")?,
                         app_id: r.try_get("app_id")?,
                         body: r.try_get("body")?,
+                        traceparent: r.try_get("traceparent")?,
                     },
                 },
                 r.try_get("attempts")?,

@@ -349,6 +349,20 @@ impl Definitions {
         }
     }
 
+    /// The workflow a chain of follow-ons started from: `id` without its trailing
+    /// `.<kind>` parts (`ids::follow_on`) that name a follow-on of these definitions.
+    /// The trace a workflow's spans go to is its root's (`domain::trace`).
+    pub fn root_of<'i>(&self, id: &'i str) -> &'i str {
+        let mut root = id;
+        while let Some((parent, kind)) = root.rsplit_once('.') {
+            if !self.routes.values().any(|r| r.follow_ons.contains(&kind)) {
+                break;
+            }
+            root = parent;
+        }
+        root
+    }
+
     /// The follow-ons (by name) whose workflows a batch loads for `message`: those it
     /// may start, and those it reaches when sent under the parent's id.
     pub fn follow_ons_of(&self, message: &str) -> &[&'static str] {

@@ -14,6 +14,7 @@ pub mod graph;
 pub mod ids;
 pub mod report;
 pub mod sla;
+pub mod trace;
 pub mod workflow;
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::escalations;
-use super::messages::to_agent;
+use super::messages::{to_agent, traced_alone};
 use super::model::Wf;
 use super::rows::{
     ChainMember, Claims, Loaded, NewDeadLetter, NewEvent, OutboxMessage, Writes, OUTCOME_REJECTED,
@@ -297,9 +297,11 @@ impl<'p> Batch<'p> {
         owns_id: bool,
     ) -> Processed {
         if !self.quiet {
+            let placed = super::spans::of_input(self.p, &super::Input::Delivery(d, a));
             tracing::warn!(
                 message_id = a.message_id().unwrap_or(""),
                 workflow_id = d.meta.correlation_id.as_deref().unwrap_or(""),
+                trace_id = placed.map(|(s, _, _)| s.trace_id_hex()).unwrap_or_default(),
                 reason = %rej.reason,
                 detail = %rej.detail,
                 "message rejected"
@@ -454,18 +456,19 @@ pub fn set_aside(
     ));
     if let Some(agent) = sender {
         let cause = message_id.map_or_else(|| body_digest(d.body), str::to_string);
-        w.outbox
-            .push(rejection_notice(d, &cause, message_id, agent, &rej, now));
+        w.outbox.push(traced_alone(rejection_notice(
+            d, &cause, message_id, agent, &rej, now,
+        )));
     }
     // Ops hear of it at once: it failed every retry, so it needs a person.
-    w.outbox.push(escalations::set_aside_notice(
+    w.outbox.push(traced_alone(escalations::set_aside_notice(
         message_id,
         d.meta.correlation_id.as_deref(),
         sender,
         attempts,
         error,
         now,
-    ));
+    )));
     if let Some(id) = message_id {
         w.outcomes.push((id.to_string(), OUTCOME_REJECTED));
     }

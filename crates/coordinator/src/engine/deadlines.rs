@@ -15,6 +15,7 @@ use serde_json::json;
 use super::escalations::{self, Raise};
 use super::messages::{to_agent, to_role};
 use super::rows::{ClimbedEscalation, FiredClock, NewEvent, OutboxMessage, Taken, Writes};
+use super::spans;
 use super::Processor;
 use crate::domain::ids;
 use crate::domain::sla::Deadline;
@@ -68,8 +69,10 @@ pub fn rows(
             remaining_seconds: (c.due_at - now).num_milliseconds() as f64 / 1000.0,
         });
         let message_id = ids::derived(&format!("clock:{}", c.id), "warning");
+        let sent_from = w.outbox.len();
         w.outbox
             .extend(owner_notice(p, c, SLA_WARNING, message_id, data, now));
+        clock_fired(p, &mut w, sent_from, c, "warning", SLA_WARNING);
         note(
             &mut w,
             &c.workflow_id,
@@ -126,6 +129,7 @@ pub fn rows(
             severity,
             escalation_id,
         });
+        let sent_from = w.outbox.len();
         w.outbox.push(raised.message);
         w.outbox.extend(owner_notice(
             p,
@@ -135,6 +139,7 @@ pub fn rows(
             notice,
             now,
         ));
+        clock_fired(p, &mut w, sent_from, c, "breach", SLA_BREACHED);
         w.escalations.push(raised.row);
         next.push(raised.next);
         note(
@@ -154,11 +159,47 @@ pub fn rows(
             ESCALATED,
             json!({"escalation_id": id, "chain_id": e.chain_id, "level": raised.row.level, "target": raised.row.target}),
         );
+        let sent_from = w.outbox.len();
+        let message_type = raised.message.message_type.clone();
         w.outbox.push(raised.message);
+        let subject = format!("escalation:{}:level-{}", e.id, raised.row.level);
+        spans::fired(
+            p,
+            &mut w,
+            sent_from,
+            &e.workflow_id,
+            e.id,
+            "climb",
+            &message_type,
+            subject,
+        );
         w.escalations.push(raised.row);
         next.push(raised.next);
     }
     (w, next)
+}
+
+/// Traces a clock's warning or breach (`what`): the messages queued from `sent_from`
+/// on name its span.
+fn clock_fired(
+    p: &Processor,
+    w: &mut Writes,
+    sent_from: usize,
+    c: &FiredClock,
+    what: &str,
+    message_type: &str,
+) {
+    let subject = format!("clock:{}:{}", c.id, c.clock);
+    spans::fired(
+        p,
+        w,
+        sent_from,
+        &c.workflow_id,
+        c.id,
+        what,
+        message_type,
+        subject,
+    );
 }
 
 /// An escalation nobody acknowledged, raised again one level up (or at the last).

@@ -8,10 +8,13 @@ use serde_json::json;
 use super::audit::Seen;
 use super::batch::{Applied, Batch};
 use super::escalations::Acknowledged;
-use super::rows::{ChainAck, OUTCOME_OBSERVED};
+use super::messages::traced;
+use super::rows::{ChainAck, Span, What, OUTCOME_OBSERVED};
+use super::spans::of_input;
 use super::{acknowledged_escalation, incident, operator, workflows};
 use super::{Admission, Input, Outcome, Processed};
 use crate::domain::emergency;
+use crate::domain::trace;
 use protocol::catalog::valid_agent_id;
 use protocol::envelope::Envelope;
 use protocol::names::message_types::{ESCALATION_ACKNOWLEDGED, HEARTBEAT};
@@ -32,7 +35,9 @@ impl Batch<'_> {
     /// Applies one input (in delivery order), audited when the batch audits.
     pub fn apply(&mut self, input: Input<'_>) -> Processed {
         let seen = self.audit.is_some().then(|| Seen::of(input));
+        let sent_from = self.out.outbox.len();
         let mut p = self.apply_admitted(input);
+        self.trace(&input, &mut p, sent_from);
         if let Input::Delivery(_, Admission::Admitted(a)) = input {
             if let Some(rej) = &a.bad_signature {
                 tracing::warn!(
@@ -309,5 +314,64 @@ impl Batch<'_> {
                 listed(acknowledgers)
             ),
         ))
+    }
+}
+
+impl Batch<'_> {
+    /// Traces what applying `input` did: the messages it queued (from `sent_from` on)
+    /// name its span as their sender, and its span (with the workflow's root span if
+    /// it created the workflow) is kept to export after the commit.
+    pub(super) fn trace(&mut self, input: &Input<'_>, p: &mut Processed, sent_from: usize) {
+        let placed = match p.outcome {
+            Outcome::Duplicate => None,
+            _ => of_input(self.p, input),
+        };
+        let Some((span, parent, link)) = placed else {
+            for m in self.out.outbox.iter_mut().skip(sent_from) {
+                let alone = trace::alone(&m.message_id);
+                traced(m, &alone, None);
+            }
+            return;
+        };
+        for m in self.out.outbox.iter_mut().skip(sent_from) {
+            traced(m, &span, Some(parent));
+        }
+        p.span = Some(span);
+        let Some(env) = input.envelope() else {
+            return;
+        };
+        let h = &env.header;
+        let root_id = self.p.workflows.root_of(&h.correlation_id);
+        let created = p
+            .transition
+            .as_ref()
+            .is_some_and(|(from, _)| from.is_empty());
+        if created && root_id == h.correlation_id {
+            let root = trace::root(root_id);
+            self.out.spans.push(Span {
+                context: root,
+                parent: None,
+                link: None,
+                what: What::Workflow,
+                workflow_id: root_id.to_string(),
+                subject: root_id.to_string(),
+                message_type: h.message_type.clone(),
+                kind: p.kind,
+                outcome: "created",
+                detail: None,
+            });
+        }
+        self.out.spans.push(Span {
+            context: span,
+            parent: Some(parent),
+            link,
+            what: What::Message,
+            workflow_id: h.correlation_id.clone(),
+            subject: h.message_id.clone(),
+            message_type: h.message_type.clone(),
+            kind: p.kind,
+            outcome: p.outcome.label(),
+            detail: p.detail.clone(),
+        });
     }
 }

@@ -14,7 +14,7 @@ use protocol::names::{exchanges, routing};
 use protocol::payloads;
 use protocol::reject::Reason;
 
-use super::messages::outgoing;
+use super::messages::{outgoing, traced_alone};
 use super::rows::{NewEscalation, OutboxMessage, Undeliverable, UnresolvedDeadLetter};
 use crate::domain::emergency;
 use crate::domain::escalation::Step;
@@ -66,7 +66,7 @@ pub fn set_aside_notice(
 pub fn unresolved_notice(letters: &[UnresolvedDeadLetter], now: DateTime<Utc>) -> OutboxMessage {
     let ids: Vec<i64> = letters.iter().map(|l| l.id).collect();
     let key = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-    outgoing(
+    traced_alone(outgoing(
         ids::derived(&key, DEAD_LETTERS_UNRESOLVED),
         "dead-letters",
         None,
@@ -93,7 +93,7 @@ pub fn unresolved_notice(letters: &[UnresolvedDeadLetter], now: DateTime<Utc>) -
         },
         Severity::High.priority(),
         now,
-    )
+    ))
 }
 
 /// The escalation to a role's owner (`escalation.high.{role}`, where the ladder's
@@ -105,7 +105,7 @@ pub fn stale_agent_notice(agent: &payloads::AgentStale, now: DateTime<Utc>) -> O
         agent.agent_id,
         agent.last_heartbeat_at.to_rfc3339()
     );
-    outgoing(
+    traced_alone(outgoing(
         ids::derived(&key, AGENT_STALE),
         &agent.agent_id,
         None,
@@ -119,14 +119,14 @@ pub fn stale_agent_notice(agent: &payloads::AgentStale, now: DateTime<Utc>) -> O
         },
         Severity::High.priority(),
         now,
-    )
+    ))
 }
 
 /// The notice to on-call (`escalation.high.oncall`) for an outbox message given up:
 /// no queue took it (or the broker refused it) for `outbox.undeliverable_after`. Its id
 /// derives from the message's, so a notice sent again is recognisably the same.
 pub fn undeliverable_notice(u: &Undeliverable, now: DateTime<Utc>) -> OutboxMessage {
-    outgoing(
+    traced_alone(outgoing(
         ids::derived(&u.message_id, MESSAGE_UNDELIVERABLE),
         &u.correlation_id,
         Some(&u.message_id),
@@ -151,7 +151,7 @@ pub fn undeliverable_notice(u: &Undeliverable, now: DateTime<Utc>) -> OutboxMess
         },
         Severity::High.priority(),
         now,
-    )
+    ))
 }
 
 /// One raise of an escalation.

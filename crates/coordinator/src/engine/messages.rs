@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use protocol::envelope::{self, Destination, Envelope, Payload, Priority};
 use protocol::names::{exchanges, routing};
+use protocol::trace::SpanContext;
 use serde_json::Value;
 
 use super::rows::OutboxMessage;
@@ -42,7 +43,53 @@ pub fn outgoing(
         app_id: envelope::COORDINATOR_ID.to_string(),
         // Serialising plain data cannot fail; an empty body would be rejected by receivers.
         body: serde_json::to_vec(&env).unwrap_or_default(),
+        traceparent: None,
     }
+}
+
+/// The start of every envelope [`outgoing`] serialises: the header's first member
+/// follows.
+const HEADER_START: &[u8] = b"{\"header\":{";
+
+/// Names `span` (whose parent is `parent`) as the sender of `m`: its body's
+/// `header.tracing` and its `traceparent` header. The member is written into the body
+/// as serialised, not by parsing and serialising it again: this runs for every message
+/// the coordinator sends.
+pub fn traced(m: &mut OutboxMessage, span: &SpanContext, parent: Option<[u8; 8]>) {
+    let tracing = span.header(parent);
+    match m.body.strip_prefix(HEADER_START) {
+        Some(rest) if !rest.starts_with(b"}") => {
+            let Ok(member) = serde_json::to_vec(&tracing) else {
+                return;
+            };
+            let mut body = Vec::with_capacity(m.body.len() + member.len() + 16);
+            body.extend_from_slice(HEADER_START);
+            body.extend_from_slice(b"\"tracing\":");
+            body.extend_from_slice(&member);
+            body.push(b',');
+            body.extend_from_slice(rest);
+            m.body = body;
+        }
+        // Not the shape `outgoing` writes: set the member on the parsed envelope.
+        _ => {
+            let Ok(mut env) = serde_json::from_slice::<Envelope>(&m.body) else {
+                return;
+            };
+            env.header.tracing = Some(tracing);
+            let Ok(body) = serde_json::to_vec(&env) else {
+                return;
+            };
+            m.body = body;
+        }
+    }
+    m.traceparent = Some(span.traceparent());
+}
+
+/// A message that is not part of a workflow's work, traced as a trace of its own.
+pub fn traced_alone(mut m: OutboxMessage) -> OutboxMessage {
+    let span = crate::domain::trace::alone(&m.message_id);
+    traced(&mut m, &span, None);
+    m
 }
 
 /// A message from the coordinator to every agent of a role (their task queues).
@@ -124,7 +171,7 @@ pub fn rate_limited_notice(
         limit_per_minute,
         retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
     });
-    to_agent(
+    let notice = to_agent(
         crate::domain::ids::derived(held_message_id, "rate_limited"),
         correlation_id.unwrap_or(agent_id),
         Some(held_message_id),
@@ -133,5 +180,51 @@ pub fn rate_limited_notice(
         data,
         Priority::Normal,
         now,
-    )
+    );
+    traced_alone(notice)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> OutboxMessage {
+        to_role(
+            "m-1".into(),
+            "wf-1",
+            Some("cause-1"),
+            "feature_handoff",
+            "qa-director",
+            serde_json::json!({"title": "a \"quoted\" {title}"}),
+            serde_json::json!({"workflow_id": "wf-1"}),
+            Priority::Normal,
+            "2026-03-01T12:00:00Z".parse().expect("time"),
+        )
+    }
+
+    #[test]
+    fn tracing_written_into_the_body_reads_as_if_the_envelope_had_carried_it() {
+        let span = crate::domain::trace::applying("wf-1", "cause-1");
+        let parent = [9; 8];
+        let mut m = task();
+        let mut expected: Envelope = serde_json::from_slice(&m.body).expect("an envelope");
+        expected.header.tracing = Some(span.header(Some(parent)));
+        traced(&mut m, &span, Some(parent));
+        let got: Envelope = serde_json::from_slice(&m.body).expect("still an envelope");
+        assert_eq!(got, expected);
+        assert_eq!(m.traceparent, Some(span.traceparent()));
+    }
+
+    #[test]
+    fn a_body_of_another_shape_is_traced_through_the_parsed_envelope() {
+        let span = crate::domain::trace::alone("m-1");
+        let mut m = task();
+        let env: Envelope = serde_json::from_slice(&m.body).expect("an envelope");
+        // Pretty-printed: not the prefix written in place.
+        m.body = serde_json::to_vec_pretty(&env).expect("json");
+        traced(&mut m, &span, None);
+        let got: Envelope = serde_json::from_slice(&m.body).expect("an envelope");
+        assert_eq!(got.header.tracing, Some(span.header(None)));
+        assert_eq!(got.payload, env.payload);
+    }
 }

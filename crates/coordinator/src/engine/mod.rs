@@ -31,6 +31,7 @@ pub mod messages;
 mod model;
 pub mod operator;
 pub mod rows;
+pub mod spans;
 mod workflows;
 
 use std::collections::{BTreeSet, HashSet};
@@ -98,6 +99,8 @@ pub struct Processed {
     /// The kind of the workflow it was applied to (a definition's name), for the
     /// handoff latency of the tasks it caused.
     pub kind: Option<&'static str>,
+    /// Its span in its workflow's trace (`spans`), where it has one.
+    pub span: Option<protocol::trace::SpanContext>,
 }
 
 impl Processed {
@@ -109,6 +112,7 @@ impl Processed {
             acknowledged: None,
             bad_signature: false,
             kind: None,
+            span: None,
         }
     }
 }

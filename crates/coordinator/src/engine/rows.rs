@@ -261,6 +261,9 @@ pub struct Writes {
     /// Audit rows, linked after the chain's head, and the chain's new head.
     pub audit: Vec<audit::Record>,
     pub audit_head: Option<audit::Head>,
+    /// The spans of the work these rows record (`engine::spans`): exported once they
+    /// commit, never stored.
+    pub spans: Vec<Span>,
 }
 
 impl Writes {
@@ -332,6 +335,8 @@ pub struct OutboxMessage {
     pub causation_id: Option<String>,
     pub app_id: String,
     pub body: Vec<u8>,
+    /// The W3C `traceparent` AMQP header it is sent with (its body's `header.tracing`).
+    pub traceparent: Option<String>,
 }
 
 /// An outbox message given up on: no queue took it for `outbox.undeliverable_after`.
@@ -397,4 +402,46 @@ pub struct Taken {
     pub warned: Vec<FiredClock>,
     pub breached: Vec<FiredClock>,
     pub climbed: Vec<ClimbedEscalation>,
+}
+
+/// One span of the coordinator's work (`engine::spans`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub context: protocol::trace::SpanContext,
+    pub parent: Option<[u8; 8]>,
+    /// The sender's context when it was of another trace.
+    pub link: Option<protocol::trace::SpanContext>,
+    pub what: What,
+    /// The workflow (or incident) it is about.
+    pub workflow_id: String,
+    /// The message applied, or the deadline's clock or escalation.
+    pub subject: String,
+    pub message_type: String,
+    /// The workflow's kind, where the message reached one.
+    pub kind: Option<&'static str>,
+    /// `accepted`, `observed`, `rejected` (an input's `Outcome::label`), or `fired`.
+    pub outcome: &'static str,
+    /// Why it was rejected.
+    pub detail: Option<String>,
+}
+
+/// What a span is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum What {
+    /// A workflow's root span, exported when the message that creates it is applied.
+    Workflow,
+    /// A message (an agent's or an operator's) applied.
+    Message,
+    /// A deadline fired: a clock's warning or breach, an escalation's next level.
+    Deadline,
+}
+
+impl What {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            What::Workflow => "workflow",
+            What::Message => "apply",
+            What::Deadline => "fire",
+        }
+    }
 }

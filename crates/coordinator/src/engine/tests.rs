@@ -652,3 +652,159 @@ fn a_batch_admitted_together_refuses_only_its_bad_signature() {
         .collect();
     assert_eq!(flagged, vec![Some(false), Some(true), Some(false)]);
 }
+
+/// The tasks a batch queued, as their receivers read them: envelope and `traceparent`.
+fn sent(f: &Finished) -> Vec<(Envelope, Option<String>)> {
+    f.writes
+        .outbox
+        .iter()
+        .map(|m| {
+            let env: Envelope = serde_json::from_slice(&m.body).expect("an envelope");
+            (env, m.traceparent.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn what_a_message_causes_is_sent_as_a_child_of_its_span_in_the_workflows_trace() {
+    use protocol::trace::SpanContext;
+    let p = processor();
+    // The agent that starts the workflow sends from a trace of its own.
+    let own =
+        SpanContext::from_traceparent("00-11111111111111111111111111111111-2222222222222222-01")
+            .expect("valid");
+    let mut start = msg(
+        "product-1",
+        "product-director",
+        "requirements_ready",
+        "wf-t",
+        json!({"epic_id": "E-1", "title": "Login"}),
+    );
+    start.meta.traceparent = Some(own.traceparent());
+    let start_id = start.meta.message_id.clone().expect("id");
+    let (results, finished, _) = run(&p, &[&start], Loaded::default());
+    assert_eq!(outcomes(&results), ["accepted"]);
+
+    let trace_id = crate::domain::trace::trace_id("wf-t");
+    let applied = crate::domain::trace::applying("wf-t", &start_id);
+    let root = crate::domain::trace::root("wf-t");
+    assert_eq!(results[0].span, Some(applied));
+    let tasks = sent(&finished);
+    assert!(!tasks.is_empty());
+    for (env, traceparent) in &tasks {
+        let t = env.header.tracing.as_ref().expect("header.tracing");
+        assert_eq!(SpanContext::from_header(t), Some(applied), "{t:?}");
+        // Not the sender's trace: the span's parent is the workflow's root span.
+        assert_eq!(
+            t.parent_span_id.as_deref(),
+            Some(root.span_id_hex().as_str())
+        );
+        assert_eq!(traceparent.as_deref(), Some(applied.traceparent().as_str()));
+        // The rest of the header is as the coordinator writes it.
+        assert_eq!(env.header.correlation_id, "wf-t");
+        assert_eq!(env.header.causation_id.as_deref(), Some(start_id.as_str()));
+    }
+    // Its spans: the workflow's root, and the message applied, linked to the
+    // sender's own trace.
+    let spans = &finished.writes.spans;
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(spans[0].what, spans::What::Workflow);
+    assert_eq!(spans[0].context, root);
+    assert_eq!(spans[0].parent, None);
+    assert_eq!(spans[1].what, spans::What::Message);
+    assert_eq!(spans[1].context.trace_id, trace_id);
+    assert_eq!(spans[1].parent, Some(root.span_id));
+    assert_eq!(spans[1].link, Some(own));
+    assert_eq!(spans[1].kind, Some("feature_delivery"), "{spans:?}");
+}
+
+#[test]
+fn a_reply_in_the_workflows_trace_is_a_child_of_the_agents_span() {
+    use protocol::trace::SpanContext;
+    let p = processor();
+    let task_span = crate::domain::trace::applying("wf-r", "earlier");
+    // The engineering director replies from a span of its own under the task's.
+    let agent_span = SpanContext {
+        trace_id: task_span.trace_id,
+        span_id: [7; 8],
+    };
+    let mut ack = msg(
+        "eng-1",
+        "engineering-director",
+        "feature_completed",
+        "wf-r",
+        json!({}),
+    );
+    // Carried in the envelope only (no AMQP header): read all the same.
+    let mut env: Envelope = serde_json::from_slice(&ack.body).expect("json");
+    env.header.tracing = Some(agent_span.header(Some(task_span.span_id)));
+    ack.body = serde_json::to_vec(&env).expect("json");
+    ack.meta.traceparent = None;
+    let loaded = Loaded {
+        workflows: vec![LockedWorkflow {
+            id: "wf-r".into(),
+            kind: "feature_delivery".into(),
+            state: "in_development".into(),
+            round: 0,
+            definition_hash: None,
+            business_key: None,
+        }],
+        ..Loaded::default()
+    };
+    let (results, finished, _) = run(&p, &[&ack], loaded);
+    assert_eq!(outcomes(&results), ["accepted"], "{results:?}");
+    let spans = &finished.writes.spans;
+    assert_eq!(
+        spans.len(),
+        1,
+        "no new root span for a workflow that exists: {spans:?}"
+    );
+    assert_eq!(spans[0].parent, Some(agent_span.span_id));
+    assert_eq!(spans[0].link, None);
+    let tasks = sent(&finished);
+    assert_eq!(tasks.len(), 1, "the feature_handoff task");
+    for (env, _) in tasks {
+        let t = env.header.tracing.expect("header.tracing");
+        assert_eq!(t.parent_span_id, Some(agent_span.span_id_hex()));
+    }
+}
+
+#[test]
+fn a_follow_on_is_in_its_parents_trace() {
+    let p = processor();
+    let follow_on = crate::domain::ids::follow_on("wf-p", "launch_handoff");
+    assert_eq!(p.workflows.root_of(&follow_on), "wf-p");
+    assert_eq!(p.workflows.root_of("wf-p"), "wf-p");
+    // A dot that names no follow-on is part of the id.
+    assert_eq!(p.workflows.root_of("release.1.2"), "release.1.2");
+}
+
+#[test]
+fn a_heartbeat_and_a_refused_delivery_have_no_span_and_their_notices_a_trace_of_their_own() {
+    let p = processor();
+    let beat = msg(
+        "eng-1",
+        "engineering-director",
+        "heartbeat",
+        "eng-1",
+        json!({}),
+    );
+    let bad = Msg {
+        body: b"{not json".to_vec(),
+        meta: DeliveryMeta {
+            routing_key: "engineering-director.feature_completed".into(),
+            message_id: Some("bad-1".into()),
+            app_id: Some("eng-1".into()),
+            ..DeliveryMeta::default()
+        },
+    };
+    let (results, finished, _) = run(&p, &[&beat, &bad], Loaded::default());
+    assert_eq!(outcomes(&results), ["accepted", "rejected"]);
+    assert!(results.iter().all(|r| r.span.is_none()));
+    assert!(finished.writes.spans.is_empty());
+    let notices = sent(&finished);
+    assert_eq!(notices.len(), 1, "the rejection notice");
+    let (env, traceparent) = &notices[0];
+    let own = crate::domain::trace::alone(&env.header.message_id);
+    assert_eq!(traceparent.as_deref(), Some(own.traceparent().as_str()));
+}

@@ -82,6 +82,7 @@ mod tests {
                 causation_id: causation_id.map(str::to_string),
                 app_id: "coordinator".into(),
                 body: Vec::new(),
+                traceparent: None,
             },
         }
     }

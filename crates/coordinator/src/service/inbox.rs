@@ -559,7 +559,10 @@ async fn commit(
         match pipeline::apply_admitted(shared, partition, inbound, publish_after).await {
             Ok(out) => {
                 shared.breakers.succeeded(Guarded::Database);
-                let took = started.elapsed().as_secs_f64();
+                let elapsed = started.elapsed();
+                let ended = std::time::SystemTime::now();
+                shared.spans.export(&out.spans, ended - elapsed, ended);
+                let took = elapsed.as_secs_f64();
                 shared.metrics.batch_seconds.observe(took);
                 for _ in inbound {
                     shared.metrics.message_duration.observe(took);
@@ -624,6 +627,7 @@ async fn report(
                 message_type = env.map_or(d.meta.kind.as_deref().unwrap_or(""), |h| h
                     .message_type
                     .as_str()),
+                trace_id = p.span.map(|s| s.trace_id_hex()).unwrap_or_default(),
                 outcome = p.outcome.label(),
                 "processed"
             );

@@ -53,6 +53,8 @@ pub struct BatchOutput {
     pub statements: usize,
     /// Messages set aside as `processing_failed`.
     pub set_aside: usize,
+    /// The spans of what was applied (`engine::spans`), to export.
+    pub spans: Vec<engine::spans::Span>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +246,7 @@ struct Committed {
     /// Agents the cache did not hold.
     learned: Vec<(String, String)>,
     statements: usize,
+    spans: Vec<engine::spans::Span>,
 }
 
 impl Committed {
@@ -276,6 +279,7 @@ impl Committed {
         out.learned.extend(self.learned);
         out.commits += 1;
         out.statements += self.statements;
+        out.spans.extend(self.spans);
     }
 }
 
@@ -401,6 +405,7 @@ async fn stage(
     let registrations = finished.writes.registrations.clone();
     let statements_written = finished.writes.statements();
     let mut writes = finished.writes;
+    let spans = std::mem::take(&mut writes.spans);
     ctx.cipher.seal_rows(&mut writes);
     let written = batch::write(conn, writes, ctx.publish_after).await?;
     let registered = registrations
@@ -414,6 +419,7 @@ async fn stage(
         registered,
         learned: finished.agents,
         statements: statements_read + statements_written,
+        spans,
     })
 }
 
@@ -482,6 +488,7 @@ async fn set_aside(
                 registered: Vec::new(),
                 learned: Vec::new(),
                 statements: statements + 3,
+                spans: Vec::new(),
             })
         }
     };

@@ -57,6 +57,8 @@ pub struct Shared {
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
     pub batch_turns: tokio::sync::Semaphore,
     pub signals: Signals,
+    /// Where the spans of what is applied and fired go (`traces.otlp_endpoint`).
+    pub spans: crate::telemetry::spans::Exporter,
     /// The circuit breakers around PostgreSQL and around publishing.
     pub breakers: Breakers,
     /// Conditions that repeat (a message no queue takes), logged at start, end and as
@@ -99,6 +101,7 @@ impl Shared {
             cipher,
             batch_turns,
             signals: Signals::default(),
+            spans: crate::telemetry::spans::Exporter::off(),
             breakers,
             repeats: Mutex::new(Repeats::new(REPEATS_SAID_EVERY)),
             stopping: Mutex::new(("not stopping", String::new())),

@@ -27,6 +27,8 @@ pub struct Fired {
     /// The clocks that warned and that were breached: (clock, owner role) each.
     pub warned: Vec<(String, String)>,
     pub breached: Vec<(String, String)>,
+    /// The spans of the deadlines fired (`engine::spans`), to export.
+    pub spans: Vec<crate::engine::spans::Span>,
 }
 
 /// Fires due deadlines in one transaction. A deadline that no longer applies (met,
@@ -64,7 +66,8 @@ pub async fn fire(
     let taken = deadlines::take_due(&mut tx, &warnings, &breaches, &ladder, now).await?;
     let raises = taken.breached.len() + taken.climbed.len();
     let escalation_ids = batch::reserve_escalation_ids(&mut tx, raises).await?;
-    let (writes, next) = rows(processor, &taken, &escalation_ids, now);
+    let (mut writes, next) = rows(processor, &taken, &escalation_ids, now);
+    out.spans = std::mem::take(&mut writes.spans);
     let written = batch::write(&mut tx, writes, now).await?;
     tx.commit().await?;
 

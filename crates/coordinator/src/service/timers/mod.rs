@@ -51,6 +51,8 @@ pub struct Parts<'a> {
     pub signals: &'a Signals,
     /// Waits between failed passes (the `default` retry policy).
     pub retry: &'a RetryPolicy,
+    /// Where the spans of the deadlines fired go.
+    pub spans: &'a crate::telemetry::spans::Exporter,
 }
 
 impl<'a> Parts<'a> {
@@ -64,6 +66,7 @@ impl<'a> Parts<'a> {
             metrics: &shared.metrics,
             signals: &shared.signals,
             retry: &shared.settings.retry_policies.default,
+            spans: &shared.spans,
         }
     }
 }
@@ -153,7 +156,13 @@ impl<'a> Timer<'a> {
             .collect();
         let mut results = futures_util::stream::iter(chunks)
             .map(|chunk| async move {
+                let started = std::time::SystemTime::now();
                 let fired = fire::fire(parts.pool, parts.processor, &chunk, now).await;
+                if let Ok(f) = &fired {
+                    parts
+                        .spans
+                        .export(&f.spans, started, std::time::SystemTime::now());
+                }
                 (chunk, fired)
             })
             .buffer_unordered(cfg.concurrency);
