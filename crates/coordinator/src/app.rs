@@ -44,6 +44,7 @@ impl App {
     /// in-memory exporter). Before [`App::run`] and [`App::shared`] only.
     pub fn exporting_to(mut self, spans: Exporter) -> App {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.processor.keep_spans = spans.is_on();
             shared.spans = spans;
         }
         self

@@ -901,6 +901,7 @@ impl Settings {
             auto_register: self.registration.auto_register,
             limits: self.limits.envelope(),
             security: self.security_checks(),
+            keep_spans: !self.traces.otlp_endpoint.is_empty(),
         }
     }
 

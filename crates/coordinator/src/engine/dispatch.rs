@@ -337,6 +337,9 @@ impl Batch<'_> {
             traced(m, &span, Some(parent));
         }
         p.span = Some(span);
+        if !self.p.keep_spans {
+            return;
+        }
         let Some(env) = input.envelope() else {
             return;
         };

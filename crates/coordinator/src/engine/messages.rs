@@ -56,17 +56,19 @@ const HEADER_START: &[u8] = b"{\"header\":{";
 /// as serialised, not by parsing and serialising it again: this runs for every message
 /// the coordinator sends.
 pub fn traced(m: &mut OutboxMessage, span: &SpanContext, parent: Option<[u8; 8]>) {
-    let tracing = span.header(parent);
     match m.body.strip_prefix(HEADER_START) {
         Some(rest) if !rest.starts_with(b"}") => {
-            let Ok(member) = serde_json::to_vec(&tracing) else {
-                return;
-            };
-            let mut body = Vec::with_capacity(m.body.len() + member.len() + 16);
+            let mut body = Vec::with_capacity(m.body.len() + 112);
             body.extend_from_slice(HEADER_START);
-            body.extend_from_slice(b"\"tracing\":");
-            body.extend_from_slice(&member);
-            body.push(b',');
+            body.extend_from_slice(b"\"tracing\":{\"trace_id\":\"");
+            push_hex(&mut body, &span.trace_id);
+            body.extend_from_slice(b"\",\"span_id\":\"");
+            push_hex(&mut body, &span.span_id);
+            if let Some(parent) = parent {
+                body.extend_from_slice(b"\",\"parent_span_id\":\"");
+                push_hex(&mut body, &parent);
+            }
+            body.extend_from_slice(b"\"},");
             body.extend_from_slice(rest);
             m.body = body;
         }
@@ -75,7 +77,7 @@ pub fn traced(m: &mut OutboxMessage, span: &SpanContext, parent: Option<[u8; 8]>
             let Ok(mut env) = serde_json::from_slice::<Envelope>(&m.body) else {
                 return;
             };
-            env.header.tracing = Some(tracing);
+            env.header.tracing = Some(span.header(parent));
             let Ok(body) = serde_json::to_vec(&env) else {
                 return;
             };
@@ -83,6 +85,15 @@ pub fn traced(m: &mut OutboxMessage, span: &SpanContext, parent: Option<[u8; 8]>
         }
     }
     m.traceparent = Some(span.traceparent());
+}
+
+/// Lower-case hex, as the W3C ids are written.
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
+    }
 }
 
 /// A message that is not part of a workflow's work, traced as a trace of its own.

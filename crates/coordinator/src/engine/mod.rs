@@ -191,6 +191,9 @@ pub struct Processor {
     pub auto_register: bool,
     pub limits: Limits,
     pub security: Security,
+    /// Keep the spans of what is applied and fired (`Writes::spans`), for export. Off,
+    /// the messages still name their spans, and no span is built.
+    pub keep_spans: bool,
 }
 
 /// How senders' signatures are checked (`security.signatures`).

@@ -64,6 +64,9 @@ pub fn fired(
     for m in w.outbox.iter_mut().skip(sent_from) {
         traced(m, &span, Some(parent));
     }
+    if !p.keep_spans {
+        return;
+    }
     w.spans.push(Span {
         context: span,
         parent: Some(parent),

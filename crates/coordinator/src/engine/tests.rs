@@ -668,7 +668,8 @@ fn sent(f: &Finished) -> Vec<(Envelope, Option<String>)> {
 #[test]
 fn what_a_message_causes_is_sent_as_a_child_of_its_span_in_the_workflows_trace() {
     use protocol::trace::SpanContext;
-    let p = processor();
+    let mut p = processor();
+    p.keep_spans = true;
     // The agent that starts the workflow sends from a trace of its own.
     let own =
         SpanContext::from_traceparent("00-11111111111111111111111111111111-2222222222222222-01")
@@ -721,7 +722,8 @@ fn what_a_message_causes_is_sent_as_a_child_of_its_span_in_the_workflows_trace()
 #[test]
 fn a_reply_in_the_workflows_trace_is_a_child_of_the_agents_span() {
     use protocol::trace::SpanContext;
-    let p = processor();
+    let mut p = processor();
+    p.keep_spans = true;
     let task_span = crate::domain::trace::applying("wf-r", "earlier");
     // The engineering director replies from a span of its own under the task's.
     let agent_span = SpanContext {
@@ -807,4 +809,29 @@ fn a_heartbeat_and_a_refused_delivery_have_no_span_and_their_notices_a_trace_of_
     let (env, traceparent) = &notices[0];
     let own = crate::domain::trace::alone(&env.header.message_id);
     assert_eq!(traceparent.as_deref(), Some(own.traceparent().as_str()));
+}
+
+#[test]
+fn without_export_no_span_is_kept_and_the_messages_still_name_theirs() {
+    let p = processor();
+    assert!(!p.keep_spans, "off by default");
+    let start = msg(
+        "product-1",
+        "product-director",
+        "requirements_ready",
+        "wf-q",
+        json!({"epic_id": "E-1"}),
+    );
+    let (results, finished, _) = run(&p, &[&start], Loaded::default());
+    assert!(finished.writes.spans.is_empty());
+    let applied =
+        crate::domain::trace::applying("wf-q", start.meta.message_id.as_deref().expect("id"));
+    assert_eq!(results[0].span, Some(applied), "the log line's trace id");
+    let tasks = sent(&finished);
+    assert!(!tasks.is_empty());
+    for (env, traceparent) in tasks {
+        assert_eq!(traceparent, Some(applied.traceparent()));
+        let t = env.header.tracing.expect("header.tracing");
+        assert_eq!(protocol::trace::SpanContext::from_header(&t), Some(applied));
+    }
 }
