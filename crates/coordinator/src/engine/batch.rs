@@ -297,11 +297,12 @@ impl<'p> Batch<'p> {
         owns_id: bool,
     ) -> Processed {
         if !self.quiet {
-            let placed = super::spans::of_input(self.p, &super::Input::Delivery(d, a));
+            let input = super::Input::Delivery(d, a);
+            let placed = super::spans::of_input(self.p, &input);
             tracing::warn!(
                 message_id = a.message_id().unwrap_or(""),
                 workflow_id = d.meta.correlation_id.as_deref().unwrap_or(""),
-                trace_id = placed.map(|(s, _, _)| s.trace_id_hex()).unwrap_or_default(),
+                trace_id = placed.map(|p| p.span.trace_id_hex()).unwrap_or_default(),
                 reason = %rej.reason,
                 detail = %rej.detail,
                 "message rejected"

@@ -10,7 +10,7 @@ use super::batch::{Applied, Batch};
 use super::escalations::Acknowledged;
 use super::messages::traced;
 use super::rows::{ChainAck, Span, What, OUTCOME_OBSERVED};
-use super::spans::of_input;
+use super::spans::{of_input, Placed};
 use super::{acknowledged_escalation, incident, operator, workflows};
 use super::{Admission, Input, Outcome, Processed};
 use crate::domain::emergency;
@@ -326,7 +326,14 @@ impl Batch<'_> {
             Outcome::Duplicate => None,
             _ => of_input(self.p, input),
         };
-        let Some((span, parent, link)) = placed else {
+        let Some(Placed {
+            span,
+            parent,
+            link,
+            root: root_id,
+            envelope: env,
+        }) = placed
+        else {
             for m in self.out.outbox.iter_mut().skip(sent_from) {
                 let alone = trace::alone(&m.message_id);
                 traced(m, &alone, None);
@@ -340,11 +347,7 @@ impl Batch<'_> {
         if !self.p.keep_spans {
             return;
         }
-        let Some(env) = input.envelope() else {
-            return;
-        };
         let h = &env.header;
-        let root_id = self.p.workflows.root_of(&h.correlation_id);
         let created = p
             .transition
             .as_ref()

@@ -21,10 +21,7 @@ use crate::domain::trace;
 /// Where applying `input` goes in its workflow's trace: its span, its parent and a
 /// link. `None` for what belongs to no workflow (a heartbeat) or has no trusted
 /// envelope (a refused delivery).
-pub fn of_input(
-    p: &Processor,
-    input: &Input<'_>,
-) -> Option<(SpanContext, [u8; 8], Option<SpanContext>)> {
+pub fn of_input<'i>(p: &Processor, input: &'i Input<'_>) -> Option<Placed<'i>> {
     let env = input.envelope()?;
     let h = &env.header;
     if h.message_type == HEARTBEAT {
@@ -38,10 +35,27 @@ pub fn of_input(
         }
         Input::Operator(_) => h.tracing.as_ref().and_then(SpanContext::from_header),
     };
-    Some(match sender {
-        Some(s) if s.trace_id == span.trace_id => (span, s.span_id, None),
-        other => (span, trace::root(root).span_id, other),
+    let (parent, link) = match sender {
+        Some(s) if s.trace_id == span.trace_id => (s.span_id, None),
+        other => (trace::root(root).span_id, other),
+    };
+    Some(Placed {
+        span,
+        parent,
+        link,
+        root,
+        envelope: env,
     })
+}
+
+/// Where an input's span goes: its context, its parent, the sender's context of
+/// another trace, and the root workflow's id and the envelope it was read from.
+pub struct Placed<'i> {
+    pub span: SpanContext,
+    pub parent: [u8; 8],
+    pub link: Option<SpanContext>,
+    pub root: &'i str,
+    pub envelope: &'i protocol::envelope::Envelope,
 }
 
 /// Traces a deadline fired for `workflow_id` (`what`: `warning`, `breach`, `level`):
