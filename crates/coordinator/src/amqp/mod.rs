@@ -225,11 +225,18 @@ pub fn delivery_meta(routing_key: &str, props: &lapin::BasicProperties) -> Deliv
             .as_ref()
             .and_then(|h| h.inner().get(protocol::trace::TRACEPARENT_HEADER))
             .and_then(|v| match amqp_json(v) {
-                Value::String(s) => Some(s),
+                // The header is not signed and the broker bounds it only by its frame
+                // size: a longer one is no W3C context and is not kept (it would be
+                // stored with a held-back or dead-lettered message).
+                Value::String(s) if s.len() <= MAX_TRACEPARENT_BYTES => Some(s),
                 _ => None,
             }),
     }
 }
+
+/// The longest `traceparent` header kept: version 00 is 55 bytes; later versions may
+/// append fields.
+const MAX_TRACEPARENT_BYTES: usize = 512;
 
 /// The header that marks an operator's replay of a dead letter (its id).
 pub const REPLAY_OF_HEADER: &str = "x-replay-of";
@@ -300,5 +307,33 @@ fn amqp_json(v: &AMQPValue) -> Value {
         ),
         AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
         other => json!(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_traceparent(v: &str) -> lapin::BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            protocol::trace::TRACEPARENT_HEADER.into(),
+            AMQPValue::LongString(v.into()),
+        );
+        lapin::BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn a_traceparent_is_kept_as_sent_unless_it_is_too_long_to_be_one() {
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let meta = delivery_meta("qa-director.testing_started", &with_traceparent(v));
+        assert_eq!(meta.traceparent.as_deref(), Some(v));
+        let huge = format!("{v}-{}", "x".repeat(100_000));
+        let meta = delivery_meta("qa-director.testing_started", &with_traceparent(&huge));
+        assert_eq!(meta.traceparent, None);
+        // Written back as read: the same header on what is sent with this meta.
+        let props = properties(&delivery_meta("k", &with_traceparent(v)));
+        let back = delivery_meta("k", &props);
+        assert_eq!(back.traceparent.as_deref(), Some(v));
     }
 }
