@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::bench::{Options, Row};
+use crate::stats::Percentiles;
 use crate::team::ROLES;
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -417,9 +418,32 @@ pub fn report(opts: &Options, provenance: &Provenance, rows: &[Row], hops: &str)
     out.push_str(&security_cost(rows));
     out.push_str("\n## What exporting traces costs\n\n");
     out.push_str(&tracing_cost(rows));
+    if rows.iter().any(|r| r.pages.is_some()) {
+        out.push_str("\n## Each page under load\n\n");
+        out.push_str(&each_page(rows));
+    }
     out.push_str("\n## Each run\n\n");
     for r in rows {
         out.push_str(&format!("- {}\n", format_row(r)));
+    }
+    out
+}
+
+/// Each page's latencies in every run that timed the pages, so that a p99 over the
+/// target names the page that holds it.
+fn each_page(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| profile | run | page | requests | ms p50 | p99 | max |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let Some(p) = &r.pages else { continue };
+        for (page, took) in &p.by_page {
+            let l = Percentiles::of(took.clone());
+            out.push_str(&format!(
+                "| {} | {} | `{page}` | {} | {:.1} | {:.1} | {:.1} |\n",
+                r.profile, r.run, l.n, l.p50, l.p99, l.max
+            ));
+        }
     }
     out
 }
@@ -575,7 +599,7 @@ pub fn write(dir: &Path, report: &str) -> std::io::Result<std::path::PathBuf> {
 mod tests {
     use super::*;
     use crate::drive::{BacklogSample, Observed};
-    use crate::stats::{CpuSplit, Percentiles};
+    use crate::stats::CpuSplit;
 
     fn row(run: &str, p99: f64, msgs: u64, growth: f64) -> Row {
         let observed = Observed {
