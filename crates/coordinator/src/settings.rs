@@ -661,6 +661,10 @@ pub struct MetricsSettings {
     /// How often the database's state is read into the gauges.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// How often the dashboard's SLA compliance chart is read (checked at each
+    /// refresh).
+    #[serde(with = "humantime_serde")]
+    pub chart_interval: Duration,
 }
 
 /// What the coordinator expects of agents' heartbeats (`service::agent_health`).
@@ -1172,6 +1176,7 @@ impl Settings {
         }
         for (key, d) in [
             ("metrics.refresh_interval", self.metrics.refresh_interval),
+            ("metrics.chart_interval", self.metrics.chart_interval),
             ("heartbeats.interval", self.heartbeats.interval),
         ] {
             if d.is_zero() {

@@ -354,3 +354,66 @@ async fn the_event_stream_delivers_workflow_events_as_they_commit() {
     assert_eq!(event["source_role"], "product-director");
     app.stop().await;
 }
+
+/// `overdue`: the workflows with an armed clock past its deadline, found from the
+/// clocks (not by walking every workflow), in id order and paged like any other list.
+/// Read straight from the database, with no coordinator whose timer would fire them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overdue_workflows_are_those_with_an_armed_clock_past_its_deadline_paged_in_id_order() {
+    use coordinator::db::read::{workflow_page, WorkflowFilter};
+    let env = TestEnv::new().await;
+    for statement in [
+        "INSERT INTO workflows (id, kind, state) VALUES
+           ('wf-1', 'feature_delivery', 'testing'), ('wf-2', 'feature_delivery', 'testing'),
+           ('wf-3', 'feature_delivery', 'testing'), ('wf-4', 'emergency', 'active'),
+           ('wf-5', 'feature_delivery', 'testing'), ('wf-6', 'feature_delivery', 'testing')",
+        // wf-2 twice overdue, wf-4 and wf-6 once; wf-1 due tomorrow; wf-3 past its
+        // deadline but breached (closed); wf-5 none.
+        "INSERT INTO sla_clocks (workflow_id, clock, round, owner_role, severity, armed_at, due_at, status, closed_at) VALUES
+           ('wf-1', 'testing_completion', 1, 'qa-director', 'high', now(), now() + interval '1 day', 'armed', NULL),
+           ('wf-2', 'testing_completion', 1, 'qa-director', 'high', now(), now() - interval '1 hour', 'armed', NULL),
+           ('wf-2', 'testing_completion', 2, 'qa-director', 'high', now(), now() - interval '1 minute', 'armed', NULL),
+           ('wf-3', 'testing_completion', 1, 'qa-director', 'high', now(), now() - interval '1 hour', 'breached', now()),
+           ('wf-4', 'acknowledgment', 1, 'qa-director', 'high', now(), now() - interval '1 hour', 'armed', NULL),
+           ('wf-6', 'testing_completion', 1, 'qa-director', 'high', now(), now() - interval '1 hour', 'armed', NULL)",
+    ] {
+        sqlx::query(statement)
+            .execute(&env.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let overdue = WorkflowFilter {
+        overdue: true,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let (rows, next) = workflow_page(&env.pool, &overdue, after.as_ref(), 2)
+            .await
+            .expect("a page of overdue workflows");
+        seen.extend(rows.into_iter().map(|w| w.id));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["wf-2", "wf-4", "wf-6"]);
+    let (features, _) = workflow_page(
+        &env.pool,
+        &WorkflowFilter {
+            kind: Some("feature_delivery"),
+            ..overdue
+        },
+        None,
+        10,
+    )
+    .await
+    .expect("overdue features");
+    let features: Vec<_> = features.into_iter().map(|w| w.id).collect();
+    assert_eq!(features, ["wf-2", "wf-6"]);
+    let (all, _) = workflow_page(&env.pool, &WorkflowFilter::default(), None, 10)
+        .await
+        .expect("every live workflow");
+    assert_eq!(all.len(), 6, "without the filter, every live workflow");
+}

@@ -39,8 +39,9 @@ async fn the_dashboard_shows_the_state_and_acknowledges_an_escalation_in_chromiu
         Duration::from_millis(300).into(),
     );
     settings.http.operator_token = Some(TOKEN.to_string().into());
-    // The page's counts are the gauges' last read.
+    // The page's counts and chart are the gauges' last read.
     settings.metrics.refresh_interval = Duration::from_millis(100);
+    settings.metrics.chart_interval = Duration::from_millis(100);
     let app = env.start_with(settings).await;
     let product = env.agent("product-1", "product-director").await;
     let eng = env.agent("eng-1", "engineering-director").await;

@@ -8,7 +8,7 @@ use test_support as common;
 
 use common::TestEnv;
 use coordinator::db::store::Expired;
-use coordinator::db::{batch, deadlines, store, SERVICE_PLANNER};
+use coordinator::db::{batch, deadlines, read, store, SERVICE_PLANNER};
 use serde_json::Value;
 
 /// The statements the service runs on its hot path (batches, timers, relay), by name:
@@ -192,6 +192,55 @@ async fn hot_statements_are_never_compiled_by_jit() {
         compiled.is_empty(),
         "compiled by JIT (available on this server: {available}): {compiled:#?}"
     );
+}
+
+/// A parallel plan starts worker processes for the one statement: on the service's
+/// sessions none is planned, whatever the server's settings; here the server is told
+/// parallel workers cost nothing first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_plans_no_parallel_workers() {
+    let env = TestEnv::new().await;
+    let mut conn = env.pool.acquire().await.expect("connection");
+    set(
+        &mut conn,
+        &[
+            ("parallel_setup_cost", "0"),
+            ("parallel_tuple_cost", "0"),
+            ("min_parallel_table_scan_size", "0"),
+            ("min_parallel_index_scan_size", "0"),
+        ],
+    )
+    .await;
+    let parallel = |plans: Vec<(&'static str, Value)>| -> Vec<String> {
+        plans
+            .into_iter()
+            .filter(|(_, plan)| {
+                let mut kinds = Vec::new();
+                node_types(&plan[0]["Plan"], &mut kinds);
+                kinds.iter().any(|k| k.starts_with("Gather"))
+            })
+            .map(|(name, _)| name.to_string())
+            .collect()
+    };
+    // The dashboard's clock list planned two workers over a million armed clocks; the
+    // gauges count every live workflow.
+    let pages = [
+        ("clocks by deadline", read::CLOCKS_BY_DEADLINE),
+        ("gauges", read::GAUGES),
+    ];
+    let all = async |conn: &mut sqlx::PgConnection| {
+        let mut plans = plans_of_hot_statements(conn).await;
+        plans.extend(plans_of(conn, &retention_deletes()).await);
+        plans.extend(plans_of(conn, &pages).await);
+        plans
+    };
+    assert!(
+        !parallel(all(&mut conn).await).is_empty(),
+        "no statement plans parallel workers even with PostgreSQL's planner settings: the check below would prove nothing"
+    );
+    set(&mut conn, &SERVICE_PLANNER).await;
+    let parallel = parallel(all(&mut conn).await);
+    assert!(parallel.is_empty(), "parallel plans: {parallel:?}");
 }
 
 fn node_types(node: &Value, out: &mut Vec<String>) {

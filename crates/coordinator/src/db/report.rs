@@ -114,12 +114,14 @@ pub async fn sla_by_day(pool: &PgPool, since: DateTime<Utc>) -> super::Result<Ve
 /// A transaction with PostgreSQL's planner defaults, for a query that scans a window of
 /// the tables: not the service's settings for its hot statements (generic plans, no
 /// sequential scans or hash joins: `SERVICE_PLANNER`), under which the report's join of
-/// the outbox with the workflows took longer than the statement timeout.
+/// the outbox with the workflows took longer than the statement timeout. A scan of a
+/// window may use parallel workers again (PostgreSQL's default of two).
 async fn analytic(pool: &PgPool) -> super::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "SELECT set_config('plan_cache_mode', 'auto', true), set_config('enable_seqscan', 'on', true),
-                set_config('enable_hashjoin', 'on', true), set_config('enable_mergejoin', 'on', true)",
+                set_config('enable_hashjoin', 'on', true), set_config('enable_mergejoin', 'on', true),
+                set_config('max_parallel_workers_per_gather', '2', true)",
     )
     .execute(&mut *tx)
     .await?;

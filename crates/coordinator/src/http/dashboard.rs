@@ -18,13 +18,11 @@ use serde::Deserialize;
 
 use crate::db::{self, read};
 use crate::domain::agent_health::Health;
+use crate::service::gauges::CHART_DAYS;
 use crate::service::runtime::Shared;
 
 /// A clock due within this long is at risk.
 const AT_RISK: chrono::Duration = chrono::Duration::hours(1);
-/// Days of SLA compliance the chart shows, and how long one computed is shown.
-const CHART_DAYS: i64 = 14;
-const CHART_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 pub fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -148,7 +146,8 @@ struct Overview {
     emergencies: Vec<read::EmergencyRow>,
     agents: Vec<read::AgentRow>,
     dead_letters: Vec<read::DeadLetterRow>,
-    compliance: Arc<Vec<db::report::DailySla>>,
+    /// None before the background's first read.
+    compliance: Option<Arc<Vec<db::report::DailySla>>>,
     recent: Vec<read::WorkflowRow>,
 }
 
@@ -158,7 +157,7 @@ async fn read_overview(shared: &Shared, now: DateTime<Utc>) -> db::Result<Overvi
     Ok(Overview {
         // The gauges' last read (every metrics.refresh_interval), or a read of our own
         // before their first: counting every live workflow is the page's dearest query.
-        state: match shared.remembered_state() {
+        state: match shared.database_state.get() {
             Some(s) => s,
             None => Arc::new(read::gauges(pool, stale_after).await?),
         },
@@ -171,37 +170,9 @@ async fn read_overview(shared: &Shared, now: DateTime<Utc>) -> db::Result<Overvi
         emergencies: read::emergencies(pool, false, 10).await?,
         agents: read::agents(pool, None).await?,
         dead_letters: read::dead_letters(pool, &read::DeadLetterFilter::default(), 10).await?,
-        compliance: compliance(shared, now).await?,
+        compliance: shared.compliance_chart.get(),
         recent: read::recently_changed(pool, 15).await?,
     })
-}
-
-/// The compliance chart's days, computed at most every [`CHART_FOR`] (a scan of the
-/// clocks closed in [`CHART_DAYS`]).
-async fn compliance(
-    shared: &Shared,
-    now: DateTime<Utc>,
-) -> db::Result<Arc<Vec<db::report::DailySla>>> {
-    let fresh = |c: &Option<(std::time::Instant, Arc<Vec<db::report::DailySla>>)>| {
-        c.as_ref()
-            .filter(|(at, _)| at.elapsed() < CHART_FOR)
-            .map(|(_, days)| days.clone())
-    };
-    if let Some(days) = fresh(
-        &shared
-            .compliance_chart
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()),
-    ) {
-        return Ok(days);
-    }
-    let since = now - chrono::Duration::days(CHART_DAYS);
-    let days = Arc::new(db::report::sla_by_day(&shared.pool, since).await?);
-    *shared
-        .compliance_chart
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), days.clone()));
-    Ok(days)
 }
 
 async fn overview(State(shared): State<Arc<Shared>>, Query(q): Query<OverviewQuery>) -> Response {
@@ -335,8 +306,11 @@ async fn overview(State(shared): State<Arc<Shared>>, Query(q): Query<OverviewQue
         }
         section.wide #compliance {
             h2 { "SLA compliance per role, last " (CHART_DAYS) " days (met on time / closed)" }
-            p.note { "Computed every " (humantime::format_duration(CHART_FOR)) "." }
-            (compliance_chart(&o.compliance, now))
+            p.note { "Read every " (humantime::format_duration(shared.settings.metrics.chart_interval)) " (metrics.chart_interval)." }
+            @match &o.compliance {
+                Some(days) => (compliance_chart(days, now)),
+                None => p { "Not read yet: the chart is read in the background, and the database has not answered since the start." },
+            }
         }
     };
     page("dashboard", body).into_response()

@@ -4,15 +4,26 @@
 //! that Prometheus sees the state without a database query of its own and the hot path
 //! pays nothing. Every coordinator reports the same figures (they are the database's):
 //! alert on `max` or `sum without (instance)`, not on a sum over instances.
+//!
+//! The dashboard's SLA compliance chart is read here too, every
+//! `metrics.chart_interval`: a scan of the clocks closed in [`CHART_DAYS`] days that
+//! would otherwise be the wait of whichever page asked first.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
 use crate::service::runtime::Shared;
 
-/// Refreshes the gauges until `stop`.
+/// Days of SLA compliance the dashboard's chart shows.
+pub const CHART_DAYS: i64 = 14;
+
+/// Refreshes the gauges (and the chart) until `stop`.
 pub async fn run(shared: &Shared, stop: CancellationToken) {
     let settings = &shared.settings.metrics;
+    let mut chart_read: Option<Instant> = None;
     loop {
         let connections = &shared.metrics.active_connections;
         connections
@@ -26,12 +37,24 @@ pub async fn run(shared: &Shared, stop: CancellationToken) {
             Ok(state) => {
                 shared.metrics.set_state(&state);
                 shared.unattended.set_roles(state.roles.clone());
-                shared.remember_state(std::sync::Arc::new(state));
+                shared.database_state.set(Arc::new(state));
             }
             // The database being away is what readiness, the breaker and the batch
             // errors report; the gauges keep their last values meanwhile.
             Err(e) => {
                 tracing::debug!(error = %crate::telemetry::error_chain(&e), "could not read the state gauges")
+            }
+        }
+        if chart_read.is_none_or(|at| at.elapsed() >= settings.chart_interval) {
+            let since = shared.clock.now() - chrono::Duration::days(CHART_DAYS);
+            match db::report::sla_by_day(&shared.pool, since).await {
+                Ok(days) => {
+                    shared.compliance_chart.set(Arc::new(days));
+                    chart_read = Some(Instant::now());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %crate::telemetry::error_chain(&e), "could not read the compliance chart")
+                }
             }
         }
         tokio::select! {

@@ -50,10 +50,11 @@ pub struct Shared {
     pub unattended: Unattended,
     /// What the gauges last read of the database (`service::gauges`), for the
     /// dashboard's counts without a query of their own.
-    database_state: std::sync::RwLock<Option<Arc<crate::db::read::State>>>,
-    /// The dashboard's compliance chart and when it was computed (a scan of the
-    /// clocks: at most every few minutes).
-    pub compliance_chart: Mutex<Option<(Instant, Arc<Vec<crate::db::report::DailySla>>)>>,
+    pub database_state: Latest<crate::db::read::State>,
+    /// The dashboard's SLA compliance chart, read in the background
+    /// (`service::gauges`, every `metrics.chart_interval`): its scan of the closed
+    /// clocks is never a page's wait.
+    pub compliance_chart: Latest<Vec<crate::db::report::DailySla>>,
     /// Turns to apply a batch: `inbox.concurrency` partitions at a time.
     pub batch_turns: tokio::sync::Semaphore,
     pub signals: Signals,
@@ -67,6 +68,26 @@ pub struct Shared {
     /// The step a shutdown is at, and what it still waits for, named when it overruns
     /// `shutdown.timeout`.
     stopping: Mutex<(&'static str, String)>,
+}
+
+/// The last value a background read produced, for pages to show without a query of
+/// their own; none before the first read.
+pub struct Latest<T>(std::sync::RwLock<Option<Arc<T>>>);
+
+impl<T> Default for Latest<T> {
+    fn default() -> Self {
+        Latest(std::sync::RwLock::new(None))
+    }
+}
+
+impl<T> Latest<T> {
+    pub fn set(&self, value: Arc<T>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(value);
+    }
+
+    pub fn get(&self) -> Option<Arc<T>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Shared {
@@ -106,23 +127,6 @@ impl Shared {
             repeats: Mutex::new(Repeats::new(REPEATS_SAID_EVERY)),
             stopping: Mutex::new(("not stopping", String::new())),
         }
-    }
-
-    /// Keeps what the gauges read of the database.
-    pub fn remember_state(&self, state: Arc<crate::db::read::State>) {
-        *self
-            .database_state
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(state);
-    }
-
-    /// What the gauges last read of the database (at most `metrics.refresh_interval`
-    /// old); none before their first read.
-    pub fn remembered_state(&self) -> Option<Arc<crate::db::read::State>> {
-        self.database_state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// Records (and logs) the step a shutdown has reached.
