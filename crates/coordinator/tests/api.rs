@@ -355,11 +355,12 @@ async fn the_event_stream_delivers_workflow_events_as_they_commit() {
     app.stop().await;
 }
 
-/// `overdue`: the workflows with an armed clock past its deadline, found from the
-/// clocks (not by walking every workflow), in id order and paged like any other list.
-/// Read straight from the database, with no coordinator whose timer would fire them.
+/// `overdue` (an armed clock past its deadline) and `role` (an armed clock that role
+/// owns): the workflows found from their clocks (not by walking every workflow), in id
+/// order and paged like any other list. Read straight from the database, with no
+/// coordinator whose timer would fire the overdue clocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overdue_workflows_are_those_with_an_armed_clock_past_its_deadline_paged_in_id_order() {
+async fn workflows_overdue_or_of_a_role_are_found_from_their_armed_clocks_in_id_order() {
     use coordinator::db::read::{workflow_page, WorkflowFilter};
     let env = TestEnv::new().await;
     for statement in [
@@ -368,52 +369,85 @@ async fn overdue_workflows_are_those_with_an_armed_clock_past_its_deadline_paged
            ('wf-3', 'feature_delivery', 'testing'), ('wf-4', 'emergency', 'active'),
            ('wf-5', 'feature_delivery', 'testing'), ('wf-6', 'feature_delivery', 'testing')",
         // wf-2 twice overdue, wf-4 and wf-6 once; wf-1 due tomorrow; wf-3 past its
-        // deadline but breached (closed); wf-5 none.
+        // deadline but breached (closed); wf-5 none. The QA director owns wf-1's,
+        // wf-2's and wf-3's (closed) clocks.
         "INSERT INTO sla_clocks (workflow_id, clock, round, owner_role, severity, armed_at, due_at, status, closed_at) VALUES
            ('wf-1', 'testing_completion', 1, 'qa-director', 'high', now(), now() + interval '1 day', 'armed', NULL),
            ('wf-2', 'testing_completion', 1, 'qa-director', 'high', now(), now() - interval '1 hour', 'armed', NULL),
            ('wf-2', 'testing_completion', 2, 'qa-director', 'high', now(), now() - interval '1 minute', 'armed', NULL),
            ('wf-3', 'testing_completion', 1, 'qa-director', 'high', now(), now() - interval '1 hour', 'breached', now()),
-           ('wf-4', 'acknowledgment', 1, 'qa-director', 'high', now(), now() - interval '1 hour', 'armed', NULL),
-           ('wf-6', 'testing_completion', 1, 'qa-director', 'high', now(), now() - interval '1 hour', 'armed', NULL)",
+           ('wf-4', 'acknowledgment', 1, 'product-director', 'high', now(), now() - interval '1 hour', 'armed', NULL),
+           ('wf-6', 'deployment_start', 1, 'devops-director', 'high', now(), now() - interval '1 hour', 'armed', NULL)",
     ] {
         sqlx::query(statement)
             .execute(&env.pool)
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
+    // Every page of `filter`, `per_page` at a time, following `next`.
+    let all_pages = async |filter: WorkflowFilter<'_>, per_page: i64| -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (rows, next) = workflow_page(&env.pool, &filter, after.as_ref(), per_page)
+                .await
+                .unwrap_or_else(|e| panic!("{filter:?}: {e}"));
+            seen.extend(rows.into_iter().map(|w| w.id));
+            match next {
+                Some(n) => after = Some(n),
+                None => return seen,
+            }
+        }
+    };
     let overdue = WorkflowFilter {
         overdue: true,
         ..Default::default()
     };
-    let mut seen = Vec::new();
-    let mut after = None;
-    loop {
-        let (rows, next) = workflow_page(&env.pool, &overdue, after.as_ref(), 2)
-            .await
-            .expect("a page of overdue workflows");
-        seen.extend(rows.into_iter().map(|w| w.id));
-        match next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-    }
-    assert_eq!(seen, ["wf-2", "wf-4", "wf-6"]);
-    let (features, _) = workflow_page(
-        &env.pool,
-        &WorkflowFilter {
-            kind: Some("feature_delivery"),
-            ..overdue
-        },
-        None,
-        10,
-    )
-    .await
-    .expect("overdue features");
-    let features: Vec<_> = features.into_iter().map(|w| w.id).collect();
-    assert_eq!(features, ["wf-2", "wf-6"]);
-    let (all, _) = workflow_page(&env.pool, &WorkflowFilter::default(), None, 10)
-        .await
-        .expect("every live workflow");
-    assert_eq!(all.len(), 6, "without the filter, every live workflow");
+    let qa = WorkflowFilter {
+        role: Some("qa-director"),
+        ..Default::default()
+    };
+    assert_eq!(
+        all_pages(overdue.clone(), 2).await,
+        ["wf-2", "wf-4", "wf-6"]
+    );
+    assert_eq!(
+        all_pages(
+            WorkflowFilter {
+                kind: Some("feature_delivery"),
+                ..overdue.clone()
+            },
+            10
+        )
+        .await,
+        ["wf-2", "wf-6"]
+    );
+    assert_eq!(all_pages(qa.clone(), 1).await, ["wf-1", "wf-2"]);
+    assert_eq!(
+        all_pages(
+            WorkflowFilter {
+                overdue: true,
+                ..qa.clone()
+            },
+            10
+        )
+        .await,
+        ["wf-2"]
+    );
+    assert_eq!(
+        all_pages(
+            WorkflowFilter {
+                role: Some("devops-director"),
+                ..Default::default()
+            },
+            10
+        )
+        .await,
+        ["wf-6"]
+    );
+    assert_eq!(
+        all_pages(WorkflowFilter::default(), 4).await.len(),
+        6,
+        "without a filter, every live workflow"
+    );
 }

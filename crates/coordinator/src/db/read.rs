@@ -88,33 +88,35 @@ pub async fn workflow_page(
 ) -> super::Result<(Vec<WorkflowRow>, Option<PageCursor>)> {
     // One statement with a cursor and one without: under the service's generic plans
     // `$6 IS NULL OR w.id > $6` would not bound the key scan.
-    let from = match after {
-        Some(_) => "w.id > $6",
-        None => "$6::text IS NULL",
+    let (from, clocks_from) = match after {
+        Some(_) => ("w.id > $6", "AND c.workflow_id > $6"),
+        None => ("$6::text IS NULL", ""),
     };
-    // The overdue ones are found from their clocks (the armed clocks' deadline index),
-    // their ids sorted, then joined in that order: a clock past its deadline is armed
-    // only until the timer fires it, so they are few, and a walk of every workflow in
-    // id order to find them took 30 ms idle and 170 with the peak running, over
-    // 100,000 workflows. With 15,000 overdue at once (the bench's timer burst) this
-    // takes 12 ms idle, most of it the sort.
-    let (workflows, overdue) = if filter.overdue {
-        (
+    // The overdue ones, and a role's, are found from their clocks, their workflow ids
+    // sorted (the overdue: few, a clock past its deadline is armed only until the
+    // timer fires it) or in index order (a role's: `sla_clocks_armed_role`), then
+    // joined in that order. Walking every workflow in id order and looking for such a
+    // clock in each took, over 100,000 workflows, 30 ms idle and 170 with the peak
+    // running for the overdue, and 2 s for a role that owned two of them.
+    const ROLE_CLOCK: &str = "($4::text IS NULL OR EXISTS (SELECT 1 FROM sla_clocks c
+                 WHERE c.workflow_id = w.id AND c.status = 'armed' AND c.owner_role = $4))";
+    let found_from = |clocks: &str| {
+        format!(
             "(SELECT DISTINCT c.workflow_id FROM sla_clocks c
-               WHERE c.status = 'armed' AND c.due_at < now() ORDER BY 1) o
-             JOIN workflows w ON w.id = o.workflow_id",
-            "$5",
+               WHERE c.status = 'armed' AND {clocks} {clocks_from} ORDER BY 1) o
+             JOIN workflows w ON w.id = o.workflow_id"
         )
-    } else {
-        ("workflows w", "NOT $5")
+    };
+    let (workflows, overdue, role) = match (filter.overdue, filter.role.is_some()) {
+        (true, _) => (found_from("c.due_at < now()"), "$5", ROLE_CLOCK),
+        (false, true) => (found_from("c.owner_role = $4"), "NOT $5", "TRUE"),
+        (false, false) => ("workflows w".to_string(), "NOT $5", ROLE_CLOCK),
     };
     let mut rows: Vec<WorkflowRow> = sqlx::query_as(&format!(
         "SELECT {WORKFLOW_COLUMNS} FROM {workflows}
-         WHERE {from} AND {overdue}
+         WHERE {from} AND {overdue} AND {role}
            AND ($1::text IS NULL OR w.kind = $1) AND ($2::text IS NULL OR w.state = $2)
            AND ($3 OR w.completed_at IS NULL)
-           AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM sla_clocks c
-                 WHERE c.workflow_id = w.id AND c.status = 'armed' AND c.owner_role = $4))
          ORDER BY w.id LIMIT $7"
     ))
     .bind(filter.kind)
@@ -235,6 +237,39 @@ pub struct EventRow {
     pub to_state: String,
     pub occurred_at: DateTime<Utc>,
     pub detail: Value,
+}
+
+/// A workflow with its history, clocks and escalations, as its pages show it.
+#[derive(Debug, Clone)]
+pub struct WorkflowWhole {
+    pub workflow: WorkflowRow,
+    pub events: Vec<EventRow>,
+    pub clocks: Vec<ClockListRow>,
+    pub escalations: Vec<EscalationListRow>,
+}
+
+/// One workflow whole (at most `clocks` clocks and `escalations` escalations), or none:
+/// the four reads at once, each on a connection of its own, so that a page waits for
+/// the slowest of them, not their sum (on a machine busy with the load, each is mostly
+/// a wait for a CPU).
+pub async fn workflow_whole(
+    pool: &PgPool,
+    id: &str,
+    clocks: i64,
+    escalations: i64,
+) -> super::Result<Option<WorkflowWhole>> {
+    let (workflow, events, clocks, escalations) = tokio::try_join!(
+        workflow(pool, id),
+        events(pool, id),
+        sla_clocks(pool, false, Some(id), clocks),
+        escalation_list(pool, false, Some(id), escalations),
+    )?;
+    Ok(workflow.map(|workflow| WorkflowWhole {
+        workflow,
+        events,
+        clocks,
+        escalations,
+    }))
 }
 
 pub async fn events(pool: &PgPool, workflow_id: &str) -> super::Result<Vec<EventRow>> {

@@ -364,20 +364,26 @@ async fn workflow(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> 
 
 async fn workflow_detail(shared: &Shared, id: &str) -> db::Result<Option<WorkflowDetail>> {
     let pool = &shared.pool;
-    let Some(w) = read::workflow(pool, id).await? else {
-        return Ok(None);
-    };
-    let now = shared.clock.now();
-    let history = read::events(pool, id).await?;
-    let clocks = read::sla_clocks(pool, false, Some(id), MOST).await?;
-    let escalations = read::escalation_list(pool, false, Some(id), MOST).await?;
     let candidates: Vec<String> = shared
         .processor
         .workflows
         .iter()
         .map(|d| crate::domain::ids::follow_on(id, d.name))
         .collect();
-    let follow_ons = read::workflows_among(pool, &candidates).await?;
+    let (whole, follow_ons) = tokio::try_join!(
+        read::workflow_whole(pool, id, MOST, MOST),
+        read::workflows_among(pool, &candidates),
+    )?;
+    let Some(read::WorkflowWhole {
+        workflow: w,
+        events: history,
+        clocks,
+        escalations,
+    }) = whole
+    else {
+        return Ok(None);
+    };
+    let now = shared.clock.now();
     Ok(Some(WorkflowDetail {
         workflow: Workflow::of(w, now),
         history: history

@@ -154,24 +154,38 @@ struct Overview {
 async fn read_overview(shared: &Shared, now: DateTime<Utc>) -> db::Result<Overview> {
     let pool = &shared.pool;
     let stale_after = shared.settings.heartbeats.stale_after();
+    // The gauges' last read (every metrics.refresh_interval), or a read of our own
+    // before their first: counting every live workflow is the page's dearest query.
+    let state = async {
+        match shared.database_state.get() {
+            Some(s) => Ok::<_, db::Error>(s),
+            None => Ok(Arc::new(read::gauges(pool, stale_after).await?)),
+        }
+    };
+    let no_filter = read::DeadLetterFilter::default();
+    // At once, each on a connection of its own: the page waits for the slowest read,
+    // not their sum.
+    let (state, clocks, escalations, emergencies, agents, dead_letters, recent) = tokio::try_join!(
+        state,
+        read::sla_clocks(pool, false, None, 50),
+        read::escalation_list(pool, true, None, 50),
+        read::emergencies(pool, false, 10),
+        read::agents(pool, None),
+        read::dead_letters(pool, &no_filter, 10),
+        read::recently_changed(pool, 15),
+    )?;
     Ok(Overview {
-        // The gauges' last read (every metrics.refresh_interval), or a read of our own
-        // before their first: counting every live workflow is the page's dearest query.
-        state: match shared.database_state.get() {
-            Some(s) => s,
-            None => Arc::new(read::gauges(pool, stale_after).await?),
-        },
-        clocks: read::sla_clocks(pool, false, None, 50)
-            .await?
+        state,
+        clocks: clocks
             .into_iter()
             .filter(|c| c.due_at - now < AT_RISK)
             .collect(),
-        escalations: read::escalation_list(pool, true, None, 50).await?,
-        emergencies: read::emergencies(pool, false, 10).await?,
-        agents: read::agents(pool, None).await?,
-        dead_letters: read::dead_letters(pool, &read::DeadLetterFilter::default(), 10).await?,
+        escalations,
+        emergencies,
+        agents,
+        dead_letters,
         compliance: shared.compliance_chart.get(),
-        recent: read::recently_changed(pool, 15).await?,
+        recent,
     })
 }
 
@@ -360,16 +374,12 @@ fn compliance_chart(days: &[db::report::DailySla], now: DateTime<Utc>) -> Markup
 async fn workflow_page(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let pool = &shared.pool;
     let now = shared.clock.now();
-    let read = async {
-        let Some(w) = read::workflow(pool, &id).await? else {
-            return Ok(None);
-        };
-        let events = read::events(pool, &id).await?;
-        let clocks = read::sla_clocks(pool, false, Some(&id), 500).await?;
-        let escalations = read::escalation_list(pool, false, Some(&id), 100).await?;
-        Ok::<_, db::Error>(Some((w, events, clocks, escalations)))
-    };
-    let (w, events, clocks, escalations) = match read.await {
+    let read::WorkflowWhole {
+        workflow: w,
+        events,
+        clocks,
+        escalations,
+    } = match read::workflow_whole(pool, &id, 500, 100).await {
         Ok(Some(found)) => found,
         Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("No workflow {id:?}.")),
         Err(e) => return unavailable(e),
