@@ -42,12 +42,16 @@ impl PageTimes {
         )
     }
 
-    /// The page with the highest p99, and that p99.
-    pub fn slowest(&self) -> Option<(&'static str, Percentiles)> {
+    /// Each page with its latencies' percentiles.
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, Percentiles)> + '_ {
         self.by_page
             .iter()
             .map(|(p, l)| (*p, Percentiles::of(l.clone())))
-            .max_by(|a, b| a.1.p99.total_cmp(&b.1.p99))
+    }
+
+    /// The page with the highest p99, and that p99.
+    pub fn slowest(&self) -> Option<(&'static str, Percentiles)> {
+        self.each().max_by(|a, b| a.1.p99.total_cmp(&b.1.p99))
     }
 }
 

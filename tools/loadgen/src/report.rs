@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use crate::bench::{Options, Row};
-use crate::stats::Percentiles;
 use crate::team::ROLES;
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -437,8 +436,7 @@ fn each_page(rows: &[Row]) -> String {
     );
     for r in rows {
         let Some(p) = &r.pages else { continue };
-        for (page, took) in &p.by_page {
-            let l = Percentiles::of(took.clone());
+        for (page, l) in p.each() {
             out.push_str(&format!(
                 "| {} | {} | `{page}` | {} | {:.1} | {:.1} | {:.1} |\n",
                 r.profile, r.run, l.n, l.p50, l.p99, l.max
@@ -599,7 +597,7 @@ pub fn write(dir: &Path, report: &str) -> std::io::Result<std::path::PathBuf> {
 mod tests {
     use super::*;
     use crate::drive::{BacklogSample, Observed};
-    use crate::stats::CpuSplit;
+    use crate::stats::{CpuSplit, Percentiles};
 
     fn row(run: &str, p99: f64, msgs: u64, growth: f64) -> Row {
         let observed = Observed {

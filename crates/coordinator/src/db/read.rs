@@ -480,21 +480,28 @@ pub struct ClockListRow {
     pub closed_at: Option<DateTime<Utc>>,
 }
 
+/// A clock with its workflow's kind, as operators' lists show it.
+macro_rules! select_clocks {
+    () => {
+        "SELECT c.id, c.workflow_id, w.kind, c.clock, c.round, c.owner_role, c.owner_agent_id,
+                c.subject_agent_id, c.severity, c.status, c.due_at, c.closed_at
+           FROM sla_clocks c JOIN workflows w ON w.id = c.workflow_id"
+    };
+}
+
 /// The armed clocks (or only the overdue ones) by deadline: the dashboard's list.
-pub const CLOCKS_BY_DEADLINE: &str =
-    "SELECT c.id, c.workflow_id, w.kind, c.clock, c.round, c.owner_role, c.owner_agent_id,
-            c.subject_agent_id, c.severity, c.status, c.due_at, c.closed_at
-       FROM sla_clocks c JOIN workflows w ON w.id = c.workflow_id
-      WHERE c.status = 'armed' AND (NOT $1 OR c.due_at < now()) AND $2::text IS NULL
-      ORDER BY c.due_at, c.id LIMIT $3";
+pub const CLOCKS_BY_DEADLINE: &str = concat!(
+    select_clocks!(),
+    " WHERE c.status = 'armed' AND (NOT $1 OR c.due_at < now()) AND $2::text IS NULL
+      ORDER BY c.due_at, c.id LIMIT $3"
+);
 
 /// One workflow's clocks, whatever their status (or only its overdue ones).
-const WORKFLOW_CLOCKS: &str =
-    "SELECT c.id, c.workflow_id, w.kind, c.clock, c.round, c.owner_role, c.owner_agent_id,
-            c.subject_agent_id, c.severity, c.status, c.due_at, c.closed_at
-       FROM sla_clocks c JOIN workflows w ON w.id = c.workflow_id
-      WHERE c.workflow_id = $2 AND (NOT $1 OR (c.status = 'armed' AND c.due_at < now()))
-      ORDER BY c.due_at, c.id LIMIT $3";
+const WORKFLOW_CLOCKS: &str = concat!(
+    select_clocks!(),
+    " WHERE c.workflow_id = $2 AND (NOT $1 OR (c.status = 'armed' AND c.due_at < now()))
+      ORDER BY c.due_at, c.id LIMIT $3"
+);
 
 /// Clocks for operators: armed ones (or only overdue ones), of one workflow (whatever
 /// their status) or all, earliest deadline first.
@@ -523,15 +530,11 @@ pub async fn sla_clocks(
 
 /// One clock by its id, whatever its status.
 pub async fn clock(pool: &PgPool, id: i64) -> super::Result<Option<ClockListRow>> {
-    sqlx::query_as(
-        "SELECT c.id, c.workflow_id, w.kind, c.clock, c.round, c.owner_role, c.owner_agent_id, c.subject_agent_id,
-                c.severity, c.status, c.due_at, c.closed_at
-         FROM sla_clocks c JOIN workflows w ON w.id = c.workflow_id WHERE c.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-    .map_err(super::Error::from)
+    sqlx::query_as(concat!(select_clocks!(), " WHERE c.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(super::Error::from)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -609,26 +612,26 @@ pub struct State {
 /// The gauges' one read of what the database holds (see [`gauges`]).
 pub const GAUGES: &str =
     "SELECT 'workflows', kind, state, count(*)::float8 FROM workflows
-          WHERE completed_at IS NULL GROUP BY kind, state
-         UNION ALL
-         SELECT 'escalations', level::text, '', count(*)::float8 FROM escalations
-          WHERE acknowledged_at IS NULL GROUP BY level
-         UNION ALL
-         SELECT 'dead_letters', reason, '', count(*)::float8 FROM dead_letters
-          WHERE replayed_at IS NULL AND resolved_at IS NULL GROUP BY reason
-         UNION ALL
-         SELECT 'agents', health, '', count(*)::float8 FROM (
-           SELECT CASE WHEN last_heartbeat_at IS NULL THEN 'unknown'
-                       WHEN last_heartbeat_at < now() - make_interval(secs => $1) THEN 'stale'
-                       ELSE 'live' END AS health
-             FROM agents) a GROUP BY health
-         UNION ALL
-         SELECT 'roles', agent_type, '', count(*) FILTER (
-                  WHERE last_heartbeat_at IS NULL OR last_heartbeat_at >= now() - make_interval(secs => $1))::float8
-           FROM agents GROUP BY agent_type
-         UNION ALL
-         SELECT 'outbox', '', '', coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-           FROM outbox WHERE sent_at IS NULL";
+       WHERE completed_at IS NULL GROUP BY kind, state
+     UNION ALL
+     SELECT 'escalations', level::text, '', count(*)::float8 FROM escalations
+       WHERE acknowledged_at IS NULL GROUP BY level
+     UNION ALL
+     SELECT 'dead_letters', reason, '', count(*)::float8 FROM dead_letters
+       WHERE replayed_at IS NULL AND resolved_at IS NULL GROUP BY reason
+     UNION ALL
+     SELECT 'agents', health, '', count(*)::float8 FROM (
+       SELECT CASE WHEN last_heartbeat_at IS NULL THEN 'unknown'
+                   WHEN last_heartbeat_at < now() - make_interval(secs => $1) THEN 'stale'
+                   ELSE 'live' END AS health
+         FROM agents) a GROUP BY health
+     UNION ALL
+     SELECT 'roles', agent_type, '', count(*) FILTER (
+       WHERE last_heartbeat_at IS NULL OR last_heartbeat_at >= now() - make_interval(secs => $1))::float8
+       FROM agents GROUP BY agent_type
+     UNION ALL
+     SELECT 'outbox', '', '', coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+       FROM outbox WHERE sent_at IS NULL";
 
 /// One statement for every gauge: a handful of grouped counts over indexed or small
 /// sets, every `metrics.refresh_interval`.
