@@ -2,6 +2,7 @@
 //! production), the broker's ceiling, then every run on a fresh database and vhost with
 //! the release coordinator started as a child process, and a report.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -107,6 +108,9 @@ pub struct Options {
     pub agents_per_role: Option<usize>,
     /// Where coordinator logs and the report go.
     pub out_dir: PathBuf,
+    /// Each load also driven through the echo ([`crate::echo`]), the coordinator's
+    /// figures given as ratios to it (`--no-echo` turns it off).
+    pub echo: bool,
 }
 
 /// One line of the report.
@@ -128,6 +132,8 @@ pub struct Row {
     /// A closed loop keeps its work in flight constant: no backlog to judge.
     pub closed_loop: bool,
     pub error: Option<String>,
+    /// The same load through the echo in the same sitting, where it ran.
+    pub echo: Option<Observed>,
 }
 
 /// The coordinator's own view of the window: its metrics and PostgreSQL's counters.
@@ -357,14 +363,57 @@ impl Coordinator {
 
     /// Starts `serve` as `launch` says, its stderr to `log`, and waits until it is ready.
     pub async fn start(launch: &Launch, log: &Path) -> anyhow::Result<Coordinator> {
+        let c = Coordinator::spawn(launch, log, &launch.bin, "serve")?;
+        let http = c.http.clone();
+        c.ready_when("the coordinator", || {
+            let http = http.clone();
+            async move { agent::probe(&http, "/readyz").await.map(|r| r.0) == Some(200) }
+        })
+        .await
+    }
+
+    /// Starts the echo ([`crate::echo`], `loadgen echo`, this binary) with the
+    /// coordinator's environment, and waits until every inbox queue has a consumer.
+    pub async fn start_echo(
+        launch: &Launch,
+        log: &Path,
+        ch: &lapin::Channel,
+        inbox: &[String],
+    ) -> anyhow::Result<Coordinator> {
+        let this = std::env::current_exe().context("the path of loadgen itself")?;
+        let c = Coordinator::spawn(launch, log, &this, "echo")?;
+        c.ready_when("the echo", || async move {
+            let mut all = !inbox.is_empty();
+            for q in inbox {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                all &= ch
+                    .queue_declare(q, passive, FieldTable::default())
+                    .await
+                    .is_ok_and(|q| q.consumer_count() > 0);
+            }
+            all
+        })
+        .await
+    }
+
+    /// `program command` with the environment `launch` gives a coordinator.
+    fn spawn(
+        launch: &Launch,
+        log: &Path,
+        program: &Path,
+        command: &str,
+    ) -> anyhow::Result<Coordinator> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let http = format!("127.0.0.1:{port}");
         let file = std::fs::File::create(log)
             .with_context(|| format!("could not create {}", log.display()))?;
-        let mut cmd = Command::new(&launch.bin);
-        cmd.arg("serve")
+        let mut cmd = Command::new(program);
+        cmd.arg(command)
             .env("COORDINATOR_CONFIG_DIR", &launch.config_dir)
             .env("COORDINATOR__DATABASE__URL", &launch.db_url)
             .env("COORDINATOR__AMQP__URL", &launch.amqp_url)
@@ -381,29 +430,38 @@ impl Coordinator {
         cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
-            .with_context(|| format!("could not start {}", launch.bin.display()))?;
-        let mut c = Coordinator {
+            .with_context(|| format!("could not start {}", program.display()))?;
+        Ok(Coordinator {
             child,
             http,
             log: log.to_path_buf(),
-        };
+        })
+    }
+
+    /// Waits (up to a minute) until `ready` says so; an error with the log's last lines
+    /// if `what` exits or does not become ready.
+    async fn ready_when<F, Fut>(mut self, what: &str, mut ready: F) -> anyhow::Result<Coordinator>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if agent::probe(&c.http, "/readyz").await.map(|r| r.0) == Some(200) {
-                return Ok(c);
+            if ready().await {
+                return Ok(self);
             }
-            if let Ok(Some(status)) = c.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 bail!(
-                    "the coordinator exited ({status}) before it was ready; its last lines ({}):\n{}",
-                    log.display(),
-                    last_lines(log, 20)
+                    "{what} exited ({status}) before it was ready; its last lines ({}):\n{}",
+                    self.log.display(),
+                    last_lines(&self.log, 20)
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the coordinator did not become ready within 60 s; its last lines ({}):\n{}",
-                    log.display(),
-                    last_lines(log, 20)
+                    "{what} did not become ready within 60 s; its last lines ({}):\n{}",
+                    self.log.display(),
+                    last_lines(&self.log, 20)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -505,10 +563,15 @@ pub(crate) fn profile_env(profile: &str) -> (Option<&'static str>, Vec<(&'static
     }
 }
 
-fn settings_for(opts: &Options, profile: &str, fresh: &Fresh) -> anyhow::Result<Settings> {
+/// The settings a profile runs the coordinator with.
+fn profile_settings(opts: &Options, profile: &str) -> anyhow::Result<Settings> {
     let (env, overrides) = profile_env(profile);
     let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut s = Settings::load_with(&opts.config_dir, env, &overrides)?;
+    Ok(Settings::load_with(&opts.config_dir, env, &overrides)?)
+}
+
+fn settings_for(opts: &Options, profile: &str, fresh: &Fresh) -> anyhow::Result<Settings> {
+    let mut s = profile_settings(opts, profile)?;
     s.database.url = fresh.db_url().into();
     s.amqp.url = fresh.amqp_url().into();
     Ok(s)
@@ -547,6 +610,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
         );
         hops.push((profile.clone(), ceiling.hop));
         let ceiling = ceiling.msg_per_s;
+        let mut echoes: HashMap<String, Option<Observed>> = HashMap::new();
         for def in runs() {
             if !opts.only.is_empty() && !opts.only.iter().any(|o| o == def.name) {
                 continue;
@@ -554,8 +618,34 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
             if profile == PRODUCTION_TRACED && !TRACED_RUNS.contains(&def.name) {
                 continue;
             }
-            let row = match one(opts, profile, &def, ceiling).await {
-                Ok(row) => row,
+            // The echo first, then the coordinator, in the same sitting; a load the
+            // echo has run with the same inbox already is not run again (the timers and
+            // the big tables are the database's: the echo's peak is theirs).
+            let echo = match (opts.echo, echo_key(opts, profile, &def)) {
+                (false, _) => None,
+                (true, key) => match echoes.get(&key) {
+                    Some(o) => o.clone(),
+                    None => {
+                        let o = match one(opts, profile, &def, ceiling, Subject::Echo).await {
+                            Ok(row) => row.observed,
+                            Err(e) => {
+                                println!(
+                                    "[{profile}] {} through the echo: FAILED: {e:#}",
+                                    def.name
+                                );
+                                None
+                            }
+                        };
+                        if let Some(o) = &o {
+                            println!("{}", report::format_echo(profile, def.name, o));
+                        }
+                        echoes.insert(key, o.clone());
+                        o
+                    }
+                },
+            };
+            let row = match one(opts, profile, &def, ceiling, Subject::Coordinator).await {
+                Ok(row) => Row { echo, ..row },
                 Err(e) => Row {
                     profile: profile.clone(),
                     run: def.name.to_string(),
@@ -570,6 +660,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Vec<Row>> {
                     backlog_grows: false,
                     closed_loop: matches!(def.load, Load::Closed { .. }),
                     error: Some(format!("{e:#}")),
+                    echo,
                 },
             };
             println!("{}", report::format_row(&row));
@@ -605,9 +696,42 @@ fn per_role(opts: &Options, def: &RunDef) -> usize {
         .max(1)
 }
 
-async fn one(opts: &Options, profile: &str, def: &RunDef, ceiling: f64) -> anyhow::Result<Row> {
-    let fresh = Fresh::create(&def.name.replace(['+', '-'], "_")).await?;
-    let result = one_in(opts, profile, def, ceiling, &fresh).await;
+/// What a run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Subject {
+    Coordinator,
+    Echo,
+}
+
+/// What makes two runs of the echo the same: the inbox (queue type, partitions, how
+/// much is taken at once), the load and the agents.
+fn echo_key(opts: &Options, profile: &str, def: &RunDef) -> String {
+    let inbox = profile_settings(opts, profile).map_or_else(
+        |_| profile.to_string(),
+        |s| {
+            format!(
+                "{:?}/{}/{}/{}",
+                s.amqp.queue_type, s.inbox.partitions, s.inbox.prefetch, s.inbox.batch_size
+            )
+        },
+    );
+    format!("{inbox}/{:?}/{}", def.load, per_role(opts, def))
+}
+
+async fn one(
+    opts: &Options,
+    profile: &str,
+    def: &RunDef,
+    ceiling: f64,
+    subject: Subject,
+) -> anyhow::Result<Row> {
+    let tag = def.name.replace(['+', '-'], "_");
+    let tag = match subject {
+        Subject::Coordinator => tag,
+        Subject::Echo => format!("echo_{tag}"),
+    };
+    let fresh = Fresh::create(&tag).await?;
+    let result = one_in(opts, profile, def, ceiling, &fresh, subject).await;
     fresh.drop_all().await;
     result
 }
@@ -618,12 +742,18 @@ async fn one_in(
     def: &RunDef,
     ceiling: f64,
     fresh: &Fresh,
+    subject: Subject,
 ) -> anyhow::Result<Row> {
     let settings = settings_for(opts, profile, fresh)?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect_lazy(&fresh.db_url())?;
-    if def.extra == Extra::BigTables {
+    // The echo has no database: timers and big tables are the coordinator's alone.
+    let extra = match subject {
+        Subject::Coordinator => def.extra,
+        Subject::Echo => Extra::None,
+    };
+    if extra == Extra::BigTables {
         coordinator::db::migrate(&pool).await?;
         let t = Instant::now();
         preload(&pool, opts.big_workflows, opts.big_clocks).await?;
@@ -635,9 +765,14 @@ async fn one_in(
             t.elapsed()
         );
     }
-    let log = opts
-        .out_dir
-        .join(format!("coordinator-{profile}-{}.log", def.name));
+    let log = opts.out_dir.join(format!(
+        "{}-{profile}-{}.log",
+        match subject {
+            Subject::Coordinator => "coordinator",
+            Subject::Echo => "echo",
+        },
+        def.name
+    ));
     let launch = Launch {
         bin: opts.bin.clone(),
         config_dir: opts.config_dir.clone(),
@@ -646,10 +781,24 @@ async fn one_in(
         amqp_url: fresh.amqp_url(),
         env: Vec::new(),
     };
-    let coordinator = Coordinator::start(&launch, &log).await?;
-    let per_role = opts.agents_per_role.unwrap_or(def.agents / ROLES.len());
-    let logins = team::register(&settings, &pool, per_role).await?;
-    let inbox_queues = inbox_queues(&fresh.vhost).await?;
+    let depth_conn = connect(&fresh.amqp_url(), "bench-depth").await?;
+    let depth_ch = depth_conn.create_channel().await?;
+    let per_role = per_role(opts, def);
+    let (coordinator, logins, inbox_queues) = match subject {
+        Subject::Coordinator => {
+            let coordinator = Coordinator::start(&launch, &log).await?;
+            let logins = team::register(&settings, &pool, per_role).await?;
+            (coordinator, logins, inbox_queues(&fresh.vhost).await?)
+        }
+        // Registering declares the topology, which the coordinator would have declared.
+        Subject::Echo => {
+            coordinator::db::migrate(&pool).await?;
+            let logins = team::register(&settings, &pool, per_role).await?;
+            let queues = inbox_queues(&fresh.vhost).await?;
+            let echo = Coordinator::start_echo(&launch, &log, &depth_ch, &queues).await?;
+            (echo, logins, queues)
+        }
+    };
     let rec = Arc::new(Recorder::default());
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let team = Team::start(
@@ -661,8 +810,6 @@ async fn one_in(
         done_tx,
     )
     .await?;
-    let depth_conn = connect(&fresh.amqp_url(), "bench-depth").await?;
-    let depth_ch = depth_conn.create_channel().await?;
     let spec = Spec {
         load: def.load,
         warmup: opts.warmup,
@@ -674,7 +821,7 @@ async fn one_in(
             &uuid::Uuid::new_v4().simple().to_string()[..6]
         ),
     };
-    let timer_task = (def.extra != Extra::None).then(|| {
+    let timer_task = (extra != Extra::None).then(|| {
         let pool = pool.clone();
         let n = opts.timer_clocks;
         let delay = opts.warmup;
@@ -685,7 +832,7 @@ async fn one_in(
     });
     // With the big tables, the read API's and the dashboard's pages are timed through
     // the window, 20 requests a second, one at a time.
-    let pages_task = (def.extra == Extra::BigTables).then(|| {
+    let pages_task = (extra == Extra::BigTables).then(|| {
         let http = coordinator.http.clone();
         let (warmup, window) = (opts.warmup, opts.window);
         tokio::spawn(async move {
@@ -693,7 +840,7 @@ async fn one_in(
             crate::pages::time_pages(http, Instant::now() + window, Duration::from_millis(50)).await
         })
     });
-    let probes = {
+    let probes = (subject == Subject::Coordinator).then(|| {
         let (http, pool) = (coordinator.http.clone(), pool.clone());
         let (warmup, window) = (opts.warmup, opts.window);
         tokio::spawn(async move {
@@ -703,7 +850,7 @@ async fn one_in(
             let end = Probe::take(&http, &pool).await;
             start.inside(&end)
         })
-    };
+    });
     let observed = drive::run(&team, &rec, &spec, done_rx, coordinator.pid(), || {
         let ch = &depth_ch;
         let names = &inbox_queues;
@@ -732,7 +879,10 @@ async fn one_in(
         }
         None => None,
     };
-    let inside = probes.await.ok().flatten();
+    let inside = match probes {
+        Some(p) => p.await.ok().flatten(),
+        None => None,
+    };
     let pages = match pages_task {
         Some(t) => t.await.ok(),
         None => None,
@@ -767,6 +917,7 @@ async fn one_in(
         backlog_grows,
         closed_loop: matches!(def.load, Load::Closed { .. }),
         error: None,
+        echo: None,
     })
 }
 

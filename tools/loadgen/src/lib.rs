@@ -5,6 +5,8 @@
 //! - [`team`]: the bench agents and what each publishes on a task.
 //! - [`drive`]: one run, open loop (offered rate) or closed loop (workflows in flight).
 //! - [`ceiling`]: the broker's own ceiling on this machine, without the coordinator.
+//! - [`echo`]: the coordinator without its database, driven beside it in every run:
+//!   the machine's ceiling for the whole workload.
 //! - [`stats`]: latency percentiles, and CPU and memory of a process from `/proc`.
 //! - [`bench`]: the suite: a fresh database and vhost per run, the release coordinator
 //!   as a child process.
@@ -21,6 +23,7 @@ pub mod bench;
 pub mod burn;
 pub mod ceiling;
 pub mod drive;
+pub mod echo;
 pub mod faults;
 pub mod pages;
 pub mod report;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use coordinator::settings::QueueType;
-use loadgen::{bench, burn, ceiling, envelope_bytes, soak};
+use loadgen::{bench, burn, ceiling, echo, envelope_bytes, soak};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,7 +59,15 @@ enum Command {
         /// or 100 agents: 2, 10 or 20 per role); 1 is the lightest load on the broker
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
         agents_per_role: Option<u16>,
+        /// Do not drive each load through the echo too (no ratios to it in the report)
+        #[arg(long)]
+        no_echo: bool,
     },
+    /// The echo the bench runs beside the coordinator: the inbox consumed and every task
+    /// the workflows send published, from state kept in memory (no database, no security):
+    /// the machine's ceiling for the workload. Reads the coordinator's settings, as
+    /// `coordinator serve` does (COORDINATOR_CONFIG_DIR, COORDINATOR_ENV, COORDINATOR__…)
+    Echo,
     /// A steady load through the happy path with one fault a minute (coordinator SIGKILL,
     /// sessions terminated, PostgreSQL stopped, coordinator SIGTERM, RabbitMQ stopped),
     /// reporting messages lost, applied twice, latency per minute and memory. It runs on a
@@ -137,6 +145,7 @@ async fn main() -> ExitCode {
             big_workflows,
             big_clocks,
             agents_per_role,
+            no_echo,
         } => {
             if let Err(code) = built(&bin) {
                 return code;
@@ -154,9 +163,16 @@ async fn main() -> ExitCode {
                 big_clocks,
                 agents_per_role: agents_per_role.map(usize::from),
                 out_dir: out,
+                echo: !no_echo,
             };
             bench::run(&opts).await.map(|_| ())
         }
+        Command::Echo => match coordinator::settings::Settings::load() {
+            Ok(settings) => echo::serve(&settings).await,
+            Err(e) => {
+                Err(anyhow::Error::from(e).context("the echo reads the coordinator's settings"))
+            }
+        },
         Command::Soak {
             minutes,
             rate,

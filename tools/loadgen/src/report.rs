@@ -91,6 +91,25 @@ pub fn format_row(r: &Row) -> String {
             i.batches_per_s, i.messages_per_batch, i.ms_per_batch, i.statements_per_batch, i.ms_waiting, i.ms_to_publish, i.commits_per_s
         ));
     }
+    if let Some((c, _, pg)) = o.cpu_per_1000() {
+        s.push_str(&format!(
+            "; CPU s per 1,000 msgs: coordinator {c:.3}, PostgreSQL {pg:.3}"
+        ));
+    }
+    if let Some(e) = &r.echo {
+        let v = Versus::of(o, e);
+        s.push_str(&format!(
+            "; against the echo ({:.1} wf/s, {:.0} msg/s, handoff ms p50 {:.1} p99 {:.1}, echo CPU s per 1,000 msgs {}): throughput {:.2}×, handoff p50 {:+.1} ms, p99 {:.2}×",
+            e.workflows_per_s(),
+            e.messages_per_s(),
+            e.handoff.p50,
+            e.handoff.p99,
+            opt(e.cpu_per_1000().map(|c| c.0), 3),
+            v.throughput,
+            v.p50_over,
+            v.p99_ratio
+        ));
+    }
     if o.unfinished > 0 {
         s.push_str(&format!(
             "; {} workflows unfinished after the drain",
@@ -98,6 +117,99 @@ pub fn format_row(r: &Row) -> String {
         ));
     }
     s
+}
+
+/// A load driven through the echo, as its line of the bench's output.
+pub fn format_echo(profile: &str, run: &str, o: &crate::drive::Observed) -> String {
+    format!(
+        "[{profile}] {run} through the echo: {:.1} wf/s, {:.0} agent msg/s; handoff ms p50 {:.1} p99 {:.1} max {:.1}; echo CPU {} s, {} s per 1,000 msgs; RabbitMQ CPU {:.1} s; machine {:.0}% busy",
+        o.workflows_per_s(),
+        o.messages_per_s(),
+        o.handoff.p50,
+        o.handoff.p99,
+        o.handoff.max,
+        opt(o.coordinator_cpu_s, 1),
+        opt(o.cpu_per_1000().map(|c| c.0), 3),
+        o.cpu.broker,
+        100.0 * o.cpu.machine_busy / o.cpu.machine_total.max(1e-9)
+    )
+}
+
+/// The coordinator's figures as ratios to the echo's under the same load.
+#[derive(Debug, Clone, Copy)]
+struct Versus {
+    /// Agent messages per second applied, coordinator / echo.
+    throughput: f64,
+    /// Handoff p50, coordinator minus echo, ms.
+    p50_over: f64,
+    /// Handoff p99, coordinator / echo.
+    p99_ratio: f64,
+}
+
+impl Versus {
+    fn of(o: &crate::drive::Observed, echo: &crate::drive::Observed) -> Versus {
+        Versus {
+            throughput: o.messages_per_s() / echo.messages_per_s().max(f64::MIN_POSITIVE),
+            p50_over: o.handoff.p50 - echo.handoff.p50,
+            p99_ratio: o.handoff.p99 / echo.handoff.p99.max(f64::MIN_POSITIVE),
+        }
+    }
+}
+
+/// Issue 35's targets against the echo, by run: what is judged and whether it holds.
+fn echo_target(run: &str, v: &Versus) -> Option<(&'static str, bool)> {
+    match run {
+        "closed-200" | "stress" => Some(("throughput ≥ 0.9× the echo", v.throughput >= 0.9)),
+        "peak" => Some((
+            "handoff p50 ≤ echo + 3 ms, p99 ≤ 3× the echo",
+            v.p50_over <= 3.0 && v.p99_ratio <= 3.0,
+        )),
+        "normal" => Some(("handoff p99 ≤ 2× the echo", v.p99_ratio <= 2.0)),
+        _ => None,
+    }
+}
+
+/// Every run beside the same load through the echo: throughput, handoff latency and CPU
+/// per 1,000 messages, against issue 35's targets.
+fn against_echo(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| profile | run | agent msg/s coordinator / echo | ratio | handoff p50 ms coordinator / echo | over | handoff p99 ms coordinator / echo | ratio | CPU s per 1,000 msgs: coordinator, PostgreSQL / echo | target | |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut any = false;
+    for r in rows {
+        let (Some(o), Some(e)) = (&r.observed, &r.echo) else {
+            continue;
+        };
+        any = true;
+        let v = Versus::of(o, e);
+        let cpu = match (o.cpu_per_1000(), e.cpu_per_1000()) {
+            (Some((c, _, pg)), Some((ce, _, _))) => format!("{c:.3}, {pg:.3} / {ce:.3}"),
+            _ => "-".into(),
+        };
+        let (target, verdict) = match echo_target(&r.run, &v) {
+            Some((t, met)) => (t, Verdict::of(met).as_str()),
+            None => ("-", ""),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {:.0} / {:.0} | {:.2} | {:.1} / {:.1} | {:+.1} | {:.1} / {:.1} | {:.2} | {cpu} | {target} | {verdict} |\n",
+            r.profile,
+            r.run,
+            o.messages_per_s(),
+            e.messages_per_s(),
+            v.throughput,
+            o.handoff.p50,
+            e.handoff.p50,
+            v.p50_over,
+            o.handoff.p99,
+            e.handoff.p99,
+            v.p99_ratio,
+        ));
+    }
+    if any {
+        out
+    } else {
+        "(no run was driven through the echo: `--no-echo`, or it failed)\n".into()
+    }
 }
 
 /// The summary as a Markdown table.
@@ -413,6 +525,8 @@ pub fn report(opts: &Options, provenance: &Provenance, rows: &[Row], hops: &str)
     out.push_str(hops);
     out.push_str("\n## Against the targets\n\n");
     out.push_str(&against_targets(rows));
+    out.push_str("\n## Against the echo\n\n");
+    out.push_str(&against_echo(rows));
     out.push_str("\n## What security costs\n\n");
     out.push_str(&security_cost(rows));
     out.push_str("\n## What exporting traces costs\n\n");
@@ -637,6 +751,7 @@ mod tests {
             backlog_grows,
             closed_loop: false,
             error: None,
+            echo: None,
         }
     }
 
@@ -766,6 +881,56 @@ mod tests {
     }
 
     #[test]
+    fn each_run_is_set_beside_the_echo_and_judged_by_issue_35s_targets() {
+        let with_echo = |mut r: Row, echo: Row| {
+            r.echo = echo.observed;
+            r
+        };
+        let closed = with_echo(
+            row("closed-200", 30.0, 9_000, 0.0),
+            row("closed-200", 5.0, 10_000, 0.0),
+        );
+        let mut peak = with_echo(
+            row("peak", 12.0, 10_000, 0.0),
+            row("peak", 4.0, 10_000, 0.0),
+        );
+        for (o, p50) in [(peak.observed.as_mut(), 6.0), (peak.echo.as_mut(), 2.5)] {
+            if let Some(o) = o {
+                o.handoff.p50 = p50;
+                o.coordinator_cpu_s = Some(3.0);
+                o.loadgen_cpu_s = Some(1.0);
+                o.cpu.database = 5.0;
+            }
+        }
+        let normal = with_echo(
+            row("normal", 9.0, 1_000, 0.0),
+            row("normal", 4.0, 1_000, 0.0),
+        );
+        let alone = row("stress", 9.0, 1_000, 0.0);
+        let t = against_echo(&[closed.clone(), peak.clone(), normal, alone]);
+        assert!(
+            t.contains("| production | closed-200 | 900 / 1000 | 0.90 | 0.0 / 0.0 | +0.0 | 30.0 / 5.0 | 6.00 | - | throughput ≥ 0.9× the echo | met |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| production | peak | 1000 / 1000 | 1.00 | 6.0 / 2.5 | +3.5 | 12.0 / 4.0 | 3.00 | 0.300, 0.500 / 0.300 | handoff p50 ≤ echo + 3 ms, p99 ≤ 3× the echo | **not met** |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| production | normal |")
+                && t.contains("2.25 | - | handoff p99 ≤ 2× the echo | **not met** |"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("stress"),
+            "a run without its echo is left out: {t}"
+        );
+        assert!(format_row(&peak).contains("throughput 1.00×, handoff p50 +3.5 ms, p99 3.00×"));
+        assert!(against_echo(&[row("peak", 1.0, 1, 0.0)])
+            .contains("no run was driven through the echo"));
+    }
+
+    #[test]
     fn the_report_says_where_it_ran_and_breaks_each_run_down() {
         let opts = Options {
             bin: "target/release/coordinator".into(),
@@ -779,6 +944,7 @@ mod tests {
             big_clocks: 1,
             agents_per_role: None,
             out_dir: "target/bench".into(),
+            echo: true,
         };
         let provenance = Provenance {
             commit: "abc123".into(),

@@ -6,9 +6,9 @@ use serde_json::{json, Value};
 
 use super::batch::{Applied, Batch};
 use super::escalations::{self, Raise};
-use super::messages::{outgoing, to_role};
+use super::messages::{caused_to_role, outgoing};
 use super::model::{Armed, Clock, ClockStatus};
-use super::rows::{NewEvent, OutboxMessage};
+use super::rows::NewEvent;
 use super::{Outcome, Processed};
 use crate::domain::effect::Effect;
 use crate::domain::ids;
@@ -88,7 +88,7 @@ impl Batch<'_> {
                     to_role: role,
                 } => {
                     let key = format!("task:{task}:{role}");
-                    let m = role_message(env, wf, &c, task, role, &key, now);
+                    let m = caused_to_role(env, wf, c.to, c.round, task, role, &key, now);
                     detail.sent(task, role, &m.message_id);
                     self.out.outbox.push(m);
                 }
@@ -97,7 +97,7 @@ impl Batch<'_> {
                     to_role: role,
                 } => {
                     let key = format!("notify:{message_type}:{role}");
-                    let m = role_message(env, wf, &c, message_type, role, &key, now);
+                    let m = caused_to_role(env, wf, c.to, c.round, message_type, role, &key, now);
                     detail.sent(message_type, role, &m.message_id);
                     self.out.outbox.push(m);
                 }
@@ -261,45 +261,6 @@ impl Batch<'_> {
         }
         Ok(out)
     }
-}
-
-/// A message from the coordinator to every agent of a role, caused by `cause`: it
-/// carries the cause's data and says where the workflow stands.
-fn role_message(
-    cause: &Envelope,
-    workflow_id: &str,
-    c: &Change<'_>,
-    message_type: &str,
-    role: &str,
-    effect_key: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> OutboxMessage {
-    let h = &cause.header;
-    // A follow-on's message differs from its parent's of the same effect.
-    let effect_key = if workflow_id == h.correlation_id {
-        effect_key.to_string()
-    } else {
-        format!("{workflow_id}:{effect_key}")
-    };
-    to_role(
-        ids::derived(&h.message_id, &effect_key),
-        workflow_id,
-        Some(&h.message_id),
-        message_type,
-        role,
-        cause.payload.data.clone(),
-        payloads::to_value(&payloads::TaskMetadata {
-            workflow_id: workflow_id.to_string(),
-            state: c.to.to_string(),
-            round: c.round,
-            caused_by: payloads::CausedBy {
-                message_type: h.message_type.clone(),
-                agent_id: h.source.agent_id.clone(),
-            },
-        }),
-        Priority::Normal,
-        now,
-    )
 }
 
 /// What a history row says the message did.

@@ -134,6 +134,50 @@ pub fn to_role(
     )
 }
 
+/// A task or notice to every agent of a role, caused by the message `cause` that moved
+/// workflow `workflow_id` to `state` in `round`: it carries the cause's data (agents read
+/// what they need from it) and says where the workflow stands. Its id is derived from
+/// the cause's and `effect_key`, so the message is the same however often the cause is
+/// applied.
+#[allow(clippy::too_many_arguments)]
+pub fn caused_to_role(
+    cause: &Envelope,
+    workflow_id: &str,
+    state: &str,
+    round: i32,
+    message_type: &str,
+    role: &str,
+    effect_key: &str,
+    now: DateTime<Utc>,
+) -> OutboxMessage {
+    let h = &cause.header;
+    // A follow-on's message differs from its parent's of the same effect.
+    let effect_key = if workflow_id == h.correlation_id {
+        effect_key.to_string()
+    } else {
+        format!("{workflow_id}:{effect_key}")
+    };
+    to_role(
+        crate::domain::ids::derived(&h.message_id, &effect_key),
+        workflow_id,
+        Some(&h.message_id),
+        message_type,
+        role,
+        cause.payload.data.clone(),
+        protocol::payloads::to_value(&protocol::payloads::TaskMetadata {
+            workflow_id: workflow_id.to_string(),
+            state: state.to_string(),
+            round,
+            caused_by: protocol::payloads::CausedBy {
+                message_type: h.message_type.clone(),
+                agent_id: h.source.agent_id.clone(),
+            },
+        }),
+        Priority::Normal,
+        now,
+    )
+}
+
 /// A message from the coordinator to one agent (its commands queue).
 #[allow(clippy::too_many_arguments)]
 pub fn to_agent(
