@@ -285,3 +285,134 @@ fn parameters_are_counted_from_the_highest_placeholder() {
     assert_eq!(parameters("SELECT $1, $12::text, $3"), 12);
     assert_eq!(parameters("SELECT 1"), 0);
 }
+
+/// How each hot statement reaches each table it touches, from its generic plan: `insert`,
+/// or `by` the columns its index conditions find rows by. This is what a distributed
+/// PostgreSQL (docs/scaling.md, "Past one PostgreSQL primary") routes a statement by.
+async fn hot_accesses(
+    conn: &mut sqlx::PgConnection,
+) -> std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, plan) in plans_of_hot_statements(conn).await {
+        accesses(name, &plan[0]["Plan"], &mut out);
+    }
+    out
+}
+
+fn accesses(
+    statement: &str,
+    node: &Value,
+    out: &mut std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>>,
+) {
+    let relation = node["Relation Name"].as_str();
+    let kind = node["Node Type"].as_str().unwrap_or_default();
+    let access = match (kind, node["Operation"].as_str()) {
+        ("ModifyTable", Some("Insert")) => Some("insert".to_string()),
+        ("ModifyTable", _) => None,
+        ("Seq Scan", _) => Some("every row".to_string()),
+        _ => ["Index Cond", "Recheck Cond"]
+            .iter()
+            .find_map(|k| node[*k].as_str())
+            .map(|cond| format!("by {}", compared_columns(cond).join(" and "))),
+    };
+    if let (Some(r), Some(a)) = (relation, access) {
+        out.entry((statement.to_string(), r.to_string()))
+            .or_default()
+            .insert(a);
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        accesses(statement, child, out);
+    }
+}
+
+/// The columns a plan's condition compares (`((chain_id = ANY ($47)) AND (x.seq > 1))`:
+/// `chain_id`, `seq`), each once, in order.
+fn compared_columns(cond: &str) -> Vec<String> {
+    let mut cols: Vec<String> = Vec::new();
+    for piece in cond.split('(').skip(1) {
+        let ident: String = piece
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+            .collect();
+        let rest = &piece[ident.len()..];
+        let compares = [" = ", " <= ", " < ", " >= ", " > "]
+            .iter()
+            .any(|op| rest.starts_with(op));
+        let col = ident.rsplit('.').next().unwrap_or_default().to_string();
+        if compares && !col.is_empty() && !cols.contains(&col) {
+            cols.push(col);
+        }
+    }
+    cols
+}
+
+#[test]
+fn a_plans_condition_names_the_columns_it_compares_once_each() {
+    assert_eq!(
+        compared_columns("((chain_id = ANY ($47)) AND (x.seq > 1) AND (chain_id = c.chain_id))"),
+        ["chain_id", "seq"]
+    );
+    assert_eq!(
+        compared_columns("(closed_at IS NULL)"),
+        Vec::<String>::new()
+    );
+}
+
+/// The rows of docs/scaling.md's table "Each hot statement, table by table": statement,
+/// table and how it is found today, keyed like [`hot_accesses`].
+fn accesses_the_plan_names(
+) -> std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>> {
+    const MARKER: &str =
+        "<!-- hot statements: the first three columns are checked by tests/plans.rs -->";
+    let path = common::repo_root().join("docs/scaling.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/scaling.md");
+    let (_, table) = doc
+        .split_once(MARKER)
+        .expect("docs/scaling.md marks its table of hot statements");
+    let mut out = std::collections::BTreeMap::new();
+    for line in table.trim_start().lines().skip(2) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if !line.starts_with('|') || cells.len() < 4 {
+            break;
+        }
+        let accesses = cells[3].split(", ").map(str::to_string).collect();
+        out.insert(
+            (cells[1].to_string(), cells[2].trim_matches('`').to_string()),
+            accesses,
+        );
+    }
+    out
+}
+
+/// docs/scaling.md's plan for a distributed PostgreSQL says, for every hot statement,
+/// each table it reaches and how, today and on Citus. What it says about today must be
+/// what the statements' plans do: a hot statement added, or one that reaches a table
+/// by another key, fails here until the plan says what it becomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scaling_plan_names_every_table_each_hot_statement_reaches_and_how() {
+    let env = TestEnv::new().await;
+    let mut conn = service_session(&env).await;
+    let planned = hot_accesses(&mut conn).await;
+    let written = accesses_the_plan_names();
+    let show =
+        |m: &std::collections::BTreeMap<(String, String), std::collections::BTreeSet<String>>| {
+            m.iter()
+                .map(|((s, t), a)| {
+                    format!(
+                        "| {s} | `{t}` | {} |",
+                        a.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+    assert!(
+        !planned.is_empty() && planned.keys().any(|(s, _)| s == "write"),
+        "the plans were read: {planned:?}"
+    );
+    assert_eq!(
+        show(&written),
+        show(&planned),
+        "docs/scaling.md's table of hot statements (left) is not what their plans do (right)"
+    );
+}
