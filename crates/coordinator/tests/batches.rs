@@ -98,6 +98,10 @@ async fn a_batch_applies_several_messages_of_one_workflow_in_order_and_a_repeat_
         ["accepted", "accepted", "accepted", "duplicate", "accepted"]
     );
     assert_eq!(out.commits, 1, "one transaction for the batch");
+    // Where its time went: every stage of the transaction took some.
+    for (stage, took) in out.times.each() {
+        assert!(took > std::time::Duration::ZERO, "{stage}: {:?}", out.times);
+    }
     assert_eq!(
         env.workflow_state("wf-b").await.as_deref(),
         Some("feature_handoff")

@@ -227,3 +227,43 @@ async fn a_real_prometheus_scrapes_a_running_coordinator_and_sees_its_state() {
     drop(prometheus);
     running.stop().await;
 }
+
+/// One feature started: the message and the task it caused went through every stage
+/// of `coordinator_stage_seconds`, each observed at least once, none absurd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stage_a_message_goes_through_is_observed() {
+    let env = TestEnv::new().await;
+    let running = env.start().await;
+    let product = env.agent("product-1", "product-director").await;
+    let _engineering = env.agent("eng-1", "engineering-director").await;
+    env.start_feature(&product).await;
+    // (count, sum) of a stage's histogram, from the exposition.
+    let read = |body: &str, stage: &str| {
+        let value = |suffix: &str| {
+            let series = format!("coordinator_stage_seconds_{suffix}{{stage=\"{stage}\"}} ");
+            body.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        Some((value("count")?, value("sum")?))
+    };
+    let body = eventually(
+        "every stage to be observed (the confirm comes last)",
+        || async {
+            let (_, body) = http_get(running.http, "/metrics").await?;
+            coordinator::service::runtime::STAGES
+                .iter()
+                .all(|s| read(&body, s).is_some_and(|(n, _)| n >= 1.0))
+                .then_some(body)
+        },
+    )
+    .await;
+    for stage in coordinator::service::runtime::STAGES {
+        let (n, sum) = read(&body, stage).expect("observed");
+        assert!(
+            sum >= 0.0 && sum / n < 10.0,
+            "{stage}: {n} observations taking {sum} s in all"
+        );
+    }
+    running.stop().await;
+}

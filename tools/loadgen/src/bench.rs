@@ -137,7 +137,7 @@ pub struct Row {
 }
 
 /// The coordinator's own view of the window: its metrics and PostgreSQL's counters.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Inside {
     pub batches_per_s: f64,
     pub messages_per_batch: f64,
@@ -148,9 +148,11 @@ pub struct Inside {
     pub ms_to_publish: f64,
     pub statements_per_batch: f64,
     pub commits_per_s: f64,
+    /// Each stage a message went through (`coordinator_stage_seconds`), in order.
+    pub stages: Vec<crate::stats::StageLatency>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Probe {
     batches: f64,
     batch_messages: f64,
@@ -160,6 +162,7 @@ struct Probe {
     publish_wait_seconds: f64,
     statements: f64,
     commits: f64,
+    stages: crate::stats::StageHistograms,
     at: Option<Instant>,
 }
 
@@ -170,6 +173,7 @@ impl Probe {
             ..Default::default()
         };
         if let Some((200, text)) = agent::probe(http, "/metrics").await {
+            p.stages = crate::stats::StageHistograms::parse(&text);
             for line in text.lines() {
                 let mut it = line.split_whitespace();
                 let (Some(name), Some(v)) = (it.next(), it.next().and_then(|v| v.parse().ok()))
@@ -217,6 +221,9 @@ impl Probe {
             },
             statements_per_batch: per(end.statements - self.statements),
             commits_per_s: (end.commits - self.commits) / secs,
+            stages: end
+                .stages
+                .since(&self.stages, &coordinator::service::runtime::STAGES),
         })
     }
 }

@@ -90,6 +90,14 @@ pub fn format_row(r: &Row) -> String {
             "; inside: {:.0} batches/s of {:.1} msgs, {:.1} ms and {:.1} statements each, {:.1} ms waiting for a turn, {:.1} ms from commit to publish; PostgreSQL {:.0} commits/s",
             i.batches_per_s, i.messages_per_batch, i.ms_per_batch, i.statements_per_batch, i.ms_waiting, i.ms_to_publish, i.commits_per_s
         ));
+        if !i.stages.is_empty() {
+            let each: Vec<String> = i
+                .stages
+                .iter()
+                .map(|st| format!("{} {:.2}/{:.1}", st.stage, st.p50, st.p99))
+                .collect();
+            s.push_str(&format!("; stages ms p50/p99: {}", each.join(", ")));
+        }
     }
     if let Some((c, _, pg)) = o.cpu_per_1000() {
         s.push_str(&format!(
@@ -525,6 +533,13 @@ pub fn report(opts: &Options, provenance: &Provenance, rows: &[Row], hops: &str)
     out.push_str(hops);
     out.push_str("\n## Against the targets\n\n");
     out.push_str(&against_targets(rows));
+    if rows
+        .iter()
+        .any(|r| r.inside.as_ref().is_some_and(|i| !i.stages.is_empty()))
+    {
+        out.push_str("\n## Where a handoff's time goes\n\n");
+        out.push_str(&stage_tables(rows));
+    }
     out.push_str("\n## Against the echo\n\n");
     out.push_str(&against_echo(rows));
     out.push_str("\n## What security costs\n\n");
@@ -538,6 +553,45 @@ pub fn report(opts: &Options, provenance: &Provenance, rows: &[Row], hops: &str)
     out.push_str("\n## Each run\n\n");
     for r in rows {
         out.push_str(&format!("- {}\n", format_row(r)));
+    }
+    out
+}
+
+/// The one stage off a handoff's path: the next agent does not wait for the broker's
+/// confirm of its task.
+const OFF_THE_PATH: &str = "confirm";
+
+/// Each run's stages (`coordinator_stage_seconds` over the window), against the
+/// handoff latency its agents measured: what is left is the broker's hop out to the
+/// next agent and the agent itself.
+fn stage_tables(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let (Some(o), Some(i)) = (&r.observed, &r.inside) else {
+            continue;
+        };
+        if i.stages.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "{} {}: handoff p50 {:.1} ms, p99 {:.1} ms (the agents' measure)\n\n| stage | observations | mean ms | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
+            r.profile, r.run, o.handoff.p50, o.handoff.p99
+        ));
+        let (mut mean, mut p50) = (0.0, 0.0);
+        for st in &i.stages {
+            if st.stage != OFF_THE_PATH {
+                mean += st.mean;
+                p50 += st.p50;
+            }
+            out.push_str(&format!(
+                "| {} | {:.0} | {:.2} | {:.2} | {:.1} |\n",
+                st.stage, st.n, st.mean, st.p50, st.p99
+            ));
+        }
+        out.push_str(&format!(
+            "| on the path (broker_in to publish) | | {mean:.1} | {p50:.1} (sum of p50s) | |\n\nLeft of the handoff p50 for the broker's hop out and the agent: {:.1} ms.\n\n",
+            o.handoff.p50 - p50
+        ));
     }
     out
 }
@@ -928,6 +982,47 @@ mod tests {
         assert!(format_row(&peak).contains("throughput 1.00×, handoff p50 +3.5 ms, p99 3.00×"));
         assert!(against_echo(&[row("peak", 1.0, 1, 0.0)])
             .contains("no run was driven through the echo"));
+    }
+
+    #[test]
+    fn each_runs_stages_are_set_against_the_handoff_its_agents_measured() {
+        let mut r = row("peak", 40.0, 10_000, 0.0);
+        if let Some(o) = r.observed.as_mut() {
+            o.handoff.p50 = 20.0;
+        }
+        let stage = |name: &str, p50: f64| crate::stats::StageLatency {
+            stage: name.into(),
+            n: 100.0,
+            mean: p50 * 1.5,
+            p50,
+            p99: p50 * 4.0,
+        };
+        r.inside = Some(crate::bench::Inside {
+            stages: vec![
+                stage("broker_in", 1.0),
+                stage("write", 6.0),
+                stage("confirm", 3.0),
+            ],
+            ..Default::default()
+        });
+        let t = stage_tables(&[r.clone(), row("normal", 1.0, 10, 0.0)]);
+        assert!(
+            t.contains("production peak: handoff p50 20.0 ms, p99 40.0 ms"),
+            "{t}"
+        );
+        assert!(t.contains("| write | 100 | 9.00 | 6.00 | 24.0 |"), "{t}");
+        // The confirm is off the path: 1 + 6 of the 20 ms are the coordinator's.
+        assert!(
+            t.contains("| on the path (broker_in to publish) | | 10.5 | 7.0 (sum of p50s) | |"),
+            "{t}"
+        );
+        assert!(t.contains("the agent: 13.0 ms."), "{t}");
+        assert!(
+            !t.contains("normal"),
+            "a run without stages is left out: {t}"
+        );
+        assert!(format_row(&r)
+            .contains("stages ms p50/p99: broker_in 1.00/4.0, write 6.00/24.0, confirm 3.00/12.0"));
     }
 
     #[test]

@@ -230,3 +230,188 @@ mod tests {
         assert!(peak_rss_mib(pid).is_some_and(|m| m > 0.0));
     }
 }
+
+/// The coordinator's `coordinator_stage_seconds` histograms as its `/metrics` shows
+/// them: per stage, the cumulative bucket counts (by upper bound), the sum and the count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageHistograms(std::collections::BTreeMap<String, Histogram>);
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Histogram {
+    /// (upper bound in seconds, observations at or below it), in the order shown.
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+/// One stage over a window, in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageLatency {
+    pub stage: String,
+    pub n: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl StageHistograms {
+    const NAME: &'static str = "coordinator_stage_seconds";
+
+    /// Reads the histograms from a Prometheus text exposition.
+    pub fn parse(text: &str) -> StageHistograms {
+        let mut out = StageHistograms::default();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(Self::NAME) else {
+                continue;
+            };
+            let Some((series, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let label = |name: &str| {
+                let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+                let len = series[start..].find('"')?;
+                Some(series[start..start + len].to_string())
+            };
+            let Some(stage) = label("stage") else {
+                continue;
+            };
+            let h = out.0.entry(stage).or_default();
+            match series.split('{').next() {
+                Some("_bucket") => {
+                    let le = label("le").map_or(f64::NAN, |le| {
+                        if le == "+Inf" {
+                            f64::INFINITY
+                        } else {
+                            le.parse().unwrap_or(f64::NAN)
+                        }
+                    });
+                    h.buckets.push((le, value));
+                }
+                Some("_sum") => h.sum = value,
+                Some("_count") => h.count = value,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Each stage's observations since `before`, in `order` (stages without any left
+    /// out).
+    pub fn since(&self, before: &StageHistograms, order: &[&str]) -> Vec<StageLatency> {
+        let mut out = Vec::new();
+        for stage in order {
+            let Some(end) = self.0.get(*stage) else {
+                continue;
+            };
+            let start = before.0.get(*stage).cloned().unwrap_or_default();
+            let n = end.count - start.count;
+            if n <= 0.0 {
+                continue;
+            }
+            let buckets: Vec<(f64, f64)> = end
+                .buckets
+                .iter()
+                .map(|(le, c)| {
+                    let was = start
+                        .buckets
+                        .iter()
+                        .find(|(l, _)| l == le)
+                        .map_or(0.0, |(_, c)| *c);
+                    (*le, c - was)
+                })
+                .collect();
+            out.push(StageLatency {
+                stage: stage.to_string(),
+                n,
+                mean: (end.sum - start.sum) / n * 1000.0,
+                p50: quantile(&buckets, 0.5) * 1000.0,
+                p99: quantile(&buckets, 0.99) * 1000.0,
+            });
+        }
+        out
+    }
+}
+
+/// A quantile of cumulative buckets, interpolated linearly within its bucket as
+/// Prometheus's `histogram_quantile` does (the highest finite bound when it falls in
+/// the last, unbounded one).
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let Some(&(_, total)) = buckets.last() else {
+        return f64::NAN;
+    };
+    let rank = q * total;
+    let mut below = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return below.0;
+            }
+            let width = count - below.1;
+            let within = if width > 0.0 {
+                (rank - below.1) / width
+            } else {
+                0.0
+            };
+            return below.0 + (le - below.0) * within;
+        }
+        below = (le, count);
+    }
+    below.0
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+
+    const BEFORE: &str = r#"# TYPE coordinator_stage_seconds histogram
+coordinator_stage_seconds_bucket{stage="write",le="0.001"} 10
+coordinator_stage_seconds_bucket{stage="write",le="0.002"} 10
+coordinator_stage_seconds_bucket{stage="write",le="0.004"} 10
+coordinator_stage_seconds_bucket{stage="write",le="+Inf"} 10
+coordinator_stage_seconds_sum{stage="write"} 0.005
+coordinator_stage_seconds_count{stage="write"} 10
+coordinator_batch_seconds_count 3
+"#;
+
+    const AFTER: &str = r#"coordinator_stage_seconds_bucket{stage="write",le="0.001"} 10
+coordinator_stage_seconds_bucket{stage="write",le="0.002"} 60
+coordinator_stage_seconds_bucket{stage="write",le="0.004"} 109
+coordinator_stage_seconds_bucket{stage="write",le="+Inf"} 110
+coordinator_stage_seconds_sum{stage="write"} 0.255
+coordinator_stage_seconds_count{stage="write"} 110
+coordinator_stage_seconds_bucket{stage="commit",le="0.001"} 0
+coordinator_stage_seconds_bucket{stage="commit",le="+Inf"} 0
+coordinator_stage_seconds_sum{stage="commit"} 0
+coordinator_stage_seconds_count{stage="commit"} 0
+"#;
+
+    #[test]
+    fn a_stage_over_a_window_is_the_difference_of_its_buckets_interpolated() {
+        let s = StageHistograms::parse(AFTER).since(
+            &StageHistograms::parse(BEFORE),
+            &["broker_in", "write", "commit"],
+        );
+        assert_eq!(
+            s.len(),
+            1,
+            "stages without observations are left out: {s:?}"
+        );
+        let w = &s[0];
+        assert_eq!((w.stage.as_str(), w.n), ("write", 100.0));
+        assert!((w.mean - 2.5).abs() < 1e-9, "{w:?}");
+        // 50 of the window's 100 in (1, 2] ms: the 50th is at 2 ms; the 99th is the
+        // 49th of 49 in (2, 4] ms: 4 ms.
+        assert!((w.p50 - 2.0).abs() < 1e-9, "{w:?}");
+        assert!((w.p99 - 4.0).abs() < 1e-9, "{w:?}");
+    }
+
+    #[test]
+    fn a_quantile_in_the_unbounded_bucket_is_the_highest_bound() {
+        let b = [(0.001, 1.0), (0.002, 1.0), (f64::INFINITY, 10.0)];
+        assert_eq!(quantile(&b, 0.99), 0.002);
+        assert!((quantile(&b, 0.05) - 0.0005).abs() < 1e-12);
+    }
+}

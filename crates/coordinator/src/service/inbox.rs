@@ -106,6 +106,8 @@ async fn consume(
         // is spent on the batch and at most a group's worth of admission.
         let mut admitted = Vec::with_capacity(batch.len());
         let mut failed = None;
+        // When each delivery was taken, for the time it waited for the turn.
+        let mut arrived = vec![received];
         let turn = {
             let acquire = shared.batch_turns.acquire();
             tokio::pin!(acquire);
@@ -114,6 +116,7 @@ async fn consume(
                     failed =
                         take_ready(&mut consumer, &mut batch, shared.settings.inbox.batch_size);
                 }
+                arrived.resize(batch.len(), Instant::now());
                 if batch.len() - admitted.len() >= ADMIT_TOGETHER {
                     admit_new(shared, &batch, &mut admitted, &keys);
                 }
@@ -132,11 +135,18 @@ async fn consume(
         let Ok(turn) = turn else {
             break Ok(());
         };
+        arrived.resize(batch.len(), Instant::now());
+        let turned = Instant::now();
         admit_new(shared, &batch, &mut admitted, &keys);
         shared
             .metrics
             .batch_wait_seconds
             .observe(received.elapsed().as_secs_f64());
+        for at in &arrived {
+            shared
+                .metrics
+                .stage("turn", (turned - *at).as_secs_f64(), 1);
+        }
         let inbound: Vec<Inbound<'_>> = batch.iter().map(inbound).collect();
         let plan = backlog.plan(&shared.rate_limits, &admitted);
         if plan.iter().any(Option::is_some) {
@@ -212,11 +222,26 @@ fn admit_new(
         return;
     }
     let inbound: Vec<Inbound<'_>> = new.iter().map(inbound).collect();
-    admitted.extend(
-        shared
-            .processor
-            .admit_all(&inbound, shared.clock.now(), keys),
+    let started = Instant::now();
+    let now = shared.clock.now();
+    let from = admitted.len();
+    admitted.extend(shared.processor.admit_all(&inbound, now, keys));
+    let m = &shared.metrics;
+    m.stage(
+        "admit",
+        started.elapsed().as_secs_f64() / new.len() as f64,
+        new.len(),
     );
+    for a in &admitted[from..] {
+        if let Admission::Admitted(a) = a {
+            let age = now - a.envelope.header.timestamp;
+            m.stage(
+                "broker_in",
+                age.num_microseconds().unwrap_or(0) as f64 / 1e6,
+                1,
+            );
+        }
+    }
 }
 
 /// A delivery as admission and the batch read it.
@@ -564,6 +589,9 @@ async fn commit(
                 shared.spans.export(&out.spans, ended - elapsed, ended);
                 let took = elapsed.as_secs_f64();
                 shared.metrics.batch_seconds.observe(took);
+                for (stage, t) in out.times.each() {
+                    shared.metrics.stage(stage, t.as_secs_f64(), inbound.len());
+                }
                 for _ in inbound {
                     shared.metrics.message_duration.observe(took);
                 }

@@ -55,6 +55,48 @@ pub struct BatchOutput {
     pub set_aside: usize,
     /// The spans of what was applied (`engine::spans`), to export.
     pub spans: Vec<engine::spans::Span>,
+    /// Where the batch's time went, over every transaction.
+    pub times: StageTimes,
+}
+
+/// Where a batch's time went in the database and in memory, stage by stage
+/// (`coordinator_stage_seconds`, docs/metrics.md).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct StageTimes {
+    /// A pooled connection and BEGIN.
+    pub begin: Duration,
+    /// Claiming the message ids and locking the workflows and the audit chain's head.
+    pub claim: Duration,
+    /// Reading what the batch needs: clocks, senders, escalation chains.
+    pub read: Duration,
+    /// Applying the messages in memory: the state machines and the rows they imply.
+    pub decide: Duration,
+    /// Sealing fields and the batch's one write statement.
+    pub write: Duration,
+    pub commit: Duration,
+}
+
+impl StageTimes {
+    /// Each stage's name (its `stage` label) and time.
+    pub fn each(&self) -> [(&'static str, Duration); 6] {
+        [
+            ("begin", self.begin),
+            ("claim", self.claim),
+            ("read", self.read),
+            ("decide", self.decide),
+            ("write", self.write),
+            ("commit", self.commit),
+        ]
+    }
+
+    fn add(&mut self, o: &StageTimes) {
+        self.begin += o.begin;
+        self.claim += o.claim;
+        self.read += o.read;
+        self.decide += o.decide;
+        self.write += o.write;
+        self.commit += o.commit;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +289,7 @@ struct Committed {
     learned: Vec<(String, String)>,
     statements: usize,
     spans: Vec<engine::spans::Span>,
+    times: StageTimes,
 }
 
 impl Committed {
@@ -280,15 +323,21 @@ impl Committed {
         out.commits += 1;
         out.statements += self.statements;
         out.spans.extend(self.spans);
+        out.times.add(&self.times);
     }
 }
 
 /// One transaction: claim, load, decide, write, commit.
 async fn commit(ctx: &Context<'_>, inputs: &[Input<'_>]) -> db::Result<Committed> {
+    let started = Instant::now();
     let mut tx = ctx.pool.begin().await?;
-    let committed = stage(ctx, &mut tx, inputs, ctx.clock.now()).await?;
+    let begin = started.elapsed();
+    let mut committed = stage(ctx, &mut tx, inputs, ctx.clock.now()).await?;
     crate::failpoint::stall(crate::failpoint::BEFORE_COMMIT).await;
+    let committing = Instant::now();
     tx.commit().await?;
+    committed.times.begin = begin;
+    committed.times.commit = committing.elapsed();
     Ok(committed)
 }
 
@@ -326,7 +375,7 @@ pub async fn dry_run(
 ) -> db::Result<Vec<Processed>> {
     let admitted = admit(ctx, deliveries, now);
     let inputs = delivered(deliveries, &admitted);
-    Ok(decide(ctx, conn, &inputs, now, Mode::DryRun).await?.0)
+    Ok(decide(ctx, conn, &inputs, now, Mode::DryRun).await?.results)
 }
 
 /// Whether a decision will be written, or only reported.
@@ -336,15 +385,26 @@ enum Mode {
     DryRun,
 }
 
-/// Claims, locks and loads what the inputs need and applies them: the results, the
-/// rows to write, and how many statements the reads took.
+/// What [`decide`] made of a batch.
+struct Decided {
+    results: Vec<Processed>,
+    finished: engine::Finished,
+    /// Statements the reads took.
+    statements: usize,
+    /// The claim's, the reads' and the decisions' times.
+    times: StageTimes,
+}
+
+/// Claims, locks and loads what the inputs need and applies them: the results and the
+/// rows to write.
 async fn decide(
     ctx: &Context<'_>,
     conn: &mut Conn,
     inputs: &[Input<'_>],
     now: DateTime<Utc>,
     mode: Mode,
-) -> db::Result<(Vec<Processed>, engine::Finished, usize)> {
+) -> db::Result<Decided> {
+    let mut times = StageTimes::default();
     let received = engine::message_ids(inputs);
     let needs = ctx
         .processor
@@ -352,6 +412,7 @@ async fn decide(
     let mut wf_ids: Vec<&str> = needs.workflow_ids.iter().map(String::as_str).collect();
     wf_ids.sort_unstable();
     wf_ids.dedup();
+    let started = Instant::now();
     let claimed = batch::claim_and_lock(
         conn,
         &received,
@@ -360,9 +421,13 @@ async fn decide(
         ctx.audit_chain.as_deref(),
     )
     .await?;
+    times.claim = started.elapsed();
+    let reading = Instant::now();
     let mut statements_read = needs.statements();
     let audit_head = audit_head(ctx, conn, claimed.audit_head, &mut statements_read).await?;
     let loaded = batch::load(conn, &needs, claimed.locked, audit_head).await?;
+    times.read = reading.elapsed();
+    let deciding = Instant::now();
     let mut b = Batch::new(
         ctx.processor,
         loaded,
@@ -374,7 +439,14 @@ async fn decide(
         b = b.quiet();
     }
     let results: Vec<Processed> = inputs.iter().map(|i| b.apply(*i)).collect();
-    Ok((results, b.finish(), statements_read))
+    let finished = b.finish();
+    times.decide = deciding.elapsed();
+    Ok(Decided {
+        results,
+        finished,
+        statements: statements_read,
+        times,
+    })
 }
 
 /// The audit chain's locked head: as the claim found it, or created the first time
@@ -401,13 +473,20 @@ async fn stage(
     inputs: &[Input<'_>],
     now: DateTime<Utc>,
 ) -> db::Result<Committed> {
-    let (results, finished, statements_read) = decide(ctx, conn, inputs, now, Mode::Apply).await?;
+    let Decided {
+        results,
+        finished,
+        statements: statements_read,
+        mut times,
+    } = decide(ctx, conn, inputs, now, Mode::Apply).await?;
     let registrations = finished.writes.registrations.clone();
     let statements_written = finished.writes.statements();
+    let writing = Instant::now();
     let mut writes = finished.writes;
     let spans = std::mem::take(&mut writes.spans);
     ctx.cipher.seal_rows(&mut writes);
     let written = batch::write(conn, writes, ctx.publish_after).await?;
+    times.write = writing.elapsed();
     let registered = registrations
         .into_iter()
         .filter(|(id, _)| written.registered.contains(id))
@@ -420,6 +499,7 @@ async fn stage(
         learned: finished.agents,
         statements: statements_read + statements_written,
         spans,
+        times,
     })
 }
 
@@ -489,6 +569,7 @@ async fn set_aside(
                 learned: Vec::new(),
                 statements: statements + 3,
                 spans: Vec::new(),
+                times: StageTimes::default(),
             })
         }
     };

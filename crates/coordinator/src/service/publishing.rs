@@ -258,16 +258,20 @@ pub async fn run(
 ) -> Result<(), PublishError> {
     const MOST: usize = 2000;
     const IN_FLIGHT: usize = 64;
-    let (confirms_tx, mut confirms_rx) = mpsc::channel::<(InFlight, Vec<Handoff>)>(IN_FLIGHT);
+    let (confirms_tx, mut confirms_rx) =
+        mpsc::channel::<(InFlight, Vec<Handoff>, Instant)>(IN_FLIGHT);
     let metrics = settling.metrics;
     let sending = async {
         while let Some(first) = rx.recv().await {
             let mut rows = first.rows;
             let mut handoffs = first.handoffs;
             let mut oldest = first.committed_at;
+            // When each group of rows was committed, and how many it has.
+            let mut committed = vec![(first.committed_at, rows.len())];
             while rows.len() < MOST {
                 match rx.try_recv() {
                     Ok(more) => {
+                        committed.push((more.committed_at, more.rows.len()));
                         rows.extend(more.rows);
                         handoffs.extend(more.handoffs);
                         oldest = oldest.min(more.committed_at);
@@ -278,10 +282,18 @@ pub async fn run(
             let in_flight = publisher.send(&rows).await.inspect_err(|_| {
                 settling.breakers.failed(Guarded::Publishing);
             })?;
+            let sent_at = Instant::now();
             metrics
                 .publish_wait_seconds
-                .observe(oldest.elapsed().as_secs_f64());
-            if confirms_tx.send((in_flight, handoffs)).await.is_err() {
+                .observe((sent_at - oldest).as_secs_f64());
+            for (at, n) in committed {
+                metrics.stage("publish", (sent_at - at).as_secs_f64(), n);
+            }
+            if confirms_tx
+                .send((in_flight, handoffs, sent_at))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -290,9 +302,10 @@ pub async fn run(
     };
     let confirming = async {
         let mut returned = Returned::default();
-        while let Some((in_flight, handoffs)) = confirms_rx.recv().await {
+        while let Some((in_flight, handoffs, sent_at)) = confirms_rx.recv().await {
             let p = in_flight.confirmed(&mut returned, |_| 0).await;
             let p = settling.record(p)?;
+            metrics.stage("confirm", sent_at.elapsed().as_secs_f64(), p.sent.len());
             handoffs::observe(metrics, &handoffs, &p.sent, Utc::now());
             metrics.published.inc_by(p.sent.len() as u64);
             metrics.count_sent(&p);

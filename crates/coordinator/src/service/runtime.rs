@@ -430,6 +430,25 @@ impl Status {
     }
 }
 
+/// The stages of `coordinator_stage_seconds`, in the order a message goes through them:
+/// from its sender to admission (the broker's hop in, and the prefetch buffer), admitted
+/// (parsing, identity, signature), waiting for a turn, the batch's transaction (a
+/// connection and BEGIN, the claim, the reads, deciding in memory, the write, COMMIT),
+/// then each message it sent: waiting for the publisher, the broker's confirm.
+pub const STAGES: [&str; 11] = [
+    "broker_in",
+    "admit",
+    "turn",
+    "begin",
+    "claim",
+    "read",
+    "decide",
+    "write",
+    "commit",
+    "publish",
+    "confirm",
+];
+
 /// The service's Prometheus metrics (served at `/metrics`).
 pub struct Metrics {
     pub registry: Registry,
@@ -447,6 +466,8 @@ pub struct Metrics {
     pub batch_wait_seconds: Histogram,
     /// A batch committed → its messages handed to the broker (waiting for the publisher).
     pub publish_wait_seconds: Histogram,
+    /// Each stage a message goes through, by stage ([`STAGES`]).
+    pub stage_seconds: HistogramVec,
     pub batch_size: Histogram,
     /// Statements run by batches (divide by the batch count for statements per batch).
     pub batch_statements: IntCounter,
@@ -492,6 +513,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Observes `seconds` of `stage` once for each of `n` messages.
+    pub fn stage(&self, stage: &str, seconds: f64, n: usize) {
+        let h = self.stage_seconds.with_label_values(&[stage]);
+        for _ in 0..n {
+            h.observe(seconds.max(0.0));
+        }
+    }
+
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let messages = IntCounterVec::new(
@@ -532,6 +561,21 @@ impl Metrics {
             "coordinator_publish_wait_seconds",
             "Time from a batch's commit until its messages were handed to the broker",
         ));
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "coordinator_stage_seconds",
+                "Time each message spends in each stage, by stage: broker_in (the sender's timestamp to admission), admit, turn, begin, claim, read, decide, write, commit (an inbound message's share of its batch's), publish and confirm (per message sent)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.007, 0.01, 0.015, 0.025, 0.04,
+                0.06, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["stage"],
+        )
+        .expect("valid metric");
+        for stage in STAGES {
+            stage_seconds.with_label_values(&[stage]);
+        }
         let batch_size = Histogram::with_opts(
             HistogramOpts::new("coordinator_batch_size", "Inbound messages per transaction")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
@@ -692,6 +736,7 @@ impl Metrics {
             batch_seconds: batch_seconds.expect("valid metric"),
             batch_wait_seconds: batch_wait_seconds.expect("valid metric"),
             publish_wait_seconds: publish_wait_seconds.expect("valid metric"),
+            stage_seconds,
             batch_size: batch_size.expect("valid metric"),
             batch_statements: batch_statements.expect("valid metric"),
             set_aside: set_aside.expect("valid metric"),
@@ -730,6 +775,7 @@ impl Metrics {
             Box::new(m.batch_seconds.clone()),
             Box::new(m.batch_wait_seconds.clone()),
             Box::new(m.publish_wait_seconds.clone()),
+            Box::new(m.stage_seconds.clone()),
             Box::new(m.batch_size.clone()),
             Box::new(m.batch_statements.clone()),
             Box::new(m.set_aside.clone()),
