@@ -142,11 +142,7 @@ async fn consume(
             .metrics
             .batch_wait_seconds
             .observe(received.elapsed().as_secs_f64());
-        for at in &arrived {
-            shared
-                .metrics
-                .stage("turn", (turned - *at).as_secs_f64(), 1);
-        }
+        observe_arrivals(shared, &arrived, &admitted, turned);
         let inbound: Vec<Inbound<'_>> = batch.iter().map(inbound).collect();
         let plan = backlog.plan(&shared.rate_limits, &admitted);
         if plan.iter().any(Option::is_some) {
@@ -223,23 +219,30 @@ fn admit_new(
     }
     let inbound: Vec<Inbound<'_>> = new.iter().map(inbound).collect();
     let started = Instant::now();
-    let now = shared.clock.now();
-    let from = admitted.len();
-    admitted.extend(shared.processor.admit_all(&inbound, now, keys));
-    let m = &shared.metrics;
-    m.stage(
+    admitted.extend(
+        shared
+            .processor
+            .admit_all(&inbound, shared.clock.now(), keys),
+    );
+    shared.metrics.stage(
         "admit",
         started.elapsed().as_secs_f64() / new.len() as f64,
         new.len(),
     );
-    for a in &admitted[from..] {
+}
+
+/// Each delivery's `turn` (taken from the queue at `arrived` until `turned`) and, for
+/// those admitted, its `broker_in`: its sender's timestamp until it was taken.
+fn observe_arrivals(shared: &Shared, arrived: &[Instant], admitted: &[Admission], turned: Instant) {
+    let (now, at_now) = (shared.clock.now(), Instant::now());
+    for (at, a) in arrived.iter().zip(admitted) {
+        let waited = turned.saturating_duration_since(*at);
+        shared.metrics.stage("turn", waited.as_secs_f64(), 1);
         if let Admission::Admitted(a) = a {
-            let age = now - a.envelope.header.timestamp;
-            m.stage(
-                "broker_in",
-                age.num_microseconds().unwrap_or(0) as f64 / 1e6,
-                1,
-            );
+            let age = (now - a.envelope.header.timestamp).num_microseconds();
+            let since = at_now.saturating_duration_since(*at).as_secs_f64();
+            let age = age.unwrap_or(0) as f64 / 1e6 - since;
+            shared.metrics.stage("broker_in", age, 1);
         }
     }
 }

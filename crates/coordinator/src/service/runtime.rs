@@ -431,10 +431,11 @@ impl Status {
 }
 
 /// The stages of `coordinator_stage_seconds`, in the order a message goes through them:
-/// from its sender to admission (the broker's hop in, and the prefetch buffer), admitted
-/// (parsing, identity, signature), waiting for a turn, the batch's transaction (a
-/// connection and BEGIN, the claim, the reads, deciding in memory, the write, COMMIT),
-/// then each message it sent: waiting for the publisher, the broker's confirm.
+/// from its sender until its partition takes it (the broker's hop in, and the wait
+/// behind the partition's batch before), admitted (parsing, identity, signature),
+/// waiting for a turn, the batch's transaction (a connection and BEGIN, the claim, the
+/// reads, deciding in memory, the write, COMMIT), then each message it sent: waiting
+/// for the publisher, the broker's confirm.
 pub const STAGES: [&str; 11] = [
     "broker_in",
     "admit",
@@ -564,7 +565,7 @@ impl Metrics {
         let stage_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "coordinator_stage_seconds",
-                "Time each message spends in each stage, by stage: broker_in (the sender's timestamp to admission), admit, turn, begin, claim, read, decide, write, commit (an inbound message's share of its batch's), publish and confirm (per message sent)",
+                "Time each message spends in each stage, by stage: broker_in (the sender's timestamp until taken from the consumer), admit, turn, begin, claim, read, decide, write, commit (an inbound message's share of its batch's), publish and confirm (per message sent)",
             )
             .buckets(vec![
                 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.007, 0.01, 0.015, 0.025, 0.04,
