@@ -164,7 +164,7 @@ impl Versus {
     }
 }
 
-/// Issue 35's targets against the echo, by run: what is judged and whether it holds.
+/// The cost targets against the echo, by run: what is judged and whether it holds.
 fn echo_target(run: &str, v: &Versus) -> Option<(&'static str, bool)> {
     match run {
         "closed-200" | "stress" => Some(("throughput ≥ 0.9× the echo", v.throughput >= 0.9)),
@@ -178,7 +178,7 @@ fn echo_target(run: &str, v: &Versus) -> Option<(&'static str, bool)> {
 }
 
 /// Every run beside the same load through the echo: throughput, handoff latency and CPU
-/// per 1,000 messages, against issue 35's targets.
+/// per 1,000 messages, against the cost targets (docs/performance.md).
 fn against_echo(rows: &[Row]) -> String {
     let mut out = String::from(
         "| profile | run | agent msg/s coordinator / echo | ratio | handoff p50 ms coordinator / echo | over | handoff p99 ms coordinator / echo | ratio | CPU s per 1,000 msgs: coordinator, PostgreSQL / echo | target | |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -935,7 +935,7 @@ mod tests {
     }
 
     #[test]
-    fn each_run_is_set_beside_the_echo_and_judged_by_issue_35s_targets() {
+    fn each_run_is_set_beside_the_echo_and_judged_by_the_cost_targets() {
         let with_echo = |mut r: Row, echo: Row| {
             r.echo = echo.observed;
             r
