@@ -56,15 +56,6 @@ impl Workflows {
         }
     }
 
-    /// Workflows started and not yet final.
-    pub fn len(&self) -> usize {
-        self.running.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
-    }
-
     /// The messages the coordinator sends on applying `env`: none where it would reject
     /// or only observe it. A workflow is forgotten once final.
     pub fn apply(&mut self, env: &Envelope, now: DateTime<Utc>) -> Vec<OutboxMessage> {
@@ -261,7 +252,7 @@ mod tests {
         let sent: Envelope = serde_json::from_slice(&tasks[0].body).expect("an envelope");
         assert_eq!(sent.payload.data, data);
         assert!(sent.header.tracing.is_some());
-        assert_eq!(w.len(), 1);
+        assert_eq!(w.running.len(), 1);
         // The same start again is a decision on a running workflow: refused, nothing sent.
         assert!(w.apply(&start, Utc::now()).is_empty());
     }

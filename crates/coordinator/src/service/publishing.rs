@@ -265,7 +265,6 @@ pub async fn run(
         while let Some(first) = rx.recv().await {
             let mut rows = first.rows;
             let mut handoffs = first.handoffs;
-            let mut oldest = first.committed_at;
             // When each group of rows was committed, and how many it has.
             let mut committed = vec![(first.committed_at, rows.len())];
             while rows.len() < MOST {
@@ -274,7 +273,6 @@ pub async fn run(
                         committed.push((more.committed_at, more.rows.len()));
                         rows.extend(more.rows);
                         handoffs.extend(more.handoffs);
-                        oldest = oldest.min(more.committed_at);
                     }
                     Err(_) => break,
                 }
@@ -283,6 +281,7 @@ pub async fn run(
                 settling.breakers.failed(Guarded::Publishing);
             })?;
             let sent_at = Instant::now();
+            let oldest = committed.iter().map(|(at, _)| *at).min().unwrap_or(sent_at);
             metrics
                 .publish_wait_seconds
                 .observe((sent_at - oldest).as_secs_f64());
